@@ -1,0 +1,222 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// ValidateRef checks that a ref is a relative path of plain components:
+// not empty, not absolute, no "." or ".." or empty components, no NUL or
+// backslash, no trailing slash.
+func ValidateRef(ref string) error {
+	switch {
+	case ref == "":
+		return fmt.Errorf("%w: empty", ErrInvalidRef)
+	case strings.HasPrefix(ref, "/"):
+		return fmt.Errorf("%w %q: absolute path", ErrInvalidRef, ref)
+	case strings.ContainsAny(ref, "\x00\\"):
+		return fmt.Errorf("%w %q: contains NUL or backslash", ErrInvalidRef, ref)
+	case len(ref) > 4096:
+		return fmt.Errorf("%w: longer than 4096 bytes", ErrInvalidRef)
+	}
+	for _, part := range strings.Split(ref, "/") {
+		switch part {
+		case "":
+			return fmt.Errorf("%w %q: empty path component", ErrInvalidRef, ref)
+		case ".", "..":
+			return fmt.Errorf("%w %q: %q component", ErrInvalidRef, ref, part)
+		}
+	}
+	return nil
+}
+
+// refDir is the directory holding refs of a kind.
+func (s *Store) refDir(kind Kind) (string, error) {
+	switch {
+	case kind == KindArtifact && s.layout == LayoutBst1:
+		return filepath.Join(s.root, "cas", "refs", "heads"), nil
+	case kind == KindArtifact && s.layout == LayoutBst2:
+		return filepath.Join(s.root, "artifacts", "refs"), nil
+	case kind == KindSource && s.layout == LayoutBst2:
+		return filepath.Join(s.root, "source_protos"), nil
+	}
+	return "", fmt.Errorf("the %s layout has no %s refs", s.layout, kind)
+}
+
+// RefPath is the file that holds a ref.
+func (s *Store) RefPath(kind Kind, ref string) (string, error) {
+	if err := ValidateRef(ref); err != nil {
+		return "", err
+	}
+	dir, err := s.refDir(kind)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, filepath.FromSlash(ref)), nil
+}
+
+// GetRef returns a ref's content; a missing ref is ErrNotFound.
+func (s *Store) GetRef(kind Kind, ref string) ([]byte, error) {
+	p, err := s.RefPath(kind, ref)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrInvalid) {
+		return nil, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
+	}
+	if err != nil {
+		// A ref that is a directory of other refs is not itself a ref.
+		if st, serr := os.Stat(p); serr == nil && st.IsDir() {
+			return nil, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
+		}
+		return nil, fmt.Errorf("reading ref %s: %w", ref, err)
+	}
+	return data, nil
+}
+
+// SetRef writes a ref atomically. Callers write a ref only once everything
+// it names is in the store.
+func (s *Store) SetRef(kind Kind, ref string, data []byte) (err error) {
+	p, err := s.RefPath(kind, ref)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(s.tmp, "ref-")
+	if err != nil {
+		return fmt.Errorf("writing ref %s: %w", ref, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("writing ref %s: %w", ref, err)
+	}
+	if err = f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("writing ref %s: %w", ref, err)
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = s.install(f.Name(), p); err != nil {
+		return fmt.Errorf("writing ref %s: %w", ref, err)
+	}
+	return nil
+}
+
+// DeleteRef removes a ref; removing a missing ref is ErrNotFound.
+func (s *Store) DeleteRef(kind Kind, ref string) error {
+	p, err := s.RefPath(kind, ref)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("ref %s: %w", ref, ErrNotFound)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// RefInfo describes a local ref.
+type RefInfo struct {
+	Name     string
+	Size     int64
+	Modified time.Time
+}
+
+// ListRefs returns the refs of a kind whose names match pattern (all refs
+// when pattern is empty), sorted by name. In patterns, '*' matches any
+// run of characters including '/', '?' one character, and [...] a class.
+func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
+	dir, err := s.refDir(kind)
+	if err != nil {
+		return nil, err
+	}
+	var match *regexp.Regexp
+	if pattern != "" {
+		if match, err = CompileGlob(pattern); err != nil {
+			return nil, err
+		}
+	}
+	var refs []RefInfo
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && p == dir {
+				return filepath.SkipDir
+			}
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if ValidateRef(name) != nil || (match != nil && !match.MatchString(name)) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil // removed while we walked
+		}
+		refs = append(refs, RefInfo{Name: name, Size: info.Size(), Modified: info.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing refs: %w", err)
+	}
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
+	return refs, nil
+}
+
+// IsGlob reports whether s has a glob character.
+func IsGlob(s string) bool { return strings.ContainsAny(s, "*?[") }
+
+// CompileGlob turns a ref glob into an anchored regular expression.
+func CompileGlob(pattern string) (*regexp.Regexp, error) {
+	var b strings.Builder
+	b.WriteString("^")
+	for i := 0; i < len(pattern); i++ {
+		switch c := pattern[i]; c {
+		case '*':
+			b.WriteString(".*")
+		case '?':
+			b.WriteString(".")
+		case '[':
+			end := strings.IndexByte(pattern[i+1:], ']')
+			if end < 0 {
+				return nil, fmt.Errorf("bad pattern %q: unclosed [", pattern)
+			}
+			class := pattern[i+1 : i+1+end]
+			if strings.HasPrefix(class, "!") {
+				class = "^" + class[1:]
+			}
+			b.WriteString("[" + strings.ReplaceAll(class, `\`, `\\`) + "]")
+			i += end + 1
+		default:
+			b.WriteString(regexp.QuoteMeta(string(c)))
+		}
+	}
+	b.WriteString("$")
+	re, err := regexp.Compile(b.String())
+	if err != nil {
+		return nil, fmt.Errorf("bad pattern %q: %v", pattern, err)
+	}
+	return re, nil
+}

@@ -1,0 +1,309 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+)
+
+// Errors returned by the store.
+var (
+	// ErrNotFound: the object or ref is not in the store.
+	ErrNotFound = errors.New("not found in the local store")
+	// ErrDigestMismatch: data did not hash to the digest it was stored under.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrInvalidRef: a ref name that could escape the store or is malformed.
+	ErrInvalidRef = errors.New("invalid ref")
+)
+
+// Layout is a BuildStream on-disk layout.
+type Layout string
+
+// The layouts.
+const (
+	LayoutBst1 Layout = "bst1"
+	LayoutBst2 Layout = "bst2"
+)
+
+// Kind is a namespace of refs.
+type Kind string
+
+// The ref kinds.
+const (
+	// KindArtifact: bst1 refs hold a serialized Digest of the root
+	// Directory; bst2 refs hold a serialized buildstream.v2.Artifact.
+	KindArtifact Kind = "artifact"
+	// KindSource: bst2 only, a serialized buildstream.v2.Source.
+	KindSource Kind = "source"
+)
+
+// Store is a local content-addressed store. It is safe for concurrent use,
+// also by several processes.
+type Store struct {
+	root    string
+	layout  Layout
+	objects string
+	tmp     string
+}
+
+// Open opens (creating if needed) a store at root in the given layout.
+func Open(root string, layout Layout) (*Store, error) {
+	s := &Store{root: root, layout: layout, tmp: filepath.Join(root, "tmp")}
+	switch layout {
+	case LayoutBst1:
+		s.objects = filepath.Join(root, "cas", "objects")
+	case LayoutBst2:
+		s.objects = filepath.Join(root, "cas", "cas", "objects")
+	default:
+		return nil, fmt.Errorf("unknown store layout %q", layout)
+	}
+	for _, d := range []string{s.objects, s.tmp} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("opening local store: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Root returns the store directory.
+func (s *Store) Root() string { return s.root }
+
+// Layout returns the store's layout.
+func (s *Store) Layout() Layout { return s.layout }
+
+// ObjectPath is where the blob with digest d lives.
+func (s *Store) ObjectPath(d digest.Digest) string {
+	return filepath.Join(s.objects, d.Hash[:2], d.Hash[2:])
+}
+
+// checkDigest rejects digests that cannot name an object: a bad hash would
+// otherwise become a path.
+func checkDigest(d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrDigestMismatch, err)
+	}
+	return nil
+}
+
+// Has reports whether the blob is present with the right size. Contents are
+// not rehashed; Verify does that.
+func (s *Store) Has(d digest.Digest) (bool, error) {
+	if err := checkDigest(d); err != nil {
+		return false, err
+	}
+	st, err := os.Stat(s.ObjectPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return st.Mode().IsRegular() && st.Size() == d.Size, nil
+}
+
+// Missing returns the digests of ds that the store does not have, in order,
+// without duplicates.
+func (s *Store) Missing(ds []digest.Digest) ([]digest.Digest, error) {
+	var out []digest.Digest
+	seen := make(map[digest.Digest]bool, len(ds))
+	for _, d := range ds {
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		ok, err := s.Has(d)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// Open opens a blob for reading. A missing blob is ErrNotFound.
+func (s *Store) Open(d digest.Digest) (*os.File, error) {
+	if err := checkDigest(d); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.ObjectPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	return f, err
+}
+
+// ReadBlob reads a whole blob into memory and checks it against its digest.
+// Meant for small blobs such as Directory messages.
+func (s *Store) ReadBlob(d digest.Digest) ([]byte, error) {
+	f, err := s.Open(d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, d.Size+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading blob %s: %w", d, err)
+	}
+	if got := digest.NewFromBlob(data); got != d {
+		return nil, fmt.Errorf("blob %s in the local store: %w (its content hashes to %s)", d, ErrDigestMismatch, got)
+	}
+	return data, nil
+}
+
+// Verify rehashes a stored blob.
+func (s *Store) Verify(d digest.Digest) error {
+	f, err := s.Open(d)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	got, err := digest.NewFromReader(f)
+	if err != nil {
+		return fmt.Errorf("reading blob %s: %w", d, err)
+	}
+	if got != d {
+		return fmt.Errorf("blob %s in the local store: %w (its content hashes to %s)", d, ErrDigestMismatch, got)
+	}
+	return nil
+}
+
+// Put stores the blob read from r under d. The data is hashed while it is
+// written to a temporary file, and only renamed into place when it matches
+// d; on any error nothing is left behind. Memory use is bounded whatever the
+// blob's size. Storing a blob that is already present is cheap and safe.
+func (s *Store) Put(d digest.Digest, r io.Reader) error {
+	if err := checkDigest(d); err != nil {
+		return err
+	}
+	if ok, err := s.Has(d); err == nil && ok {
+		_, err := io.Copy(io.Discard, r)
+		return err
+	}
+	w, err := s.newWriter(d)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		w.Abort()
+		return fmt.Errorf("writing blob %s: %w", d, err)
+	}
+	return w.Commit()
+}
+
+// PutBytes stores a blob held in memory.
+func (s *Store) PutBytes(d digest.Digest, data []byte) error {
+	return s.Put(d, strings.NewReader(string(data)))
+}
+
+// Add stores a blob from memory and returns its digest.
+func (s *Store) Add(data []byte) (digest.Digest, error) {
+	d := digest.NewFromBlob(data)
+	return d, s.PutBytes(d, data)
+}
+
+// BlobWriter writes one blob into the store: Write any number of times, then
+// Commit or Abort exactly once.
+type BlobWriter struct {
+	s    *Store
+	want digest.Digest
+	f    *os.File
+	h    hash.Hash
+	n    int64
+}
+
+// NewWriter starts writing the blob d, for callers that receive it in pieces.
+func (s *Store) NewWriter(d digest.Digest) (*BlobWriter, error) {
+	if err := checkDigest(d); err != nil {
+		return nil, err
+	}
+	return s.newWriter(d)
+}
+
+func (s *Store) newWriter(d digest.Digest) (*BlobWriter, error) {
+	f, err := os.CreateTemp(s.tmp, "obj-")
+	if err != nil {
+		return nil, fmt.Errorf("creating temporary object: %w", err)
+	}
+	return &BlobWriter{s: s, want: d, f: f, h: sha256.New()}, nil
+}
+
+// Write appends data. Writing past the digest's size fails at once.
+func (w *BlobWriter) Write(p []byte) (int, error) {
+	if w.n+int64(len(p)) > w.want.Size {
+		return 0, fmt.Errorf("blob %s: %w: more than %d bytes", w.want, ErrDigestMismatch, w.want.Size)
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	return n, err
+}
+
+// Abort discards what was written.
+func (w *BlobWriter) Abort() {
+	w.f.Close()
+	os.Remove(w.f.Name())
+}
+
+// Commit checks the data against the digest and renames it into place.
+func (w *BlobWriter) Commit() (err error) {
+	defer func() {
+		if err != nil {
+			w.Abort()
+		}
+	}()
+	if got := hex.EncodeToString(w.h.Sum(nil)); w.n != w.want.Size || got != w.want.Hash {
+		return fmt.Errorf("blob %s: %w: received %d bytes hashing to %s", w.want, ErrDigestMismatch, w.n, got)
+	}
+	// BuildStream checks out objects by hard link: keep them world-readable.
+	if err := w.f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("syncing blob %s: %w", w.want, err)
+	}
+	if err := w.f.Close(); err != nil {
+		return err
+	}
+	return w.s.install(w.f.Name(), w.s.ObjectPath(w.want))
+}
+
+// install renames a finished temporary file to its final path, creating the
+// directory and syncing it so the rename itself is durable.
+func (s *Store) install(tmp, final string) error {
+	dir := filepath.Dir(final)
+	if err := os.Rename(tmp, final); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("installing %s: %w", final, err)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, final); err != nil {
+			return fmt.Errorf("installing %s: %w", final, err)
+		}
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,33 @@
+package commands
+
+import (
+	"encoding/json"
+
+	"github.com/urfave/cli/v2"
+)
+
+func configCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "config",
+		Usage: "print the resolved configuration and where each cache came from",
+		Description: "Prints the configuration after merging the user file, the project file and the\n" +
+			"global flags, as TOML (or JSON with --json). Access tokens are shown as ***.",
+		Action: func(c *cli.Context) error {
+			e, err := newEnv(c)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return writeJSON(e, e.cfg.View())
+			}
+			return e.cfg.WriteTOML(e.stdout)
+		},
+	}
+}
+
+// writeJSON prints v as indented JSON on stdout.
+func writeJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,147 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrInvalid is wrapped by every configuration error, so the command line can
+// map it to the usage/configuration exit code.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Format names the BuildStream artifact format refs are read in.
+type Format string
+
+// The artifact formats.
+const (
+	FormatBst1 Format = "bst1"
+	FormatBst2 Format = "bst2"
+)
+
+// ParseFormat checks a format name.
+func ParseFormat(s string) (Format, error) {
+	switch Format(s) {
+	case FormatBst1, FormatBst2:
+		return Format(s), nil
+	}
+	return "", fmt.Errorf("%w: format %q: want \"bst1\" or \"bst2\"", ErrInvalid, s)
+}
+
+// Type says which services a cache offers: an index of refs, CAS storage, or both.
+type Type string
+
+// The cache types.
+const (
+	TypeIndex   Type = "index"
+	TypeStorage Type = "storage"
+	TypeAll     Type = "all"
+)
+
+// HasIndex reports whether refs are looked up on a cache of this type.
+func (t Type) HasIndex() bool { return t == TypeIndex || t == TypeAll }
+
+// HasStorage reports whether blobs are read from a cache of this type.
+func (t Type) HasStorage() bool { return t == TypeStorage || t == TypeAll }
+
+// Defaults for settings a file leaves out.
+const (
+	DefaultFormat         = FormatBst2
+	DefaultJobs           = 8
+	DefaultMaxConcurrency = 16
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultRequestTimeout = 5 * time.Minute
+	DefaultRetryLimit     = 4
+	DefaultRetryDelay     = time.Second
+)
+
+// Origin is where a setting was read: a file and a 1-based line.
+type Origin struct {
+	File string `json:"file"`
+	Line int    `json:"line"`
+}
+
+func (o Origin) String() string {
+	if o.File == "" {
+		return "(default)"
+	}
+	if o.Line == 0 {
+		return o.File
+	}
+	return fmt.Sprintf("%s:%d", o.File, o.Line)
+}
+
+// Config is the resolved configuration.
+type Config struct {
+	Format Format
+	// Local is the local store directory, absolute, with ~ expanded.
+	Local string
+	Jobs  int
+	// Caches in priority order: the first is asked first.
+	Caches []Cache
+	// Files lists the files that were read, in the order they were read.
+	Files []string
+}
+
+// Cache is one remote cache.
+type Cache struct {
+	Name string
+	// URL as written; Endpoint is what it resolves to.
+	URL            string
+	Endpoint       Endpoint
+	InstanceName   string
+	Type           Type
+	Push           bool
+	MaxConcurrency int
+	Auth           Auth
+	Connection     Connection
+	// Origin is the [[cache]] header that declared it.
+	Origin Origin
+}
+
+// Auth holds credentials as absolute file paths. The files are checked to
+// exist at load time and read only when a connection is made.
+type Auth struct {
+	ServerCert      string
+	ClientCert      string
+	ClientKey       string
+	AccessTokenFile string
+}
+
+// Connection holds timeouts and retry policy.
+type Connection struct {
+	ConnectTimeout time.Duration
+	RequestTimeout time.Duration
+	RetryLimit     int
+	RetryDelay     time.Duration
+}
+
+// Endpoint is a parsed cache URL.
+type Endpoint struct {
+	// Target is the gRPC dial target: host:port, or unix:PATH.
+	Target string
+	// TLS is true for https:// and grpcs://.
+	TLS bool
+	// ServerName is the host name checked against the server's certificate.
+	ServerName string
+}
+
+// Cache returns the cache with the given name.
+func (c *Config) Cache(name string) (*Cache, bool) {
+	for i := range c.Caches {
+		if c.Caches[i].Name == name {
+			return &c.Caches[i], true
+		}
+	}
+	return nil, false
+}
+
+// DefaultPush returns the first cache with push = true.
+func (c *Config) DefaultPush() (*Cache, bool) {
+	for i := range c.Caches {
+		if c.Caches[i].Push {
+			return &c.Caches[i], true
+		}
+	}
+	return nil, false
+}

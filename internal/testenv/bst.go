@@ -1,0 +1,136 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+// artifactServerScript runs BuildStream 1.6's bst-artifact-server with its
+// listening address narrowed from [::] to 127.0.0.1: tests listen on
+// loopback only, and the server has no flag for it.
+const artifactServerScript = `
+import sys
+import grpc._server as s
+for name in ("add_insecure_port", "add_secure_port"):
+    def patched(self, address, *args, _orig=getattr(s._Server, name)):
+        return _orig(self, address.replace("[::]", "127.0.0.1"), *args)
+    setattr(s._Server, name, patched)
+from buildstream._artifactcache.casserver import server_main
+sys.argv[0] = "bst-artifact-server"
+server_main()
+`
+
+// ArtifactServerOptions configures StartArtifactServer.
+type ArtifactServerOptions struct {
+	Push bool
+	// TLS: all three are PEM file paths; ClientCerts turns on client
+	// certificate checks.
+	ServerKey, ServerCert, ClientCerts string
+	// Dir is the repository; a fresh temporary directory when empty.
+	Dir string
+}
+
+// StartArtifactServer starts a bst-artifact-server on a free loopback port.
+func StartArtifactServer(t testing.TB, o ArtifactServerOptions) *Server {
+	t.Helper()
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		Missing(t, "bst-artifact-server needs %s (apt-get install buildstream)", py)
+	}
+	if err := exec.Command(py, "-c", "import buildstream._artifactcache.casserver").Run(); err != nil {
+		Missing(t, "bst-artifact-server: BuildStream 1.6 is not installed (apt-get install buildstream)")
+	}
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	port := FreePort(t)
+	args := []string{"-c", artifactServerScript, "--port", strconv.Itoa(port)}
+	if o.Push {
+		args = append(args, "--enable-push")
+	}
+	if o.ServerKey != "" {
+		args = append(args, "--server-key", o.ServerKey, "--server-cert", o.ServerCert)
+	}
+	if o.ClientCerts != "" {
+		args = append(args, "--client-certs", o.ClientCerts)
+	}
+	args = append(args, o.Dir)
+	cmd := exec.Command(py, args...)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	var ready func(context.Context) error
+	if o.ServerKey != "" {
+		ready = func(ctx context.Context) error {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}
+	}
+	s := start(t, "bst-artifact-server", cmd, addr, ready)
+	s.Dir = o.Dir
+	return s
+}
+
+// Bst runs BuildStream 1.6's bst with its own XDG directories, so it sees no
+// user configuration and keeps its cache in a test directory.
+type Bst struct {
+	Home string
+	env  []string
+}
+
+// NewBst prepares a bst client with an empty cache.
+func NewBst(t testing.TB) *Bst {
+	t.Helper()
+	if _, err := exec.LookPath("bst"); err != nil {
+		Missing(t, "bst (BuildStream 1.6) is not installed (apt-get install buildstream)")
+	}
+	home := t.TempDir()
+	b := &Bst{Home: home}
+	for _, kv := range [][2]string{{"XDG_CACHE_HOME", "cache"}, {"XDG_CONFIG_HOME", "config"}, {"XDG_DATA_HOME", "data"}} {
+		dir := filepath.Join(home, kv[1])
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		b.env = append(b.env, kv[0]+"="+dir)
+	}
+	return b
+}
+
+// ArtifactDir is bst's local artifact cache (bst1 layout).
+func (b *Bst) ArtifactDir() string { return filepath.Join(b.Home, "cache", "buildstream", "artifacts") }
+
+// Run runs bst in project dir and returns its output; a failure fails t.
+func (b *Bst) Run(t testing.TB, project string, args ...string) string {
+	t.Helper()
+	return run(t, project, b.env, "bst", append([]string{"--no-interactive", "--no-colors"}, args...)...)
+}
+
+// RunErr runs bst and returns its output and error.
+func (b *Bst) RunErr(project string, args ...string) (string, error) {
+	cmd := exec.Command("bst", append([]string{"--no-interactive", "--no-colors"}, args...)...)
+	cmd.Dir = project
+	cmd.Env = append(os.Environ(), b.env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// WriteUserConfig writes bst's user configuration (buildstream.conf).
+func (b *Bst) WriteUserConfig(t testing.TB, yaml string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(b.Home, "config", "buildstream.conf"), []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ArtifactsConfig is bst 1.6 user configuration naming one artifact cache.
+func ArtifactsConfig(url string, push bool) string {
+	return fmt.Sprintf("artifacts:\n  url: %s\n  push: %t\n", url, push)
+}

@@ -1,0 +1,181 @@
+package remotes
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/retry"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/config"
+)
+
+// MaxMessageBytes is the largest gRPC message sent or received. Batches are
+// sized to stay below it.
+const MaxMessageBytes = 64 << 20
+
+// RetryEvent describes a call that failed and will be tried again.
+type RetryEvent struct {
+	Cache   string
+	Op      string
+	Attempt int // 1 for the first retry
+	Delay   time.Duration
+	Err     error
+}
+
+// Option configures Dial.
+type Option func(*options)
+
+type options struct {
+	onRetry     func(RetryEvent)
+	concurrency int
+}
+
+// WithRetryHook calls fn before each retry, e.g. to log it. The default is
+// to retry silently.
+func WithRetryHook(fn func(RetryEvent)) Option { return func(o *options) { o.onRetry = fn } }
+
+// WithConcurrency overrides the cache's max-concurrency, the number of
+// requests in flight to it. The default is the configured max-concurrency.
+func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
+
+// Dial prepares a connection to a cache. Connecting is lazy: an unreachable
+// cache shows on the first call, which fails fast.
+func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) {
+	o := options{concurrency: c.MaxConcurrency}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.concurrency < 1 {
+		o.concurrency = 1
+	}
+	r := &Remote{
+		name:     c.Name,
+		url:      c.URL,
+		instance: c.InstanceName,
+		conn:     c.Connection,
+		sem:      make(chan struct{}, o.concurrency),
+		onRetry:  o.onRetry,
+	}
+
+	params := client.DialParams{
+		Service:           c.Endpoint.Target,
+		NoSecurity:        !c.Endpoint.TLS,
+		NoAuth:            true,
+		TLSServerName:     c.Endpoint.ServerName,
+		TLSCACertFile:     c.Auth.ServerCert,
+		TLSClientAuthCert: c.Auth.ClientCert,
+		TLSClientAuthKey:  c.Auth.ClientKey,
+		DialOpts: []grpc.DialOption{
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+			grpc.WithConnectParams(grpc.ConnectParams{
+				MinConnectTimeout: c.Connection.ConnectTimeout,
+				Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			}),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+		},
+	}
+	if c.Auth.AccessTokenFile != "" {
+		tok, err := readToken(c.Auth.AccessTokenFile)
+		if err != nil {
+			return nil, r.wrap("reading access token", err)
+		}
+		params.DialOpts = append(params.DialOpts, grpc.WithPerRPCCredentials(bearer(tok)))
+	}
+	dialOpts, _, err := client.OptsFromParams(ctx, params)
+	if err != nil {
+		return nil, r.wrap("preparing connection", err)
+	}
+	cc, err := grpc.NewClient(c.Endpoint.Target, dialOpts...)
+	if err != nil {
+		return nil, r.wrap("connecting", err)
+	}
+	r.cc = cc
+	r.sdk, err = client.NewClientFromConnection(ctx, c.InstanceName, cc, cc,
+		client.StartupCapabilities(false),
+		client.CASConcurrency(o.concurrency),
+		client.RPCTimeouts{"default": c.Connection.RequestTimeout},
+		&client.Retrier{
+			Backoff:     retry.ExponentialBackoff(c.Connection.RetryDelay, 30*c.Connection.RetryDelay, retry.Attempts(c.Connection.RetryLimit+1)),
+			ShouldRetry: func(err error) bool { return retryable(status.Code(err), true) },
+		},
+	)
+	if err != nil {
+		cc.Close()
+		return nil, r.wrap("connecting", err)
+	}
+	r.bindStubs()
+	return r, nil
+}
+
+// readToken reads a bearer token file. The error never includes the token.
+func readToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", status.Errorf(codes.FailedPrecondition, "cannot read the access-token file %s", path)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" || strings.ContainsAny(tok, "\r\n") {
+		return "", status.Errorf(codes.FailedPrecondition, "the access-token file %s must hold one token on one line", path)
+	}
+	return tok, nil
+}
+
+// bearer sends "authorization: Bearer <token>" with every call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+// RequireTransportSecurity is false so tokens also work with plaintext
+// caches on trusted networks; with TLS they are encrypted as usual.
+func (b bearer) RequireTransportSecurity() bool { return false }
+
+// String keeps the token out of anything that formats the credentials.
+func (b bearer) String() string { return config.Redacted }
+
+// call runs one RPC under the concurrency limit and the request timeout,
+// retrying retryable codes with exponential backoff and jitter.
+func (r *Remote) call(ctx context.Context, op string, idempotent bool, f func(ctx context.Context) error) error {
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done():
+		return r.wrap(op, ctx.Err())
+	}
+	defer func() { <-r.sem }()
+
+	delay := r.conn.RetryDelay
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, r.conn.RequestTimeout)
+		err := f(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || attempt >= r.conn.RetryLimit || !retryable(status.Code(err), idempotent) {
+			return r.wrap(op, err)
+		}
+		wait := delay/2 + rand.N(delay)
+		if r.onRetry != nil {
+			r.onRetry(RetryEvent{Cache: r.name, Op: op, Attempt: attempt + 1, Delay: wait, Err: r.wrap(op, err)})
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return r.wrap(op, ctx.Err())
+		}
+		delay = min(2*delay, 30*r.conn.RetryDelay)
+	}
+}
+
+func (r *Remote) String() string { return fmt.Sprintf("%s (%s)", r.name, r.url) }

@@ -1,0 +1,11 @@
+// Package remotes connects to remote caches and speaks their protocols:
+// REAPI v2 CAS and ByteStream (through remote-apis-sdks), the Remote Asset
+// API, and BuildStream 1's buildstream.v2.ReferenceStorage.
+//
+// A Remote is one cache from the configuration: one gRPC connection with its
+// TLS, client certificate, bearer token and instance name, a concurrency
+// limit, and a retry policy that retries only retryable codes. Every error a
+// Remote returns is an *Error naming the cache, its URL and the operation;
+// a miss is ErrNotFound, whether the RPC said NOT_FOUND or a Remote Asset
+// response carried it in its status. Nothing here prints.
+package remotes

@@ -1,0 +1,118 @@
+package remotes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrNotFound is what a miss wraps: the ref or blob is not on the cache.
+// It is the only error that moves a priority walk on quietly.
+var ErrNotFound = errors.New("not found")
+
+// Error is a failed call to a cache.
+type Error struct {
+	Cache string // the cache's configured name
+	URL   string
+	Op    string // the RPC or operation, e.g. "GetReference demo/hello/1d89…"
+	Code  codes.Code
+	Err   error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("cache %s (%s): %s: %s", e.Cache, e.URL, e.Op, describe(e.Code, e.Err))
+}
+
+// Unwrap returns the underlying error; a NOT_FOUND code also matches
+// ErrNotFound.
+func (e *Error) Unwrap() []error {
+	if e.Code == codes.NotFound {
+		return []error{e.Err, ErrNotFound}
+	}
+	return []error{e.Err}
+}
+
+// Temporary reports whether trying again later may succeed.
+func (e *Error) Temporary() bool { return retryable(e.Code, true) }
+
+// Unreachable reports whether the cache could not be reached at all.
+func (e *Error) Unreachable() bool {
+	return e.Code == codes.Unavailable || e.Code == codes.DeadlineExceeded
+}
+
+func describe(c codes.Code, err error) string {
+	msg := err.Error()
+	if s, ok := status.FromError(err); ok {
+		msg = s.Message()
+	}
+	switch c {
+	case codes.OK, codes.Unknown:
+		return msg
+	case codes.NotFound:
+		if msg == "" {
+			return "not found"
+		}
+	case codes.Unavailable:
+		return "unreachable: " + msg
+	case codes.DeadlineExceeded:
+		return "timed out: " + msg
+	case codes.Unauthenticated:
+		return "not authenticated (check access-token): " + msg
+	case codes.PermissionDenied:
+		return "permission denied: " + msg
+	case codes.Unimplemented:
+		return "not supported by the server: " + msg
+	}
+	return fmt.Sprintf("%s: %s", codeName(c), msg)
+}
+
+func codeName(c codes.Code) string {
+	switch c {
+	case codes.InvalidArgument:
+		return "invalid argument"
+	case codes.FailedPrecondition:
+		return "failed precondition"
+	case codes.ResourceExhausted:
+		return "resource exhausted"
+	}
+	return c.String()
+}
+
+// wrap turns an RPC error into an *Error for this remote. nil stays nil.
+func (r *Remote) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var re *Error
+	if errors.As(err, &re) {
+		return err
+	}
+	code := status.Code(err)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	}
+	return &Error{Cache: r.name, URL: r.url, Op: op, Code: code, Err: err}
+}
+
+// notFound builds the error for a miss reported inside a response.
+func (r *Remote) notFound(op, msg string) error {
+	return &Error{Cache: r.name, URL: r.url, Op: op, Code: codes.NotFound, Err: status.Error(codes.NotFound, msg)}
+}
+
+// retryable says which codes are worth another attempt. DEADLINE_EXCEEDED is
+// retried only for idempotent calls.
+func retryable(c codes.Code, idempotent bool) bool {
+	switch c {
+	case codes.Unavailable, codes.ResourceExhausted:
+		return true
+	case codes.DeadlineExceeded:
+		return idempotent
+	}
+	return false
+}

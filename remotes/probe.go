@@ -1,0 +1,157 @@
+package remotes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/config"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
+)
+
+// Capabilities is what a probe learnt about a cache.
+type Capabilities struct {
+	CAS              bool     `json:"cas"`
+	BatchRead        bool     `json:"batch_read"`
+	BatchUpdate      bool     `json:"batch_update"`
+	GetTree          bool     `json:"get_tree"`
+	RemoteAssetFetch bool     `json:"remote_asset_fetch"`
+	RemoteAssetPush  bool     `json:"remote_asset_push"`
+	ReferenceStorage bool     `json:"reference_storage"`
+	AllowUpdates     bool     `json:"allow_updates"`
+	PushAllowed      bool     `json:"push_allowed"`
+	MaxBatchBytes    int64    `json:"max_batch_bytes"`
+	Compressors      []string `json:"compressors"`
+}
+
+// Status of a probed cache.
+const (
+	StatusOK          = "ok"
+	StatusUnreachable = "unreachable"
+	StatusError       = "error"
+	StatusUnchecked   = "unchecked"
+)
+
+// ProbeResult is the outcome of Probe.
+type ProbeResult struct {
+	Status string
+	Err    error
+	// Warning is set when the cache works but does not fit its configured
+	// type, e.g. a CAS-only server configured as type "all".
+	Warning string
+	Caps    Capabilities
+}
+
+// Probe asks a cache what it supports, the way BuildStream 1.6 does:
+// GetCapabilities (UNIMPLEMENTED tolerated), an empty BatchReadBlobs, an
+// empty FetchDirectory (INVALID_ARGUMENT means Remote Asset is there,
+// UNIMPLEMENTED that it is not), an empty BatchUpdateBlobs and an empty
+// PushDirectory (likewise), then ReferenceStorage's Status. It also tries
+// GetTree on the empty Directory. Probe calls are not retried: ctx should
+// carry a short deadline. Probe applies the server's batch limit to r.
+func Probe(ctx context.Context, r *Remote, typ config.Type) ProbeResult {
+	res := ProbeResult{Caps: Capabilities{Compressors: []string{}}}
+	caps := &res.Caps
+	fail := func(err error) ProbeResult {
+		res.Err = r.wrap("probe", err)
+		res.Status = StatusError
+		var re *Error
+		if errors.As(res.Err, &re) && re.Unreachable() {
+			res.Status = StatusUnreachable
+		}
+		return res
+	}
+
+	sc, err := r.caps.GetCapabilities(ctx, &repb.GetCapabilitiesRequest{InstanceName: r.instance})
+	switch status.Code(err) {
+	case codes.OK:
+		cc := sc.GetCacheCapabilities()
+		caps.MaxBatchBytes = cc.GetMaxBatchTotalSizeBytes()
+		for _, c := range cc.GetSupportedCompressors() {
+			caps.Compressors = append(caps.Compressors, c.String())
+		}
+	case codes.Unimplemented:
+	default:
+		return fail(err)
+	}
+	r.SetMaxBatchBytes(caps.MaxBatchBytes)
+
+	// CAS: bst 1.6 reads an empty BatchReadBlobs.
+	_, err = r.cas.BatchReadBlobs(ctx, &repb.BatchReadBlobsRequest{InstanceName: r.instance})
+	if caps.BatchRead, err = supported(err, codes.OK); err != nil {
+		return fail(err)
+	}
+	_, err = r.cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{InstanceName: r.instance})
+	if caps.CAS, err = supported(err, codes.OK); err != nil {
+		return fail(err)
+	}
+	_, err = r.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{InstanceName: r.instance})
+	if caps.BatchUpdate, err = supported(err, codes.OK); err != nil {
+		return fail(err)
+	}
+
+	empty := digest.NewFromBlob(nil)
+	if stream, err := r.cas.GetTree(ctx, &repb.GetTreeRequest{InstanceName: r.instance, RootDigest: empty.ToProto()}); err == nil {
+		_, err = stream.Recv()
+		// Any answer but UNIMPLEMENTED (a tree, NOT_FOUND, a refusal of the
+		// empty digest) shows the call exists.
+		caps.GetTree = status.Code(err) != codes.Unimplemented
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fail(ctx.Err())
+		}
+	}
+
+	_, err = r.fetch.FetchDirectory(ctx, &assetpb.FetchDirectoryRequest{InstanceName: r.instance})
+	if caps.RemoteAssetFetch, err = supported(err, codes.InvalidArgument); err != nil {
+		return fail(err)
+	}
+	_, err = r.pushRA.PushDirectory(ctx, &assetpb.PushDirectoryRequest{InstanceName: r.instance})
+	if caps.RemoteAssetPush, err = supported(err, codes.InvalidArgument); err != nil {
+		return fail(err)
+	}
+	allow, err := r.refs.Status(ctx, &bspb.StatusRequest{InstanceName: r.instance})
+	if caps.ReferenceStorage, err = supported(err, codes.OK); err != nil {
+		return fail(err)
+	}
+	caps.AllowUpdates = caps.ReferenceStorage && allow.GetAllowUpdates()
+
+	indexPush := caps.RemoteAssetPush || caps.AllowUpdates
+	switch typ {
+	case config.TypeIndex:
+		caps.PushAllowed = indexPush
+	case config.TypeStorage:
+		caps.PushAllowed = caps.BatchUpdate
+	default:
+		caps.PushAllowed = indexPush && caps.BatchUpdate
+	}
+
+	res.Status = StatusOK
+	if typ.HasStorage() && !caps.CAS {
+		res.Warning = fmt.Sprintf("type %q needs CAS, which the server does not offer; set type = \"index\"", typ)
+	} else if typ.HasIndex() && !caps.RemoteAssetFetch && !caps.ReferenceStorage {
+		res.Warning = fmt.Sprintf("type %q needs an artifact index (Remote Asset or ReferenceStorage), which the server does not offer; set type = \"storage\"", typ)
+	}
+	return res
+}
+
+// supported reads a probe answer: ok is the code that means "supported";
+// UNIMPLEMENTED and PERMISSION_DENIED mean "not here", anything else is a
+// failure of the probe itself.
+func supported(err error, ok codes.Code) (bool, error) {
+	switch c := status.Code(err); c {
+	case ok:
+		return true, nil
+	case codes.OK, codes.InvalidArgument, codes.NotFound:
+		// Answered, though not with the expected code: the service exists.
+		return true, nil
+	case codes.Unimplemented, codes.PermissionDenied:
+		return false, nil
+	}
+	return false, err
+}

@@ -1,0 +1,341 @@
+package remotes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/config"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
+)
+
+// ErrCorrupt is wrapped when a cache returns data that does not match its
+// digest. Such data is never stored.
+var ErrCorrupt = errors.New("data does not match its digest")
+
+// Remote is a connection to one cache. It is safe for concurrent use; every
+// method may be retried by the caller and honours ctx.
+type Remote struct {
+	name, url, instance string
+	conn                config.Connection
+	sem                 chan struct{}
+	onRetry             func(RetryEvent)
+
+	cc      *grpc.ClientConn
+	sdk     *client.Client
+	caps    repb.CapabilitiesClient
+	cas     repb.ContentAddressableStorageClient
+	refs    bspb.ReferenceStorageClient
+	fetch   assetpb.FetchClient
+	pushRA  assetpb.PushClient
+	maxRead int64
+}
+
+func (r *Remote) bindStubs() {
+	r.caps = repb.NewCapabilitiesClient(r.cc)
+	r.cas = repb.NewContentAddressableStorageClient(r.cc)
+	r.refs = bspb.NewReferenceStorageClient(r.cc)
+	r.fetch = assetpb.NewFetchClient(r.cc)
+	r.pushRA = assetpb.NewPushClient(r.cc)
+	r.SetMaxBatchBytes(DefaultMaxBatchBytes)
+}
+
+// DefaultMaxBatchBytes is the batch size used until a server says otherwise.
+const DefaultMaxBatchBytes = 4 << 20
+
+// batchMargin is left free in each batch for the message's own framing.
+const batchMargin = 64 << 10
+
+// Name is the cache's configured name.
+func (r *Remote) Name() string { return r.name }
+
+// URL is the cache's configured URL.
+func (r *Remote) URL() string { return r.url }
+
+// Close closes the connection.
+func (r *Remote) Close() error { return r.sdk.Close() }
+
+// SetMaxBatchBytes sets the total size of blobs in one batch call, from the
+// server's max_batch_total_size_bytes (0 means no limit of its own, so the
+// gRPC message limit applies). A margin is kept for framing.
+func (r *Remote) SetMaxBatchBytes(n int64) {
+	if n <= 0 || n > MaxMessageBytes {
+		n = DefaultMaxBatchBytes
+	}
+	limit := n - batchMargin
+	if limit < n/2 {
+		limit = n / 2
+	}
+	r.maxRead = limit
+	client.MaxBatchSize(limit).Apply(r.sdk)
+}
+
+// MaxBatchBytes is the current batch size limit.
+func (r *Remote) MaxBatchBytes() int64 { return r.maxRead }
+
+// Capabilities calls GetCapabilities.
+func (r *Remote) Capabilities(ctx context.Context) (*repb.ServerCapabilities, error) {
+	var resp *repb.ServerCapabilities
+	err := r.call(ctx, "GetCapabilities", true, func(ctx context.Context) (err error) {
+		resp, err = r.caps.GetCapabilities(ctx, &repb.GetCapabilitiesRequest{InstanceName: r.instance})
+		return err
+	})
+	return resp, err
+}
+
+// FindMissing returns the digests the cache does not have. Large queries
+// are split so no message passes the gRPC size limit.
+func (r *Remote) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	if len(ds) == 0 {
+		return nil, nil
+	}
+	var missing []digest.Digest
+	err := r.call(ctx, "FindMissingBlobs", true, func(ctx context.Context) (err error) {
+		missing, err = r.sdk.MissingBlobs(ctx, ds)
+		return err
+	})
+	return missing, err
+}
+
+// BatchRead reads small blobs in one call whose total size must fit
+// MaxBatchBytes. Every blob is checked against its digest: found holds
+// only verified data, missing the digests the server said it lacks. A blob
+// that fails verification makes the whole call fail with ErrCorrupt.
+func (r *Remote) BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error) {
+	req := &repb.BatchReadBlobsRequest{InstanceName: r.instance}
+	for _, d := range ds {
+		req.Digests = append(req.Digests, d.ToProto())
+	}
+	var resp *repb.BatchReadBlobsResponse
+	err = r.call(ctx, "BatchReadBlobs", true, func(ctx context.Context) (err error) {
+		resp, err = r.cas.BatchReadBlobs(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	found = make(map[digest.Digest][]byte, len(ds))
+	answered := make(map[digest.Digest]bool, len(ds))
+	for _, br := range resp.GetResponses() {
+		d := digest.NewFromProtoUnvalidated(br.GetDigest())
+		answered[d] = true
+		switch c := codes.Code(br.GetStatus().GetCode()); c {
+		case codes.OK:
+			if got := digest.NewFromBlob(br.GetData()); got != d {
+				return nil, nil, r.wrap("BatchReadBlobs", fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, got.Size, got.Hash))
+			}
+			found[d] = br.GetData()
+		case codes.NotFound:
+			missing = append(missing, d)
+		default:
+			return nil, nil, r.wrap("BatchReadBlobs", status.ErrorProto(br.GetStatus()))
+		}
+	}
+	for _, d := range ds {
+		if !answered[d] {
+			// A server that leaves a blob out has not given it to us.
+			missing = append(missing, d)
+		}
+	}
+	return found, missing, nil
+}
+
+// ReadBlob streams one blob through ByteStream into w, resuming after
+// transient failures. w must check the digest (cache.BlobWriter does).
+func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) error {
+	name, err := r.sdk.ResourceName("blobs", d.Hash, strconv.FormatInt(d.Size, 10))
+	if err != nil {
+		return r.wrap("ByteStream.Read", err)
+	}
+	op := "ByteStream.Read " + d.String()
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done():
+		return r.wrap(op, ctx.Err())
+	}
+	defer func() { <-r.sem }()
+	n, err := r.sdk.ReadResourceTo(ctx, name, w)
+	if err != nil {
+		return r.wrap(op, err)
+	}
+	if n != d.Size {
+		return r.wrap(op, fmt.Errorf("%w: got %d bytes, want %d", ErrCorrupt, n, d.Size))
+	}
+	return nil
+}
+
+// Upload uploads the entries the cache is missing: small ones in batches,
+// large ones streamed through ByteStream from disk. It returns the digests
+// that were missing and the bytes moved.
+func (r *Remote) Upload(ctx context.Context, entries []*uploadinfo.Entry) ([]digest.Digest, int64, error) {
+	var missing []digest.Digest
+	var moved int64
+	err := r.call(ctx, "Upload", true, func(ctx context.Context) (err error) {
+		missing, moved, err = r.sdk.UploadIfMissing(ctx, entries...)
+		return err
+	})
+	return missing, moved, err
+}
+
+// GetTree returns every Directory under root, root first, following pages.
+// Servers without GetTree answer UNIMPLEMENTED.
+func (r *Remote) GetTree(ctx context.Context, root digest.Digest) ([]*repb.Directory, error) {
+	var dirs []*repb.Directory
+	err := r.call(ctx, "GetTree "+root.String(), true, func(ctx context.Context) error {
+		dirs = dirs[:0]
+		pageToken := ""
+		for {
+			stream, err := r.cas.GetTree(ctx, &repb.GetTreeRequest{InstanceName: r.instance, RootDigest: root.ToProto(), PageToken: pageToken})
+			if err != nil {
+				return err
+			}
+			next := ""
+			for {
+				resp, err := stream.Recv()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					return err
+				}
+				dirs = append(dirs, resp.GetDirectories()...)
+				next = resp.GetNextPageToken()
+			}
+			if next == "" {
+				return nil
+			}
+			pageToken = next
+		}
+	})
+	return dirs, err
+}
+
+// GetReference asks ReferenceStorage for a ref's root Directory digest.
+func (r *Remote) GetReference(ctx context.Context, ref string) (digest.Digest, error) {
+	var resp *bspb.GetReferenceResponse
+	op := "GetReference " + ref
+	err := r.call(ctx, op, true, func(ctx context.Context) (err error) {
+		resp, err = r.refs.GetReference(ctx, &bspb.GetReferenceRequest{InstanceName: r.instance, Key: ref})
+		return err
+	})
+	if err != nil {
+		return digest.Digest{}, err
+	}
+	d, err := digest.NewFromProto(resp.GetDigest())
+	if err != nil {
+		return digest.Digest{}, r.wrap(op, fmt.Errorf("server returned an invalid digest: %w", err))
+	}
+	return d, nil
+}
+
+// UpdateReference points refs at d through ReferenceStorage.
+func (r *Remote) UpdateReference(ctx context.Context, refs []string, d digest.Digest) error {
+	return r.call(ctx, fmt.Sprintf("UpdateReference %v", refs), true, func(ctx context.Context) error {
+		_, err := r.refs.UpdateReference(ctx, &bspb.UpdateReferenceRequest{InstanceName: r.instance, Keys: refs, Digest: d.ToProto()})
+		return err
+	})
+}
+
+// ReferenceStatus asks ReferenceStorage whether it accepts updates.
+func (r *Remote) ReferenceStatus(ctx context.Context) (allowUpdates bool, err error) {
+	err = r.call(ctx, "ReferenceStorage.Status", true, func(ctx context.Context) error {
+		resp, err := r.refs.Status(ctx, &bspb.StatusRequest{InstanceName: r.instance})
+		allowUpdates = resp.GetAllowUpdates()
+		return err
+	})
+	return allowUpdates, err
+}
+
+// FetchDirectory resolves a Remote Asset URI to a root Directory digest.
+func (r *Remote) FetchDirectory(ctx context.Context, uri string) (digest.Digest, error) {
+	op := "FetchDirectory " + uri
+	var resp *assetpb.FetchDirectoryResponse
+	err := r.call(ctx, op, true, func(ctx context.Context) (err error) {
+		resp, err = r.fetch.FetchDirectory(ctx, &assetpb.FetchDirectoryRequest{InstanceName: r.instance, Uris: []string{uri}})
+		return err
+	})
+	if err != nil {
+		return digest.Digest{}, err
+	}
+	if err := r.assetStatus(op, resp.GetStatus()); err != nil {
+		return digest.Digest{}, err
+	}
+	d, err := digest.NewFromProto(resp.GetRootDirectoryDigest())
+	if err != nil {
+		return digest.Digest{}, r.wrap(op, fmt.Errorf("server returned an invalid digest: %w", err))
+	}
+	return d, nil
+}
+
+// FetchBlob resolves a Remote Asset URI to a blob digest.
+func (r *Remote) FetchBlob(ctx context.Context, uri string) (digest.Digest, error) {
+	op := "FetchBlob " + uri
+	var resp *assetpb.FetchBlobResponse
+	err := r.call(ctx, op, true, func(ctx context.Context) (err error) {
+		resp, err = r.fetch.FetchBlob(ctx, &assetpb.FetchBlobRequest{InstanceName: r.instance, Uris: []string{uri}})
+		return err
+	})
+	if err != nil {
+		return digest.Digest{}, err
+	}
+	if err := r.assetStatus(op, resp.GetStatus()); err != nil {
+		return digest.Digest{}, err
+	}
+	d, err := digest.NewFromProto(resp.GetBlobDigest())
+	if err != nil {
+		return digest.Digest{}, r.wrap(op, fmt.Errorf("server returned an invalid digest: %w", err))
+	}
+	return d, nil
+}
+
+// assetStatus maps the status a Fetch response carries: a successful RPC
+// can still say NOT_FOUND.
+func (r *Remote) assetStatus(op string, st interface {
+	GetCode() int32
+	GetMessage() string
+}) error {
+	if st == nil || codes.Code(st.GetCode()) == codes.OK {
+		return nil
+	}
+	if codes.Code(st.GetCode()) == codes.NotFound {
+		return r.notFound(op, st.GetMessage())
+	}
+	return r.wrap(op, status.Error(codes.Code(st.GetCode()), st.GetMessage()))
+}
+
+// PushDirectory records uri → root in the Remote Asset index.
+func (r *Remote) PushDirectory(ctx context.Context, uri string, root digest.Digest) error {
+	return r.call(ctx, "PushDirectory "+uri, true, func(ctx context.Context) error {
+		_, err := r.pushRA.PushDirectory(ctx, &assetpb.PushDirectoryRequest{
+			InstanceName: r.instance, Uris: []string{uri}, RootDirectoryDigest: root.ToProto(),
+		})
+		return err
+	})
+}
+
+// PushBlob records uri → blob in the Remote Asset index, naming the blobs
+// and directories the asset refers to so the server can keep them.
+func (r *Remote) PushBlob(ctx context.Context, uri string, blob digest.Digest, refBlobs, refDirs []digest.Digest) error {
+	req := &assetpb.PushBlobRequest{InstanceName: r.instance, Uris: []string{uri}, BlobDigest: blob.ToProto()}
+	for _, d := range refBlobs {
+		req.ReferencesBlobs = append(req.ReferencesBlobs, d.ToProto())
+	}
+	for _, d := range refDirs {
+		req.ReferencesDirectories = append(req.ReferencesDirectories, d.ToProto())
+	}
+	return r.call(ctx, "PushBlob "+uri, true, func(ctx context.Context) error {
+		_, err := r.pushRA.PushBlob(ctx, req)
+		return err
+	})
+}
