@@ -215,6 +215,8 @@ type rawCache struct {
 	} `toml:"connection"`
 }
 
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 
 // readFile decodes and validates one file. isUser allows the user-only keys.
@@ -237,6 +239,11 @@ func readFile(path string, isUser bool) (*file, error) {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			return nil, &Error{File: abs, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+		}
+		// Type mismatches come as plain errors: "toml: line N (last key "K"): msg".
+		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return nil, &Error{File: abs, Line: line, Key: m[2], Msg: m[3]}
 		}
 		return nil, &Error{File: abs, Msg: err.Error()}
 	}

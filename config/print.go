@@ -124,4 +124,3 @@ func quote(s string) string {
 	b.WriteByte('"')
 	return b.String()
 }
-

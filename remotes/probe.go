@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 

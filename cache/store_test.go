@@ -1,0 +1,269 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"github.com/google/go-cmp/cmp"
+)
+
+func openTemp(t *testing.T, layout Layout) *Store {
+	t.Helper()
+	s, err := Open(t.TempDir(), layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// tmpEntries lists what is left in the store's temporary directory.
+func tmpEntries(t *testing.T, s *Store) []string {
+	t.Helper()
+	entries, err := os.ReadDir(s.tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestLayoutPaths(t *testing.T) {
+	d := digest.NewFromBlob([]byte("hello"))
+	for _, tc := range []struct {
+		layout      Layout
+		object, ref string
+	}{
+		{LayoutBst1, "cas/objects/" + d.Hash[:2] + "/" + d.Hash[2:], "cas/refs/heads/p/e/k"},
+		{LayoutBst2, "cas/cas/objects/" + d.Hash[:2] + "/" + d.Hash[2:], "artifacts/refs/p/e/k"},
+	} {
+		s := openTemp(t, tc.layout)
+		if got, want := s.ObjectPath(d), filepath.Join(s.Root(), tc.object); got != want {
+			t.Errorf("%s object path = %s; want %s", tc.layout, got, want)
+		}
+		got, err := s.RefPath(KindArtifact, "p/e/k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := filepath.Join(s.Root(), tc.ref); got != want {
+			t.Errorf("%s ref path = %s; want %s", tc.layout, got, want)
+		}
+	}
+	s := openTemp(t, LayoutBst2)
+	if got, _ := s.RefPath(KindSource, "p/s/k"); got != filepath.Join(s.Root(), "source_protos/p/s/k") {
+		t.Errorf("bst2 source ref path = %s", got)
+	}
+	if _, err := openTemp(t, LayoutBst1).RefPath(KindSource, "p/s/k"); err == nil {
+		t.Error("bst1 has no source refs; RefPath succeeded")
+	}
+}
+
+func TestPutReadVerify(t *testing.T) {
+	s := openTemp(t, LayoutBst1)
+	data := bytes.Repeat([]byte("0123456789"), 100000)
+	d := digest.NewFromBlob(data)
+	if ok, _ := s.Has(d); ok {
+		t.Fatal("Has before Put")
+	}
+	if err := s.Put(d, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Has(d); !ok || err != nil {
+		t.Fatalf("Has after Put = %v, %v", ok, err)
+	}
+	got, err := s.ReadBlob(d)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("ReadBlob = %d bytes, %v", len(got), err)
+	}
+	st, err := os.Stat(s.ObjectPath(d))
+	if err != nil || st.Mode().Perm() != 0o644 {
+		t.Errorf("object mode = %v, %v; want 0644 (BuildStream hard-links objects)", st.Mode(), err)
+	}
+	// Putting it again is harmless.
+	if err := s.Put(d, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(d); err != nil {
+		t.Fatal(err)
+	}
+	// Corrupt it behind the store's back: Verify and ReadBlob notice.
+	corrupt := bytes.Clone(data)
+	corrupt[len(corrupt)/2] ^= 0xff
+	if err := os.WriteFile(s.ObjectPath(d), corrupt, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(d); !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("Verify of a corrupt object = %v; want ErrDigestMismatch", err)
+	}
+	if _, err := s.ReadBlob(d); !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("ReadBlob of a corrupt object = %v; want ErrDigestMismatch", err)
+	}
+	if _, err := s.Open(digest.NewFromBlob([]byte("absent"))); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Open of an absent blob = %v; want ErrNotFound", err)
+	}
+	empty := digest.NewFromBlob(nil)
+	if err := s.PutBytes(empty, nil); err != nil {
+		t.Fatalf("empty blob: %v", err)
+	}
+	if ok, _ := s.Has(empty); !ok {
+		t.Error("empty blob not stored")
+	}
+}
+
+func TestPutRejectsBadData(t *testing.T) {
+	s := openTemp(t, LayoutBst2)
+	data := []byte("the right content")
+	d := digest.NewFromBlob(data)
+	for name, r := range map[string]io.Reader{
+		"other bytes": strings.NewReader("the wrong content"),
+		"too short":   strings.NewReader("the right"),
+		"too long":    strings.NewReader("the right content, and more"),
+		"read error":  io.MultiReader(strings.NewReader("the"), errReader{}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := s.Put(d, r); err == nil {
+				t.Fatal("Put succeeded")
+			}
+			if ok, _ := s.Has(d); ok {
+				t.Error("a rejected blob is in the store")
+			}
+			if _, err := os.Stat(s.ObjectPath(d)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("object file exists after a rejected Put: %v", err)
+			}
+			if left := tmpEntries(t, s); len(left) != 0 {
+				t.Errorf("temporary files left behind: %v", left)
+			}
+		})
+	}
+	bad := digest.Digest{Hash: "../../../../etc/passwd", Size: 1}
+	if err := s.Put(bad, strings.NewReader("x")); err == nil {
+		t.Error("Put accepted a digest that is not a hash")
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("connection reset") }
+
+func TestValidateRef(t *testing.T) {
+	for _, ok := range []string{"demo/hello/1d893b4d", "a", "p/el-name_x.y/key"} {
+		if err := ValidateRef(ok); err != nil {
+			t.Errorf("ValidateRef(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "/abs/ref", "a/../b", "..", "../x", "a/./b", "a//b", "a/", "a\x00b", `a\b`} {
+		if err := ValidateRef(bad); !errors.Is(err, ErrInvalidRef) {
+			t.Errorf("ValidateRef(%q) = %v; want ErrInvalidRef", bad, err)
+		}
+	}
+	s := openTemp(t, LayoutBst1)
+	if err := s.SetRef(KindArtifact, "../escape", []byte("x")); !errors.Is(err, ErrInvalidRef) {
+		t.Errorf("SetRef with .. = %v", err)
+	}
+}
+
+func TestRefs(t *testing.T) {
+	s := openTemp(t, LayoutBst1)
+	refs := []string{"demo/hello/aaaa", "demo/hello/bbbb", "demo/world/cccc", "other/x/dddd"}
+	for i, r := range refs {
+		if err := s.SetRef(KindArtifact, r, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.GetRef(KindArtifact, "demo/world/cccc")
+	if err != nil || !bytes.Equal(got, []byte{2}) {
+		t.Errorf("GetRef = %v, %v", got, err)
+	}
+	if _, err := s.GetRef(KindArtifact, "demo/none/x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetRef of a missing ref = %v; want ErrNotFound", err)
+	}
+	if _, err := s.GetRef(KindArtifact, "demo/hello"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetRef of a ref directory = %v; want ErrNotFound", err)
+	}
+	names := func(pattern string) []string {
+		infos, err := s.ListRefs(KindArtifact, pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n []string
+		for _, i := range infos {
+			n = append(n, i.Name)
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		pattern string
+		want    []string
+	}{
+		{"", refs},
+		{"demo/*", refs[:3]},
+		{"*/hello/*", refs[:2]},
+		{"demo/hello/[ab]???", refs[:2]},
+		{"demo/hello/[!a]*", refs[1:2]},
+		{"nothing*", nil},
+	} {
+		if diff := cmp.Diff(tc.want, names(tc.pattern)); diff != "" {
+			t.Errorf("ListRefs(%q) (-want +got):\n%s", tc.pattern, diff)
+		}
+	}
+	if err := s.DeleteRef(KindArtifact, "demo/hello/aaaa"); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(refs[1:3], names("demo/*")); diff != "" {
+		t.Errorf("after delete (-want +got):\n%s", diff)
+	}
+	empty := openTemp(t, LayoutBst2)
+	if infos, err := empty.ListRefs(KindSource, ""); err != nil || len(infos) != 0 {
+		t.Errorf("ListRefs on an empty store = %v, %v", infos, err)
+	}
+}
+
+// TestConcurrentWriters has many writers store overlapping blobs and refs
+// at once; everything must end up present and intact.
+func TestConcurrentWriters(t *testing.T) {
+	s := openTemp(t, LayoutBst2)
+	var blobs [][]byte
+	for i := range 50 {
+		blobs = append(blobs, bytes.Repeat([]byte(fmt.Sprintf("blob %d ", i)), 1000*(i%5+1)))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16*len(blobs))
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range blobs {
+				b := blobs[(i+w)%len(blobs)]
+				if _, err := s.Add(b); err != nil {
+					errs <- err
+				}
+				if err := s.SetRef(KindArtifact, fmt.Sprintf("p/e/%d", i%7), b[:10]); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, b := range blobs {
+		if err := s.Verify(digest.NewFromBlob(b)); err != nil {
+			t.Error(err)
+		}
+	}
+	if left := tmpEntries(t, s); len(left) != 0 {
+		t.Errorf("temporary files left behind: %v", left)
+	}
+}

@@ -1,0 +1,117 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"google.golang.org/protobuf/proto"
+)
+
+// ErrBadDirectory is wrapped when a Directory message is malformed or has
+// an entry name that could escape a checkout.
+var ErrBadDirectory = errors.New("bad Directory")
+
+// ValidateEntryName rejects names that are empty, ".", "..", or contain '/'
+// or NUL: a Directory must never point outside itself.
+func ValidateEntryName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("%w: entry name %q", ErrBadDirectory, name)
+	}
+	return nil
+}
+
+// ParseDirectory decodes a Directory and validates its entries and digests.
+func ParseDirectory(data []byte) (*repb.Directory, error) {
+	dir := &repb.Directory{}
+	if err := proto.Unmarshal(data, dir); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadDirectory, err)
+	}
+	seen := map[string]bool{}
+	check := func(name string, d *repb.Digest) error {
+		if err := ValidateEntryName(name); err != nil {
+			return err
+		}
+		if seen[name] {
+			return fmt.Errorf("%w: duplicate entry %q", ErrBadDirectory, name)
+		}
+		seen[name] = true
+		if d != nil {
+			if _, err := digest.NewFromProto(d); err != nil {
+				return fmt.Errorf("%w: entry %q: %v", ErrBadDirectory, name, err)
+			}
+		}
+		return nil
+	}
+	for _, f := range dir.GetFiles() {
+		if f.GetDigest() == nil {
+			return nil, fmt.Errorf("%w: file %q has no digest", ErrBadDirectory, f.GetName())
+		}
+		if err := check(f.GetName(), f.GetDigest()); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range dir.GetDirectories() {
+		if d.GetDigest() == nil {
+			return nil, fmt.Errorf("%w: directory %q has no digest", ErrBadDirectory, d.GetName())
+		}
+		if err := check(d.GetName(), d.GetDigest()); err != nil {
+			return nil, err
+		}
+	}
+	for _, l := range dir.GetSymlinks() {
+		if err := check(l.GetName(), nil); err != nil {
+			return nil, err
+		}
+	}
+	return dir, nil
+}
+
+// Closure walks the tree rooted at the Directory root in the store and
+// returns every digest it needs (Directories and files, root included, each
+// once) and those the store lacks. Below a missing Directory nothing more
+// can be known; its digest is in missing.
+func (s *Store) Closure(root digest.Digest) (all, missing []digest.Digest, err error) {
+	seen := map[digest.Digest]bool{}
+	queue := []digest.Digest{root}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		all = append(all, d)
+		data, err := s.ReadBlob(d)
+		if errors.Is(err, ErrNotFound) {
+			missing = append(missing, d)
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		dir, err := ParseDirectory(data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("directory %s: %w", d, err)
+		}
+		for _, f := range dir.GetFiles() {
+			fd := digest.NewFromProtoUnvalidated(f.GetDigest())
+			if seen[fd] {
+				continue
+			}
+			seen[fd] = true
+			all = append(all, fd)
+			if ok, err := s.Has(fd); err != nil {
+				return nil, nil, err
+			} else if !ok {
+				missing = append(missing, fd)
+			}
+		}
+		for _, sub := range dir.GetDirectories() {
+			queue = append(queue, digest.NewFromProtoUnvalidated(sub.GetDigest()))
+		}
+	}
+	return all, missing, nil
+}
