@@ -1,0 +1,112 @@
+package remotes_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/remotes"
+)
+
+// No server that installs here checks bearer tokens or answers Remote
+// Asset fetches with a status in the response, so these two behaviours are
+// checked against a small in-process server.
+
+type fakeAsset struct {
+	assetpb.UnimplementedFetchServer
+	repb.UnimplementedCapabilitiesServer
+}
+
+func (fakeAsset) GetCapabilities(context.Context, *repb.GetCapabilitiesRequest) (*repb.ServerCapabilities, error) {
+	return &repb.ServerCapabilities{}, nil
+}
+
+func (fakeAsset) FetchDirectory(_ context.Context, req *assetpb.FetchDirectoryRequest) (*assetpb.FetchDirectoryResponse, error) {
+	if len(req.GetUris()) == 0 {
+		return nil, grpcstatus.Error(codes.InvalidArgument, "no uris")
+	}
+	// A successful RPC whose status says NOT_FOUND, as bazel-remote answers.
+	return &assetpb.FetchDirectoryResponse{Status: &status.Status{Code: int32(codes.NotFound), Message: "no such asset"}}, nil
+}
+
+func (fakeAsset) FetchBlob(context.Context, *assetpb.FetchBlobRequest) (*assetpb.FetchBlobResponse, error) {
+	return &assetpb.FetchBlobResponse{Status: &status.Status{Code: int32(codes.PermissionDenied), Message: "nope"}}, nil
+}
+
+// startFake serves fakeAsset on loopback, requiring token when set.
+func startFake(t *testing.T, token string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(ctx context.Context) error {
+		if token == "" {
+			return nil
+		}
+		md, _ := metadata.FromIncomingContext(ctx)
+		if got := md.Get("authorization"); len(got) != 1 || got[0] != "Bearer "+token {
+			return grpcstatus.Error(codes.Unauthenticated, "bad or missing token")
+		}
+		return nil
+	}
+	s := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if err := check(ctx); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}))
+	assetpb.RegisterFetchServer(s, fakeAsset{})
+	repb.RegisterCapabilitiesServer(s, fakeAsset{})
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return "http://" + l.Addr().String()
+}
+
+func TestAssetStatusInResponse(t *testing.T) {
+	r := dial(t, cacheConfig("asset", startFake(t, ""), config.TypeIndex))
+	_, err := r.FetchDirectory(context.Background(), "urn:fdc:buildstream.build:2020:v1:demo/x/y")
+	if !errors.Is(err, remotes.ErrNotFound) {
+		t.Errorf("FetchDirectory with NOT_FOUND in the response = %v; want ErrNotFound", err)
+	}
+	_, err = r.FetchBlob(context.Background(), "urn:fdc:buildstream.build:2020:artifact:demo/x/y")
+	var re *remotes.Error
+	if !errors.As(err, &re) || re.Code != codes.PermissionDenied || errors.Is(err, remotes.ErrNotFound) {
+		t.Errorf("FetchBlob with PERMISSION_DENIED in the response = %v", err)
+	}
+	if res := probe(t, r, config.TypeIndex); !res.Caps.RemoteAssetFetch {
+		t.Errorf("probe: Remote Asset fetch not detected: %+v", res)
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	const secret = "s3cr3t-token-value"
+	url := startFake(t, secret)
+	good := cacheConfig("tok", url, config.TypeIndex)
+	good.Auth.AccessTokenFile = writeToken(t, secret)
+	if res := probe(t, dial(t, good), config.TypeIndex); res.Status != remotes.StatusOK {
+		t.Fatalf("with the token: %s %v", res.Status, res.Err)
+	}
+	for name, auth := range map[string]string{"wrong token": writeToken(t, "wrong-"+secret), "no token": ""} {
+		c := cacheConfig("tok", url, config.TypeIndex)
+		c.Auth.AccessTokenFile = auth
+		res := probe(t, dial(t, c), config.TypeIndex)
+		if res.Status != remotes.StatusError || !strings.Contains(res.Err.Error(), "not authenticated") {
+			t.Errorf("%s: %s %v; want a refusal", name, res.Status, res.Err)
+		}
+		if strings.Contains(res.Err.Error(), secret) {
+			t.Errorf("%s: the error shows the token: %v", name, res.Err)
+		}
+	}
+}
