@@ -4,16 +4,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
-	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/bst-cache/bst-cache/commands"
-	"github.com/bst-cache/bst-cache/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -22,35 +18,9 @@ var version = "dev"
 func main() {
 	quietGlog()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := commands.NewApp(version, os.Stdout, os.Stderr).RunContext(ctx, os.Args)
+	code := commands.Main(ctx, version, os.Args, os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		printError(os.Stderr, err)
-	}
-	os.Exit(exitCode(err))
-}
-
-// exitCode maps an error to the exit codes every command shares.
-func exitCode(err error) int {
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, commands.ErrUsage), errors.Is(err, config.ErrInvalid):
-		return 2
-	case errors.Is(err, commands.ErrRefsMissing):
-		return 3
-	case errors.Is(err, context.Canceled):
-		return 130
-	}
-	return 1
-}
-
-// printError prints an error once, the way every command's errors look.
-func printError(w io.Writer, err error) {
-	fmt.Fprintf(w, "bst-cache: error: %v\n", err)
-	if errors.Is(err, commands.ErrUsage) {
-		fmt.Fprintln(w, "bst-cache: hint: see bst-cache --help")
-	}
+	os.Exit(code)
 }
 
 // quietGlog keeps the glog package, which remote-apis-sdks imports, from

@@ -177,10 +177,10 @@ func TestTokenNeverInErrors(t *testing.T) {
 
 func TestUserAndProjectFiles(t *testing.T) {
 	dir := writeFiles(t, map[string]string{
-		"home/config.toml": "jobs = 5\n[[cache]]\nname = \"mine\"\nurl = \"http://mine:1\"\npush = true\n",
+		"home/config.toml":    "jobs = 5\n[[cache]]\nname = \"mine\"\nurl = \"http://mine:1\"\npush = true\n",
 		"proj/bst-cache.toml": "format = \"bst1\"\njobs = 2\n[[cache]]\nname = \"project\"\nurl = \"http://proj:1\"\n",
-		"home2/config.toml": "override-project-caches = true\n[[cache]]\nname = \"mine\"\nurl = \"http://mine:1\"\n",
-		"home3/config.toml": "[[cache]]\nname = \"project\"\nurl = \"http://mine:1\"\n",
+		"home2/config.toml":   "override-project-caches = true\n[[cache]]\nname = \"mine\"\nurl = \"http://mine:1\"\n",
+		"home3/config.toml":   "[[cache]]\nname = \"project\"\nurl = \"http://mine:1\"\n",
 	})
 	sub := filepath.Join(dir, "proj", "deep", "er")
 	if err := os.MkdirAll(sub, 0o755); err != nil {
@@ -243,7 +243,7 @@ func TestUserAndProjectFiles(t *testing.T) {
 func TestWriteTOMLRedactsToken(t *testing.T) {
 	const secret = "tok-abcdef-123456"
 	dir := writeFiles(t, map[string]string{
-		"token": secret,
+		"token":  secret,
 		"c.toml": "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\naccess-token = \"token\"\n",
 	})
 	cfg, err := Load(Options{File: filepath.Join(dir, "c.toml")})

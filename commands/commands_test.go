@@ -1,0 +1,221 @@
+package commands_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bst-cache/bst-cache/commands"
+	"github.com/bst-cache/bst-cache/internal/testenv"
+)
+
+// runCLI runs bst-cache in-process with an empty home, so no user or
+// project file is read unless the test writes one.
+func runCLI(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, ".config"))
+	t.Setenv("XDG_CACHE_HOME", filepath.Join(home, ".cache"))
+	t.Setenv("BST_CACHE_CONFIG", "")
+	if dir != "" {
+		wd, _ := os.Getwd()
+		if err := os.Chdir(dir); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chdir(wd)
+	}
+	var out, errOut bytes.Buffer
+	code = commands.Main(context.Background(), "test", append([]string{"bst-cache"}, args...), &out, &errOut)
+	return out.String(), errOut.String(), code
+}
+
+func writeConfig(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "bst-cache.toml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type cacheRow struct {
+	Name         string         `json:"name"`
+	URL          string         `json:"url"`
+	Origin       string         `json:"origin"`
+	Status       string         `json:"status"`
+	Error        string         `json:"error"`
+	Capabilities map[string]any `json:"capabilities"`
+}
+
+func TestCachesAgainstLiveServers(t *testing.T) {
+	bst1 := testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
+	bazel := testenv.StartBazelRemote(t)
+	dead := "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	cfg := writeConfig(t, fmt.Sprintf(`format = "bst1"
+
+[[cache]]
+name = "bst1"
+url = %q
+push = true
+
+[[cache]]
+name = "bazel"
+url = %q
+type = "storage"
+
+[[cache]]
+name = "dead"
+url = %q
+`, bst1.URL(), "grpc://"+bazel.Addr, dead))
+
+	start := time.Now()
+	out, errOut, code := runCLI(t, "", "--config", cfg, "--json", "caches")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if elapsed := time.Since(start); elapsed > 10*time.Second {
+		t.Errorf("caches took %v with one dead cache", elapsed)
+	}
+	var rows []cacheRow
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(rows) != 3 || rows[0].Name != "bst1" || rows[1].Name != "bazel" || rows[2].Name != "dead" {
+		t.Fatalf("rows out of priority order: %+v", rows)
+	}
+	if rows[0].Origin != cfg+":3" || rows[2].Origin != cfg+":13" {
+		t.Errorf("origins %q, %q", rows[0].Origin, rows[2].Origin)
+	}
+	want := map[string]map[string]any{
+		"bst1":  {"cas": true, "reference_storage": true, "remote_asset_fetch": false, "remote_asset_push": false, "get_tree": false, "push_allowed": true, "max_batch_bytes": float64(1 << 20)},
+		"bazel": {"cas": true, "get_tree": true, "reference_storage": false, "remote_asset_push": false},
+	}
+	for _, r := range rows[:2] {
+		if r.Status != "ok" {
+			t.Errorf("%s: status %s (%s)", r.Name, r.Status, r.Error)
+		}
+		for k, v := range want[r.Name] {
+			if r.Capabilities[k] != v {
+				t.Errorf("%s: capability %s = %v; want %v", r.Name, k, r.Capabilities[k], v)
+			}
+		}
+	}
+	if rows[2].Status != "unreachable" || !strings.Contains(rows[2].Error, dead) {
+		t.Errorf("dead: status %s, error %q; want unreachable naming %s", rows[2].Status, rows[2].Error, dead)
+	}
+
+	// The table has the same facts, one row per cache in order.
+	out, _, code = runCLI(t, "", "--config", cfg, "caches")
+	lines := strings.Split(out, "\n")
+	if code != 0 || !strings.HasPrefix(lines[0], "NAME") || !strings.HasPrefix(lines[1], "bst1 ") || !strings.Contains(lines[3], "unreachable") {
+		t.Errorf("table:\n%s", out)
+	}
+	if _, _, code := runCLI(t, "", "--config", cfg, "caches", "--check"); code != 1 {
+		t.Errorf("caches --check with a dead cache: exit %d; want 1", code)
+	}
+
+	out, _, code = runCLI(t, "", "--config", cfg, "--json", "caches", "--offline")
+	rows = nil
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || code != 0 {
+		t.Fatalf("offline: %v, exit %d", err, code)
+	}
+	for _, r := range rows {
+		if r.Status != "unchecked" || r.Capabilities != nil {
+			t.Errorf("offline %s: %+v", r.Name, r)
+		}
+	}
+}
+
+func TestConfigErrorsExitTwo(t *testing.T) {
+	cfg := writeConfig(t, "[[cache]]\nname = \"a\"\nurl = \"ftp://h:1\"\n")
+	_, errOut, code := runCLI(t, "", "--config", cfg, "caches")
+	if code != commands.ExitUsage || !strings.Contains(errOut, cfg+":3: cache \"a\": url: unknown scheme") {
+		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+	// The project file is found from a subdirectory.
+	proj := filepath.Dir(cfg)
+	sub := filepath.Join(proj, "a", "b")
+	os.MkdirAll(sub, 0o755)
+	_, errOut, code = runCLI(t, sub, "caches", "--offline")
+	if code != commands.ExitUsage || !strings.Contains(errOut, cfg+":3:") {
+		t.Errorf("project file: exit %d, stderr %q", code, errOut)
+	}
+	for _, args := range [][]string{{"nope"}, {"--bogus", "caches"}, {"--format", "bst9", "ls"}, {"--jobs", "0", "ls"}, {"ls", "a", "b"}} {
+		if _, errOut, code := runCLI(t, t.TempDir(), args...); code != commands.ExitUsage {
+			t.Errorf("%v: exit %d; want 2 (%s)", args, code, errOut)
+		}
+	}
+}
+
+func TestConfigCommand(t *testing.T) {
+	dir := t.TempDir()
+	const secret = "tok-0123456789"
+	os.WriteFile(filepath.Join(dir, "token"), []byte(secret), 0o600)
+	cfg := filepath.Join(dir, "c.toml")
+	os.WriteFile(cfg, []byte("[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\n[cache.auth]\naccess-token = \"token\"\n"), 0o644)
+	for _, args := range [][]string{{"config"}, {"--json", "config"}} {
+		out, errOut, code := runCLI(t, "", append([]string{"--config", cfg}, args...)...)
+		if code != 0 || strings.Contains(out+errOut, secret) || !strings.Contains(out, "***") || !strings.Contains(out, cfg+":1") {
+			t.Errorf("%v: exit %d, output:\n%s%s", args, code, out, errOut)
+		}
+	}
+}
+
+func TestLsListsBstRefs(t *testing.T) {
+	bst := testenv.NewBst(t)
+	p := testenv.WriteProject(t, "demo")
+	bst.Run(t, p.Dir, append([]string{"build"}, p.Elements...)...)
+
+	heads := filepath.Join(bst.ArtifactDir(), "cas", "refs", "heads")
+	var want []string
+	filepath.WalkDir(heads, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(heads, path)
+			want = append(want, rel)
+		}
+		return err
+	})
+	sort.Strings(want)
+
+	out, errOut, code := runCLI(t, "", "--format", "bst1", "--local", bst.ArtifactDir(), "ls")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		got = append(got, f[0])
+		if len(f) < 2 || !strings.Contains(f[1], "/") {
+			t.Errorf("line %q: want the ref then its digest", line)
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ls (-bst's refs +got):\n%s", diff)
+	}
+
+	out, _, code = runCLI(t, "", "--format", "bst1", "--local", bst.ArtifactDir(), "--json", "ls", "demo/hello/*")
+	var entries []struct{ Ref, Digest string }
+	if err := json.Unmarshal([]byte(out), &entries); err != nil || code != 0 {
+		t.Fatalf("ls --json: %v exit %d\n%s", err, code, out)
+	}
+	if len(entries) == 0 {
+		t.Fatal("ls --json demo/hello/* found nothing")
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Ref, "demo/hello/") || e.Digest == "" {
+			t.Errorf("entry %+v", e)
+		}
+	}
+}
