@@ -11,21 +11,6 @@ import (
 	"testing"
 )
 
-// artifactServerScript runs BuildStream 1.6's bst-artifact-server with its
-// listening address narrowed from [::] to 127.0.0.1: tests listen on
-// loopback only, and the server has no flag for it.
-const artifactServerScript = `
-import sys
-import grpc._server as s
-for name in ("add_insecure_port", "add_secure_port"):
-    def patched(self, address, *args, _orig=getattr(s._Server, name)):
-        return _orig(self, address.replace("[::]", "127.0.0.1"), *args)
-    setattr(s._Server, name, patched)
-from buildstream._artifactcache.casserver import server_main
-sys.argv[0] = "bst-artifact-server"
-server_main()
-`
-
 // ArtifactServerOptions configures StartArtifactServer.
 type ArtifactServerOptions struct {
 	Push bool
@@ -40,17 +25,14 @@ type ArtifactServerOptions struct {
 func StartArtifactServer(t testing.TB, o ArtifactServerOptions) *Server {
 	t.Helper()
 	py := "/usr/bin/python3"
-	if _, err := os.Stat(py); err != nil {
-		Missing(t, "bst-artifact-server needs %s (apt-get install buildstream)", py)
-	}
 	if err := exec.Command(py, "-c", "import buildstream._artifactcache.casserver").Run(); err != nil {
-		Missing(t, "bst-artifact-server: BuildStream 1.6 is not installed (apt-get install buildstream)")
+		Missing(t, "bst-artifact-server: BuildStream 1.6 is not installed for %s (apt-get install buildstream)", py)
 	}
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
 	port := FreePort(t)
-	args := []string{"-c", artifactServerScript, "--port", strconv.Itoa(port)}
+	args := []string{filepath.Join(RepoRoot(t), "scripts", "bst-artifact-server"), "--port", strconv.Itoa(port)}
 	if o.Push {
 		args = append(args, "--enable-push")
 	}
