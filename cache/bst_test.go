@@ -1,9 +1,7 @@
 package cache_test
 
 import (
-	"io/fs"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -26,26 +24,6 @@ func buildProject(t *testing.T) (*testenv.Project, *testenv.Bst) {
 	return p, bst
 }
 
-// refsOnDisk lists bst's refs by walking its refs directory directly.
-func refsOnDisk(t *testing.T, artifacts string) []string {
-	t.Helper()
-	heads := filepath.Join(artifacts, "cas", "refs", "heads")
-	var refs []string
-	err := filepath.WalkDir(heads, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(heads, p)
-		refs = append(refs, filepath.ToSlash(rel))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(refs)
-	return refs
-}
-
 func TestReadsWhatBstWrote(t *testing.T) {
 	p, bst := buildProject(t)
 	s, err := cache.Open(bst.ArtifactDir(), cache.LayoutBst1)
@@ -60,7 +38,7 @@ func TestReadsWhatBstWrote(t *testing.T) {
 	for _, i := range infos {
 		got = append(got, i.Name)
 	}
-	if diff := cmp.Diff(refsOnDisk(t, bst.ArtifactDir()), got); diff != "" {
+	if diff := cmp.Diff(testenv.RefsOnDisk(t, bst.ArtifactDir()), got); diff != "" {
 		t.Errorf("ListRefs (-bst's refs +got):\n%s", diff)
 	}
 	// bst's own strong keys are among them.

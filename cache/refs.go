@@ -69,7 +69,7 @@ func (s *Store) GetRef(kind Kind, ref string) ([]byte, error) {
 		return nil, err
 	}
 	data, err := os.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrInvalid) {
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
 	}
 	if err != nil {

@@ -43,7 +43,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			&cli.BoolFlag{Name: "json", Usage: "print results as JSON on stdout"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only warnings and errors on stderr"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more on stderr"},
-			&cli.IntFlag{Name: "jobs", Usage: "transfers in flight at once (default from the configuration, else 8)"},
+			&cli.IntFlag{Name: "jobs", Usage: "transfers in flight at once", DefaultText: "from the configuration, else 8"},
 			&cli.BoolFlag{Name: "no-progress", Usage: "never draw progress bars"},
 		},
 		Commands: []*cli.Command{

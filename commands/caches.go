@@ -33,7 +33,7 @@ func cachesCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return usageError("caches takes no arguments")
 			}
-			rows := probeAll(c.Context, e.cfg.Caches, c.Bool("offline"), c.Duration("timeout"))
+			rows := probeAll(c.Context, e, c.Bool("offline"), c.Duration("timeout"))
 			if e.json {
 				err = writeJSON(e, rows)
 			} else {
@@ -69,7 +69,8 @@ type cacheRow struct {
 }
 
 // probeAll probes every cache at once, each under its own timeout.
-func probeAll(ctx context.Context, caches []config.Cache, offline bool, timeout time.Duration) []cacheRow {
+func probeAll(ctx context.Context, e *env, offline bool, timeout time.Duration) []cacheRow {
+	caches := e.cfg.Caches
 	rows := make([]cacheRow, len(caches))
 	var wg sync.WaitGroup
 	for i, cc := range caches {
@@ -91,7 +92,9 @@ func probeAll(ctx context.Context, caches []config.Cache, offline bool, timeout 
 				return
 			}
 			defer r.Close()
+			start := time.Now()
 			res := remotes.Probe(pctx, r, cc.Type)
+			e.debugf("probed %s (%s) in %v: %s", cc.Name, cc.URL, time.Since(start).Round(time.Millisecond), res.Status)
 			row.Status = res.Status
 			if res.Err != nil {
 				row.Error = res.Err.Error()
@@ -108,7 +111,7 @@ func probeAll(ctx context.Context, caches []config.Cache, offline bool, timeout 
 
 func writeCachesTable(e *env, rows []cacheRow) error {
 	if len(rows) == 0 {
-		fmt.Fprintln(e.stderr, "bst-cache: no caches configured (see bst-cache config)")
+		e.warnf("no caches configured (see bst-cache config)")
 		return nil
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)

@@ -5,10 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -178,16 +176,7 @@ func TestLsListsBstRefs(t *testing.T) {
 	p := testenv.WriteProject(t, "demo")
 	bst.Run(t, p.Dir, append([]string{"build"}, p.Elements...)...)
 
-	heads := filepath.Join(bst.ArtifactDir(), "cas", "refs", "heads")
-	var want []string
-	filepath.WalkDir(heads, func(path string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			rel, _ := filepath.Rel(heads, path)
-			want = append(want, rel)
-		}
-		return err
-	})
-	sort.Strings(want)
+	want := testenv.RefsOnDisk(t, bst.ArtifactDir())
 
 	out, errOut, code := runCLI(t, "", "--format", "bst1", "--local", bst.ArtifactDir(), "ls")
 	if code != 0 {

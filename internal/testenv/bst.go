@@ -3,10 +3,12 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"testing"
 )
@@ -115,4 +117,25 @@ func (b *Bst) WriteUserConfig(t testing.TB, yaml string) {
 // ArtifactsConfig is bst 1.6 user configuration naming one artifact cache.
 func ArtifactsConfig(url string, push bool) string {
 	return fmt.Sprintf("artifacts:\n  url: %s\n  push: %t\n", url, push)
+}
+
+// RefsOnDisk lists the refs of a bst1 cache directory by walking its refs
+// directory directly, sorted: what bst itself wrote, independent of bst-cache.
+func RefsOnDisk(t testing.TB, artifacts string) []string {
+	t.Helper()
+	heads := filepath.Join(artifacts, "cas", "refs", "heads")
+	var refs []string
+	err := filepath.WalkDir(heads, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(heads, p)
+		refs = append(refs, filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(refs)
+	return refs
 }
