@@ -208,3 +208,20 @@ func TestLsListsBstRefs(t *testing.T) {
 		}
 	}
 }
+
+// The sdk pulls in glog, which registers flags such as -v and -log_dir on
+// the standard flag set: none of them may leak into bst-cache's flags.
+func TestNoGlogFlags(t *testing.T) {
+	out, _, code := runCLI(t, "", "--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, f := range []string{"logtostderr", "log_dir", "stderrthreshold", "vmodule", "alsologtostderr"} {
+		if strings.Contains(out, f) {
+			t.Errorf("--help shows glog's %s flag:\n%s", f, out)
+		}
+	}
+	if _, _, code := runCLI(t, "", "--log_dir", "/tmp", "ls"); code != commands.ExitUsage {
+		t.Errorf("--log_dir accepted: exit %d", code)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -56,6 +57,10 @@ func describe(c codes.Code, err error) string {
 			return "not found"
 		}
 	case codes.Unavailable:
+		// grpc wraps dial errors twice; the innermost text is what helps.
+		if i := strings.Index(msg, "Error while dialing: "); i >= 0 {
+			msg = strings.TrimSuffix(msg[i+len("Error while dialing: "):], `"`)
+		}
 		return "unreachable: " + msg
 	case codes.DeadlineExceeded:
 		return "timed out: " + msg
