@@ -178,4 +178,18 @@ func (r *Remote) call(ctx context.Context, op string, idempotent bool, f func(ct
 	}
 }
 
+// sdkCall runs an operation that remote-apis-sdks carries out: the sdk
+// applies the same retry policy and per-RPC timeout itself (set in Dial), so
+// only the concurrency limit and error wrapping are added here; retrying
+// again would multiply the attempts.
+func (r *Remote) sdkCall(ctx context.Context, op string, f func(ctx context.Context) error) error {
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done():
+		return r.wrap(op, ctx.Err())
+	}
+	defer func() { <-r.sem }()
+	return r.wrap(op, f(ctx))
+}
+
 func (r *Remote) String() string { return fmt.Sprintf("%s (%s)", r.name, r.url) }

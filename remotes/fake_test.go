@@ -5,8 +5,10 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -16,6 +18,7 @@ import (
 	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/bst-cache/bst-cache/config"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -108,5 +111,75 @@ func TestBearerToken(t *testing.T) {
 		if strings.Contains(res.Err.Error(), secret) {
 			t.Errorf("%s: the error shows the token: %v", name, res.Err)
 		}
+	}
+}
+
+// flakyRefs fails GetReference with the given codes in turn, then answers.
+type flakyRefs struct {
+	bspb.UnimplementedReferenceStorageServer
+	mu    sync.Mutex
+	fails []codes.Code
+	calls int
+}
+
+func (f *flakyRefs) GetReference(context.Context, *bspb.GetReferenceRequest) (*bspb.GetReferenceResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if len(f.fails) > 0 {
+		c := f.fails[0]
+		f.fails = f.fails[1:]
+		return nil, grpcstatus.Error(c, "injected")
+	}
+	return &bspb.GetReferenceResponse{Digest: digest.NewFromBlob([]byte("root")).ToProto()}, nil
+}
+
+func TestRetryPolicy(t *testing.T) {
+	tests := []struct {
+		name      string
+		fails     []codes.Code
+		wantCalls int
+		wantErr   codes.Code
+	}{
+		{"unavailable is retried", []codes.Code{codes.Unavailable, codes.Unavailable}, 3, codes.OK},
+		{"resource exhausted is retried", []codes.Code{codes.ResourceExhausted}, 2, codes.OK},
+		{"retry limit", []codes.Code{codes.Unavailable, codes.Unavailable, codes.Unavailable, codes.Unavailable}, 3, codes.Unavailable},
+		{"invalid argument is not retried", []codes.Code{codes.InvalidArgument}, 1, codes.InvalidArgument},
+		{"permission denied is not retried", []codes.Code{codes.PermissionDenied}, 1, codes.PermissionDenied},
+		{"not found is a miss at once", []codes.Code{codes.NotFound}, 1, codes.NotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer()
+			fake := &flakyRefs{fails: tc.fails}
+			bspb.RegisterReferenceStorageServer(srv, fake)
+			go srv.Serve(l)
+			defer srv.Stop()
+
+			c := cacheConfig("flaky", "http://"+l.Addr().String(), config.TypeIndex)
+			c.Connection.RetryLimit = 2
+			var events []remotes.RetryEvent
+			r, err := remotes.Dial(context.Background(), c, remotes.WithRetryHook(func(e remotes.RetryEvent) { events = append(events, e) }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			_, err = r.GetReference(context.Background(), "p/e/k")
+			var re *remotes.Error
+			gotCode := codes.OK
+			if errors.As(err, &re) {
+				gotCode = re.Code
+			}
+			if gotCode != tc.wantErr || fake.calls != tc.wantCalls || len(events) != tc.wantCalls-1 {
+				t.Errorf("err %v, %d calls, %d retry events; want %s, %d calls", err, fake.calls, len(events), tc.wantErr, tc.wantCalls)
+			}
+			if tc.wantErr == codes.NotFound && !errors.Is(err, remotes.ErrNotFound) {
+				t.Errorf("NOT_FOUND does not match ErrNotFound: %v", err)
+			}
+		})
 	}
 }

@@ -101,7 +101,7 @@ func (r *Remote) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.
 		return nil, nil
 	}
 	var missing []digest.Digest
-	err := r.call(ctx, "FindMissingBlobs", true, func(ctx context.Context) (err error) {
+	err := r.sdkCall(ctx, "FindMissingBlobs", func(ctx context.Context) (err error) {
 		missing, err = r.sdk.MissingBlobs(ctx, ds)
 		return err
 	})
@@ -159,15 +159,12 @@ func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) err
 		return r.wrap("ByteStream.Read", err)
 	}
 	op := "ByteStream.Read " + d.String()
-	select {
-	case r.sem <- struct{}{}:
-	case <-ctx.Done():
-		return r.wrap(op, ctx.Err())
-	}
-	defer func() { <-r.sem }()
-	n, err := r.sdk.ReadResourceTo(ctx, name, w)
-	if err != nil {
-		return r.wrap(op, err)
+	var n int64
+	if err := r.sdkCall(ctx, op, func(ctx context.Context) (err error) {
+		n, err = r.sdk.ReadResourceTo(ctx, name, w)
+		return err
+	}); err != nil {
+		return err
 	}
 	if n != d.Size {
 		return r.wrap(op, fmt.Errorf("%w: got %d bytes, want %d", ErrCorrupt, n, d.Size))
@@ -181,7 +178,7 @@ func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) err
 func (r *Remote) Upload(ctx context.Context, entries []*uploadinfo.Entry) ([]digest.Digest, int64, error) {
 	var missing []digest.Digest
 	var moved int64
-	err := r.call(ctx, "Upload", true, func(ctx context.Context) (err error) {
+	err := r.sdkCall(ctx, "Upload", func(ctx context.Context) (err error) {
 		missing, moved, err = r.sdk.UploadIfMissing(ctx, entries...)
 		return err
 	})
