@@ -185,9 +185,6 @@ func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
 	return refs, nil
 }
 
-// IsGlob reports whether s has a glob character.
-func IsGlob(s string) bool { return strings.ContainsAny(s, "*?[") }
-
 // CompileGlob turns a ref glob into an anchored regular expression.
 func CompileGlob(pattern string) (*regexp.Regexp, error) {
 	var b strings.Builder

@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"context"
-	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -95,28 +94,6 @@ func (b *Bst) ArtifactDir() string { return filepath.Join(b.Home, "cache", "buil
 func (b *Bst) Run(t testing.TB, project string, args ...string) string {
 	t.Helper()
 	return run(t, project, b.env, "bst", append([]string{"--no-interactive", "--no-colors"}, args...)...)
-}
-
-// RunErr runs bst and returns its output and error.
-func (b *Bst) RunErr(project string, args ...string) (string, error) {
-	cmd := exec.Command("bst", append([]string{"--no-interactive", "--no-colors"}, args...)...)
-	cmd.Dir = project
-	cmd.Env = append(os.Environ(), b.env...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// WriteUserConfig writes bst's user configuration (buildstream.conf).
-func (b *Bst) WriteUserConfig(t testing.TB, yaml string) {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(b.Home, "config", "buildstream.conf"), []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// ArtifactsConfig is bst 1.6 user configuration naming one artifact cache.
-func ArtifactsConfig(url string, push bool) string {
-	return fmt.Sprintf("artifacts:\n  url: %s\n  push: %t\n", url, push)
 }
 
 // RefsOnDisk lists the refs of a bst1 cache directory by walking its refs
