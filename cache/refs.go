@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -39,15 +40,23 @@ func ValidateRef(ref string) error {
 
 // refDir is the directory holding refs of a kind.
 func (s *Store) refDir(kind Kind) (string, error) {
-	switch {
-	case kind == KindArtifact && s.layout == LayoutBst1:
-		return filepath.Join(s.root, "cas", "refs", "heads"), nil
-	case kind == KindArtifact && s.layout == LayoutBst2:
-		return filepath.Join(s.root, "artifacts", "refs"), nil
-	case kind == KindSource && s.layout == LayoutBst2:
-		return filepath.Join(s.root, "source_protos"), nil
+	if kind == KindArtifact {
+		kind = KindBst2Artifact
+		if s.layout == LayoutBst1 {
+			kind = KindBst1Artifact
+		}
 	}
-	return "", fmt.Errorf("the %s layout has no %s refs", s.layout, kind)
+	switch kind {
+	case KindBst1Artifact:
+		return filepath.Join(s.root, "cas", "refs", "heads"), nil
+	case KindBst2Artifact:
+		return filepath.Join(s.root, "artifacts", "refs"), nil
+	case KindSource:
+		return filepath.Join(s.root, "source_protos"), nil
+	case KindAsset:
+		return filepath.Join(s.root, "assets"), nil
+	}
+	return "", fmt.Errorf("unknown ref kind %q", kind)
 }
 
 // RefPath is the file that holds a ref.
@@ -136,6 +145,7 @@ type RefInfo struct {
 	Name     string
 	Size     int64
 	Modified time.Time
+	Accessed time.Time
 }
 
 // ListRefs returns the refs of a kind whose names match pattern (all refs
@@ -175,7 +185,7 @@ func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
 		if err != nil {
 			return nil // removed while we walked
 		}
-		refs = append(refs, RefInfo{Name: name, Size: info.Size(), Modified: info.ModTime()})
+		refs = append(refs, refInfo(name, info))
 		return nil
 	})
 	if err != nil {
@@ -216,4 +226,31 @@ func CompileGlob(pattern string) (*regexp.Regexp, error) {
 		return nil, fmt.Errorf("bad pattern %q: %v", pattern, err)
 	}
 	return re, nil
+}
+
+// RefInfo describes one ref: Modified is when it was written, Accessed
+// when it was last read (as TouchRef records it).
+func (s *Store) RefInfo(kind Kind, ref string) (RefInfo, error) {
+	p, err := s.RefPath(kind, ref)
+	if err != nil {
+		return RefInfo{}, err
+	}
+	info, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return RefInfo{}, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
+	} else if err != nil {
+		return RefInfo{}, err
+	}
+	return refInfo(ref, info), nil
+}
+
+// refInfo fills a RefInfo from a file's metadata.
+func refInfo(name string, info fs.FileInfo) RefInfo {
+	r := RefInfo{Name: name, Size: info.Size(), Modified: info.ModTime(), Accessed: info.ModTime()}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		if at := time.Unix(st.Atim.Sec, st.Atim.Nsec); at.After(r.Accessed) {
+			r.Accessed = at
+		}
+	}
+	return r
 }

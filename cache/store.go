@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 )
@@ -42,9 +44,20 @@ const (
 	// KindArtifact: bst1 refs hold a serialized Digest of the root
 	// Directory; bst2 refs hold a serialized buildstream.v2.Artifact.
 	KindArtifact Kind = "artifact"
-	// KindSource: bst2 only, a serialized buildstream.v2.Source.
+	// KindSource: a serialized buildstream.v2.Source (source_protos/).
 	KindSource Kind = "source"
+	// KindBst1Artifact: BuildStream 1 refs (cas/refs/heads/) whatever the
+	// store's layout; a server keeps both generations side by side.
+	KindBst1Artifact Kind = "bst1-artifact"
+	// KindBst2Artifact: BuildStream 2 artifact protos (artifacts/refs/)
+	// whatever the store's layout.
+	KindBst2Artifact Kind = "bst2-artifact"
+	// KindAsset: a server's index of other Remote Asset URIs (assets/).
+	KindAsset Kind = "asset"
 )
+
+// Kinds lists every ref kind a store can hold, each directory once.
+var Kinds = []Kind{KindBst1Artifact, KindBst2Artifact, KindSource, KindAsset}
 
 // Store is a local content-addressed store. It is safe for concurrent use,
 // also by several processes.
@@ -203,7 +216,7 @@ func (s *Store) Put(d digest.Digest, r io.Reader) error {
 
 // PutBytes stores a blob held in memory.
 func (s *Store) PutBytes(d digest.Digest, data []byte) error {
-	return s.Put(d, strings.NewReader(string(data)))
+	return s.Put(d, bytes.NewReader(data))
 }
 
 // Add stores a blob from memory and returns its digest.
@@ -248,6 +261,9 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	w.n += int64(n)
 	return n, err
 }
+
+// Written is how many bytes were written so far.
+func (w *BlobWriter) Written() int64 { return w.n }
 
 // Abort discards what was written.
 func (w *BlobWriter) Abort() {
@@ -306,4 +322,89 @@ func syncDir(dir string) error {
 		return fmt.Errorf("syncing %s: %w", dir, err)
 	}
 	return nil
+}
+
+// ObjectInfo describes a blob found by WalkObjects.
+type ObjectInfo struct {
+	Digest   digest.Digest
+	Modified time.Time
+}
+
+// WalkObjects calls fn for every object in the store, in no particular
+// order. Files whose names are not object names are skipped.
+func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
+	return filepath.WalkDir(s.objects, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while we walked
+			}
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(s.objects, p)
+		if err != nil {
+			return err
+		}
+		hash := strings.Replace(filepath.ToSlash(rel), "/", "", 1)
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		dg := digest.Digest{Hash: hash, Size: info.Size()}
+		if dg.Validate() != nil {
+			return nil
+		}
+		return fn(ObjectInfo{Digest: dg, Modified: info.ModTime()})
+	})
+}
+
+// RemoveObject deletes a blob; a missing blob is not an error. Callers make
+// sure no live ref needs it.
+func (s *Store) RemoveObject(d digest.Digest) error {
+	if err := checkDigest(d); err != nil {
+		return err
+	}
+	if err := os.Remove(s.ObjectPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Touch marks a blob as used now, for least-recently-used eviction.
+func (s *Store) Touch(d digest.Digest) error {
+	if err := checkDigest(d); err != nil {
+		return err
+	}
+	now := time.Now()
+	return os.Chtimes(s.ObjectPath(d), now, now)
+}
+
+// TouchRef marks a ref as read now: its access time moves, its
+// modification time (when it was written) stays.
+func (s *Store) TouchRef(kind Kind, ref string) error {
+	p, err := s.RefPath(kind, ref)
+	if err != nil {
+		return err
+	}
+	return os.Chtimes(p, time.Now(), time.Time{})
+}
+
+// DetectLayout tells the layout of an existing store directory: bst2 when
+// it has BuildStream 2's cas/cas/objects, bst1 when it has cas/objects or
+// cas/refs (BuildStream 1's cache or bst-artifact-server's repository).
+// ok is false when the directory holds neither.
+func DetectLayout(root string) (layout Layout, ok bool) {
+	exists := func(p ...string) bool {
+		_, err := os.Stat(filepath.Join(append([]string{root}, p...)...))
+		return err == nil
+	}
+	switch {
+	case exists("cas", "cas", "objects"):
+		return LayoutBst2, true
+	case exists("cas", "objects"), exists("cas", "refs"):
+		return LayoutBst1, true
+	}
+	return "", false
 }

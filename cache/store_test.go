@@ -63,8 +63,20 @@ func TestLayoutPaths(t *testing.T) {
 	if got, _ := s.RefPath(KindSource, "p/s/k"); got != filepath.Join(s.Root(), "source_protos/p/s/k") {
 		t.Errorf("bst2 source ref path = %s", got)
 	}
-	if _, err := openTemp(t, LayoutBst1).RefPath(KindSource, "p/s/k"); err == nil {
-		t.Error("bst1 has no source refs; RefPath succeeded")
+	// A server's store keeps both generations, whatever its object layout.
+	s1 := openTemp(t, LayoutBst1)
+	for kind, want := range map[Kind]string{
+		KindArtifact:     "cas/refs/heads/p/s/k",
+		KindBst1Artifact: "cas/refs/heads/p/s/k",
+		KindBst2Artifact: "artifacts/refs/p/s/k",
+		KindAsset:        "assets/p/s/k",
+	} {
+		if got, err := s1.RefPath(kind, "p/s/k"); err != nil || got != filepath.Join(s1.Root(), want) {
+			t.Errorf("bst1 %s ref path = %s, %v; want %s", kind, got, err, want)
+		}
+	}
+	if _, err := s1.RefPath("nonsense", "p/s/k"); err == nil {
+		t.Error("unknown kind: RefPath succeeded")
 	}
 }
 

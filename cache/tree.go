@@ -74,7 +74,11 @@ func ParseDirectory(data []byte) (*repb.Directory, error) {
 // once) and those the store lacks. Below a missing Directory nothing more
 // can be known; its digest is in missing.
 func (s *Store) Closure(root digest.Digest) (all, missing []digest.Digest, err error) {
-	seen := map[digest.Digest]bool{}
+	return s.closure(root, map[digest.Digest]bool{})
+}
+
+// closure walks one tree, skipping digests already seen.
+func (s *Store) closure(root digest.Digest, seen map[digest.Digest]bool) (all, missing []digest.Digest, err error) {
 	queue := []digest.Digest{root}
 	for len(queue) > 0 {
 		d := queue[0]

@@ -50,6 +50,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			configCommand(),
 			cachesCommand(),
 			lsCommand(),
+			serveCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

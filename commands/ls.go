@@ -12,6 +12,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
 )
 
 func lsCommand() *cli.Command {
@@ -36,6 +37,9 @@ func lsCommand() *cli.Command {
 			kind := cache.Kind(c.String("kind"))
 			if kind != cache.KindArtifact && kind != cache.KindSource {
 				return usageError("--kind must be artifact or source, not %q", kind)
+			}
+			if kind == cache.KindSource && e.cfg.Format == config.FormatBst1 {
+				return usageError("--kind source: BuildStream 1 has no source cache (the format is bst1)")
 			}
 			s, err := e.openStore()
 			if err != nil {

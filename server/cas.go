@@ -15,43 +15,15 @@ import (
 	"github.com/bst-cache/bst-cache/cache"
 )
 
-// MaxBatchBytes is the max_batch_total_size_bytes the server advertises and
-// enforces on batch calls.
-const MaxBatchBytes = 4<<20 - 64<<10
-
-// CAS serves ContentAddressableStorage and Capabilities from a store.
-type CAS struct {
-	repb.UnimplementedContentAddressableStorageServer
-	repb.UnimplementedCapabilitiesServer
-	store       *cache.Store
-	allowWrites bool
-}
-
-// NewCAS serves store; allowWrites enables BatchUpdateBlobs. Clients never
-// upload the empty blob (REAPI treats it as always present), so the store
-// is given it here: BuildStream checks empty files out by hard link to it.
-func NewCAS(store *cache.Store, allowWrites bool) (*CAS, error) {
-	if err := store.PutBytes(digest.NewFromBlob(nil), nil); err != nil {
-		return nil, fmt.Errorf("storing the empty blob: %w", err)
-	}
-	return &CAS{store: store, allowWrites: allowWrites}, nil
-}
-
-// parseDigest validates a digest from a request.
-func parseDigest(d *repb.Digest) (digest.Digest, error) {
-	dg, err := digest.NewFromProto(d)
-	if err != nil {
-		return digest.Digest{}, status.Errorf(codes.InvalidArgument, "invalid digest %s/%d: %v", d.GetHash(), d.GetSizeBytes(), err)
-	}
-	return dg, nil
-}
-
 // GetCapabilities advertises SHA-256 CAS with the server's batch limit.
-func (s *CAS) GetCapabilities(context.Context, *repb.GetCapabilitiesRequest) (*repb.ServerCapabilities, error) {
+func (s *Server) GetCapabilities(_ context.Context, req *repb.GetCapabilitiesRequest) (*repb.ServerCapabilities, error) {
+	if err := s.checkInstance(req.GetInstanceName()); err != nil {
+		return nil, err
+	}
 	return &repb.ServerCapabilities{
 		CacheCapabilities: &repb.CacheCapabilities{
 			DigestFunctions:               []repb.DigestFunction_Value{repb.DigestFunction_SHA256},
-			MaxBatchTotalSizeBytes:        MaxBatchBytes,
+			MaxBatchTotalSizeBytes:        s.maxBatch,
 			SymlinkAbsolutePathStrategy:   repb.SymlinkAbsolutePathStrategy_ALLOWED,
 			ActionCacheUpdateCapabilities: &repb.ActionCacheUpdateCapabilities{UpdateEnabled: false},
 		},
@@ -60,8 +32,12 @@ func (s *CAS) GetCapabilities(context.Context, *repb.GetCapabilitiesRequest) (*r
 	}, nil
 }
 
-// FindMissingBlobs reports the digests the store lacks.
-func (s *CAS) FindMissingBlobs(_ context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
+// FindMissingBlobs reports the digests the store lacks. Blobs found are
+// marked as used, so that eviction spares what a client is about to name.
+func (s *Server) FindMissingBlobs(_ context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
+	if err := s.checkInstance(req.GetInstanceName()); err != nil {
+		return nil, err
+	}
 	resp := &repb.FindMissingBlobsResponse{}
 	for _, d := range req.GetBlobDigests() {
 		dg, err := parseDigest(d)
@@ -74,26 +50,46 @@ func (s *CAS) FindMissingBlobs(_ context.Context, req *repb.FindMissingBlobsRequ
 		}
 		if !ok {
 			resp.MissingBlobDigests = append(resp.MissingBlobDigests, d)
+		} else {
+			s.touch(dg)
 		}
 	}
 	return resp, nil
 }
 
+// checkBatch enforces the batch limit on a total size.
+func (s *Server) checkBatch(total int64) error {
+	if total > s.maxBatch {
+		return status.Errorf(codes.InvalidArgument, "batch of %d bytes exceeds the limit of %d (max_batch_total_size_bytes); use ByteStream for large blobs", total, s.maxBatch)
+	}
+	return nil
+}
+
 // BatchReadBlobs returns small blobs, each verified before it is sent.
-func (s *CAS) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsRequest) (*repb.BatchReadBlobsResponse, error) {
+func (s *Server) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsRequest) (*repb.BatchReadBlobsResponse, error) {
+	if err := s.checkInstance(req.GetInstanceName()); err != nil {
+		return nil, err
+	}
 	var total int64
 	for _, d := range req.GetDigests() {
+		if d.GetSizeBytes() < 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid digest %s/%d: negative size", d.GetHash(), d.GetSizeBytes())
+		}
 		total += d.GetSizeBytes()
-	}
-	if total > MaxBatchBytes {
-		return nil, status.Errorf(codes.InvalidArgument, "batch of %d bytes exceeds the limit of %d", total, MaxBatchBytes)
+		if err := s.checkBatch(total); err != nil {
+			return nil, err
+		}
 	}
 	resp := &repb.BatchReadBlobsResponse{}
 	for _, d := range req.GetDigests() {
-		r := &repb.BatchReadBlobsResponse_Response{Digest: d, Status: &spb.Status{}}
+		r := &repb.BatchReadBlobsResponse_Response{Digest: d}
 		dg, err := parseDigest(d)
 		if err == nil {
 			r.Data, err = s.store.ReadBlob(dg)
+			if errors.Is(err, cache.ErrDigestMismatch) {
+				s.logf("corrupt object %s in the store: %v", dg, err)
+				err = status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", dg)
+			}
 		}
 		r.Status = blobStatus(err)
 		resp.Responses = append(resp.Responses, r)
@@ -102,42 +98,62 @@ func (s *CAS) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsRequest)
 }
 
 // BatchUpdateBlobs stores small blobs whose data matches their digests.
-func (s *CAS) BatchUpdateBlobs(_ context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
-	if !s.allowWrites {
-		return nil, status.Error(codes.PermissionDenied, "this server does not accept pushes (start it with --enable-push)")
+func (s *Server) BatchUpdateBlobs(_ context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
+	if err := s.checkWrite(); err != nil {
+		return nil, err
+	}
+	if err := s.checkInstance(req.GetInstanceName()); err != nil {
+		return nil, err
 	}
 	var total int64
 	for _, r := range req.GetRequests() {
 		total += int64(len(r.GetData()))
 	}
-	if total > MaxBatchBytes {
-		return nil, status.Errorf(codes.InvalidArgument, "batch of %d bytes exceeds the limit of %d", total, MaxBatchBytes)
+	if err := s.checkBatch(total); err != nil {
+		return nil, err
 	}
 	resp := &repb.BatchUpdateBlobsResponse{}
 	for _, r := range req.GetRequests() {
 		dg, err := parseDigest(r.GetDigest())
 		if err == nil {
-			err = s.store.PutBytes(dg, r.GetData())
+			err = s.putBytes(dg, r.GetData())
 		}
 		resp.Responses = append(resp.Responses, &repb.BatchUpdateBlobsResponse_Response{Digest: r.GetDigest(), Status: blobStatus(err)})
 	}
 	return resp, nil
 }
 
-// blobStatus maps a store error to a per-blob status.
-func blobStatus(err error) *spb.Status {
-	code := codes.OK
-	switch {
-	case err == nil:
-	case errors.Is(err, cache.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, cache.ErrDigestMismatch), status.Code(err) == codes.InvalidArgument:
-		code = codes.InvalidArgument
-	default:
-		code = codes.Internal
+// putBytes stores a verified blob and accounts for it.
+func (s *Server) putBytes(d digest.Digest, data []byte) error {
+	if ok, err := s.store.Has(d); err == nil && ok {
+		s.touch(d)
+		return nil
 	}
-	if code == codes.OK {
+	if err := s.store.PutBytes(d, data); err != nil {
+		return err
+	}
+	s.stored(d)
+	return nil
+}
+
+// blobStatus maps an error to a per-blob status.
+func blobStatus(err error) *spb.Status {
+	if err == nil {
 		return &spb.Status{}
 	}
-	return &spb.Status{Code: int32(code), Message: fmt.Sprint(err)}
+	return status.Convert(grpcError(err)).Proto()
+}
+
+// grpcError maps a store error to a gRPC error; gRPC errors pass through.
+func grpcError(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, cache.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrInvalidRef):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return status.Error(codes.Internal, fmt.Sprint(err))
 }

@@ -22,27 +22,34 @@ import (
 	"github.com/bst-cache/bst-cache/server"
 )
 
-// startCAS serves a fresh store on loopback and returns its address.
-func startCAS(t *testing.T, allowWrites bool) (string, *cache.Store) {
+// startServer serves a fresh bst1 store on loopback in this process.
+func startServer(t *testing.T, opts server.Options) (string, *cache.Store, *server.Server) {
 	t.Helper()
-	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
-	if err != nil {
-		t.Fatal(err)
+	if opts.Store == nil {
+		store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Store = store
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	cas, err := server.NewCAS(store, allowWrites)
+	srv, err := server.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	repb.RegisterContentAddressableStorageServer(srv, cas)
-	repb.RegisterCapabilitiesServer(srv, cas)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-	return l.Addr().String(), store
+	g := server.NewGRPC(srv, server.GRPCOptions{})
+	go g.Serve(l)
+	t.Cleanup(func() { g.Stop(); srv.Close() })
+	return l.Addr().String(), opts.Store, srv
+}
+
+// startCAS serves a fresh store with writes enabled or not.
+func startCAS(t *testing.T, allowWrites bool) (string, *cache.Store) {
+	addr, store, _ := startServer(t, server.Options{AllowWrites: allowWrites})
+	return addr, store
 }
 
 func dialRemote(t *testing.T, addr string) *remotes.Remote {
@@ -64,7 +71,7 @@ func TestCASThroughRemotes(t *testing.T) {
 	r := dialRemote(t, addr)
 	ctx := context.Background()
 	res := remotes.Probe(ctx, r, config.TypeStorage)
-	if res.Status != remotes.StatusOK || !res.Caps.CAS || !res.Caps.BatchRead || !res.Caps.BatchUpdate || res.Caps.MaxBatchBytes != server.MaxBatchBytes {
+	if res.Status != remotes.StatusOK || !res.Caps.CAS || !res.Caps.BatchRead || !res.Caps.BatchUpdate || res.Caps.MaxBatchBytes != server.DefaultMaxBatchBytes {
 		t.Fatalf("probe: %s %v %+v", res.Status, res.Err, res.Caps)
 	}
 	blobs := [][]byte{[]byte("a"), []byte("bb"), bytes.Repeat([]byte("c"), 100000), nil}

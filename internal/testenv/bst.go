@@ -116,3 +116,40 @@ func RefsOnDisk(t testing.TB, artifacts string) []string {
 	sort.Strings(refs)
 	return refs
 }
+
+// BstRemote is one artifact cache in bst's user configuration.
+type BstRemote struct {
+	URL  string
+	Push bool
+	// TLS, as bst 1.6 names them: PEM file paths.
+	ServerCert, ClientKey, ClientCert string
+}
+
+// UseCaches writes bst's user configuration with these artifact caches,
+// first listed first asked.
+func (b *Bst) UseCaches(t testing.TB, remotes ...BstRemote) {
+	t.Helper()
+	conf := "artifacts:\n"
+	for _, r := range remotes {
+		conf += "- url: " + r.URL + "\n  push: " + strconv.FormatBool(r.Push) + "\n"
+		for k, v := range map[string]string{"server-cert": r.ServerCert, "client-key": r.ClientKey, "client-cert": r.ClientCert} {
+			if v != "" {
+				conf += "  " + k + ": " + v + "\n"
+			}
+		}
+	}
+	if len(remotes) == 0 {
+		conf = "artifacts: []\n"
+	}
+	if err := os.WriteFile(filepath.Join(b.Home, "config", "buildstream.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Checkout checks element out of bst's local cache into a new directory.
+func (b *Bst) Checkout(t testing.TB, p *Project, element string) string {
+	t.Helper()
+	dest := filepath.Join(t.TempDir(), "checkout")
+	b.Run(t, p.Dir, "checkout", element, dest)
+	return dest
+}

@@ -1,0 +1,121 @@
+package cache
+
+import (
+	"fmt"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/protobuf/proto"
+
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
+)
+
+// Roots are what a ref names in CAS: Directories (each with its whole tree)
+// and plain blobs.
+type Roots struct {
+	Dirs  []digest.Digest
+	Blobs []digest.Digest
+}
+
+// Add appends other's roots.
+func (r *Roots) Add(other Roots) {
+	r.Dirs = append(r.Dirs, other.Dirs...)
+	r.Blobs = append(r.Blobs, other.Blobs...)
+}
+
+// digestOf converts an optional digest field; ok is false when it is unset.
+func digestOf(d *repb.Digest) (digest.Digest, bool, error) {
+	if d == nil {
+		return digest.Digest{}, false, nil
+	}
+	dg, err := digest.NewFromProto(d)
+	if err != nil {
+		return digest.Digest{}, false, fmt.Errorf("%w: %v", ErrBadDirectory, err)
+	}
+	return dg, true, nil
+}
+
+// ParseArtifact decodes a BuildStream 2 Artifact message.
+func ParseArtifact(data []byte) (*bspb.Artifact, error) {
+	a := &bspb.Artifact{}
+	if err := proto.Unmarshal(data, a); err != nil {
+		return nil, fmt.Errorf("not a buildstream.v2.Artifact: %w", err)
+	}
+	return a, nil
+}
+
+// ArtifactRoots lists what a BuildStream 2 Artifact names in CAS. The
+// files, metadata, public data and logs are always included; the optional
+// trees (buildtree, sources, buildroot, subsandboxes) only with optional,
+// as BuildStream itself pulls them only on request.
+func ArtifactRoots(a *bspb.Artifact, optional bool) (Roots, error) {
+	var r Roots
+	add := func(list *[]digest.Digest, d *repb.Digest) error {
+		dg, ok, err := digestOf(d)
+		if ok {
+			*list = append(*list, dg)
+		}
+		return err
+	}
+	errs := []error{
+		add(&r.Dirs, a.GetFiles()),
+		add(&r.Blobs, a.GetPublicData()),
+		add(&r.Blobs, a.GetLowDiversityMeta()),
+		add(&r.Blobs, a.GetHighDiversityMeta()),
+	}
+	for _, l := range a.GetLogs() {
+		errs = append(errs, add(&r.Blobs, l.GetDigest()))
+	}
+	if optional {
+		errs = append(errs, add(&r.Dirs, a.GetBuildtree()), add(&r.Dirs, a.GetSources()), add(&r.Dirs, a.GetBuildroot()))
+		for _, d := range a.GetBuildsandbox().GetSubsandboxDigests() {
+			errs = append(errs, add(&r.Dirs, d))
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return Roots{}, err
+		}
+	}
+	return r, nil
+}
+
+// SourceRoots lists what a BuildStream 2 Source message names in CAS.
+func SourceRoots(data []byte) (Roots, error) {
+	s := &bspb.Source{}
+	if err := proto.Unmarshal(data, s); err != nil {
+		return Roots{}, fmt.Errorf("not a buildstream.v2.Source: %w", err)
+	}
+	var r Roots
+	d, ok, err := digestOf(s.GetFiles())
+	if ok {
+		r.Dirs = append(r.Dirs, d)
+	}
+	return r, err
+}
+
+// ClosureOf is Closure over several roots: every digest they need (each
+// once) and those the store lacks.
+func (s *Store) ClosureOf(r Roots) (all, missing []digest.Digest, err error) {
+	seen := map[digest.Digest]bool{}
+	for _, d := range r.Blobs {
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		all = append(all, d)
+		if ok, err := s.Has(d); err != nil {
+			return nil, nil, err
+		} else if !ok {
+			missing = append(missing, d)
+		}
+	}
+	for _, root := range r.Dirs {
+		a, m, err := s.closure(root, seen)
+		if err != nil {
+			return nil, nil, err
+		}
+		all, missing = append(all, a...), append(missing, m...)
+	}
+	return all, missing, nil
+}

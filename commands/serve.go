@@ -1,0 +1,236 @@
+package commands
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/server"
+)
+
+// defaultListen is loopback only: serving other hosts is an explicit choice.
+const defaultListen = "127.0.0.1:11001"
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "serve",
+		Usage:     "serve a store to BuildStream 1 and 2 clients (REAPI CAS, ByteStream, Remote Asset, ReferenceStorage)",
+		ArgsUsage: "[DIR]",
+		Description: "Serves DIR (default: the configured local store) over gRPC. A directory that\n" +
+			"bst-artifact-server filled is served as it is. Takes bst-artifact-server's flags,\n" +
+			"so it drops in where that ran; it listens on loopback unless --listen says otherwise.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Usage: "address to listen on (HOST:PORT); another interface than loopback is an explicit choice", DefaultText: defaultListen},
+			&cli.IntFlag{Name: "port", Usage: "port to listen on, on 127.0.0.1 (bst-artifact-server's flag; use --listen for other hosts)"},
+			&cli.BoolFlag{Name: "enable-push", Usage: "accept writes (without it every write is PERMISSION_DENIED)"},
+			&cli.StringFlag{Name: "server-key", Usage: "TLS private key (PEM)", TakesFile: true},
+			&cli.StringFlag{Name: "server-cert", Usage: "TLS certificate (PEM)", TakesFile: true},
+			&cli.StringFlag{Name: "client-certs", Usage: "require client certificates signed by (or equal to) these certificates (PEM)", TakesFile: true},
+			&cli.StringFlag{Name: "access-token", Usage: "require 'authorization: Bearer TOKEN' with the token in this file", TakesFile: true},
+			&cli.StringFlag{Name: "quota", Usage: "keep objects under SIZE (e.g. 50G, 500MiB), evicting least recently used refs"},
+			&cli.IntFlag{Name: "max-message-bytes", Value: server.DefaultMaxMessageBytes, Usage: "gRPC message size limit; batch calls are limited to fit"},
+			&cli.StringSliceFlag{Name: "instance-name", Usage: "instance name to serve (repeatable); all share the one store (default: only the empty name)"},
+			&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, how long in-flight calls may take to finish"},
+		},
+		Action: runServe,
+	}
+}
+
+func runServe(c *cli.Context) error {
+	e, err := newEnv(c)
+	if err != nil {
+		return err
+	}
+	if c.NArg() > 1 {
+		return usageError("serve takes at most one DIR")
+	}
+	listen := c.String("listen")
+	switch {
+	case c.IsSet("port") && c.IsSet("listen"):
+		return usageError("give --listen or --port, not both")
+	case c.IsSet("port"):
+		p := c.Int("port")
+		if p < 0 || p > 65535 {
+			return usageError("--port %d is not a port number", p)
+		}
+		listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	case listen == "":
+		listen = defaultListen
+	}
+	var quota int64
+	if q := c.String("quota"); q != "" {
+		if quota, err = parseSize(q); err != nil || quota <= 0 {
+			return usageError("--quota %q: want a positive size such as 50G or 500MiB", q)
+		}
+	}
+	tlsConfig, err := serverTLS(c.String("server-key"), c.String("server-cert"), c.String("client-certs"))
+	if err != nil {
+		return err
+	}
+	token := ""
+	if f := c.String("access-token"); f != "" {
+		if token, err = readTokenFile(f); err != nil {
+			return err
+		}
+	}
+
+	dir := e.cfg.Local
+	if c.NArg() == 1 {
+		if dir, err = filepath.Abs(expandHome(c.Args().First())); err != nil {
+			return err
+		}
+	}
+	layout, found := cache.DetectLayout(dir)
+	if !found {
+		layout = e.layout()
+	}
+	store, err := cache.Open(dir, layout)
+	if err != nil {
+		return err
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(e.stderr, "bst-cache serve: "+format+"\n", args...) }
+	srv, err := server.New(server.Options{
+		Store: store, AllowWrites: c.Bool("enable-push"), InstanceNames: c.StringSlice("instance-name"),
+		Quota: quota, MaxMessageBytes: c.Int("max-message-bytes"), Logf: logf,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	opts := server.GRPCOptions{TLS: tlsConfig, Token: token, MaxMessageBytes: c.Int("max-message-bytes")}
+	if e.verbose {
+		opts.LogCall = func(line string) { logf("%s", line) }
+	}
+	g := server.NewGRPC(srv, opts)
+
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", listen, err)
+	}
+	if !e.quiet {
+		logf("serving %s (%s layout) on %s%s", dir, layout, l.Addr(), describeServe(c, tlsConfig != nil, token != "", quota))
+	}
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(l) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serving on %s: %w", listen, err)
+	case <-c.Context.Done():
+	}
+	if !e.quiet {
+		logf("stopping: finishing calls in flight (up to %s)", c.Duration("grace"))
+	}
+	stopped := make(chan struct{})
+	go func() { g.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(c.Duration("grace")):
+		logf("grace period over: cancelling the calls still running")
+		g.Stop()
+	}
+	return nil
+}
+
+// describeServe summarizes the settings for the start-up line.
+func describeServe(c *cli.Context, tls, token bool, quota int64) string {
+	var parts []string
+	if c.Bool("enable-push") {
+		parts = append(parts, "pushes enabled")
+	} else {
+		parts = append(parts, "read-only")
+	}
+	if tls {
+		parts = append(parts, "TLS")
+	}
+	if c.String("client-certs") != "" {
+		parts = append(parts, "client certificates required")
+	}
+	if token {
+		parts = append(parts, "access token required")
+	}
+	if quota > 0 {
+		parts = append(parts, "quota "+humanBytes(quota))
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+// serverTLS builds the TLS configuration from bst-artifact-server's flags.
+func serverTLS(keyFile, certFile, clientCerts string) (*tls.Config, error) {
+	if keyFile == "" && certFile == "" {
+		if clientCerts != "" {
+			return nil, usageError("--client-certs needs --server-key and --server-cert")
+		}
+		return nil, nil
+	}
+	if keyFile == "" || certFile == "" {
+		return nil, usageError("--server-key and --server-cert go together")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading --server-cert %s and --server-key %s: %w", certFile, keyFile, err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCerts != "" {
+		pem, err := os.ReadFile(clientCerts)
+		if err != nil {
+			return nil, fmt.Errorf("--client-certs: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--client-certs %s: no PEM certificates in it", clientCerts)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// readTokenFile reads a token file. Errors name the file, never the content.
+func readTokenFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--access-token: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" || strings.ContainsAny(tok, "\r\n") {
+		return "", fmt.Errorf("--access-token %s: want one non-empty line", path)
+	}
+	return tok, nil
+}
+
+// parseSize reads a size such as 1048576, 500M, 500MiB, 50G or 1.5T. K, M,
+// G and T are powers of 1024, with or without "iB"; "KB", "MB"... are
+// powers of 1000.
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := 1.0
+	units := []struct {
+		suffix string
+		mult   float64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
+	}
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suffix)) && (u.suffix != "B" || !strings.ContainsAny(strings.ToUpper(t), "KMGT")) {
+			t, mult = strings.TrimSpace(t[:len(t)-len(u.suffix)]), u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || f*mult > 1<<62 {
+		return 0, errors.New("bad size " + strconv.Quote(s))
+	}
+	return int64(f * mult), nil
+}

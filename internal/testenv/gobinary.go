@@ -1,0 +1,60 @@
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// goBinary is a Go program built at most once per test process.
+type goBinary struct {
+	once sync.Once
+	path string
+	err  string
+}
+
+// get returns $envVar when set, else builds pkg from the module in dir
+// (relative to the repository root) into the user's cache directory.
+func (b *goBinary) get(t testing.TB, name, envVar, dir, pkg string) string {
+	t.Helper()
+	b.once.Do(func() {
+		if p := os.Getenv(envVar); p != "" {
+			b.path = p
+			return
+		}
+		cacheDir, err := os.UserCacheDir()
+		if err != nil {
+			cacheDir = os.TempDir()
+		}
+		out := filepath.Join(cacheDir, "bst-cache-test-tools")
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			b.err = err.Error()
+			return
+		}
+		// Build to a temporary name and rename, so concurrent test binaries
+		// never run a half-written file; go build's cache makes repeats cheap.
+		tmp, err := os.CreateTemp(out, name+"-*")
+		if err != nil {
+			b.err = err.Error()
+			return
+		}
+		tmp.Close()
+		cmd := exec.Command("go", "build", "-o", tmp.Name(), pkg)
+		cmd.Dir = filepath.Join(RepoRoot(t), dir)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			os.Remove(tmp.Name())
+			b.err = "building " + name + ": " + err.Error() + "\n" + string(msg)
+			return
+		}
+		b.path = filepath.Join(out, name)
+		if err := os.Rename(tmp.Name(), b.path); err != nil {
+			b.err = err.Error()
+		}
+	})
+	if b.err != "" {
+		Missing(t, "%s: %s", name, b.err)
+	}
+	return b.path
+}

@@ -1,0 +1,305 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// readChunk is the size of each ByteStream Read response.
+const readChunk = 1 << 20
+
+// uploadIdle is how long an interrupted upload waits to be resumed.
+const uploadIdle = 15 * time.Minute
+
+// byteStream serves google.bytestream.ByteStream for a Server.
+type byteStream struct{ *Server }
+
+// resource is a parsed ByteStream resource name.
+type resource struct {
+	instance string
+	digest   digest.Digest
+}
+
+// parseResource parses "[{instance}/]blobs/{hash}/{size}[/...]" for reads
+// and "[{instance}/]uploads/{uuid}/blobs/{hash}/{size}[/...]" for writes.
+// The instance name may itself contain slashes.
+func parseResource(name string, write bool) (resource, error) {
+	bad := func(why string) (resource, error) {
+		want := "[INSTANCE/]blobs/HASH/SIZE"
+		if write {
+			want = "[INSTANCE/]uploads/UUID/blobs/HASH/SIZE"
+		}
+		return resource{}, status.Errorf(codes.InvalidArgument, "malformed resource name %q: %s (want %s)", name, why, want)
+	}
+	parts := strings.Split(name, "/")
+	i := -1
+	for j, p := range parts {
+		if (write && p == "uploads") || (!write && p == "blobs") {
+			i = j
+			break
+		}
+		if p == "compressed-blobs" {
+			return resource{}, status.Errorf(codes.InvalidArgument, "resource %q: compressed blobs are not supported (the server advertises no compressors)", name)
+		}
+	}
+	if i < 0 {
+		return bad("no " + map[bool]string{true: "uploads", false: "blobs"}[write] + " component")
+	}
+	rest := parts[i+1:]
+	if write {
+		if len(rest) < 4 || rest[0] == "" || rest[1] != "blobs" {
+			return bad("expected uploads/UUID/blobs/HASH/SIZE")
+		}
+		rest = rest[2:]
+	}
+	if len(rest) < 2 {
+		return bad("missing hash or size")
+	}
+	size, err := strconv.ParseInt(rest[1], 10, 64)
+	if err != nil {
+		return bad("size is not a number")
+	}
+	d := digest.Digest{Hash: rest[0], Size: size}
+	if err := d.Validate(); err != nil {
+		return bad(err.Error())
+	}
+	return resource{instance: strings.Join(parts[:i], "/"), digest: d}, nil
+}
+
+// Read streams a blob from read_offset, at most read_limit bytes (0: to the
+// end). A whole-blob read is hashed on the way and ends in DATA_LOSS if the
+// stored object turns out corrupt.
+func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadServer) error {
+	res, err := parseResource(req.GetResourceName(), false)
+	if err != nil {
+		return err
+	}
+	if err := b.checkInstance(res.instance); err != nil {
+		return err
+	}
+	d := res.digest
+	off, limit := req.GetReadOffset(), req.GetReadLimit()
+	if off < 0 || off > d.Size {
+		return status.Errorf(codes.OutOfRange, "read_offset %d is outside blob %s", off, d)
+	}
+	if limit < 0 {
+		return status.Errorf(codes.InvalidArgument, "negative read_limit %d", limit)
+	}
+	f, err := b.store.Open(d)
+	if err != nil {
+		return grpcError(err)
+	}
+	defer f.Close()
+	b.touch(d)
+	end := d.Size
+	if limit > 0 && off+limit < end {
+		end = off + limit
+	}
+	whole := off == 0 && end == d.Size
+	h := sha256.New()
+	buf := make([]byte, min(readChunk, max(end-off, 1)))
+	for pos := off; pos < end; {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
+		if n == 0 && err != nil {
+			if errors.Is(err, io.EOF) {
+				return status.Errorf(codes.DataLoss, "blob %s is truncated on the server", d)
+			}
+			return status.Errorf(codes.Internal, "reading %s: %v", d, err)
+		}
+		if whole {
+			h.Write(buf[:n])
+		}
+		if err := stream.Send(&bsgrpc.ReadResponse{Data: buf[:n]}); err != nil {
+			return err
+		}
+		pos += int64(n)
+	}
+	if whole && hex.EncodeToString(h.Sum(nil)) != d.Hash {
+		b.logf("corrupt object %s in the store", d)
+		return status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", d)
+	}
+	return nil
+}
+
+// upload is a ByteStream write in progress, kept for resumption.
+type upload struct {
+	mu        sync.Mutex // held by the stream writing it
+	w         *cache.BlobWriter
+	committed atomic.Int64 // bytes written, readable without mu
+	last      time.Time
+}
+
+// Write receives a blob, possibly over several streams (a client resumes at
+// QueryWriteStatus's committed_size). Data is verified before the blob
+// becomes visible; a blob already present completes at once.
+func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if err := b.checkWrite(); err != nil {
+		return err
+	}
+	name := req.GetResourceName()
+	res, err := parseResource(name, true)
+	if err != nil {
+		return err
+	}
+	if err := b.checkInstance(res.instance); err != nil {
+		return err
+	}
+	d := res.digest
+	if ok, err := b.store.Has(d); err == nil && ok {
+		b.touch(d)
+		return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: d.Size})
+	}
+	if err := b.checkSpace(d); err != nil {
+		return err
+	}
+	u, err := b.startUpload(name, d, req.GetWriteOffset())
+	if err != nil {
+		return err
+	}
+	defer u.mu.Unlock()
+	for {
+		if off := req.GetWriteOffset(); off != u.w.Written() {
+			return status.Errorf(codes.InvalidArgument, "write_offset %d, but %d bytes of %s are committed", off, u.w.Written(), d)
+		}
+		if int64(len(req.GetData())) > d.Size-u.w.Written() {
+			b.dropUpload(name, u)
+			return status.Errorf(codes.InvalidArgument, "write past the declared size of %s (%d bytes)", d, d.Size)
+		}
+		if _, err := u.w.Write(req.GetData()); err != nil {
+			b.dropUpload(name, u)
+			return status.Errorf(codes.Internal, "storing %s: %v", d, err)
+		}
+		u.committed.Store(u.w.Written())
+		u.last = time.Now()
+		if req.GetFinishWrite() {
+			return b.finishUpload(stream, name, u, d)
+		}
+		if req, err = stream.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return status.Errorf(codes.InvalidArgument, "stream for %s ended after %d of %d bytes without finish_write", d, u.w.Written(), d.Size)
+			}
+			return err // the client went away: keep the upload for a resume
+		}
+	}
+}
+
+// startUpload finds or creates the upload for a resource name and locks it.
+// Offset 0 restarts it; any other offset must continue it.
+func (b byteStream) startUpload(name string, d digest.Digest, off int64) (*upload, error) {
+	b.uploadsMu.Lock()
+	defer b.uploadsMu.Unlock()
+	b.sweepUploads()
+	u := b.uploads[name]
+	if u != nil && !u.mu.TryLock() {
+		return nil, status.Errorf(codes.Aborted, "%s is being written by another stream", name)
+	}
+	if u != nil && off == 0 && u.w.Written() > 0 {
+		u.w.Abort()
+		u.mu.Unlock()
+		u = nil
+	}
+	if u == nil {
+		if off != 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "write_offset %d for %s, which has no upload in progress", off, name)
+		}
+		w, err := b.store.NewWriter(d)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "starting upload: %v", err)
+		}
+		u = &upload{w: w, last: time.Now()}
+		u.mu.Lock()
+		b.uploads[name] = u
+	}
+	return u, nil
+}
+
+// finishUpload verifies and installs a complete upload.
+func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name string, u *upload, d digest.Digest) error {
+	b.uploadsMu.Lock()
+	delete(b.uploads, name)
+	b.uploadsMu.Unlock()
+	if u.w.Written() != d.Size {
+		u.w.Abort()
+		return status.Errorf(codes.InvalidArgument, "finish_write after %d bytes; %s has %d", u.w.Written(), d, d.Size)
+	}
+	if err := u.w.Commit(); err != nil {
+		return grpcError(err)
+	}
+	b.stored(d)
+	return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: d.Size})
+}
+
+// dropUpload discards a failed upload.
+func (b byteStream) dropUpload(name string, u *upload) {
+	b.uploadsMu.Lock()
+	delete(b.uploads, name)
+	b.uploadsMu.Unlock()
+	u.w.Abort()
+}
+
+// sweepUploads aborts uploads idle for too long. Called with uploadsMu held.
+func (b byteStream) sweepUploads() {
+	for name, u := range b.uploads {
+		if time.Since(u.last) > uploadIdle && u.mu.TryLock() {
+			u.w.Abort()
+			delete(b.uploads, name)
+			u.mu.Unlock()
+		}
+	}
+}
+
+// checkSpace refuses a blob larger than the quota or the free disk space.
+func (b byteStream) checkSpace(d digest.Digest) error {
+	if b.quota != nil && d.Size > b.quota.limit {
+		return status.Errorf(codes.ResourceExhausted, "blob %s is larger than the server's quota (%d bytes)", d, b.quota.limit)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(b.store.Root(), &st); err == nil {
+		if free := int64(st.Bavail) * int64(st.Bsize); d.Size > free {
+			return status.Errorf(codes.ResourceExhausted, "blob %s does not fit: %d bytes free on the server", d, free)
+		}
+	}
+	return nil
+}
+
+// QueryWriteStatus reports how much of an upload the server holds.
+func (b byteStream) QueryWriteStatus(_ context.Context, req *bsgrpc.QueryWriteStatusRequest) (*bsgrpc.QueryWriteStatusResponse, error) {
+	res, err := parseResource(req.GetResourceName(), true)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.checkInstance(res.instance); err != nil {
+		return nil, err
+	}
+	if ok, err := b.store.Has(res.digest); err == nil && ok {
+		return &bsgrpc.QueryWriteStatusResponse{CommittedSize: res.digest.Size, Complete: true}, nil
+	}
+	b.uploadsMu.Lock()
+	u := b.uploads[req.GetResourceName()]
+	b.uploadsMu.Unlock()
+	if u == nil {
+		return nil, status.Errorf(codes.NotFound, "no upload in progress for %s", req.GetResourceName())
+	}
+	return &bsgrpc.QueryWriteStatusResponse{CommittedSize: u.committed.Load()}, nil
+}
+

@@ -1,0 +1,313 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// BuildStream's Remote Asset URN prefixes (formats doc).
+const (
+	URNBst1Artifact = "urn:fdc:buildstream.build:2020:v1:"
+	URNBst2Artifact = "urn:fdc:buildstream.build:2020:artifact:"
+	URNBst2Source   = "urn:fdc:buildstream.build:2020:source:"
+)
+
+// assetType says whether an index entry names a blob or a Directory.
+type assetType string
+
+const (
+	assetBlob      assetType = "blob"
+	assetDirectory assetType = "directory"
+)
+
+// entry is where one (URI, qualifiers) lives in the store: a BuildStream
+// URN without qualifiers maps to BuildStream's own layout (a bst1 ref read
+// by ReferenceStorage too, an Artifact or Source proto), anything else to
+// the server's own index of JSON records.
+type entry struct {
+	kind cache.Kind
+	ref  string
+}
+
+// entryFor maps a URI and qualifiers, for a blob or a Directory, to its
+// place in the store.
+func entryFor(typ assetType, uri string, qualifiers []*assetpb.Qualifier) (entry, error) {
+	if uri == "" {
+		return entry{}, status.Error(codes.InvalidArgument, "empty URI")
+	}
+	if len(qualifiers) == 0 {
+		for prefix, e := range map[string]struct {
+			kind cache.Kind
+			typ  assetType
+		}{
+			URNBst1Artifact: {cache.KindBst1Artifact, assetDirectory},
+			URNBst2Artifact: {cache.KindBst2Artifact, assetBlob},
+			URNBst2Source:   {cache.KindSource, assetBlob},
+		} {
+			ref, ok := strings.CutPrefix(uri, prefix)
+			if !ok || e.typ != typ {
+				continue
+			}
+			if err := cache.ValidateRef(ref); err != nil {
+				return entry{}, status.Errorf(codes.InvalidArgument, "URI %q: %v", uri, err)
+			}
+			return entry{kind: e.kind, ref: ref}, nil
+		}
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s", typ, uri)
+	for _, q := range sortedQualifiers(qualifiers) {
+		fmt.Fprintf(h, "\x00%s\x00%s", q.GetName(), q.GetValue())
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	return entry{kind: cache.KindAsset, ref: sum[:2] + "/" + sum[2:]}, nil
+}
+
+func sortedQualifiers(qs []*assetpb.Qualifier) []*assetpb.Qualifier {
+	out := append([]*assetpb.Qualifier(nil), qs...)
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].GetName() != out[j].GetName() {
+			return out[i].GetName() < out[j].GetName()
+		}
+		return out[i].GetValue() < out[j].GetValue()
+	})
+	return out
+}
+
+// record is the JSON kept for a generic Remote Asset entry.
+type record struct {
+	Type          assetType         `json:"type"`
+	URI           string            `json:"uri"`
+	Qualifiers    map[string]string `json:"qualifiers,omitempty"`
+	Digest        string            `json:"digest"`
+	RefBlobs      []string          `json:"references_blobs,omitempty"`
+	RefDirs       []string          `json:"references_directories,omitempty"`
+	ExpireAtUnixS int64             `json:"expire_at,omitempty"`
+}
+
+func digestStrings(ds []digest.Digest) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return out
+}
+
+func parseDigests(ss []string) ([]digest.Digest, error) {
+	out := make([]digest.Digest, len(ss))
+	for i, s := range ss {
+		d, err := digest.NewFromString(s)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = d
+	}
+	return out, nil
+}
+
+// resolved is an index entry read back: the digest it names and every root
+// that must be present for it to count.
+type resolved struct {
+	digest  digest.Digest
+	roots   cache.Roots
+	expired bool
+}
+
+// errNoEntry: the index has no such entry.
+var errNoEntry = errors.New("no entry")
+
+// resolve reads an index entry. A BuildStream 2 Artifact needs its files,
+// metadata and logs; its optional trees (buildtree and the like) are only
+// included with full, as BuildStream pulls them only on request.
+func (s *Server) resolve(e entry, full bool) (resolved, error) {
+	data, err := s.store.GetRef(e.kind, e.ref)
+	if errors.Is(err, cache.ErrNotFound) {
+		return resolved{}, errNoEntry
+	}
+	if err != nil {
+		return resolved{}, err
+	}
+	switch e.kind {
+	case cache.KindBst1Artifact:
+		var d repb.Digest
+		if err := proto.Unmarshal(data, &d); err != nil {
+			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
+		}
+		dg, err := digest.NewFromProto(&d)
+		if err != nil {
+			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
+		}
+		return resolved{digest: dg, roots: cache.Roots{Dirs: []digest.Digest{dg}}}, nil
+	case cache.KindBst2Artifact, cache.KindSource:
+		dg := digest.NewFromBlob(data)
+		// A store that BuildStream 2 filled keeps the proto only as a ref:
+		// serve it from CAS too.
+		if ok, err := s.store.Has(dg); err != nil {
+			return resolved{}, err
+		} else if !ok {
+			if err := s.store.PutBytes(dg, data); err != nil {
+				return resolved{}, err
+			}
+		}
+		var roots cache.Roots
+		if e.kind == cache.KindSource {
+			roots, err = cache.SourceRoots(data)
+		} else if art, perr := cache.ParseArtifact(data); perr != nil {
+			err = perr
+		} else {
+			roots, err = cache.ArtifactRoots(art, full)
+		}
+		if err != nil {
+			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
+		}
+		roots.Blobs = append(roots.Blobs, dg)
+		return resolved{digest: dg, roots: roots}, nil
+	}
+	var rec record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return resolved{}, fmt.Errorf("index record %s: %w", e.ref, err)
+	}
+	dg, err := digest.NewFromString(rec.Digest)
+	if err != nil {
+		return resolved{}, fmt.Errorf("index record %s: %w", e.ref, err)
+	}
+	blobs, err := parseDigests(rec.RefBlobs)
+	if err != nil {
+		return resolved{}, err
+	}
+	dirs, err := parseDigests(rec.RefDirs)
+	if err != nil {
+		return resolved{}, err
+	}
+	roots := cache.Roots{Blobs: blobs, Dirs: dirs}
+	if rec.Type == assetDirectory {
+		roots.Dirs = append(roots.Dirs, dg)
+	} else {
+		roots.Blobs = append(roots.Blobs, dg)
+	}
+	expired := rec.ExpireAtUnixS > 0 && time.Now().Unix() >= rec.ExpireAtUnixS
+	return resolved{digest: dg, roots: roots, expired: expired}, nil
+}
+
+// lookup finds the first of uris the index holds completely. Entries whose
+// content is incomplete or expired are passed over.
+func (s *Server) lookup(typ assetType, uris []string, qualifiers []*assetpb.Qualifier, oldest time.Time) (string, digest.Digest, error) {
+	if len(uris) == 0 {
+		return "", digest.Digest{}, status.Error(codes.InvalidArgument, "no uris in the request")
+	}
+	var why []string
+	for _, uri := range uris {
+		e, err := entryFor(typ, uri, qualifiers)
+		if err != nil {
+			return "", digest.Digest{}, err
+		}
+		r, err := s.resolve(e, false)
+		if errors.Is(err, errNoEntry) {
+			continue
+		}
+		if err != nil {
+			return "", digest.Digest{}, status.Errorf(codes.Internal, "reading %s: %v", uri, err)
+		}
+		if r.expired {
+			why = append(why, uri+" has expired")
+			continue
+		}
+		if !oldest.IsZero() {
+			if info, err := s.store.RefInfo(e.kind, e.ref); err == nil && info.Modified.Before(oldest) {
+				why = append(why, uri+" is older than oldest_content_accepted")
+				continue
+			}
+		}
+		_, missing, err := s.store.ClosureOf(r.roots)
+		if err != nil {
+			return "", digest.Digest{}, status.Errorf(codes.Internal, "checking %s: %v", uri, err)
+		}
+		if len(missing) > 0 {
+			s.logf("%s names %d blobs this server does not hold, e.g. %s: treated as absent", uri, len(missing), missing[0])
+			why = append(why, fmt.Sprintf("%s is incomplete (%d blobs missing)", uri, len(missing)))
+			continue
+		}
+		if s.quota != nil {
+			s.store.TouchRef(e.kind, e.ref)
+		}
+		return uri, r.digest, nil
+	}
+	msg := "not found: " + strings.Join(uris, ", ")
+	if len(why) > 0 {
+		msg += " (" + strings.Join(why, "; ") + ")"
+	}
+	return "", digest.Digest{}, status.Error(codes.NotFound, msg)
+}
+
+// missingError is FAILED_PRECONDITION listing blobs a push names that the
+// store lacks, in the REAPI PreconditionFailure form.
+func missingError(what string, missing []digest.Digest) error {
+	const maxListed = 1000
+	pf := &errdetails.PreconditionFailure{}
+	for i, d := range missing {
+		if i == maxListed {
+			break
+		}
+		pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
+			Type: "MISSING", Subject: "blobs/" + d.Hash + "/" + fmt.Sprint(d.Size),
+		})
+	}
+	shown := digestStrings(missing[:min(len(missing), 5)])
+	st := status.Newf(codes.FailedPrecondition, "%s names %d blobs this server does not hold: %s%s",
+		what, len(missing), strings.Join(shown, ", "), map[bool]string{true: ", ...", false: ""}[len(missing) > 5])
+	if withDetails, err := st.WithDetails(pf); err == nil {
+		st = withDetails
+	}
+	return st.Err()
+}
+
+// writeEntries writes index entries for uris once everything roots names is
+// present. rawFor gives the bytes to store for an entry of a given kind.
+func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetpb.Qualifier, roots cache.Roots, rawFor func(uri string, e entry) ([]byte, error)) error {
+	if len(uris) == 0 {
+		return status.Error(codes.InvalidArgument, "no uris in the request")
+	}
+	entries := make([]entry, len(uris))
+	for i, uri := range uris {
+		e, err := entryFor(typ, uri, qualifiers)
+		if err != nil {
+			return err
+		}
+		entries[i] = e
+	}
+	s.refsMu.RLock()
+	defer s.refsMu.RUnlock()
+	_, missing, err := s.store.ClosureOf(roots)
+	if err != nil {
+		return status.Errorf(codes.Internal, "checking the pushed content: %v", err)
+	}
+	if len(missing) > 0 {
+		return missingError(strings.Join(uris, ", "), missing)
+	}
+	for i, e := range entries {
+		data, err := rawFor(uris[i], e)
+		if err != nil {
+			return err
+		}
+		if err := s.store.SetRef(e.kind, e.ref, data); err != nil {
+			return status.Errorf(codes.Internal, "writing %s: %v", e.ref, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,188 @@
+package server
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
+	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/cache"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
+)
+
+// DefaultMaxBatchBytes is the largest max_batch_total_size_bytes the server
+// advertises and enforces on batch calls.
+const DefaultMaxBatchBytes = 4<<20 - 64<<10
+
+// DefaultMaxMessageBytes is the default gRPC message size limit.
+const DefaultMaxMessageBytes = 16 << 20
+
+// framingMargin is left between the batch limit and the message limit for
+// the per-blob digests and statuses around the data.
+const framingMargin = 64 << 10
+
+// Options configure a Server.
+type Options struct {
+	// Store is the local store served.
+	Store *cache.Store
+	// AllowWrites enables every write call; without it writes answer
+	// PERMISSION_DENIED.
+	AllowWrites bool
+	// InstanceNames are the instance names served, all from the one store.
+	// Empty means only the empty instance name.
+	InstanceNames []string
+	// Quota, when positive, bounds the bytes of objects kept; the least
+	// recently used refs are evicted first.
+	Quota int64
+	// MaxMessageBytes is the gRPC message limit (DefaultMaxMessageBytes when
+	// zero); batch calls are limited to fit in it.
+	MaxMessageBytes int
+	// Logf, when set, receives diagnostic lines (evictions, corrupt objects).
+	Logf func(format string, args ...any)
+}
+
+// Server serves one store over the REAPI CAS, ByteStream, Capabilities,
+// Remote Asset and BuildStream ReferenceStorage services.
+type Server struct {
+	repb.UnimplementedContentAddressableStorageServer
+	repb.UnimplementedCapabilitiesServer
+	bspb.UnimplementedReferenceStorageServer
+
+	store       *cache.Store
+	allowWrites bool
+	instances   map[string]bool
+	maxBatch    int64
+	logf        func(format string, args ...any)
+
+	// uploads holds ByteStream writes that may be resumed.
+	uploadsMu sync.Mutex
+	uploads   map[string]*upload
+
+	// refsMu orders index writes (read lock: check a closure, then write the
+	// ref) against eviction (write lock), so eviction never removes what a
+	// ref being written was just found to have.
+	refsMu sync.RWMutex
+	quota  *quota
+}
+
+// New prepares a server over opts.Store. Clients never upload the empty
+// blob (REAPI treats it as always present), so the store is given it here:
+// BuildStream checks empty files out by hard link to it.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, fmt.Errorf("server: no store")
+	}
+	if err := opts.Store.PutBytes(digest.NewFromBlob(nil), nil); err != nil {
+		return nil, fmt.Errorf("storing the empty blob: %w", err)
+	}
+	s := &Server{
+		store:       opts.Store,
+		allowWrites: opts.AllowWrites,
+		instances:   map[string]bool{},
+		maxBatch:    DefaultMaxBatchBytes,
+		logf:        opts.Logf,
+		uploads:     map[string]*upload{},
+	}
+	if s.logf == nil {
+		s.logf = func(string, ...any) {}
+	}
+	if len(opts.InstanceNames) == 0 {
+		s.instances[""] = true
+	}
+	for _, n := range opts.InstanceNames {
+		s.instances[n] = true
+	}
+	if m := int64(opts.MaxMessageBytes); m > 0 && m-framingMargin < s.maxBatch {
+		if m <= 2*framingMargin {
+			return nil, fmt.Errorf("max message size %d is too small (at least %d)", m, 2*framingMargin+1)
+		}
+		s.maxBatch = m - framingMargin
+	}
+	if opts.Quota > 0 {
+		q, err := newQuota(s, opts.Quota)
+		if err != nil {
+			return nil, err
+		}
+		s.quota = q
+	}
+	return s, nil
+}
+
+// Register adds every service to a gRPC server.
+func (s *Server) Register(g *grpc.Server) {
+	repb.RegisterContentAddressableStorageServer(g, s)
+	repb.RegisterCapabilitiesServer(g, s)
+	bsgrpc.RegisterByteStreamServer(g, byteStream{s})
+	assetpb.RegisterFetchServer(g, fetch{s})
+	assetpb.RegisterPushServer(g, push{s})
+	bspb.RegisterReferenceStorageServer(g, s)
+}
+
+// Close aborts unfinished uploads and stops background work.
+func (s *Server) Close() {
+	s.uploadsMu.Lock()
+	for name, u := range s.uploads {
+		u.w.Abort()
+		delete(s.uploads, name)
+	}
+	s.uploadsMu.Unlock()
+	if s.quota != nil {
+		s.quota.stop()
+	}
+}
+
+// MaxBatchBytes is the batch limit the server advertises.
+func (s *Server) MaxBatchBytes() int64 { return s.maxBatch }
+
+// checkInstance refuses instance names the server does not serve.
+func (s *Server) checkInstance(name string) error {
+	if s.instances[name] {
+		return nil
+	}
+	served := make([]string, 0, len(s.instances))
+	for n := range s.instances {
+		served = append(served, fmt.Sprintf("%q", n))
+	}
+	return status.Errorf(codes.InvalidArgument, "unknown instance name %q (this server serves %s)", name, strings.Join(served, ", "))
+}
+
+// checkWrite refuses writes unless they are enabled.
+func (s *Server) checkWrite() error {
+	if !s.allowWrites {
+		return status.Error(codes.PermissionDenied, "this server does not accept pushes (start it with --enable-push)")
+	}
+	return nil
+}
+
+// parseDigest validates a digest from a request.
+func parseDigest(d *repb.Digest) (digest.Digest, error) {
+	if d == nil {
+		return digest.Digest{}, status.Error(codes.InvalidArgument, "missing digest")
+	}
+	dg, err := digest.NewFromProto(d)
+	if err != nil {
+		return digest.Digest{}, status.Errorf(codes.InvalidArgument, "invalid digest %s/%d: %v", d.GetHash(), d.GetSizeBytes(), err)
+	}
+	return dg, nil
+}
+
+// stored records a blob newly written, for the quota.
+func (s *Server) stored(d digest.Digest) {
+	if s.quota != nil {
+		s.quota.add(d.Size)
+	}
+}
+
+// touch marks a blob as recently used when a quota is in force.
+func (s *Server) touch(d digest.Digest) {
+	if s.quota != nil {
+		s.store.Touch(d)
+	}
+}

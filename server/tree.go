@@ -1,0 +1,83 @@
+package server
+
+import (
+	"errors"
+	"strconv"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// defaultTreePage is the page size when the client sets none.
+const defaultTreePage = 1000
+
+// GetTree streams the Directories of a tree, breadth first, in pages. A
+// page token is the position of the page's first Directory in that order,
+// so a client can resume anywhere. Parts of the tree the store lacks are
+// left out, as REAPI specifies.
+func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressableStorage_GetTreeServer) error {
+	if err := s.checkInstance(req.GetInstanceName()); err != nil {
+		return err
+	}
+	root, err := parseDigest(req.GetRootDigest())
+	if err != nil {
+		return err
+	}
+	start := 0
+	if tok := req.GetPageToken(); tok != "" {
+		if start, err = strconv.Atoi(tok); err != nil || start < 0 {
+			return status.Errorf(codes.InvalidArgument, "invalid page_token %q", tok)
+		}
+	}
+	pageSize := int(req.GetPageSize())
+	if pageSize <= 0 || pageSize > defaultTreePage {
+		pageSize = defaultTreePage
+	}
+	seen := map[digest.Digest]bool{root: true}
+	queue := []digest.Digest{root}
+	var page []*repb.Directory
+	var pageBytes int64
+	for pos := 0; len(queue) > 0; pos++ {
+		d := queue[0]
+		queue = queue[1:]
+		data, err := s.store.ReadBlob(d)
+		if errors.Is(err, cache.ErrNotFound) {
+			pos--
+			continue
+		}
+		if err != nil {
+			return grpcError(err)
+		}
+		dir, err := cache.ParseDirectory(data)
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "%s is not a valid Directory: %v", d, err)
+		}
+		for _, sub := range dir.GetDirectories() {
+			sd, err := parseDigest(sub.GetDigest())
+			if err != nil {
+				return err
+			}
+			if !seen[sd] {
+				seen[sd] = true
+				queue = append(queue, sd)
+			}
+		}
+		if pos < start {
+			continue
+		}
+		if len(page) == pageSize || pageBytes+int64(len(data)) > s.maxBatch {
+			if err := stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: strconv.Itoa(pos)}); err != nil {
+				return err
+			}
+			page, pageBytes = nil, 0
+		}
+		page = append(page, dir)
+		pageBytes += int64(len(data))
+	}
+	return stream.Send(&repb.GetTreeResponse{Directories: page})
+}
+
