@@ -22,7 +22,7 @@ func checkoutAll(t *testing.T, b *testenv.Bst, p *testenv.Project) map[string]ma
 
 // calls counts the calls of a method with a code in a serve -v log.
 func calls(log, method, code string) int {
-	return len(regexp.MustCompile(regexp.QuoteMeta(method) + " " + code + " ").FindAllString(log, -1))
+	return len(regexp.MustCompile(regexp.QuoteMeta(method)+" "+code+" ").FindAllString(log, -1))
 }
 
 // Real BuildStream 1.6: build and push to serve, then a fresh client pulls

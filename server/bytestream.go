@@ -302,4 +302,3 @@ func (b byteStream) QueryWriteStatus(_ context.Context, req *bsgrpc.QueryWriteSt
 	}
 	return &bsgrpc.QueryWriteStatusResponse{CommittedSize: u.committed.Load()}, nil
 }
-

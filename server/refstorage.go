@@ -72,4 +72,3 @@ func (s *Server) Status(_ context.Context, req *bspb.StatusRequest) (*bspb.Statu
 	}
 	return &bspb.StatusResponse{AllowUpdates: s.allowWrites}, nil
 }
-

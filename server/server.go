@@ -6,9 +6,9 @@ import (
 	"sync"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"

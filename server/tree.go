@@ -80,4 +80,3 @@ func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressabl
 	}
 	return stream.Send(&repb.GetTreeResponse{Directories: page})
 }
-
