@@ -271,27 +271,42 @@ func TestCallsAgainstBazelRemote(t *testing.T) {
 	}
 }
 
+// Client certificates, against bst-artifact-server and serve alike.
 func TestClientCertificates(t *testing.T) {
 	certs := testenv.NewCerts(t)
-	srv := testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{
-		ServerKey: certs.ServerKey, ServerCert: certs.ServerCert, ClientCerts: certs.CA,
-	})
-	url := "https://" + srv.Addr
-	good := cacheConfig("tls", url, config.TypeAll)
-	good.Auth = config.Auth{ServerCert: certs.CA, ClientCert: certs.ClientCert, ClientKey: certs.ClientKey}
-	if res := probe(t, dial(t, good), config.TypeAll); res.Status != remotes.StatusOK {
-		t.Fatalf("with a client certificate: %s, %v", res.Status, res.Err)
+	servers := map[string]func() *testenv.Server{
+		"bst-artifact-server": func() *testenv.Server {
+			return testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{
+				ServerKey: certs.ServerKey, ServerCert: certs.ServerCert, ClientCerts: certs.CA,
+			})
+		},
+		"serve": func() *testenv.Server {
+			return testenv.StartServe(t, testenv.ServeOptions{
+				ServerKey: certs.ServerKey, ServerCert: certs.ServerCert, ClientCerts: certs.CA,
+			})
+		},
 	}
-	noClient := cacheConfig("tls", url, config.TypeAll)
-	noClient.Auth = config.Auth{ServerCert: certs.CA}
-	if res := probe(t, dial(t, noClient), config.TypeAll); res.Status == remotes.StatusOK {
-		t.Error("without a client certificate the server must refuse")
-	}
-	wrongCA := cacheConfig("tls", url, config.TypeAll)
 	other := testenv.NewCerts(t)
-	wrongCA.Auth = config.Auth{ServerCert: other.CA, ClientCert: certs.ClientCert, ClientKey: certs.ClientKey}
-	if res := probe(t, dial(t, wrongCA), config.TypeAll); res.Status == remotes.StatusOK {
-		t.Error("a server certificate from another CA must be refused")
+	for name, startServer := range servers {
+		t.Run(name, func(t *testing.T) {
+			url := "https://" + startServer().Addr
+			for _, tc := range []struct {
+				name string
+				auth config.Auth
+				ok   bool
+			}{
+				{"client certificate", config.Auth{ServerCert: certs.CA, ClientCert: certs.ClientCert, ClientKey: certs.ClientKey}, true},
+				{"no client certificate", config.Auth{ServerCert: certs.CA}, false},
+				{"client certificate from another CA", config.Auth{ServerCert: certs.CA, ClientCert: other.ClientCert, ClientKey: other.ClientKey}, false},
+				{"server certificate from another CA", config.Auth{ServerCert: other.CA, ClientCert: certs.ClientCert, ClientKey: certs.ClientKey}, false},
+			} {
+				c := cacheConfig("tls", url, config.TypeAll)
+				c.Auth = tc.auth
+				if res := probe(t, dial(t, c), config.TypeAll); (res.Status == remotes.StatusOK) != tc.ok {
+					t.Errorf("%s: %s, %v; want ok=%v", tc.name, res.Status, res.Err, tc.ok)
+				}
+			}
+		})
 	}
 }
 
