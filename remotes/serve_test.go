@@ -72,8 +72,14 @@ func TestCallsAgainstServe(t *testing.T) {
 	}
 	for _, miss := range []func() error{
 		func() error { _, err := r.GetReference(ctx, "demo/none/x"); return err },
-		func() error { _, err := r.FetchDirectory(ctx, "urn:fdc:buildstream.build:2020:v1:demo/none/x"); return err },
-		func() error { _, err := r.FetchBlob(ctx, "urn:fdc:buildstream.build:2020:artifact:demo/none/x"); return err },
+		func() error {
+			_, err := r.FetchDirectory(ctx, "urn:fdc:buildstream.build:2020:v1:demo/none/x")
+			return err
+		},
+		func() error {
+			_, err := r.FetchBlob(ctx, "urn:fdc:buildstream.build:2020:artifact:demo/none/x")
+			return err
+		},
 	} {
 		if err := miss(); !errors.Is(err, remotes.ErrNotFound) {
 			t.Errorf("lookup of an absent ref = %v; want ErrNotFound", err)
@@ -144,4 +150,3 @@ func TestBearerToken(t *testing.T) {
 		t.Errorf("serve's log shows the token:\n%s", srv.Log())
 	}
 }
-

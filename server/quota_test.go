@@ -1,0 +1,73 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
+
+	"github.com/bst-cache/bst-cache/remotes"
+	"github.com/bst-cache/bst-cache/server"
+)
+
+// Over its quota the server evicts the least recently used ref whole and
+// keeps every object a remaining ref needs.
+func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
+	addr, store, _ := startServer(t, server.Options{AllowWrites: true, Quota: 80 << 10})
+	r := dialRemote(t, addr)
+	ctx := context.Background()
+	shared := bytes.Repeat([]byte("s"), 10<<10)
+	refs := map[string]digest.Digest{}
+	unique := map[string]digest.Digest{}
+	push := func(name string, fill byte) {
+		t.Helper()
+		own := bytes.Repeat([]byte{fill}, 30<<10)
+		root, blobs := artifactTree(map[string][]byte{"own": own, "shared": shared})
+		var entries []*uploadinfo.Entry
+		for _, b := range blobs {
+			entries = append(entries, uploadinfo.EntryFromBlob(b))
+		}
+		if _, _, err := r.Upload(ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.PushDirectory(ctx, server.URNBst1Artifact+name, root); err != nil {
+			t.Fatal(err)
+		}
+		refs[name], unique[name] = root, digest.NewFromBlob(own)
+	}
+	push("demo/a/1", 'a')
+	push("demo/b/1", 'b')
+	time.Sleep(10 * time.Millisecond)
+	if _, err := r.FetchDirectory(ctx, server.URNBst1Artifact+"demo/a/1"); err != nil { // a is now more recent than b
+		t.Fatal(err)
+	}
+	push("demo/c/1", 'c')
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := r.FetchDirectory(ctx, server.URNBst1Artifact+"demo/b/1")
+		if errors.Is(err, remotes.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b was not evicted: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if ok, _ := store.Has(unique["demo/b/1"]); ok {
+		t.Error("the evicted ref's own blob is still stored")
+	}
+	for _, name := range []string{"demo/a/1", "demo/c/1"} {
+		got, err := r.FetchDirectory(ctx, server.URNBst1Artifact+name)
+		if err != nil || got != refs[name] {
+			t.Errorf("%s after eviction: %v, %v", name, got, err)
+		}
+		if _, missing, err := store.Closure(refs[name]); err != nil || len(missing) > 0 {
+			t.Errorf("%s lost blobs to eviction: %v %v", name, missing, err)
+		}
+	}
+}
