@@ -172,7 +172,9 @@ func TestBadInput(t *testing.T) {
 		{"Read: unknown instance", func() error { _, err := read(ctx, c, "nope/"+blobName(gd), 0, 0); return err }, codes.InvalidArgument},
 		{"Write: malformed name", func() error { return write(ctx, c, "uploads/blobs/"+gd.Hash+"/9", 0, [][]byte{good}, true) }, codes.InvalidArgument},
 		{"Write: read name", func() error { return write(ctx, c, blobName(gd), 0, [][]byte{good}, true) }, codes.InvalidArgument},
-		{"Write: data does not match the hash", func() error { return write(ctx, c, uploadName(digest.Digest{Hash: wrongHash.Hash, Size: gd.Size}), 0, [][]byte{good}, true) }, codes.InvalidArgument},
+		{"Write: data does not match the hash", func() error {
+			return write(ctx, c, uploadName(digest.Digest{Hash: wrongHash.Hash, Size: gd.Size}), 0, [][]byte{good}, true)
+		}, codes.InvalidArgument},
 		{"Write: fewer bytes than the size", func() error { return write(ctx, c, uploadName(gd), 0, [][]byte{good[:4]}, true) }, codes.InvalidArgument},
 		{"Write: past the declared size", func() error { return write(ctx, c, uploadName(gd), 0, [][]byte{good, []byte("more")}, true) }, codes.InvalidArgument},
 		{"Write: absurd size", func() error { return write(ctx, c, uploadName(absurd), 0, [][]byte{good}, true) }, codes.ResourceExhausted},

@@ -94,6 +94,20 @@ func (s *Server) Stop() {
 	}
 }
 
+// Signal sends sig to the server's PID.
+func (s *Server) Signal(sig os.Signal) error { return s.cmd.Process.Signal(sig) }
+
+// Wait waits (at most timeout) for the server to exit and returns its exit
+// code, or -1 if it did not exit in time.
+func (s *Server) Wait(timeout time.Duration) int {
+	select {
+	case <-s.done:
+		return s.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		return -1
+	}
+}
+
 // Kill stops the server at once with SIGKILL.
 func (s *Server) Kill() {
 	_ = s.cmd.Process.Kill()
