@@ -117,10 +117,10 @@ func TestKilledWriterLeavesNoPartialObject(t *testing.T) {
 	if _, err := s.GetRef(KindArtifact, "p/e/k"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a killed writer left a ref: %v", err)
 	}
-	// The partial data is only in the temporary directory, and a new
-	// writer stores the blob whole.
-	if left := tmpEntries(t, s); len(left) != 1 {
-		t.Errorf("want the partial write in one temporary file, found %v", left)
+	// With O_TMPFILE the partial data had no name and is gone; elsewhere
+	// it is in one temporary file. A new writer stores the blob whole.
+	if left := tmpEntries(t, s); len(left) > 1 {
+		t.Errorf("want the partial write in at most one temporary file, found %v", left)
 	}
 	if err := s.Put(d, &slowBlob{size: crashBlobSize}); err != nil {
 		t.Fatal(err)

@@ -91,11 +91,15 @@ func (s *Store) GetRef(kind Kind, ref string) ([]byte, error) {
 	return data, nil
 }
 
-// SetRef writes a ref atomically. Callers write a ref only once everything
-// it names is in the store.
+// SetRef writes a ref atomically and durably. Callers write a ref only once
+// everything it names is in the store; SetRef first syncs the file system,
+// so those objects are on disk before the ref that names them.
 func (s *Store) SetRef(kind Kind, ref string, data []byte) (err error) {
 	p, err := s.RefPath(kind, ref)
 	if err != nil {
+		return err
+	}
+	if err := s.Sync(); err != nil {
 		return err
 	}
 	f, err := os.CreateTemp(s.tmp, "ref-")
@@ -120,7 +124,7 @@ func (s *Store) SetRef(kind Kind, ref string, data []byte) (err error) {
 	if err = f.Close(); err != nil {
 		return err
 	}
-	if err = s.install(f.Name(), p); err != nil {
+	if err = s.install(f.Name(), p, true); err != nil {
 		return fmt.Errorf("writing ref %s: %w", ref, err)
 	}
 	return nil
