@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/cache"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
@@ -310,5 +311,66 @@ func TestReadOnlyRefusesEveryWrite(t *testing.T) {
 	}
 	if st, err := c.refs.Status(ctx, &bspb.StatusRequest{}); err != nil || st.GetAllowUpdates() {
 		t.Errorf("Status = %v, %v; want allow_updates false", st, err)
+	}
+}
+
+// GetTree pages: page_size bounds each response, and a page token resumes
+// the walk where it says.
+func TestGetTreePaging(t *testing.T) {
+	addr, _, _ := startServer(t, server.Options{AllowWrites: true})
+	c := connect(t, addr)
+	ctx := context.Background()
+	// A chain root -> d1 -> d2 -> d3, each with a file of its own.
+	var reqs []*repb.BatchUpdateBlobsRequest_Request
+	var below *repb.DirectoryNode
+	var want []*repb.Directory
+	for i := 3; i >= 0; i-- {
+		file := []byte(fmt.Sprintf("file %d", i))
+		dir := &repb.Directory{Files: []*repb.FileNode{{Name: "f", Digest: digest.NewFromBlob(file).ToProto()}}}
+		if below != nil {
+			dir.Directories = []*repb.DirectoryNode{below}
+		}
+		data, _ := proto.Marshal(dir)
+		reqs = append(reqs,
+			&repb.BatchUpdateBlobsRequest_Request{Digest: digest.NewFromBlob(file).ToProto(), Data: file},
+			&repb.BatchUpdateBlobsRequest_Request{Digest: digest.NewFromBlob(data).ToProto(), Data: data})
+		below = &repb.DirectoryNode{Name: fmt.Sprint("d", i), Digest: digest.NewFromBlob(data).ToProto()}
+		want = append([]*repb.Directory{dir}, want...)
+	}
+	if _, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{Requests: reqs}); err != nil {
+		t.Fatal(err)
+	}
+	pages := func(token string) (got []*repb.Directory, tokens []string) {
+		s, err := c.cas.GetTree(ctx, &repb.GetTreeRequest{RootDigest: below.GetDigest(), PageSize: 2, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			resp, err := s.Recv()
+			if err != nil {
+				if status.Code(err) != codes.OK && err.Error() != "EOF" {
+					t.Fatal(err)
+				}
+				return got, tokens
+			}
+			if len(resp.GetDirectories()) > 2 {
+				t.Errorf("a page of %d directories; page_size is 2", len(resp.GetDirectories()))
+			}
+			got = append(got, resp.GetDirectories()...)
+			tokens = append(tokens, resp.GetNextPageToken())
+		}
+	}
+	got, tokens := pages("")
+	if len(got) != 4 || len(tokens) != 2 || tokens[0] == "" || tokens[1] != "" {
+		t.Fatalf("GetTree: %d directories in pages with tokens %q", len(got), tokens)
+	}
+	for i := range want {
+		if !proto.Equal(got[i], want[i]) {
+			t.Errorf("directory %d differs", i)
+		}
+	}
+	rest, _ := pages(tokens[0])
+	if len(rest) != 2 || !proto.Equal(rest[0], want[2]) || !proto.Equal(rest[1], want[3]) {
+		t.Errorf("resuming at %q gave %d directories", tokens[0], len(rest))
 	}
 }
