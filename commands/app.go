@@ -51,6 +51,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			cachesCommand(),
 			lsCommand(),
 			serveCommand(),
+			pullCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -1,0 +1,218 @@
+package commands
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/transfer"
+)
+
+// refFlags are the flags every transfer command takes for its refs.
+func refFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "refs-from", Usage: "read refs from FILE, one per line (blank lines and # comments skipped)", TakesFile: true},
+		&cli.StringFlag{Name: "kind", Value: "artifact", Usage: "artifact or source (bst2 only)"},
+	}
+}
+
+// readRefs gathers refs from the arguments ("-" reads stdin) and
+// --refs-from, drops duplicates, and validates them all before anything
+// touches the network.
+func readRefs(c *cli.Context, stdin io.Reader) ([]string, error) {
+	var refs []string
+	seen := map[string]bool{}
+	add := func(ref string) error {
+		if err := cache.ValidateRef(ref); err != nil {
+			return usageError("%v", err)
+		}
+		if !seen[ref] {
+			seen[ref] = true
+			refs = append(refs, ref)
+		}
+		return nil
+	}
+	readLines := func(r io.Reader, name string) error {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for n := 1; sc.Scan(); n++ {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if err := add(line); err != nil {
+				return fmt.Errorf("%s:%d: %w", name, n, err)
+			}
+		}
+		return sc.Err()
+	}
+	for _, a := range c.Args().Slice() {
+		if a == "-" {
+			if err := readLines(stdin, "stdin"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := add(a); err != nil {
+			return nil, err
+		}
+	}
+	if f := c.String("refs-from"); f != "" {
+		fh, err := os.Open(f)
+		if err != nil {
+			return nil, usageError("--refs-from: %v", err)
+		}
+		defer fh.Close()
+		if err := readLines(fh, f); err != nil {
+			return nil, err
+		}
+	}
+	if len(refs) == 0 {
+		return nil, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
+	}
+	return refs, nil
+}
+
+// transferKind checks --kind against the format.
+func transferKind(c *cli.Context, e *env) (transfer.Kind, error) {
+	k := cache.Kind(c.String("kind"))
+	if k != cache.KindArtifact && k != cache.KindSource {
+		return 0, usageError("--kind must be artifact or source, not %q", k)
+	}
+	kind, err := transfer.KindFor(e.cfg.Format, k)
+	if err != nil {
+		return 0, usageError("--kind %s: %v", k, err)
+	}
+	return kind, nil
+}
+
+// progress draws a bar on stderr when it is a terminal and the output
+// settings allow it; otherwise it does nothing.
+type progress struct {
+	mu  sync.Mutex
+	bar *progressbar.ProgressBar
+}
+
+func newProgress(c *cli.Context, e *env, what string, total int) *progress {
+	p := &progress{}
+	f, ok := e.stderr.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) || e.quiet || e.json || c.Bool("no-progress") {
+		return p
+	}
+	p.bar = progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(e.stderr),
+		progressbar.OptionSetDescription(what),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionClearOnFinish(),
+	)
+	return p
+}
+
+func (p *progress) refDone() {
+	if p.bar != nil {
+		p.mu.Lock()
+		p.bar.Add(1)
+		p.mu.Unlock()
+	}
+}
+
+// warn prints a warning without tearing the bar.
+func (p *progress) warn(e *env, msg string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Clear()
+	}
+	e.warnf("%s", msg)
+}
+
+func (p *progress) finish() {
+	if p.bar != nil {
+		p.bar.Finish()
+	}
+}
+
+// report is the end-of-run document.
+type report struct {
+	Command string            `json:"command"`
+	Refs    []transfer.Result `json:"refs"`
+	Counts  map[string]int    `json:"counts"`
+	transfer.Stats
+}
+
+// finishRun prints the summary (stderr, or JSON on stdout) and chooses the
+// error: refs missing everywhere (exit 3) only when nothing else failed.
+func finishRun(e *env, command string, results []transfer.Result, stats transfer.Stats) error {
+	counts := map[string]int{}
+	for s, n := range transfer.Summary(results) {
+		counts[string(s)] = n
+	}
+	if e.json {
+		if err := writeJSON(e, report{Command: command, Refs: results, Counts: counts, Stats: stats}); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(e.stderr, 0, 4, 2, ' ', 0)
+		for _, r := range results {
+			where := r.Cache
+			if r.Target != "" {
+				where = strings.TrimPrefix(where+" -> "+r.Target, " -> ")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Status, r.Ref, dash(where), r.Reason)
+		}
+		tw.Flush()
+		if !e.quiet {
+			fmt.Fprintf(e.stderr, "%s: %d done, %d skipped, %d missing, %d failed, %d conflicts; %d blobs (%s) transferred, %d already present; %.1fs\n",
+				command, counts["done"], counts["skipped"], counts["missing"], counts["failed"], counts["conflict"],
+				stats.Blobs, humanBytes(stats.Bytes), stats.BlobsPresent, stats.Seconds)
+		}
+	}
+	switch {
+	case counts["failed"]+counts["conflict"] > 0:
+		return quietError{fmt.Errorf("%s: %d refs failed, %d conflicts", command, counts["failed"], counts["conflict"])}
+	case counts["missing"] > 0:
+		return quietError{fmt.Errorf("%s: %d refs are in no cache: %w", command, counts["missing"], ErrRefsMissing)}
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// quietError is an error already reported in the summary; main prints its
+// one-line message still, so the reason for the exit code is visible.
+type quietError struct{ error }
+
+func (q quietError) Unwrap() error { return q.error }
+
+// engine builds a transfer engine over the configured caches.
+func engine(c *cli.Context, e *env, kind transfer.Kind, caches []config.Cache, p *progress) (*transfer.Engine, error) {
+	store, err := e.openStore()
+	if err != nil {
+		return nil, err
+	}
+	return &transfer.Engine{
+		Store: store, Kind: kind, Caches: transfer.NewCaches(caches), Jobs: e.cfg.Jobs,
+		Strict: c.Bool("strict"), WithBuildtrees: c.Bool("with-buildtrees"),
+		Events: transfer.Events{
+			OnWarn: func(msg string) { p.warn(e, msg) },
+			OnRef:  func(transfer.Result) { p.refDone() },
+		},
+	}, nil
+}
+

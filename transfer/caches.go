@@ -1,0 +1,122 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/remotes"
+)
+
+// Cache is one configured cache for a run: connected and probed on first
+// use, and skipped for the rest of the run once it proves unreachable or
+// refuses us.
+type Cache struct {
+	Config config.Cache
+
+	once   sync.Once
+	remote *remotes.Remote
+	caps   remotes.Capabilities
+
+	mu   sync.Mutex
+	dead error // set when the cache is skipped
+}
+
+// NewCaches wraps configured caches, keeping their order.
+func NewCaches(cfgs []config.Cache) []*Cache {
+	out := make([]*Cache, len(cfgs))
+	for i, c := range cfgs {
+		out[i] = &Cache{Config: c}
+	}
+	return out
+}
+
+// Name is the configured name.
+func (c *Cache) Name() string { return c.Config.Name }
+
+// probeTimeout bounds the first contact with a cache.
+const probeTimeout = 10 * time.Second
+
+// connect dials and probes the cache once. A cache that fails is dead for
+// the run; the error names it and its URL.
+func (c *Cache) connect(ctx context.Context, ev Events) (*remotes.Remote, error) {
+	c.once.Do(func() {
+		r, err := remotes.Dial(ctx, c.Config)
+		if err != nil {
+			c.kill(err, ev)
+			return
+		}
+		pctx, cancel := context.WithTimeout(ctx, min(probeTimeout, max(c.Config.Connection.ConnectTimeout, time.Second)+5*time.Second))
+		res := remotes.Probe(pctx, r, c.Config.Type)
+		cancel()
+		if res.Err != nil {
+			r.Close()
+			c.kill(res.Err, ev)
+			return
+		}
+		c.remote, c.caps = r, res.Caps
+	})
+	if err := c.deadErr(); err != nil {
+		return nil, err
+	}
+	return c.remote, nil
+}
+
+// Caps are what the probe found (zero before connect).
+func (c *Cache) Caps() remotes.Capabilities { return c.caps }
+
+func (c *Cache) deadErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dead
+}
+
+// kill marks the cache as skipped for the rest of the run, with one warning.
+func (c *Cache) kill(err error, ev Events) {
+	c.mu.Lock()
+	first := c.dead == nil
+	if first {
+		c.dead = err
+	}
+	c.mu.Unlock()
+	if first {
+		ev.Warn(c.describe(err) + "; skipped for the rest of this run")
+	}
+}
+
+// fatal says whether an error means the cache should be skipped from now
+// on: unreachable, timed out, or refusing our credentials.
+func fatal(err error) bool {
+	var re *remotes.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	switch re.Code {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Unauthenticated, codes.PermissionDenied:
+		return true
+	}
+	return re.Unreachable()
+}
+
+// Close closes every connection.
+func Close(caches []*Cache) {
+	for _, c := range caches {
+		if c.remote != nil {
+			c.remote.Close()
+		}
+	}
+}
+
+// describe names the cache and its URL in an error message, once.
+func (c *Cache) describe(err error) string {
+	var re *remotes.Error
+	if errors.As(err, &re) {
+		return err.Error()
+	}
+	return fmt.Sprintf("cache %s (%s): %v", c.Config.Name, c.Config.URL, err)
+}

@@ -1,0 +1,364 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"google.golang.org/protobuf/proto"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/remotes"
+)
+
+// findMissingChunk bounds the digests per FindMissingBlobs request, so no
+// message nears the gRPC size limit (about 80 bytes a digest).
+const findMissingChunk = 10000
+
+// fetcher brings blobs into the local store from storage caches in
+// priority order, each blob from the first cache that has it. Blobs wanted
+// by several refs at once are downloaded once.
+type fetcher struct {
+	store  *cache.Store
+	caches []*Cache
+	jobs   int
+	strict bool
+	ev     Events
+
+	mu      sync.Mutex
+	flights map[digest.Digest]chan struct{}
+
+	blobs, bytes atomic.Int64 // moved
+	present      atomic.Int64 // already local
+}
+
+func newFetcher(store *cache.Store, caches []*Cache, jobs int, strict bool, ev Events) *fetcher {
+	return &fetcher{store: store, caches: caches, jobs: max(jobs, 1), strict: strict, ev: ev, flights: map[digest.Digest]chan struct{}{}}
+}
+
+// closure makes every digest under roots local and returns those no cache
+// had. Directories are fetched level by level, so each level's files and
+// subdirectories are known before they are asked for; GetTree, where a
+// cache has it, brings a whole tree in one call.
+func (f *fetcher) closure(ctx context.Context, roots cache.Roots) (missing []digest.Digest, err error) {
+	seen := map[digest.Digest]bool{}
+	var files []digest.Digest
+	for _, d := range roots.Blobs {
+		if !seen[d] {
+			seen[d] = true
+			files = append(files, d)
+		}
+	}
+	var level []digest.Digest
+	for _, d := range roots.Dirs {
+		if !seen[d] {
+			seen[d] = true
+			level = append(level, d)
+		}
+	}
+	trees := f.getTrees(ctx, level)
+	for len(level) > 0 {
+		var fromTree []digest.Digest
+		for _, d := range level {
+			if data, ok := trees[d]; ok {
+				if err := f.store.PutBytes(d, data); err != nil {
+					return nil, err
+				}
+				fromTree = append(fromTree, d)
+			}
+		}
+		miss, err := f.fetch(ctx, level)
+		if err != nil {
+			return nil, err
+		}
+		missSet := setOf(miss)
+		missing = append(missing, miss...)
+		var next []digest.Digest
+		for _, d := range level {
+			if missSet[d] {
+				continue
+			}
+			data, err := f.store.ReadBlob(d)
+			if err != nil {
+				return nil, err
+			}
+			dir, err := cache.ParseDirectory(data)
+			if err != nil {
+				return nil, fmt.Errorf("directory %s: %w", d, err)
+			}
+			for _, fn := range dir.GetFiles() {
+				fd, err := digest.NewFromProto(fn.GetDigest())
+				if err != nil {
+					return nil, fmt.Errorf("directory %s: file %q: %w", d, fn.GetName(), err)
+				}
+				if !seen[fd] {
+					seen[fd] = true
+					files = append(files, fd)
+				}
+			}
+			for _, dn := range dir.GetDirectories() {
+				sd, err := digest.NewFromProto(dn.GetDigest())
+				if err != nil {
+					return nil, fmt.Errorf("directory %s: subdirectory %q: %w", d, dn.GetName(), err)
+				}
+				if !seen[sd] {
+					seen[sd] = true
+					next = append(next, sd)
+				}
+			}
+		}
+		level = next
+	}
+	miss, err := f.fetch(ctx, files)
+	if err != nil {
+		return nil, err
+	}
+	return append(missing, miss...), nil
+}
+
+// getTrees asks the first live storage cache with GetTree for the trees
+// under roots the store lacks. Directories are re-serialized and kept only
+// where their digest matches, so nothing unverified is stored.
+func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[digest.Digest][]byte {
+	out := map[digest.Digest][]byte{}
+	var need []digest.Digest
+	for _, d := range roots {
+		if ok, _ := f.store.Has(d); !ok {
+			need = append(need, d)
+		}
+	}
+	if len(need) == 0 {
+		return out
+	}
+	for _, c := range f.caches {
+		r, err := c.connect(ctx, f.ev)
+		if err != nil || !c.caps.GetTree {
+			continue
+		}
+		for _, root := range need {
+			dirs, err := r.GetTree(ctx, root)
+			if err != nil {
+				break // level by level instead
+			}
+			for _, dir := range dirs {
+				data, err := proto.MarshalOptions{Deterministic: true}.Marshal(dir)
+				if err == nil {
+					out[digest.NewFromBlob(data)] = data
+				}
+			}
+		}
+		return out
+	}
+	return out
+}
+
+// fetch makes the given blobs local and returns those no cache had.
+func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	need, err := f.notLocal(ds)
+	if err != nil {
+		return nil, err
+	}
+	f.present.Add(int64(len(ds) - len(need)))
+	for _, c := range f.caches {
+		if len(need) == 0 {
+			break
+		}
+		r, err := c.connect(ctx, f.ev)
+		if err != nil {
+			if f.strict {
+				return nil, err
+			}
+			continue
+		}
+		if err := f.fetchFrom(ctx, c, r, need); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if f.strict {
+				return nil, err
+			}
+			if fatal(err) {
+				c.kill(err, f.ev)
+			} else {
+				f.ev.Warn(c.describe(err))
+			}
+		}
+		if need, err = f.notLocal(need); err != nil {
+			return nil, err
+		}
+	}
+	return need, nil
+}
+
+// notLocal filters ds down to blobs the store lacks, each once. The empty
+// blob is always written locally: servers need not hold it.
+func (f *fetcher) notLocal(ds []digest.Digest) ([]digest.Digest, error) {
+	var out []digest.Digest
+	seen := map[digest.Digest]bool{}
+	for _, d := range ds {
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		ok, err := f.store.Has(d)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case ok:
+		case d.Size == 0:
+			if err := f.store.PutBytes(d, nil); err != nil {
+				return nil, err
+			}
+		default:
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// fetchFrom downloads from one cache whichever of need it has: small blobs
+// in batches within its limit, large ones streamed to disk.
+func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, need []digest.Digest) error {
+	var has []digest.Digest
+	for start := 0; start < len(need); start += findMissingChunk {
+		chunk := need[start:min(start+findMissingChunk, len(need))]
+		missing, err := r.FindMissing(ctx, chunk)
+		if err != nil {
+			return err
+		}
+		missSet := setOf(missing)
+		for _, d := range chunk {
+			if !missSet[d] {
+				has = append(has, d)
+			}
+		}
+	}
+	limit := r.MaxBatchBytes()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(f.jobs)
+	var batch []digest.Digest
+	var batchBytes int64
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		b := batch
+		batch, batchBytes = nil, 0
+		g.Go(func() error { return f.batch(gctx, c, r, b) })
+	}
+	for _, d := range has {
+		mine, wait := f.claim(d)
+		if !mine {
+			g.Go(func() error {
+				select {
+				case <-wait:
+				case <-gctx.Done():
+				}
+				return nil
+			})
+			continue
+		}
+		if d.Size > limit-256 {
+			g.Go(func() error {
+				defer f.release(d)
+				return f.stream(gctx, c, r, d)
+			})
+			continue
+		}
+		if batchBytes+d.Size+256 > limit {
+			flush()
+		}
+		batch = append(batch, d)
+		batchBytes += d.Size + 256
+	}
+	flush()
+	return g.Wait()
+}
+
+// batch reads small blobs in one call; BatchRead verifies each.
+func (f *fetcher) batch(ctx context.Context, c *Cache, r *remotes.Remote, ds []digest.Digest) error {
+	defer func() {
+		for _, d := range ds {
+			f.release(d)
+		}
+	}()
+	found, _, err := r.BatchRead(ctx, ds)
+	if errors.Is(err, remotes.ErrCorrupt) {
+		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for d, data := range found {
+		if err := f.store.PutBytes(d, data); err != nil {
+			return err
+		}
+		f.moved(d)
+	}
+	return nil
+}
+
+// stream reads one large blob into the store's verifying writer.
+func (f *fetcher) stream(ctx context.Context, c *Cache, r *remotes.Remote, d digest.Digest) error {
+	w, err := f.store.NewWriter(d)
+	if err != nil {
+		return err
+	}
+	if err := r.ReadBlob(ctx, d, w); err != nil {
+		w.Abort()
+		if errors.Is(err, remotes.ErrNotFound) {
+			return nil // gone since FindMissing; the next cache may have it
+		}
+		return err
+	}
+	if err := w.Commit(); err != nil {
+		if errors.Is(err, cache.ErrDigestMismatch) {
+			f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
+			return nil
+		}
+		return err
+	}
+	f.moved(d)
+	return nil
+}
+
+func (f *fetcher) moved(d digest.Digest) {
+	f.blobs.Add(1)
+	f.bytes.Add(d.Size)
+	f.ev.bytes(d.Size)
+}
+
+// claim makes this goroutine the downloader of d, or returns a channel
+// closed when the current downloader is done.
+func (f *fetcher) claim(d digest.Digest) (mine bool, wait <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ch, ok := f.flights[d]; ok {
+		return false, ch
+	}
+	f.flights[d] = make(chan struct{})
+	return true, nil
+}
+
+func (f *fetcher) release(d digest.Digest) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ch, ok := f.flights[d]; ok {
+		close(ch)
+		delete(f.flights, d)
+	}
+}
+
+func setOf(ds []digest.Digest) map[digest.Digest]bool {
+	m := make(map[digest.Digest]bool, len(ds))
+	for _, d := range ds {
+		m[d] = true
+	}
+	return m
+}
