@@ -52,6 +52,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			lsCommand(),
 			serveCommand(),
 			pullCommand(),
+			pushCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -30,6 +30,15 @@ func refFlags() []cli.Flag {
 // --refs-from, drops duplicates, and validates them all before anything
 // touches the network.
 func readRefs(c *cli.Context, stdin io.Reader) ([]string, error) {
+	return readRefList(c, stdin, c.Args().Slice(), true)
+}
+
+// readRefsFrom is readRefs over some of the arguments; it may find none.
+func readRefsFrom(c *cli.Context, args []string) ([]string, error) {
+	return readRefList(c, c.App.Reader, args, false)
+}
+
+func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) ([]string, error) {
 	var refs []string
 	seen := map[string]bool{}
 	add := func(ref string) error {
@@ -56,7 +65,7 @@ func readRefs(c *cli.Context, stdin io.Reader) ([]string, error) {
 		}
 		return sc.Err()
 	}
-	for _, a := range c.Args().Slice() {
+	for _, a := range args {
 		if a == "-" {
 			if err := readLines(stdin, "stdin"); err != nil {
 				return nil, err
@@ -77,7 +86,7 @@ func readRefs(c *cli.Context, stdin io.Reader) ([]string, error) {
 			return nil, err
 		}
 	}
-	if len(refs) == 0 {
+	if len(refs) == 0 && required {
 		return nil, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
 	}
 	return refs, nil
@@ -215,4 +224,3 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, caches []config.Cache, p
 		},
 	}, nil
 }
-

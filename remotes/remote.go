@@ -185,6 +185,31 @@ func (r *Remote) Upload(ctx context.Context, entries []*uploadinfo.Entry) ([]dig
 	return missing, moved, err
 }
 
+// BatchUpdate uploads small blobs in one call, whatever the server holds.
+// The sdk never uploads the empty blob (REAPI deems it always present), but
+// some servers (bst-artifact-server) need it to serve a tree with an empty
+// file; this sends it.
+func (r *Remote) BatchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
+	req := &repb.BatchUpdateBlobsRequest{InstanceName: r.instance}
+	for d, data := range blobs {
+		req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: d.ToProto(), Data: data})
+	}
+	var resp *repb.BatchUpdateBlobsResponse
+	err := r.call(ctx, "BatchUpdateBlobs", true, func(ctx context.Context) (err error) {
+		resp, err = r.cas.BatchUpdateBlobs(ctx, req)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, br := range resp.GetResponses() {
+		if br.GetStatus().GetCode() != int32(codes.OK) {
+			return r.wrap("BatchUpdateBlobs", status.ErrorProto(br.GetStatus()))
+		}
+	}
+	return nil
+}
+
 // GetTree returns every Directory under root, root first, following pages.
 // Servers without GetTree answer UNIMPLEMENTED.
 func (r *Remote) GetTree(ctx context.Context, root digest.Digest) ([]*repb.Directory, error) {

@@ -8,8 +8,8 @@ import (
 	"sync/atomic"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"google.golang.org/protobuf/proto"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/remotes"

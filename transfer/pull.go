@@ -209,4 +209,3 @@ func Summary(results []Result) map[Status]int {
 	}
 	return out
 }
-

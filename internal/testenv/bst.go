@@ -102,6 +102,9 @@ func RefsOnDisk(t testing.TB, artifacts string) []string {
 	t.Helper()
 	heads := filepath.Join(artifacts, "cas", "refs", "heads")
 	var refs []string
+	if _, err := os.Stat(heads); os.IsNotExist(err) {
+		return nil
+	}
 	err := filepath.WalkDir(heads, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err

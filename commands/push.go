@@ -1,0 +1,143 @@
+package commands
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/transfer"
+)
+
+func pushCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "push",
+		Usage:     "upload local refs to the default push cache, to --cache NAME, or to --all push caches",
+		ArgsUsage: "REF|GLOB... (- reads refs from stdin; a GLOB matches refs in the local store)",
+		Flags: append(refFlags(),
+			&cli.StringSliceFlag{Name: "cache", Usage: "push to this cache (repeatable)"},
+			&cli.BoolFlag{Name: "all", Usage: "push to every cache with push = true, as BuildStream does"},
+			&cli.BoolFlag{Name: "force", Usage: "upload and rewrite the index even when the target already has the ref"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "report what would move and change nothing"},
+		),
+		Action: func(c *cli.Context) error {
+			e, err := newEnv(c)
+			if err != nil {
+				return err
+			}
+			kind, err := transferKind(c, e)
+			if err != nil {
+				return err
+			}
+			targets, err := pushTargets(e.cfg, c.StringSlice("cache"), c.Bool("all"))
+			if err != nil {
+				return err
+			}
+			refs, err := expandGlobs(c, e, kind)
+			if err != nil {
+				return err
+			}
+			p := newProgress(c, e, "push", len(refs)*len(targets))
+			eng, err := engine(c, e, kind, targets, p)
+			if err != nil {
+				return err
+			}
+			defer transfer.Close(eng.Caches)
+			results, stats := eng.Push(c.Context, refs, eng.Caches, transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
+			p.finish()
+			if err := c.Context.Err(); err != nil {
+				return err
+			}
+			return finishRun(e, "push", results, stats)
+		},
+	}
+}
+
+// pushTargets resolves --cache/--all to caches that accept pushes; a named
+// cache without push = true is a usage error.
+func pushTargets(cfg *config.Config, names []string, all bool) ([]config.Cache, error) {
+	var out []config.Cache
+	switch {
+	case all && len(names) > 0:
+		return nil, usageError("give --cache or --all, not both")
+	case all:
+		for _, c := range cfg.Caches {
+			if c.Push {
+				out = append(out, c)
+			}
+		}
+		if len(out) == 0 {
+			return nil, usageError("--all: no cache has push = true")
+		}
+	case len(names) > 0:
+		for _, n := range names {
+			c, ok := cfg.Cache(n)
+			if !ok {
+				return nil, usageError("no cache named %q (see bst-cache caches)", n)
+			}
+			if !c.Push {
+				return nil, usageError("cache %q does not have push = true (%s)", n, c.Origin)
+			}
+			out = append(out, *c)
+		}
+	default:
+		c, ok := cfg.DefaultPush()
+		if !ok {
+			return nil, usageError("no cache has push = true; set one or name one with --cache")
+		}
+		out = append(out, *c)
+	}
+	return out, nil
+}
+
+// expandGlobs reads the refs and replaces each glob with the local refs it
+// matches.
+func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) ([]string, error) {
+	var globs, plain []string
+	for _, a := range c.Args().Slice() {
+		if strings.ContainsAny(a, "*?[") {
+			globs = append(globs, a)
+		} else {
+			plain = append(plain, a)
+		}
+	}
+	refs, err := readRefsFrom(c, plain)
+	if err != nil {
+		return nil, err
+	}
+	if len(globs) == 0 {
+		if len(refs) == 0 {
+			return nil, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
+		}
+		return refs, nil
+	}
+	store, err := e.openStore()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, r := range refs {
+		seen[r] = true
+	}
+	storeKind := cache.KindArtifact
+	if kind == transfer.Bst2Source {
+		storeKind = cache.KindSource
+	}
+	for _, g := range globs {
+		infos, err := store.ListRefs(storeKind, g)
+		if err != nil {
+			return nil, usageError("%v", err)
+		}
+		if len(infos) == 0 {
+			return nil, usageError("%q matches no ref in the local store (%s)", g, store.Root())
+		}
+		for _, i := range infos {
+			if !seen[i.Name] {
+				seen[i.Name] = true
+				refs = append(refs, i.Name)
+			}
+		}
+	}
+	return refs, nil
+}
