@@ -53,6 +53,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			serveCommand(),
 			pullCommand(),
 			pushCommand(),
+			copyCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},
