@@ -54,6 +54,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			pullCommand(),
 			pushCommand(),
 			copyCommand(),
+			whichCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

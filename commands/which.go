@@ -1,0 +1,84 @@
+package commands
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/transfer"
+)
+
+func whichCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "which",
+		Usage:     "tell which caches hold each ref: present, absent, incomplete or error, with the digest",
+		ArgsUsage: "REF... (- reads refs from stdin)",
+		Flags:     refFlags(),
+		Action: func(c *cli.Context) error {
+			e, err := newEnv(c)
+			if err != nil {
+				return err
+			}
+			kind, err := transferKind(c, e)
+			if err != nil {
+				return err
+			}
+			refs, err := readRefs(c, c.App.Reader)
+			if err != nil {
+				return err
+			}
+			if len(e.cfg.Caches) == 0 {
+				return usageError("no caches configured (see bst-cache config)")
+			}
+			eng, err := engine(c, e, kind, e.cfg.Caches, &progress{})
+			if err != nil {
+				return err
+			}
+			defer transfer.Close(eng.Caches)
+			locs := eng.Which(c.Context, refs)
+			if err := c.Context.Err(); err != nil {
+				return err
+			}
+			if e.json {
+				if err := writeJSON(e, locs); err != nil {
+					return err
+				}
+			} else {
+				writeWhich(e, locs)
+			}
+			nowhere := 0
+			for _, l := range locs {
+				found := false
+				for _, s := range l.Caches {
+					found = found || s.Status == transfer.WherePresent
+				}
+				if !found {
+					nowhere++
+				}
+			}
+			if nowhere > 0 {
+				return quietError{fmt.Errorf("which: %d of %d refs are complete in no cache: %w", nowhere, len(refs), ErrRefsMissing)}
+			}
+			return nil
+		},
+	}
+}
+
+func writeWhich(e *env, locs []transfer.Location) {
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REF\tCACHE\tSTATUS\tDIGEST\tDETAIL")
+	for _, l := range locs {
+		for _, s := range l.Caches {
+			detail := s.Error
+			if s.Status == transfer.WhereIncomplete {
+				detail = fmt.Sprintf("%d blobs missing", s.Missing)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Ref, s.Name, s.Status, dash(s.Digest), detail)
+		}
+		if l.Note != "" {
+			fmt.Fprintf(tw, "%s\t\tnote\t\t%s\n", l.Ref, l.Note)
+		}
+	}
+	tw.Flush()
+}
