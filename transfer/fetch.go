@@ -62,16 +62,23 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots) (missing []dig
 	}
 	trees := f.getTrees(ctx, level)
 	for len(level) > 0 {
-		var fromTree []digest.Digest
+		var rest []digest.Digest
 		for _, d := range level {
-			if data, ok := trees[d]; ok {
+			data, ok := trees[d]
+			if !ok {
+				rest = append(rest, d)
+				continue
+			}
+			if local, err := f.store.Has(d); err != nil {
+				return nil, err
+			} else if !local {
 				if err := f.store.PutBytes(d, data); err != nil {
 					return nil, err
 				}
-				fromTree = append(fromTree, d)
+				f.moved(d)
 			}
 		}
-		miss, err := f.fetch(ctx, level)
+		miss, err := f.fetch(ctx, rest)
 		if err != nil {
 			return nil, err
 		}
@@ -158,11 +165,10 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[diges
 
 // fetch makes the given blobs local and returns those no cache had.
 func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
-	need, err := f.notLocal(ds)
+	need, err := f.notLocal(ds, true)
 	if err != nil {
 		return nil, err
 	}
-	f.present.Add(int64(len(ds) - len(need)))
 	for _, c := range f.caches {
 		if len(need) == 0 {
 			break
@@ -187,16 +193,17 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest) ([]digest.Diges
 				f.ev.Warn(c.describe(err))
 			}
 		}
-		if need, err = f.notLocal(need); err != nil {
+		if need, err = f.notLocal(need, false); err != nil {
 			return nil, err
 		}
 	}
 	return need, nil
 }
 
-// notLocal filters ds down to blobs the store lacks, each once. The empty
-// blob is always written locally: servers need not hold it.
-func (f *fetcher) notLocal(ds []digest.Digest) ([]digest.Digest, error) {
+// notLocal filters ds down to blobs the store lacks, each once, counting
+// those already present when count is set. The empty blob is always
+// written locally: servers need not hold it.
+func (f *fetcher) notLocal(ds []digest.Digest, count bool) ([]digest.Digest, error) {
 	var out []digest.Digest
 	seen := map[digest.Digest]bool{}
 	for _, d := range ds {
@@ -210,6 +217,9 @@ func (f *fetcher) notLocal(ds []digest.Digest) ([]digest.Digest, error) {
 		}
 		switch {
 		case ok:
+			if count {
+				f.present.Add(1)
+			}
 		case d.Size == 0:
 			if err := f.store.PutBytes(d, nil); err != nil {
 				return nil, err
