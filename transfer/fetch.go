@@ -44,7 +44,13 @@ func newFetcher(store *cache.Store, caches []*Cache, jobs int, strict bool, ev E
 // had. Directories are fetched level by level, so each level's files and
 // subdirectories are known before they are asked for; GetTree, where a
 // cache has it, brings a whole tree in one call.
-func (f *fetcher) closure(ctx context.Context, roots cache.Roots) (missing []digest.Digest, err error) {
+// watch counts the blobs one cache (an index hit) turned out to lack.
+type watch struct {
+	cache *Cache
+	lacks int
+}
+
+func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (missing []digest.Digest, err error) {
 	seen := map[digest.Digest]bool{}
 	var files []digest.Digest
 	for _, d := range roots.Blobs {
@@ -78,7 +84,7 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots) (missing []dig
 				f.moved(d)
 			}
 		}
-		miss, err := f.fetch(ctx, rest)
+		miss, err := f.fetch(ctx, rest, w)
 		if err != nil {
 			return nil, err
 		}
@@ -120,7 +126,7 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots) (missing []dig
 		}
 		level = next
 	}
-	miss, err := f.fetch(ctx, files)
+	miss, err := f.fetch(ctx, files, w)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +170,7 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[diges
 }
 
 // fetch makes the given blobs local and returns those no cache had.
-func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]digest.Digest, error) {
 	need, err := f.notLocal(ds, true)
 	if err != nil {
 		return nil, err
@@ -180,7 +186,11 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest) ([]digest.Diges
 			}
 			continue
 		}
-		if err := f.fetchFrom(ctx, c, r, need); err != nil {
+		lacks, err := f.fetchFrom(ctx, c, r, need)
+		if w != nil && w.cache == c {
+			w.lacks += lacks
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -233,13 +243,14 @@ func (f *fetcher) notLocal(ds []digest.Digest, count bool) ([]digest.Digest, err
 
 // fetchFrom downloads from one cache whichever of need it has: small blobs
 // in batches within its limit, large ones streamed to disk.
-func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, need []digest.Digest) error {
+// It returns how many of need the cache lacks.
+func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, need []digest.Digest) (int, error) {
 	var has []digest.Digest
 	for start := 0; start < len(need); start += findMissingChunk {
 		chunk := need[start:min(start+findMissingChunk, len(need))]
 		missing, err := r.FindMissing(ctx, chunk)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		missSet := setOf(missing)
 		for _, d := range chunk {
@@ -287,7 +298,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, ne
 		batchBytes += d.Size + 256
 	}
 	flush()
-	return g.Wait()
+	return len(need) - len(has), g.Wait()
 }
 
 // batch reads small blobs in one call; BatchRead verifies each.

@@ -144,6 +144,15 @@ func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
 	if err != nil {
 		return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
 	}
+	// BuildStream 2 keeps the proto as the ref file only; the closure (and
+	// a push) needs it as a blob too.
+	if ok, err := s.Has(e.digest); err != nil {
+		return entry{}, err
+	} else if !ok {
+		if err := s.PutBytes(e.digest, data); err != nil {
+			return entry{}, err
+		}
+	}
 	return e, nil
 }
 

@@ -145,12 +145,16 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string) Result {
 			continue // a digest already found incomplete
 		}
 		seen[d] = true
-		missing, err := e.materialize(ctx, f, ref, d)
+		w := &watch{cache: c}
+		missing, err := e.materialize(ctx, f, ref, d, w)
 		if err != nil {
 			if ctx.Err() != nil {
 				return failed(res, ctx.Err())
 			}
 			return failed(res, err)
+		}
+		if w.lacks > 0 && hasStorage(c) {
+			e.Events.Warn(fmt.Sprintf("%s: cache %s (%s) names it but lacks %d of its blobs", ref, c.Name(), c.Config.URL, w.lacks))
 		}
 		if len(missing) == 0 {
 			res.Status, res.Cache, res.Digest = StatusDone, c.Name(), d.String()
@@ -170,10 +174,10 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string) Result {
 
 // materialize fetches what an index hit names and writes the local ref
 // once all of it is local. It returns the blobs no cache had.
-func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d digest.Digest) ([]digest.Digest, error) {
+func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d digest.Digest, w *watch) ([]digest.Digest, error) {
 	var protoData []byte
 	if e.Kind != Bst1Artifact {
-		miss, err := f.fetch(ctx, []digest.Digest{d})
+		miss, err := f.fetch(ctx, []digest.Digest{d}, w)
 		if err != nil || len(miss) > 0 {
 			return miss, err
 		}
@@ -189,7 +193,7 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d dige
 	if e.WithBuildtrees {
 		roots.Add(en.optional)
 	}
-	missing, err := f.closure(ctx, roots)
+	missing, err := f.closure(ctx, roots, w)
 	if err != nil || len(missing) > 0 {
 		return missing, err
 	}

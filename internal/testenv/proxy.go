@@ -1,0 +1,190 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// ProxyFaults are what a Proxy does wrong, by blob hash. No real server
+// misbehaves on demand, so the tests put this in front of one.
+type ProxyFaults struct {
+	// Hide: the blob is reported missing and cannot be read, as on a cache
+	// that holds an artifact incompletely.
+	Hide map[string]bool
+	// Corrupt: the blob's bytes are altered on the way out.
+	Corrupt map[string]bool
+}
+
+// rawCodec passes messages through as bytes.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*(v.(*[]byte)) = append([]byte(nil), data...)
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// StartProxy forwards every gRPC call to backend (host:port, plaintext),
+// applying faults to CAS and ByteStream answers. It returns its address.
+func StartProxy(t testing.TB, backend string, faults ProxyFaults) string {
+	t.Helper()
+	cc, err := grpc.NewClient(backend, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{cc: cc, faults: faults}
+	s := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}), grpc.UnknownServiceHandler(p.handle))
+	go s.Serve(l)
+	t.Cleanup(func() { s.Stop(); cc.Close() })
+	return l.Addr().String()
+}
+
+type proxy struct {
+	cc     *grpc.ClientConn
+	faults ProxyFaults
+}
+
+func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(ss)
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ss.Context(), md))
+	defer cancel()
+	cs, err := p.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method, grpc.ForceCodec(rawCodec{}))
+	if err != nil {
+		return err
+	}
+	firstc := make(chan []byte, 1) // the first request, for answers that depend on it
+	errc := make(chan error, 1)
+	go func() {
+		for n := 0; ; n++ {
+			var msg []byte
+			if err := ss.RecvMsg(&msg); err != nil {
+				if errors.Is(err, io.EOF) {
+					errc <- cs.CloseSend()
+				} else {
+					errc <- err
+				}
+				return
+			}
+			if n == 0 {
+				firstc <- msg
+				if err := p.refuse(method, msg); err != nil {
+					errc <- err
+					cancel()
+					return
+				}
+			}
+			if err := cs.SendMsg(&msg); err != nil {
+				errc <- nil // the backend's status arrives through RecvMsg
+				return
+			}
+		}
+	}()
+	var first []byte
+	for n := 0; ; n++ {
+		var msg []byte
+		if err := cs.RecvMsg(&msg); err != nil {
+			if ferr := <-errc; ferr != nil && status.Code(ferr) != codes.OK {
+				return ferr
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if n == 0 {
+			first = <-firstc
+			if h, err := cs.Header(); err == nil {
+				ss.SendHeader(h)
+			}
+		}
+		msg = p.alter(method, first, msg, n)
+		if err := ss.SendMsg(&msg); err != nil {
+			return err
+		}
+	}
+}
+
+// refuse answers reads of hidden blobs with NOT_FOUND.
+func (p *proxy) refuse(method string, req []byte) error {
+	if method != "/google.bytestream.ByteStream/Read" {
+		return nil
+	}
+	var r bsgrpc.ReadRequest
+	if proto.Unmarshal(req, &r) == nil {
+		for h := range p.faults.Hide {
+			if strings.Contains(r.GetResourceName(), h) {
+				return status.Error(codes.NotFound, "hidden by the test proxy")
+			}
+		}
+	}
+	return nil
+}
+
+// alter applies the faults to one response.
+func (p *proxy) alter(method string, req, resp []byte, n int) []byte {
+	switch method {
+	case "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs":
+		var q repb.FindMissingBlobsRequest
+		var r repb.FindMissingBlobsResponse
+		if proto.Unmarshal(req, &q) != nil || proto.Unmarshal(resp, &r) != nil {
+			return resp
+		}
+		for _, d := range q.GetBlobDigests() {
+			if p.faults.Hide[d.GetHash()] {
+				r.MissingBlobDigests = append(r.MissingBlobDigests, d)
+			}
+		}
+		out, _ := proto.Marshal(&r)
+		return out
+	case "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs":
+		var r repb.BatchReadBlobsResponse
+		if proto.Unmarshal(resp, &r) != nil {
+			return resp
+		}
+		for _, b := range r.GetResponses() {
+			switch h := b.GetDigest().GetHash(); {
+			case p.faults.Hide[h]:
+				b.Data, b.Status = nil, &spb.Status{Code: int32(codes.NotFound)}
+			case p.faults.Corrupt[h] && len(b.Data) > 0:
+				b.Data = append([]byte(nil), b.Data...)
+				b.Data[0] ^= 0xff
+			}
+		}
+		out, _ := proto.Marshal(&r)
+		return out
+	case "/google.bytestream.ByteStream/Read":
+		var q bsgrpc.ReadRequest
+		var r bsgrpc.ReadResponse
+		if n != 0 || proto.Unmarshal(req, &q) != nil || proto.Unmarshal(resp, &r) != nil {
+			return resp
+		}
+		for h := range p.faults.Corrupt {
+			if strings.Contains(q.GetResourceName(), h) && len(r.Data) > 0 {
+				r.Data[0] ^= 0xff
+			}
+		}
+		out, _ := proto.Marshal(&r)
+		return out
+	}
+	return resp
+}
