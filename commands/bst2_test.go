@@ -1,0 +1,151 @@
+package commands_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/testenv"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
+)
+
+// bst2Store writes BuildStream 2 artifacts and a source into a bst2 store,
+// as BuildStream 2 lays them out. It returns the buildtree's file digest.
+func bst2Store(t *testing.T, dir string) (buildtreeFile digest.Digest) {
+	t.Helper()
+	s, err := cache.Open(dir, cache.LayoutBst2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(data []byte) *repb.Digest {
+		d, err := s.Add(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.ToProto()
+	}
+	addDir := func(d *repb.Directory) *repb.Digest {
+		data, _ := proto.Marshal(d)
+		return add(data)
+	}
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<17) // 2 MiB: streamed
+	sub := addDir(&repb.Directory{Files: []*repb.FileNode{{Name: "b.bin", Digest: add(big)}}})
+	files := addDir(&repb.Directory{
+		Files:       []*repb.FileNode{{Name: "a.txt", Digest: add([]byte("a\n"))}, {Name: "empty", Digest: add(nil)}, {Name: "run", Digest: add([]byte("#!/bin/sh\n")), IsExecutable: true}},
+		Directories: []*repb.DirectoryNode{{Name: "sub", Digest: sub}},
+		Symlinks:    []*repb.SymlinkNode{{Name: "link", Target: "a.txt"}},
+	})
+	btFile := []byte("only in the buildtree\n")
+	buildtree := addDir(&repb.Directory{Files: []*repb.FileNode{{Name: "build.txt", Digest: add(btFile)}}})
+	for _, a := range []struct {
+		ref     string
+		success bool
+	}{{"proj/elem/key1", true}, {"proj/failed/key2", false}} {
+		art := &bspb.Artifact{
+			Version: 1, BuildSuccess: a.success, StrongKey: filepath.Base(a.ref), Files: files,
+			Logs:       []*bspb.Artifact_LogFile{{Name: "build.log", Digest: add([]byte("log of " + a.ref))}},
+			PublicData: add([]byte("public: data\n")), LowDiversityMeta: add([]byte("low\n")),
+			HighDiversityMeta: add([]byte("high " + a.ref + "\n")), Buildtree: buildtree,
+		}
+		data, _ := proto.Marshal(art)
+		data = append(data, 0x98, 0x06, 0x01) // field 99, unknown to us: must survive
+		if err := s.SetRef(cache.KindArtifact, a.ref, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, _ := proto.Marshal(&bspb.Source{Version: 1, Files: files})
+	if err := s.SetRef(cache.KindSource, "proj/elem/srckey", src); err != nil {
+		t.Fatal(err)
+	}
+	return digest.NewFromBlob(btFile)
+}
+
+func readFile(t *testing.T, p string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// BuildStream 2 artifacts round-trip through serve byte for byte;
+// buildtrees move only with --with-buildtrees; a failed build is not
+// promoted; sources go with --kind source.
+func TestBst2RoundTrip(t *testing.T) {
+	s1 := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	s2 := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	origin := t.TempDir()
+	btFile := bst2Store(t, origin)
+	cfg := writeConfig(t, "format = \"bst2\"\n"+cacheTOML("s1", s1.URL(), true)+cacheTOML("s2", s2.URL(), true))
+	run := func(want int, args ...string) string {
+		t.Helper()
+		_, stderr, code := runCLI(t, "", append([]string{"--config", cfg}, args...)...)
+		if code != want {
+			t.Fatalf("%v: exit %d, want %d\n%s", args, code, want, stderr)
+		}
+		return stderr
+	}
+	run(0, "--local", origin, "push", "--cache", "s1", "proj/*")
+	run(0, "--local", origin, "push", "--cache", "s1", "--kind", "source", "proj/elem/srckey")
+
+	lean := t.TempDir()
+	run(0, "--local", lean, "pull", "proj/elem/key1")
+	artRef := filepath.Join("artifacts", "refs", "proj", "elem", "key1")
+	if !bytes.Equal(readFile(t, filepath.Join(origin, artRef)), readFile(t, filepath.Join(lean, artRef))) {
+		t.Error("the Artifact proto did not survive byte for byte")
+	}
+	ls, _ := cache.Open(lean, cache.LayoutBst2)
+	if ok, _ := ls.Has(btFile); ok {
+		t.Error("the buildtree was pulled without --with-buildtrees")
+	}
+	full := t.TempDir()
+	run(0, "--local", full, "pull", "--with-buildtrees", "proj/elem/key1")
+	fs, _ := cache.Open(full, cache.LayoutBst2)
+	if ok, _ := fs.Has(btFile); !ok {
+		t.Error("--with-buildtrees did not pull the buildtree")
+	}
+	// Everything the artifact names is local in both.
+	for _, dir := range []string{lean, full} {
+		st, _ := cache.Open(dir, cache.LayoutBst2)
+		data, _ := st.GetRef(cache.KindArtifact, "proj/elem/key1")
+		art, err := cache.ParseArtifact(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots, _ := cache.ArtifactRoots(art, dir == full)
+		if _, missing, err := st.ClosureOf(roots); err != nil || len(missing) > 0 {
+			t.Errorf("%s: closure missing %v %v", dir, missing, err)
+		}
+	}
+
+	stage := t.TempDir()
+	stderr := run(0, "--local", stage, "copy", "--from", "s1", "--to", "s2", "proj/elem/key1", "proj/failed/key2")
+	if !strings.Contains(stderr, "proj/failed/key2") || !strings.Contains(stderr, "not promoted") {
+		t.Errorf("the failed build was not reported as held back:\n%s", stderr)
+	}
+	if _, err := os.Stat(filepath.Join(s2.Dir, "artifacts", "refs", "proj", "failed", "key2")); err == nil {
+		t.Error("a failed build was promoted")
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(origin, artRef)), readFile(t, filepath.Join(s2.Dir, artRef))) {
+		t.Error("the promoted Artifact proto differs from the original")
+	}
+	run(0, "--local", stage, "copy", "--from", "s1", "--to", "s2", "--include-failed", "proj/failed/key2")
+	if _, err := os.Stat(filepath.Join(s2.Dir, "artifacts", "refs", "proj", "failed", "key2")); err != nil {
+		t.Errorf("--include-failed did not promote: %v", err)
+	}
+
+	srcDir := t.TempDir()
+	run(0, "--local", srcDir, "pull", "--kind", "source", "proj/elem/srckey")
+	srcRef := filepath.Join("source_protos", "proj", "elem", "srckey")
+	if !bytes.Equal(readFile(t, filepath.Join(origin, srcRef)), readFile(t, filepath.Join(srcDir, srcRef))) {
+		t.Error("the Source proto did not round-trip")
+	}
+}
