@@ -109,7 +109,7 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string) Result {
 	res := Result{Ref: ref}
 	if en, err := e.Kind.localEntry(e.Store, ref); err == nil {
 		if ok, _ := e.complete(en); ok {
-			res.Status, res.Digest, res.Reason = StatusSkipped, en.digest.String(), "already in the local store"
+			res.Status, res.Cache, res.Digest, res.Reason = StatusSkipped, "local", en.digest.String(), "already in the local store"
 			return res
 		}
 	}
