@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"text/tabwriter"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
@@ -108,12 +109,15 @@ func transferKind(c *cli.Context, e *env) (transfer.Kind, error) {
 // progress draws a bar on stderr when it is a terminal and the output
 // settings allow it; otherwise it does nothing.
 type progress struct {
-	mu  sync.Mutex
-	bar *progressbar.ProgressBar
+	mu    sync.Mutex
+	bar   *progressbar.ProgressBar
+	what  string
+	bytes int64
+	start time.Time
 }
 
 func newProgress(c *cli.Context, e *env, what string, total int) *progress {
-	p := &progress{}
+	p := &progress{what: what, start: time.Now()}
 	f, ok := e.stderr.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) || e.quiet || e.json || c.Bool("no-progress") {
 		return p
@@ -126,6 +130,18 @@ func newProgress(c *cli.Context, e *env, what string, total int) *progress {
 		progressbar.OptionClearOnFinish(),
 	)
 	return p
+}
+
+// moved adds bytes transferred to the bar's description, with the rate.
+func (p *progress) moved(n int64) {
+	if p.bar == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bytes += n
+	rate := float64(p.bytes) / max(time.Since(p.start).Seconds(), 0.001)
+	p.bar.Describe(fmt.Sprintf("%s %s (%s/s)", p.what, humanBytes(p.bytes), humanBytes(int64(rate))))
 }
 
 func (p *progress) refDone() {
@@ -174,6 +190,9 @@ func finishRun(e *env, command string, results []transfer.Result, stats transfer
 	} else {
 		tw := tabwriter.NewWriter(e.stderr, 0, 4, 2, ' ', 0)
 		for _, r := range results {
+			if e.quiet && (r.Status == transfer.StatusDone || r.Status == transfer.StatusSkipped) {
+				continue
+			}
 			where := r.Cache
 			if r.Target != "" {
 				where = strings.TrimPrefix(where+" -> "+r.Target, " -> ")
@@ -219,8 +238,9 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, caches []config.Cache, p
 		Store: store, Kind: kind, Caches: transfer.NewCaches(caches), Jobs: e.cfg.Jobs,
 		Strict: c.Bool("strict"), WithBuildtrees: c.Bool("with-buildtrees"),
 		Events: transfer.Events{
-			OnWarn: func(msg string) { p.warn(e, msg) },
-			OnRef:  func(transfer.Result) { p.refDone() },
+			OnWarn:  func(msg string) { p.warn(e, msg) },
+			OnRef:   func(transfer.Result) { p.refDone() },
+			OnBytes: p.moved,
 		},
 	}, nil
 }
