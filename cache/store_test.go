@@ -279,3 +279,18 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Errorf("temporary files left behind: %v", left)
 	}
 }
+
+func TestPutVerifiedChecksSize(t *testing.T) {
+	s := openTemp(t, LayoutBst1)
+	data := []byte("verified elsewhere")
+	d := digest.NewFromBlob(data)
+	if err := s.PutVerified(d, data[:5]); !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("a short blob: %v; want ErrDigestMismatch", err)
+	}
+	if err := s.PutVerified(d, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(d); err != nil {
+		t.Error(err)
+	}
+}

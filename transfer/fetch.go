@@ -78,7 +78,8 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 			if local, err := f.store.Has(d); err != nil {
 				return nil, err
 			} else if !local {
-				if err := f.store.PutBytes(d, data); err != nil {
+				// The key is the digest of these very bytes.
+				if err := f.store.PutVerified(d, data); err != nil {
 					return nil, err
 				}
 				f.moved(d)
@@ -317,7 +318,8 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r *remotes.Remote, ds []d
 		return err
 	}
 	for d, data := range found {
-		if err := f.store.PutBytes(d, data); err != nil {
+		// BatchRead checked each blob against its digest.
+		if err := f.store.PutVerified(d, data); err != nil {
 			return err
 		}
 		f.moved(d)
