@@ -10,6 +10,16 @@ import (
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
 
+// BuildStream's Remote Asset URN prefixes; the ref follows the prefix.
+const (
+	// URNBst1Artifact names a BuildStream 1 artifact's root Directory.
+	URNBst1Artifact = "urn:fdc:buildstream.build:2020:v1:"
+	// URNBst2Artifact names a BuildStream 2 Artifact proto blob.
+	URNBst2Artifact = "urn:fdc:buildstream.build:2020:artifact:"
+	// URNBst2Source names a BuildStream 2 Source proto blob.
+	URNBst2Source = "urn:fdc:buildstream.build:2020:source:"
+)
+
 // Roots are what a ref names in CAS: Directories (each with its whole tree)
 // and plain blobs.
 type Roots struct {
@@ -44,12 +54,12 @@ func ParseArtifact(data []byte) (*bspb.Artifact, error) {
 	return a, nil
 }
 
-// ArtifactRoots lists what a BuildStream 2 Artifact names in CAS. The
-// files, metadata, public data and logs are always included; the optional
-// trees (buildtree, sources, buildroot, subsandboxes) only with optional,
-// as BuildStream itself pulls them only on request.
-func ArtifactRoots(a *bspb.Artifact, optional bool) (Roots, error) {
-	var r Roots
+// ArtifactRoots lists what a BuildStream 2 Artifact names in CAS: required
+// are the files, metadata, public data and logs; optional the trees
+// BuildStream pulls only on request (buildtree, sources, buildroot,
+// subsandboxes).
+func ArtifactRoots(a *bspb.Artifact) (required, optional Roots, err error) {
+	r := &required
 	add := func(list *[]digest.Digest, d *repb.Digest) error {
 		dg, ok, err := digestOf(d)
 		if ok {
@@ -66,22 +76,36 @@ func ArtifactRoots(a *bspb.Artifact, optional bool) (Roots, error) {
 	for _, l := range a.GetLogs() {
 		errs = append(errs, add(&r.Blobs, l.GetDigest()))
 	}
-	if optional {
-		errs = append(errs, add(&r.Dirs, a.GetBuildtree()), add(&r.Dirs, a.GetSources()), add(&r.Dirs, a.GetBuildroot()))
-		for _, d := range a.GetBuildsandbox().GetSubsandboxDigests() {
-			errs = append(errs, add(&r.Dirs, d))
-		}
+	o := &optional.Dirs
+	errs = append(errs, add(o, a.GetBuildtree()), add(o, a.GetSources()), add(o, a.GetBuildroot()))
+	for _, d := range a.GetBuildsandbox().GetSubsandboxDigests() {
+		errs = append(errs, add(o, d))
 	}
 	for _, err := range errs {
 		if err != nil {
-			return Roots{}, err
+			return Roots{}, Roots{}, err
 		}
 	}
-	return r, nil
+	return required, optional, nil
 }
 
-// SourceRoots lists what a BuildStream 2 Source message names in CAS.
-func SourceRoots(data []byte) (Roots, error) {
+// ProtoRoots lists what a serialized BuildStream 2 proto names in CAS: an
+// Artifact (see ArtifactRoots) or, with source, a Source (its files, all
+// required).
+func ProtoRoots(data []byte, source bool) (required, optional Roots, err error) {
+	if source {
+		required, err = sourceRoots(data)
+		return required, Roots{}, err
+	}
+	a, err := ParseArtifact(data)
+	if err != nil {
+		return Roots{}, Roots{}, err
+	}
+	return ArtifactRoots(a)
+}
+
+// sourceRoots lists what a BuildStream 2 Source message names in CAS.
+func sourceRoots(data []byte) (Roots, error) {
 	s := &bspb.Source{}
 	if err := proto.Unmarshal(data, s); err != nil {
 		return Roots{}, fmt.Errorf("not a buildstream.v2.Source: %w", err)

@@ -120,7 +120,10 @@ func TestBst2RoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		roots, _ := cache.ArtifactRoots(art, dir == full)
+		roots, optional, _ := cache.ArtifactRoots(art)
+		if dir == full {
+			roots.Add(optional)
+		}
 		if _, missing, err := st.ClosureOf(roots); err != nil || len(missing) > 0 {
 			t.Errorf("%s: closure missing %v %v", dir, missing, err)
 		}

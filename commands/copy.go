@@ -15,21 +15,15 @@ func copyCommand() *cli.Command {
 		Description: "Pulls each ref from --from (or by priority from every cache that is not a\n" +
 			"target), then pushes it to each --to. A target that names a different digest\n" +
 			"for a ref is left alone and reported as a conflict unless --force.",
-		Flags: append(refFlags(),
+		Flags: append(append(refFlags(), fetchFlags()...),
 			&cli.StringFlag{Name: "from", Usage: "pull only from this cache"},
 			&cli.StringSliceFlag{Name: "to", Usage: "push to this cache (repeatable, required)"},
 			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that names a different digest"},
 			&cli.BoolFlag{Name: "include-failed", Usage: "also promote bst2 artifacts whose build failed"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "report what would move and change nothing"},
-			&cli.BoolFlag{Name: "strict", Usage: "fail on any cache error instead of warning and going on"},
-			&cli.BoolFlag{Name: "with-buildtrees", Usage: "also copy bst2 buildtrees (and other optional trees)"},
 		),
 		Action: func(c *cli.Context) error {
-			e, err := newEnv(c)
-			if err != nil {
-				return err
-			}
-			kind, err := transferKind(c, e)
+			e, kind, err := transferEnv(c)
 			if err != nil {
 				return err
 			}
@@ -60,11 +54,7 @@ func copyCommand() *cli.Command {
 				PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
 				IncludeFailed: c.Bool("include-failed"),
 			})
-			p.finish()
-			if err := c.Context.Err(); err != nil {
-				return err
-			}
-			return finishRun(e, "copy", results, stats)
+			return finishRun(c, e, p, "copy", results, stats)
 		},
 	}
 }

@@ -21,12 +21,7 @@ func TestCopyBetweenServers(t *testing.T) {
 	for _, target := range []string{"bst-artifact-server", "serve"} {
 		t.Run(target, func(t *testing.T) {
 			a := testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
-			var b *testenv.Server
-			if target == "serve" {
-				b = testenv.StartServe(t, testenv.ServeOptions{Push: true})
-			} else {
-				b = testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
-			}
+			b := startPushServer(t, target)
 			p, builder, refs := builtProject(t, a)
 			cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("a", a.URL(), false)+cacheTOML("b", b.URL(), true))
 			local := t.TempDir()

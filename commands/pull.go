@@ -11,16 +11,9 @@ func pullCommand() *cli.Command {
 		Name:      "pull",
 		Usage:     "fetch refs from the highest-priority cache that has them into the local store",
 		ArgsUsage: "REF... (- reads refs from stdin)",
-		Flags: append(refFlags(),
-			&cli.BoolFlag{Name: "strict", Usage: "fail on any cache error instead of warning and going on"},
-			&cli.BoolFlag{Name: "with-buildtrees", Usage: "also fetch bst2 buildtrees (and other optional trees)"},
-		),
+		Flags:     append(refFlags(), fetchFlags()...),
 		Action: func(c *cli.Context) error {
-			e, err := newEnv(c)
-			if err != nil {
-				return err
-			}
-			kind, err := transferKind(c, e)
+			e, kind, err := transferEnv(c)
 			if err != nil {
 				return err
 			}
@@ -28,8 +21,8 @@ func pullCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if len(e.cfg.Caches) == 0 {
-				return usageError("no caches configured (see bst-cache config)")
+			if err := requireCaches(e); err != nil {
+				return err
 			}
 			p := newProgress(c, e, "pull", len(refs))
 			eng, err := engine(c, e, kind, e.cfg.Caches, p)
@@ -38,11 +31,7 @@ func pullCommand() *cli.Command {
 			}
 			defer transfer.Close(eng.Caches)
 			results, stats := eng.Pull(c.Context, refs)
-			p.finish()
-			if err := c.Context.Err(); err != nil {
-				return err
-			}
-			return finishRun(e, "pull", results, stats)
+			return finishRun(c, e, p, "pull", results, stats)
 		},
 	}
 }

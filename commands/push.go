@@ -5,7 +5,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -22,11 +21,7 @@ func pushCommand() *cli.Command {
 			&cli.BoolFlag{Name: "dry-run", Usage: "report what would move and change nothing"},
 		),
 		Action: func(c *cli.Context) error {
-			e, err := newEnv(c)
-			if err != nil {
-				return err
-			}
-			kind, err := transferKind(c, e)
+			e, kind, err := transferEnv(c)
 			if err != nil {
 				return err
 			}
@@ -45,11 +40,7 @@ func pushCommand() *cli.Command {
 			}
 			defer transfer.Close(eng.Caches)
 			results, stats := eng.Push(c.Context, refs, eng.Caches, transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
-			p.finish()
-			if err := c.Context.Err(); err != nil {
-				return err
-			}
-			return finishRun(e, "push", results, stats)
+			return finishRun(c, e, p, "push", results, stats)
 		},
 	}
 }
@@ -120,12 +111,8 @@ func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) ([]string, error) {
 	for _, r := range refs {
 		seen[r] = true
 	}
-	storeKind := cache.KindArtifact
-	if kind == transfer.Bst2Source {
-		storeKind = cache.KindSource
-	}
 	for _, g := range globs {
-		infos, err := store.ListRefs(storeKind, g)
+		infos, err := store.ListRefs(kind.StoreKind(), g)
 		if err != nil {
 			return nil, usageError("%v", err)
 		}

@@ -15,12 +15,7 @@ import (
 func TestPushFromBstCache(t *testing.T) {
 	for _, server := range []string{"bst-artifact-server", "serve"} {
 		t.Run(server, func(t *testing.T) {
-			var srv *testenv.Server
-			if server == "serve" {
-				srv = testenv.StartServe(t, testenv.ServeOptions{Push: true})
-			} else {
-				srv = testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
-			}
+			srv := startPushServer(t, server)
 			p := testenv.WriteProject(t, "demo")
 			builder := testenv.NewBst(t)
 			builder.UseCaches(t)

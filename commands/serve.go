@@ -222,8 +222,9 @@ func parseSize(s string) (int64, error) {
 		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
 		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
 	}
-	for _, u := range units {
-		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suffix)) && (u.suffix != "B" || !strings.ContainsAny(strings.ToUpper(t), "KMGT")) {
+	upper := strings.ToUpper(t)
+	for _, u := range units { // longest suffixes first
+		if strings.HasSuffix(upper, strings.ToUpper(u.suffix)) {
 			t, mult = strings.TrimSpace(t[:len(t)-len(u.suffix)]), u.mult
 			break
 		}

@@ -19,6 +19,23 @@ import (
 	"github.com/bst-cache/bst-cache/transfer"
 )
 
+// fetchFlags are the flags of commands that pull.
+func fetchFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "strict", Usage: "fail on any cache error instead of warning and going on"},
+		&cli.BoolFlag{Name: "with-buildtrees", Usage: "also fetch bst2 buildtrees (and other optional trees)"},
+	}
+}
+
+// requireCaches refuses to run a command that asks caches when none is
+// configured.
+func requireCaches(e *env) error {
+	if len(e.cfg.Caches) == 0 {
+		return usageError("no caches configured (see bst-cache config)")
+	}
+	return nil
+}
+
 // refFlags are the flags every transfer command takes for its refs.
 func refFlags() []cli.Flag {
 	return []cli.Flag{
@@ -91,6 +108,17 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 		return nil, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
 	}
 	return refs, nil
+}
+
+// transferEnv loads the environment of a transfer command and checks
+// --kind against the format.
+func transferEnv(c *cli.Context) (*env, transfer.Kind, error) {
+	e, err := newEnv(c)
+	if err != nil {
+		return nil, 0, err
+	}
+	kind, err := transferKind(c, e)
+	return e, kind, err
 }
 
 // transferKind checks --kind against the format.
@@ -176,9 +204,14 @@ type report struct {
 	transfer.Stats
 }
 
-// finishRun prints the summary (stderr, or JSON on stdout) and chooses the
-// error: refs missing everywhere (exit 3) only when nothing else failed.
-func finishRun(e *env, command string, results []transfer.Result, stats transfer.Stats) error {
+// finishRun ends a transfer: it takes the progress bar down, prints the
+// summary (stderr, or JSON on stdout) and chooses the error: refs missing
+// everywhere (exit 3) only when nothing else failed.
+func finishRun(c *cli.Context, e *env, p *progress, command string, results []transfer.Result, stats transfer.Stats) error {
+	p.finish()
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
 	counts := map[string]int{}
 	for s, n := range transfer.Summary(results) {
 		counts[string(s)] = n
@@ -208,9 +241,9 @@ func finishRun(e *env, command string, results []transfer.Result, stats transfer
 	}
 	switch {
 	case counts["failed"]+counts["conflict"] > 0:
-		return quietError{fmt.Errorf("%s: %d refs failed, %d conflicts", command, counts["failed"], counts["conflict"])}
+		return fmt.Errorf("%s: %d refs failed, %d conflicts", command, counts["failed"], counts["conflict"])
 	case counts["missing"] > 0:
-		return quietError{fmt.Errorf("%s: %d refs are in no cache: %w", command, counts["missing"], ErrRefsMissing)}
+		return fmt.Errorf("%s: %d refs are in no cache: %w", command, counts["missing"], ErrRefsMissing)
 	}
 	return nil
 }
@@ -221,12 +254,6 @@ func dash(s string) string {
 	}
 	return s
 }
-
-// quietError is an error already reported in the summary; main prints its
-// one-line message still, so the reason for the exit code is visible.
-type quietError struct{ error }
-
-func (q quietError) Unwrap() error { return q.error }
 
 // engine builds a transfer engine over the configured caches.
 func engine(c *cli.Context, e *env, kind transfer.Kind, caches []config.Cache, p *progress) (*transfer.Engine, error) {

@@ -16,11 +16,7 @@ func whichCommand() *cli.Command {
 		ArgsUsage: "REF... (- reads refs from stdin)",
 		Flags:     refFlags(),
 		Action: func(c *cli.Context) error {
-			e, err := newEnv(c)
-			if err != nil {
-				return err
-			}
-			kind, err := transferKind(c, e)
+			e, kind, err := transferEnv(c)
 			if err != nil {
 				return err
 			}
@@ -28,8 +24,8 @@ func whichCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if len(e.cfg.Caches) == 0 {
-				return usageError("no caches configured (see bst-cache config)")
+			if err := requireCaches(e); err != nil {
+				return err
 			}
 			eng, err := engine(c, e, kind, e.cfg.Caches, &progress{})
 			if err != nil {
@@ -58,7 +54,7 @@ func whichCommand() *cli.Command {
 				}
 			}
 			if nowhere > 0 {
-				return quietError{fmt.Errorf("which: %d of %d refs are complete in no cache: %w", nowhere, len(refs), ErrRefsMissing)}
+				return fmt.Errorf("which: %d of %d refs are complete in no cache: %w", nowhere, len(refs), ErrRefsMissing)
 			}
 			return nil
 		},

@@ -62,14 +62,8 @@ func (f fetch) FetchBlob(_ context.Context, req *assetpb.FetchBlobRequest) (*ass
 // PushDirectory records uris as naming a Directory tree, once the whole
 // tree and every reference is in the store.
 func (p push) PushDirectory(_ context.Context, req *assetpb.PushDirectoryRequest) (*assetpb.PushDirectoryResponse, error) {
-	if err := p.checkWrite(); err != nil {
+	if err := p.checkPush(req.GetInstanceName(), req.GetUris()); err != nil {
 		return nil, err
-	}
-	if err := p.checkInstance(req.GetInstanceName()); err != nil {
-		return nil, err
-	}
-	if len(req.GetUris()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "no uris in the request")
 	}
 	root, err := parseDigest(req.GetRootDirectoryDigest())
 	if err != nil {
@@ -97,14 +91,8 @@ func (p push) PushDirectory(_ context.Context, req *assetpb.PushDirectoryRequest
 // sources the blob is the Artifact or Source proto: it is stored in
 // BuildStream's layout and everything it names must be present.
 func (p push) PushBlob(_ context.Context, req *assetpb.PushBlobRequest) (*assetpb.PushBlobResponse, error) {
-	if err := p.checkWrite(); err != nil {
+	if err := p.checkPush(req.GetInstanceName(), req.GetUris()); err != nil {
 		return nil, err
-	}
-	if err := p.checkInstance(req.GetInstanceName()); err != nil {
-		return nil, err
-	}
-	if len(req.GetUris()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "no uris in the request")
 	}
 	blob, err := parseDigest(req.GetBlobDigest())
 	if err != nil {
@@ -131,22 +119,14 @@ func (p push) PushBlob(_ context.Context, req *assetpb.PushBlobRequest) (*assetp
 			}
 			return nil, grpcError(err)
 		}
-		// BuildStream 2's optional trees (buildtree and the like) may be
-		// absent, as they are after a pull without buildtrees: they are
-		// not required, so a reference to one missing is dropped.
-		var own cache.Roots
-		if e.kind == cache.KindSource {
-			own, err = cache.SourceRoots(data)
-		} else if art, perr := cache.ParseArtifact(data); perr != nil {
-			err = perr
-		} else {
-			own, err = cache.ArtifactRoots(art, false)
-			optional, _ := cache.ArtifactRoots(art, true)
-			roots.Dirs = dropMissingOptional(p.store, roots.Dirs, optional.Dirs[len(own.Dirs):])
-		}
+		own, optional, err := cache.ProtoRoots(data, e.kind == cache.KindSource)
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", uri, err)
 		}
+		// BuildStream 2's optional trees (buildtree and the like) may be
+		// absent, as they are after a pull without buildtrees: they are
+		// not required, so a reference to one missing is dropped.
+		roots.Dirs = dropMissingOptional(p.store, roots.Dirs, optional.Dirs)
 		roots.Add(own)
 	}
 	err = p.writeEntries(assetBlob, req.GetUris(), req.GetQualifiers(), roots, func(uri string, e entry) ([]byte, error) {
@@ -159,6 +139,21 @@ func (p push) PushBlob(_ context.Context, req *assetpb.PushBlobRequest) (*assetp
 		return nil, err
 	}
 	return &assetpb.PushBlobResponse{}, nil
+}
+
+// checkPush refuses a push the server cannot take: writes disabled, an
+// unknown instance, no URIs (how BuildStream 1.6 probes for support).
+func (p push) checkPush(instance string, uris []string) error {
+	if err := p.checkWrite(); err != nil {
+		return err
+	}
+	if err := p.checkInstance(instance); err != nil {
+		return err
+	}
+	if len(uris) == 0 {
+		return status.Error(codes.InvalidArgument, "no uris in the request")
+	}
+	return nil
 }
 
 // dropMissingOptional removes from dirs those optional trees whose root the

@@ -16,7 +16,6 @@ import (
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
-	"github.com/bst-cache/bst-cache/server"
 )
 
 // artifactTree builds a root Directory over files and returns its digest
@@ -74,7 +73,7 @@ func TestConcurrentClients(t *testing.T) {
 				// complete) and a ref of their own, through both APIs.
 				own := fmt.Sprintf("demo/client/%d", i)
 				if i%2 == 0 {
-					if err := r.PushDirectory(ctx, server.URNBst1Artifact+own, root); err != nil {
+					if err := r.PushDirectory(ctx, cache.URNBst1Artifact+own, root); err != nil {
 						return fmt.Errorf("client %d PushDirectory: %w", i, err)
 					}
 				} else if err := r.UpdateReference(ctx, []string{own}, root); err != nil {
@@ -85,7 +84,7 @@ func TestConcurrentClients(t *testing.T) {
 				}
 				// Pull back another client's ref if it is there yet.
 				other := fmt.Sprintf("demo/client/%d", (i+1)%clients)
-				got, err := r.FetchDirectory(ctx, server.URNBst1Artifact+other)
+				got, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+other)
 				if err != nil {
 					got = root
 				}

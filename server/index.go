@@ -21,13 +21,6 @@ import (
 	"github.com/bst-cache/bst-cache/cache"
 )
 
-// BuildStream's Remote Asset URN prefixes (formats doc).
-const (
-	URNBst1Artifact = "urn:fdc:buildstream.build:2020:v1:"
-	URNBst2Artifact = "urn:fdc:buildstream.build:2020:artifact:"
-	URNBst2Source   = "urn:fdc:buildstream.build:2020:source:"
-)
-
 // assetType says whether an index entry names a blob or a Directory.
 type assetType string
 
@@ -56,9 +49,9 @@ func entryFor(typ assetType, uri string, qualifiers []*assetpb.Qualifier) (entry
 			kind cache.Kind
 			typ  assetType
 		}{
-			URNBst1Artifact: {cache.KindBst1Artifact, assetDirectory},
-			URNBst2Artifact: {cache.KindBst2Artifact, assetBlob},
-			URNBst2Source:   {cache.KindSource, assetBlob},
+			cache.URNBst1Artifact: {cache.KindBst1Artifact, assetDirectory},
+			cache.URNBst2Artifact: {cache.KindBst2Artifact, assetBlob},
+			cache.URNBst2Source:   {cache.KindSource, assetBlob},
 		} {
 			ref, ok := strings.CutPrefix(uri, prefix)
 			if !ok || e.typ != typ {
@@ -165,13 +158,9 @@ func (s *Server) resolve(e entry, full bool) (resolved, error) {
 				return resolved{}, err
 			}
 		}
-		var roots cache.Roots
-		if e.kind == cache.KindSource {
-			roots, err = cache.SourceRoots(data)
-		} else if art, perr := cache.ParseArtifact(data); perr != nil {
-			err = perr
-		} else {
-			roots, err = cache.ArtifactRoots(art, full)
+		roots, optional, err := cache.ProtoRoots(data, e.kind == cache.KindSource)
+		if full {
+			roots.Add(optional)
 		}
 		if err != nil {
 			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
@@ -280,9 +269,6 @@ func missingError(what string, missing []digest.Digest) error {
 // writeEntries writes index entries for uris once everything roots names is
 // present. rawFor gives the bytes to store for an entry of a given kind.
 func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetpb.Qualifier, roots cache.Roots, rawFor func(uri string, e entry) ([]byte, error)) error {
-	if len(uris) == 0 {
-		return status.Error(codes.InvalidArgument, "no uris in the request")
-	}
 	entries := make([]entry, len(uris))
 	for i, uri := range uris {
 		e, err := entryFor(typ, uri, qualifiers)

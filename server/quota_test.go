@@ -10,6 +10,7 @@ import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -34,7 +35,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		if _, _, err := r.Upload(ctx, entries); err != nil {
 			t.Fatal(err)
 		}
-		if err := r.PushDirectory(ctx, server.URNBst1Artifact+name, root); err != nil {
+		if err := r.PushDirectory(ctx, cache.URNBst1Artifact+name, root); err != nil {
 			t.Fatal(err)
 		}
 		refs[name], unique[name] = root, digest.NewFromBlob(own)
@@ -42,14 +43,14 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 	push("demo/a/1", 'a')
 	push("demo/b/1", 'b')
 	time.Sleep(10 * time.Millisecond)
-	if _, err := r.FetchDirectory(ctx, server.URNBst1Artifact+"demo/a/1"); err != nil { // a is now more recent than b
+	if _, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+"demo/a/1"); err != nil { // a is now more recent than b
 		t.Fatal(err)
 	}
 	push("demo/c/1", 'c')
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := r.FetchDirectory(ctx, server.URNBst1Artifact+"demo/b/1")
+		_, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+"demo/b/1")
 		if errors.Is(err, remotes.ErrNotFound) {
 			break
 		}
@@ -62,7 +63,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		t.Error("the evicted ref's own blob is still stored")
 	}
 	for _, name := range []string{"demo/a/1", "demo/c/1"} {
-		got, err := r.FetchDirectory(ctx, server.URNBst1Artifact+name)
+		got, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+name)
 		if err != nil || got != refs[name] {
 			t.Errorf("%s after eviction: %v, %v", name, got, err)
 		}

@@ -22,7 +22,7 @@ func (s *Server) GetReference(_ context.Context, req *bspb.GetReferenceRequest) 
 	if err := cache.ValidateRef(req.GetKey()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	_, d, err := s.lookup(assetDirectory, []string{URNBst1Artifact + req.GetKey()}, nil, timeOf(nil))
+	_, d, err := s.lookup(assetDirectory, []string{cache.URNBst1Artifact + req.GetKey()}, nil, timeOf(nil))
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +50,7 @@ func (s *Server) UpdateReference(_ context.Context, req *bspb.UpdateReferenceReq
 		if err := cache.ValidateRef(k); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		uris[i] = URNBst1Artifact + k
+		uris[i] = cache.URNBst1Artifact + k
 	}
 	data, err := proto.Marshal(root.ToProto())
 	if err != nil {

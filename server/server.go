@@ -138,9 +138,6 @@ func (s *Server) Close() {
 	}
 }
 
-// MaxBatchBytes is the batch limit the server advertises.
-func (s *Server) MaxBatchBytes() int64 { return s.maxBatch }
-
 // checkInstance refuses instance names the server does not serve.
 func (s *Server) checkInstance(name string) error {
 	if s.instances[name] {

@@ -51,7 +51,7 @@ func (c *Cache) connect(ctx context.Context, ev Events) (*remotes.Remote, error)
 			c.kill(err, ev)
 			return
 		}
-		pctx, cancel := context.WithTimeout(ctx, min(probeTimeout, max(c.Config.Connection.ConnectTimeout, time.Second)+5*time.Second))
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		res := remotes.Probe(pctx, r, c.Config.Type)
 		cancel()
 		if res.Err != nil {
@@ -66,9 +66,6 @@ func (c *Cache) connect(ctx context.Context, ev Events) (*remotes.Remote, error)
 	}
 	return c.remote, nil
 }
-
-// Caps are what the probe found (zero before connect).
-func (c *Cache) Caps() remotes.Capabilities { return c.caps }
 
 func (c *Cache) deadErr() error {
 	c.mu.Lock()

@@ -15,10 +15,6 @@ import (
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
-// findMissingChunk bounds the digests per FindMissingBlobs request, so no
-// message nears the gRPC size limit (about 80 bytes a digest).
-const findMissingChunk = 10000
-
 // fetcher brings blobs into the local store from storage caches in
 // priority order, each blob from the first cache that has it. Blobs wanted
 // by several refs at once are downloaded once.
@@ -40,32 +36,19 @@ func newFetcher(store *cache.Store, caches []*Cache, jobs int, strict bool, ev E
 	return &fetcher{store: store, caches: caches, jobs: max(jobs, 1), strict: strict, ev: ev, flights: map[digest.Digest]chan struct{}{}}
 }
 
-// closure makes every digest under roots local and returns those no cache
-// had. Directories are fetched level by level, so each level's files and
-// subdirectories are known before they are asked for; GetTree, where a
-// cache has it, brings a whole tree in one call.
 // watch counts the blobs one cache (an index hit) turned out to lack.
 type watch struct {
 	cache *Cache
 	lacks int
 }
 
+// closure makes every digest under roots local and returns those no cache
+// had. Directories are fetched level by level, so each level's files and
+// subdirectories are known before they are asked for; GetTree, where a
+// cache has it, brings a whole tree in one call.
 func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (missing []digest.Digest, err error) {
-	seen := map[digest.Digest]bool{}
-	var files []digest.Digest
-	for _, d := range roots.Blobs {
-		if !seen[d] {
-			seen[d] = true
-			files = append(files, d)
-		}
-	}
-	var level []digest.Digest
-	for _, d := range roots.Dirs {
-		if !seen[d] {
-			seen[d] = true
-			level = append(level, d)
-		}
-	}
+	t := newWalk(roots)
+	level := t.nextLevel()
 	trees := f.getTrees(ctx, level)
 	for len(level) > 0 {
 		var rest []digest.Digest
@@ -91,7 +74,6 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 		}
 		missSet := setOf(miss)
 		missing = append(missing, miss...)
-		var next []digest.Digest
 		for _, d := range level {
 			if missSet[d] {
 				continue
@@ -100,34 +82,13 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 			if err != nil {
 				return nil, err
 			}
-			dir, err := cache.ParseDirectory(data)
-			if err != nil {
-				return nil, fmt.Errorf("directory %s: %w", d, err)
-			}
-			for _, fn := range dir.GetFiles() {
-				fd, err := digest.NewFromProto(fn.GetDigest())
-				if err != nil {
-					return nil, fmt.Errorf("directory %s: file %q: %w", d, fn.GetName(), err)
-				}
-				if !seen[fd] {
-					seen[fd] = true
-					files = append(files, fd)
-				}
-			}
-			for _, dn := range dir.GetDirectories() {
-				sd, err := digest.NewFromProto(dn.GetDigest())
-				if err != nil {
-					return nil, fmt.Errorf("directory %s: subdirectory %q: %w", d, dn.GetName(), err)
-				}
-				if !seen[sd] {
-					seen[sd] = true
-					next = append(next, sd)
-				}
+			if err := t.add(d, data); err != nil {
+				return nil, err
 			}
 		}
-		level = next
+		level = t.nextLevel()
 	}
-	miss, err := f.fetch(ctx, files, w)
+	miss, err := f.fetch(ctx, t.files, w)
 	if err != nil {
 		return nil, err
 	}
@@ -246,18 +207,15 @@ func (f *fetcher) notLocal(ds []digest.Digest, count bool) ([]digest.Digest, err
 // in batches within its limit, large ones streamed to disk.
 // It returns how many of need the cache lacks.
 func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, need []digest.Digest) (int, error) {
+	missing, err := r.FindMissing(ctx, need) // split into requests that fit
+	if err != nil {
+		return 0, err
+	}
+	missSet := setOf(missing)
 	var has []digest.Digest
-	for start := 0; start < len(need); start += findMissingChunk {
-		chunk := need[start:min(start+findMissingChunk, len(need))]
-		missing, err := r.FindMissing(ctx, chunk)
-		if err != nil {
-			return 0, err
-		}
-		missSet := setOf(missing)
-		for _, d := range chunk {
-			if !missSet[d] {
-				has = append(has, d)
-			}
+	for _, d := range need {
+		if !missSet[d] {
+			has = append(has, d)
 		}
 	}
 	limit := r.MaxBatchBytes()

@@ -11,14 +11,8 @@ import (
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 	"github.com/bst-cache/bst-cache/remotes"
-)
-
-// BuildStream's Remote Asset URN prefixes.
-const (
-	urnBst1     = "urn:fdc:buildstream.build:2020:v1:"
-	urnArtifact = "urn:fdc:buildstream.build:2020:artifact:"
-	urnSource   = "urn:fdc:buildstream.build:2020:source:"
 )
 
 // Kind says what refs name: BuildStream 1 artifacts, BuildStream 2
@@ -45,8 +39,8 @@ func KindFor(f config.Format, k cache.Kind) (Kind, error) {
 	return 0, fmt.Errorf("format %s has no %s refs", f, k)
 }
 
-// storeKind is where the local store keeps refs of this kind.
-func (k Kind) storeKind() cache.Kind {
+// StoreKind is where the local store keeps refs of this kind.
+func (k Kind) StoreKind() cache.Kind {
 	if k == Bst2Source {
 		return cache.KindSource
 	}
@@ -60,7 +54,7 @@ func (k Kind) lookup(ctx context.Context, r *remotes.Remote, caps remotes.Capabi
 	switch k {
 	case Bst1Artifact:
 		if caps.RemoteAssetFetch {
-			return r.FetchDirectory(ctx, urnBst1+ref)
+			return r.FetchDirectory(ctx, cache.URNBst1Artifact+ref)
 		}
 		if caps.ReferenceStorage {
 			return r.GetReference(ctx, ref)
@@ -70,12 +64,12 @@ func (k Kind) lookup(ctx context.Context, r *remotes.Remote, caps remotes.Capabi
 		if !caps.RemoteAssetFetch {
 			return digest.Digest{}, errNoIndex
 		}
-		return r.FetchBlob(ctx, urnArtifact+ref)
+		return r.FetchBlob(ctx, cache.URNBst2Artifact+ref)
 	default:
 		if !caps.RemoteAssetFetch {
 			return digest.Digest{}, errNoIndex
 		}
-		return r.FetchBlob(ctx, urnSource+ref)
+		return r.FetchBlob(ctx, cache.URNBst2Source+ref)
 	}
 }
 
@@ -100,32 +94,29 @@ type entry struct {
 // entryFor turns what an index named into an entry; for bst2 the proto
 // (proto, already verified against d) says what it names.
 func (k Kind) entryFor(d digest.Digest, protoData []byte) (entry, error) {
+	en := entry{digest: d, content: protoData}
+	var err error
 	switch k {
 	case Bst1Artifact:
-		content, err := proto.Marshal(d.ToProto())
-		return entry{digest: d, content: content, roots: cache.Roots{Dirs: []digest.Digest{d}}}, err
+		en.content, err = proto.Marshal(d.ToProto())
+		en.roots.Dirs = []digest.Digest{d}
+		return en, err
 	case Bst2Source:
-		roots, err := cache.SourceRoots(protoData)
-		roots.Blobs = append(roots.Blobs, d)
-		return entry{digest: d, content: protoData, roots: roots}, err
+		en.roots, _, err = cache.ProtoRoots(protoData, true)
+	default:
+		var art *bspb.Artifact
+		if art, err = cache.ParseArtifact(protoData); err == nil {
+			en.roots, en.optional, err = cache.ArtifactRoots(art)
+			en.failed = !art.GetBuildSuccess()
+		}
 	}
-	art, err := cache.ParseArtifact(protoData)
-	if err != nil {
-		return entry{}, err
-	}
-	req, err := cache.ArtifactRoots(art, false)
-	if err != nil {
-		return entry{}, err
-	}
-	all, _ := cache.ArtifactRoots(art, true)
-	req.Blobs = append(req.Blobs, d)
-	return entry{digest: d, content: protoData, roots: req,
-		optional: cache.Roots{Dirs: all.Dirs[len(req.Dirs):]}, failed: !art.GetBuildSuccess()}, nil
+	en.roots.Blobs = append(en.roots.Blobs, d)
+	return en, err
 }
 
 // localEntry reads a ref from the local store.
 func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
-	data, err := s.GetRef(k.storeKind(), ref)
+	data, err := s.GetRef(k.StoreKind(), ref)
 	if err != nil {
 		return entry{}, err
 	}
@@ -161,7 +152,7 @@ func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Ca
 	switch k {
 	case Bst1Artifact:
 		if caps.RemoteAssetPush {
-			return r.PushDirectory(ctx, urnBst1+ref, e.digest)
+			return r.PushDirectory(ctx, cache.URNBst1Artifact+ref, e.digest)
 		}
 		if caps.ReferenceStorage && caps.AllowUpdates {
 			return r.UpdateReference(ctx, []string{ref}, e.digest)
@@ -171,9 +162,9 @@ func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Ca
 		if !caps.RemoteAssetPush {
 			return errNoPushIndex
 		}
-		urn := urnArtifact + ref
+		urn := cache.URNBst2Artifact + ref
 		if k == Bst2Source {
-			urn = urnSource + ref
+			urn = cache.URNBst2Source + ref
 		}
 		var blobs []digest.Digest
 		for _, b := range present.Blobs {

@@ -197,7 +197,7 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d dige
 	if err != nil || len(missing) > 0 {
 		return missing, err
 	}
-	return nil, e.Store.SetRef(e.Kind.storeKind(), ref, en.content)
+	return nil, e.Store.SetRef(e.Kind.StoreKind(), ref, en.content)
 }
 
 func failed(res Result, err error) Result {

@@ -154,17 +154,14 @@ func readSmall(ctx context.Context, r *remotes.Remote, d digest.Digest) ([]byte,
 // Directories from the cache itself (nothing is stored locally).
 func remoteMissing(ctx context.Context, r *remotes.Remote, roots cache.Roots) (int, error) {
 	count := 0
-	seen := map[digest.Digest]bool{}
-	files := roots.Blobs
-	level := roots.Dirs
-	for len(level) > 0 {
+	t := newWalk(roots)
+	for level := t.nextLevel(); len(level) > 0; level = t.nextLevel() {
 		missing, err := r.FindMissing(ctx, level)
 		if err != nil {
 			return 0, err
 		}
 		count += len(missing)
 		gone := setOf(missing)
-		var next []digest.Digest
 		for _, d := range level {
 			if gone[d] {
 				continue
@@ -173,39 +170,21 @@ func remoteMissing(ctx context.Context, r *remotes.Remote, roots cache.Roots) (i
 			if err != nil {
 				return 0, err
 			}
-			dir, err := cache.ParseDirectory(data)
-			if err != nil {
-				return 0, fmt.Errorf("directory %s: %w", d, err)
+			if err := t.add(d, data); err != nil {
+				return 0, err
 			}
-			for _, f := range dir.GetFiles() {
-				fd := digest.NewFromProtoUnvalidated(f.GetDigest())
-				if !seen[fd] {
-					seen[fd] = true
-					files = append(files, fd)
-				}
-			}
-			for _, sub := range dir.GetDirectories() {
-				sd := digest.NewFromProtoUnvalidated(sub.GetDigest())
-				if !seen[sd] {
-					seen[sd] = true
-					next = append(next, sd)
-				}
-			}
-		}
-		level = next
-	}
-	var nonEmpty []digest.Digest
-	for _, f := range files {
-		if f.Size > 0 { // the empty blob is always present
-			nonEmpty = append(nonEmpty, f)
 		}
 	}
-	for start := 0; start < len(nonEmpty); start += findMissingChunk {
-		missing, err := r.FindMissing(ctx, nonEmpty[start:min(start+findMissingChunk, len(nonEmpty))])
-		if err != nil {
-			return 0, err
+	// remotes.FindMissing splits large queries; the empty blob counts as
+	// always present.
+	missing, err := r.FindMissing(ctx, t.files)
+	if err != nil {
+		return 0, err
+	}
+	for _, d := range missing {
+		if d.Size > 0 {
+			count++
 		}
-		count += len(missing)
 	}
 	return count, nil
 }

@@ -48,14 +48,7 @@ func StartArtifactServer(t testing.TB, o ArtifactServerOptions) *Server {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	var ready func(context.Context) error
 	if o.ServerKey != "" {
-		ready = func(ctx context.Context) error {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", addr)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		}
+		ready = tcpReady(addr)
 	}
 	s := start(t, "bst-artifact-server", cmd, addr, ready)
 	s.Dir = o.Dir

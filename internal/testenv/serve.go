@@ -57,14 +57,7 @@ func StartServe(t testing.TB, o ServeOptions) *Server {
 	cmd.Env = append(cmd.Env, o.Env...)
 	var ready func(context.Context) error
 	if o.ServerKey != "" || hasArg(o.Args, "--access-token") {
-		ready = func(ctx context.Context) error {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", addr)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		}
+		ready = tcpReady(addr)
 	}
 	s := start(t, "bst-cache serve", cmd, addr, ready)
 	s.Dir = o.Dir

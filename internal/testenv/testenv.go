@@ -149,6 +149,19 @@ func start(t testing.TB, name string, cmd *exec.Cmd, addr string, ready func(con
 	}
 }
 
+// tcpReady only connects: for servers a plaintext gRPC call cannot reach
+// (TLS, tokens).
+func tcpReady(addr string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+}
+
 // grpcReady calls GetCapabilities over plaintext.
 func grpcReady(ctx context.Context, addr string) error {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -1,0 +1,28 @@
+package commands
+
+import "testing"
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		bad  bool
+	}{
+		{in: "1048576", want: 1 << 20},
+		{in: "500MiB", want: 500 << 20},
+		{in: "500M", want: 500 << 20},
+		{in: "500mb", want: 500e6},
+		{in: "50G", want: 50 << 30},
+		{in: "1.5T", want: 3 << 39},
+		{in: "100B", want: 100},
+		{in: " 2 KiB ", want: 2048},
+		{in: "lots", bad: true},
+		{in: "-1G", bad: true},
+		{in: "9999999T", bad: true},
+	} {
+		got, err := parseSize(tc.in)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d (error: %v)", tc.in, got, err, tc.want, tc.bad)
+		}
+	}
+}
