@@ -18,7 +18,9 @@ var version = "dev"
 func main() {
 	quietGlog()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfiling := startProfiling()
 	code := commands.Main(ctx, version, os.Args, os.Stdout, os.Stderr)
+	stopProfiling()
 	stop()
 	os.Exit(code)
 }

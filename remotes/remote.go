@@ -9,7 +9,6 @@ import (
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc"
@@ -170,19 +169,6 @@ func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) err
 		return r.wrap(op, fmt.Errorf("%w: got %d bytes, want %d", ErrCorrupt, n, d.Size))
 	}
 	return nil
-}
-
-// Upload uploads the entries the cache is missing: small ones in batches,
-// large ones streamed through ByteStream from disk. It returns the digests
-// that were missing and the bytes moved.
-func (r *Remote) Upload(ctx context.Context, entries []*uploadinfo.Entry) ([]digest.Digest, int64, error) {
-	var missing []digest.Digest
-	var moved int64
-	err := r.sdkCall(ctx, "Upload", func(ctx context.Context) (err error) {
-		missing, moved, err = r.sdk.UploadIfMissing(ctx, entries...)
-		return err
-	})
-	return missing, moved, err
 }
 
 // BatchUpdate uploads small blobs in one call, whatever the server holds.

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
@@ -116,14 +115,24 @@ func testBlobs() map[digest.Digest][]byte {
 	return out
 }
 
+// upload sends blobs and checks that a second upload sends nothing.
 func upload(t *testing.T, r *remotes.Remote, blobs map[digest.Digest][]byte) {
 	t.Helper()
-	var entries []*uploadinfo.Entry
-	for _, b := range blobs {
-		entries = append(entries, uploadinfo.EntryFromBlob(b))
+	var all []digest.Digest
+	var size int64
+	for d := range blobs {
+		all = append(all, d)
+		size += d.Size
 	}
-	if _, _, err := r.Upload(context.Background(), entries); err != nil {
+	sent, n, err := r.Upload(context.Background(), all, remotes.MemoryOpener(blobs), 4)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if len(sent) != len(all) || n != size {
+		t.Errorf("Upload sent %d blobs, %d bytes; want %d, %d", len(sent), n, len(all), size)
+	}
+	if sent, n, err := r.Upload(context.Background(), all, remotes.MemoryOpener(blobs), 4); err != nil || len(sent) != 0 || n != 0 {
+		t.Errorf("second Upload sent %d blobs, %d bytes (%v); want nothing", len(sent), n, err)
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/config"
@@ -46,6 +45,14 @@ func benchData(seed uint64) (map[digest.Digest][]byte, int64) {
 	return blobs, total
 }
 
+func digests(blobs map[digest.Digest][]byte) []digest.Digest {
+	var ds []digest.Digest
+	for d := range blobs {
+		ds = append(ds, d)
+	}
+	return ds
+}
+
 // benchServers are the peers measured in the same run.
 var benchServers = []struct {
 	name  string
@@ -79,13 +86,9 @@ func BenchmarkUpload(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				blobs, total := benchData(uint64(i) + 100)
-				var entries []*uploadinfo.Entry
-				for _, data := range blobs {
-					entries = append(entries, uploadinfo.EntryFromBlob(data))
-				}
 				b.SetBytes(total)
 				b.StartTimer()
-				if _, _, err := r.Upload(context.Background(), entries); err != nil {
+				if _, _, err := r.Upload(context.Background(), digests(blobs), remotes.MemoryOpener(blobs), 8); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -101,29 +104,14 @@ func BenchmarkDownload(b *testing.B) {
 		b.Run(s.name, func(b *testing.B) {
 			r := benchRemote(b, s.start(b))
 			blobs, total := benchData(1)
-			var entries []*uploadinfo.Entry
-			var small, large []digest.Digest
-			for d, data := range blobs {
-				entries = append(entries, uploadinfo.EntryFromBlob(data))
-				if d.Size < 1<<20 {
-					small = append(small, d)
-				} else {
-					large = append(large, d)
-				}
-			}
 			ctx := context.Background()
-			if _, _, err := r.Upload(ctx, entries); err != nil {
+			if _, _, err := r.Upload(ctx, digests(blobs), remotes.MemoryOpener(blobs), 8); err != nil {
 				b.Fatal(err)
 			}
 			// Batches and streams go out 8 at a time, as a pull does.
+			batches, large := r.Plan(digests(blobs))
 			var jobs []func() error
-			for start := 0; start < len(small); {
-				var batch []digest.Digest
-				var size int64
-				for ; start < len(small) && size+small[start].Size <= r.MaxBatchBytes(); start++ {
-					batch = append(batch, small[start])
-					size += small[start].Size
-				}
+			for _, batch := range batches {
 				jobs = append(jobs, func() error {
 					// BatchRead checks each blob against its digest.
 					_, missing, err := r.BatchRead(ctx, batch)

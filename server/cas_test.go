@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -75,13 +74,13 @@ func TestCASThroughRemotes(t *testing.T) {
 		t.Fatalf("probe: %s %v %+v", res.Status, res.Err, res.Caps)
 	}
 	blobs := [][]byte{[]byte("a"), []byte("bb"), bytes.Repeat([]byte("c"), 100000), nil}
-	var entries []*uploadinfo.Entry
+	byDigest := map[digest.Digest][]byte{}
 	var ds []digest.Digest
 	for _, b := range blobs {
-		entries = append(entries, uploadinfo.EntryFromBlob(b))
+		byDigest[digest.NewFromBlob(b)] = b
 		ds = append(ds, digest.NewFromBlob(b))
 	}
-	if _, _, err := r.Upload(ctx, entries); err != nil {
+	if _, _, err := r.Upload(ctx, ds, remotes.MemoryOpener(byDigest), 4); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range ds {
@@ -136,11 +135,14 @@ func TestCASRejectsBadInput(t *testing.T) {
 
 	roAddr, _ := startCAS(t, false)
 	r := dialRemote(t, roAddr)
-	// Two small blobs, so the sdk batches them (one alone goes to ByteStream).
-	_, _, err = r.Upload(ctx, []*uploadinfo.Entry{uploadinfo.EntryFromBlob([]byte("x")), uploadinfo.EntryFromBlob([]byte("y"))})
-	var re *remotes.Error
-	if !errors.As(err, &re) || re.Code != codes.PermissionDenied {
-		t.Errorf("upload to a read-only server: %v; want PERMISSION_DENIED", err)
+	// Small blobs go in a batch, one larger than any batch through ByteStream.
+	for _, blob := range [][]byte{[]byte("x"), bytes.Repeat([]byte("y"), 2*server.DefaultMaxBatchBytes)} {
+		d := digest.NewFromBlob(blob)
+		_, _, err = r.Upload(ctx, []digest.Digest{d}, remotes.MemoryOpener(map[digest.Digest][]byte{d: blob}), 1)
+		var re *remotes.Error
+		if !errors.As(err, &re) || re.Code != codes.PermissionDenied {
+			t.Errorf("upload of %d bytes to a read-only server: %v; want PERMISSION_DENIED", len(blob), err)
+		}
 	}
 }
 

@@ -10,12 +10,12 @@ import (
 	"testing"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
+	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // artifactTree builds a root Directory over files and returns its digest
@@ -62,11 +62,7 @@ func TestConcurrentClients(t *testing.T) {
 					files[k] = v
 				}
 				root, blobs := artifactTree(files)
-				var entries []*uploadinfo.Entry
-				for _, b := range blobs {
-					entries = append(entries, uploadinfo.EntryFromBlob(b))
-				}
-				if _, _, err := r.Upload(ctx, entries); err != nil {
+				if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
 					return fmt.Errorf("client %d upload: %w", i, err)
 				}
 				// Everyone names the same shared ref (last writer wins, all

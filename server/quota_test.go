@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/remotes"
@@ -28,11 +29,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		t.Helper()
 		own := bytes.Repeat([]byte{fill}, 30<<10)
 		root, blobs := artifactTree(map[string][]byte{"own": own, "shared": shared})
-		var entries []*uploadinfo.Entry
-		for _, b := range blobs {
-			entries = append(entries, uploadinfo.EntryFromBlob(b))
-		}
-		if _, _, err := r.Upload(ctx, entries); err != nil {
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.PushDirectory(ctx, cache.URNBst1Artifact+name, root); err != nil {

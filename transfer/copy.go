@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/remotes"
 )
@@ -20,8 +21,10 @@ type CopyOptions struct {
 
 // Copy moves refs from the engine's caches (the sources, in priority
 // order) to targets through the local store: a pull, then a push that
-// leaves a target naming a different digest alone unless forced. Staged
-// objects stay in the local store for the next run.
+// leaves a target naming a different digest alone unless forced. Each ref
+// is pushed as soon as it is local, while other refs are still pulled, so
+// both sides stay busy. Staged objects stay in the local store for the
+// next run. Results come in the order of refs.
 func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o CopyOptions) ([]Result, Stats) {
 	start := time.Now()
 	o.NoClobber = true
@@ -30,36 +33,41 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	}
 	// Pulls report through the caller only when they fail: a ref's result
 	// is its push.
-	pullEvents := e.Events
-	pullEvents.OnRef = nil
 	puller := *e
-	puller.Events = pullEvents
-	pulled, pst := puller.Pull(ctx, refs)
-	var results []Result
-	var ready []string
-	from := map[string]string{}
-	for _, r := range pulled {
+	puller.Events.OnRef = nil
+	var st pushStats
+	perRef := make([][]Result, len(refs))
+	var pushes errgroup.Group
+	pushes.SetLimit(max(e.Jobs, 1))
+	_, pst := puller.pull(ctx, refs, func(i int, r Result) {
 		switch {
 		case r.Status != StatusDone && r.Status != StatusSkipped:
-			results = append(results, r)
+			perRef[i] = []Result{r}
 			e.Events.ref(r)
 		case !o.IncludeFailed && e.buildFailed(r.Ref):
 			r.Status, r.Reason = StatusSkipped, "the build failed: not promoted (use --include-failed)"
-			results = append(results, r)
+			perRef[i] = []Result{r}
 			e.Events.ref(r)
 		default:
-			ready = append(ready, r.Ref)
-			from[r.Ref] = r.Cache
+			pushes.Go(func() error {
+				for _, t := range targets {
+					pr := e.pushOne(ctx, r.Ref, t, o.PushOptions, &st)
+					pr.Cache = r.Cache
+					perRef[i] = append(perRef[i], pr)
+					e.Events.ref(pr)
+				}
+				return nil
+			})
 		}
+	})
+	pushes.Wait()
+	var results []Result
+	for _, rs := range perRef {
+		results = append(results, rs...)
 	}
-	pushed, sst := e.Push(ctx, ready, targets, o.PushOptions)
-	for i := range pushed {
-		pushed[i].Cache = from[pushed[i].Ref]
-	}
-	results = append(results, pushed...)
 	return results, Stats{
-		Blobs: pst.Blobs + sst.Blobs, Bytes: pst.Bytes + sst.Bytes,
-		BlobsPresent: pst.BlobsPresent + sst.BlobsPresent, Seconds: time.Since(start).Seconds(),
+		Blobs: pst.Blobs + st.blobs.Load(), Bytes: pst.Bytes + st.bytes.Load(),
+		BlobsPresent: pst.BlobsPresent + st.present.Load(), Seconds: time.Since(start).Seconds(),
 	}
 }
 

@@ -77,6 +77,12 @@ func filter(cs []*Cache, keep func(*Cache) bool) []*Cache {
 // concurrently, and reports each result through Events and in the slice
 // (in the order of refs).
 func (e *Engine) Pull(ctx context.Context, refs []string) ([]Result, Stats) {
+	return e.pull(ctx, refs, func(int, Result) {})
+}
+
+// pull is Pull calling then with each ref's index and result as soon as
+// that ref is done, in the goroutine that pulled it.
+func (e *Engine) pull(ctx context.Context, refs []string, then func(int, Result)) ([]Result, Stats) {
 	start := time.Now()
 	f := newFetcher(e.Store, filter(e.Caches, hasStorage), e.Jobs, e.Strict, e.Events)
 	results := make([]Result, len(refs))
@@ -86,6 +92,7 @@ func (e *Engine) Pull(ctx context.Context, refs []string) ([]Result, Stats) {
 		g.Go(func() error {
 			results[i] = e.pullOne(ctx, f, ref)
 			e.Events.ref(results[i])
+			then(i, results[i])
 			return nil
 		})
 	}

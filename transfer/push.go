@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/uploadinfo"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/cache"
@@ -131,14 +131,8 @@ func (e *Engine) pushOne(ctx context.Context, ref string, t *Cache, o PushOption
 			res.Status, res.Reason = StatusDone, fmt.Sprintf("dry run: would upload %d blobs (%d bytes)", len(missing), bytes)
 			return res
 		}
-		entries := make([]*uploadinfo.Entry, len(all))
-		for i, d := range all {
-			entries[i] = uploadinfo.EntryFromFile(d, e.Store.ObjectPath(d))
-		}
-		moved, bytes, err := r.Upload(ctx, entries)
-		if err == nil && setOf(all)[digest.NewFromBlob(nil)] {
-			err = r.BatchUpdate(ctx, map[digest.Digest][]byte{digest.NewFromBlob(nil): nil})
-		}
+		open := func(d digest.Digest) (io.ReadCloser, error) { return e.Store.Open(d) }
+		moved, bytes, err := r.Upload(ctx, all, open, e.Jobs)
 		if err != nil {
 			if fatal(err) {
 				t.kill(err, e.Events)

@@ -1,0 +1,168 @@
+package remotes
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sync/errgroup"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+)
+
+// writeChunk is the data carried by one ByteStream WriteRequest.
+const writeChunk = 1 << 20
+
+// Opener opens a blob's content for upload. Upload may open a blob more
+// than once (a retried stream starts again).
+type Opener func(digest.Digest) (io.ReadCloser, error)
+
+// Upload sends whichever of ds the cache lacks, reading each through open:
+// small blobs packed into BatchUpdateBlobs calls, large ones streamed
+// through ByteStream in chunks, at most jobs calls at a time (and never more
+// than the cache's concurrency). Only the blobs in one call are held in
+// memory. The empty blob is sent whenever ds names it: servers need not
+// report it missing, and some (bst-artifact-server) cannot serve a tree
+// with an empty file without it. It returns what it sent and the bytes.
+func (r *Remote) Upload(ctx context.Context, ds []digest.Digest, open Opener, jobs int) ([]digest.Digest, int64, error) {
+	missing, err := r.FindMissing(ctx, ds)
+	if err != nil {
+		return nil, 0, err
+	}
+	empty := digest.NewFromBlob(nil)
+	for _, d := range ds {
+		if d == empty {
+			missing = append([]digest.Digest{empty}, missing...)
+			break
+		}
+	}
+	var sent atomic.Int64
+	batches, streamed := r.Plan(missing)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(jobs, 1))
+	for _, d := range streamed {
+		g.Go(func() error {
+			if err := r.WriteBlob(gctx, d, open); err != nil {
+				return err
+			}
+			sent.Add(d.Size)
+			return nil
+		})
+	}
+	for _, b := range batches {
+		g.Go(func() error {
+			blobs := make(map[digest.Digest][]byte, len(b))
+			var size int64
+			for _, d := range b {
+				data, err := readAll(d, open)
+				if err != nil {
+					return err
+				}
+				blobs[d] = data
+				size += d.Size
+			}
+			if err := r.BatchUpdate(gctx, blobs); err != nil {
+				return err
+			}
+			sent.Add(size)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, 0, err
+	}
+	return missing, sent.Load(), nil
+}
+
+// readAll reads a whole blob, which must still have the size its digest
+// names.
+func readAll(d digest.Digest, open Opener) ([]byte, error) {
+	rc, err := open(d)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data := make([]byte, d.Size)
+	if _, err := io.ReadFull(rc, data); err != nil {
+		return nil, fmt.Errorf("reading blob %s: %w", d, err)
+	}
+	if n, _ := rc.Read(make([]byte, 1)); n > 0 {
+		return nil, fmt.Errorf("reading blob %s: longer than its digest says", d)
+	}
+	return data, nil
+}
+
+// WriteBlob streams one blob through ByteStream Write in chunks, starting
+// again from the beginning if a retryable error breaks the stream. A
+// server that already has the blob may end the stream early.
+func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) error {
+	op := "ByteStream.Write " + d.String()
+	return r.call(ctx, op, true, func(ctx context.Context) error {
+		name, err := r.sdk.ResourceNameWrite(d.Hash, d.Size)
+		if err != nil {
+			return err
+		}
+		rc, err := open(d)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		stream, err := bspb.NewByteStreamClient(r.cc).Write(ctx)
+		if err != nil {
+			return err
+		}
+		var off int64
+		for {
+			// A fresh buffer per message: gRPC may still hold the last.
+			buf := make([]byte, min(writeChunk, d.Size-off))
+			n, err := io.ReadFull(rc, buf)
+			if err != nil && n < len(buf) {
+				return fmt.Errorf("reading blob %s: %w", d, err)
+			}
+			last := off+int64(n) == d.Size
+			if last {
+				if extra, _ := rc.Read(make([]byte, 1)); extra > 0 {
+					// The stream is cancelled unfinished: nothing is committed.
+					return fmt.Errorf("reading blob %s: longer than its digest says", d)
+				}
+			}
+			req := &bspb.WriteRequest{WriteOffset: off, Data: buf, FinishWrite: last}
+			if off == 0 {
+				req.ResourceName = name
+			}
+			off += int64(n)
+			if err := stream.Send(req); err != nil {
+				if errors.Is(err, io.EOF) {
+					break // the server ended the stream: its status follows
+				}
+				return err
+			}
+			if req.FinishWrite {
+				break
+			}
+		}
+		resp, err := stream.CloseAndRecv()
+		if err != nil {
+			return err
+		}
+		if resp.GetCommittedSize() != d.Size {
+			return fmt.Errorf("the server committed %d bytes of %d", resp.GetCommittedSize(), d.Size)
+		}
+		return nil
+	})
+}
+
+// MemoryOpener serves blobs held in memory, for uploads of content that is
+// not in a store.
+func MemoryOpener(blobs map[digest.Digest][]byte) Opener {
+	return func(d digest.Digest) (io.ReadCloser, error) {
+		b, ok := blobs[d]
+		if !ok {
+			return nil, fmt.Errorf("blob %s: not in memory", d)
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+}
