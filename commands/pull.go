@@ -13,15 +13,8 @@ func pullCommand() *cli.Command {
 		ArgsUsage: "REF... (- reads refs from stdin)",
 		Flags:     append(refFlags(), fetchFlags()...),
 		Action: func(c *cli.Context) error {
-			e, kind, err := transferEnv(c)
+			e, kind, refs, err := readingEnv(c)
 			if err != nil {
-				return err
-			}
-			refs, err := readRefs(c, c.App.Reader)
-			if err != nil {
-				return err
-			}
-			if err := requireCaches(e); err != nil {
 				return err
 			}
 			p := newProgress(c, e, "pull", len(refs))

@@ -27,13 +27,22 @@ func fetchFlags() []cli.Flag {
 	}
 }
 
-// requireCaches refuses to run a command that asks caches when none is
-// configured.
-func requireCaches(e *env) error {
-	if len(e.cfg.Caches) == 0 {
-		return usageError("no caches configured (see bst-cache config)")
+// readingEnv is the prelude of the commands that read from every cache
+// (pull, which): the environment, the kind, the refs, and at least one
+// cache configured. Every check runs before any network call.
+func readingEnv(c *cli.Context) (*env, transfer.Kind, []string, error) {
+	e, kind, err := transferEnv(c)
+	if err != nil {
+		return nil, 0, nil, err
 	}
-	return nil
+	refs, err := readRefs(c, c.App.Reader)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	if len(e.cfg.Caches) == 0 {
+		return nil, 0, nil, usageError("no caches configured (see bst-cache config)")
+	}
+	return e, kind, refs, nil
 }
 
 // refFlags are the flags every transfer command takes for its refs.

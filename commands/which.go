@@ -16,15 +16,8 @@ func whichCommand() *cli.Command {
 		ArgsUsage: "REF... (- reads refs from stdin)",
 		Flags:     refFlags(),
 		Action: func(c *cli.Context) error {
-			e, kind, err := transferEnv(c)
+			e, kind, refs, err := readingEnv(c)
 			if err != nil {
-				return err
-			}
-			refs, err := readRefs(c, c.App.Reader)
-			if err != nil {
-				return err
-			}
-			if err := requireCaches(e); err != nil {
 				return err
 			}
 			eng, err := engine(c, e, kind, e.cfg.Caches, &progress{})

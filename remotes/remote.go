@@ -171,10 +171,8 @@ func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) err
 	return nil
 }
 
-// BatchUpdate uploads small blobs in one call, whatever the server holds.
-// The sdk never uploads the empty blob (REAPI deems it always present), but
-// some servers (bst-artifact-server) need it to serve a tree with an empty
-// file; this sends it.
+// BatchUpdate uploads small blobs in one call, whatever the server holds;
+// their total size must fit MaxBatchBytes (Plan packs them so).
 func (r *Remote) BatchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
 	req := &repb.BatchUpdateBlobsRequest{InstanceName: r.instance}
 	for d, data := range blobs {

@@ -24,20 +24,13 @@ type Opener func(digest.Digest) (io.ReadCloser, error)
 // small blobs packed into BatchUpdateBlobs calls, large ones streamed
 // through ByteStream in chunks, at most jobs calls at a time (and never more
 // than the cache's concurrency). Only the blobs in one call are held in
-// memory. The empty blob is sent whenever ds names it: servers need not
-// report it missing, and some (bst-artifact-server) cannot serve a tree
-// with an empty file without it. It returns what it sent and the bytes.
+// memory. The empty blob is sent like any other when the cache reports it
+// missing (bst-artifact-server cannot serve a tree with an empty file
+// without it). It returns what it sent and the bytes.
 func (r *Remote) Upload(ctx context.Context, ds []digest.Digest, open Opener, jobs int) ([]digest.Digest, int64, error) {
 	missing, err := r.FindMissing(ctx, ds)
 	if err != nil {
 		return nil, 0, err
-	}
-	empty := digest.NewFromBlob(nil)
-	for _, d := range ds {
-		if d == empty {
-			missing = append([]digest.Digest{empty}, missing...)
-			break
-		}
 	}
 	var sent atomic.Int64
 	batches, streamed := r.Plan(missing)

@@ -22,6 +22,22 @@ type ArtifactServerOptions struct {
 	Dir string
 }
 
+// serverFlags are the flags bst-artifact-server and serve share (serve is
+// a drop-in): push, and TLS with optional client certificate checks.
+func serverFlags(push bool, key, cert, clientCerts string) []string {
+	var args []string
+	if push {
+		args = append(args, "--enable-push")
+	}
+	if key != "" {
+		args = append(args, "--server-key", key, "--server-cert", cert)
+	}
+	if clientCerts != "" {
+		args = append(args, "--client-certs", clientCerts)
+	}
+	return args
+}
+
 // StartArtifactServer starts a bst-artifact-server on a free loopback port.
 func StartArtifactServer(t testing.TB, o ArtifactServerOptions) *Server {
 	t.Helper()
@@ -34,15 +50,7 @@ func StartArtifactServer(t testing.TB, o ArtifactServerOptions) *Server {
 	}
 	port := FreePort(t)
 	args := []string{filepath.Join(RepoRoot(t), "scripts", "bst-artifact-server"), "--port", strconv.Itoa(port)}
-	if o.Push {
-		args = append(args, "--enable-push")
-	}
-	if o.ServerKey != "" {
-		args = append(args, "--server-key", o.ServerKey, "--server-cert", o.ServerCert)
-	}
-	if o.ClientCerts != "" {
-		args = append(args, "--client-certs", o.ClientCerts)
-	}
+	args = append(args, serverFlags(o.Push, o.ServerKey, o.ServerCert, o.ClientCerts)...)
 	args = append(args, o.Dir)
 	cmd := exec.Command(py, args...)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))

@@ -40,16 +40,7 @@ func StartServe(t testing.TB, o ServeOptions) *Server {
 	}
 	port := FreePort(t)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	args := []string{"-v", "serve", "--listen", addr}
-	if o.Push {
-		args = append(args, "--enable-push")
-	}
-	if o.ServerKey != "" {
-		args = append(args, "--server-key", o.ServerKey, "--server-cert", o.ServerCert)
-	}
-	if o.ClientCerts != "" {
-		args = append(args, "--client-certs", o.ClientCerts)
-	}
+	args := append([]string{"-v", "serve", "--listen", addr}, serverFlags(o.Push, o.ServerKey, o.ServerCert, o.ClientCerts)...)
 	args = append(append(args, o.Args...), o.Dir)
 	cmd := exec.Command(BstCacheBinary(t), args...)
 	// No user or project configuration leaks in.
