@@ -142,7 +142,7 @@ type upload struct {
 	mu        sync.Mutex // held by the stream writing it
 	w         *cache.BlobWriter
 	committed atomic.Int64 // bytes written, readable without mu
-	last      time.Time
+	last      time.Time    // last write; read and written under mu
 }
 
 // Write receives a blob, possibly over several streams (a client resumes at
@@ -258,13 +258,18 @@ func (b byteStream) dropUpload(name string, u *upload) {
 }
 
 // sweepUploads aborts uploads idle for too long. Called with uploadsMu held.
+// An upload a stream is writing holds its lock, so it is skipped; the idle
+// time is read only under that lock.
 func (b byteStream) sweepUploads() {
 	for name, u := range b.uploads {
-		if time.Since(u.last) > uploadIdle && u.mu.TryLock() {
+		if !u.mu.TryLock() {
+			continue
+		}
+		if time.Since(u.last) > uploadIdle {
 			u.w.Abort()
 			delete(b.uploads, name)
-			u.mu.Unlock()
 		}
+		u.mu.Unlock()
 	}
 }
 

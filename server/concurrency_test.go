@@ -16,6 +16,7 @@ import (
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 	"github.com/bst-cache/bst-cache/remotes"
+	"github.com/bst-cache/bst-cache/server"
 )
 
 // artifactTree builds a root Directory over files and returns its digest
@@ -34,11 +35,27 @@ func artifactTree(files map[string][]byte) (digest.Digest, map[digest.Digest][]b
 	return root, blobs
 }
 
-// 32 clients push and pull overlapping content at once through the serve
-// binary; afterwards every ref's closure is complete and every object
-// matches its digest.
+// 32 clients push and pull overlapping content at once, through the serve
+// binary and through a server in this process (where -race sees the
+// server's own goroutines); afterwards every ref's closure is complete and
+// every object matches its digest.
 func TestConcurrentClients(t *testing.T) {
-	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	t.Run("binary", func(t *testing.T) {
+		srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+		concurrentClients(t, srv.Addr, srv.Dir)
+	})
+	t.Run("in-process", func(t *testing.T) {
+		dir := t.TempDir()
+		store, err := cache.Open(dir, cache.LayoutBst1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, _, _ := startServer(t, server.Options{Store: store, AllowWrites: true})
+		concurrentClients(t, addr, dir)
+	})
+}
+
+func concurrentClients(t *testing.T, addr, dir string) {
 	shared := map[string][]byte{
 		"shared-small": []byte("shared by everyone"),
 		"shared-big":   bytes.Repeat([]byte("big shared blob "), 1<<18), // 4 MiB: ByteStream
@@ -52,7 +69,7 @@ func TestConcurrentClients(t *testing.T) {
 			defer wg.Done()
 			errs <- func() error {
 				ctx := context.Background()
-				r := dialRemote(t, srv.Addr)
+				r := dialRemote(t, addr)
 				files := map[string][]byte{
 					"own":  []byte(fmt.Sprintf("client %d", i)),
 					"half": []byte(fmt.Sprintf("group %d", i%2)),
@@ -118,8 +135,8 @@ func TestConcurrentClients(t *testing.T) {
 		}
 	}
 
-	layout, _ := cache.DetectLayout(srv.Dir)
-	store, err := cache.Open(srv.Dir, layout)
+	layout, _ := cache.DetectLayout(dir)
+	store, err := cache.Open(dir, layout)
 	if err != nil {
 		t.Fatal(err)
 	}
