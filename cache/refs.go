@@ -95,6 +95,9 @@ func (s *Store) GetRef(kind Kind, ref string) ([]byte, error) {
 // everything it names is in the store; SetRef first syncs the file system,
 // so those objects are on disk before the ref that names them.
 func (s *Store) SetRef(kind Kind, ref string, data []byte) (err error) {
+	if s.readOnly {
+		return ErrReadOnly
+	}
 	p, err := s.RefPath(kind, ref)
 	if err != nil {
 		return err

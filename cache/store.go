@@ -27,6 +27,8 @@ var (
 	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrInvalidRef: a ref name that could escape the store or is malformed.
 	ErrInvalidRef = errors.New("invalid ref")
+	// ErrReadOnly: a write to a store opened read-only.
+	ErrReadOnly = errors.New("the local store is open read-only")
 )
 
 // Layout is a BuildStream on-disk layout.
@@ -64,14 +66,44 @@ var Kinds = []Kind{KindBst1Artifact, KindBst2Artifact, KindSource, KindAsset}
 // Store is a local content-addressed store. It is safe for concurrent use,
 // also by several processes.
 type Store struct {
-	root    string
-	layout  Layout
-	objects string
-	tmp     string
+	root     string
+	layout   Layout
+	objects  string
+	tmp      string
+	readOnly bool
 }
 
-// Open opens (creating if needed) a store at root in the given layout.
+// Open opens the store at root for reading and writing, creating what it
+// needs. A directory that already holds a store keeps its own layout
+// (DetectLayout); layout applies only to a new or empty directory.
 func Open(root string, layout Layout) (*Store, error) {
+	s, err := newStore(root, layout)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{s.objects, s.tmp} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("opening local store: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// OpenReadOnly opens the store at root without creating anything, for
+// commands that only read: a directory that does not exist or holds no
+// store reads as an empty store of layout. Writes fail with ErrReadOnly.
+func OpenReadOnly(root string, layout Layout) (*Store, error) {
+	s, err := newStore(root, layout)
+	if s != nil {
+		s.readOnly = true
+	}
+	return s, err
+}
+
+func newStore(root string, layout Layout) (*Store, error) {
+	if found, ok := DetectLayout(root); ok {
+		layout = found
+	}
 	s := &Store{root: root, layout: layout, tmp: filepath.Join(root, "tmp")}
 	switch layout {
 	case LayoutBst1:
@@ -81,13 +113,11 @@ func Open(root string, layout Layout) (*Store, error) {
 	default:
 		return nil, fmt.Errorf("unknown store layout %q", layout)
 	}
-	for _, d := range []string{s.objects, s.tmp} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("opening local store: %w", err)
-		}
-	}
 	return s, nil
 }
+
+// ReadOnly says whether the store was opened read-only.
+func (s *Store) ReadOnly() bool { return s.readOnly }
 
 // Root returns the store directory.
 func (s *Store) Root() string { return s.root }
@@ -277,6 +307,9 @@ func (s *Store) NewWriter(d digest.Digest) (*BlobWriter, error) {
 }
 
 func (s *Store) newWriter(d digest.Digest) (*BlobWriter, error) {
+	if s.readOnly {
+		return nil, ErrReadOnly
+	}
 	// An unnamed file (O_TMPFILE) is linked into place once verified: one
 	// directory operation instead of create and rename, and a writer that
 	// dies leaves nothing behind. Other file systems get a named temporary.

@@ -101,6 +101,9 @@ func newEnv(c *cli.Context) (*env, error) {
 			return nil, err
 		}
 	}
+	if err := matchLayout(cfg, c.String("format") != ""); err != nil {
+		return nil, err
+	}
 	if c.IsSet("jobs") {
 		j := c.Int("jobs")
 		if j < 1 || j > 1024 {
@@ -134,9 +137,37 @@ func (e *env) layout() cache.Layout {
 	return cache.LayoutBst2
 }
 
-// openStore opens the local store.
+// matchLayout makes the format follow an existing local store: a
+// BuildStream 1 store holds bst1 refs, a BuildStream 2 one bst2 refs. A
+// format set explicitly that the store cannot hold is an error, never a
+// silent miss.
+func matchLayout(cfg *config.Config, flagSet bool) error {
+	layout, ok := cache.DetectLayout(cfg.Local)
+	if !ok {
+		return nil
+	}
+	format := config.FormatBst2
+	if layout == cache.LayoutBst1 {
+		format = config.FormatBst1
+	}
+	switch {
+	case !flagSet && !cfg.FormatSet:
+		cfg.Format = format
+	case cfg.Format != format:
+		return usageError("the local store %s has BuildStream %s's layout and holds %s refs, not %s: use --format %s or another --local", cfg.Local, strings.TrimPrefix(string(format), "bst"), format, cfg.Format, format)
+	}
+	return nil
+}
+
+// openStore opens the local store for a command that writes to it.
 func (e *env) openStore() (*cache.Store, error) {
 	return cache.Open(e.cfg.Local, e.layout())
+}
+
+// readStore opens the local store for a command that only reads: nothing
+// is created, and a store that does not exist reads as empty.
+func (e *env) readStore() (*cache.Store, error) {
+	return cache.OpenReadOnly(e.cfg.Local, e.layout())
 }
 
 // warnf prints a warning on stderr.

@@ -140,6 +140,19 @@ func TestBst2RoundTrip(t *testing.T) {
 	if !bytes.Equal(readFile(t, filepath.Join(origin, artRef)), readFile(t, filepath.Join(s2.Dir, artRef))) {
 		t.Error("the promoted Artifact proto differs from the original")
 	}
+	// s2 got no buildtree; --with-buildtrees adds it to the target that
+	// has the rest, and says so.
+	s2Store, _ := cache.Open(s2.Dir, cache.LayoutBst2)
+	if ok, _ := s2Store.Has(btFile); ok {
+		t.Fatal("the buildtree was copied without --with-buildtrees")
+	}
+	rep, stderr, code := runJSON(t, "--config", cfg, "--local", stage, "copy", "--with-buildtrees", "--from", "s1", "--to", "s2", "proj/elem/key1")
+	if code != 0 || statuses(rep) != "repaired@s2" {
+		t.Errorf("copy --with-buildtrees to a target without the buildtree: exit %d, %+v\n%s", code, rep.Refs, stderr)
+	}
+	if ok, _ := s2Store.Has(btFile); !ok {
+		t.Error("copy --with-buildtrees did not add the buildtree to the target")
+	}
 	run(0, "--local", stage, "copy", "--from", "s1", "--to", "s2", "--include-failed", "proj/failed/key2")
 	if _, err := os.Stat(filepath.Join(s2.Dir, "artifacts", "refs", "proj", "failed", "key2")); err != nil {
 		t.Errorf("--include-failed did not promote: %v", err)

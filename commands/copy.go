@@ -12,15 +12,18 @@ func copyCommand() *cli.Command {
 		Name:      "copy",
 		Usage:     "copy refs between caches through the local store (promotion, migration)",
 		ArgsUsage: "REF... (- reads refs from stdin)",
-		Description: "Pulls each ref from --from (or by priority from every cache that is not a\n" +
-			"target), then pushes it to each --to. A target that names a different digest\n" +
-			"for a ref is left alone and reported as a conflict unless --force.",
+		Description: "Resolves each ref on the sources (--from, in the order given, or by priority\n" +
+			"every cache that is not a target) and checks its closure on their storage; the\n" +
+			"local store only saves downloading blobs it already holds. Then pushes it to each\n" +
+			"--to: a target that names a different digest is left alone and reported as a\n" +
+			"conflict unless --force; one that names it but lacks blobs is repaired. An\n" +
+			"index-only source takes its blobs from the storage caches named with it, else\n" +
+			"from the configured storage caches.",
 		Flags: append(append(refFlags(), fetchFlags()...),
-			&cli.StringFlag{Name: "from", Usage: "pull only from this cache"},
+			&cli.StringSliceFlag{Name: "from", Usage: "copy from this cache (repeatable: an ordered list of sources)"},
 			&cli.StringSliceFlag{Name: "to", Usage: "push to this cache (repeatable, required)"},
 			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that names a different digest"},
 			&cli.BoolFlag{Name: "include-failed", Usage: "also promote bst2 artifacts whose build failed"},
-			&cli.BoolFlag{Name: "dry-run", Usage: "report what would move and change nothing"},
 		),
 		Action: func(c *cli.Context) error {
 			e, kind, err := transferEnv(c)
@@ -34,7 +37,7 @@ func copyCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			sources, err := copySources(e.cfg, c.String("from"), targets)
+			sources, err := copySources(e.cfg, c.StringSlice("from"), targets)
 			if err != nil {
 				return err
 			}
@@ -43,14 +46,20 @@ func copyCommand() *cli.Command {
 				return err
 			}
 			p := newProgress(c, e, "copy", len(refs)*len(targets))
-			eng, err := engine(c, e, kind, sources, p)
+			pl := newPool(e.cfg)
+			defer pl.close()
+			eng, err := engine(c, e, kind, pl, pl.named(names(sources)), p)
 			if err != nil {
 				return err
 			}
-			targetCaches := transfer.NewCaches(targets)
-			defer transfer.Close(eng.Caches)
-			defer transfer.Close(targetCaches)
-			results, stats := eng.Copy(c.Context, refs, targetCaches, transfer.CopyOptions{
+			// Index-only sources read blobs from the configured storage
+			// caches that are not targets.
+			isTarget := map[string]bool{}
+			for _, n := range names(targets) {
+				isTarget[n] = true
+			}
+			eng.Storage = pl.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() && !isTarget[c.Name()] })
+			results, stats := eng.Copy(c.Context, refs, pl.named(names(targets)), transfer.CopyOptions{
 				PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
 				IncludeFailed: c.Bool("include-failed"),
 			})
@@ -59,23 +68,31 @@ func copyCommand() *cli.Command {
 	}
 }
 
-// copySources is --from alone, or every cache that is not a target.
-func copySources(cfg *config.Config, from string, targets []config.Cache) ([]config.Cache, error) {
+// copySources is --from (in the order given), or every cache that is not
+// a target.
+func copySources(cfg *config.Config, from []string, targets []config.Cache) ([]config.Cache, error) {
 	isTarget := map[string]bool{}
 	for _, t := range targets {
 		isTarget[t.Name] = true
 	}
-	if from != "" {
-		c, ok := cfg.Cache(from)
-		if !ok {
-			return nil, usageError("no cache named %q (see bst-cache caches)", from)
-		}
-		if isTarget[from] {
-			return nil, usageError("--from %s is also a --to target", from)
-		}
-		return []config.Cache{*c}, nil
-	}
 	var out []config.Cache
+	if len(from) > 0 {
+		seen := map[string]bool{}
+		for _, name := range from {
+			c, ok := cfg.Cache(name)
+			if !ok {
+				return nil, usageError("no cache named %q (see bst-cache caches)", name)
+			}
+			if isTarget[name] {
+				return nil, usageError("--from %s is also a --to target", name)
+			}
+			if !seen[name] {
+				seen[name] = true
+				out = append(out, *c)
+			}
+		}
+		return out, nil
+	}
 	for _, c := range cfg.Caches {
 		if !isTarget[c.Name] {
 			out = append(out, c)

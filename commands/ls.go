@@ -41,7 +41,7 @@ func lsCommand() *cli.Command {
 			if kind == cache.KindSource && e.cfg.Format == config.FormatBst1 {
 				return usageError("--kind source: BuildStream 1 has no source cache (the format is bst1)")
 			}
-			s, err := e.openStore()
+			s, err := e.readStore()
 			if err != nil {
 				return err
 			}

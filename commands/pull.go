@@ -18,12 +18,13 @@ func pullCommand() *cli.Command {
 				return err
 			}
 			p := newProgress(c, e, "pull", len(refs))
-			eng, err := engine(c, e, kind, e.cfg.Caches, p)
+			pl := newPool(e.cfg)
+			defer pl.close()
+			eng, err := engine(c, e, kind, pl, pl.all, p)
 			if err != nil {
 				return err
 			}
-			defer transfer.Close(eng.Caches)
-			results, stats := eng.Pull(c.Context, refs)
+			results, stats := eng.Pull(c.Context, refs, transfer.PullOptions{DryRun: c.Bool("dry-run")})
 			return finishRun(c, e, p, "pull", results, stats)
 		},
 	}

@@ -40,10 +40,12 @@ func cacheTOML(name, url string, push bool) string {
 
 type pullReport struct {
 	Refs []struct {
-		Ref, Status, Cache, Reason string
+		Ref, Status, Cache, Target, Reason string
+		Blobs, Bytes                       int64
 	}
 	Counts           map[string]int
 	BlobsTransferred int64 `json:"blobs_transferred"`
+	BlobsWould       int64 `json:"blobs_would_transfer"`
 }
 
 // bst-cache fills BuildStream 1's own cache: after a pull, bst checks out

@@ -14,10 +14,16 @@ func pushCommand() *cli.Command {
 		Name:      "push",
 		Usage:     "upload local refs to the default push cache, to --cache NAME, or to --all push caches",
 		ArgsUsage: "REF|GLOB... (- reads refs from stdin; a GLOB matches refs in the local store)",
+		Description: "Uploads only the blobs each target lacks, then writes its index entry. A target\n" +
+			"whose index names the same digest is skipped only when it holds every blob;\n" +
+			"otherwise the missing blobs are sent and the ref is reported repaired. A target\n" +
+			"that names a different digest is left alone and reported as a conflict (exit 1)\n" +
+			"unless --force. Index-only targets are written only after every blob is\n" +
+			"confirmed on the storage caches their readers use.",
 		Flags: append(refFlags(),
 			&cli.StringSliceFlag{Name: "cache", Usage: "push to this cache (repeatable)"},
 			&cli.BoolFlag{Name: "all", Usage: "push to every cache with push = true, as BuildStream does"},
-			&cli.BoolFlag{Name: "force", Usage: "upload and rewrite the index even when the target already has the ref"},
+			&cli.BoolFlag{Name: "force", Usage: "upload and rewrite the index even when the target already has the ref, and overwrite a target that names a different digest"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "report what would move and change nothing"},
 		),
 		Action: func(c *cli.Context) error {
@@ -34,15 +40,25 @@ func pushCommand() *cli.Command {
 				return err
 			}
 			p := newProgress(c, e, "push", len(refs)*len(targets))
-			eng, err := engine(c, e, kind, targets, p)
+			pl := newPool(e.cfg)
+			defer pl.close()
+			eng, err := engine(c, e, kind, pl, nil, p)
 			if err != nil {
 				return err
 			}
-			defer transfer.Close(eng.Caches)
-			results, stats := eng.Push(c.Context, refs, eng.Caches, transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
+			results, stats := eng.Push(c.Context, refs, pl.named(names(targets)), transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
 			return finishRun(c, e, p, "push", results, stats)
 		},
 	}
+}
+
+// names lists configured caches' names.
+func names(cs []config.Cache) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
 }
 
 // pushTargets resolves --cache/--all to caches that accept pushes; a named
@@ -103,7 +119,7 @@ func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) ([]string, error) {
 		}
 		return refs, nil
 	}
-	store, err := e.openStore()
+	store, err := e.readStore()
 	if err != nil {
 		return nil, err
 	}

@@ -90,11 +90,8 @@ func runServe(c *cli.Context) error {
 			return err
 		}
 	}
-	layout, found := cache.DetectLayout(dir)
-	if !found {
-		layout = e.layout()
-	}
-	store, err := cache.Open(dir, layout)
+	// An existing directory keeps its layout; a new one gets the format's.
+	store, err := cache.Open(dir, e.layout())
 	if err != nil {
 		return err
 	}
@@ -118,7 +115,7 @@ func runServe(c *cli.Context) error {
 		return fmt.Errorf("listening on %s: %w", listen, err)
 	}
 	if !e.quiet {
-		logf("serving %s (%s layout) on %s%s", dir, layout, l.Addr(), describeServe(c, tlsConfig != nil, token != "", quota))
+		logf("serving %s (%s layout) on %s%s", dir, store.Layout(), l.Addr(), describeServe(c, tlsConfig != nil, token != "", quota))
 	}
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(l) }()

@@ -24,6 +24,7 @@ func fetchFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.BoolFlag{Name: "strict", Usage: "fail on any cache error instead of warning and going on"},
 		&cli.BoolFlag{Name: "with-buildtrees", Usage: "also fetch bst2 buildtrees (and other optional trees)"},
+		&cli.BoolFlag{Name: "dry-run", Usage: "report what would move (trees are read to size it) and change nothing"},
 	}
 }
 
@@ -222,6 +223,9 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		return err
 	}
 	counts := map[string]int{}
+	for _, s := range []transfer.Status{transfer.StatusDone, transfer.StatusSkipped, transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict} {
+		counts[string(s)] = 0 // the usual counts, zeros included
+	}
 	for s, n := range transfer.Summary(results) {
 		counts[string(s)] = n
 	}
@@ -243,9 +247,7 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		}
 		tw.Flush()
 		if !e.quiet {
-			fmt.Fprintf(e.stderr, "%s: %d done, %d skipped, %d missing, %d failed, %d conflicts; %d blobs (%s) transferred, %d already present; %.1fs\n",
-				command, counts["done"], counts["skipped"], counts["missing"], counts["failed"], counts["conflict"],
-				stats.Blobs, humanBytes(stats.Bytes), stats.BlobsPresent, stats.Seconds)
+			fmt.Fprintf(e.stderr, "%s: %s; %s; %.1fs\n", command, countLine(counts), movedLine(stats), stats.Seconds)
 		}
 	}
 	switch {
@@ -257,6 +259,31 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 	return nil
 }
 
+// countLine lists the statuses of a run, the usual ones always and the
+// rest when they occur.
+func countLine(counts map[string]int) string {
+	var parts []string
+	for _, s := range []transfer.Status{transfer.StatusDone, transfer.StatusRepaired, transfer.StatusSkipped,
+		transfer.StatusWouldPull, transfer.StatusWouldPush, transfer.StatusWouldCopy, transfer.StatusWouldRepair,
+		transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict} {
+		n := counts[string(s)]
+		always := s == transfer.StatusDone || s == transfer.StatusSkipped || s == transfer.StatusMissing || s == transfer.StatusFailed
+		if n > 0 || always {
+			parts = append(parts, fmt.Sprintf("%d %s", n, s))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// movedLine says what moved, or for a dry run what would.
+func movedLine(st transfer.Stats) string {
+	line := fmt.Sprintf("%d blobs (%s) transferred, %d already present", st.Blobs, humanBytes(st.Bytes), st.BlobsPresent)
+	if st.WouldBlobs > 0 {
+		line += fmt.Sprintf(", %d blobs (%s) would be transferred", st.WouldBlobs, humanBytes(st.WouldBytes))
+	}
+	return line
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -264,14 +291,61 @@ func dash(s string) string {
 	return s
 }
 
-// engine builds a transfer engine over the configured caches.
-func engine(c *cli.Context, e *env, kind transfer.Kind, caches []config.Cache, p *progress) (*transfer.Engine, error) {
-	store, err := e.openStore()
+// pool holds one transfer.Cache per configured cache, so that a cache
+// in several roles (source, storage, target) is dialled and probed once.
+type pool struct {
+	cfg *config.Config
+	all []*transfer.Cache
+}
+
+func newPool(cfg *config.Config) *pool {
+	return &pool{cfg: cfg, all: transfer.NewCaches(cfg.Caches)}
+}
+
+// named picks caches by configured name, in the order given.
+func (p *pool) named(names []string) []*transfer.Cache {
+	var out []*transfer.Cache
+	for _, n := range names {
+		for _, c := range p.all {
+			if c.Name() == n {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// where picks caches in priority order.
+func (p *pool) where(keep func(*transfer.Cache) bool) []*transfer.Cache {
+	var out []*transfer.Cache
+	for _, c := range p.all {
+		if keep(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// storage is every configured cache readers take blobs from.
+func (p *pool) storage() []*transfer.Cache {
+	return p.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() })
+}
+
+func (p *pool) close() { transfer.Close(p.all) }
+
+// engine builds a transfer engine over caches (sources, or push targets)
+// with the pool's storage caches for readers.
+func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*transfer.Cache, p *progress) (*transfer.Engine, error) {
+	open := e.openStore
+	if c.Command.Name == "which" || c.Bool("dry-run") {
+		open = e.readStore
+	}
+	store, err := open()
 	if err != nil {
 		return nil, err
 	}
 	return &transfer.Engine{
-		Store: store, Kind: kind, Caches: transfer.NewCaches(caches), Jobs: e.cfg.Jobs,
+		Store: store, Kind: kind, Caches: caches, Storage: pl.storage(), Jobs: e.cfg.Jobs,
 		Strict: c.Bool("strict"), WithBuildtrees: c.Bool("with-buildtrees"),
 		Events: transfer.Events{
 			OnWarn:  func(msg string) { p.warn(e, msg) },

@@ -20,11 +20,12 @@ func whichCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			eng, err := engine(c, e, kind, e.cfg.Caches, &progress{})
+			pl := newPool(e.cfg)
+			defer pl.close()
+			eng, err := engine(c, e, kind, pl, pl.all, &progress{})
 			if err != nil {
 				return err
 			}
-			defer transfer.Close(eng.Caches)
 			locs := eng.Which(c.Context, refs)
 			if err := c.Context.Err(); err != nil {
 				return err
@@ -36,18 +37,15 @@ func whichCommand() *cli.Command {
 			} else {
 				writeWhich(e, locs)
 			}
-			nowhere := 0
+			sums := map[string]int{}
 			for _, l := range locs {
-				found := false
-				for _, s := range l.Caches {
-					found = found || s.Status == transfer.WherePresent
-				}
-				if !found {
-					nowhere++
-				}
+				sums[l.Status]++
 			}
-			if nowhere > 0 {
-				return fmt.Errorf("which: %d of %d refs are complete in no cache: %w", nowhere, len(refs), ErrRefsMissing)
+			switch {
+			case sums[transfer.Failed] > 0:
+				return fmt.Errorf("which: %d of %d refs are complete in no cache that answered, and a cache could not be asked", sums[transfer.Failed], len(refs))
+			case sums[transfer.Missing] > 0:
+				return fmt.Errorf("which: %d of %d refs are complete in no cache: %w", sums[transfer.Missing], len(refs), ErrRefsMissing)
 			}
 			return nil
 		},

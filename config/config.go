@@ -74,6 +74,8 @@ func (o Origin) String() string {
 // Config is the resolved configuration.
 type Config struct {
 	Format Format
+	// FormatSet is true when a file set the format (not the default).
+	FormatSet bool
 	// Local is the local store directory, absolute, with ~ expanded.
 	Local string
 	Jobs  int

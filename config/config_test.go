@@ -65,10 +65,10 @@ url = "grpc://10.0.0.1"
 	}
 	file := filepath.Join(dir, "c.toml")
 	want := &Config{
-		Format: FormatBst1,
-		Local:  filepath.Join(dir, "store"),
-		Jobs:   3,
-		Files:  []string{file},
+		Format: FormatBst1, FormatSet: true,
+		Local: filepath.Join(dir, "store"),
+		Jobs:  3,
+		Files: []string{file},
 		Caches: []Cache{
 			{
 				Name: "latest", URL: "https://cache.example.com:11001",

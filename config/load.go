@@ -176,7 +176,7 @@ type file struct {
 
 func (f *file) apply(cfg *Config) {
 	if f.format != nil {
-		cfg.Format = *f.format
+		cfg.Format, cfg.FormatSet = *f.format, true
 	}
 	if f.local != nil {
 		cfg.Local = *f.local

@@ -23,8 +23,23 @@ type Cache struct {
 	remote *remotes.Remote
 	caps   remotes.Capabilities
 
-	mu   sync.Mutex
-	dead error // set when the cache is skipped
+	mu     sync.Mutex
+	dead   error // set when the cache is skipped
+	warned map[string]bool
+}
+
+// warnOnce warns once per run and cache about one kind of problem.
+func (c *Cache) warnOnce(key, msg string, ev Events) {
+	c.mu.Lock()
+	first := !c.warned[key]
+	if c.warned == nil {
+		c.warned = map[string]bool{}
+	}
+	c.warned[key] = true
+	c.mu.Unlock()
+	if first {
+		ev.Warn(msg)
+	}
 }
 
 // NewCaches wraps configured caches, keeping their order.

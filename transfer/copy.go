@@ -2,17 +2,15 @@ package transfer
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/bst-cache/bst-cache/remotes"
 )
 
-// CopyOptions tune Copy.
+// CopyOptions tune Copy. Promotion is always no-clobber unless Force.
 type CopyOptions struct {
 	PushOptions
 	// IncludeFailed promotes bst2 artifacts whose build failed.
@@ -21,15 +19,25 @@ type CopyOptions struct {
 
 // Copy moves refs from the engine's caches (the sources, in priority
 // order) to targets through the local store: a pull, then a push that
-// leaves a target naming a different digest alone unless forced. Each ref
-// is pushed as soon as it is local, while other refs are still pulled, so
-// both sides stay busy. Staged objects stay in the local store for the
-// next run. Results come in the order of refs.
+// leaves a target naming a different digest alone unless forced. The
+// sources are the only evidence: a ref must resolve there and its closure
+// be complete on their storage; the local store only saves downloading
+// blobs it already holds. Each ref is pushed as soon as it is local, while
+// other refs are still pulled, so both sides stay busy. Staged objects
+// stay in the local store for the next run. Results come in the order of
+// refs.
 func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o CopyOptions) ([]Result, Stats) {
 	start := time.Now()
-	o.NoClobber = true
 	if o.DryRun {
-		return e.copyDryRun(ctx, refs, targets, o), Stats{Seconds: time.Since(start).Seconds()}
+		results := make([][]Result, len(refs))
+		for i, ref := range refs {
+			results[i] = e.copyDryRun(ctx, ref, targets, o)
+			for _, r := range results[i] {
+				e.Events.ref(r)
+			}
+		}
+		var st pushStats
+		return flatten(results), st.stats(start, results)
 	}
 	// Pulls report through the caller only when they fail: a ref's result
 	// is its push.
@@ -39,9 +47,9 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	perRef := make([][]Result, len(refs))
 	var pushes errgroup.Group
 	pushes.SetLimit(max(e.Jobs, 1))
-	_, pst := puller.pull(ctx, refs, func(i int, r Result) {
+	_, pst := puller.pull(ctx, refs, PullOptions{Evidence: true}, func(i int, r Result) {
 		switch {
-		case r.Status != StatusDone && r.Status != StatusSkipped:
+		case r.Status != StatusDone:
 			perRef[i] = []Result{r}
 			e.Events.ref(r)
 		case !o.IncludeFailed && e.buildFailed(r.Ref):
@@ -50,25 +58,22 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 			e.Events.ref(r)
 		default:
 			pushes.Go(func() error {
-				for _, t := range targets {
-					pr := e.pushOne(ctx, r.Ref, t, o.PushOptions, &st)
-					pr.Cache = r.Cache
-					perRef[i] = append(perRef[i], pr)
-					e.Events.ref(pr)
+				rs := e.pushRef(ctx, r.Ref, targets, o.PushOptions, &st)
+				for j := range rs {
+					rs[j].Cache = r.Cache
+					e.Events.ref(rs[j])
 				}
+				perRef[i] = rs
 				return nil
 			})
 		}
 	})
 	pushes.Wait()
-	var results []Result
-	for _, rs := range perRef {
-		results = append(results, rs...)
-	}
-	return results, Stats{
-		Blobs: pst.Blobs + st.blobs.Load(), Bytes: pst.Bytes + st.bytes.Load(),
-		BlobsPresent: pst.BlobsPresent + st.present.Load(), Seconds: time.Since(start).Seconds(),
-	}
+	out := st.stats(start, perRef)
+	out.Blobs += pst.Blobs
+	out.Bytes += pst.Bytes
+	out.BlobsPresent += pst.BlobsPresent
+	return flatten(perRef), out
 }
 
 // buildFailed says whether a local bst2 artifact records a failed build.
@@ -80,59 +85,64 @@ func (e *Engine) buildFailed(ref string) bool {
 	return err == nil && en.failed
 }
 
-// copyDryRun asks the indexes only: where each ref would come from and
-// what each target holds. Blob counts come from the push dry run when the
-// local store already has the ref.
-func (e *Engine) copyDryRun(ctx context.Context, refs []string, targets []*Cache, o CopyOptions) []Result {
-	var results []Result
-	var st pushStats
-	for _, ref := range refs {
-		src, d, err := e.firstHit(ctx, ref)
+// copyDryRun resolves ref on the sources, checks its closure there
+// (Directories are read, nothing is stored) and tells per target what
+// would move after de-duplication against it.
+func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o CopyOptions) []Result {
+	var hit *Result
+	var p pushing
+	var incomplete []string
+	a, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
+		en, err := e.remoteEntry(ctx, d)
 		if err != nil {
-			r := Result{Ref: ref, Status: StatusMissing, Reason: "in no cache"}
-			if !errors.Is(err, remotes.ErrNotFound) {
-				r = failed(r, err)
-			}
-			results = append(results, r)
-			e.Events.ref(r)
-			continue
+			return true, err
 		}
-		for _, t := range targets {
-			r := Result{Ref: ref, Cache: src, Target: t.Name(), Digest: d.String(), Status: StatusDone}
-			tr, err := t.connect(ctx, e.Events)
-			if err != nil {
-				r = failed(r, err)
-			} else if td, err := e.Kind.lookup(ctx, tr, t.caps, ref); err == nil && td == d && !o.Force {
-				r.Status, r.Reason = StatusSkipped, "the target already has it"
-			} else if err == nil && td != d && !o.Force {
-				r.Status, r.Reason = StatusConflict, fmt.Sprintf("the target names %s, not %s", td, d)
-			} else if en, lerr := e.Kind.localEntry(e.Store, ref); lerr == nil && en.digest == d {
-				r = e.pushOne(ctx, ref, t, o.PushOptions, &st)
-				r.Cache = src
-			} else {
-				r.Reason = "dry run: would copy (blob counts known once staged locally)"
-			}
-			results = append(results, r)
-			e.Events.ref(r)
-		}
-	}
-	return results
-}
-
-// firstHit finds the first index cache naming ref.
-func (e *Engine) firstHit(ctx context.Context, ref string) (string, digest.Digest, error) {
-	for _, c := range filter(e.Caches, hasIndex) {
-		r, err := c.connect(ctx, e.Events)
+		all, missing, err := e.survey(ctx, e.storage(), e.wanted(en))
 		if err != nil {
-			continue
+			return true, err
 		}
-		d, err := e.Kind.lookup(ctx, r, c.caps, ref)
-		if err == nil {
-			return c.Name(), d, nil
+		if len(missing) > 0 {
+			incomplete = append(incomplete, fmt.Sprintf("%s names %s but %d blobs are in no storage cache (e.g. %s)", c.Name(), d, len(missing), missing[0]))
+			return false, nil
 		}
-		if !errors.Is(err, remotes.ErrNotFound) && !errors.Is(err, errNoIndex) {
-			e.Events.Warn(ref + ": " + c.describe(err))
+		if !o.IncludeFailed && en.failed {
+			hit = &Result{Ref: ref, Cache: c.Name(), Digest: d.String(), Status: StatusSkipped, Reason: "the build failed: not promoted (use --include-failed)"}
+			return true, nil
 		}
+		p = pushing{ref: ref, en: en, all: all, roots: e.wanted(en)}
+		hit = &Result{Ref: ref, Cache: c.Name(), Digest: d.String()}
+		return true, nil
+	})
+	res := Result{Ref: ref}
+	switch {
+	case err != nil:
+		return []Result{failed(res, err)}
+	case hit != nil && hit.Status != "":
+		return []Result{*hit}
+	case hit == nil && len(incomplete) > 0:
+		res.Status, res.Reason = StatusFailed, "incomplete everywhere: "+strings.Join(incomplete, "; ")
+		return []Result{res}
+	case hit == nil:
+		return []Result{a.missingOrFailed(res)}
 	}
-	return "", digest.Digest{}, remotes.ErrNotFound
+	var out []Result
+	storage := filter(targets, hasStorage)
+	for _, t := range targets {
+		r := *hit
+		r.Target = t.Name()
+		if hasStorage(t) {
+			r = e.pushTo(ctx, p, t, o.PushOptions, nil, r)
+		} else {
+			readers := storage
+			if len(readers) == 0 {
+				readers = e.Storage
+			}
+			r = e.pushIndex(ctx, p, t, readers, len(storage) > 0, o.PushOptions, r)
+		}
+		if r.Status == StatusWouldPush {
+			r.Status = StatusWouldCopy
+		}
+		out = append(out, r)
+	}
+	return out
 }

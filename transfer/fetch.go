@@ -21,7 +21,6 @@ import (
 type fetcher struct {
 	store  *cache.Store
 	caches []*Cache
-	jobs   int
 	strict bool
 	ev     Events
 
@@ -32,14 +31,24 @@ type fetcher struct {
 	present      atomic.Int64 // already local
 }
 
-func newFetcher(store *cache.Store, caches []*Cache, jobs int, strict bool, ev Events) *fetcher {
-	return &fetcher{store: store, caches: caches, jobs: max(jobs, 1), strict: strict, ev: ev, flights: map[digest.Digest]chan struct{}{}}
+func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events) *fetcher {
+	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, flights: map[digest.Digest]chan struct{}{}}
 }
 
-// watch counts the blobs one cache (an index hit) turned out to lack.
+// watch follows one ref's fetch: how many blobs its index hit's cache
+// turned out to lack and, with evidence, which blobs were already local
+// (they still need a storage cache to confirm them).
 type watch struct {
-	cache *Cache
-	lacks int
+	cache    *Cache
+	lacks    int
+	evidence bool
+	held     []digest.Digest
+}
+
+func (w *watch) hold(ds ...digest.Digest) {
+	if w != nil && w.evidence {
+		w.held = append(w.held, ds...)
+	}
 }
 
 // closure makes every digest under roots local and returns those no cache
@@ -60,7 +69,9 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 			}
 			if local, err := f.store.Has(d); err != nil {
 				return nil, err
-			} else if !local {
+			} else if local {
+				w.hold(d)
+			} else {
 				// The key is the digest of these very bytes.
 				if err := f.store.PutVerified(d, data); err != nil {
 					return nil, err
@@ -133,10 +144,12 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[diges
 
 // fetch makes the given blobs local and returns those no cache had.
 func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]digest.Digest, error) {
-	need, err := f.notLocal(ds, true)
+	need, held, err := f.notLocal(ds)
 	if err != nil {
 		return nil, err
 	}
+	f.present.Add(int64(len(held)))
+	w.hold(held...)
 	for _, c := range f.caches {
 		if len(need) == 0 {
 			break
@@ -165,18 +178,17 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 				f.ev.Warn(c.describe(err))
 			}
 		}
-		if need, err = f.notLocal(need, false); err != nil {
+		if need, _, err = f.notLocal(need); err != nil {
 			return nil, err
 		}
 	}
 	return need, nil
 }
 
-// notLocal filters ds down to blobs the store lacks, each once, counting
-// those already present when count is set. The empty blob is always
-// written locally: servers need not hold it.
-func (f *fetcher) notLocal(ds []digest.Digest, count bool) ([]digest.Digest, error) {
-	var out []digest.Digest
+// notLocal splits ds into blobs the store lacks and blobs it holds, each
+// once. The empty blob is always written locally: servers need not hold
+// it.
+func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err error) {
 	seen := map[digest.Digest]bool{}
 	for _, d := range ds {
 		if seen[d] {
@@ -185,22 +197,20 @@ func (f *fetcher) notLocal(ds []digest.Digest, count bool) ([]digest.Digest, err
 		seen[d] = true
 		ok, err := f.store.Has(d)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		switch {
 		case ok:
-			if count {
-				f.present.Add(1)
-			}
+			held = append(held, d)
 		case d.Size == 0:
 			if err := f.store.PutBytes(d, nil); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		default:
-			out = append(out, d)
+			need = append(need, d)
 		}
 	}
-	return out, nil
+	return need, held, nil
 }
 
 // fetchFrom downloads from one cache whichever of need it has: small blobs
@@ -211,7 +221,9 @@ func (f *fetcher) notLocal(ds []digest.Digest, count bool) ([]digest.Digest, err
 func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, need []digest.Digest) (int, error) {
 	var lacks atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(f.jobs)
+	// Requests in flight are bounded by the cache's max-concurrency inside
+	// remotes; this bounds the goroutines waiting for a slot.
+	g.SetLimit(max(c.Config.MaxConcurrency, 1))
 	var mine []digest.Digest
 	for _, d := range need {
 		ok, wait := f.claim(d)
@@ -219,12 +231,21 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, ne
 			mine = append(mine, d)
 			continue
 		}
+		// Another ref is fetching d, maybe from another cache. Once it
+		// is done, d is local, or that cache lacked it and this one is
+		// asked: the waiter claims it again.
 		g.Go(func() error {
 			select {
 			case <-wait:
 			case <-gctx.Done():
+				return nil
 			}
-			return nil
+			if ok, err := f.store.Has(d); err != nil || ok {
+				return err
+			}
+			n, err := f.fetchFrom(gctx, c, r, []digest.Digest{d})
+			lacks.Add(int64(n))
+			return err
 		})
 	}
 	batches, streamed := r.Plan(mine)

@@ -39,6 +39,25 @@ func KindFor(f config.Format, k cache.Kind) (Kind, error) {
 	return 0, fmt.Errorf("format %s has no %s refs", f, k)
 }
 
+// other is the same kind of ref in the other artifact format, if any.
+func (k Kind) other() (Kind, bool) {
+	switch k {
+	case Bst1Artifact:
+		return Bst2Artifact, true
+	case Bst2Artifact:
+		return Bst1Artifact, true
+	}
+	return 0, false
+}
+
+// format names the configuration's format for k.
+func (k Kind) format() string {
+	if k == Bst1Artifact {
+		return string(config.FormatBst1)
+	}
+	return string(config.FormatBst2)
+}
+
 // StoreKind is where the local store keeps refs of this kind.
 func (k Kind) StoreKind() cache.Kind {
 	if k == Bst2Source {
@@ -89,6 +108,8 @@ type entry struct {
 	optional cache.Roots
 	// failed is set for a bst2 artifact whose build did not succeed.
 	failed bool
+	// virtual: the proto blob is only in the ref file (a read-only store).
+	virtual bool
 }
 
 // entryFor turns what an index named into an entry; for bst2 the proto
@@ -136,9 +157,13 @@ func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
 		return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
 	}
 	// BuildStream 2 keeps the proto as the ref file only; the closure (and
-	// a push) needs it as a blob too.
+	// a push) needs it as a blob too. A read-only run knows it from the
+	// ref file.
 	if ok, err := s.Has(e.digest); err != nil {
 		return entry{}, err
+	} else if !ok && s.ReadOnly() {
+		e.roots.Blobs = e.roots.Blobs[:len(e.roots.Blobs)-1]
+		e.virtual = true
 	} else if !ok {
 		if err := s.PutBytes(e.digest, data); err != nil {
 			return entry{}, err

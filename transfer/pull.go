@@ -2,7 +2,6 @@ package transfer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/cache"
-	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // Status is how a ref ended.
@@ -20,10 +18,17 @@ type Status string
 // The statuses.
 const (
 	StatusDone     Status = "done"     // moved
-	StatusSkipped  Status = "skipped"  // nothing to move
-	StatusMissing  Status = "missing"  // in no cache
-	StatusFailed   Status = "failed"   // an error, or incomplete everywhere
+	StatusSkipped  Status = "skipped"  // nothing to move: already complete where it goes
+	StatusRepaired Status = "repaired" // the target named it but lacked blobs, now sent
+	StatusMissing  Status = "missing"  // every cache that could hold it answered that it does not
+	StatusFailed   Status = "failed"   // an error, a cache that could not be asked, or incomplete everywhere
 	StatusConflict Status = "conflict" // a target names another digest
+
+	// Dry runs say what would happen; nothing moves.
+	StatusWouldPull   Status = "would-pull"
+	StatusWouldPush   Status = "would-push"
+	StatusWouldCopy   Status = "would-copy"
+	StatusWouldRepair Status = "would-repair"
 )
 
 // Result is one ref's outcome.
@@ -35,6 +40,10 @@ type Result struct {
 	Target string `json:"target,omitempty"`
 	Digest string `json:"digest,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Blobs and Bytes are what a dry run would move for this ref (after
+	// de-duplication against where it goes).
+	Blobs int64 `json:"blobs,omitempty"`
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // Engine runs transfers for one invocation.
@@ -42,7 +51,12 @@ type Engine struct {
 	Store  *cache.Store
 	Kind   Kind
 	Caches []*Cache
-	// Jobs bounds refs and blob transfers in flight.
+	// Storage are the storage caches readers of an index use, for when
+	// the caches at hand have none: copy's index-only sources take blobs
+	// from them, push confirms index-only targets' blobs on them.
+	Storage []*Cache
+	// Jobs bounds refs in flight; blob requests to each cache are bounded
+	// by its max-concurrency.
 	Jobs int
 	// Strict turns any cache error into a failure.
 	Strict bool
@@ -53,15 +67,27 @@ type Engine struct {
 
 // Stats are the totals of a run.
 type Stats struct {
-	Blobs        int64   `json:"blobs_transferred"`
-	Bytes        int64   `json:"bytes_transferred"`
-	BlobsPresent int64   `json:"blobs_present"`
-	Seconds      float64 `json:"seconds"`
+	Blobs        int64 `json:"blobs_transferred"`
+	Bytes        int64 `json:"bytes_transferred"`
+	BlobsPresent int64 `json:"blobs_present"`
+	// WouldBlobs and WouldBytes are what a dry run would move.
+	WouldBlobs int64   `json:"blobs_would_transfer"`
+	WouldBytes int64   `json:"bytes_would_transfer"`
+	Seconds    float64 `json:"seconds"`
 }
 
 // hasIndex and hasStorage pick caches by configured type.
 func hasIndex(c *Cache) bool   { return c.Config.Type.HasIndex() }
 func hasStorage(c *Cache) bool { return c.Config.Type.HasStorage() }
+
+// storage is where blobs come from: the storage caches at hand, else the
+// readers' storage caches.
+func (e *Engine) storage() []*Cache {
+	if s := filter(e.Caches, hasStorage); len(s) > 0 {
+		return s
+	}
+	return e.Storage
+}
 
 func filter(cs []*Cache, keep func(*Cache) bool) []*Cache {
 	var out []*Cache
@@ -73,114 +99,200 @@ func filter(cs []*Cache, keep func(*Cache) bool) []*Cache {
 	return out
 }
 
+// PullOptions tune Pull.
+type PullOptions struct {
+	// DryRun resolves refs and sizes their trees (Directories are read,
+	// nothing is stored) and reports what would move.
+	DryRun bool
+	// Evidence makes the caches the only evidence (copy): a ref is
+	// resolved there even when it is local, and blobs held locally count
+	// only once a storage cache confirms it has them.
+	Evidence bool
+}
+
 // Pull fetches each ref from the caches into the local store, refs
 // concurrently, and reports each result through Events and in the slice
 // (in the order of refs).
-func (e *Engine) Pull(ctx context.Context, refs []string) ([]Result, Stats) {
-	return e.pull(ctx, refs, func(int, Result) {})
+func (e *Engine) Pull(ctx context.Context, refs []string, o PullOptions) ([]Result, Stats) {
+	return e.pull(ctx, refs, o, func(int, Result) {})
 }
 
 // pull is Pull calling then with each ref's index and result as soon as
 // that ref is done, in the goroutine that pulled it.
-func (e *Engine) pull(ctx context.Context, refs []string, then func(int, Result)) ([]Result, Stats) {
+func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions, then func(int, Result)) ([]Result, Stats) {
 	start := time.Now()
-	f := newFetcher(e.Store, filter(e.Caches, hasStorage), e.Jobs, e.Strict, e.Events)
+	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events)
 	results := make([]Result, len(refs))
 	var g errgroup.Group
 	g.SetLimit(max(e.Jobs, 1))
 	for i, ref := range refs {
 		g.Go(func() error {
-			results[i] = e.pullOne(ctx, f, ref)
+			if o.DryRun {
+				results[i] = e.pullDryRun(ctx, ref)
+			} else {
+				results[i] = e.pullOne(ctx, f, ref, o.Evidence)
+			}
 			e.Events.ref(results[i])
 			then(i, results[i])
 			return nil
 		})
 	}
 	g.Wait()
-	return results, Stats{Blobs: f.blobs.Load(), Bytes: f.bytes.Load(), BlobsPresent: f.present.Load(), Seconds: time.Since(start).Seconds()}
+	st := Stats{Blobs: f.blobs.Load(), Bytes: f.bytes.Load(), BlobsPresent: f.present.Load(), Seconds: time.Since(start).Seconds()}
+	for _, r := range results {
+		st.WouldBlobs += r.Blobs
+		st.WouldBytes += r.Bytes
+	}
+	return results, st
 }
 
 // complete says whether the local store holds e's whole closure.
 func (e *Engine) complete(en entry) (bool, error) {
+	_, missing, err := e.Store.ClosureOf(e.wanted(en))
+	return err == nil && len(missing) == 0, err
+}
+
+// wanted is what moving en takes: its required roots, and its optional
+// trees with --with-buildtrees.
+func (e *Engine) wanted(en entry) cache.Roots {
 	roots := en.roots
 	if e.WithBuildtrees {
 		roots.Add(en.optional)
 	}
-	_, missing, err := e.Store.ClosureOf(roots)
-	return err == nil && len(missing) == 0, err
+	return roots
+}
+
+// localHit reports a ref the local store already holds complete.
+func (e *Engine) localHit(ref string) (Result, bool) {
+	en, err := e.Kind.localEntry(e.Store, ref)
+	if err != nil {
+		return Result{}, false
+	}
+	if ok, _ := e.complete(en); !ok {
+		return Result{}, false
+	}
+	return Result{Ref: ref, Status: StatusSkipped, Cache: "local", Digest: en.digest.String(), Reason: "already in the local store"}, true
 }
 
 // pullOne walks the index caches for ref and fetches the first hit whose
 // closure some storage cache completes. The local ref is written last.
-func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string) Result {
-	res := Result{Ref: ref}
-	if en, err := e.Kind.localEntry(e.Store, ref); err == nil {
-		if ok, _ := e.complete(en); ok {
-			res.Status, res.Cache, res.Digest, res.Reason = StatusSkipped, "local", en.digest.String(), "already in the local store"
+func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence bool) Result {
+	if !evidence {
+		if res, ok := e.localHit(ref); ok {
 			return res
 		}
 	}
+	res := Result{Ref: ref}
 	var incomplete []string
-	seen := map[digest.Digest]bool{}
-	for _, c := range filter(e.Caches, hasIndex) {
-		r, err := c.connect(ctx, e.Events)
-		if err != nil {
-			if e.Strict {
-				return failed(res, err)
-			}
-			continue
-		}
-		d, err := e.Kind.lookup(ctx, r, c.caps, ref)
-		switch {
-		case errors.Is(err, remotes.ErrNotFound), errors.Is(err, errNoIndex):
-			continue
-		case err != nil:
-			if ctx.Err() != nil {
-				return failed(res, ctx.Err())
-			}
-			if e.Strict {
-				return failed(res, err)
-			}
-			if fatal(err) {
-				c.kill(err, e.Events)
-			} else {
-				e.Events.Warn(ref + ": " + c.describe(err))
-			}
-			continue
-		}
-		if seen[d] {
-			continue // a digest already found incomplete
-		}
-		seen[d] = true
-		w := &watch{cache: c}
+	a, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
+		w := &watch{cache: c, evidence: evidence}
 		missing, err := e.materialize(ctx, f, ref, d, w)
 		if err != nil {
-			if ctx.Err() != nil {
-				return failed(res, ctx.Err())
-			}
-			return failed(res, err)
+			return true, err
 		}
 		if w.lacks > 0 && hasStorage(c) {
 			e.Events.Warn(fmt.Sprintf("%s: cache %s (%s) names it but lacks %d of its blobs", ref, c.Name(), c.Config.URL, w.lacks))
 		}
 		if len(missing) == 0 {
 			res.Status, res.Cache, res.Digest = StatusDone, c.Name(), d.String()
-			return res
+			return true, nil
 		}
 		reason := fmt.Sprintf("%s names %s but %d blobs are in no storage cache (e.g. %s)", c.Name(), d, len(missing), missing[0])
 		e.Events.Warn(fmt.Sprintf("%s: incomplete: %s", ref, reason))
 		incomplete = append(incomplete, reason)
-	}
-	if len(incomplete) > 0 {
-		res.Status, res.Reason = StatusFailed, "incomplete everywhere: "+strings.Join(incomplete, "; ")
+		return false, nil
+	})
+	return settle(res, a, err, incomplete)
+}
+
+// pullDryRun resolves ref and sizes what a pull would move: the blobs of
+// the first complete hit that the local store lacks.
+func (e *Engine) pullDryRun(ctx context.Context, ref string) Result {
+	if res, ok := e.localHit(ref); ok {
 		return res
 	}
-	res.Status, res.Reason = StatusMissing, "in no cache"
-	return res
+	res := Result{Ref: ref}
+	var incomplete []string
+	a, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
+		need, missing, err := e.surveyHit(ctx, d)
+		if err != nil {
+			return true, err
+		}
+		if len(missing) > 0 {
+			incomplete = append(incomplete, fmt.Sprintf("%s names %s but %d blobs are in no storage cache (e.g. %s)", c.Name(), d, len(missing), missing[0]))
+			return false, nil
+		}
+		res.Status, res.Cache, res.Digest = StatusWouldPull, c.Name(), d.String()
+		res.Blobs, res.Bytes = int64(len(need)), sizeOf(need)
+		res.Reason = fmt.Sprintf("would pull %d blobs (%d bytes)", res.Blobs, res.Bytes)
+		return true, nil
+	})
+	return settle(res, a, err, incomplete)
+}
+
+// settle ends a ref after the index walk: an error fails it, a hit stands,
+// hits incomplete everywhere fail it, and otherwise it is missing or
+// failed by how the caches answered.
+func settle(res Result, a *answers, err error, incomplete []string) Result {
+	switch {
+	case err != nil:
+		return failed(res, err)
+	case res.Status != "":
+		return res
+	case len(incomplete) > 0:
+		res.Status, res.Reason = StatusFailed, "incomplete everywhere: "+strings.Join(incomplete, "; ")
+		if !a.complete() {
+			res.Reason += "; " + a.reason()
+		}
+		return res
+	}
+	return a.missingOrFailed(res)
+}
+
+// surveyHit sizes what an index hit names without storing anything:
+// need is what the local store lacks, missing what no storage cache has
+// of it.
+func (e *Engine) surveyHit(ctx context.Context, d digest.Digest) (need, missing []digest.Digest, err error) {
+	en, err := e.remoteEntry(ctx, d)
+	if err != nil {
+		return nil, nil, err
+	}
+	all, gone, err := e.survey(ctx, e.storage(), e.wanted(en))
+	if err != nil {
+		return nil, nil, err
+	}
+	if need, err = e.Store.Missing(nonEmpty(all)); err != nil {
+		return nil, nil, err
+	}
+	// Only what must move has to be somewhere.
+	needed := setOf(need)
+	for _, m := range gone {
+		if needed[m] {
+			missing = append(missing, m)
+		}
+	}
+	return need, missing, nil
+}
+
+// remoteEntry is what an index hit names, reading a bst2 proto from the
+// local store or the first storage cache that has it (nothing is stored).
+func (e *Engine) remoteEntry(ctx context.Context, d digest.Digest) (entry, error) {
+	if e.Kind == Bst1Artifact {
+		return e.Kind.entryFor(d, nil)
+	}
+	data, err := e.Store.ReadBlob(d)
+	if err != nil {
+		if data, err = readFirst(ctx, e, e.storage(), d); err != nil {
+			return entry{}, err
+		}
+	}
+	return e.Kind.entryFor(d, data)
 }
 
 // materialize fetches what an index hit names and writes the local ref
-// once all of it is local. It returns the blobs no cache had.
+// once all of it is local. It returns the blobs no cache had. With
+// w.evidence, blobs that were already local must be confirmed on the
+// storage caches too.
 func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d digest.Digest, w *watch) ([]digest.Digest, error) {
 	var protoData []byte
 	if e.Kind != Bst1Artifact {
@@ -196,13 +308,14 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d dige
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
-	roots := en.roots
-	if e.WithBuildtrees {
-		roots.Add(en.optional)
-	}
-	missing, err := f.closure(ctx, roots, w)
+	missing, err := f.closure(ctx, e.wanted(en), w)
 	if err != nil || len(missing) > 0 {
 		return missing, err
+	}
+	if w.evidence {
+		if missing, err = e.confirm(ctx, f.caches, w.held); err != nil || len(missing) > 0 {
+			return missing, err
+		}
 	}
 	return nil, e.Store.SetRef(e.Kind.StoreKind(), ref, en.content)
 }

@@ -18,11 +18,9 @@ import (
 // PushOptions tune Push.
 type PushOptions struct {
 	// Force uploads and rewrites the index even when the target already
-	// names the same digest, and overwrites a different one.
+	// names the same digest, and overwrites a different one. Without it a
+	// target that names a different digest is left alone (a conflict).
 	Force bool
-	// NoClobber leaves a target that names a different digest alone and
-	// reports a conflict (copy's promotion rule).
-	NoClobber bool
 	// DryRun reports what would move and changes nothing.
 	DryRun bool
 }
@@ -37,32 +35,62 @@ type pushStats struct {
 func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o PushOptions) ([]Result, Stats) {
 	start := time.Now()
 	var st pushStats
-	results := make([]Result, len(refs)*len(targets))
+	results := make([][]Result, len(refs))
 	var g errgroup.Group
 	g.SetLimit(max(e.Jobs, 1))
 	for i, ref := range refs {
-		for j, t := range targets {
-			g.Go(func() error {
-				r := e.pushOne(ctx, ref, t, o, &st)
-				results[i*len(targets)+j] = r
+		g.Go(func() error {
+			results[i] = e.pushRef(ctx, ref, targets, o, &st)
+			for _, r := range results[i] {
 				e.Events.ref(r)
-				return nil
-			})
-		}
+			}
+			return nil
+		})
 	}
 	g.Wait()
-	return results, Stats{Blobs: st.blobs.Load(), Bytes: st.bytes.Load(), BlobsPresent: st.present.Load(), Seconds: time.Since(start).Seconds()}
+	return flatten(results), st.stats(start, results)
+}
+
+func (st *pushStats) stats(start time.Time, results [][]Result) Stats {
+	out := Stats{Blobs: st.blobs.Load(), Bytes: st.bytes.Load(), BlobsPresent: st.present.Load(), Seconds: time.Since(start).Seconds()}
+	for _, rs := range results {
+		for _, r := range rs {
+			out.WouldBlobs += r.Blobs
+			out.WouldBytes += r.Bytes
+		}
+	}
+	return out
+}
+
+func flatten(rss [][]Result) []Result {
+	var out []Result
+	for _, rs := range rss {
+		out = append(out, rs...)
+	}
+	return out
+}
+
+// pushing is one ref on its way to the targets: its local entry, every
+// blob it sends and the roots its index entry names.
+type pushing struct {
+	ref   string
+	en    entry
+	all   []digest.Digest
+	roots cache.Roots
 }
 
 // pushRoots is what pushing en sends: everything required, plus optional
 // trees wholly present locally (BuildStream pushes a buildtree it has).
-func (e *Engine) pushRoots(ref string, en entry) (all []digest.Digest, roots cache.Roots, err error) {
+func (e *Engine) pushRoots(en entry) (all []digest.Digest, roots cache.Roots, err error) {
 	all, missing, err := e.Store.ClosureOf(en.roots)
 	if err != nil {
 		return nil, roots, err
 	}
 	if len(missing) > 0 {
 		return nil, roots, fmt.Errorf("the local closure is incomplete: %d blobs missing (e.g. %s)", len(missing), missing[0])
+	}
+	if en.virtual {
+		all = append(all, en.digest)
 	}
 	roots = en.roots
 	seen := setOf(all)
@@ -82,76 +110,174 @@ func (e *Engine) pushRoots(ref string, en entry) (all []digest.Digest, roots cac
 	return all, roots, nil
 }
 
-func (e *Engine) pushOne(ctx context.Context, ref string, t *Cache, o PushOptions, st *pushStats) Result {
-	res := Result{Ref: ref, Target: t.Name()}
+// pushRef sends one local ref to every target. Storage comes before any
+// index: targets with storage first (each writes its own index only after
+// its upload), then index-only targets, whose entry is written only once
+// every blob is confirmed on the storage their readers use.
+func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, st *pushStats) []Result {
+	out := make([]Result, len(targets))
+	for j, t := range targets {
+		out[j] = Result{Ref: ref, Target: t.Name()}
+	}
+	p := pushing{ref: ref}
 	en, err := e.Kind.localEntry(e.Store, ref)
-	if errors.Is(err, cache.ErrNotFound) {
-		res.Status, res.Reason = StatusMissing, "not in the local store"
-		return res
+	if err == nil {
+		p.en = en
+		p.all, p.roots, err = e.pushRoots(en)
 	}
 	if err != nil {
-		return failed(res, err)
+		for j := range out {
+			if errors.Is(err, cache.ErrNotFound) {
+				out[j].Status, out[j].Reason = StatusMissing, "not in the local store"
+			} else {
+				out[j] = failed(out[j], err)
+			}
+		}
+		return out
 	}
-	res.Digest = en.digest.String()
-	all, roots, err := e.pushRoots(ref, en)
-	if err != nil {
-		return failed(res, err)
+	storage := filter(targets, hasStorage)
+	for j, t := range targets {
+		out[j].Digest = en.digest.String()
+		if hasStorage(t) {
+			out[j] = e.pushTo(ctx, p, t, o, st, out[j])
+		}
 	}
+	readers := storage
+	if len(readers) == 0 {
+		readers = e.Storage
+	}
+	for j, t := range targets {
+		if !hasStorage(t) {
+			// A dry run sent nothing to the storage targets; they would
+			// hold the blobs once it ran.
+			uploaded := o.DryRun && len(storage) > 0
+			out[j] = e.pushIndex(ctx, p, t, readers, uploaded, o, out[j])
+		}
+	}
+	return out
+}
+
+// indexState asks a target's index what it names for the ref: the same
+// digest, another one (a conflict unless forced) or nothing.
+func (e *Engine) indexState(ctx context.Context, r *remotes.Remote, t *Cache, p pushing, o PushOptions, res Result) (same bool, done *Result) {
+	d, err := e.Kind.lookup(ctx, r, t.caps, p.ref)
+	switch {
+	case err == nil && d == p.en.digest:
+		return !o.Force, nil
+	case err == nil && !o.Force:
+		res.Status, res.Reason = StatusConflict, fmt.Sprintf("the target names %s, not %s (use --force to overwrite)", d, p.en.digest)
+		return false, &res
+	case err != nil && !errors.Is(err, remotes.ErrNotFound):
+		res = failed(res, err)
+		return false, &res
+	}
+	return false, nil
+}
+
+// pushTo sends a ref to a target with storage: only the blobs it lacks,
+// then its index entry (when it has an index). A dry run only asks (st may
+// be nil). A target whose index names
+// the same digest is skipped only when it holds every blob; otherwise the
+// missing blobs go and the ref is reported repaired.
+func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions, st *pushStats, res Result) Result {
 	r, err := t.connect(ctx, e.Events)
 	if err != nil {
 		return failed(res, err)
 	}
-	index := t.Config.Type.HasIndex()
-	if index {
-		d, err := e.Kind.lookup(ctx, r, t.caps, ref)
-		switch {
-		case err == nil && d == en.digest && !o.Force:
-			res.Status, res.Reason = StatusSkipped, "the target already has it"
-			return res
-		case err == nil && d != en.digest && o.NoClobber && !o.Force:
-			res.Status, res.Reason = StatusConflict, fmt.Sprintf("the target names %s, not %s (use --force to overwrite)", d, en.digest)
-			return res
-		case err != nil && !errors.Is(err, remotes.ErrNotFound):
-			return failed(res, err)
+	same := false
+	if hasIndex(t) {
+		var done *Result
+		if same, done = e.indexState(ctx, r, t, p, o, res); done != nil {
+			return *done
 		}
 	}
-	if t.Config.Type.HasStorage() {
-		if o.DryRun {
-			missing, err := r.FindMissing(ctx, all)
-			if err != nil {
-				return failed(res, err)
-			}
-			var bytes int64
-			for _, d := range missing {
-				bytes += d.Size
-			}
-			st.blobs.Add(int64(len(missing)))
-			st.bytes.Add(bytes)
-			st.present.Add(int64(len(all) - len(missing)))
-			res.Status, res.Reason = StatusDone, fmt.Sprintf("dry run: would upload %d blobs (%d bytes)", len(missing), bytes)
-			return res
-		}
-		open := func(d digest.Digest) (io.ReadCloser, error) { return e.Store.Open(d) }
-		moved, bytes, err := r.Upload(ctx, all, open, e.Jobs)
+	if o.DryRun {
+		missing, err := r.FindMissing(ctx, p.all)
 		if err != nil {
-			if fatal(err) {
-				t.kill(err, e.Events)
-			}
 			return failed(res, err)
 		}
-		st.blobs.Add(int64(len(moved)))
-		st.bytes.Add(bytes)
-		st.present.Add(int64(len(all) - len(moved)))
-		e.Events.bytes(bytes)
-	} else if o.DryRun {
-		res.Status, res.Reason = StatusDone, "dry run: would write the index"
+		return wouldMove(res, same, StatusWouldPush, missing)
+	}
+	open := func(d digest.Digest) (io.ReadCloser, error) { return e.Store.Open(d) }
+	moved, bytes, err := r.Upload(ctx, p.all, open, t.Config.MaxConcurrency)
+	if err != nil {
+		if fatal(err) {
+			t.kill(err, e.Events)
+		}
+		return failed(res, err)
+	}
+	st.blobs.Add(int64(len(moved)))
+	st.bytes.Add(bytes)
+	st.present.Add(int64(len(p.all) - len(moved)))
+	e.Events.bytes(bytes)
+	if len(moved) == 0 && (same || !hasIndex(t)) {
+		res.Status, res.Reason = StatusSkipped, "the target already has it"
 		return res
 	}
-	if index {
-		if err := e.Kind.writeIndex(ctx, r, t.caps, ref, en, roots); err != nil {
+	if hasIndex(t) {
+		// A repair rewrites the entry too: a bst2 entry then names the
+		// trees just added.
+		if err := e.Kind.writeIndex(ctx, r, t.caps, p.ref, p.en, p.roots); err != nil {
 			return failed(res, err)
 		}
 	}
 	res.Status = StatusDone
+	if same {
+		res.Status, res.Reason = StatusRepaired, fmt.Sprintf("the target named it but lacked %d blobs (%d bytes), now sent", len(moved), bytes)
+	}
+	return res
+}
+
+// wouldMove is a dry run's verdict for a target that lacks missing.
+func wouldMove(res Result, same bool, status Status, missing []digest.Digest) Result {
+	missing = nonEmpty(missing)
+	res.Blobs, res.Bytes = int64(len(missing)), sizeOf(missing)
+	switch {
+	case same && len(missing) == 0:
+		res.Status, res.Reason = StatusSkipped, "the target already has it"
+	case same:
+		res.Status, res.Reason = StatusWouldRepair, fmt.Sprintf("the target names it but lacks %d blobs (%d bytes)", res.Blobs, res.Bytes)
+	default:
+		res.Status, res.Reason = status, fmt.Sprintf("would send %d blobs (%d bytes)", res.Blobs, res.Bytes)
+	}
+	return res
+}
+
+// pushIndex writes a ref to an index-only target once every blob it names
+// is confirmed on readers, the storage the target's readers use.
+func (e *Engine) pushIndex(ctx context.Context, p pushing, t *Cache, readers []*Cache, uploaded bool, o PushOptions, res Result) Result {
+	r, err := t.connect(ctx, e.Events)
+	if err != nil {
+		return failed(res, err)
+	}
+	same, done := e.indexState(ctx, r, t, p, o, res)
+	if done != nil {
+		return *done
+	}
+	if uploaded {
+		res.Status, res.Reason = StatusWouldPush, "would write the index entry once the storage targets hold the blobs"
+		return res
+	}
+	if len(readers) == 0 {
+		return failed(res, fmt.Errorf("index-only target %s: no storage cache is configured or targeted to hold the blobs its entry names", t.Name()))
+	}
+	missing, err := e.confirm(ctx, readers, p.all)
+	if err != nil {
+		return failed(res, fmt.Errorf("cannot confirm the blobs on %s, index entry not written: %w", names(readers), err))
+	}
+	if len(missing) > 0 {
+		return failed(res, fmt.Errorf("%d blobs (e.g. %s) are on no storage cache readers of %s use (%s): index entry not written", len(missing), missing[0], t.Name(), names(readers)))
+	}
+	switch {
+	case same:
+		res.Status, res.Reason = StatusSkipped, "the target already has it"
+	case o.DryRun:
+		res.Status, res.Reason = StatusWouldPush, "would write the index entry"
+	default:
+		if err := e.Kind.writeIndex(ctx, r, t.caps, p.ref, p.en, p.roots); err != nil {
+			return failed(res, err)
+		}
+		res.Status = StatusDone
+	}
 	return res
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -33,7 +32,11 @@ type CacheState struct {
 
 // Location is where one ref is, cache by cache in priority order.
 type Location struct {
-	Ref    string       `json:"ref"`
+	Ref string `json:"ref"`
+	// Status sums it up: present when some cache holds it complete,
+	// missing when every cache answered and none does, failed when a
+	// cache could not be asked and none holds it complete.
+	Status string       `json:"status"`
 	Caches []CacheState `json:"caches"`
 	// Note is set when caches name different digests for the ref.
 	Note string `json:"note,omitempty"`
@@ -56,6 +59,7 @@ func (e *Engine) Which(ctx context.Context, refs []string) []Location {
 	}
 	g.Wait()
 	for i := range out {
+		out[i].Status = verdict(out[i].Caches)
 		digests := map[string][]string{}
 		var order []string
 		for _, s := range out[i].Caches {
@@ -78,9 +82,29 @@ func (e *Engine) Which(ctx context.Context, refs []string) []Location {
 	return out
 }
 
+// The sums of a Location.
+const (
+	Present = "present"
+	Missing = "missing"
+	Failed  = "failed"
+)
+
+func verdict(states []CacheState) string {
+	v := Missing
+	for _, s := range states {
+		switch s.Status {
+		case WherePresent:
+			return Present
+		case WhereError:
+			v = Failed
+		}
+	}
+	return v
+}
+
 func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 	st := CacheState{Name: c.Name()}
-	if !c.Config.Type.HasIndex() {
+	if !hasIndex(c) {
 		st.Status = WhereNoIndex
 		return st
 	}
@@ -94,20 +118,27 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 	}
 	d, err := e.Kind.lookup(ctx, r, c.caps, ref)
 	switch {
-	case errors.Is(err, remotes.ErrNotFound):
+	case errors.Is(err, remotes.ErrNotFound), assetRefusal(err):
 		st.Status = WhereAbsent
+		return st
+	case errors.Is(err, errNoIndex):
+		st.Status, st.Error = WhereNoIndex, fmt.Sprintf("no index for %s refs", e.Kind.format())
 		return st
 	case err != nil:
 		return errState(err)
 	}
 	st.Digest = d.String()
-	st.Status = WherePresent
-	if !c.Config.Type.HasStorage() {
-		return st
+	// An index hit counts only with its closure on the storage its
+	// readers use: the cache's own, or the storage caches for an
+	// index-only cache.
+	storage := []*Cache{c}
+	if !hasStorage(c) {
+		storage = e.storage()
 	}
 	var protoData []byte
 	if e.Kind != Bst1Artifact {
-		if protoData, err = readSmall(ctx, r, d); errors.Is(err, remotes.ErrNotFound) {
+		protoData, err = readFirst(ctx, e, storage, d)
+		if errors.Is(err, remotes.ErrNotFound) {
 			st.Status, st.Missing = WhereIncomplete, 1
 			return st
 		} else if err != nil {
@@ -118,14 +149,31 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 	if err != nil {
 		return errState(err)
 	}
-	n, err := remoteMissing(ctx, r, en.roots)
+	_, missing, err := e.survey(ctx, storage, en.roots)
 	if err != nil {
 		return errState(err)
 	}
-	if n > 0 {
-		st.Status, st.Missing = WhereIncomplete, n
+	st.Status = WherePresent
+	if len(missing) > 0 {
+		st.Status, st.Missing = WhereIncomplete, len(missing)
 	}
 	return st
+}
+
+// readFirst reads a small blob from the first of caches that has it.
+func readFirst(ctx context.Context, e *Engine, caches []*Cache, d digest.Digest) ([]byte, error) {
+	for _, c := range caches {
+		r, err := c.connect(ctx, Events{})
+		if err != nil {
+			continue
+		}
+		data, err := readSmall(ctx, r, d)
+		if errors.Is(err, remotes.ErrNotFound) {
+			continue
+		}
+		return data, err
+	}
+	return nil, fmt.Errorf("blob %s: %w", d, remotes.ErrNotFound)
 }
 
 // readSmall reads one blob into memory, verified.
@@ -148,43 +196,4 @@ func readSmall(ctx context.Context, r *remotes.Remote, d digest.Digest) ([]byte,
 		return nil, fmt.Errorf("blob %s: %w", d, remotes.ErrCorrupt)
 	}
 	return buf.Bytes(), nil
-}
-
-// remoteMissing counts the blobs under roots that a cache lacks, reading
-// Directories from the cache itself (nothing is stored locally).
-func remoteMissing(ctx context.Context, r *remotes.Remote, roots cache.Roots) (int, error) {
-	count := 0
-	t := newWalk(roots)
-	for level := t.nextLevel(); len(level) > 0; level = t.nextLevel() {
-		missing, err := r.FindMissing(ctx, level)
-		if err != nil {
-			return 0, err
-		}
-		count += len(missing)
-		gone := setOf(missing)
-		for _, d := range level {
-			if gone[d] {
-				continue
-			}
-			data, err := readSmall(ctx, r, d)
-			if err != nil {
-				return 0, err
-			}
-			if err := t.add(d, data); err != nil {
-				return 0, err
-			}
-		}
-	}
-	// remotes.FindMissing splits large queries; the empty blob counts as
-	// always present.
-	missing, err := r.FindMissing(ctx, t.files)
-	if err != nil {
-		return 0, err
-	}
-	for _, d := range missing {
-		if d.Size > 0 {
-			count++
-		}
-	}
-	return count, nil
 }

@@ -27,6 +27,11 @@ type ProxyFaults struct {
 	Hide map[string]bool
 	// Corrupt: the blob's bytes are altered on the way out.
 	Corrupt map[string]bool
+	// Route sends methods whose full name starts with a key to the
+	// address it maps to instead of the backend, as a Buildbarn frontend
+	// sends Remote Asset calls to bb_remote_asset and CAS calls to
+	// bb_storage.
+	Route map[string]string
 }
 
 // rawCodec passes messages through as bytes.
@@ -51,7 +56,15 @@ func StartProxy(t testing.TB, backend string, faults ProxyFaults) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{cc: cc, faults: faults}
+	p := &proxy{cc: cc, faults: faults, routes: map[string]*grpc.ClientConn{}}
+	for prefix, addr := range faults.Route {
+		rc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.routes[prefix] = rc
+		t.Cleanup(func() { rc.Close() })
+	}
 	s := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}), grpc.UnknownServiceHandler(p.handle))
 	go s.Serve(l)
 	t.Cleanup(func() { s.Stop(); cc.Close() })
@@ -61,6 +74,17 @@ func StartProxy(t testing.TB, backend string, faults ProxyFaults) string {
 type proxy struct {
 	cc     *grpc.ClientConn
 	faults ProxyFaults
+	routes map[string]*grpc.ClientConn
+}
+
+// conn is where a method goes.
+func (p *proxy) conn(method string) *grpc.ClientConn {
+	for prefix, cc := range p.routes {
+		if strings.HasPrefix(method, prefix) {
+			return cc
+		}
+	}
+	return p.cc
 }
 
 func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
@@ -68,7 +92,7 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	md, _ := metadata.FromIncomingContext(ss.Context())
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ss.Context(), md))
 	defer cancel()
-	cs, err := p.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method, grpc.ForceCodec(rawCodec{}))
+	cs, err := p.conn(method).NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method, grpc.ForceCodec(rawCodec{}))
 	if err != nil {
 		return err
 	}
