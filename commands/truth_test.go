@@ -375,3 +375,45 @@ func TestReadOnlyCommandsWriteNothing(t *testing.T) {
 		t.Errorf("bst 1.6 through serve after the read-only commands (-built +pulled):\n%s", diff)
 	}
 }
+
+// Buildbarn's bb_remote_asset without an "error" fetcher answers a URI it
+// does not hold with PERMISSION_DENIED (or UNIMPLEMENTED) after the probe
+// showed the service: a miss with one warning per cache naming the fix,
+// not a failure. The index stands for bb_remote_asset, the routing proxy
+// for the Buildbarn frontend in front of it and a CAS.
+func TestRefusedAssetFetchIsAMiss(t *testing.T) {
+	good := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	_, _, refs := builtProject(t, good)
+	for _, code := range []codes.Code{codes.PermissionDenied, codes.Unimplemented} {
+		t.Run(code.String(), func(t *testing.T) {
+			index := testenv.StartAssetIndex(t, code)
+			cas := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+			bb := testenv.StartProxy(t, cas.Addr, testenv.ProxyFaults{Route: map[string]string{"/build.bazel.remote.asset.v1.": index.Addr}})
+			cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("bb", "http://"+bb, false)+cacheTOML("good", good.URL(), false))
+			rep, stderr, code := runJSON(t, append([]string{"--config", cfg, "--local", t.TempDir(), "pull"}, refs...)...)
+			if code != 0 || rep.Counts["done"] != len(refs) {
+				t.Errorf("pull through a refusing index: exit %d, %+v\n%s", code, rep.Refs, stderr)
+			}
+			if n := strings.Count(stderr, `"error" fetcher`); n != 1 {
+				t.Errorf("want one warning naming the server-side fix, got %d:\n%s", n, stderr)
+			}
+			cfg = writeConfig(t, "format = \"bst1\"\n"+cacheTOML("bb", "http://"+bb, false))
+			rep, stderr, code = runJSON(t, "--config", cfg, "--local", t.TempDir(), "pull", refs[0])
+			if code != 3 || statuses(rep) != "missing" {
+				t.Errorf("pull from the refusing index alone: exit %d, %s; want 3, missing\n%s", code, statuses(rep), stderr)
+			}
+		})
+	}
+}
+
+// A wrong format is not a silent miss: bst2 lookups on a cache that holds
+// the ref as a BuildStream 1 artifact say how to set the format.
+func TestWrongFormatSaysSo(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	_, _, refs := builtProject(t, srv)
+	cfg := writeConfig(t, "format = \"bst2\"\n"+cacheTOML("serve", srv.URL(), false))
+	rep, stderr, code := runJSON(t, "--config", cfg, "--local", t.TempDir(), "pull", refs[0])
+	if code != 3 || statuses(rep) != "missing" || !strings.Contains(rep.Refs[0].Reason, "--format bst1") {
+		t.Errorf("bst2 pull of a bst1 ref: exit %d, %+v; want missing with a hint to use --format bst1\n%s", code, rep.Refs, stderr)
+	}
+}

@@ -1,0 +1,93 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/server"
+)
+
+// serveStore serves a fresh store holding blobs with serve's own server,
+// in this process, and returns it as a configured cache.
+func serveStore(t *testing.T, blobs ...[]byte) *Cache {
+	t.Helper()
+	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range blobs {
+		if _, err := store.Add(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := server.New(server.Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := server.NewGRPC(srv, server.GRPCOptions{})
+	go g.Serve(l)
+	t.Cleanup(func() { g.Stop(); srv.Close() })
+	addr := l.Addr().String()
+	return NewCaches([]config.Cache{{
+		Name: "serve", URL: "http://" + addr, Type: config.TypeAll, MaxConcurrency: 4,
+		Endpoint:   config.Endpoint{Target: addr},
+		Connection: config.Connection{ConnectTimeout: 5 * time.Second, RequestTimeout: 30 * time.Second, RetryDelay: 50 * time.Millisecond},
+	}})[0]
+}
+
+// A blob another ref claimed while asking a cache that lacked it is
+// fetched by the waiting ref from its own cache once the claim is
+// released, for batched and streamed blobs alike.
+func TestWaiterFetchesAfterAFailedClaim(t *testing.T) {
+	small := []byte("shared by two refs")
+	large := bytes.Repeat([]byte("large shared blob "), 1<<18) // streamed
+	c := serveStore(t, small, large)
+	defer Close([]*Cache{c})
+	local, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFetcher(local, []*Cache{c}, false, Events{})
+	want := []digest.Digest{digest.NewFromBlob(small), digest.NewFromBlob(large)}
+	for _, d := range want {
+		if mine, _ := f.claim(d); !mine {
+			t.Fatal("claim failed")
+		}
+	}
+	type result struct {
+		missing []digest.Digest
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		missing, err := f.fetch(context.Background(), want, nil)
+		done <- result{missing, err}
+	}()
+	// The other ref gives up on its cache without storing anything.
+	time.Sleep(200 * time.Millisecond)
+	f.release(want...)
+	select {
+	case r := <-done:
+		if r.err != nil || len(r.missing) > 0 {
+			t.Fatalf("fetch after the claim was released: missing %v, %v", r.missing, r.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiter never finished")
+	}
+	for _, d := range want {
+		if ok, _ := local.Has(d); !ok {
+			t.Errorf("%v was not fetched by the waiter", d)
+		}
+	}
+}
