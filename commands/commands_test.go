@@ -97,7 +97,7 @@ url = %q
 		t.Errorf("origins %q, %q", rows[0].Origin, rows[2].Origin)
 	}
 	want := map[string]map[string]any{
-		"bst1":  {"cas": true, "reference_storage": true, "remote_asset_fetch": false, "remote_asset_push": false, "get_tree": false, "push_allowed": true, "max_batch_bytes": float64(1 << 20)},
+		"bst1":  {"cas": true, "reference_storage": true, "remote_asset_fetch": false, "remote_asset_push": false, "get_tree": false, "push_allowed": "yes", "max_batch_bytes": float64(1 << 20)},
 		"bazel": {"cas": true, "get_tree": true, "reference_storage": false, "remote_asset_push": false},
 	}
 	for _, r := range rows[:2] {

@@ -25,10 +25,24 @@ type Capabilities struct {
 	RemoteAssetPush  bool     `json:"remote_asset_push"`
 	ReferenceStorage bool     `json:"reference_storage"`
 	AllowUpdates     bool     `json:"allow_updates"`
-	PushAllowed      bool     `json:"push_allowed"`
+	PushAllowed      Push     `json:"push_allowed"`
 	MaxBatchBytes    int64    `json:"max_batch_bytes"`
 	Compressors      []string `json:"compressors"`
 }
+
+// Push says whether the cache takes pushes for the configured instance.
+type Push string
+
+// The push verdicts. An empty request proves only that a service exists:
+// Buildbarn accepts empty BatchUpdateBlobs and PushDirectory probes and
+// refuses real pushes per instance. So "yes" needs the server's explicit
+// answer for the instance (ReferenceStorage's allow_updates); "no" a
+// refusal or a missing service; anything else is "unknown".
+const (
+	PushYes     Push = "yes"
+	PushNo      Push = "no"
+	PushUnknown Push = "unknown"
+)
 
 // Status of a probed cache.
 const (
@@ -121,15 +135,7 @@ func Probe(ctx context.Context, r *Remote, typ config.Type) ProbeResult {
 	}
 	caps.AllowUpdates = caps.ReferenceStorage && allow.GetAllowUpdates()
 
-	indexPush := caps.RemoteAssetPush || caps.AllowUpdates
-	switch typ {
-	case config.TypeIndex:
-		caps.PushAllowed = indexPush
-	case config.TypeStorage:
-		caps.PushAllowed = caps.BatchUpdate
-	default:
-		caps.PushAllowed = indexPush && caps.BatchUpdate
-	}
+	caps.PushAllowed = pushVerdict(caps, typ)
 
 	res.Status = StatusOK
 	if typ.HasStorage() && !caps.CAS {
@@ -138,6 +144,20 @@ func Probe(ctx context.Context, r *Remote, typ config.Type) ProbeResult {
 		res.Warning = fmt.Sprintf("type %q needs an artifact index (Remote Asset or ReferenceStorage), which the server does not offer; set type = \"storage\"", typ)
 	}
 	return res
+}
+
+// pushVerdict reads what the probe learnt about pushes for a cache type.
+func pushVerdict(caps *Capabilities, typ config.Type) Push {
+	noIndex := !caps.RemoteAssetPush && !caps.AllowUpdates
+	switch {
+	case typ.HasIndex() && noIndex, typ.HasStorage() && !caps.BatchUpdate:
+		return PushNo
+	case typ.HasIndex() && caps.AllowUpdates:
+		// ReferenceStorage answered for this instance; bst-artifact-server
+		// and serve govern CAS writes by the same switch.
+		return PushYes
+	}
+	return PushUnknown
 }
 
 // supported reads a probe answer: ok is the code that means "supported";

@@ -60,7 +60,7 @@ func TestProbeBstArtifactServer(t *testing.T) {
 		want := remotes.Capabilities{
 			CAS: true, BatchRead: true, BatchUpdate: push, GetTree: false,
 			RemoteAssetFetch: false, RemoteAssetPush: false,
-			ReferenceStorage: true, AllowUpdates: push, PushAllowed: push,
+			ReferenceStorage: true, AllowUpdates: push, PushAllowed: map[bool]remotes.Push{true: remotes.PushYes, false: remotes.PushNo}[push],
 			MaxBatchBytes: 1 << 20, Compressors: []string{},
 		}
 		if res.Status != remotes.StatusOK || res.Err != nil {
@@ -80,8 +80,8 @@ func TestProbeBazelRemote(t *testing.T) {
 		t.Fatalf("status %s, %v, %q", res.Status, res.Err, res.Warning)
 	}
 	c := res.Caps
-	if !c.CAS || !c.GetTree || !c.BatchRead || !c.BatchUpdate || c.ReferenceStorage || c.RemoteAssetPush || !c.PushAllowed {
-		t.Errorf("capabilities %+v: want CAS, GetTree and batches, no ReferenceStorage, no Remote Asset push", c)
+	if !c.CAS || !c.GetTree || !c.BatchRead || !c.BatchUpdate || c.ReferenceStorage || c.RemoteAssetPush || c.PushAllowed != remotes.PushUnknown {
+		t.Errorf("capabilities %+v: want CAS, GetTree and batches, no ReferenceStorage, no Remote Asset push, push unknown (an empty batch proves nothing)", c)
 	}
 	// As an index it cannot serve: the probe says so without failing.
 	if res := probe(t, r, config.TypeAll); res.Status != remotes.StatusOK || !strings.Contains(res.Warning, "artifact index") {
@@ -326,4 +326,17 @@ func writeToken(t *testing.T, tok string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// A Buildbarn-like frontend (Remote Asset routed to an index standing for
+// bb_remote_asset, CAS to bazel-remote) accepts the empty push probes, but
+// that proves nothing for the instance: push is "unknown", never "yes".
+func TestProbePushUnknownWhenUnverified(t *testing.T) {
+	index := testenv.StartAssetIndex(t, codes.NotFound)
+	cas := testenv.StartBazelRemote(t)
+	frontend := testenv.StartProxy(t, cas.Addr, testenv.ProxyFaults{Route: map[string]string{"/build.bazel.remote.asset.v1.": index.Addr}})
+	res := probe(t, dial(t, cacheConfig("bb", "http://"+frontend, config.TypeAll)), config.TypeAll)
+	if res.Status != remotes.StatusOK || !res.Caps.RemoteAssetPush || res.Caps.PushAllowed != remotes.PushUnknown {
+		t.Errorf("probe: %s %v %+v; want Remote Asset push with push_allowed unknown", res.Status, res.Err, res.Caps)
+	}
 }

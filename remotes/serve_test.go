@@ -39,7 +39,7 @@ func TestCallsAgainstServe(t *testing.T) {
 	res := probe(t, r, config.TypeAll)
 	want := remotes.Capabilities{
 		CAS: true, BatchRead: true, BatchUpdate: true, GetTree: true, RemoteAssetFetch: true, RemoteAssetPush: true,
-		ReferenceStorage: true, AllowUpdates: true, PushAllowed: true, MaxBatchBytes: res.Caps.MaxBatchBytes, Compressors: []string{},
+		ReferenceStorage: true, AllowUpdates: true, PushAllowed: remotes.PushYes, MaxBatchBytes: res.Caps.MaxBatchBytes, Compressors: []string{},
 	}
 	if res.Status != remotes.StatusOK || res.Warning != "" || res.Caps.MaxBatchBytes <= 0 || !capsEqual(res.Caps, want) {
 		t.Fatalf("probe: %s %v %q %+v; want everything supported", res.Status, res.Err, res.Warning, res.Caps)
