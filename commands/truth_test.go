@@ -3,14 +3,17 @@ package commands_test
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
@@ -415,5 +418,72 @@ func TestWrongFormatSaysSo(t *testing.T) {
 	rep, stderr, code := runJSON(t, "--config", cfg, "--local", t.TempDir(), "pull", refs[0])
 	if code != 3 || statuses(rep) != "missing" || !strings.Contains(rep.Refs[0].Reason, "--format bst1") {
 		t.Errorf("bst2 pull of a bst1 ref: exit %d, %+v; want missing with a hint to use --format bst1\n%s", code, rep.Refs, stderr)
+	}
+}
+
+// bst1Artifact writes a BuildStream 1 artifact of distinct files into a
+// bst1 store: n small files of size bytes and one large file.
+func bst1Artifact(t *testing.T, dir, ref string, n, size, large int) {
+	t.Helper()
+	s, err := cache.Open(dir, cache.LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	blob := func(size int) *repb.Digest {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		d, err := s.Add(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.ToProto()
+	}
+	files := &repb.Directory{}
+	for i := 0; i < n; i++ {
+		files.Files = append(files.Files, &repb.FileNode{Name: fmt.Sprintf("f%03d", i), Digest: blob(size)})
+	}
+	files.Files = append(files.Files, &repb.FileNode{Name: "large", Digest: blob(large)})
+	data, _ := proto.Marshal(files)
+	fd, err := s.Add(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := proto.Marshal(&repb.Directory{Directories: []*repb.DirectoryNode{{Name: "files", Digest: fd.ToProto()}}})
+	rd, err := s.Add(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ptr, _ := proto.Marshal(rd.ToProto())
+	if err := s.SetRef(cache.KindArtifact, ref, ptr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A server with a receive limit it does not advertise (Buildbarn's
+// maximumReceivedMessageSizeBytes; here the fault proxy at 512 KiB in front
+// of serve) refuses big batches and ByteStream chunks with
+// RESOURCE_EXHAUSTED: that is not retried as transient, the batch and the
+// chunk are halved and remembered for the cache, and the push succeeds.
+func TestMessageLimitShrinks(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	limited := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{MaxRecvMsgSize: 512 << 10})
+	local := t.TempDir()
+	bst1Artifact(t, local, "proj/big/key", 60, 60<<10, 3<<20)
+	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("limited", "http://"+limited, true)+cacheTOML("direct", srv.URL(), false))
+	rep, stderr, code := runJSON(t, "--config", cfg, "--local", local, "push", "--cache", "limited", "proj/big/key")
+	if code != 0 || statuses(rep) != "done@limited" {
+		t.Fatalf("push through a 512 KiB receive limit: exit %d, %+v\n%s", code, rep.Refs, stderr)
+	}
+	batch, chunk := strings.Count(stderr, ": batch size now"), strings.Count(stderr, ": chunk size now")
+	if batch == 0 || chunk == 0 || batch+chunk > 8 {
+		t.Errorf("want the batch and the chunk halved a few times and remembered, got %d and %d warnings:\n%s", batch, chunk, stderr)
+	}
+	// Everything arrived: a pull from serve directly is complete.
+	cfg = writeConfig(t, "format = \"bst1\"\n"+cacheTOML("direct", srv.URL(), false))
+	if rep, stderr, code := runJSON(t, "--config", cfg, "--local", t.TempDir(), "pull", "proj/big/key"); code != 0 || statuses(rep) != "done" {
+		t.Errorf("pull back: exit %d, %+v\n%s", code, rep.Refs, stderr)
 	}
 }

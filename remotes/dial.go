@@ -37,8 +37,21 @@ type Option func(*options)
 
 type options struct {
 	onRetry     func(RetryEvent)
+	onShrink    func(ShrinkEvent)
 	concurrency int
 }
+
+// ShrinkEvent says that a cache refused a message as too large and that
+// the batch or chunk size was halved for the rest of the run.
+type ShrinkEvent struct {
+	Cache, URL string
+	What       string // "batch" or "chunk"
+	Size       int64  // the new size in bytes
+}
+
+// WithShrinkHook calls fn each time the batch or ByteStream chunk size is
+// halved after a message-size refusal. The default is to shrink silently.
+func WithShrinkHook(fn func(ShrinkEvent)) Option { return func(o *options) { o.onShrink = fn } }
 
 // WithRetryHook calls fn before each retry, e.g. to log it. The default is
 // to retry silently.
@@ -65,7 +78,9 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		conn:     c.Connection,
 		sem:      make(chan struct{}, o.concurrency),
 		onRetry:  o.onRetry,
+		onShrink: o.onShrink,
 	}
+	r.chunk.Store(writeChunk)
 
 	params := client.DialParams{
 		Service:           c.Endpoint.Target,
@@ -106,7 +121,7 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		client.RPCTimeouts{"default": c.Connection.RequestTimeout},
 		&client.Retrier{
 			Backoff:     retry.ExponentialBackoff(c.Connection.RetryDelay, 30*c.Connection.RetryDelay, retry.Attempts(c.Connection.RetryLimit+1)),
-			ShouldRetry: func(err error) bool { return retryable(status.Code(err), true) },
+			ShouldRetry: func(err error) bool { return shouldRetry(err, true) },
 		},
 	)
 	if err != nil {
@@ -162,7 +177,7 @@ func (r *Remote) call(ctx context.Context, op string, idempotent bool, f func(ct
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || attempt >= r.conn.RetryLimit || !retryable(status.Code(err), idempotent) {
+		if ctx.Err() != nil || attempt >= r.conn.RetryLimit || !shouldRetry(err, idempotent) {
 			return r.wrap(op, err)
 		}
 		wait := delay/2 + rand.N(delay)

@@ -14,6 +14,21 @@ import (
 // It is the only error that moves a priority walk on quietly.
 var ErrNotFound = errors.New("not found")
 
+// ErrTooLarge is wrapped when the peer refused a message as larger than its
+// receive limit (RESOURCE_EXHAUSTED "larger than max"). It is not
+// transient: retrying the same message fails the same way, so callers send
+// smaller ones instead.
+var ErrTooLarge = errors.New("message over the peer's size limit")
+
+// tooLarge tells a message-size refusal from other RESOURCE_EXHAUSTED
+// answers (a full quota, rate limits), which may pass with time.
+func tooLarge(err error) bool {
+	if status.Code(err) != codes.ResourceExhausted {
+		return false
+	}
+	return strings.Contains(strings.ToLower(status.Convert(err).Message()), "larger than max")
+}
+
 // Error is a failed call to a cache.
 type Error struct {
 	Cache string // the cache's configured name
@@ -30,8 +45,11 @@ func (e *Error) Error() string {
 // Unwrap returns the underlying error; a NOT_FOUND code also matches
 // ErrNotFound.
 func (e *Error) Unwrap() []error {
-	if e.Code == codes.NotFound {
+	switch {
+	case e.Code == codes.NotFound:
 		return []error{e.Err, ErrNotFound}
+	case tooLarge(e.Err):
+		return []error{e.Err, ErrTooLarge}
 	}
 	return []error{e.Err}
 }
@@ -108,6 +126,12 @@ func (r *Remote) wrap(op string, err error) error {
 // notFound builds the error for a miss reported inside a response.
 func (r *Remote) notFound(op, msg string) error {
 	return &Error{Cache: r.name, URL: r.url, Op: op, Code: codes.NotFound, Err: status.Error(codes.NotFound, msg)}
+}
+
+// shouldRetry says whether err is worth another attempt: a retryable code
+// that is not a message-size refusal.
+func shouldRetry(err error, idempotent bool) bool {
+	return retryable(status.Code(err), idempotent) && !tooLarge(err)
 }
 
 // retryable says which codes are worth another attempt. DEADLINE_EXCEEDED is

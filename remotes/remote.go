@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -30,15 +33,19 @@ type Remote struct {
 	conn                config.Connection
 	sem                 chan struct{}
 	onRetry             func(RetryEvent)
+	onShrink            func(ShrinkEvent)
 
-	cc      *grpc.ClientConn
-	sdk     *client.Client
-	caps    repb.CapabilitiesClient
-	cas     repb.ContentAddressableStorageClient
-	refs    bspb.ReferenceStorageClient
-	fetch   assetpb.FetchClient
-	pushRA  assetpb.PushClient
-	maxRead int64
+	cc     *grpc.ClientConn
+	sdk    *client.Client
+	caps   repb.CapabilitiesClient
+	cas    repb.ContentAddressableStorageClient
+	refs   bspb.ReferenceStorageClient
+	fetch  assetpb.FetchClient
+	pushRA assetpb.PushClient
+	// maxRead is the batch limit and chunk the ByteStream write chunk;
+	// both only shrink during a run, after a message-size refusal.
+	maxRead atomic.Int64
+	chunk   atomic.Int64
 }
 
 func (r *Remote) bindStubs() {
@@ -76,12 +83,28 @@ func (r *Remote) SetMaxBatchBytes(n int64) {
 	if limit < n/2 {
 		limit = n / 2
 	}
-	r.maxRead = limit
+	r.maxRead.Store(limit)
 	client.MaxBatchSize(limit).Apply(r.sdk)
 }
 
 // MaxBatchBytes is the current batch size limit.
-func (r *Remote) MaxBatchBytes() int64 { return r.maxRead }
+func (r *Remote) MaxBatchBytes() int64 { return r.maxRead.Load() }
+
+// minMessage is the smallest batch or chunk a refusal shrinks to.
+const minMessage = 16 << 10
+
+// shrink halves *size from was after a message-size refusal, once per
+// observed size (concurrent refusals of the same size halve it once). It
+// reports false when the size is already at the floor.
+func (r *Remote) shrink(size *atomic.Int64, was int64, what string) bool {
+	if was <= minMessage {
+		return false
+	}
+	if size.CompareAndSwap(was, max(was/2, minMessage)) && r.onShrink != nil {
+		r.onShrink(ShrinkEvent{Cache: r.name, URL: r.url, What: what, Size: size.Load()})
+	}
+	return true
+}
 
 // Capabilities calls GetCapabilities.
 func (r *Remote) Capabilities(ctx context.Context) (*repb.ServerCapabilities, error) {
@@ -111,7 +134,30 @@ func (r *Remote) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.
 // MaxBatchBytes. Every blob is checked against its digest: found holds
 // only verified data, missing the digests the server said it lacks. A blob
 // that fails verification makes the whole call fail with ErrCorrupt.
+//
+// A batch the cache refuses as too large is split in two and the cache's
+// batch limit halved for the rest of the run; a single blob still too
+// large fails with ErrTooLarge (stream it instead).
 func (r *Remote) BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error) {
+	limit := r.MaxBatchBytes()
+	found, missing, err = r.batchRead(ctx, ds)
+	if !errors.Is(err, ErrTooLarge) || len(ds) < 2 || !r.shrink(&r.maxRead, limit, "batch") {
+		return found, missing, err
+	}
+	found = map[digest.Digest][]byte{}
+	missing = nil
+	for _, half := range [][]digest.Digest{ds[:len(ds)/2], ds[len(ds)/2:]} {
+		f, m, err := r.BatchRead(ctx, half)
+		if err != nil {
+			return nil, nil, err
+		}
+		maps.Copy(found, f)
+		missing = append(missing, m...)
+	}
+	return found, missing, nil
+}
+
+func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error) {
 	req := &repb.BatchReadBlobsRequest{InstanceName: r.instance}
 	for _, d := range ds {
 		req.Digests = append(req.Digests, d.ToProto())
@@ -172,8 +218,28 @@ func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) err
 }
 
 // BatchUpdate uploads small blobs in one call, whatever the server holds;
-// their total size must fit MaxBatchBytes (Plan packs them so).
+// their total size must fit MaxBatchBytes (Plan packs them so). A batch the
+// cache refuses as too large is split as in BatchRead.
 func (r *Remote) BatchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
+	limit := r.MaxBatchBytes()
+	err := r.batchUpdate(ctx, blobs)
+	if !errors.Is(err, ErrTooLarge) || len(blobs) < 2 || !r.shrink(&r.maxRead, limit, "batch") {
+		return err
+	}
+	ds := slices.Collect(maps.Keys(blobs))
+	for _, half := range [][]digest.Digest{ds[:len(ds)/2], ds[len(ds)/2:]} {
+		part := make(map[digest.Digest][]byte, len(half))
+		for _, d := range half {
+			part[d] = blobs[d]
+		}
+		if err := r.BatchUpdate(ctx, part); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Remote) batchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
 	req := &repb.BatchUpdateBlobsRequest{InstanceName: r.instance}
 	for d, data := range blobs {
 		req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: d.ToProto(), Data: data})

@@ -13,8 +13,11 @@ import (
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 )
 
-// writeChunk is the data carried by one ByteStream WriteRequest.
-const writeChunk = 1 << 20
+// writeChunk is the data carried by one ByteStream WriteRequest at first.
+// It leaves room for the message's framing (resource name, offset, tags:
+// a full 1 MiB of data is 1,048,706 bytes on the wire), so a request fits a
+// peer's 1 MiB receive limit.
+const writeChunk = 1<<20 - 4<<10
 
 // Opener opens a blob's content for upload. Upload may open a blob more
 // than once (a retried stream starts again).
@@ -57,7 +60,17 @@ func (r *Remote) Upload(ctx context.Context, ds []digest.Digest, open Opener, jo
 				blobs[d] = data
 				size += d.Size
 			}
-			if err := r.BatchUpdate(gctx, blobs); err != nil {
+			err := r.BatchUpdate(gctx, blobs)
+			if errors.Is(err, ErrTooLarge) {
+				// One blob too large for any batch the cache takes.
+				for _, d := range b {
+					if err := r.WriteBlob(gctx, d, open); err != nil {
+						return err
+					}
+				}
+				err = nil
+			}
+			if err != nil {
 				return err
 			}
 			sent.Add(size)
@@ -90,8 +103,20 @@ func readAll(d digest.Digest, open Opener) ([]byte, error) {
 
 // WriteBlob streams one blob through ByteStream Write in chunks, starting
 // again from the beginning if a retryable error breaks the stream. A
-// server that already has the blob may end the stream early.
+// server that already has the blob may end the stream early. A chunk the
+// cache refuses as too large halves the chunk size for the rest of the run
+// and the stream starts again.
 func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) error {
+	for {
+		chunk := r.chunk.Load()
+		err := r.writeBlob(ctx, d, open, chunk)
+		if !errors.Is(err, ErrTooLarge) || !r.shrink(&r.chunk, chunk, "chunk") {
+			return err
+		}
+	}
+}
+
+func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, chunk int64) error {
 	op := "ByteStream.Write " + d.String()
 	return r.call(ctx, op, true, func(ctx context.Context) error {
 		name, err := r.sdk.ResourceNameWrite(d.Hash, d.Size)
@@ -110,7 +135,7 @@ func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) er
 		var off int64
 		for {
 			// A fresh buffer per message: gRPC may still hold the last.
-			buf := make([]byte, min(writeChunk, d.Size-off))
+			buf := make([]byte, min(chunk, d.Size-off))
 			n, err := io.ReadFull(rc, buf)
 			if err != nil && n < len(buf) {
 				return fmt.Errorf("reading blob %s: %w", d, err)

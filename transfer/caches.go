@@ -61,7 +61,9 @@ const probeTimeout = 10 * time.Second
 // the run; the error names it and its URL.
 func (c *Cache) connect(ctx context.Context, ev Events) (*remotes.Remote, error) {
 	c.once.Do(func() {
-		r, err := remotes.Dial(ctx, c.Config)
+		r, err := remotes.Dial(ctx, c.Config, remotes.WithShrinkHook(func(s remotes.ShrinkEvent) {
+			ev.Warn(fmt.Sprintf("cache %s (%s) refused a message as larger than its limit: %s size now %d bytes for the rest of this run", s.Cache, s.URL, s.What, s.Size))
+		}))
 		if err != nil {
 			c.kill(err, ev)
 			return

@@ -275,6 +275,20 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, ne
 // how many the cache lacks.
 func (f *fetcher) batch(ctx context.Context, c *Cache, r *remotes.Remote, ds []digest.Digest) (int, error) {
 	found, missing, err := r.BatchRead(ctx, ds)
+	if errors.Is(err, remotes.ErrTooLarge) {
+		// A blob too large for any batch the cache takes: stream it.
+		lacks := 0
+		for _, d := range ds {
+			ok, err := f.stream(ctx, c, r, d)
+			if err != nil {
+				return lacks, err
+			}
+			if !ok {
+				lacks++
+			}
+		}
+		return lacks, nil
+	}
 	if errors.Is(err, remotes.ErrCorrupt) {
 		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
 		return 0, nil

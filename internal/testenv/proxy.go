@@ -32,6 +32,11 @@ type ProxyFaults struct {
 	// sends Remote Asset calls to bb_remote_asset and CAS calls to
 	// bb_storage.
 	Route map[string]string
+	// MaxRecvMsgSize, when set, is the largest request message the proxy
+	// accepts (RESOURCE_EXHAUSTED "larger than max" beyond it), as a server
+	// with a receive limit it does not advertise (Buildbarn's
+	// maximumReceivedMessageSizeBytes).
+	MaxRecvMsgSize int
 }
 
 // rawCodec passes messages through as bytes.
@@ -65,7 +70,11 @@ func StartProxy(t testing.TB, backend string, faults ProxyFaults) string {
 		p.routes[prefix] = rc
 		t.Cleanup(func() { rc.Close() })
 	}
-	s := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}), grpc.UnknownServiceHandler(p.handle))
+	opts := []grpc.ServerOption{grpc.ForceServerCodec(rawCodec{}), grpc.UnknownServiceHandler(p.handle)}
+	if faults.MaxRecvMsgSize > 0 {
+		opts = append(opts, grpc.MaxRecvMsgSize(faults.MaxRecvMsgSize))
+	}
+	s := grpc.NewServer(opts...)
 	go s.Serve(l)
 	t.Cleanup(func() { s.Stop(); cc.Close() })
 	return l.Addr().String()
