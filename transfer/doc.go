@@ -3,4 +3,19 @@
 // (package remotes): pull, push, copy and which. It knows the BuildStream
 // formats (what a ref names, how each index is asked) and nothing of the
 // command line; progress and logs go through the Events it is given.
+//
+// Its contracts, which the command line turns into exit codes:
+//   - A ref is StatusMissing only when every index cache that could hold it
+//     answered that it does not; when one could not be asked, it is
+//     StatusFailed, and the reason says what was not found where and which
+//     caches were not asked.
+//   - A local ref is written only once every blob it names is in the local
+//     store; a remote index entry only once every blob it names is on the
+//     target's storage, or confirmed on the storage its readers use.
+//   - A target is skipped only when it names the same digest and holds every
+//     blob; otherwise it is repaired. One naming another digest is left
+//     alone (StatusConflict) unless forced.
+//   - Copy takes the sources as the only evidence: the local store saves
+//     downloads, never stands in for a source.
+//   - Dry runs change nothing, remote or local, and report what would move.
 package transfer

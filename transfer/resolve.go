@@ -169,7 +169,7 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 	}
 	// gone narrows ds to what no live cache holds; the empty blob is
 	// always at hand.
-	gone := func(ds []digest.Digest) ([]digest.Digest, error) {
+	gone := func(ds []digest.Digest) []digest.Digest {
 		ds = nonEmpty(ds)
 		for _, r := range live {
 			if len(ds) == 0 {
@@ -182,19 +182,19 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 			}
 			ds = m
 		}
-		return ds, nil
+		return ds
 	}
 	t := newWalk(roots)
 	for level := t.nextLevel(); len(level) > 0; level = t.nextLevel() {
 		all = append(all, level...)
-		miss, _ := gone(level)
+		miss := gone(level)
 		missing = append(missing, miss...)
 		absent := setOf(miss)
 		for _, d := range level {
 			if absent[d] {
 				continue
 			}
-			data, err := e.readDir(ctx, live, d)
+			data, err := e.readDir(ctx, storage, d)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -204,7 +204,7 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 		}
 	}
 	all = append(all, t.files...)
-	miss, _ := gone(t.files)
+	miss := gone(t.files)
 	missing = append(missing, miss...)
 	if len(missing) > 0 && down != nil {
 		return all, missing, down
@@ -213,22 +213,15 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 }
 
 // readDir reads one Directory from the local store, else from the first
-// cache that has it, verified.
-func (e *Engine) readDir(ctx context.Context, live []*remotes.Remote, d digest.Digest) ([]byte, error) {
+// storage cache that has it, verified.
+func (e *Engine) readDir(ctx context.Context, storage []*Cache, d digest.Digest) ([]byte, error) {
 	if d.Size == 0 {
 		return nil, nil
 	}
 	if data, err := e.Store.ReadBlob(d); err == nil {
 		return data, nil
 	}
-	for _, r := range live {
-		data, err := readSmall(ctx, r, d)
-		if errors.Is(err, remotes.ErrNotFound) {
-			continue
-		}
-		return data, err
-	}
-	return nil, fmt.Errorf("directory %s: %w", d, remotes.ErrNotFound)
+	return readFirst(ctx, e, storage, d)
 }
 
 // confirm returns the digests of ds that no cache in storage holds
