@@ -11,6 +11,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
@@ -116,11 +117,11 @@ func TestBst2RoundTrip(t *testing.T) {
 	for _, dir := range []string{lean, full} {
 		st, _ := cache.Open(dir, cache.LayoutBst2)
 		data, _ := st.GetRef(cache.KindArtifact, "proj/elem/key1")
-		art, err := cache.ParseArtifact(data)
+		art, err := buildstream.ParseArtifact(data)
 		if err != nil {
 			t.Fatal(err)
 		}
-		roots, optional, _ := cache.ArtifactRoots(art)
+		roots, optional, _ := buildstream.ArtifactRoots(art)
 		if dir == full {
 			roots.Add(optional)
 		}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
@@ -270,7 +271,7 @@ func TestPushRepairsAndDoesNotClobber(t *testing.T) {
 
 	// Another digest under the same ref on the target: a conflict.
 	theirs := digest.NewFromBlob([]byte("another build")).ToProto()
-	index.Set(cache.URNBst1Artifact+ref, theirs)
+	index.Set(buildstream.URNBst1Artifact+ref, theirs)
 	rep, stderr, code = runJSON(t, "--config", cfg, "--local", local, "push", ref)
 	if code != 1 || statuses(rep) != "conflict@releases" {
 		t.Errorf("push over another digest: exit %d, %s; want 1, conflict\n%s", code, statuses(rep), stderr)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 )
 
@@ -119,7 +120,7 @@ func (p push) PushBlob(_ context.Context, req *assetpb.PushBlobRequest) (*assetp
 			}
 			return nil, grpcError(err)
 		}
-		own, optional, err := cache.ProtoRoots(data, e.kind == cache.KindSource)
+		own, optional, err := buildstream.ProtoRoots(data, e.kind == cache.KindSource)
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", uri, err)
 		}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 	"github.com/bst-cache/bst-cache/server"
@@ -203,7 +204,7 @@ func TestBadInput(t *testing.T) {
 			return err
 		}, codes.InvalidArgument},
 		{"PushDirectory: .. in the URN", func() error {
-			_, err := c.push.PushDirectory(ctx, &assetpb.PushDirectoryRequest{Uris: []string{cache.URNBst1Artifact + "../x"}, RootDirectoryDigest: digest.Empty.ToProto()})
+			_, err := c.push.PushDirectory(ctx, &assetpb.PushDirectoryRequest{Uris: []string{buildstream.URNBst1Artifact + "../x"}, RootDirectoryDigest: digest.Empty.ToProto()})
 			return err
 		}, codes.InvalidArgument},
 		{"PushDirectory: no URIs", func() error {
@@ -211,7 +212,7 @@ func TestBadInput(t *testing.T) {
 			return err
 		}, codes.InvalidArgument},
 		{"PushDirectory: root the server lacks", func() error {
-			_, err := c.push.PushDirectory(ctx, &assetpb.PushDirectoryRequest{Uris: []string{cache.URNBst1Artifact + "p/e/k"}, RootDirectoryDigest: wrongHash.ToProto()})
+			_, err := c.push.PushDirectory(ctx, &assetpb.PushDirectoryRequest{Uris: []string{buildstream.URNBst1Artifact + "p/e/k"}, RootDirectoryDigest: wrongHash.ToProto()})
 			for _, d := range status.Convert(err).Details() {
 				if pf, ok := d.(*errdetails.PreconditionFailure); ok {
 					missingDetails = pf
@@ -228,7 +229,7 @@ func TestBadInput(t *testing.T) {
 			if _, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: digest.NewFromBlob(junk).ToProto(), Data: junk}}}); err != nil {
 				return err
 			}
-			_, err := c.push.PushBlob(ctx, &assetpb.PushBlobRequest{Uris: []string{cache.URNBst2Artifact + "p/e/k"}, BlobDigest: digest.NewFromBlob(junk).ToProto()})
+			_, err := c.push.PushBlob(ctx, &assetpb.PushBlobRequest{Uris: []string{buildstream.URNBst2Artifact + "p/e/k"}, BlobDigest: digest.NewFromBlob(junk).ToProto()})
 			return err
 		}, codes.InvalidArgument},
 		{"FetchBlob: unknown instance", func() error {

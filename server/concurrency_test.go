@@ -13,6 +13,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 	"github.com/bst-cache/bst-cache/remotes"
@@ -86,7 +87,7 @@ func concurrentClients(t *testing.T, addr, dir string) {
 				// complete) and a ref of their own, through both APIs.
 				own := fmt.Sprintf("demo/client/%d", i)
 				if i%2 == 0 {
-					if err := r.PushDirectory(ctx, cache.URNBst1Artifact+own, root); err != nil {
+					if err := r.PushDirectory(ctx, buildstream.URNBst1Artifact+own, root); err != nil {
 						return fmt.Errorf("client %d PushDirectory: %w", i, err)
 					}
 				} else if err := r.UpdateReference(ctx, []string{own}, root); err != nil {
@@ -97,7 +98,7 @@ func concurrentClients(t *testing.T, addr, dir string) {
 				}
 				// Pull back another client's ref if it is there yet.
 				other := fmt.Sprintf("demo/client/%d", (i+1)%clients)
-				got, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+other)
+				got, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+other)
 				if err != nil {
 					got = root
 				}

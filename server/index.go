@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 )
 
@@ -49,9 +50,9 @@ func entryFor(typ assetType, uri string, qualifiers []*assetpb.Qualifier) (entry
 			kind cache.Kind
 			typ  assetType
 		}{
-			cache.URNBst1Artifact: {cache.KindBst1Artifact, assetDirectory},
-			cache.URNBst2Artifact: {cache.KindBst2Artifact, assetBlob},
-			cache.URNBst2Source:   {cache.KindSource, assetBlob},
+			buildstream.URNBst1Artifact: {cache.KindBst1Artifact, assetDirectory},
+			buildstream.URNBst2Artifact: {cache.KindBst2Artifact, assetBlob},
+			buildstream.URNBst2Source:   {cache.KindSource, assetBlob},
 		} {
 			ref, ok := strings.CutPrefix(uri, prefix)
 			if !ok || e.typ != typ {
@@ -158,7 +159,7 @@ func (s *Server) resolve(e entry, full bool) (resolved, error) {
 				return resolved{}, err
 			}
 		}
-		roots, optional, err := cache.ProtoRoots(data, e.kind == cache.KindSource)
+		roots, optional, err := buildstream.ProtoRoots(data, e.kind == cache.KindSource)
 		if full {
 			roots.Add(optional)
 		}

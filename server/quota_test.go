@@ -11,7 +11,7 @@ import (
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
-	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -32,7 +32,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
 			t.Fatal(err)
 		}
-		if err := r.PushDirectory(ctx, cache.URNBst1Artifact+name, root); err != nil {
+		if err := r.PushDirectory(ctx, buildstream.URNBst1Artifact+name, root); err != nil {
 			t.Fatal(err)
 		}
 		refs[name], unique[name] = root, digest.NewFromBlob(own)
@@ -40,14 +40,14 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 	push("demo/a/1", 'a')
 	push("demo/b/1", 'b')
 	time.Sleep(10 * time.Millisecond)
-	if _, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+"demo/a/1"); err != nil { // a is now more recent than b
+	if _, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+"demo/a/1"); err != nil { // a is now more recent than b
 		t.Fatal(err)
 	}
 	push("demo/c/1", 'c')
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+"demo/b/1")
+		_, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+"demo/b/1")
 		if errors.Is(err, remotes.ErrNotFound) {
 			break
 		}
@@ -60,7 +60,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		t.Error("the evicted ref's own blob is still stored")
 	}
 	for _, name := range []string{"demo/a/1", "demo/c/1"} {
-		got, err := r.FetchDirectory(ctx, cache.URNBst1Artifact+name)
+		got, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+name)
 		if err != nil || got != refs[name] {
 			t.Errorf("%s after eviction: %v, %v", name, got, err)
 		}

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
@@ -22,7 +23,7 @@ func (s *Server) GetReference(_ context.Context, req *bspb.GetReferenceRequest) 
 	if err := cache.ValidateRef(req.GetKey()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	_, d, err := s.lookup(assetDirectory, []string{cache.URNBst1Artifact + req.GetKey()}, nil, timeOf(nil))
+	_, d, err := s.lookup(assetDirectory, []string{buildstream.URNBst1Artifact + req.GetKey()}, nil, timeOf(nil))
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +51,7 @@ func (s *Server) UpdateReference(_ context.Context, req *bspb.UpdateReferenceReq
 		if err := cache.ValidateRef(k); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		uris[i] = cache.URNBst1Artifact + k
+		uris[i] = buildstream.URNBst1Artifact + k
 	}
 	data, err := proto.Marshal(root.ToProto())
 	if err != nil {

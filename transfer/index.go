@@ -9,6 +9,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
@@ -73,7 +74,7 @@ func (k Kind) lookup(ctx context.Context, r *remotes.Remote, caps remotes.Capabi
 	switch k {
 	case Bst1Artifact:
 		if caps.RemoteAssetFetch {
-			return r.FetchDirectory(ctx, cache.URNBst1Artifact+ref)
+			return r.FetchDirectory(ctx, buildstream.URNBst1Artifact+ref)
 		}
 		if caps.ReferenceStorage {
 			return r.GetReference(ctx, ref)
@@ -83,12 +84,12 @@ func (k Kind) lookup(ctx context.Context, r *remotes.Remote, caps remotes.Capabi
 		if !caps.RemoteAssetFetch {
 			return digest.Digest{}, errNoIndex
 		}
-		return r.FetchBlob(ctx, cache.URNBst2Artifact+ref)
+		return r.FetchBlob(ctx, buildstream.URNBst2Artifact+ref)
 	default:
 		if !caps.RemoteAssetFetch {
 			return digest.Digest{}, errNoIndex
 		}
-		return r.FetchBlob(ctx, cache.URNBst2Source+ref)
+		return r.FetchBlob(ctx, buildstream.URNBst2Source+ref)
 	}
 }
 
@@ -123,11 +124,11 @@ func (k Kind) entryFor(d digest.Digest, protoData []byte) (entry, error) {
 		en.roots.Dirs = []digest.Digest{d}
 		return en, err
 	case Bst2Source:
-		en.roots, _, err = cache.ProtoRoots(protoData, true)
+		en.roots, _, err = buildstream.ProtoRoots(protoData, true)
 	default:
 		var art *bspb.Artifact
-		if art, err = cache.ParseArtifact(protoData); err == nil {
-			en.roots, en.optional, err = cache.ArtifactRoots(art)
+		if art, err = buildstream.ParseArtifact(protoData); err == nil {
+			en.roots, en.optional, err = buildstream.ArtifactRoots(art)
 			en.failed = !art.GetBuildSuccess()
 		}
 	}
@@ -177,7 +178,7 @@ func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Ca
 	switch k {
 	case Bst1Artifact:
 		if caps.RemoteAssetPush {
-			return r.PushDirectory(ctx, cache.URNBst1Artifact+ref, e.digest)
+			return r.PushDirectory(ctx, buildstream.URNBst1Artifact+ref, e.digest)
 		}
 		if caps.ReferenceStorage && caps.AllowUpdates {
 			return r.UpdateReference(ctx, []string{ref}, e.digest)
@@ -187,9 +188,9 @@ func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Ca
 		if !caps.RemoteAssetPush {
 			return errNoPushIndex
 		}
-		urn := cache.URNBst2Artifact + ref
+		urn := buildstream.URNBst2Artifact + ref
 		if k == Bst2Source {
-			urn = cache.URNBst2Source + ref
+			urn = buildstream.URNBst2Source + ref
 		}
 		var blobs []digest.Digest
 		for _, b := range present.Blobs {

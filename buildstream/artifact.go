@@ -1,4 +1,4 @@
-package cache
+package buildstream
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/cache"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
 
@@ -20,19 +21,6 @@ const (
 	URNBst2Source = "urn:fdc:buildstream.build:2020:source:"
 )
 
-// Roots are what a ref names in CAS: Directories (each with its whole tree)
-// and plain blobs.
-type Roots struct {
-	Dirs  []digest.Digest
-	Blobs []digest.Digest
-}
-
-// Add appends other's roots.
-func (r *Roots) Add(other Roots) {
-	r.Dirs = append(r.Dirs, other.Dirs...)
-	r.Blobs = append(r.Blobs, other.Blobs...)
-}
-
 // digestOf converts an optional digest field; ok is false when it is unset.
 func digestOf(d *repb.Digest) (digest.Digest, bool, error) {
 	if d == nil {
@@ -40,7 +28,7 @@ func digestOf(d *repb.Digest) (digest.Digest, bool, error) {
 	}
 	dg, err := digest.NewFromProto(d)
 	if err != nil {
-		return digest.Digest{}, false, fmt.Errorf("%w: %v", ErrBadDirectory, err)
+		return digest.Digest{}, false, fmt.Errorf("%w: %v", cache.ErrBadDirectory, err)
 	}
 	return dg, true, nil
 }
@@ -58,7 +46,7 @@ func ParseArtifact(data []byte) (*bspb.Artifact, error) {
 // are the files, metadata, public data and logs; optional the trees
 // BuildStream pulls only on request (buildtree, sources, buildroot,
 // subsandboxes).
-func ArtifactRoots(a *bspb.Artifact) (required, optional Roots, err error) {
+func ArtifactRoots(a *bspb.Artifact) (required, optional cache.Roots, err error) {
 	r := &required
 	add := func(list *[]digest.Digest, d *repb.Digest) error {
 		dg, ok, err := digestOf(d)
@@ -83,7 +71,7 @@ func ArtifactRoots(a *bspb.Artifact) (required, optional Roots, err error) {
 	}
 	for _, err := range errs {
 		if err != nil {
-			return Roots{}, Roots{}, err
+			return cache.Roots{}, cache.Roots{}, err
 		}
 	}
 	return required, optional, nil
@@ -92,54 +80,28 @@ func ArtifactRoots(a *bspb.Artifact) (required, optional Roots, err error) {
 // ProtoRoots lists what a serialized BuildStream 2 proto names in CAS: an
 // Artifact (see ArtifactRoots) or, with source, a Source (its files, all
 // required).
-func ProtoRoots(data []byte, source bool) (required, optional Roots, err error) {
+func ProtoRoots(data []byte, source bool) (required, optional cache.Roots, err error) {
 	if source {
 		required, err = sourceRoots(data)
-		return required, Roots{}, err
+		return required, cache.Roots{}, err
 	}
 	a, err := ParseArtifact(data)
 	if err != nil {
-		return Roots{}, Roots{}, err
+		return cache.Roots{}, cache.Roots{}, err
 	}
 	return ArtifactRoots(a)
 }
 
 // sourceRoots lists what a BuildStream 2 Source message names in CAS.
-func sourceRoots(data []byte) (Roots, error) {
+func sourceRoots(data []byte) (cache.Roots, error) {
 	s := &bspb.Source{}
 	if err := proto.Unmarshal(data, s); err != nil {
-		return Roots{}, fmt.Errorf("not a buildstream.v2.Source: %w", err)
+		return cache.Roots{}, fmt.Errorf("not a buildstream.v2.Source: %w", err)
 	}
-	var r Roots
+	var r cache.Roots
 	d, ok, err := digestOf(s.GetFiles())
 	if ok {
 		r.Dirs = append(r.Dirs, d)
 	}
 	return r, err
-}
-
-// ClosureOf is Closure over several roots: every digest they need (each
-// once) and those the store lacks.
-func (s *Store) ClosureOf(r Roots) (all, missing []digest.Digest, err error) {
-	seen := map[digest.Digest]bool{}
-	for _, d := range r.Blobs {
-		if seen[d] {
-			continue
-		}
-		seen[d] = true
-		all = append(all, d)
-		if ok, err := s.Has(d); err != nil {
-			return nil, nil, err
-		} else if !ok {
-			missing = append(missing, d)
-		}
-	}
-	for _, root := range r.Dirs {
-		a, m, err := s.closure(root, seen)
-		if err != nil {
-			return nil, nil, err
-		}
-		all, missing = append(all, a...), append(missing, m...)
-	}
-	return all, missing, nil
 }
