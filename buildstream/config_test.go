@@ -204,7 +204,7 @@ func TestParseShow(t *testing.T) {
 		t.Errorf("refs (-want +got):\n%s", diff)
 	}
 	for in, want := range map[string]string{
-		marker + "a.bst" + marker + "k" + marker + "no reference" + marker + "\nproject-name: d\nelement-name: a.bst\n":           "a.bst: its sources have no reference",
+		marker + "a.bst" + marker + "k" + marker + "no reference" + marker + "\nproject-name: d\nelement-name: a.bst\n":                "a.bst: its sources have no reference",
 		marker + "a.bst" + marker + strings.Repeat("?", 64) + marker + "waiting" + marker + "\nproject-name: d\nelement-name: a.bst\n": "a.bst: bst cannot compute its cache key",
 		"": "bst show printed no elements",
 	} {

@@ -87,7 +87,18 @@ type env struct {
 
 // newEnv loads the configuration and applies the global flags over it.
 func newEnv(c *cli.Context) (*env, error) {
-	cfg, err := config.Load(config.Options{File: c.String("config")})
+	project := ""
+	if c.IsSet("project") {
+		dir, err := filepath.Abs(expandHome(c.String("project")))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(filepath.Join(dir, "project.conf")); err != nil {
+			return nil, usageError("--project %s: no project.conf there", dir)
+		}
+		project = dir
+	}
+	cfg, err := config.Load(config.Options{File: c.String("config"), WorkDir: project})
 	if err != nil {
 		return nil, err
 	}

@@ -41,11 +41,11 @@ func copyCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, err := readRefs(c, c.App.Reader)
+			args, err := readRefs(c, c.App.Reader)
 			if err != nil {
 				return err
 			}
-			p := newProgress(c, e, "copy", len(refs)*len(targets))
+			p := newProgress(c, e, "copy", args.count()*len(targets))
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, pl.named(names(sources)), p)
@@ -59,6 +59,10 @@ func copyCommand() *cli.Command {
 				isTarget[n] = true
 			}
 			eng.Storage = pl.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() && !isTarget[c.Name()] })
+			refs, err := args.expand(c, eng)
+			if err != nil {
+				return err
+			}
 			results, stats := eng.Copy(c.Context, refs, pl.named(names(targets)), transfer.CopyOptions{
 				PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
 				IncludeFailed: c.Bool("include-failed"),

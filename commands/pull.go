@@ -13,14 +13,18 @@ func pullCommand() *cli.Command {
 		ArgsUsage: "REF... (- reads refs from stdin)",
 		Flags:     append(refFlags(), fetchFlags()...),
 		Action: func(c *cli.Context) error {
-			e, kind, refs, err := readingEnv(c)
+			e, kind, args, err := readingEnv(c)
 			if err != nil {
 				return err
 			}
-			p := newProgress(c, e, "pull", len(refs))
+			p := newProgress(c, e, "pull", args.count())
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, pl.all, p)
+			if err != nil {
+				return err
+			}
+			refs, err := args.expand(c, eng)
 			if err != nil {
 				return err
 			}

@@ -35,14 +35,18 @@ func pushCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, err := expandGlobs(c, e, kind)
+			args, err := expandGlobs(c, e, kind)
 			if err != nil {
 				return err
 			}
-			p := newProgress(c, e, "push", len(refs)*len(targets))
+			p := newProgress(c, e, "push", args.count()*len(targets))
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, nil, p)
+			if err != nil {
+				return err
+			}
+			refs, err := args.expand(c, eng)
 			if err != nil {
 				return err
 			}
@@ -98,9 +102,9 @@ func pushTargets(cfg *config.Config, names []string, all bool) ([]config.Cache, 
 	return out, nil
 }
 
-// expandGlobs reads the refs and replaces each glob with the local refs it
+// expandGlobs reads the refs and adds, for each glob, the local refs it
 // matches.
-func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) ([]string, error) {
+func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) (refArgs, error) {
 	var globs, plain []string
 	for _, a := range c.Args().Slice() {
 		if strings.ContainsAny(a, "*?[") {
@@ -109,38 +113,31 @@ func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) ([]string, error) {
 			plain = append(plain, a)
 		}
 	}
-	refs, err := readRefsFrom(c, plain)
+	args, err := readRefsFrom(c, plain)
 	if err != nil {
-		return nil, err
+		return refArgs{}, err
 	}
 	if len(globs) == 0 {
-		if len(refs) == 0 {
-			return nil, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
+		if args.count() == 0 {
+			return refArgs{}, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
 		}
-		return refs, nil
+		return args, nil
 	}
 	store, err := e.readStore()
 	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	for _, r := range refs {
-		seen[r] = true
+		return refArgs{}, err
 	}
 	for _, g := range globs {
 		infos, err := store.ListRefs(kind.StoreKind(), g)
 		if err != nil {
-			return nil, usageError("%v", err)
+			return refArgs{}, usageError("%v", err)
 		}
 		if len(infos) == 0 {
-			return nil, usageError("%q matches no ref in the local store (%s)", g, store.Root())
+			return refArgs{}, usageError("%q matches no ref in the local store (%s)", g, store.Root())
 		}
 		for _, i := range infos {
-			if !seen[i.Name] {
-				seen[i.Name] = true
-				refs = append(refs, i.Name)
-			}
+			args.plain = append(args.plain, i.Name)
 		}
 	}
-	return refs, nil
+	return args, nil
 }

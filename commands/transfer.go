@@ -2,6 +2,7 @@ package commands
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/transfer"
@@ -31,17 +33,17 @@ func fetchFlags() []cli.Flag {
 // readingEnv is the prelude of the commands that read from every cache
 // (pull, which): the environment, the kind, the refs, and at least one
 // cache configured. Every check runs before any network call.
-func readingEnv(c *cli.Context) (*env, transfer.Kind, []string, error) {
+func readingEnv(c *cli.Context) (*env, transfer.Kind, refArgs, error) {
 	e, kind, err := transferEnv(c)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, refArgs{}, err
 	}
 	refs, err := readRefs(c, c.App.Reader)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, refArgs{}, err
 	}
 	if len(e.cfg.Caches) == 0 {
-		return nil, 0, nil, usageError("no caches configured (see bst-cache config)")
+		return nil, 0, refArgs{}, usageError("no caches configured (see bst-cache config)")
 	}
 	return e, kind, refs, nil
 }
@@ -49,27 +51,68 @@ func readingEnv(c *cli.Context) (*env, transfer.Kind, []string, error) {
 // refFlags are the flags every transfer command takes for its refs.
 func refFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "refs-from", Usage: "read refs from FILE, one per line (blank lines and # comments skipped)", TakesFile: true},
+		&cli.StringFlag{Name: "refs-from", Usage: "read refs (or element names) from FILE, one per line (blank lines and # comments skipped)", TakesFile: true},
 		&cli.StringFlag{Name: "kind", Value: "artifact", Usage: "artifact or source (bst2 only)"},
+		&cli.StringFlag{Name: "deps", Value: "none", Usage: "also the dependencies: none, run, build or all (as bst); for refs, from the artifacts' recorded build dependencies"},
+		&cli.StringFlag{Name: "project", Usage: "the BuildStream project element names are resolved in (default: the one around the working directory)", TakesFile: true},
 	}
 }
 
 // readRefs gathers refs from the arguments ("-" reads stdin) and
 // --refs-from, drops duplicates, and validates them all before anything
 // touches the network.
-func readRefs(c *cli.Context, stdin io.Reader) ([]string, error) {
+func readRefs(c *cli.Context, stdin io.Reader) (refArgs, error) {
 	return readRefList(c, stdin, c.Args().Slice(), true)
 }
 
 // readRefsFrom is readRefs over some of the arguments; it may find none.
-func readRefsFrom(c *cli.Context, args []string) ([]string, error) {
+func readRefsFrom(c *cli.Context, args []string) (refArgs, error) {
 	return readRefList(c, c.App.Reader, args, false)
 }
 
-func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) ([]string, error) {
-	var refs []string
+// refArgs are the refs a command was given: plain refs, and the refs bst
+// resolved from element names (their dependencies included).
+type refArgs struct {
+	plain, resolved []string
+	deps            buildstream.Deps
+}
+
+// count is how many refs were named (before --deps on plain refs).
+func (a refArgs) count() int { return len(a.plain) + len(a.resolved) }
+
+// expand gives every ref: plain refs with their recorded dependencies as
+// --deps selects, then the resolved ones, each once.
+func (a refArgs) expand(c *cli.Context, eng *transfer.Engine) ([]string, error) {
+	plain, err := eng.Expand(c.Context, a.plain, a.deps)
+	if errors.Is(err, transfer.ErrRunDeps) {
+		return nil, usageError("%v", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range append(plain, a.resolved...) {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) (refArgs, error) {
+	deps, err := buildstream.ParseDeps(c.String("deps"))
+	if err != nil {
+		return refArgs{}, usageError("%v", err)
+	}
+	var refs, elements []string
 	seen := map[string]bool{}
 	add := func(ref string) error {
+		if buildstream.IsElement(ref) {
+			elements = append(elements, ref)
+			return nil
+		}
 		if err := cache.ValidateRef(ref); err != nil {
 			return usageError("%v", err)
 		}
@@ -96,26 +139,56 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 	for _, a := range args {
 		if a == "-" {
 			if err := readLines(stdin, "stdin"); err != nil {
-				return nil, err
+				return refArgs{}, err
 			}
 			continue
 		}
 		if err := add(a); err != nil {
-			return nil, err
+			return refArgs{}, err
 		}
 	}
 	if f := c.String("refs-from"); f != "" {
 		fh, err := os.Open(f)
 		if err != nil {
-			return nil, usageError("--refs-from: %v", err)
+			return refArgs{}, usageError("--refs-from: %v", err)
 		}
 		defer fh.Close()
 		if err := readLines(fh, f); err != nil {
-			return nil, err
+			return refArgs{}, err
 		}
 	}
-	if len(refs) == 0 && required {
-		return nil, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
+	out := refArgs{plain: refs, deps: deps}
+	if len(elements) > 0 {
+		if out.resolved, err = elementRefs(c, deps, elements); err != nil {
+			return refArgs{}, err
+		}
+	}
+	if out.count() == 0 && required {
+		return refArgs{}, usageError("no refs given (arguments, - for stdin, or --refs-from FILE)")
+	}
+	return out, nil
+}
+
+// elementRefs resolves element names with bst show in the project, with
+// their dependencies as --deps selects.
+func elementRefs(c *cli.Context, deps buildstream.Deps, elements []string) ([]string, error) {
+	dir := c.String("project")
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return nil, err
+		}
+		if dir = buildstream.FindProject(wd); dir == "" {
+			return nil, usageError("%s: element names need a BuildStream project: run in one or give --project DIR", strings.Join(elements, " "))
+		}
+	}
+	els, err := buildstream.Show(c.Context, "", dir, nil, deps, elements)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	refs := make([]string, len(els))
+	for i, el := range els {
+		refs[i] = el.Ref()
 	}
 	return refs, nil
 }
@@ -128,6 +201,9 @@ func transferEnv(c *cli.Context) (*env, transfer.Kind, error) {
 		return nil, 0, err
 	}
 	kind, err := transferKind(c, e)
+	if kind == transfer.Bst2Source {
+		e.cfg.Caches = e.cfg.SourceCaches
+	}
 	return e, kind, err
 }
 

@@ -16,13 +16,17 @@ func whichCommand() *cli.Command {
 		ArgsUsage: "REF... (- reads refs from stdin)",
 		Flags:     refFlags(),
 		Action: func(c *cli.Context) error {
-			e, kind, refs, err := readingEnv(c)
+			e, kind, args, err := readingEnv(c)
 			if err != nil {
 				return err
 			}
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, pl.all, &progress{})
+			if err != nil {
+				return err
+			}
+			refs, err := args.expand(c, eng)
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/bst-cache/bst-cache/buildstream"
 )
 
 // ErrInvalid is wrapped by every configuration error, so the command line can
@@ -76,11 +78,19 @@ type Config struct {
 	Format Format
 	// FormatSet is true when a file set the format (not the default).
 	FormatSet bool
-	// Local is the local store directory, absolute, with ~ expanded.
-	Local string
-	Jobs  int
-	// Caches in priority order: the first is asked first.
+	// Local is the local store directory, absolute, with ~ expanded;
+	// LocalSet is true when a bst-cache file set it.
+	Local    string
+	LocalSet bool
+	Jobs     int
+	// Caches in priority order: the first is asked first. BuildStream's
+	// artifact caches come first, as BuildStream orders them.
 	Caches []Cache
+	// SourceCaches are the caches for BuildStream 2 sources: BuildStream's
+	// source-caches, then the bst-cache files' caches.
+	SourceCaches []Cache
+	// Project is the BuildStream project of the working directory, if any.
+	Project *buildstream.Project
 	// Files lists the files that were read, in the order they were read.
 	Files []string
 }

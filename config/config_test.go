@@ -66,7 +66,7 @@ url = "grpc://10.0.0.1"
 	file := filepath.Join(dir, "c.toml")
 	want := &Config{
 		Format: FormatBst1, FormatSet: true,
-		Local: filepath.Join(dir, "store"),
+		Local: filepath.Join(dir, "store"), LocalSet: true,
 		Jobs:  3,
 		Files: []string{file},
 		Caches: []Cache{
@@ -91,6 +91,7 @@ url = "grpc://10.0.0.1"
 			},
 		},
 	}
+	want.SourceCaches = want.Caches
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("Load (-want +got):\n%s", diff)
 	}

@@ -98,6 +98,23 @@ func FindProjectFile(dir string) string {
 // Load reads and validates the configuration.
 func Load(opts Options) (*Config, error) {
 	cfg := &Config{Format: DefaultFormat, Local: DefaultLocal(), Jobs: DefaultJobs}
+	wd := opts.WorkDir
+	if wd == "" {
+		var err error
+		if wd, err = os.Getwd(); err != nil {
+			return nil, fmt.Errorf("finding the project file: %w", err)
+		}
+	}
+	if opts.File != "" && IsBuildStreamFile(opts.File) {
+		abs, err := filepath.Abs(opts.File)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, &Error{File: abs, Msg: "no such file"}
+		}
+		return cfg, loadBuildStream(cfg, wd, abs)
+	}
 	if opts.File != "" {
 		f, err := readFile(opts.File, true)
 		if err != nil {
@@ -105,6 +122,7 @@ func Load(opts Options) (*Config, error) {
 		}
 		f.apply(cfg)
 		cfg.Caches = f.caches
+		cfg.SourceCaches = f.caches
 		cfg.Files = []string{f.path}
 		return cfg, checkUnique(cfg.Caches)
 	}
@@ -117,13 +135,6 @@ func Load(opts Options) (*Config, error) {
 	if _, err := os.Stat(userPath); err == nil {
 		if user, err = readFile(userPath, true); err != nil {
 			return nil, err
-		}
-	}
-	wd := opts.WorkDir
-	if wd == "" {
-		var err error
-		if wd, err = os.Getwd(); err != nil {
-			return nil, fmt.Errorf("finding the project file: %w", err)
 		}
 	}
 	if p := FindProjectFile(wd); p != "" {
@@ -149,7 +160,21 @@ func Load(opts Options) (*Config, error) {
 			cfg.Caches = append(cfg.Caches, project.caches...)
 		}
 	}
-	return cfg, checkUnique(cfg.Caches)
+	if err := checkUnique(cfg.Caches); err != nil {
+		return nil, err
+	}
+	cfg.SourceCaches = cfg.Caches
+	return cfg, loadBuildStream(cfg, wd, "")
+}
+
+// IsBuildStreamFile says whether a --config file is BuildStream's YAML
+// (.conf, .yaml, .yml) rather than bst-cache's TOML.
+func IsBuildStreamFile(path string) bool {
+	switch filepath.Ext(path) {
+	case ".conf", ".yaml", ".yml":
+		return true
+	}
+	return false
 }
 
 func checkUnique(caches []Cache) error {
@@ -179,7 +204,7 @@ func (f *file) apply(cfg *Config) {
 		cfg.Format, cfg.FormatSet = *f.format, true
 	}
 	if f.local != nil {
-		cfg.Local = *f.local
+		cfg.Local, cfg.LocalSet = *f.local, true
 	}
 	if f.jobs != nil {
 		cfg.Jobs = *f.jobs

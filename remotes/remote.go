@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
@@ -386,27 +387,28 @@ func (r *Remote) assetStatus(op string, st interface {
 	return r.wrap(op, status.Error(codes.Code(st.GetCode()), st.GetMessage()))
 }
 
-// PushDirectory records uri → root in the Remote Asset index.
-func (r *Remote) PushDirectory(ctx context.Context, uri string, root digest.Digest) error {
-	return r.call(ctx, "PushDirectory "+uri, true, func(ctx context.Context) error {
+// PushDirectory records uris → root in the Remote Asset index: one asset
+// under every URI given.
+func (r *Remote) PushDirectory(ctx context.Context, uris []string, root digest.Digest) error {
+	return r.call(ctx, "PushDirectory "+strings.Join(uris, " "), true, func(ctx context.Context) error {
 		_, err := r.pushRA.PushDirectory(ctx, &assetpb.PushDirectoryRequest{
-			InstanceName: r.instance, Uris: []string{uri}, RootDirectoryDigest: root.ToProto(),
+			InstanceName: r.instance, Uris: uris, RootDirectoryDigest: root.ToProto(),
 		})
 		return err
 	})
 }
 
-// PushBlob records uri → blob in the Remote Asset index, naming the blobs
+// PushBlob records uris → blob in the Remote Asset index, naming the blobs
 // and directories the asset refers to so the server can keep them.
-func (r *Remote) PushBlob(ctx context.Context, uri string, blob digest.Digest, refBlobs, refDirs []digest.Digest) error {
-	req := &assetpb.PushBlobRequest{InstanceName: r.instance, Uris: []string{uri}, BlobDigest: blob.ToProto()}
+func (r *Remote) PushBlob(ctx context.Context, uris []string, blob digest.Digest, refBlobs, refDirs []digest.Digest) error {
+	req := &assetpb.PushBlobRequest{InstanceName: r.instance, Uris: uris, BlobDigest: blob.ToProto()}
 	for _, d := range refBlobs {
 		req.ReferencesBlobs = append(req.ReferencesBlobs, d.ToProto())
 	}
 	for _, d := range refDirs {
 		req.ReferencesDirectories = append(req.ReferencesDirectories, d.ToProto())
 	}
-	return r.call(ctx, "PushBlob "+uri, true, func(ctx context.Context) error {
+	return r.call(ctx, "PushBlob "+strings.Join(uris, " "), true, func(ctx context.Context) error {
 		_, err := r.pushRA.PushBlob(ctx, req)
 		return err
 	})

@@ -61,7 +61,7 @@ func TestCallsAgainstServe(t *testing.T) {
 	if got, err := r.FetchDirectory(ctx, "urn:fdc:buildstream.build:2020:v1:demo/hello/strong"); err != nil || got != root {
 		t.Errorf("FetchDirectory after UpdateReference = %v, %v", got, err)
 	}
-	if err := r.PushDirectory(ctx, "urn:fdc:buildstream.build:2020:v1:demo/hello/weak", root); err != nil {
+	if err := r.PushDirectory(ctx, []string{"urn:fdc:buildstream.build:2020:v1:demo/hello/weak"}, root); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := r.GetReference(ctx, "demo/hello/weak"); err != nil || got != root {
@@ -95,11 +95,11 @@ func TestCallsAgainstServe(t *testing.T) {
 	const urn = "urn:fdc:buildstream.build:2020:artifact:demo/hello/k"
 	var re *remotes.Error
 	upload(t, r, map[digest.Digest][]byte{artDigest: artData})
-	if err := r.PushBlob(ctx, urn, artDigest, []digest.Digest{digest.NewFromBlob(meta)}, []digest.Digest{root}); !errors.As(err, &re) || re.Code != codes.FailedPrecondition {
+	if err := r.PushBlob(ctx, []string{urn}, artDigest, []digest.Digest{digest.NewFromBlob(meta)}, []digest.Digest{root}); !errors.As(err, &re) || re.Code != codes.FailedPrecondition {
 		t.Errorf("PushBlob naming a blob the server lacks = %v; want FAILED_PRECONDITION", err)
 	}
 	upload(t, r, map[digest.Digest][]byte{digest.NewFromBlob(meta): meta})
-	if err := r.PushBlob(ctx, urn, artDigest, []digest.Digest{digest.NewFromBlob(meta)}, []digest.Digest{root}); err != nil {
+	if err := r.PushBlob(ctx, []string{urn}, artDigest, []digest.Digest{digest.NewFromBlob(meta)}, []digest.Digest{root}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := r.FetchBlob(ctx, urn); err != nil || got != artDigest {
@@ -108,7 +108,7 @@ func TestCallsAgainstServe(t *testing.T) {
 
 	// Any other URI gets an index of its own.
 	const other = "https://example.com/source.tar.gz"
-	if err := r.PushDirectory(ctx, other, root); err != nil {
+	if err := r.PushDirectory(ctx, []string{other}, root); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := r.FetchDirectory(ctx, other); err != nil || got != root {

@@ -87,7 +87,7 @@ func concurrentClients(t *testing.T, addr, dir string) {
 				// complete) and a ref of their own, through both APIs.
 				own := fmt.Sprintf("demo/client/%d", i)
 				if i%2 == 0 {
-					if err := r.PushDirectory(ctx, buildstream.URNBst1Artifact+own, root); err != nil {
+					if err := r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + own}, root); err != nil {
 						return fmt.Errorf("client %d PushDirectory: %w", i, err)
 					}
 				} else if err := r.UpdateReference(ctx, []string{own}, root); err != nil {

@@ -32,7 +32,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
 			t.Fatal(err)
 		}
-		if err := r.PushDirectory(ctx, buildstream.URNBst1Artifact+name, root); err != nil {
+		if err := r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + name}, root); err != nil {
 			t.Fatal(err)
 		}
 		refs[name], unique[name] = root, digest.NewFromBlob(own)

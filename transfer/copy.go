@@ -109,7 +109,7 @@ func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o
 			hit = &Result{Ref: ref, Cache: c.Name(), Digest: d.String(), Status: StatusSkipped, Reason: "the build failed: not promoted (use --include-failed)"}
 			return true, nil
 		}
-		p = pushing{ref: ref, en: en, all: all, roots: e.wanted(en)}
+		p = pushing{ref: ref, en: en, all: all, roots: e.wanted(en), refs: []string{ref}}
 		hit = &Result{Ref: ref, Cache: c.Name(), Digest: d.String()}
 		return true, nil
 	})

@@ -173,24 +173,32 @@ func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
 	return e, nil
 }
 
-// writeIndex records ref -> e on a cache, once its content is there.
-func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Capabilities, ref string, e entry, present cache.Roots) error {
+// writeIndex records refs -> e on a cache, once its content is there:
+// every ref of one artifact (strong and weak key) in one call.
+func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Capabilities, refs []string, e entry, present cache.Roots) error {
+	urns := func(prefix string) []string {
+		out := make([]string, len(refs))
+		for i, ref := range refs {
+			out[i] = prefix + ref
+		}
+		return out
+	}
 	switch k {
 	case Bst1Artifact:
 		if caps.RemoteAssetPush {
-			return r.PushDirectory(ctx, buildstream.URNBst1Artifact+ref, e.digest)
+			return r.PushDirectory(ctx, urns(buildstream.URNBst1Artifact), e.digest)
 		}
 		if caps.ReferenceStorage && caps.AllowUpdates {
-			return r.UpdateReference(ctx, []string{ref}, e.digest)
+			return r.UpdateReference(ctx, refs, e.digest)
 		}
 		return errNoPushIndex
 	case Bst2Artifact, Bst2Source:
 		if !caps.RemoteAssetPush {
 			return errNoPushIndex
 		}
-		urn := buildstream.URNBst2Artifact + ref
+		prefix := buildstream.URNBst2Artifact
 		if k == Bst2Source {
-			urn = buildstream.URNBst2Source + ref
+			prefix = buildstream.URNBst2Source
 		}
 		var blobs []digest.Digest
 		for _, b := range present.Blobs {
@@ -198,7 +206,7 @@ func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Ca
 				blobs = append(blobs, b)
 			}
 		}
-		return r.PushBlob(ctx, urn, e.digest, blobs, present.Dirs)
+		return r.PushBlob(ctx, urns(prefix), e.digest, blobs, present.Dirs)
 	}
 	return errNoPushIndex
 }

@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -179,6 +180,13 @@ func (e *Engine) localHit(ref string) (Result, bool) {
 func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence bool) Result {
 	if !evidence {
 		if res, ok := e.localHit(ref); ok {
+			en, err := e.Kind.localEntry(e.Store, ref)
+			if err == nil {
+				err = e.linkRefs(ctx, ref, en)
+			}
+			if err != nil {
+				return failed(res, err)
+			}
 			return res
 		}
 	}
@@ -317,7 +325,25 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d dige
 			return missing, err
 		}
 	}
-	return nil, e.Store.SetRef(e.Kind.StoreKind(), ref, en.content)
+	if err := e.Store.SetRef(e.Kind.StoreKind(), ref, en.content); err != nil {
+		return nil, err
+	}
+	return nil, e.linkRefs(ctx, ref, en)
+}
+
+// linkRefs writes the artifact's other refs (its weak key's, or its strong
+// key's when ref is the weak one) locally, as BuildStream stores an
+// artifact under both: non-strict builds look it up by the weak key.
+func (e *Engine) linkRefs(ctx context.Context, ref string, en entry) error {
+	for _, other := range e.allRefs(ctx, ref, en)[1:] {
+		if cur, err := e.Store.GetRef(e.Kind.StoreKind(), other); err == nil && bytes.Equal(cur, en.content) {
+			continue
+		}
+		if err := e.Store.SetRef(e.Kind.StoreKind(), other, en.content); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func failed(res Result, err error) Result {

@@ -77,6 +77,8 @@ type pushing struct {
 	en    entry
 	all   []digest.Digest
 	roots cache.Roots
+	// refs are every ref of the artifact (strong and weak), ref first.
+	refs []string
 }
 
 // pushRoots is what pushing en sends: everything required, plus optional
@@ -124,6 +126,7 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 	if err == nil {
 		p.en = en
 		p.all, p.roots, err = e.pushRoots(en)
+		p.refs = e.allRefs(ctx, ref, en)
 	}
 	if err != nil {
 		for j := range out {
@@ -217,7 +220,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 	if hasIndex(t) {
 		// A repair rewrites the entry too: a bst2 entry then names the
 		// trees just added.
-		if err := e.Kind.writeIndex(ctx, r, t.caps, p.ref, p.en, p.roots); err != nil {
+		if err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots); err != nil {
 			return failed(res, err)
 		}
 	}
@@ -274,7 +277,7 @@ func (e *Engine) pushIndex(ctx context.Context, p pushing, t *Cache, readers []*
 	case o.DryRun:
 		res.Status, res.Reason = StatusWouldPush, "would write the index entry"
 	default:
-		if err := e.Kind.writeIndex(ctx, r, t.caps, p.ref, p.en, p.roots); err != nil {
+		if err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots); err != nil {
 			return failed(res, err)
 		}
 		res.Status = StatusDone

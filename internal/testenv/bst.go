@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -88,6 +89,25 @@ func NewBst(t testing.TB) *Bst {
 	return b
 }
 
+// Env is bst's environment: its XDG directories, for running bst-cache
+// as this bst's user.
+func (b *Bst) Env() map[string]string {
+	out := map[string]string{"HOME": b.Home}
+	for _, kv := range b.env {
+		k, v, _ := strings.Cut(kv, "=")
+		out[k] = v
+	}
+	return out
+}
+
+// WriteUserConfig writes bst's user configuration file as given.
+func (b *Bst) WriteUserConfig(t testing.TB, conf string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(b.Home, "config", "buildstream.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // ArtifactDir is bst's local artifact cache (bst1 layout).
 func (b *Bst) ArtifactDir() string { return filepath.Join(b.Home, "cache", "buildstream", "artifacts") }
 
@@ -95,6 +115,22 @@ func (b *Bst) ArtifactDir() string { return filepath.Join(b.Home, "cache", "buil
 func (b *Bst) Run(t testing.TB, project string, args ...string) string {
 	t.Helper()
 	return run(t, project, b.env, "bst", append([]string{"--no-interactive", "--no-colors"}, args...)...)
+}
+
+// Output runs bst in project dir and returns what it printed on stdout
+// alone; a failure fails t.
+func (b *Bst) Output(t testing.TB, project string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("bst", append([]string{"--no-interactive", "--no-colors"}, args...)...)
+	cmd.Dir = project
+	cmd.Env = append(os.Environ(), b.env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bst %v: %v\n%s", args, err, stderr.String())
+	}
+	return string(out)
 }
 
 // RefsOnDisk lists the refs of a bst1 cache directory by walking its refs

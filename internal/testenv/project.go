@@ -98,3 +98,36 @@ func TreeSnapshot(t testing.TB, root string) map[string]string {
 	}
 	return out
 }
+
+// WriteDepsProject writes a BuildStream 1.6 project "demo" whose
+// apps/app.bst depends on lib.bst (which depends on base.bst) and on
+// libsub.bst through the junction sub.bst (a subproject named "sub"), so
+// app's and lib's weak keys differ from their strong keys. projectConf is
+// added to project.conf (e.g. an artifacts: section).
+func WriteDepsProject(t testing.TB, projectConf string) *Project {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"project.conf":             "name: demo\nelement-path: elements\n" + projectConf,
+		"elements/base.bst":        "kind: import\nsources:\n- kind: local\n  path: files/base\n",
+		"elements/lib.bst":         "kind: import\ndepends:\n- base.bst\nsources:\n- kind: local\n  path: files/lib\n",
+		"elements/sub.bst":         "kind: junction\nsources:\n- kind: local\n  path: sub\n",
+		"elements/apps/app.bst":    "kind: import\ndepends:\n- lib.bst\n- junction: sub.bst\n  filename: libsub.bst\nsources:\n- kind: local\n  path: files/app\n",
+		"files/base/etc/base.txt":  "base\n",
+		"files/lib/lib/lib.txt":    "lib\n",
+		"files/app/bin/app":        "#!/bin/sh\necho app\n",
+		"sub/project.conf":         "name: sub\nelement-path: elements\n",
+		"sub/elements/libsub.bst":  "kind: import\nsources:\n- kind: local\n  path: files/libsub\n",
+		"sub/files/libsub/sub.txt": "from the subproject\n",
+	}
+	for rel, content := range files {
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &Project{Dir: dir, Name: "demo", Elements: []string{"apps/app.bst"}}
+}

@@ -1,0 +1,187 @@
+package commands_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bst-cache/bst-cache/commands"
+	"github.com/bst-cache/bst-cache/internal/testenv"
+)
+
+// runAs runs bst-cache in-process in dir with a bst's environment (its
+// XDG directories, so its BuildStream configuration and cache) and no
+// bst-cache configuration but what dir holds.
+func runAs(t *testing.T, b *testenv.Bst, dir string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	for k, v := range b.Env() {
+		t.Setenv(k, v)
+	}
+	t.Setenv("BST_CACHE_CONFIG", "")
+	wd, _ := os.Getwd()
+	if err := os.Chdir(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Chdir(wd)
+	var out, errOut bytes.Buffer
+	code = commands.Main(context.Background(), "test", append([]string{"bst-cache"}, args...), &out, &errOut)
+	return out.String(), errOut.String(), code
+}
+
+// states is what `bst show` says of every element of app's closure,
+// strict or not.
+func states(t *testing.T, b *testenv.Bst, p *testenv.Project, strict bool) string {
+	t.Helper()
+	args := []string{"show", "--deps", "all", "--format", "%{name}=%{state}", "apps/app.bst"}
+	if !strict {
+		args = append([]string{"--no-strict"}, args...)
+	}
+	return strings.TrimSpace(b.Output(t, p.Dir, args...))
+}
+
+// assertNothingToBuild checks that bst, strict and not, finds every
+// element cached and builds nothing.
+func assertNothingToBuild(t *testing.T, b *testenv.Bst, p *testenv.Project) {
+	t.Helper()
+	const want = "base.bst=cached\nlib.bst=cached\nsub.bst:libsub.bst=cached\napps/app.bst=cached"
+	for _, strict := range []bool{true, false} {
+		if got := states(t, b, p, strict); got != want {
+			t.Errorf("bst show (strict=%t):\n%s\nwant every element cached", strict, got)
+		}
+		args := []string{"build", "apps/app.bst"}
+		if !strict {
+			args = append([]string{"--no-strict"}, args...)
+		}
+		if out := b.Run(t, p.Dir, args...); strings.Contains(out, "[build:") {
+			t.Errorf("bst %v built something:\n%s", args, out)
+		}
+	}
+}
+
+// In a BuildStream 1.6 project with a junction and dependencies, with the
+// caches only in BuildStream's own configuration ([a dead cache from
+// buildstream.conf's projects section, bst-artifact-server from
+// project.conf]) and no bst-cache file: `bst-cache pull --deps all
+// apps/app.bst` fills BuildStream's own cache with every artifact under
+// its strong and weak refs, so bst builds nothing, strict or not, and
+// checks out the same files.
+func TestPullElementsIntoBuildStream(t *testing.T) {
+	bas := testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
+	p := testenv.WriteDepsProject(t, "artifacts:\n  url: "+bas.URL()+"\n")
+	builder := testenv.NewBst(t)
+	builder.UseCaches(t, testenv.BstRemote{URL: bas.URL(), Push: true})
+	builder.Run(t, p.Dir, "build", "apps/app.bst")
+	builder.Run(t, p.Dir, "push", "--deps", "all", "apps/app.bst")
+	wantRefs := testenv.RefsOnDisk(t, builder.ArtifactDir())
+	if len(wantRefs) != 6 { // app and lib twice (strong and weak), base and libsub once
+		t.Fatalf("bst stored %d refs, want 6: %v", len(wantRefs), wantRefs)
+	}
+
+	fresh := testenv.NewBst(t)
+	dead := fmt.Sprintf("http://127.0.0.1:%d", testenv.FreePort(t))
+	fresh.WriteUserConfig(t, "projects:\n  demo:\n    artifacts:\n    - url: "+dead+"\n")
+
+	stdout, stderr, code := runAs(t, fresh, p.Dir, "caches", "--offline")
+	if code != 0 || !strings.Contains(stdout, dead) || !strings.Contains(stdout, bas.URL()) || strings.Index(stdout, dead) > strings.Index(stdout, bas.URL()) {
+		t.Errorf("caches from BuildStream's configuration: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	_, stderr, code = runAs(t, fresh, p.Dir, "pull", "--deps", "all", "apps/app.bst")
+	if code != 0 {
+		t.Fatalf("pull --deps all apps/app.bst: exit %d\n%s", code, stderr)
+	}
+	if n := strings.Count(stderr, dead); n != 1 {
+		t.Errorf("want one warning naming the dead cache, got %d:\n%s", n, stderr)
+	}
+	if diff := cmp.Diff(wantRefs, testenv.RefsOnDisk(t, fresh.ArtifactDir())); diff != "" {
+		t.Errorf("refs in BuildStream's cache after bst-cache pull (-bst's +bst-cache's):\n%s", diff)
+	}
+
+	bas.Stop() // bst must find everything locally
+	assertNothingToBuild(t, fresh, p)
+	want := testenv.TreeSnapshot(t, builder.Checkout(t, p, "apps/app.bst"))
+	if diff := cmp.Diff(want, testenv.TreeSnapshot(t, fresh.Checkout(t, p, "apps/app.bst"))); diff != "" {
+		t.Errorf("checkout after bst-cache pull (-built +pulled):\n%s", diff)
+	}
+
+	// Element errors are usage errors naming the element.
+	if _, stderr, code := runAs(t, fresh, p.Dir, "pull", "nosuch.bst"); code != 2 || !strings.Contains(stderr, "nosuch.bst") {
+		t.Errorf("pull of an unknown element: exit %d\n%s", code, stderr)
+	}
+	if _, stderr, code := runAs(t, fresh, t.TempDir(), "pull", "apps/app.bst"); code != 2 || !strings.Contains(stderr, "--project") {
+		t.Errorf("pull of an element outside a project: exit %d\n%s", code, stderr)
+	}
+}
+
+// CI promotes an element's whole closure in one command: copy --from
+// latest --to releases --deps all apps/app.bst (caches named by URL in a
+// bst-cache.toml beside project.conf), then a fresh bst configured with
+// releases only pulls every element, strict and not, and checks out the
+// same files. With no project at hand, copy --deps all REF moves the same
+// closure as the element form.
+func TestPromoteElementClosure(t *testing.T) {
+	latest := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	releases := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	byRef := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	p := testenv.WriteDepsProject(t, "artifacts:\n  url: "+latest.URL()+"\n")
+	builder := testenv.NewBst(t)
+	builder.UseCaches(t, testenv.BstRemote{URL: latest.URL(), Push: true})
+	builder.Run(t, p.Dir, "build", "apps/app.bst")
+	builder.Run(t, p.Dir, "push", "--deps", "all", "apps/app.bst")
+	if err := os.WriteFile(filepath.Join(p.Dir, "bst-cache.toml"), []byte(
+		cacheTOML("latest", latest.URL(), false)+cacheTOML("releases", releases.URL(), true)+cacheTOML("by-ref", byRef.URL(), true)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ci := testenv.NewBst(t)
+	ci.UseCaches(t)
+	_, stderr, code := runAs(t, ci, p.Dir, "copy", "--from", "latest", "--to", "releases", "--deps", "all", "apps/app.bst")
+	if code != 0 {
+		t.Fatalf("copy --deps all apps/app.bst: exit %d\n%s", code, stderr)
+	}
+	if diff := cmp.Diff(testenv.RefsOnDisk(t, builder.ArtifactDir()), testenv.RefsOnDisk(t, releases.Dir)); diff != "" {
+		t.Errorf("refs on releases (-built +promoted):\n%s", diff)
+	}
+	want := testenv.TreeSnapshot(t, builder.Checkout(t, p, "apps/app.bst"))
+	for _, strict := range []bool{true, false} {
+		fresh := testenv.NewBst(t)
+		fresh.UseCaches(t, testenv.BstRemote{URL: releases.URL()})
+		fresh.WriteUserConfig(t, "projects:\n  demo:\n    artifacts:\n    - url: "+releases.URL()+"\n")
+		args := []string{"pull", "--deps", "all", "apps/app.bst"}
+		if !strict {
+			args = append([]string{"--no-strict"}, args...)
+		}
+		// project.conf recommends latest: stop bst from using it.
+		latest.Stop()
+		fresh.Run(t, p.Dir, args...)
+		if got := states(t, fresh, p, strict); strings.Contains(got, "buildable") || strings.Contains(got, "waiting") {
+			t.Errorf("after bst pull from releases (strict=%t): %s", strict, got)
+		}
+		if diff := cmp.Diff(want, testenv.TreeSnapshot(t, fresh.Checkout(t, p, "apps/app.bst"))); diff != "" {
+			t.Errorf("checkout from releases (strict=%t) (-built +promoted):\n%s", strict, diff)
+		}
+	}
+
+	// No project at hand: lib's ref with --deps all moves lib and base,
+	// as lib.bst with --deps all did.
+	latest2 := testenv.StartServe(t, testenv.ServeOptions{Push: true, Dir: latest.Dir})
+	key := strings.TrimSpace(builder.Output(t, p.Dir, "show", "--deps", "none", "--format", "%{full-key}", "lib.bst"))
+	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("latest", latest2.URL(), false)+cacheTOML("by-ref", byRef.URL(), true))
+	_, stderr, code = runCLI(t, t.TempDir(), "--config", cfg, "copy", "--from", "latest", "--to", "by-ref", "--deps", "all", "demo/lib/"+key)
+	if code != 0 {
+		t.Fatalf("copy --deps all REF: exit %d\n%s", code, stderr)
+	}
+	var libClosure []string
+	for _, r := range testenv.RefsOnDisk(t, releases.Dir) {
+		if strings.HasPrefix(r, "demo/lib/") || strings.HasPrefix(r, "demo/base/") {
+			libClosure = append(libClosure, r)
+		}
+	}
+	if diff := cmp.Diff(libClosure, testenv.RefsOnDisk(t, byRef.Dir)); diff != "" {
+		t.Errorf("copy --deps all of lib's ref (-element form +ref form):\n%s", diff)
+	}
+}

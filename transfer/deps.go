@@ -1,0 +1,169 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+
+	"github.com/bst-cache/bst-cache/buildstream"
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// ErrRunDeps is returned for --deps run on refs: artifacts record their
+// build dependencies only.
+var ErrRunDeps = errors.New("for refs, --deps follows the build dependencies artifacts record; run-time dependencies are not recorded: name elements in their project, or use --deps build or all")
+
+// Expand returns refs followed by the refs of their recorded build
+// dependencies, transitively, each once: BuildStream 1's
+// meta/dependencies.yaml (the whole build scope, by element name; a
+// junctioned dependency is taken to be in the same project, since the file
+// does not say), BuildStream 2's Artifact.build_deps. Metadata comes from
+// the local store, else from the caches (read, not stored). A ref whose
+// metadata is nowhere stays in the list and the transfer reports it.
+func (e *Engine) Expand(ctx context.Context, refs []string, deps buildstream.Deps) ([]string, error) {
+	switch deps {
+	case buildstream.DepsNone:
+		return refs, nil
+	case buildstream.DepsRun:
+		return nil, ErrRunDeps
+	}
+	seen := map[string]bool{}
+	var out []string
+	queue := append([]string(nil), refs...)
+	for len(queue) > 0 {
+		ref := queue[0]
+		queue = queue[1:]
+		if seen[ref] {
+			continue
+		}
+		seen[ref] = true
+		out = append(out, ref)
+		ds, err := e.dependencies(ctx, ref)
+		if errors.Is(err, errNoMeta) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: reading its dependencies: %w", ref, err)
+		}
+		project, _, _, err := buildstream.SplitRef(ref)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range ds {
+			queue = append(queue, d.Ref(project))
+		}
+	}
+	return out, nil
+}
+
+// errNoMeta: the artifact is in neither the local store nor a cache.
+var errNoMeta = errors.New("artifact metadata not found")
+
+// dependencies reads what one artifact records of its build dependencies.
+func (e *Engine) dependencies(ctx context.Context, ref string) ([]buildstream.Dependency, error) {
+	en, err := e.findEntry(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if e.Kind != Bst1Artifact {
+		art, err := buildstream.ParseArtifact(en.content)
+		if err != nil {
+			return nil, err
+		}
+		return buildstream.ArtifactDependencies(art), nil
+	}
+	data, err := e.metaFile(ctx, en.digest, buildstream.DependenciesFile)
+	if err != nil {
+		return nil, err
+	}
+	return buildstream.ParseDependencies(data)
+}
+
+// findEntry is a ref's entry from the local store, else from the first
+// cache that names it.
+func (e *Engine) findEntry(ctx context.Context, ref string) (entry, error) {
+	if en, err := e.Kind.localEntry(e.Store, ref); err == nil {
+		return en, nil
+	}
+	var found *entry
+	_, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
+		en, err := e.remoteEntry(ctx, d)
+		if err != nil {
+			return false, nil // the next hit may be readable
+		}
+		if e.Kind != Bst1Artifact {
+			en.content, _ = readFirst(ctx, e, e.storage(), d)
+		}
+		found = &en
+		return true, nil
+	})
+	if err != nil {
+		return entry{}, err
+	}
+	if found == nil {
+		return entry{}, errNoMeta
+	}
+	return *found, nil
+}
+
+// metaFile reads a BuildStream 1 artifact's meta/NAME from the local store
+// or the storage caches.
+func (e *Engine) metaFile(ctx context.Context, root digest.Digest, name string) ([]byte, error) {
+	read := func(d digest.Digest) ([]byte, error) {
+		if data, err := e.Store.ReadBlob(d); err == nil {
+			return data, nil
+		}
+		return readFirst(ctx, e, e.storage(), d)
+	}
+	d := root
+	for _, part := range []string{buildstream.MetaDir, name} {
+		data, err := read(d)
+		if err != nil {
+			return nil, err
+		}
+		dir, err := cache.ParseDirectory(data)
+		if err != nil {
+			return nil, err
+		}
+		next, ok := childDigest(dir, part)
+		if !ok {
+			return nil, fmt.Errorf("%s/%s: %w", buildstream.MetaDir, name, errNoMeta)
+		}
+		d = next
+	}
+	return read(d)
+}
+
+// allRefs are every ref a local artifact is stored under: the one given
+// and its others (strong and weak), from keys.yaml (BuildStream 1) or the
+// Artifact (BuildStream 2). Sources have one.
+func (e *Engine) allRefs(ctx context.Context, ref string, en entry) []string {
+	var keys buildstream.Keys
+	switch e.Kind {
+	case Bst1Artifact:
+		data, err := e.metaFile(ctx, en.digest, buildstream.KeysFile)
+		if err != nil {
+			return []string{ref}
+		}
+		if keys, err = buildstream.ParseKeys(data); err != nil {
+			return []string{ref}
+		}
+	case Bst2Artifact:
+		art, err := buildstream.ParseArtifact(en.content)
+		if err != nil {
+			return []string{ref}
+		}
+		keys = buildstream.ArtifactKeys(art)
+	default:
+		return []string{ref}
+	}
+	out := []string{ref}
+	for _, k := range keys.All() {
+		if other := buildstream.WithKey(ref, k); other != ref && k != "" {
+			out = append(out, other)
+		}
+	}
+	return out
+}
