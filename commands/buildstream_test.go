@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -115,6 +116,43 @@ func TestPullElementsIntoBuildStream(t *testing.T) {
 	}
 	if _, stderr, code := runAs(t, fresh, t.TempDir(), "pull", "apps/app.bst"); code != 2 || !strings.Contains(stderr, "--project") {
 		t.Errorf("pull of an element outside a project: exit %d\n%s", code, stderr)
+	}
+	t.Run("no bst", func(t *testing.T) {
+		t.Setenv("PATH", t.TempDir())
+		if _, stderr, code := runAs(t, fresh, p.Dir, "pull", "apps/app.bst"); code != 2 || !strings.Contains(stderr, "apps/app.bst") || !strings.Contains(stderr, "bst") {
+			t.Errorf("pull of an element without bst: exit %d\n%s", code, stderr)
+		}
+	})
+}
+
+// A ref given by its weak key resolves like bst's non-strict lookup: the
+// artifact comes, and is stored under its strong key's ref too.
+func TestPullByWeakKey(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	p := testenv.WriteDepsProject(t, "")
+	builder := testenv.NewBst(t)
+	builder.UseCaches(t, testenv.BstRemote{URL: srv.URL(), Push: true})
+	builder.Run(t, p.Dir, "build", "apps/app.bst")
+	builder.Run(t, p.Dir, "push", "apps/app.bst")
+	strong := strings.TrimSpace(builder.Output(t, p.Dir, "show", "--deps", "none", "--format", "%{full-key}", "apps/app.bst"))
+	var weak string
+	for _, r := range testenv.RefsOnDisk(t, builder.ArtifactDir()) {
+		if strings.HasPrefix(r, "demo/apps-app/") && !strings.HasSuffix(r, strong) {
+			weak = r
+		}
+	}
+	if weak == "" {
+		t.Fatal("bst stored no weak ref for app")
+	}
+	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false))
+	local := t.TempDir()
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", weak); code != 0 {
+		t.Fatalf("pull by weak key: exit %d\n%s", code, stderr)
+	}
+	want := []string{"demo/apps-app/" + strong, weak}
+	sort.Strings(want)
+	if diff := cmp.Diff(want, testenv.RefsOnDisk(t, local)); diff != "" {
+		t.Errorf("refs after a pull by weak key (-want +got):\n%s", diff)
 	}
 }
 

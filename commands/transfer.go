@@ -183,6 +183,9 @@ func elementRefs(c *cli.Context, deps buildstream.Deps, elements []string) ([]st
 		}
 	}
 	els, err := buildstream.Show(c.Context, "", dir, nil, deps, elements)
+	if errors.Is(err, buildstream.ErrNoBst) {
+		return nil, usageError("%s: element names are resolved by running bst: %v", strings.Join(elements, " "), err)
+	}
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
