@@ -9,6 +9,7 @@ import (
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/buildstream"
@@ -165,4 +166,91 @@ func TestBst2RoundTrip(t *testing.T) {
 	if !bytes.Equal(readFile(t, filepath.Join(origin, srcRef)), readFile(t, filepath.Join(srcDir, srcRef))) {
 		t.Error("the Source proto did not round-trip")
 	}
+}
+
+// bst2Artifact stores a small BuildStream 2 artifact for element in
+// project under its strong key's ref only, recording its weak key and
+// build dependencies as BuildStream 2 does.
+func bst2Artifact(t *testing.T, s *cache.Store, project, element, strong, weak string, deps ...*bspb.Artifact_Dependency) string {
+	t.Helper()
+	add := func(data []byte) *repb.Digest {
+		d, err := s.Add(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.ToProto()
+	}
+	dir, _ := proto.Marshal(&repb.Directory{Files: []*repb.FileNode{{Name: element + ".txt", Digest: add([]byte(element + "\n"))}}})
+	art := &bspb.Artifact{
+		Version: 1, BuildSuccess: true, StrongKey: strong, WeakKey: weak, Files: add(dir), BuildDeps: deps,
+		LowDiversityMeta: add([]byte("low\n")), HighDiversityMeta: add([]byte("high " + element + "\n")),
+	}
+	data, _ := proto.Marshal(art)
+	ref := buildstream.ArtifactRef(project, element+".bst", strong)
+	if err := s.SetRef(cache.KindArtifact, ref, data); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// BuildStream 2 (crafted artifacts, through serve): push writes an
+// Artifact under the URIs of both its keys; copy --deps all REF follows
+// Artifact.build_deps across projects; pull stores every ref.
+func TestBst2KeysAndDeps(t *testing.T) {
+	s1 := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	s2 := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	origin := t.TempDir()
+	s, err := cache.Open(origin, cache.LayoutBst2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep := func(project, element, key string) *bspb.Artifact_Dependency {
+		return &bspb.Artifact_Dependency{ProjectName: project, ElementName: element, CacheKey: key}
+	}
+	bst2Artifact(t, s, "proj", "base", "b1", "b1")
+	bst2Artifact(t, s, "sub", "libsub", "s1", "s1w")
+	bst2Artifact(t, s, "proj", "lib", "l1", "l1w", dep("proj", "base.bst", "b1"))
+	app := bst2Artifact(t, s, "proj", "app", "a1", "a1w", dep("proj", "lib.bst", "l1"), dep("proj", "base.bst", "b1"), dep("sub", "libsub.bst", "s1"))
+	cfg := writeConfig(t, "format = \"bst2\"\n"+cacheTOML("s1", s1.URL(), true)+cacheTOML("s2", s2.URL(), true))
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", origin, "push", "--cache", "s1", "--deps", "all", app); code != 0 {
+		t.Fatalf("push --deps all: exit %d\n%s", code, stderr)
+	}
+	want := []string{"proj/app/a1", "proj/app/a1w", "proj/base/b1", "proj/lib/l1", "proj/lib/l1w", "sub/libsub/s1", "sub/libsub/s1w"}
+	if diff := cmp.Diff(want, bst2Refs(t, s1.Dir)); diff != "" {
+		t.Errorf("refs on s1 after push --deps all (-want +got):\n%s", diff)
+	}
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", t.TempDir(), "copy", "--from", "s1", "--to", "s2", "--deps", "all", app); code != 0 {
+		t.Fatalf("copy --deps all: exit %d\n%s", code, stderr)
+	}
+	if diff := cmp.Diff(want, bst2Refs(t, s2.Dir)); diff != "" {
+		t.Errorf("refs on s2 after copy --deps all (-want +got):\n%s", diff)
+	}
+	local := t.TempDir()
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", "--deps", "build", "proj/app/a1w"); code != 0 {
+		t.Fatalf("pull --deps build by weak key: exit %d\n%s", code, stderr)
+	}
+	if diff := cmp.Diff(want, bst2Refs(t, local)); diff != "" {
+		t.Errorf("local refs after pull (-want +got):\n%s", diff)
+	}
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", "--deps", "run", app); code != 2 || !strings.Contains(stderr, "run-time dependencies are not recorded") {
+		t.Errorf("pull --deps run of a ref: exit %d\n%s", code, stderr)
+	}
+}
+
+// bst2Refs lists the BuildStream 2 artifact refs under dir, sorted.
+func bst2Refs(t *testing.T, dir string) []string {
+	t.Helper()
+	s, err := cache.OpenReadOnly(dir, cache.LayoutBst2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := s.ListRefs(cache.KindBst2Artifact, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, i := range infos {
+		out = append(out, i.Name)
+	}
+	return out
 }
