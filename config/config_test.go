@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -291,5 +292,72 @@ func TestParseURL(t *testing.T) {
 		if _, err := v.parseURL(bad); err == nil {
 			t.Errorf("parseURL(%q) succeeded; want an error", bad)
 		}
+	}
+}
+
+// BuildStream's configuration is the default configuration: its caches
+// come first with names made from their URLs and origins in BuildStream's
+// files; a bst-cache.toml cache with the same URL takes its place and
+// settings; inside a project the format and the local store follow it; a
+// BuildStream YAML file given as --config is read as one.
+func TestLoadBuildStreamConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	write := func(rel, content string) string {
+		p := filepath.Join(dir, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	t.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "cache"))
+	userConf := write("config/buildstream.conf", "artifacts:\n- url: http://global.example.com:11001\n  push: true\n")
+	projectConf := write("proj/project.conf", "name: demo\nartifacts:\n- url: http://cache.example.com\n- url: http://Other_Host:8080\n")
+
+	cfg, err := Load(Options{WorkDir: filepath.Join(dir, "proj"), UserFile: filepath.Join(dir, "none.toml")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range cfg.Caches {
+		got = append(got, fmt.Sprintf("%s %s push=%t %s", c.Name, c.URL, c.Push, c.Origin))
+	}
+	want := []string{
+		"cache.example.com http://cache.example.com push=false " + projectConf + ":3",
+		"other_host-8080 http://Other_Host:8080 push=false " + projectConf + ":4",
+		"global.example.com-11001 http://global.example.com:11001 push=true " + userConf + ":2",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("caches (-want +got):\n%s", diff)
+	}
+	if cfg.Format != FormatBst1 || cfg.Local != filepath.Join(dir, "cache", "buildstream", "artifacts") {
+		t.Errorf("format %s, local %s: want bst1 and BuildStream 1's artifact directory", cfg.Format, cfg.Local)
+	}
+
+	// A bst-cache.toml names one by URL and adds its own.
+	toml := write("proj/bst-cache.toml", "[[cache]]\nname = \"latest\"\nurl = \"http://cache.example.com\"\nmax-concurrency = 3\n\n[[cache]]\nname = \"extra\"\nurl = \"http://extra\"\n")
+	cfg, err = Load(Options{WorkDir: filepath.Join(dir, "proj"), UserFile: filepath.Join(dir, "none.toml")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, c := range cfg.Caches {
+		got = append(got, fmt.Sprintf("%s %d %s", c.Name, c.MaxConcurrency, c.Origin))
+	}
+	want = []string{"latest 3 " + toml + ":1", "other_host-8080 16 " + projectConf + ":4", "global.example.com-11001 16 " + userConf + ":2", "extra 16 " + toml + ":6"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("caches with a bst-cache.toml (-want +got):\n%s", diff)
+	}
+
+	// --config with BuildStream's YAML: read as such, outside a project.
+	other := write("elsewhere.conf", "artifacts:\n  url: https://one.example.com\n")
+	cfg, err = Load(Options{File: other, WorkDir: dir})
+	if err != nil || len(cfg.Caches) != 1 || cfg.Caches[0].Name != "one.example.com" {
+		t.Errorf("--config with a BuildStream file: %v %+v", err, cfg)
+	}
+	bad := write("bad.yaml", "artifacts:\n- url: http://a\n  push: maybe\n")
+	if _, err := Load(Options{File: bad, WorkDir: dir}); err == nil || !strings.Contains(err.Error(), bad+":3: push") {
+		t.Errorf("a bad BuildStream file: %v; want its file, line and key", err)
 	}
 }
