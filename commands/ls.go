@@ -7,10 +7,8 @@ import (
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"github.com/urfave/cli/v2"
-	"google.golang.org/protobuf/proto"
 
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 )
@@ -85,11 +83,11 @@ func describeRef(s *cache.Store, kind cache.Kind, r cache.RefInfo) lsEntry {
 		en.Digest = digest.NewFromBlob(data).String()
 		return en
 	}
-	var d repb.Digest
-	if err := proto.Unmarshal(data, &d); err != nil {
+	d, err := buildstream.ParseV1Ref(data)
+	if err != nil {
 		en.Digest, en.Error = "-", fmt.Sprintf("unreadable ref: %v", err)
 		return en
 	}
-	en.Digest = digest.NewFromProtoUnvalidated(&d).String()
+	en.Digest = d.String()
 	return en
 }

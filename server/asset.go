@@ -11,7 +11,6 @@ import (
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bst-cache/bst-cache/buildstream"
@@ -78,7 +77,7 @@ func (p push) PushDirectory(_ context.Context, req *assetpb.PushDirectoryRequest
 	roots.Dirs = append(roots.Dirs, root)
 	err = p.writeEntries(assetDirectory, req.GetUris(), req.GetQualifiers(), roots, func(uri string, e entry) ([]byte, error) {
 		if e.kind == cache.KindBst1Artifact {
-			return proto.Marshal(root.ToProto())
+			return buildstream.V1RefContent(root), nil
 		}
 		return rec.forURI(uri)
 	})

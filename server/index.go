@@ -12,11 +12,9 @@ import (
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
@@ -139,11 +137,7 @@ func (s *Server) resolve(e entry, full bool) (resolved, error) {
 	}
 	switch e.kind {
 	case cache.KindBst1Artifact:
-		var d repb.Digest
-		if err := proto.Unmarshal(data, &d); err != nil {
-			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
-		}
-		dg, err := digest.NewFromProto(&d)
+		dg, err := buildstream.ParseV1Ref(data)
 		if err != nil {
 			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
 		}

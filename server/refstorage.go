@@ -6,7 +6,6 @@ import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
@@ -53,10 +52,7 @@ func (s *Server) UpdateReference(_ context.Context, req *bspb.UpdateReferenceReq
 		}
 		uris[i] = buildstream.URNBst1Artifact + k
 	}
-	data, err := proto.Marshal(root.ToProto())
-	if err != nil {
-		return nil, err
-	}
+	data := buildstream.V1RefContent(root)
 	err = s.writeEntries(assetDirectory, uris, nil, cache.Roots{Dirs: []digest.Digest{root}}, func(string, entry) ([]byte, error) {
 		return data, nil
 	})

@@ -6,8 +6,6 @@ import (
 	"fmt"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
@@ -120,7 +118,7 @@ func (k Kind) entryFor(d digest.Digest, protoData []byte) (entry, error) {
 	var err error
 	switch k {
 	case Bst1Artifact:
-		en.content, err = proto.Marshal(d.ToProto())
+		en.content = buildstream.V1RefContent(d)
 		en.roots.Dirs = []digest.Digest{d}
 		return en, err
 	case Bst2Source:
@@ -143,11 +141,7 @@ func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
 		return entry{}, err
 	}
 	if k == Bst1Artifact {
-		var pd repb.Digest
-		if err := proto.Unmarshal(data, &pd); err != nil {
-			return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
-		}
-		d, err := digest.NewFromProto(&pd)
+		d, err := buildstream.ParseV1Ref(data)
 		if err != nil {
 			return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
 		}
