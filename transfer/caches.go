@@ -20,7 +20,8 @@ type Cache struct {
 	Config config.Cache
 
 	once   sync.Once
-	remote *remotes.Remote
+	dial   dialer // dialRemote unless a test gives another
+	remote remote
 	caps   remotes.Capabilities
 
 	mu     sync.Mutex
@@ -59,24 +60,18 @@ const probeTimeout = 10 * time.Second
 
 // connect dials and probes the cache once. A cache that fails is dead for
 // the run; the error names it and its URL.
-func (c *Cache) connect(ctx context.Context, ev Events) (*remotes.Remote, error) {
+func (c *Cache) connect(ctx context.Context, ev Events) (remote, error) {
 	c.once.Do(func() {
-		r, err := remotes.Dial(ctx, c.Config, remotes.WithShrinkHook(func(s remotes.ShrinkEvent) {
-			ev.Warn(fmt.Sprintf("cache %s (%s) refused a message as larger than its limit: %s size now %d bytes for the rest of this run", s.Cache, s.URL, s.What, s.Size))
-		}))
+		dial := c.dial
+		if dial == nil {
+			dial = dialRemote
+		}
+		r, caps, err := dial(ctx, c.Config, ev)
 		if err != nil {
 			c.kill(err, ev)
 			return
 		}
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		res := remotes.Probe(pctx, r, c.Config.Type)
-		cancel()
-		if res.Err != nil {
-			r.Close()
-			c.kill(res.Err, ev)
-			return
-		}
-		c.remote, c.caps = r, res.Caps
+		c.remote, c.caps = r, caps
 	})
 	if err := c.deadErr(); err != nil {
 		return nil, err

@@ -4,6 +4,11 @@
 // formats (what a ref names, how each index is asked) and nothing of the
 // command line; progress and logs go through the Events it is given.
 //
+// It reaches caches through two small interfaces of its own, storage (a
+// CAS) and index (ReferenceStorage and Remote Asset), which
+// *remotes.Remote implements; the engine's rules are table-tested over an
+// in-memory cache, and end to end against real servers in commands/.
+//
 // Its contracts, which the command line turns into exit codes:
 //   - A ref is StatusMissing only when every index cache that could hold it
 //     answered that it does not; when one could not be asked, it is

@@ -218,7 +218,7 @@ func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err 
 // first what the cache has: a batch answers NOT_FOUND per blob and a stream
 // as a whole, which costs the server less than FindMissingBlobs and saves
 // a round trip per tree level. It returns how many of need the cache lacks.
-func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, need []digest.Digest) (int, error) {
+func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []digest.Digest) (int, error) {
 	var lacks atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	// Requests in flight are bounded by the cache's max-concurrency inside
@@ -273,7 +273,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r *remotes.Remote, ne
 
 // batch reads small blobs in one call (BatchRead verifies each) and returns
 // how many the cache lacks.
-func (f *fetcher) batch(ctx context.Context, c *Cache, r *remotes.Remote, ds []digest.Digest) (int, error) {
+func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Digest) (int, error) {
 	found, missing, err := r.BatchRead(ctx, ds)
 	if errors.Is(err, remotes.ErrTooLarge) {
 		// A blob too large for any batch the cache takes: stream it.
@@ -308,7 +308,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r *remotes.Remote, ds []d
 
 // stream reads one large blob into the store's verifying writer. found is
 // false when the cache does not have it.
-func (f *fetcher) stream(ctx context.Context, c *Cache, r *remotes.Remote, d digest.Digest) (found bool, err error) {
+func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Digest) (found bool, err error) {
 	w, err := f.store.NewWriter(d)
 	if err != nil {
 		return true, err

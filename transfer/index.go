@@ -68,7 +68,7 @@ func (k Kind) StoreKind() cache.Kind {
 // lookup asks one cache's index for a ref: the digest it names (the root
 // Directory for bst1, the Artifact or Source blob for bst2). A miss is
 // remotes.ErrNotFound.
-func (k Kind) lookup(ctx context.Context, r *remotes.Remote, caps remotes.Capabilities, ref string) (digest.Digest, error) {
+func (k Kind) lookup(ctx context.Context, r remote, caps remotes.Capabilities, ref string) (digest.Digest, error) {
 	switch k {
 	case Bst1Artifact:
 		if caps.RemoteAssetFetch {
@@ -169,7 +169,7 @@ func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
 
 // writeIndex records refs -> e on a cache, once its content is there:
 // every ref of one artifact (strong and weak key) in one call.
-func (k Kind) writeIndex(ctx context.Context, r *remotes.Remote, caps remotes.Capabilities, refs []string, e entry, present cache.Roots) error {
+func (k Kind) writeIndex(ctx context.Context, r remote, caps remotes.Capabilities, refs []string, e entry, present cache.Roots) error {
 	urns := func(prefix string) []string {
 		out := make([]string, len(refs))
 		for i, ref := range refs {

@@ -162,7 +162,7 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 
 // indexState asks a target's index what it names for the ref: the same
 // digest, another one (a conflict unless forced) or nothing.
-func (e *Engine) indexState(ctx context.Context, r *remotes.Remote, t *Cache, p pushing, o PushOptions, res Result) (same bool, done *Result) {
+func (e *Engine) indexState(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions, res Result) (same bool, done *Result) {
 	d, err := e.Kind.lookup(ctx, r, t.caps, p.ref)
 	switch {
 	case err == nil && d == p.en.digest:

@@ -158,7 +158,7 @@ func (e *Engine) otherFormatHint(ctx context.Context, ref string) string {
 // only when some blob stays missing.
 func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots) (all, missing []digest.Digest, err error) {
 	var down error
-	var live []*remotes.Remote
+	var live []remote
 	for _, c := range storage {
 		r, err := c.connect(ctx, e.Events)
 		if err != nil {

@@ -177,7 +177,7 @@ func readFirst(ctx context.Context, e *Engine, caches []*Cache, d digest.Digest)
 }
 
 // readSmall reads one blob into memory, verified.
-func readSmall(ctx context.Context, r *remotes.Remote, d digest.Digest) ([]byte, error) {
+func readSmall(ctx context.Context, r remote, d digest.Digest) ([]byte, error) {
 	if d.Size <= r.MaxBatchBytes()-256 {
 		found, missing, err := r.BatchRead(ctx, []digest.Digest{d})
 		if err != nil {

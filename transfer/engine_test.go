@@ -1,0 +1,428 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bst-cache/bst-cache/buildstream"
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/remotes"
+)
+
+// fakeCache is an in-memory cache for the engine's own logic: a CAS and a
+// BuildStream 1 index, with faults. It is no proof of a protocol (the
+// commands tests run real servers); it lets each rule of the priority
+// walk be tested alone and fast.
+type fakeCache struct {
+	name string
+	// unreachable: dialling fails as for a dead cache.
+	unreachable bool
+	// indexErr: every index lookup fails with this code.
+	indexErr codes.Code
+
+	mu     sync.Mutex
+	blobs  map[digest.Digest][]byte
+	refs   map[string]digest.Digest
+	reads  map[digest.Digest]int
+	pushes int
+}
+
+func newFake(name string) *fakeCache {
+	return &fakeCache{name: name, blobs: map[digest.Digest][]byte{}, refs: map[string]digest.Digest{}, reads: map[digest.Digest]int{}}
+}
+
+func (f *fakeCache) err(op string, c codes.Code) error {
+	return &remotes.Error{Cache: f.name, URL: "fake://" + f.name, Op: op, Code: c, Err: status.Error(c, op)}
+}
+
+// holding stores an artifact's blobs and names ref -> root.
+func (f *fakeCache) holding(ref string, a art) *fakeCache {
+	maps.Copy(f.blobs, a.blobs)
+	f.refs[ref] = a.root
+	return f
+}
+
+// lacking removes a blob, as an independent CAS eviction would.
+func (f *fakeCache) lacking(d digest.Digest) *fakeCache {
+	delete(f.blobs, d)
+	return f
+}
+
+func (f *fakeCache) FindMissing(_ context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []digest.Digest
+	for _, d := range ds {
+		if _, ok := f.blobs[d]; !ok {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeCache) BatchRead(_ context.Context, ds []digest.Digest) (map[digest.Digest][]byte, []digest.Digest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	found := map[digest.Digest][]byte{}
+	var missing []digest.Digest
+	for _, d := range ds {
+		if b, ok := f.blobs[d]; ok {
+			found[d] = b
+			f.reads[d]++
+		} else {
+			missing = append(missing, d)
+		}
+	}
+	return found, missing, nil
+}
+
+func (f *fakeCache) ReadBlob(_ context.Context, d digest.Digest, w io.Writer) error {
+	f.mu.Lock()
+	b, ok := f.blobs[d]
+	f.reads[d]++
+	f.mu.Unlock()
+	if !ok {
+		return f.err("ByteStream.Read", codes.NotFound)
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+func (f *fakeCache) GetTree(context.Context, digest.Digest) ([]*repb.Directory, error) {
+	return nil, f.err("GetTree", codes.Unimplemented)
+}
+
+func (f *fakeCache) Plan(ds []digest.Digest) ([][]digest.Digest, []digest.Digest) {
+	return [][]digest.Digest{ds}, nil
+}
+
+func (f *fakeCache) MaxBatchBytes() int64 { return 1 << 20 }
+
+func (f *fakeCache) Upload(_ context.Context, ds []digest.Digest, open remotes.Opener, _ int) ([]digest.Digest, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var sent []digest.Digest
+	var n int64
+	for _, d := range ds {
+		if _, ok := f.blobs[d]; ok {
+			continue
+		}
+		rc, err := open(d)
+		if err != nil {
+			return nil, 0, err
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return nil, 0, err
+		}
+		f.blobs[d] = b
+		sent, n = append(sent, d), n+d.Size
+	}
+	return sent, n, nil
+}
+
+func (f *fakeCache) lookup(op, ref string) (digest.Digest, error) {
+	if f.indexErr != codes.OK {
+		return digest.Digest{}, f.err(op, f.indexErr)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.refs[ref]
+	if !ok {
+		return digest.Digest{}, f.err(op, codes.NotFound)
+	}
+	return d, nil
+}
+
+func (f *fakeCache) FetchDirectory(_ context.Context, uri string) (digest.Digest, error) {
+	return f.lookup("FetchDirectory", strings.TrimPrefix(uri, buildstream.URNBst1Artifact))
+}
+
+func (f *fakeCache) FetchBlob(_ context.Context, uri string) (digest.Digest, error) {
+	return digest.Digest{}, f.err("FetchBlob", codes.NotFound)
+}
+
+func (f *fakeCache) GetReference(_ context.Context, ref string) (digest.Digest, error) {
+	return f.lookup("GetReference", ref)
+}
+
+func (f *fakeCache) PushDirectory(_ context.Context, uris []string, root digest.Digest) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pushes++
+	for _, u := range uris {
+		f.refs[strings.TrimPrefix(u, buildstream.URNBst1Artifact)] = root
+	}
+	return nil
+}
+
+func (f *fakeCache) PushBlob(context.Context, []string, digest.Digest, []digest.Digest, []digest.Digest) error {
+	return f.err("PushBlob", codes.Unimplemented)
+}
+
+func (f *fakeCache) UpdateReference(ctx context.Context, refs []string, d digest.Digest) error {
+	return f.PushDirectory(ctx, slices.Clone(refs), d)
+}
+
+func (f *fakeCache) Close() error { return nil }
+
+// cacheOf wraps fakes as the engine's caches, typed "all" unless given.
+func cacheOf(fakes ...*fakeCache) []*Cache {
+	var out []*Cache
+	for _, f := range fakes {
+		c := &Cache{Config: config.Cache{Name: f.name, URL: "fake://" + f.name, Type: config.TypeAll, MaxConcurrency: 4}}
+		c.dial = func(context.Context, config.Cache, Events) (remote, remotes.Capabilities, error) {
+			if f.unreachable {
+				return nil, remotes.Capabilities{}, f.err("probe", codes.Unavailable)
+			}
+			return f, remotes.Capabilities{CAS: true, BatchRead: true, BatchUpdate: true, RemoteAssetFetch: true, RemoteAssetPush: true}, nil
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// art is a BuildStream 1 artifact: a root Directory over a files/
+// Directory, and every blob.
+type art struct {
+	root  digest.Digest
+	blobs map[digest.Digest][]byte
+	files []digest.Digest
+}
+
+func artifact(contents ...string) art {
+	a := art{blobs: map[digest.Digest][]byte{}}
+	files := &repb.Directory{}
+	for i, c := range contents {
+		d := digest.NewFromBlob([]byte(c))
+		a.blobs[d] = []byte(c)
+		a.files = append(a.files, d)
+		files.Files = append(files.Files, &repb.FileNode{Name: fmt.Sprintf("f%d", i), Digest: d.ToProto()})
+	}
+	fd := a.add(files)
+	a.root = a.add(&repb.Directory{Directories: []*repb.DirectoryNode{{Name: "files", Digest: fd.ToProto()}}})
+	return a
+}
+
+func (a *art) add(m proto.Message) digest.Digest {
+	data, _ := proto.Marshal(m)
+	d := digest.NewFromBlob(data)
+	a.blobs[d] = data
+	return d
+}
+
+// newEngine is a BuildStream 1 engine over a fresh local store.
+func newEngine(t *testing.T, caches []*Cache, strict bool, warns *[]string) *Engine {
+	t.Helper()
+	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	return &Engine{Store: store, Kind: Bst1Artifact, Caches: caches, Jobs: 4, Strict: strict, Events: Events{OnWarn: func(m string) {
+		mu.Lock()
+		*warns = append(*warns, m)
+		mu.Unlock()
+	}}}
+}
+
+// The priority walk's rules, one case each.
+func TestPullRules(t *testing.T) {
+	const ref = "demo/app/key"
+	a := artifact("one", "two", strings.Repeat("big", 100))
+	missingBlob := a.files[2]
+	cases := []struct {
+		name       string
+		caches     func() []*fakeCache
+		strict     bool
+		status     Status
+		from       string
+		reason     []string // substrings of the reason
+		warnings   int
+		notReadOf  string // a cache that must not have served a blob
+		localAfter bool
+	}{
+		{name: "the first cache that has it serves it", caches: func() []*fakeCache {
+			return []*fakeCache{newFake("a").holding(ref, a), newFake("b").holding(ref, a)}
+		}, status: StatusDone, from: "a", notReadOf: "b", localAfter: true},
+		{name: "a dead cache costs one warning", caches: func() []*fakeCache {
+			d := newFake("dead")
+			d.unreachable = true
+			return []*fakeCache{d, newFake("b").holding(ref, a)}
+		}, status: StatusDone, from: "b", warnings: 1, localAfter: true},
+		{name: "missing only when every cache answered", caches: func() []*fakeCache {
+			return []*fakeCache{newFake("a"), newFake("b")}
+		}, status: StatusMissing, reason: []string{"not in a, b"}},
+		{name: "failed when a cache could not be asked", caches: func() []*fakeCache {
+			d := newFake("dead")
+			d.unreachable = true
+			return []*fakeCache{d, newFake("a")}
+		}, status: StatusFailed, reason: []string{"not in a", "could not ask cache dead"}, warnings: 1},
+		{name: "an index error is not a miss", caches: func() []*fakeCache {
+			e := newFake("erring")
+			e.indexErr = codes.Internal
+			return []*fakeCache{e, newFake("a")}
+		}, status: StatusFailed, reason: []string{"could not ask cache erring"}, warnings: 1},
+		{name: "an index error falls through to a cache that has it", caches: func() []*fakeCache {
+			e := newFake("erring")
+			e.indexErr = codes.Internal
+			return []*fakeCache{e, newFake("b").holding(ref, a)}
+		}, status: StatusDone, from: "b", warnings: 1, localAfter: true},
+		{name: "a refused Remote Asset fetch is a miss", caches: func() []*fakeCache {
+			e := newFake("bb")
+			e.indexErr = codes.PermissionDenied
+			return []*fakeCache{e, newFake("a")}
+		}, status: StatusMissing, reason: []string{"not in bb, a"}, warnings: 1},
+		{name: "blobs an index hit lacks come from the next storage cache", caches: func() []*fakeCache {
+			return []*fakeCache{newFake("a").holding(ref, a).lacking(missingBlob), newFake("b").holding(ref, a)}
+		}, status: StatusDone, from: "a", warnings: 1, localAfter: true},
+		{name: "incomplete everywhere fails naming the blob", caches: func() []*fakeCache {
+			return []*fakeCache{newFake("a").holding(ref, a).lacking(missingBlob)}
+		}, status: StatusFailed, reason: []string{"incomplete everywhere", missingBlob.String()}, warnings: 2},
+		{name: "strict fails on a dead cache", caches: func() []*fakeCache {
+			d := newFake("dead")
+			d.unreachable = true
+			return []*fakeCache{d, newFake("b").holding(ref, a)}
+		}, strict: true, status: StatusFailed, reason: []string{"cache dead"}, warnings: 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			fakes := c.caches()
+			var warns []string
+			e := newEngine(t, cacheOf(fakes...), c.strict, &warns)
+			res, _ := e.Pull(context.Background(), []string{ref}, PullOptions{})
+			r := res[0]
+			if r.Status != c.status || r.Cache != c.from {
+				t.Errorf("status %s from %q (%s); want %s from %q", r.Status, r.Cache, r.Reason, c.status, c.from)
+			}
+			for _, s := range c.reason {
+				if !strings.Contains(r.Reason, s) {
+					t.Errorf("reason %q does not say %q", r.Reason, s)
+				}
+			}
+			if len(warns) != c.warnings {
+				t.Errorf("%d warnings, want %d: %q", len(warns), c.warnings, warns)
+			}
+			for _, f := range fakes {
+				if f.name == c.notReadOf && len(f.reads) > 0 {
+					t.Errorf("cache %s served %d blobs", f.name, len(f.reads))
+				}
+			}
+			_, err := e.Store.GetRef(cache.KindArtifact, ref)
+			if local := err == nil; local != c.localAfter {
+				t.Errorf("local ref written: %t, want %t", local, c.localAfter)
+			}
+			if c.localAfter {
+				if _, missing, _ := e.Store.Closure(a.root); len(missing) > 0 {
+					t.Errorf("local closure lacks %v", missing)
+				}
+			}
+		})
+	}
+}
+
+// Refs that share blobs download each shared blob once.
+func TestPullSharedBlobsOnce(t *testing.T) {
+	shared := strings.Repeat("shared", 50)
+	f := newFake("a")
+	var refs []string
+	for i := range 8 {
+		ref := fmt.Sprintf("demo/el%d/key", i)
+		f.holding(ref, artifact(shared, fmt.Sprintf("own %d", i)))
+		refs = append(refs, ref)
+	}
+	var warns []string
+	e := newEngine(t, cacheOf(f), false, &warns)
+	res, _ := e.Pull(context.Background(), refs, PullOptions{})
+	for _, r := range res {
+		if r.Status != StatusDone {
+			t.Errorf("%s: %s %s", r.Ref, r.Status, r.Reason)
+		}
+	}
+	if n := f.reads[digest.NewFromBlob([]byte(shared))]; n != 1 {
+		t.Errorf("the shared blob was read %d times, want once", n)
+	}
+}
+
+// Push: skipped only when complete, repaired when the target lacks blobs,
+// a conflict over another digest unless forced.
+func TestPushRules(t *testing.T) {
+	const ref = "demo/app/key"
+	a := artifact("one", "two")
+	other := artifact("another build")
+	cases := []struct {
+		name   string
+		target func() *fakeCache
+		force  bool
+		status Status
+		pushes int
+	}{
+		{"a new ref goes", func() *fakeCache { return newFake("t") }, false, StatusDone, 1},
+		{"a complete target is skipped", func() *fakeCache { return newFake("t").holding(ref, a) }, false, StatusSkipped, 0},
+		{"an incomplete target is repaired", func() *fakeCache { return newFake("t").holding(ref, a).lacking(a.files[0]) }, false, StatusRepaired, 1},
+		{"another digest is a conflict", func() *fakeCache { return newFake("t").holding(ref, other) }, false, StatusConflict, 0},
+		{"--force overwrites it", func() *fakeCache { return newFake("t").holding(ref, other) }, true, StatusDone, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			target := c.target()
+			var warns []string
+			e := newEngine(t, nil, false, &warns)
+			for d, b := range a.blobs {
+				if err := e.Store.PutBytes(d, b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := e.Store.SetRef(cache.KindArtifact, ref, buildstream.V1RefContent(a.root)); err != nil {
+				t.Fatal(err)
+			}
+			res, _ := e.Push(context.Background(), []string{ref}, cacheOf(target), PushOptions{Force: c.force})
+			if res[0].Status != c.status || target.pushes != c.pushes {
+				t.Errorf("status %s (%s), %d index writes; want %s, %d", res[0].Status, res[0].Reason, target.pushes, c.status, c.pushes)
+			}
+			if c.status == StatusRepaired || c.status == StatusDone {
+				if missing, _ := target.FindMissing(context.Background(), slices.Collect(maps.Keys(a.blobs))); len(missing) > 0 {
+					t.Errorf("the target lacks %v", missing)
+				}
+			}
+		})
+	}
+}
+
+// An index-only target gets its entry only once the blobs are confirmed on
+// storage its readers use.
+func TestPushIndexOnlyWaitsForStorage(t *testing.T) {
+	const ref = "demo/app/key"
+	a := artifact("one", "two")
+	idx, stor := newFake("idx"), newFake("stor")
+	stor.unreachable = true
+	caches := cacheOf(idx, stor)
+	caches[0].Config.Type, caches[1].Config.Type = config.TypeIndex, config.TypeStorage
+	var warns []string
+	e := newEngine(t, nil, false, &warns)
+	for d, b := range a.blobs {
+		e.Store.PutBytes(d, b)
+	}
+	e.Store.SetRef(cache.KindArtifact, ref, buildstream.V1RefContent(a.root))
+	res, _ := e.Push(context.Background(), []string{ref}, caches, PushOptions{})
+	if res[0].Status != StatusFailed || res[1].Status != StatusFailed || idx.pushes != 0 {
+		t.Errorf("index %s, storage %s, %d index writes: want both failed and no index entry", res[0].Status, res[1].Status, idx.pushes)
+	}
+	if !strings.Contains(res[0].Reason, "index entry not written") {
+		t.Errorf("reason %q: want it to say the index entry was not written", res[0].Reason)
+	}
+}

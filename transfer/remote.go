@@ -1,0 +1,84 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/remotes"
+)
+
+// storage is what transfers need of a cache's CAS. Every method is safe for
+// concurrent use and honours ctx; a blob or tree the cache lacks is an
+// error matching remotes.ErrNotFound (BatchRead lists them in missing
+// instead). *remotes.Remote implements it.
+type storage interface {
+	// FindMissing returns the digests the cache lacks.
+	FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error)
+	// BatchRead reads small blobs in one call, each verified against its
+	// digest (corrupt data is remotes.ErrCorrupt, a batch over the peer's
+	// limit for one blob remotes.ErrTooLarge).
+	BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error)
+	// ReadBlob streams one blob into w, which checks the digest.
+	ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) error
+	// GetTree returns every Directory under root (UNIMPLEMENTED where the
+	// server has no GetTree).
+	GetTree(ctx context.Context, root digest.Digest) ([]*repb.Directory, error)
+	// Plan splits blobs into batches that fit the cache's limit and the
+	// rest, which stream.
+	Plan(ds []digest.Digest) (batches [][]digest.Digest, streamed []digest.Digest)
+	// MaxBatchBytes is the cache's current batch limit.
+	MaxBatchBytes() int64
+	// Upload sends whichever of ds the cache lacks and returns what it
+	// sent and how many bytes.
+	Upload(ctx context.Context, ds []digest.Digest, open remotes.Opener, jobs int) ([]digest.Digest, int64, error)
+}
+
+// index is what transfers need of a cache's ref index: BuildStream 1's
+// ReferenceStorage and the Remote Asset API. A miss matches
+// remotes.ErrNotFound. *remotes.Remote implements it.
+type index interface {
+	FetchDirectory(ctx context.Context, uri string) (digest.Digest, error)
+	FetchBlob(ctx context.Context, uri string) (digest.Digest, error)
+	GetReference(ctx context.Context, ref string) (digest.Digest, error)
+	// PushDirectory and PushBlob record one asset under every URI given.
+	PushDirectory(ctx context.Context, uris []string, root digest.Digest) error
+	PushBlob(ctx context.Context, uris []string, blob digest.Digest, refBlobs, refDirs []digest.Digest) error
+	UpdateReference(ctx context.Context, refs []string, d digest.Digest) error
+}
+
+// remote is one connected cache.
+type remote interface {
+	storage
+	index
+	Close() error
+}
+
+var _ remote = (*remotes.Remote)(nil)
+
+// dialer connects to a cache and probes it; a cache that fails is skipped
+// for the run. Events get the remote layer's warnings.
+type dialer func(ctx context.Context, cfg config.Cache, ev Events) (remote, remotes.Capabilities, error)
+
+// dialRemote is the dialer of real caches: gRPC, then a probe within
+// probeTimeout.
+func dialRemote(ctx context.Context, cfg config.Cache, ev Events) (remote, remotes.Capabilities, error) {
+	r, err := remotes.Dial(ctx, cfg, remotes.WithShrinkHook(func(s remotes.ShrinkEvent) {
+		ev.Warn(fmt.Sprintf("cache %s (%s) refused a message as larger than its limit: %s size now %d bytes for the rest of this run", s.Cache, s.URL, s.What, s.Size))
+	}))
+	if err != nil {
+		return nil, remotes.Capabilities{}, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	res := remotes.Probe(pctx, r, cfg.Type)
+	if res.Err != nil {
+		r.Close()
+		return nil, remotes.Capabilities{}, res.Err
+	}
+	return r, res.Caps, nil
+}
