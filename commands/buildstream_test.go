@@ -3,6 +3,7 @@ package commands_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -148,6 +149,12 @@ func TestPullByWeakKey(t *testing.T) {
 	local := t.TempDir()
 	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", weak); code != 0 {
 		t.Fatalf("pull by weak key: exit %d\n%s", code, stderr)
+	}
+	// which shows the artifact's other ref.
+	stdout, _, code := runCLI(t, "", "--config", cfg, "--json", "which", weak)
+	var locs []struct{ Refs []string }
+	if err := json.Unmarshal([]byte(stdout), &locs); err != nil || code != 0 || len(locs) != 1 || !cmp.Equal(locs[0].Refs, []string{weak, "demo/apps-app/" + strong}) {
+		t.Errorf("which --json of the weak ref: exit %d, %v, %s; want its refs, weak then strong", code, err, stdout)
 	}
 	want := []string{"demo/apps-app/" + strong, weak}
 	sort.Strings(want)

@@ -2,6 +2,7 @@ package commands
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
@@ -66,6 +67,9 @@ func writeWhich(e *env, locs []transfer.Location) {
 				detail = fmt.Sprintf("%d blobs missing", s.Missing)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Ref, s.Name, s.Status, dash(s.Digest), detail)
+		}
+		if len(l.Refs) > 1 {
+			fmt.Fprintf(tw, "%s\t\tnote\t\talso stored as %s\n", l.Ref, strings.Join(l.Refs[1:], ", "))
 		}
 		if l.Note != "" {
 			fmt.Fprintf(tw, "%s\t\tnote\t\t%s\n", l.Ref, l.Note)

@@ -38,6 +38,9 @@ type Location struct {
 	// cache could not be asked and none holds it complete.
 	Status string       `json:"status"`
 	Caches []CacheState `json:"caches"`
+	// Refs are every ref the artifact is stored under (its strong and
+	// weak key), the one asked first, when its metadata could be read.
+	Refs []string `json:"refs,omitempty"`
 	// Note is set when caches name different digests for the ref.
 	Note string `json:"note,omitempty"`
 }
@@ -60,6 +63,7 @@ func (e *Engine) Which(ctx context.Context, refs []string) []Location {
 	g.Wait()
 	for i := range out {
 		out[i].Status = verdict(out[i].Caches)
+		out[i].Refs = e.refsOf(ctx, out[i])
 		digests := map[string][]string{}
 		var order []string
 		for _, s := range out[i].Caches {
@@ -80,6 +84,29 @@ func (e *Engine) Which(ctx context.Context, refs []string) []Location {
 		}
 	}
 	return out
+}
+
+// refsOf reads every ref of the artifact a cache holds complete (from its
+// metadata, read not stored); nil when there is one or none.
+func (e *Engine) refsOf(ctx context.Context, l Location) []string {
+	for _, s := range l.Caches {
+		if s.Status != WherePresent {
+			continue
+		}
+		d, err := digest.NewFromString(s.Digest)
+		if err != nil {
+			return nil
+		}
+		en, err := e.remoteEntry(ctx, d)
+		if err != nil {
+			return nil
+		}
+		if refs := e.allRefs(ctx, l.Ref, en); len(refs) > 1 {
+			return refs
+		}
+		return nil
+	}
+	return nil
 }
 
 // The sums of a Location.
