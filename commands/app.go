@@ -106,11 +106,13 @@ func newEnv(c *cli.Context) (*env, error) {
 		if cfg.Format, err = config.ParseFormat(f); err != nil {
 			return nil, fmt.Errorf("--format: %w", err)
 		}
+		cfg.FormatFrom = "--format"
 	}
 	if l := c.String("local"); l != "" {
 		if cfg.Local, err = filepath.Abs(expandHome(l)); err != nil {
 			return nil, err
 		}
+		cfg.LocalFrom = "--local"
 	}
 	if err := matchLayout(cfg, c.String("format") != ""); err != nil {
 		return nil, err
@@ -163,7 +165,9 @@ func matchLayout(cfg *config.Config, flagSet bool) error {
 	}
 	switch {
 	case !flagSet && !cfg.FormatSet:
-		cfg.Format = format
+		if cfg.Format != format {
+			cfg.Format, cfg.FormatFrom = format, "the layout of the local store "+cfg.Local
+		}
 	case cfg.Format != format:
 		return usageError("the local store %s has BuildStream %s's layout and holds %s refs, not %s: use --format %s or another --local", cfg.Local, strings.TrimPrefix(string(format), "bst"), format, cfg.Format, format)
 	}

@@ -91,13 +91,14 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 	}
 	cfg.Files = append(cfg.Files, project.File)
 	if !cfg.FormatSet {
-		cfg.Format = FormatBst2
+		cfg.Format, cfg.FormatFrom = FormatBst2, project.File+" (min-version: BuildStream 2)"
 		if version == buildstream.V1 {
-			cfg.Format = FormatBst1
+			cfg.Format, cfg.FormatFrom = FormatBst1, project.File+" (no min-version: BuildStream 1)"
 		}
 	}
 	if !cfg.LocalSet {
 		cfg.Local = u.CacheDir(xdgDir("XDG_CACHE_HOME", ".cache"))
+		cfg.LocalFrom = "BuildStream's local cache for the project in " + project.Dir
 	}
 	return nil
 }

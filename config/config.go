@@ -78,6 +78,9 @@ type Config struct {
 	Format Format
 	// FormatSet is true when a file set the format (not the default).
 	FormatSet bool
+	// FormatFrom and LocalFrom say where the format and the local store
+	// came from ("(default)" when nothing set them).
+	FormatFrom, LocalFrom string
 	// Local is the local store directory, absolute, with ~ expanded;
 	// LocalSet is true when a bst-cache file set it.
 	Local    string

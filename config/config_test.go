@@ -66,8 +66,8 @@ url = "grpc://10.0.0.1"
 	}
 	file := filepath.Join(dir, "c.toml")
 	want := &Config{
-		Format: FormatBst1, FormatSet: true,
-		Local: filepath.Join(dir, "store"), LocalSet: true,
+		Format: FormatBst1, FormatSet: true, FormatFrom: file,
+		Local: filepath.Join(dir, "store"), LocalSet: true, LocalFrom: file,
 		Jobs:  3,
 		Files: []string{file},
 		Caches: []Cache{

@@ -97,7 +97,7 @@ func FindProjectFile(dir string) string {
 
 // Load reads and validates the configuration.
 func Load(opts Options) (*Config, error) {
-	cfg := &Config{Format: DefaultFormat, Local: DefaultLocal(), Jobs: DefaultJobs}
+	cfg := &Config{Format: DefaultFormat, Local: DefaultLocal(), Jobs: DefaultJobs, FormatFrom: "(default)", LocalFrom: "(default)"}
 	wd := opts.WorkDir
 	if wd == "" {
 		var err error
@@ -201,10 +201,10 @@ type file struct {
 
 func (f *file) apply(cfg *Config) {
 	if f.format != nil {
-		cfg.Format, cfg.FormatSet = *f.format, true
+		cfg.Format, cfg.FormatSet, cfg.FormatFrom = *f.format, true, f.path
 	}
 	if f.local != nil {
-		cfg.Local, cfg.LocalSet = *f.local, true
+		cfg.Local, cfg.LocalSet, cfg.LocalFrom = *f.local, true, f.path
 	}
 	if f.jobs != nil {
 		cfg.Jobs = *f.jobs

@@ -12,11 +12,13 @@ const Redacted = "***"
 // View is the printable form of a Config: what `bst-cache config --json`
 // prints. Secrets are redacted.
 type View struct {
-	Files  []string    `json:"files"`
-	Format Format      `json:"format"`
-	Local  string      `json:"local"`
-	Jobs   int         `json:"jobs"`
-	Caches []CacheView `json:"caches"`
+	Files      []string    `json:"files"`
+	Format     Format      `json:"format"`
+	FormatFrom string      `json:"format_from"`
+	Local      string      `json:"local"`
+	LocalFrom  string      `json:"local_from"`
+	Jobs       int         `json:"jobs"`
+	Caches     []CacheView `json:"caches"`
 }
 
 // CacheView is the printable form of a Cache.
@@ -46,7 +48,7 @@ type AuthView struct {
 
 // View returns the printable form.
 func (c *Config) View() View {
-	v := View{Files: c.Files, Format: c.Format, Local: c.Local, Jobs: c.Jobs, Caches: []CacheView{}}
+	v := View{Files: c.Files, Format: c.Format, FormatFrom: c.FormatFrom, Local: c.Local, LocalFrom: c.LocalFrom, Jobs: c.Jobs, Caches: []CacheView{}}
 	if v.Files == nil {
 		v.Files = []string{}
 	}
@@ -82,7 +84,7 @@ func (c *Config) WriteTOML(w io.Writer) error {
 	} else {
 		fmt.Fprintf(&b, "# read: %s\n", strings.Join(v.Files, ", "))
 	}
-	fmt.Fprintf(&b, "format = %s\nlocal = %s\njobs = %d\n", quote(string(v.Format)), quote(v.Local), v.Jobs)
+	fmt.Fprintf(&b, "format = %s  # from %s\nlocal = %s  # from %s\njobs = %d\n", quote(string(v.Format)), v.FormatFrom, quote(v.Local), v.LocalFrom, v.Jobs)
 	for _, cv := range v.Caches {
 		fmt.Fprintf(&b, "\n# from %s\n[[cache]]\n", cv.Origin)
 		fmt.Fprintf(&b, "name = %s\nurl = %s\ninstance-name = %s\ntype = %s\npush = %t\nmax-concurrency = %d\n",
