@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"errors"
+
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 )
 
@@ -20,25 +22,30 @@ func (r *Roots) Add(other Roots) {
 // ClosureOf is Closure over several roots: every digest they need (each
 // once) and those the store lacks.
 func (s *Store) ClosureOf(r Roots) (all, missing []digest.Digest, err error) {
-	seen := map[digest.Digest]bool{}
-	for _, d := range r.Blobs {
-		if seen[d] {
-			continue
+	w := NewWalk(r)
+	for level := w.Next(); len(level) > 0; level = w.Next() {
+		for _, d := range level {
+			all = append(all, d)
+			data, err := s.ReadBlob(d)
+			if errors.Is(err, ErrNotFound) {
+				missing = append(missing, d)
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			if _, err := w.Add(d, data); err != nil {
+				return nil, nil, err
+			}
 		}
-		seen[d] = true
+	}
+	for _, d := range w.Files {
 		all = append(all, d)
 		if ok, err := s.Has(d); err != nil {
 			return nil, nil, err
 		} else if !ok {
 			missing = append(missing, d)
 		}
-	}
-	for _, root := range r.Dirs {
-		a, m, err := s.closure(root, seen)
-		if err != nil {
-			return nil, nil, err
-		}
-		all, missing = append(all, a...), append(missing, m...)
 	}
 	return all, missing, nil
 }

@@ -74,48 +74,5 @@ func ParseDirectory(data []byte) (*repb.Directory, error) {
 // once) and those the store lacks. Below a missing Directory nothing more
 // can be known; its digest is in missing.
 func (s *Store) Closure(root digest.Digest) (all, missing []digest.Digest, err error) {
-	return s.closure(root, map[digest.Digest]bool{})
-}
-
-// closure walks one tree, skipping digests already seen.
-func (s *Store) closure(root digest.Digest, seen map[digest.Digest]bool) (all, missing []digest.Digest, err error) {
-	queue := []digest.Digest{root}
-	for len(queue) > 0 {
-		d := queue[0]
-		queue = queue[1:]
-		if seen[d] {
-			continue
-		}
-		seen[d] = true
-		all = append(all, d)
-		data, err := s.ReadBlob(d)
-		if errors.Is(err, ErrNotFound) {
-			missing = append(missing, d)
-			continue
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		dir, err := ParseDirectory(data)
-		if err != nil {
-			return nil, nil, fmt.Errorf("directory %s: %w", d, err)
-		}
-		for _, f := range dir.GetFiles() {
-			fd := digest.NewFromProtoUnvalidated(f.GetDigest())
-			if seen[fd] {
-				continue
-			}
-			seen[fd] = true
-			all = append(all, fd)
-			if ok, err := s.Has(fd); err != nil {
-				return nil, nil, err
-			} else if !ok {
-				missing = append(missing, fd)
-			}
-		}
-		for _, sub := range dir.GetDirectories() {
-			queue = append(queue, digest.NewFromProtoUnvalidated(sub.GetDigest()))
-		}
-	}
-	return all, missing, nil
+	return s.ClosureOf(Roots{Dirs: []digest.Digest{root}})
 }

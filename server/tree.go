@@ -37,46 +37,35 @@ func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressabl
 	if pageSize <= 0 || pageSize > defaultTreePage {
 		pageSize = defaultTreePage
 	}
-	seen := map[digest.Digest]bool{root: true}
-	queue := []digest.Digest{root}
+	w := cache.NewWalk(cache.Roots{Dirs: []digest.Digest{root}})
 	var page []*repb.Directory
 	var pageBytes int64
-	for pos := 0; len(queue) > 0; pos++ {
-		d := queue[0]
-		queue = queue[1:]
-		data, err := s.store.ReadBlob(d)
-		if errors.Is(err, cache.ErrNotFound) {
-			pos--
-			continue
-		}
-		if err != nil {
-			return grpcError(err)
-		}
-		dir, err := cache.ParseDirectory(data)
-		if err != nil {
-			return status.Errorf(codes.InvalidArgument, "%s is not a valid Directory: %v", d, err)
-		}
-		for _, sub := range dir.GetDirectories() {
-			sd, err := parseDigest(sub.GetDigest())
+	pos := 0
+	for level := w.Next(); len(level) > 0; level = w.Next() {
+		for _, d := range level {
+			data, err := s.store.ReadBlob(d)
+			if errors.Is(err, cache.ErrNotFound) {
+				continue
+			}
 			if err != nil {
-				return err
+				return grpcError(err)
 			}
-			if !seen[sd] {
-				seen[sd] = true
-				queue = append(queue, sd)
+			dir, err := w.Add(d, data)
+			if err != nil {
+				return status.Errorf(codes.InvalidArgument, "%s is not a valid Directory: %v", d, err)
 			}
-		}
-		if pos < start {
-			continue
-		}
-		if len(page) == pageSize || pageBytes+int64(len(data)) > s.maxBatch {
-			if err := stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: strconv.Itoa(pos)}); err != nil {
-				return err
+			if pos++; pos <= start {
+				continue
 			}
-			page, pageBytes = nil, 0
+			if len(page) == pageSize || pageBytes+int64(len(data)) > s.maxBatch {
+				if err := stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: strconv.Itoa(pos - 1)}); err != nil {
+					return err
+				}
+				page, pageBytes = nil, 0
+			}
+			page = append(page, dir)
+			pageBytes += int64(len(data))
 		}
-		page = append(page, dir)
-		pageBytes += int64(len(data))
 	}
 	return stream.Send(&repb.GetTreeResponse{Directories: page})
 }

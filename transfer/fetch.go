@@ -56,8 +56,8 @@ func (w *watch) hold(ds ...digest.Digest) {
 // subdirectories are known before they are asked for; GetTree, where a
 // cache has it, brings a whole tree in one call.
 func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (missing []digest.Digest, err error) {
-	t := newWalk(roots)
-	level := t.nextLevel()
+	t := cache.NewWalk(roots)
+	level := t.Next()
 	trees := f.getTrees(ctx, level)
 	for len(level) > 0 {
 		var rest []digest.Digest
@@ -93,13 +93,13 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 			if err != nil {
 				return nil, err
 			}
-			if err := t.add(d, data); err != nil {
+			if _, err := t.Add(d, data); err != nil {
 				return nil, err
 			}
 		}
-		level = t.nextLevel()
+		level = t.Next()
 	}
-	miss, err := f.fetch(ctx, t.files, w)
+	miss, err := f.fetch(ctx, t.Files, w)
 	if err != nil {
 		return nil, err
 	}

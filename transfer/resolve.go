@@ -184,8 +184,8 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 		}
 		return ds
 	}
-	t := newWalk(roots)
-	for level := t.nextLevel(); len(level) > 0; level = t.nextLevel() {
+	t := cache.NewWalk(roots)
+	for level := t.Next(); len(level) > 0; level = t.Next() {
 		all = append(all, level...)
 		miss := gone(level)
 		missing = append(missing, miss...)
@@ -198,13 +198,13 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 			if err != nil {
 				return nil, nil, err
 			}
-			if err := t.add(d, data); err != nil {
+			if _, err := t.Add(d, data); err != nil {
 				return nil, nil, err
 			}
 		}
 	}
-	all = append(all, t.files...)
-	miss := gone(t.files)
+	all = append(all, t.Files...)
+	miss := gone(t.Files)
 	missing = append(missing, miss...)
 	if len(missing) > 0 && down != nil {
 		return all, missing, down
