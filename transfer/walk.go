@@ -3,7 +3,6 @@ package transfer
 import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-
 )
 
 // childDigest finds the entry called name in a Directory: a subdirectory
