@@ -118,6 +118,13 @@ func TestPullElementsIntoBuildStream(t *testing.T) {
 	if _, stderr, code := runAs(t, fresh, t.TempDir(), "pull", "apps/app.bst"); code != 2 || !strings.Contains(stderr, "--project") {
 		t.Errorf("pull of an element outside a project: exit %d\n%s", code, stderr)
 	}
+	// Sources without a reference (never tracked): bst cannot give a key.
+	if err := os.WriteFile(filepath.Join(p.Dir, "elements", "untracked.bst"), []byte("kind: import\nsources:\n- kind: tar\n  url: file:///nonexistent/x.tar\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runAs(t, fresh, p.Dir, "pull", "untracked.bst"); code != 2 || !strings.Contains(stderr, "untracked.bst") || !strings.Contains(stderr, "no reference") {
+		t.Errorf("pull of an element with untracked sources: exit %d\n%s", code, stderr)
+	}
 	t.Run("no bst", func(t *testing.T) {
 		t.Setenv("PATH", t.TempDir())
 		if _, stderr, code := runAs(t, fresh, p.Dir, "pull", "apps/app.bst"); code != 2 || !strings.Contains(stderr, "apps/app.bst") || !strings.Contains(stderr, "bst") {
