@@ -29,6 +29,8 @@ var (
 	ErrInvalidRef = errors.New("invalid ref")
 	// ErrReadOnly: a write to a store opened read-only.
 	ErrReadOnly = errors.New("the local store is open read-only")
+	// ErrNoSpace: the store's file system cannot hold a blob.
+	ErrNoSpace = errors.New("no space")
 )
 
 // Layout is a BuildStream on-disk layout.
@@ -526,4 +528,18 @@ func DetectLayout(root string) (layout Layout, ok bool) {
 		return LayoutBst1, true
 	}
 	return "", false
+}
+
+// Room checks that the store's file system has n bytes free for a blob
+// about to be written, so a huge digest fails at once instead of filling
+// the disk.
+func (s *Store) Room(n int64) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.root, &st); err != nil {
+		return nil // cannot tell: the write itself reports ENOSPC
+	}
+	if free := int64(st.Bavail) * int64(st.Bsize); n > free {
+		return fmt.Errorf("%w: %d bytes needed, %d free on %s", ErrNoSpace, n, free, s.root)
+	}
+	return nil
 }

@@ -430,6 +430,7 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*tran
 			OnWarn:  func(msg string) { p.warn(e, msg) },
 			OnRef:   func(transfer.Result) { p.refDone() },
 			OnBytes: p.moved,
+			OnInfo:  func(msg string) { e.debugf("%s", msg) },
 		},
 	}, nil
 }

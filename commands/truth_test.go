@@ -488,3 +488,15 @@ func TestMessageLimitShrinks(t *testing.T) {
 		t.Errorf("pull back: exit %d, %+v\n%s", code, rep.Refs, stderr)
 	}
 }
+
+// -v logs every retry with the cache, the call and the code.
+func TestVerboseLogsRetries(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	_, _, refs := builtProject(t, srv)
+	flaky := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{UnavailableFetches: 1})
+	cfg := writeConfig(t, "format = \"bst1\"\n"+strings.Replace(cacheTOML("flaky", "http://"+flaky, false), "retry-limit = 1", "retry-limit = 2\nretry-delay = \"10ms\"", 1))
+	_, stderr, code := runCLI(t, "", "--config", cfg, "--local", t.TempDir(), "-v", "pull", refs[0])
+	if code != 0 || !strings.Contains(stderr, "cache flaky: FetchDirectory urn:fdc:buildstream.build:2020:v1:"+refs[0]+": Unavailable; retry 1") {
+		t.Errorf("pull -v through a cache that fails once: exit %d; want the retry logged\n%s", code, stderr)
+	}
+}

@@ -159,7 +159,7 @@ func fromRemote(r buildstream.Remote, taken map[string]bool) (Cache, error) {
 		Origin: Origin{File: r.File, Line: r.Line},
 		Connection: Connection{
 			ConnectTimeout: DefaultConnectTimeout, RequestTimeout: DefaultRequestTimeout,
-			RetryLimit: DefaultRetryLimit, RetryDelay: DefaultRetryDelay,
+			RetryLimit: DefaultRetryLimit, RetryDelay: DefaultRetryDelay, StallTimeout: DefaultStallTimeout,
 		},
 		Auth: Auth{ServerCert: r.ServerCert, ClientCert: r.ClientCert, ClientKey: r.ClientKey, AccessTokenFile: r.AccessToken},
 	}

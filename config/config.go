@@ -55,6 +55,7 @@ const (
 	DefaultRequestTimeout = 5 * time.Minute
 	DefaultRetryLimit     = 4
 	DefaultRetryDelay     = time.Second
+	DefaultStallTimeout   = 60 * time.Second
 )
 
 // Origin is where a setting was read: a file and a 1-based line.
@@ -127,6 +128,8 @@ type Auth struct {
 type Connection struct {
 	ConnectTimeout time.Duration
 	RequestTimeout time.Duration
+	// StallTimeout fails a stream that delivers no bytes for this long.
+	StallTimeout time.Duration
 	RetryLimit     int
 	RetryDelay     time.Duration
 }

@@ -79,7 +79,7 @@ url = "grpc://10.0.0.1"
 					ServerCert: filepath.Join(dir, "ca.pem"), ClientCert: filepath.Join(dir, "client.crt"),
 					ClientKey: filepath.Join(dir, "client.key"), AccessTokenFile: filepath.Join(dir, "token.txt"),
 				},
-				Connection: Connection{ConnectTimeout: 3 * time.Second, RequestTimeout: time.Minute, RetryLimit: 2, RetryDelay: 250 * time.Millisecond},
+				Connection: Connection{ConnectTimeout: 3 * time.Second, RequestTimeout: time.Minute, RetryLimit: 2, RetryDelay: 250 * time.Millisecond, StallTimeout: DefaultStallTimeout},
 				Origin:     Origin{File: file, Line: 5},
 			},
 			{
@@ -87,7 +87,7 @@ url = "grpc://10.0.0.1"
 				Endpoint: Endpoint{Target: "10.0.0.1:80", ServerName: "10.0.0.1"},
 				Type:     TypeAll, MaxConcurrency: DefaultMaxConcurrency,
 				Connection: Connection{ConnectTimeout: DefaultConnectTimeout, RequestTimeout: DefaultRequestTimeout,
-					RetryLimit: DefaultRetryLimit, RetryDelay: DefaultRetryDelay},
+					RetryLimit: DefaultRetryLimit, RetryDelay: DefaultRetryDelay, StallTimeout: DefaultStallTimeout},
 				Origin: Origin{File: file, Line: 25},
 			},
 		},

@@ -237,6 +237,7 @@ type rawCache struct {
 		RequestTimeout *string `toml:"request-timeout"`
 		RetryLimit     *int    `toml:"retry-limit"`
 		RetryDelay     *string `toml:"retry-delay"`
+		StallTimeout   *string `toml:"stall-timeout"`
 	} `toml:"connection"`
 }
 
@@ -382,6 +383,7 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 			RequestTimeout: DefaultRequestTimeout,
 			RetryLimit:     DefaultRetryLimit,
 			RetryDelay:     DefaultRetryDelay,
+			StallTimeout:   DefaultStallTimeout,
 		},
 	}
 	switch {
@@ -422,6 +424,7 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 		{"connect-timeout", rc.Connection.ConnectTimeout, &c.Connection.ConnectTimeout},
 		{"request-timeout", rc.Connection.RequestTimeout, &c.Connection.RequestTimeout},
 		{"retry-delay", rc.Connection.RetryDelay, &c.Connection.RetryDelay},
+		{"stall-timeout", rc.Connection.StallTimeout, &c.Connection.StallTimeout},
 	}
 	for _, d := range durations {
 		if d.raw == nil {

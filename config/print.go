@@ -35,6 +35,7 @@ type CacheView struct {
 	RequestTimeout string   `json:"request_timeout"`
 	RetryLimit     int      `json:"retry_limit"`
 	RetryDelay     string   `json:"retry_delay"`
+	StallTimeout   string   `json:"stall_timeout"`
 }
 
 // AuthView shows credential file paths, and the token only as Redacted.
@@ -64,6 +65,7 @@ func (c *Config) View() View {
 			RequestTimeout: cc.Connection.RequestTimeout.String(),
 			RetryLimit:     cc.Connection.RetryLimit,
 			RetryDelay:     cc.Connection.RetryDelay.String(),
+			StallTimeout:   cc.Connection.StallTimeout.String(),
 		}
 		if cc.Auth.AccessTokenFile != "" {
 			cv.Auth.AccessToken = Redacted
@@ -101,8 +103,8 @@ func (c *Config) WriteTOML(w io.Writer) error {
 				fmt.Fprintf(&b, "access-token = %s  # token read from %s\n", quote(a.AccessToken), a.AccessTokenFile)
 			}
 		}
-		fmt.Fprintf(&b, "[cache.connection]\nconnect-timeout = %s\nrequest-timeout = %s\nretry-limit = %d\nretry-delay = %s\n",
-			quote(cv.ConnectTimeout), quote(cv.RequestTimeout), cv.RetryLimit, quote(cv.RetryDelay))
+		fmt.Fprintf(&b, "[cache.connection]\nconnect-timeout = %s\nrequest-timeout = %s\nretry-limit = %d\nretry-delay = %s\nstall-timeout = %s\n",
+			quote(cv.ConnectTimeout), quote(cv.RequestTimeout), cv.RetryLimit, quote(cv.RetryDelay), quote(cv.StallTimeout))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -2,6 +2,7 @@ package remotes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -162,6 +163,15 @@ func (b bearer) String() string { return config.Redacted }
 // call runs one RPC under the concurrency limit and the request timeout,
 // retrying retryable codes with exponential backoff and jitter.
 func (r *Remote) call(ctx context.Context, op string, idempotent bool, f func(ctx context.Context) error) error {
+	return r.retry(ctx, op, idempotent, r.conn.RequestTimeout, f)
+}
+
+// retry runs f under the concurrency limit, again after retryable errors
+// with exponential backoff and jitter (DEADLINE_EXCEEDED only when
+// idempotent). Each attempt is bounded by perAttempt when it is positive;
+// zero leaves the bound to ctx. Errors that are not the cache's
+// (localError) end it at once.
+func (r *Remote) retry(ctx context.Context, op string, idempotent bool, perAttempt time.Duration, f func(ctx context.Context) error) error {
 	select {
 	case r.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -171,11 +181,18 @@ func (r *Remote) call(ctx context.Context, op string, idempotent bool, f func(ct
 
 	delay := r.conn.RetryDelay
 	for attempt := 0; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, r.conn.RequestTimeout)
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if perAttempt > 0 {
+			cctx, cancel = context.WithTimeout(ctx, perAttempt)
+		}
 		err := f(cctx)
 		cancel()
 		if err == nil {
 			return nil
+		}
+		var le localError
+		if errors.As(err, &le) {
+			return err
 		}
 		if ctx.Err() != nil || attempt >= r.conn.RetryLimit || !shouldRetry(err, idempotent) {
 			return r.wrap(op, err)

@@ -10,14 +10,17 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/config"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
@@ -172,9 +175,13 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 		return nil, nil, err
 	}
 	found = make(map[digest.Digest][]byte, len(ds))
+	asked := setOf(ds)
 	answered := make(map[digest.Digest]bool, len(ds))
 	for _, br := range resp.GetResponses() {
 		d := digest.NewFromProtoUnvalidated(br.GetDigest())
+		if !asked[d] || answered[d] {
+			continue // a blob nobody asked for, or sent twice, is dropped
+		}
 		answered[d] = true
 		switch c := codes.Code(br.GetStatus().GetCode()); c {
 		case codes.OK:
@@ -197,23 +204,89 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 	return found, missing, nil
 }
 
-// ReadBlob streams one blob through ByteStream into w, resuming after
-// transient failures. w must check the digest (cache.BlobWriter does).
+// A read's overall deadline is twice the cache's stall-timeout plus its
+// size at minReadRate: a server that trickles bytes cannot hold a transfer
+// for ever.
+const minReadRate = 100 << 10 // bytes per second
+
+// ErrStalled is wrapped when a stream delivered no bytes for the cache's
+// stall-timeout (empty messages do not count).
+var ErrStalled = errors.New("the stream stalled")
+
+// localError marks an error of the writer a read feeds: it is not the
+// cache's and is never retried.
+type localError struct{ err error }
+
+func (e localError) Error() string { return e.err.Error() }
+func (e localError) Unwrap() error { return e.err }
+
+// ReadBlob streams one blob through ByteStream into w, resuming at the
+// offset reached after transient failures. w must check the digest
+// (cache.BlobWriter does). The read as a whole is bounded by a deadline
+// scaled by the blob's size, and fails when no byte arrives for the
+// cache's stall-timeout; more bytes than the digest's size fail it at once.
+// An error writing to w is returned as it is, never retried.
 func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) error {
 	name, err := r.sdk.ResourceName("blobs", d.Hash, strconv.FormatInt(d.Size, 10))
 	if err != nil {
 		return r.wrap("ByteStream.Read", err)
 	}
 	op := "ByteStream.Read " + d.String()
-	var n int64
-	if err := r.sdkCall(ctx, op, func(ctx context.Context) (err error) {
-		n, err = r.sdk.ReadResourceTo(ctx, name, w)
-		return err
-	}); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, 2*r.stallTimeout()+time.Duration(d.Size/minReadRate)*time.Second)
+	defer cancel()
+	var off int64
+	err = r.retry(ctx, op, true, 0, func(ctx context.Context) error { return r.readFrom(ctx, name, d, w, &off) })
+	var le localError
+	if errors.As(err, &le) {
+		return le.err
+	}
+	return err
+}
+
+func (r *Remote) stallTimeout() time.Duration {
+	if r.conn.StallTimeout <= 0 {
+		return config.DefaultStallTimeout
+	}
+	return r.conn.StallTimeout
+}
+
+// readFrom reads one stream from *off on, advancing it.
+func (r *Remote) readFrom(ctx context.Context, name string, d digest.Digest, w io.Writer, off *int64) error {
+	stall := r.stallTimeout()
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timer := time.AfterFunc(stall, func() { cancel(ErrStalled) })
+	defer timer.Stop()
+	stream, err := bsgrpc.NewByteStreamClient(r.cc).Read(sctx, &bsgrpc.ReadRequest{ResourceName: name, ReadOffset: *off})
+	if err != nil {
 		return err
 	}
-	if n != d.Size {
-		return r.wrap(op, fmt.Errorf("%w: got %d bytes, want %d", ErrCorrupt, n, d.Size))
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if errors.Is(context.Cause(sctx), ErrStalled) {
+				return fmt.Errorf("%w: no bytes for %s after %d of %d", ErrStalled, stall, *off, d.Size)
+			}
+			return err
+		}
+		data := resp.GetData()
+		if len(data) == 0 {
+			continue // no progress: the stall timer runs on
+		}
+		if *off+int64(len(data)) > d.Size {
+			return fmt.Errorf("%w: the server sent more than the %d bytes its digest says", ErrCorrupt, d.Size)
+		}
+		if _, err := w.Write(data); err != nil {
+			return localError{err}
+		}
+		*off += int64(len(data))
+		timer.Reset(stall)
+	}
+	if *off != d.Size {
+		return fmt.Errorf("%w: got %d bytes, want %d", ErrCorrupt, *off, d.Size)
 	}
 	return nil
 }
@@ -261,19 +334,34 @@ func (r *Remote) batchUpdate(ctx context.Context, blobs map[digest.Digest][]byte
 	return nil
 }
 
+// Bounds on what one GetTree may bring, whatever the server says: no real
+// tree comes near them, and a server past them is lying or broken.
+const (
+	maxTreeDirs  = 1 << 20
+	maxTreeBytes = 512 << 20
+)
+
+// ErrBadTree is wrapped when a GetTree answer cannot be a real tree: a page
+// token repeated, a page with nothing but a token, or more Directories or
+// bytes than any tree has. Callers read the tree another way.
+var ErrBadTree = errors.New("not a tree")
+
 // GetTree returns every Directory under root, root first, following pages.
-// Servers without GetTree answer UNIMPLEMENTED.
+// Servers without GetTree answer UNIMPLEMENTED. The pages, Directories and
+// bytes one tree may bring are bounded (ErrBadTree past them).
 func (r *Remote) GetTree(ctx context.Context, root digest.Digest) ([]*repb.Directory, error) {
 	var dirs []*repb.Directory
 	err := r.call(ctx, "GetTree "+root.String(), true, func(ctx context.Context) error {
 		dirs = dirs[:0]
+		var bytes int
+		tokens := map[string]bool{}
 		pageToken := ""
 		for {
 			stream, err := r.cas.GetTree(ctx, &repb.GetTreeRequest{InstanceName: r.instance, RootDigest: root.ToProto(), PageToken: pageToken})
 			if err != nil {
 				return err
 			}
-			next := ""
+			next, got := "", 0
 			for {
 				resp, err := stream.Recv()
 				if err == io.EOF {
@@ -282,12 +370,25 @@ func (r *Remote) GetTree(ctx context.Context, root digest.Digest) ([]*repb.Direc
 				if err != nil {
 					return err
 				}
+				for _, d := range resp.GetDirectories() {
+					bytes += proto.Size(d)
+				}
+				got += len(resp.GetDirectories())
 				dirs = append(dirs, resp.GetDirectories()...)
+				if len(dirs) > maxTreeDirs || bytes > maxTreeBytes {
+					return fmt.Errorf("%w: over %d Directories or %d bytes", ErrBadTree, maxTreeDirs, maxTreeBytes)
+				}
 				next = resp.GetNextPageToken()
 			}
-			if next == "" {
+			switch {
+			case next == "":
 				return nil
+			case tokens[next]:
+				return fmt.Errorf("%w: the server repeated page token %q", ErrBadTree, next)
+			case got == 0:
+				return fmt.Errorf("%w: a page with no Directories and a next page token", ErrBadTree)
 			}
+			tokens[next] = true
 			pageToken = next
 		}
 	})
@@ -412,4 +513,12 @@ func (r *Remote) PushBlob(ctx context.Context, uris []string, blob digest.Digest
 		_, err := r.pushRA.PushBlob(ctx, req)
 		return err
 	})
+}
+
+func setOf(ds []digest.Digest) map[digest.Digest]bool {
+	m := make(map[digest.Digest]bool, len(ds))
+	for _, d := range ds {
+		m[d] = true
+	}
+	return m
 }

@@ -105,8 +105,16 @@ func (f *fakeCache) GetTree(context.Context, digest.Digest) ([]*repb.Directory, 
 	return nil, f.err("GetTree", codes.Unimplemented)
 }
 
-func (f *fakeCache) Plan(ds []digest.Digest) ([][]digest.Digest, []digest.Digest) {
-	return [][]digest.Digest{ds}, nil
+func (f *fakeCache) Plan(ds []digest.Digest) (batches [][]digest.Digest, streamed []digest.Digest) {
+	var batch []digest.Digest
+	for _, d := range ds {
+		if d.Size > f.MaxBatchBytes() {
+			streamed = append(streamed, d)
+		} else {
+			batch = append(batch, d)
+		}
+	}
+	return [][]digest.Digest{batch}, streamed
 }
 
 func (f *fakeCache) MaxBatchBytes() int64 { return 1 << 20 }
@@ -424,5 +432,24 @@ func TestPushIndexOnlyWaitsForStorage(t *testing.T) {
 	}
 	if !strings.Contains(res[0].Reason, "index entry not written") {
 		t.Errorf("reason %q: want it to say the index entry was not written", res[0].Reason)
+	}
+}
+
+// A digest of absurd size is not streamed until the disk is full: the ref
+// fails at once saying there is no space, not that no cache has the blob.
+func TestPullChecksFreeSpace(t *testing.T) {
+	const ref = "demo/huge/key"
+	huge := digest.Digest{Hash: strings.Repeat("ab", 32), Size: 1 << 40}
+	a := art{blobs: map[digest.Digest][]byte{}}
+	a.root = a.add(&repb.Directory{Files: []*repb.FileNode{{Name: "huge", Digest: huge.ToProto()}}})
+	f := newFake("a").holding(ref, a)
+	var warns []string
+	e := newEngine(t, cacheOf(f), false, &warns)
+	res, _ := e.Pull(context.Background(), []string{ref}, PullOptions{})
+	if res[0].Status != StatusFailed || !strings.Contains(res[0].Reason, "no space") || strings.Contains(res[0].Reason, "no storage cache") {
+		t.Errorf("pull of a 1 TiB blob: %s (%s); want failed for no space", res[0].Status, res[0].Reason)
+	}
+	if f.reads[huge] != 0 {
+		t.Error("the 1 TiB blob was read")
 	}
 }

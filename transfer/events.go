@@ -9,6 +9,14 @@ type Events struct {
 	OnBytes func(n int64)
 	// OnRef gets each ref's result as it completes.
 	OnRef func(Result)
+	// OnInfo gets detail worth showing with -v: each retry.
+	OnInfo func(msg string)
+}
+
+func (e Events) info(msg string) {
+	if e.OnInfo != nil {
+		e.OnInfo(msg)
+	}
 }
 
 // Warn reports a warning.

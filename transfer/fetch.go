@@ -127,6 +127,9 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[diges
 		}
 		for _, root := range need {
 			dirs, err := r.GetTree(ctx, root)
+			if errors.Is(err, remotes.ErrBadTree) {
+				c.warnOnce("bad-tree", fmt.Sprintf("%s; reading Directories level by level instead", c.describe(err)), f.ev)
+			}
 			if err != nil {
 				break // level by level instead
 			}
@@ -168,6 +171,12 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
+			}
+			var re *remotes.Error
+			if !errors.As(err, &re) {
+				// Not the cache's fault (no space, a write error): no
+				// other cache would do better.
+				return nil, err
 			}
 			if f.strict {
 				return nil, err
@@ -309,6 +318,9 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 // stream reads one large blob into the store's verifying writer. found is
 // false when the cache does not have it.
 func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Digest) (found bool, err error) {
+	if err := f.store.Room(d.Size); err != nil {
+		return true, fmt.Errorf("blob %s: %w", d, err)
+	}
 	w, err := f.store.NewWriter(d)
 	if err != nil {
 		return true, err

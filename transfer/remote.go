@@ -2,8 +2,10 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -69,6 +71,13 @@ type dialer func(ctx context.Context, cfg config.Cache, ev Events) (remote, remo
 func dialRemote(ctx context.Context, cfg config.Cache, ev Events) (remote, remotes.Capabilities, error) {
 	r, err := remotes.Dial(ctx, cfg, remotes.WithShrinkHook(func(s remotes.ShrinkEvent) {
 		ev.Warn(fmt.Sprintf("cache %s (%s) refused a message as larger than its limit: %s size now %d bytes for the rest of this run", s.Cache, s.URL, s.What, s.Size))
+	}), remotes.WithRetryHook(func(e remotes.RetryEvent) {
+		var re *remotes.Error
+		code := "?"
+		if errors.As(e.Err, &re) {
+			code = re.Code.String()
+		}
+		ev.info(fmt.Sprintf("cache %s: %s: %s; retry %d in %s", e.Cache, e.Op, code, e.Attempt, e.Delay.Round(time.Millisecond)))
 	}))
 	if err != nil {
 		return nil, remotes.Capabilities{}, err

@@ -2,12 +2,18 @@ package testenv
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
@@ -37,6 +43,21 @@ type ProxyFaults struct {
 	// with a receive limit it does not advertise (Buildbarn's
 	// maximumReceivedMessageSizeBytes).
 	MaxRecvMsgSize int
+	// Tree, when set, makes the proxy answer GetTree itself as a lying
+	// server would: "repeat" sends a Directory with the same next page
+	// token every time, "empty" pages with no Directories and a new token
+	// each time, for ever.
+	Tree string
+	// Read, when set, makes ByteStream reads misbehave: "empty" answers
+	// with empty messages for ever, "trickle" with two bytes a second,
+	// "extra" forwards the blob and then sends one byte more.
+	Read string
+	// BatchExtra adds to every BatchReadBlobs answer a blob nobody asked
+	// for.
+	BatchExtra []byte
+	// UnavailableFetches answers the first N FetchDirectory calls that name
+	// a URI (not the probe's) with UNAVAILABLE, as a server restarting.
+	UnavailableFetches int64
 }
 
 // rawCodec passes messages through as bytes.
@@ -84,6 +105,8 @@ type proxy struct {
 	cc     *grpc.ClientConn
 	faults ProxyFaults
 	routes map[string]*grpc.ClientConn
+	pages  atomic.Int64
+	failed atomic.Int64
 }
 
 // conn is where a method goes.
@@ -98,6 +121,12 @@ func (p *proxy) conn(method string) *grpc.ClientConn {
 
 func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(ss)
+	switch {
+	case method == "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree" && p.faults.Tree != "":
+		return p.lyingTree(ss)
+	case method == "/google.bytestream.ByteStream/Read" && (p.faults.Read == "empty" || p.faults.Read == "trickle"):
+		return p.lyingRead(ss)
+	}
 	md, _ := metadata.FromIncomingContext(ss.Context())
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ss.Context(), md))
 	defer cancel()
@@ -140,6 +169,10 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 				return ferr
 			}
 			if errors.Is(err, io.EOF) {
+				if method == "/google.bytestream.ByteStream/Read" && p.faults.Read == "extra" {
+					out, _ := proto.Marshal(&bsgrpc.ReadResponse{Data: []byte{'!'}})
+					return ss.SendMsg(&out)
+				}
 				return nil
 			}
 			return err
@@ -157,8 +190,15 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	}
 }
 
-// refuse answers reads of hidden blobs with NOT_FOUND.
+// refuse answers reads of hidden blobs with NOT_FOUND, and the first
+// lookups with UNAVAILABLE when asked to.
 func (p *proxy) refuse(method string, req []byte) error {
+	if method == "/build.bazel.remote.asset.v1.Fetch/FetchDirectory" && p.faults.UnavailableFetches > 0 {
+		var r assetpb.FetchDirectoryRequest
+		if proto.Unmarshal(req, &r) == nil && len(r.GetUris()) > 0 && p.failed.Add(1) <= p.faults.UnavailableFetches {
+			return status.Error(codes.Unavailable, "restarting (test proxy)")
+		}
+	}
 	if method != "/google.bytestream.ByteStream/Read" {
 		return nil
 	}
@@ -203,6 +243,13 @@ func (p *proxy) alter(method string, req, resp []byte, n int) []byte {
 				b.Data[0] ^= 0xff
 			}
 		}
+		if p.faults.BatchExtra != nil {
+			extra := sha256.Sum256(p.faults.BatchExtra)
+			r.Responses = append(r.Responses, &repb.BatchReadBlobsResponse_Response{
+				Digest: &repb.Digest{Hash: hex.EncodeToString(extra[:]), SizeBytes: int64(len(p.faults.BatchExtra))},
+				Data:   p.faults.BatchExtra, Status: &spb.Status{},
+			})
+		}
 		out, _ := proto.Marshal(&r)
 		return out
 	case "/google.bytestream.ByteStream/Read":
@@ -220,4 +267,46 @@ func (p *proxy) alter(method string, req, resp []byte, n int) []byte {
 		return out
 	}
 	return resp
+}
+
+// lyingTree answers each GetTree call with one page as p.faults.Tree
+// says: the client asks for the next page for ever, unless it notices.
+func (p *proxy) lyingTree(ss grpc.ServerStream) error {
+	var req []byte
+	if err := ss.RecvMsg(&req); err != nil {
+		return err
+	}
+	resp := &repb.GetTreeResponse{NextPageToken: "again", Directories: []*repb.Directory{{}}}
+	if p.faults.Tree == "empty" {
+		resp = &repb.GetTreeResponse{NextPageToken: fmt.Sprintf("page-%d", p.pages.Add(1))}
+	}
+	out, _ := proto.Marshal(resp)
+	return ss.SendMsg(&out)
+}
+
+// lyingRead answers a ByteStream Read with empty messages or two bytes a
+// second until the client goes away.
+func (p *proxy) lyingRead(ss grpc.ServerStream) error {
+	var req []byte
+	if err := ss.RecvMsg(&req); err != nil {
+		return err
+	}
+	msg := &bsgrpc.ReadResponse{}
+	interval := 10 * time.Millisecond
+	if p.faults.Read == "trickle" {
+		msg.Data, interval = []byte{0}, 500*time.Millisecond
+	}
+	out, _ := proto.Marshal(msg)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := ss.SendMsg(&out); err != nil {
+			return err
+		}
+		select {
+		case <-ss.Context().Done():
+			return ss.Context().Err()
+		case <-t.C:
+		}
+	}
 }
