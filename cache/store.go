@@ -88,7 +88,29 @@ func Open(root string, layout Layout) (*Store, error) {
 			return nil, fmt.Errorf("opening local store: %w", err)
 		}
 	}
+	s.cleanTmp(time.Now())
 	return s, nil
+}
+
+// staleTmp is how old a temporary file must be before an opening process
+// takes it for a leftover of a killed one: a write in progress renames its
+// file within moments.
+const staleTmp = 10 * time.Minute
+
+// cleanTmp removes temporary files (refs and named objects) that writers
+// killed before they could rename them left behind.
+func (s *Store) cleanTmp(now time.Time) {
+	entries, err := os.ReadDir(s.tmp)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() || now.Sub(info.ModTime()) < staleTmp {
+			continue
+		}
+		os.Remove(filepath.Join(s.tmp, e.Name()))
+	}
 }
 
 // OpenReadOnly opens the store at root without creating anything, for
@@ -377,12 +399,12 @@ func (w *BlobWriter) Commit() (err error) {
 		return w.s.install(w.f.Name(), w.s.ObjectPath(w.want), false)
 	}
 	defer w.f.Close()
-	return w.s.link(w.f, w.s.ObjectPath(w.want))
+	return w.s.link(w.f, w.s.ObjectPath(w.want), w.want.Size)
 }
 
 // link gives an unnamed file its final name. An object already there is
 // the same content (its name is its hash), so that is success.
-func (s *Store) link(f *os.File, final string) error {
+func (s *Store) link(f *os.File, final string, size int64) error {
 	src := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
 	err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -391,7 +413,21 @@ func (s *Store) link(f *os.File, final string) error {
 		}
 		err = unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
 	}
-	if err != nil && !errors.Is(err, fs.ErrExist) {
+	if errors.Is(err, fs.ErrExist) {
+		if st, serr := os.Lstat(final); serr == nil && st.Mode().IsRegular() && st.Size() == size {
+			return nil // another writer put the same content there
+		}
+		// A damaged object (truncated, or not a file): the verified one
+		// replaces it, through a name of its own and a rename.
+		side := fmt.Sprintf("%s.repair-%d", final, os.Getpid())
+		os.Remove(side)
+		if err = unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, side, unix.AT_SYMLINK_FOLLOW); err == nil {
+			if err = os.Rename(side, final); err != nil {
+				os.Remove(side)
+			}
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("installing %s: %w", final, err)
 	}
 	return nil

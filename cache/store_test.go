@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"github.com/google/go-cmp/cmp"
@@ -292,5 +293,61 @@ func TestPutVerifiedChecksSize(t *testing.T) {
 	}
 	if err := s.Verify(d); err != nil {
 		t.Error(err)
+	}
+}
+
+// The store repairs itself: an object whose size does not match its digest
+// (truncated by a crash or by hand) is replaced by the next verified write
+// of it, and temporary files a killed writer left behind go at the next
+// open, while a fresh one (a writer still at work) stays.
+func TestStoreRepairs(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("the whole content of a blob")
+	d, err := s.Add(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(s.ObjectPath(d), 5); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.Has(d); ok {
+		t.Fatal("a truncated object counts as present")
+	}
+	for _, put := range []func() error{
+		func() error { return s.PutBytes(d, data) },
+		func() error { return s.PutVerified(d, data) },
+	} {
+		if err := os.Truncate(s.ObjectPath(d), 5); err != nil {
+			t.Fatal(err)
+		}
+		if err := put(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Verify(d); err != nil {
+			t.Errorf("after writing it again: %v", err)
+		}
+	}
+
+	old := filepath.Join(dir, "tmp", "ref-killed")
+	fresh := filepath.Join(dir, "tmp", "ref-in-progress")
+	for _, p := range []string{old, fresh} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-time.Hour)
+	os.Chtimes(old, long, long)
+	if _, err := Open(dir, LayoutBst1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); err == nil {
+		t.Error("a temporary file left by a killed writer was not cleaned")
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Error("a fresh temporary file (a writer at work) was removed")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -451,5 +452,32 @@ func TestPullChecksFreeSpace(t *testing.T) {
 	}
 	if f.reads[huge] != 0 {
 		t.Error("the 1 TiB blob was read")
+	}
+}
+
+// A Directory corrupted in the local store (same size, other bytes) does
+// not block its ref: it is removed and fetched again, with one warning.
+func TestPullRepairsACorruptLocalDirectory(t *testing.T) {
+	const ref = "demo/app/key"
+	a := artifact("one", "two")
+	f := newFake("a").holding(ref, a)
+	var warns []string
+	e := newEngine(t, cacheOf(f), false, &warns)
+	if res, _ := e.Pull(context.Background(), []string{ref}, PullOptions{}); res[0].Status != StatusDone {
+		t.Fatalf("first pull: %+v", res[0])
+	}
+	p := e.Store.ObjectPath(a.root)
+	data, _ := os.ReadFile(p)
+	data[0] ^= 0xff
+	os.Chmod(p, 0o644)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, _ := e.Pull(context.Background(), []string{ref}, PullOptions{})
+	if res[0].Status != StatusDone || len(warns) != 1 || !strings.Contains(warns[0], "fetching it again") {
+		t.Errorf("pull over a corrupt local Directory: %s (%s), warnings %q", res[0].Status, res[0].Reason, warns)
+	}
+	if err := e.Store.Verify(a.root); err != nil {
+		t.Errorf("the Directory was not repaired: %v", err)
 	}
 }

@@ -89,7 +89,7 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 			if missSet[d] {
 				continue
 			}
-			data, err := f.store.ReadBlob(d)
+			data, err := f.localDir(ctx, d, w)
 			if err != nil {
 				return nil, err
 			}
@@ -104,6 +104,28 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 		return nil, err
 	}
 	return append(missing, miss...), nil
+}
+
+// localDir reads a Directory the store holds. One that does not match its
+// digest is removed and fetched again, with a warning, so a damaged object
+// never blocks its ref.
+func (f *fetcher) localDir(ctx context.Context, d digest.Digest, w *watch) ([]byte, error) {
+	data, err := f.store.ReadBlob(d)
+	if !errors.Is(err, cache.ErrDigestMismatch) {
+		return data, err
+	}
+	f.ev.Warn(fmt.Sprintf("%v: removed, fetching it again", err))
+	if err := f.store.RemoveObject(d); err != nil {
+		return nil, err
+	}
+	miss, err := f.fetch(ctx, []digest.Digest{d}, w)
+	if err != nil {
+		return nil, err
+	}
+	if len(miss) > 0 {
+		return nil, fmt.Errorf("directory %s was corrupt in the local store and no storage cache has it", d)
+	}
+	return f.store.ReadBlob(d)
 }
 
 // getTrees asks the first live storage cache with GetTree for the trees
