@@ -199,6 +199,11 @@ func Caches(u *UserConfig, project *Project, section string) ([]Remote, error) {
 		}
 		return dedupe(out), nil
 	}
+	for _, n := range []*yaml.Node{override, global} {
+		if err := sectionKeys(n, u.File, section); err != nil {
+			return nil, err
+		}
+	}
 	skipProject := false
 	for _, n := range []*yaml.Node{override, global} {
 		if b, _ := scalar(n, "override-project-caches"); b == "true" {
@@ -218,6 +223,23 @@ func Caches(u *UserConfig, project *Project, section string) ([]Remote, error) {
 		}
 	}
 	return dedupe(out), nil
+}
+
+// sectionKeys checks a BuildStream 2 user section: a mapping of
+// override-project-caches and servers.
+func sectionKeys(n *yaml.Node, file, section string) error {
+	if n == nil {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return &FileError{File: file, Line: n.Line, Key: section, Msg: "BuildStream 2 wants a mapping with servers: (a list of caches)"}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Value != "servers" && k.Value != "override-project-caches" {
+			return &FileError{File: file, Line: k.Line, Key: section + "." + k.Value, Msg: "not a key BuildStream 2 accepts here (it wants servers: and override-project-caches:; is this BuildStream 1's form?)"}
+		}
+	}
+	return nil
 }
 
 // remotes reads a list of cache specs, or (BuildStream 1) a single one.

@@ -108,6 +108,11 @@ func TestCaches(t *testing.T) {
 			err: "buildstream.conf:3: did not find expected node content",
 		},
 		{
+			name: "bst2 refuses BuildStream 1's form of the user section", version: V2,
+			user: "artifacts:\n  url: http://a\n", project: "name: demo\nmin-version: 2.0\n",
+			err: "buildstream.conf:2: artifacts.url: not a key BuildStream 2 accepts here",
+		},
+		{
 			name: "bst2 bad type", version: V2,
 			user: "artifacts:\n  servers:\n  - url: http://a\n    type: both\n", project: "name: demo\nmin-version: 2.0\n",
 			err: "buildstream.conf:4: type: want index, storage or all",

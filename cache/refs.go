@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
 // ValidateRef checks that a ref is a relative path of plain components:
@@ -24,6 +25,8 @@ func ValidateRef(ref string) error {
 		return fmt.Errorf("%w %q: absolute path", ErrInvalidRef, ref)
 	case strings.ContainsAny(ref, "\x00\\"):
 		return fmt.Errorf("%w %q: contains NUL or backslash", ErrInvalidRef, ref)
+	case strings.IndexFunc(ref, func(r rune) bool { return r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 || r == utf8.RuneError }) >= 0:
+		return fmt.Errorf("%w %q: contains a control character or invalid UTF-8", ErrInvalidRef, ref)
 	case len(ref) > 4096:
 		return fmt.Errorf("%w: longer than 4096 bytes", ErrInvalidRef)
 	}

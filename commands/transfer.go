@@ -125,7 +125,8 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 	readLines := func(r io.Reader, name string) error {
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for n := 1; sc.Scan(); n++ {
+		n := 1
+		for ; sc.Scan(); n++ {
 			line := strings.TrimSpace(sc.Text())
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
@@ -133,6 +134,9 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 			if err := add(line); err != nil {
 				return fmt.Errorf("%s:%d: %w", name, n, err)
 			}
+		}
+		if errors.Is(sc.Err(), bufio.ErrTooLong) {
+			return usageError("%s:%d: line longer than 1 MiB: not a ref", name, n)
 		}
 		return sc.Err()
 	}

@@ -1,13 +1,16 @@
 package commands_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -17,7 +20,9 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/internal/testenv"
+	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // runJSON runs bst-cache with --json and decodes the transfer report.
@@ -498,5 +503,52 @@ func TestVerboseLogsRetries(t *testing.T) {
 	_, stderr, code := runCLI(t, "", "--config", cfg, "--local", t.TempDir(), "-v", "pull", refs[0])
 	if code != 0 || !strings.Contains(stderr, "cache flaky: FetchDirectory urn:fdc:buildstream.build:2020:v1:"+refs[0]+": Unavailable; retry 1") {
 		t.Errorf("pull -v through a cache that fails once: exit %d; want the retry logged\n%s", code, stderr)
+	}
+}
+
+// Hostile input: a password in a URL never reaches output, refs with
+// control characters are refused and printed escaped (client and serve),
+// and an over-long input line is a usage error naming it.
+func TestHostileInput(t *testing.T) {
+	cfg := writeConfig(t, "[[cache]]\nname = \"a\"\nurl = \"https://alice:s3cret-pass@cache.example.com\"\n")
+	_, stderr, code := runCLI(t, "", "--config", cfg, "caches", "--offline")
+	if code != 2 || strings.Contains(stderr, "s3cret-pass") || !strings.Contains(stderr, "***@cache.example.com") {
+		t.Errorf("a URL with a password: exit %d; want 2 with the password hidden\n%s", code, stderr)
+	}
+	bstConf := writeFile(t, "buildstream.conf", "artifacts:\n  url: https://bob:hunter2@cache.example.com\n")
+	if _, stderr, code := runCLI(t, "", "--config", bstConf, "caches", "--offline"); code != 2 || strings.Contains(stderr, "hunter2") {
+		t.Errorf("a BuildStream URL with a password: exit %d\n%s", code, stderr)
+	}
+
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	cfg = writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false))
+	for _, bad := range []string{"demo/a\x1b[31mred/k", "demo/line\nbreak/k"} {
+		_, stderr, code := runCLI(t, "", "--config", cfg, "--local", t.TempDir(), "pull", bad)
+		if code != 2 || strings.ContainsAny(stderr, "\x1b") || strings.Count(stderr, "\n") > 2 {
+			t.Errorf("pull %q: exit %d; want 2 with the ref escaped\n%q", bad, code, stderr)
+		}
+	}
+	long := strings.Repeat("x", 2<<20) + "\n"
+	stdin := writeFile(t, "refs", long)
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", t.TempDir(), "pull", "--refs-from", stdin); code != 2 || !strings.Contains(stderr, stdin+":1: line longer than 1 MiB") {
+		t.Errorf("a 2 MB line: exit %d\n%.300s", code, stderr)
+	}
+
+	// serve refuses such a key and logs it escaped, on one line.
+	r, err := remotes.Dial(context.Background(), config.Cache{Name: "serve", URL: srv.URL(), Type: config.TypeAll, MaxConcurrency: 2,
+		Endpoint:   config.Endpoint{Target: srv.Addr},
+		Connection: config.Connection{ConnectTimeout: 5 * time.Second, RequestTimeout: 30 * time.Second, RetryDelay: 50 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	err = r.UpdateReference(context.Background(), []string{"demo/evil\n2026-01-01 forged log line/k"}, digest.Empty)
+	var re *remotes.Error
+	if !errors.As(err, &re) || re.Code != codes.InvalidArgument {
+		t.Errorf("UpdateReference with a newline in the key: %v; want INVALID_ARGUMENT", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if strings.Contains(srv.Log(), "\n2026-01-01 forged log line") {
+		t.Errorf("serve logged a client's newline raw:\n%s", srv.Log())
 	}
 }

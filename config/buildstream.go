@@ -14,9 +14,10 @@ import (
 
 // bstVersion picks the BuildStream version whose files are read: the
 // project's, else the format a bst-cache file set, else the user file that
-// names its version (buildstream2.conf, buildstream1.conf), else the bst on
-// PATH, else BuildStream 2.
-func bstVersion(cfg *Config, project *buildstream.Project, configHome string, installed func() (buildstream.Version, error)) buildstream.Version {
+// names its version (buildstream2.conf, buildstream1.conf), else (for a
+// plain buildstream.conf, or one given with --config) the bst on PATH,
+// else BuildStream 2.
+func bstVersion(cfg *Config, project *buildstream.Project, configHome, userFile string, installed func() (buildstream.Version, error)) buildstream.Version {
 	switch {
 	case project != nil:
 		return project.Version
@@ -30,7 +31,8 @@ func bstVersion(cfg *Config, project *buildstream.Project, configHome string, in
 			return v
 		}
 	}
-	if _, err := os.Stat(filepath.Join(configHome, "buildstream.conf")); err == nil {
+	_, err := os.Stat(filepath.Join(configHome, "buildstream.conf"))
+	if err == nil || userFile != "" {
 		if v, err := installed(); err == nil {
 			return v
 		}
@@ -55,7 +57,7 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 		}
 		project = p
 	}
-	version := bstVersion(cfg, project, configHome, func() (buildstream.Version, error) {
+	version := bstVersion(cfg, project, configHome, userFile, func() (buildstream.Version, error) {
 		return buildstream.InstalledVersion(context.Background())
 	})
 	if userFile == "" {

@@ -130,8 +130,8 @@ type Connection struct {
 	RequestTimeout time.Duration
 	// StallTimeout fails a stream that delivers no bytes for this long.
 	StallTimeout time.Duration
-	RetryLimit     int
-	RetryDelay     time.Duration
+	RetryLimit   int
+	RetryDelay   time.Duration
 }
 
 // Endpoint is a parsed cache URL.

@@ -485,6 +485,9 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 
 // parseURL turns a cache URL into a dial target.
 func (v *validator) parseURL(raw string) (Endpoint, error) {
+	if shown := RedactURL(raw); shown != raw {
+		return Endpoint{}, fmt.Errorf("%q: a cache URL carries no user or password (use [cache.auth] access-token, or a client certificate)", shown)
+	}
 	if rest, ok := strings.CutPrefix(raw, "unix:"); ok {
 		rest = strings.TrimPrefix(rest, "//")
 		if rest == "" {
@@ -511,7 +514,7 @@ func (v *validator) parseURL(raw string) (Endpoint, error) {
 	if u.Hostname() == "" {
 		return Endpoint{}, fmt.Errorf("%q has no host", raw)
 	}
-	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
 		return Endpoint{}, fmt.Errorf("%q: a cache URL is scheme://host[:port] only (set instance-name for an instance)", raw)
 	}
 	if p := u.Port(); p != "" {
@@ -625,4 +628,13 @@ func normalizeKey(k string) string {
 		parts[i] = p
 	}
 	return strings.Join(parts, ".")
+}
+
+// userinfoRE finds the user[:password]@ part of a URL, parsed or not.
+var userinfoRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@`)
+
+// RedactURL hides a URL's user and password: "https://***@host". Secrets
+// never reach output.
+func RedactURL(raw string) string {
+	return userinfoRE.ReplaceAllString(raw, "${1}***@")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
+	"strconv"
 	"strings"
 	"time"
 
@@ -97,10 +98,23 @@ func callLine(ctx context.Context, method string, start time.Time, err error) st
 	st := status.Convert(err)
 	line := from + " " + method + " " + st.Code().String() + " " + time.Since(start).Round(time.Microsecond).String()
 	if err != nil {
-		line += ": " + st.Message()
+		line += ": " + Printable(st.Message())
 	}
 	return line
 }
+
+// Printable escapes control characters (a newline, an escape sequence) in
+// a string a client sent, so a log line stays one line and cannot drive a
+// terminal.
+func Printable(s string) string {
+	if strings.IndexFunc(s, isControl) < 0 {
+		return s
+	}
+	q := strconv.QuoteToGraphic(s)
+	return q[1 : len(q)-1]
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 }
 
 func unaryLog(logCall func(string)) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
