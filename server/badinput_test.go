@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -373,5 +374,48 @@ func TestGetTreePaging(t *testing.T) {
 	rest, _ := pages(tokens[0])
 	if len(rest) != 2 || !proto.Equal(rest[0], want[2]) || !proto.Equal(rest[1], want[3]) {
 		t.Errorf("resuming at %q gave %d directories", tokens[0], len(rest))
+	}
+}
+
+// Answers that say what happened: a read of a hash the server has with
+// another size is NOT_FOUND (not corruption); wrong data for a blob the
+// server has is INVALID_ARGUMENT (not OK); an index entry whose Directory
+// is corrupt on the server is NOT_FOUND (not INTERNAL).
+func TestHonestCodes(t *testing.T) {
+	addr, store, _ := startServer(t, server.Options{AllowWrites: true})
+	c := connect(t, addr)
+	ctx := context.Background()
+	data := []byte("a blob the server has")
+	d, err := store.Add(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := read(ctx, c, blobName(digest.Digest{Hash: d.Hash, Size: d.Size + 1}), 0, 0); status.Code(err) != codes.NotFound {
+		t.Errorf("read with the wrong size: %v; want NOT_FOUND", err)
+	}
+	resp, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: d.ToProto(), Data: []byte("other data, same size!")[:len(data)]}}})
+	if err != nil || codes.Code(resp.GetResponses()[0].GetStatus().GetCode()) != codes.InvalidArgument {
+		t.Errorf("BatchUpdateBlobs with wrong data for a blob the server has: %v %v; want INVALID_ARGUMENT", resp, err)
+	}
+
+	dir, _ := proto.Marshal(&repb.Directory{Files: []*repb.FileNode{{Name: "f", Digest: d.ToProto()}}})
+	root, err := store.Add(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const uri = buildstream.URNBst1Artifact + "demo/corrupt/key"
+	if _, err := c.push.PushDirectory(ctx, &assetpb.PushDirectoryRequest{Uris: []string{uri}, RootDirectoryDigest: root.ToProto()}); err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), dir...)
+	bad[len(bad)-1] ^= 0xff
+	p := store.ObjectPath(root)
+	os.Chmod(p, 0o644)
+	if err := os.WriteFile(p, bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.fetch.FetchDirectory(ctx, &assetpb.FetchDirectoryRequest{Uris: []string{uri}})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("FetchDirectory of an entry whose Directory is corrupt: %v; want NOT_FOUND", err)
 	}
 }

@@ -106,6 +106,10 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 		return grpcError(err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() != d.Size {
+		// The hash is here with another size: not the blob asked for.
+		return status.Errorf(codes.NotFound, "no blob %s here", d)
+	}
 	b.touch(d)
 	end := d.Size
 	if limit > 0 && off+limit < end {

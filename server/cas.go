@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -125,6 +126,10 @@ func (s *Server) BatchUpdateBlobs(_ context.Context, req *repb.BatchUpdateBlobsR
 
 // putBytes stores a verified blob and accounts for it.
 func (s *Server) putBytes(d digest.Digest, data []byte) error {
+	// Wrong data is wrong whether or not the server has the blob.
+	if got := digest.NewFromBlob(data); got != d {
+		return status.Errorf(codes.InvalidArgument, "data for %s hashes to %s", d, got)
+	}
 	if ok, err := s.store.Has(d); err == nil && ok {
 		s.touch(d)
 		return nil
@@ -154,6 +159,8 @@ func grpcError(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrInvalidRef):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, cache.ErrNoSpace), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return status.Error(codes.ResourceExhausted, "the server is out of space: "+err.Error())
 	}
 	return status.Error(codes.Internal, fmt.Sprint(err))
 }

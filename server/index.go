@@ -219,6 +219,11 @@ func (s *Server) lookup(typ assetType, uris []string, qualifiers []*assetpb.Qual
 			}
 		}
 		_, missing, err := s.store.ClosureOf(r.roots)
+		if errors.Is(err, cache.ErrDigestMismatch) {
+			s.logf("%s: %v: treated as absent", uri, err)
+			why = append(why, uri+" names a corrupt object")
+			continue
+		}
 		if err != nil {
 			return "", digest.Digest{}, status.Errorf(codes.Internal, "checking %s: %v", uri, err)
 		}
