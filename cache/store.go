@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -95,7 +96,7 @@ func Open(root string, layout Layout) (*Store, error) {
 // staleTmp is how old a temporary file must be before an opening process
 // takes it for a leftover of a killed one: a write in progress renames its
 // file within moments.
-const staleTmp = 10 * time.Minute
+const staleTmp = time.Hour
 
 // cleanTmp removes temporary files (refs and named objects) that writers
 // killed before they could rename them left behind.
@@ -360,6 +361,71 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 
 // Written is how many bytes were written so far.
 func (w *BlobWriter) Written() int64 { return w.n }
+
+// Parked is a blob write put aside: its bytes in a named temporary file,
+// no file descriptor held, its hash state kept, so that ResumeWriter can go
+// on where it stopped.
+type Parked struct {
+	want  digest.Digest
+	path  string
+	n     int64
+	state []byte
+}
+
+// Written is how many bytes the parked write holds.
+func (p Parked) Written() int64 { return p.n }
+
+// Park closes the writer's file, keeping what was written under a name in
+// the store's temporary directory. The writer must not be used after.
+func (w *BlobWriter) Park() (Parked, error) {
+	state, err := w.h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		w.Abort()
+		return Parked{}, err
+	}
+	p := Parked{want: w.want, n: w.n, state: state, path: w.f.Name()}
+	if !w.named {
+		tmp, err := os.CreateTemp(w.s.tmp, "upload-")
+		if err != nil {
+			w.Abort()
+			return Parked{}, err
+		}
+		p.path = tmp.Name()
+		tmp.Close()
+		os.Remove(p.path)
+		src := "/proc/self/fd/" + strconv.Itoa(int(w.f.Fd()))
+		if err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, p.path, unix.AT_SYMLINK_FOLLOW); err != nil {
+			w.Abort()
+			return Parked{}, fmt.Errorf("parking an upload: %w", err)
+		}
+	}
+	if err := w.f.Close(); err != nil {
+		os.Remove(p.path)
+		return Parked{}, err
+	}
+	return p, nil
+}
+
+// ResumeWriter reopens a parked write at the byte it stopped at.
+func (s *Store) ResumeWriter(p Parked) (*BlobWriter, error) {
+	f, err := os.OpenFile(p.path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("resuming an upload: %w", err)
+	}
+	if _, err := f.Seek(p.n, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(p.state); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &BlobWriter{s: s, want: p.want, f: f, h: h, n: p.n, named: true}, nil
+}
+
+// Discard removes a parked write's bytes.
+func (p Parked) Discard() { os.Remove(p.path) }
 
 // Abort discards what was written.
 func (w *BlobWriter) Abort() {

@@ -5,27 +5,22 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-
-	"github.com/bst-cache/bst-cache/cache"
 )
 
 // readChunk is the size of each ByteStream Read response.
 const readChunk = 1 << 20
-
-// uploadIdle is how long an interrupted upload waits to be resumed.
-const uploadIdle = 15 * time.Minute
 
 // byteStream serves google.bytestream.ByteStream for a Server.
 type byteStream struct{ *Server }
@@ -141,17 +136,10 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	return nil
 }
 
-// upload is a ByteStream write in progress, kept for resumption.
-type upload struct {
-	mu        sync.Mutex // held by the stream writing it
-	w         *cache.BlobWriter
-	committed atomic.Int64 // bytes written, readable without mu
-	last      time.Time    // last write; read and written under mu
-}
-
 // Write receives a blob, possibly over several streams (a client resumes at
 // QueryWriteStatus's committed_size). Data is verified before the blob
-// becomes visible; a blob already present completes at once.
+// becomes visible; a blob already present completes at once. A stream that
+// breaks off parks its upload (no file held) for a resume.
 func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 	req, err := stream.Recv()
 	if err != nil {
@@ -176,105 +164,54 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 	if err := b.checkSpace(d); err != nil {
 		return err
 	}
-	u, err := b.startUpload(name, d, req.GetWriteOffset())
+	var from net.Addr
+	if p, ok := peer.FromContext(stream.Context()); ok {
+		from = p.Addr
+	}
+	u, err := b.uploads.start(name, d, req.GetWriteOffset(), peerOf(from))
 	if err != nil {
 		return err
 	}
-	defer u.mu.Unlock()
 	for {
 		if off := req.GetWriteOffset(); off != u.w.Written() {
-			return status.Errorf(codes.InvalidArgument, "write_offset %d, but %d bytes of %s are committed", off, u.w.Written(), d)
+			b.uploads.park(name, u)
+			return status.Errorf(codes.InvalidArgument, "write_offset %d, but %d bytes of %s are committed", off, u.committed.Load(), d)
 		}
 		if int64(len(req.GetData())) > d.Size-u.w.Written() {
-			b.dropUpload(name, u)
+			b.uploads.end(name, u, true)
 			return status.Errorf(codes.InvalidArgument, "write past the declared size of %s (%d bytes)", d, d.Size)
 		}
 		if _, err := u.w.Write(req.GetData()); err != nil {
-			b.dropUpload(name, u)
-			return status.Errorf(codes.Internal, "storing %s: %v", d, err)
+			b.uploads.end(name, u, true)
+			return grpcError(fmt.Errorf("storing %s: %w", d, err))
 		}
 		u.committed.Store(u.w.Written())
-		u.last = time.Now()
 		if req.GetFinishWrite() {
 			return b.finishUpload(stream, name, u, d)
 		}
 		if req, err = stream.Recv(); err != nil {
+			b.uploads.park(name, u) // kept for a resume
 			if errors.Is(err, io.EOF) {
-				return status.Errorf(codes.InvalidArgument, "stream for %s ended after %d of %d bytes without finish_write", d, u.w.Written(), d.Size)
+				return status.Errorf(codes.InvalidArgument, "stream for %s ended after %d of %d bytes without finish_write", d, u.committed.Load(), d.Size)
 			}
-			return err // the client went away: keep the upload for a resume
+			return err
 		}
 	}
-}
-
-// startUpload finds or creates the upload for a resource name and locks it.
-// Offset 0 restarts it; any other offset must continue it.
-func (b byteStream) startUpload(name string, d digest.Digest, off int64) (*upload, error) {
-	b.uploadsMu.Lock()
-	defer b.uploadsMu.Unlock()
-	b.sweepUploads()
-	u := b.uploads[name]
-	if u != nil && !u.mu.TryLock() {
-		return nil, status.Errorf(codes.Aborted, "%s is being written by another stream", name)
-	}
-	if u != nil && off == 0 && u.w.Written() > 0 {
-		u.w.Abort()
-		u.mu.Unlock()
-		u = nil
-	}
-	if u == nil {
-		if off != 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "write_offset %d for %s, which has no upload in progress", off, name)
-		}
-		w, err := b.store.NewWriter(d)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "starting upload: %v", err)
-		}
-		u = &upload{w: w, last: time.Now()}
-		u.mu.Lock()
-		b.uploads[name] = u
-	}
-	return u, nil
 }
 
 // finishUpload verifies and installs a complete upload.
 func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name string, u *upload, d digest.Digest) error {
-	b.uploadsMu.Lock()
-	delete(b.uploads, name)
-	b.uploadsMu.Unlock()
-	if u.w.Written() != d.Size {
-		u.w.Abort()
-		return status.Errorf(codes.InvalidArgument, "finish_write after %d bytes; %s has %d", u.w.Written(), d, d.Size)
+	w := u.w
+	b.uploads.end(name, u, false)
+	if w.Written() != d.Size {
+		w.Abort()
+		return status.Errorf(codes.InvalidArgument, "finish_write after %d bytes; %s has %d", w.Written(), d, d.Size)
 	}
-	if err := u.w.Commit(); err != nil {
+	if err := w.Commit(); err != nil {
 		return grpcError(err)
 	}
 	b.stored(d)
 	return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: d.Size})
-}
-
-// dropUpload discards a failed upload.
-func (b byteStream) dropUpload(name string, u *upload) {
-	b.uploadsMu.Lock()
-	delete(b.uploads, name)
-	b.uploadsMu.Unlock()
-	u.w.Abort()
-}
-
-// sweepUploads aborts uploads idle for too long. Called with uploadsMu held.
-// An upload a stream is writing holds its lock, so it is skipped; the idle
-// time is read only under that lock.
-func (b byteStream) sweepUploads() {
-	for name, u := range b.uploads {
-		if !u.mu.TryLock() {
-			continue
-		}
-		if time.Since(u.last) > uploadIdle {
-			u.w.Abort()
-			delete(b.uploads, name)
-		}
-		u.mu.Unlock()
-	}
 }
 
 // checkSpace refuses a blob larger than the quota or the free disk space.
@@ -303,11 +240,9 @@ func (b byteStream) QueryWriteStatus(_ context.Context, req *bsgrpc.QueryWriteSt
 	if ok, err := b.store.Has(res.digest); err == nil && ok {
 		return &bsgrpc.QueryWriteStatusResponse{CommittedSize: res.digest.Size, Complete: true}, nil
 	}
-	b.uploadsMu.Lock()
-	u := b.uploads[req.GetResourceName()]
-	b.uploadsMu.Unlock()
-	if u == nil {
-		return nil, status.Errorf(codes.NotFound, "no upload in progress for %s", req.GetResourceName())
+	committed, ok := b.uploads.committed(req.GetResourceName())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no upload in progress for %q", req.GetResourceName())
 	}
-	return &bsgrpc.QueryWriteStatusResponse{CommittedSize: u.committed.Load()}, nil
+	return &bsgrpc.QueryWriteStatusResponse{CommittedSize: committed}, nil
 }

@@ -46,6 +46,8 @@ type Options struct {
 	MaxMessageBytes int
 	// Logf, when set, receives diagnostic lines (evictions, corrupt objects).
 	Logf func(format string, args ...any)
+	// UploadLimits overrides the bounds on uploads in progress (tests).
+	UploadLimits *UploadLimits
 }
 
 // Server serves one store over the REAPI CAS, ByteStream, Capabilities,
@@ -61,9 +63,8 @@ type Server struct {
 	maxBatch    int64
 	logf        func(format string, args ...any)
 
-	// uploads holds ByteStream writes that may be resumed.
-	uploadsMu sync.Mutex
-	uploads   map[string]*upload
+	// uploads holds ByteStream writes in progress or parked for a resume.
+	uploads *uploadTable
 
 	// refsMu orders index writes (read lock: check a closure, then write the
 	// ref) against eviction (write lock), so eviction never removes what a
@@ -88,7 +89,7 @@ func New(opts Options) (*Server, error) {
 		instances:   map[string]bool{},
 		maxBatch:    DefaultMaxBatchBytes,
 		logf:        opts.Logf,
-		uploads:     map[string]*upload{},
+		uploads:     newUploadTable(opts.Store, opts.uploadLimits()),
 	}
 	if s.logf == nil {
 		s.logf = func(string, ...any) {}
@@ -115,6 +116,15 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// uploadLimits are the bounds on uploads in progress: the defaults, or
+// those a test sets.
+func (o Options) uploadLimits() UploadLimits {
+	if o.UploadLimits != nil {
+		return *o.UploadLimits
+	}
+	return DefaultUploadLimits(o.Quota)
+}
+
 // Register adds every service to a gRPC server.
 func (s *Server) Register(g *grpc.Server) {
 	repb.RegisterContentAddressableStorageServer(g, s)
@@ -127,12 +137,7 @@ func (s *Server) Register(g *grpc.Server) {
 
 // Close aborts unfinished uploads and stops background work.
 func (s *Server) Close() {
-	s.uploadsMu.Lock()
-	for name, u := range s.uploads {
-		u.w.Abort()
-		delete(s.uploads, name)
-	}
-	s.uploadsMu.Unlock()
+	s.uploads.closeAll()
 	if s.quota != nil {
 		s.quota.stop()
 	}
