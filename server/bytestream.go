@@ -219,6 +219,11 @@ func (b byteStream) checkSpace(d digest.Digest) error {
 	if b.quota != nil && d.Size > b.quota.limit {
 		return status.Errorf(codes.ResourceExhausted, "blob %s is larger than the server's quota (%d bytes)", d, b.quota.limit)
 	}
+	if b.quota != nil {
+		if err := b.quota.admit(d.Size); err != nil {
+			return err
+		}
+	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(b.store.Root(), &st); err == nil {
 		if free := int64(st.Bavail) * int64(st.Bsize); d.Size > free {

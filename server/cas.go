@@ -134,6 +134,11 @@ func (s *Server) putBytes(d digest.Digest, data []byte) error {
 		s.touch(d)
 		return nil
 	}
+	if s.quota != nil {
+		if err := s.quota.admit(d.Size); err != nil {
+			return err
+		}
+	}
 	if err := s.store.PutBytes(d, data); err != nil {
 		return err
 	}

@@ -234,6 +234,7 @@ func (s *Server) lookup(typ assetType, uris []string, qualifiers []*assetpb.Qual
 		}
 		if s.quota != nil {
 			s.store.TouchRef(e.kind, e.ref)
+			s.quota.useRef(e.kind, e.ref, time.Now())
 		}
 		return uri, r.digest, nil
 	}
@@ -279,7 +280,7 @@ func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetp
 	}
 	s.refsMu.RLock()
 	defer s.refsMu.RUnlock()
-	_, missing, err := s.store.ClosureOf(roots)
+	all, missing, err := s.store.ClosureOf(roots)
 	if err != nil {
 		return status.Errorf(codes.Internal, "checking the pushed content: %v", err)
 	}
@@ -293,6 +294,9 @@ func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetp
 		}
 		if err := s.store.SetRef(e.kind, e.ref, data); err != nil {
 			return status.Errorf(codes.Internal, "writing %s: %v", e.ref, err)
+		}
+		if s.quota != nil {
+			s.quota.setRef(e.kind, e.ref, all, time.Now())
 		}
 	}
 	return nil

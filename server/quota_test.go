@@ -19,7 +19,7 @@ import (
 // Over its quota the server evicts the least recently used ref whole and
 // keeps every object a remaining ref needs.
 func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
-	addr, store, _ := startServer(t, server.Options{AllowWrites: true, Quota: 80 << 10})
+	addr, store, _ := startServer(t, server.Options{AllowWrites: true, Quota: 80 << 10, Lease: time.Millisecond})
 	r := dialRemote(t, addr)
 	ctx := context.Background()
 	shared := bytes.Repeat([]byte("s"), 10<<10)

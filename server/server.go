@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
@@ -48,6 +49,9 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// UploadLimits overrides the bounds on uploads in progress (tests).
 	UploadLimits *UploadLimits
+	// Lease is how long a blob reported present or uploaded is kept from
+	// eviction (DefaultLease when zero).
+	Lease time.Duration
 }
 
 // Server serves one store over the REAPI CAS, ByteStream, Capabilities,
@@ -107,7 +111,11 @@ func New(opts Options) (*Server, error) {
 		s.maxBatch = m - framingMargin
 	}
 	if opts.Quota > 0 {
-		q, err := newQuota(s, opts.Quota)
+		lease := opts.Lease
+		if lease <= 0 {
+			lease = DefaultLease
+		}
+		q, err := newQuota(s, opts.Quota, lease)
 		if err != nil {
 			return nil, err
 		}
@@ -178,7 +186,7 @@ func parseDigest(d *repb.Digest) (digest.Digest, error) {
 // stored records a blob newly written, for the quota.
 func (s *Server) stored(d digest.Digest) {
 	if s.quota != nil {
-		s.quota.add(d.Size)
+		s.quota.stored(d, time.Now())
 	}
 }
 
@@ -186,5 +194,6 @@ func (s *Server) stored(d digest.Digest) {
 func (s *Server) touch(d digest.Digest) {
 	if s.quota != nil {
 		s.store.Touch(d)
+		s.quota.use(d, time.Now())
 	}
 }
