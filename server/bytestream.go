@@ -220,7 +220,8 @@ func (b byteStream) checkSpace(d digest.Digest) error {
 		return status.Errorf(codes.ResourceExhausted, "blob %s is larger than the server's quota (%d bytes)", d, b.quota.limit)
 	}
 	if b.quota != nil {
-		if err := b.quota.admit(d.Size); err != nil {
+		// Parked uploads are disk too: they count against the quota.
+		if err := b.quota.admit(d.Size + b.uploads.parkedSize()); err != nil {
 			return err
 		}
 	}

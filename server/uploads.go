@@ -166,6 +166,13 @@ func (t *uploadTable) end(name string, u *upload, abort bool) {
 	}
 }
 
+// parkedSize is the bytes parked uploads hold on disk.
+func (t *uploadTable) parkedSize() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.parkedBytes
+}
+
 // committed is how much of an upload the server holds; ok is false when
 // there is none.
 func (t *uploadTable) committed(name string) (int64, bool) {
