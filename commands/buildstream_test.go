@@ -1,8 +1,6 @@
 package commands_test
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/bst-cache/bst-cache/commands"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
@@ -22,18 +19,19 @@ import (
 // bst-cache configuration but what dir holds.
 func runAs(t *testing.T, b *testenv.Bst, dir string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	for k, v := range b.Env() {
-		t.Setenv(k, v)
-	}
-	t.Setenv("BST_CACHE_CONFIG", "")
-	wd, _ := os.Getwd()
-	if err := os.Chdir(dir); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Chdir(wd)
-	var out, errOut bytes.Buffer
-	code = commands.Main(context.Background(), "test", append([]string{"bst-cache"}, args...), &out, &errOut)
-	return out.String(), errOut.String(), code
+	return runWith(t, dir, b.Env(), args...)
+}
+
+// builtDepsProject writes the deps project recommending srv in its
+// project.conf, builds apps/app.bst with bst 1.6 and pushes its closure.
+func builtDepsProject(t *testing.T, srv *testenv.Server) (*testenv.Project, *testenv.Bst) {
+	t.Helper()
+	p := testenv.WriteDepsProject(t, "artifacts:\n  url: "+srv.URL()+"\n")
+	builder := testenv.NewBst(t)
+	builder.UseCaches(t, testenv.BstRemote{URL: srv.URL(), Push: true})
+	builder.Run(t, p.Dir, "build", "apps/app.bst")
+	builder.Run(t, p.Dir, "push", "--deps", "all", "apps/app.bst")
+	return p, builder
 }
 
 // states is what `bst show` says of every element of app's closure,
@@ -75,11 +73,7 @@ func assertNothingToBuild(t *testing.T, b *testenv.Bst, p *testenv.Project) {
 // checks out the same files.
 func TestPullElementsIntoBuildStream(t *testing.T) {
 	bas := testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
-	p := testenv.WriteDepsProject(t, "artifacts:\n  url: "+bas.URL()+"\n")
-	builder := testenv.NewBst(t)
-	builder.UseCaches(t, testenv.BstRemote{URL: bas.URL(), Push: true})
-	builder.Run(t, p.Dir, "build", "apps/app.bst")
-	builder.Run(t, p.Dir, "push", "--deps", "all", "apps/app.bst")
+	p, builder := builtDepsProject(t, bas)
 	wantRefs := testenv.RefsOnDisk(t, builder.ArtifactDir())
 	if len(wantRefs) != 6 { // app and lib twice (strong and weak), base and libsub once
 		t.Fatalf("bst stored %d refs, want 6: %v", len(wantRefs), wantRefs)
@@ -180,11 +174,7 @@ func TestPromoteElementClosure(t *testing.T) {
 	latest := testenv.StartServe(t, testenv.ServeOptions{Push: true})
 	releases := testenv.StartServe(t, testenv.ServeOptions{Push: true})
 	byRef := testenv.StartServe(t, testenv.ServeOptions{Push: true})
-	p := testenv.WriteDepsProject(t, "artifacts:\n  url: "+latest.URL()+"\n")
-	builder := testenv.NewBst(t)
-	builder.UseCaches(t, testenv.BstRemote{URL: latest.URL(), Push: true})
-	builder.Run(t, p.Dir, "build", "apps/app.bst")
-	builder.Run(t, p.Dir, "push", "--deps", "all", "apps/app.bst")
+	p, builder := builtDepsProject(t, latest)
 	if err := os.WriteFile(filepath.Join(p.Dir, "bst-cache.toml"), []byte(
 		cacheTOML("latest", latest.URL(), false)+cacheTOML("releases", releases.URL(), true)+cacheTOML("by-ref", byRef.URL(), true)), 0o644); err != nil {
 		t.Fatal(err)

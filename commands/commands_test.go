@@ -23,9 +23,16 @@ import (
 func runCLI(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	home := t.TempDir()
-	t.Setenv("HOME", home)
-	t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, ".config"))
-	t.Setenv("XDG_CACHE_HOME", filepath.Join(home, ".cache"))
+	return runWith(t, dir, map[string]string{"HOME": home, "XDG_CONFIG_HOME": filepath.Join(home, ".config"), "XDG_CACHE_HOME": filepath.Join(home, ".cache")}, args...)
+}
+
+// runWith runs bst-cache in-process in dir (the working directory when
+// empty) with env set and no BST_CACHE_CONFIG.
+func runWith(t *testing.T, dir string, env map[string]string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
 	t.Setenv("BST_CACHE_CONFIG", "")
 	if dir != "" {
 		wd, _ := os.Getwd()
