@@ -55,6 +55,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			pushCommand(),
 			copyCommand(),
 			whichCommand(),
+			checkoutCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -167,3 +167,35 @@ func (e *Engine) allRefs(ctx context.Context, ref string, en entry) []string {
 	}
 	return out
 }
+
+// FilesRoot is the Directory holding a local artifact's files: BuildStream
+// 1's files/ in the artifact's tree, BuildStream 2's Artifact.files.
+func (e *Engine) FilesRoot(ref string) (digest.Digest, error) {
+	en, err := e.Kind.localEntry(e.Store, ref)
+	if err != nil {
+		return digest.Digest{}, err
+	}
+	switch e.Kind {
+	case Bst1Artifact:
+		data, err := e.Store.ReadBlob(en.digest)
+		if err != nil {
+			return digest.Digest{}, err
+		}
+		dir, err := cache.ParseDirectory(data)
+		if err != nil {
+			return digest.Digest{}, err
+		}
+		d, ok := childDigest(dir, "files")
+		if !ok {
+			return digest.Digest{}, fmt.Errorf("%s: the artifact has no files/ directory", ref)
+		}
+		return d, nil
+	case Bst2Artifact:
+		art, err := buildstream.ParseArtifact(en.content)
+		if err != nil {
+			return digest.Digest{}, err
+		}
+		return digest.NewFromProto(art.GetFiles())
+	}
+	return digest.Digest{}, fmt.Errorf("%s: sources have no files to check out", ref)
+}

@@ -20,7 +20,7 @@ type Project struct {
 
 // WriteProject writes a project named name with two import elements whose
 // files cover what artifacts must carry: executable bits, symlinks, empty
-// files, nested directories and a multi-MiB file.
+// files, an empty directory, nested directories and a multi-MiB file.
 func WriteProject(t testing.TB, name string) *Project {
 	t.Helper()
 	dir := t.TempDir()
@@ -55,6 +55,9 @@ func WriteProject(t testing.TB, name string) *Project {
 		big[i] = byte(rng.Uint32())
 	}
 	write("files/hello/big.bin", string(big), 0o644)
+	if err := os.MkdirAll(filepath.Join(dir, "files/hello/an/empty-dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	write("files/world/world.txt", "world\n", 0o644)
 	// Shared content: the same bytes in both elements.
 	write("files/world/shared.txt", "hello from bst-cache tests\n", 0o644)
