@@ -56,6 +56,8 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			copyCommand(),
 			whichCommand(),
 			checkoutCommand(),
+			rmCommand(),
+			duCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -227,3 +227,51 @@ func TestPromoteElementClosure(t *testing.T) {
 		t.Errorf("copy --deps all of lib's ref (-element form +ref form):\n%s", diff)
 	}
 }
+
+// rm removes an artifact with both its refs from BuildStream's own cache
+// (bst then sees it as not cached, and the rest as cached); du measures
+// refs and the store.
+func TestRmAndDuOnBuildStreamCache(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	p, builder := builtDepsProject(t, srv)
+	before := testenv.RefsOnDisk(t, builder.ArtifactDir())
+
+	stdout, stderr, code := runAs(t, builder, p.Dir, "--json", "du")
+	var du struct {
+		Refs []struct {
+			Ref   string
+			Bytes int64
+		}
+		Store struct {
+			Bytes       int64
+			Objects     int
+			UniqueBytes int64 `json:"unique_bytes"`
+		}
+	}
+	if err := json.Unmarshal([]byte(stdout), &du); err != nil || code != 0 || len(du.Refs) != len(before) || du.Store.UniqueBytes == 0 || du.Store.UniqueBytes > du.Store.Bytes {
+		t.Errorf("du: exit %d, %v, %+v\n%s", code, err, du, stderr)
+	}
+
+	if _, stderr, code := runAs(t, builder, p.Dir, "rm", "--dry-run", "apps/app.bst"); code != 0 || len(testenv.RefsOnDisk(t, builder.ArtifactDir())) != len(before) {
+		t.Errorf("rm --dry-run removed something: exit %d\n%s", code, stderr)
+	}
+	if _, stderr, code := runAs(t, builder, p.Dir, "rm", "apps/app.bst"); code != 0 {
+		t.Fatalf("rm apps/app.bst: exit %d\n%s", code, stderr)
+	}
+	var left []string
+	for _, r := range before {
+		if !strings.HasPrefix(r, "demo/apps-app/") {
+			left = append(left, r)
+		}
+	}
+	if diff := cmp.Diff(left, testenv.RefsOnDisk(t, builder.ArtifactDir())); diff != "" {
+		t.Errorf("refs after rm apps/app.bst (-want +got):\n%s", diff)
+	}
+	srv.Stop() // bst must not pull it back
+	if got := states(t, builder, p, true); got != "base.bst=cached\nlib.bst=cached\nsub.bst:libsub.bst=cached\napps/app.bst=buildable" {
+		t.Errorf("bst show after rm:\n%s", got)
+	}
+	if _, _, code := runAs(t, builder, p.Dir, "rm", "demo/none/0"); code != 3 {
+		t.Errorf("rm of a ref not in the store: exit %d, want 3", code)
+	}
+}

@@ -186,6 +186,13 @@ func TestLsListsBstRefs(t *testing.T) {
 	want := testenv.RefsOnDisk(t, bst.ArtifactDir())
 
 	out, errOut, code := runCLI(t, "", "--format", "bst1", "--local", bst.ArtifactDir(), "ls")
+	if code != 0 || strings.Join(want, "\n")+"\n" != out {
+		t.Errorf("ls: exit %d, %q; want the refs alone, one per line\n%s", code, out, errOut)
+	}
+	if out, _, _ := runCLI(t, "", "--local", bst.ArtifactDir(), "ls", "demo/hello"); !strings.HasPrefix(out, "demo/hello/") || strings.Count(out, "\n") != 1 {
+		t.Errorf("ls demo/hello (a prefix): %q", out)
+	}
+	out, errOut, code = runCLI(t, "", "--format", "bst1", "--local", bst.ArtifactDir(), "ls", "-l")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}

@@ -2,6 +2,7 @@ package commands
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -17,12 +18,15 @@ func lsCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "ls",
 		Usage:     "list refs in the local store",
-		ArgsUsage: "[GLOB]",
-		Description: "Prints one ref per line, ref first, then the digest it names and when it was\n" +
-			"last written. In GLOB, '*' also matches '/'. bst1 refs name the root Directory;\n" +
-			"bst2 refs are Artifact (or Source) messages, shown by their own digest.",
+		ArgsUsage: "[PREFIX|GLOB]",
+		Description: "Prints the refs, one per line (pipe them into push -). With -l, each ref is\n" +
+			"followed by the digest it names and when it was last written: bst1 refs name\n" +
+			"the root Directory; bst2 refs are Artifact (or Source) messages, shown by their\n" +
+			"own digest. PREFIX (myproj/app) matches the refs under it; in a GLOB, '*' also\n" +
+			"matches '/'.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "kind", Value: "artifact", Usage: "artifact or source (bst2 only)"},
+			&cli.BoolFlag{Name: "long", Aliases: []string{"l"}, Usage: "also print each ref's digest and when it was written"},
 		},
 		Action: func(c *cli.Context) error {
 			e, err := newEnv(c)
@@ -43,7 +47,7 @@ func lsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, err := s.ListRefs(kind, c.Args().First())
+			refs, err := s.ListRefs(kind, prefixPattern(c.Args().First()))
 			if err != nil {
 				return err
 			}
@@ -53,6 +57,12 @@ func lsCommand() *cli.Command {
 			}
 			if e.json {
 				return writeJSON(e, entries)
+			}
+			if !c.Bool("long") {
+				for _, en := range entries {
+					fmt.Fprintln(e.stdout, en.Ref)
+				}
+				return nil
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 			for _, en := range entries {
@@ -90,4 +100,13 @@ func describeRef(s *cache.Store, kind cache.Kind, r cache.RefInfo) lsEntry {
 	}
 	en.Digest = d.String()
 	return en
+}
+
+// prefixPattern turns a plain prefix ("myproj/app") into the glob of the
+// refs under it; a glob stays as it is.
+func prefixPattern(arg string) string {
+	if arg == "" || strings.ContainsAny(arg, "*?[") {
+		return arg
+	}
+	return strings.TrimSuffix(arg, "/") + "/*"
 }

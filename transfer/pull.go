@@ -24,12 +24,14 @@ const (
 	StatusMissing  Status = "missing"  // every cache that could hold it answered that it does not
 	StatusFailed   Status = "failed"   // an error, a cache that could not be asked, or incomplete everywhere
 	StatusConflict Status = "conflict" // a target names another digest
+	StatusRemoved  Status = "removed"  // deleted from the local store (rm)
 
 	// Dry runs say what would happen; nothing moves.
 	StatusWouldPull   Status = "would-pull"
 	StatusWouldPush   Status = "would-push"
 	StatusWouldCopy   Status = "would-copy"
 	StatusWouldRepair Status = "would-repair"
+	StatusWouldRemove Status = "would-remove"
 )
 
 // Result is one ref's outcome.

@@ -1,0 +1,75 @@
+package commands
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/transfer"
+)
+
+func duCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "du",
+		Usage:     "what refs take in the local store, and the store's total",
+		ArgsUsage: "[REF|ELEMENT|GLOB...] (every local ref when none)",
+		Description: "Prints each ref's closure (its blobs, optional trees the store holds included)\n" +
+			"and then the store: every object, and what the refs listed reach with shared\n" +
+			"blobs counted once.",
+		Flags: refFlags(),
+		Action: func(c *cli.Context) error {
+			e, kind, err := transferEnv(c)
+			if err != nil {
+				return err
+			}
+			var refs []string
+			if c.NArg() > 0 || c.String("refs-from") != "" {
+				args, err := expandGlobs(c, e, kind)
+				if err != nil {
+					return err
+				}
+				refs = append(args.plain, args.resolved...)
+			}
+			store, err := e.readStore()
+			if err != nil {
+				return err
+			}
+			if len(refs) == 0 {
+				infos, err := store.ListRefs(kind.StoreKind(), "")
+				if err != nil {
+					return err
+				}
+				for _, i := range infos {
+					refs = append(refs, i.Name)
+				}
+			}
+			eng := &transfer.Engine{Store: store, Kind: kind}
+			usage, total, err := eng.Usage(refs)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return writeJSON(e, struct {
+					Refs  []transfer.RefUsage `json:"refs"`
+					Store transfer.StoreUsage `json:"store"`
+				}{usage, total})
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+			for _, u := range usage {
+				note := ""
+				switch {
+				case u.Error != "":
+					note = "  " + u.Error
+				case u.Missing > 0:
+					note = fmt.Sprintf("  (%d blobs missing)", u.Missing)
+				}
+				fmt.Fprintf(tw, "%s\t%d blobs\t%s%s\n", humanBytes(u.Bytes), u.Blobs, u.Ref, note)
+			}
+			tw.Flush()
+			fmt.Fprintf(e.stdout, "store: %s in %d objects; the refs listed reach %s (shared blobs once)\n",
+				humanBytes(total.Bytes), total.Objects, humanBytes(total.UniqueBytes))
+			return nil
+		},
+	}
+}

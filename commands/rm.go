@@ -1,0 +1,39 @@
+package commands
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/transfer"
+)
+
+func rmCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rm",
+		Usage:     "remove refs from the local store (their objects go at the next gc)",
+		ArgsUsage: "REF|ELEMENT|GLOB... (- reads refs from stdin; a GLOB matches refs in the local store)",
+		Description: "Removes each artifact with all its refs (its strong and its weak key's)\n" +
+			"together. A ref not in the local store is reported missing (exit 3).",
+		Flags: append(refFlags(),
+			&cli.BoolFlag{Name: "dry-run", Usage: "report what would be removed and remove nothing"},
+		),
+		Action: func(c *cli.Context) error {
+			e, kind, err := transferEnv(c)
+			if err != nil {
+				return err
+			}
+			args, err := expandGlobs(c, e, kind)
+			if err != nil {
+				return err
+			}
+			eng, err := engine(c, e, kind, newPool(e.cfg), nil, &progress{})
+			if err != nil {
+				return err
+			}
+			refs, err := args.expand(c, eng)
+			if err != nil {
+				return err
+			}
+			return finishRun(c, e, &progress{}, "rm", eng.Remove(c.Context, refs, c.Bool("dry-run")), transfer.Stats{})
+		},
+	}
+}
