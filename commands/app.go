@@ -58,6 +58,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			checkoutCommand(),
 			rmCommand(),
 			duCommand(),
+			verifyCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -420,7 +420,7 @@ func (p *pool) close() { transfer.Close(p.all) }
 // with the pool's storage caches for readers.
 func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*transfer.Cache, p *progress) (*transfer.Engine, error) {
 	open := e.openStore
-	if c.Command.Name == "which" || c.Bool("dry-run") {
+	if c.Command.Name == "which" || c.Bool("dry-run") || c.Command.Name == "verify" && !c.Bool("repair") {
 		open = e.readStore
 	}
 	store, err := open()

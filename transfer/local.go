@@ -119,3 +119,152 @@ func (e *Engine) Usage(refs []string) ([]RefUsage, StoreUsage, error) {
 	}
 	return out, st, nil
 }
+
+// Problem is one object verify found wrong, and the refs it breaks.
+type Problem struct {
+	Object string   `json:"object"`
+	What   string   `json:"problem"` // "corrupt" or "missing"
+	Refs   []string `json:"refs,omitempty"`
+	// Repaired is set when --repair fetched it again, verified.
+	Repaired bool `json:"repaired"`
+}
+
+// VerifyReport is what verify checked and found.
+type VerifyReport struct {
+	Refs     int       `json:"refs"`
+	Objects  int       `json:"objects"`
+	Bytes    int64     `json:"bytes"`
+	Problems []Problem `json:"problems"`
+	// Removed are refs --repair removed because no cache could complete
+	// them.
+	Removed []string `json:"removed"`
+}
+
+// Unrepaired counts the problems still there.
+func (r VerifyReport) Unrepaired() int {
+	n := 0
+	for _, p := range r.Problems {
+		if !p.Repaired {
+			n++
+		}
+	}
+	return n
+}
+
+// Verify re-hashes every object refs reach (and, with everything, every
+// object in the store) and checks each ref's closure. With repair, corrupt
+// objects are removed and each broken ref is pulled again from the caches
+// (priority order, every byte checked); a ref no cache can complete is
+// removed with all its refs, so none is left naming what is not there.
+func (e *Engine) Verify(ctx context.Context, refs []string, everything, repair bool) (VerifyReport, error) {
+	rep := VerifyReport{Refs: len(refs), Problems: []Problem{}, Removed: []string{}}
+	checked := map[digest.Digest]error{} // nil: good
+	breaks := map[digest.Digest][]string{}
+	var order []digest.Digest
+	check := func(d digest.Digest, ref string) bool {
+		err, ok := checked[d]
+		if !ok {
+			err = e.Store.Verify(d)
+			checked[d] = err
+			if err == nil {
+				rep.Objects++
+				rep.Bytes += d.Size
+			}
+		}
+		if err != nil && d.Size > 0 {
+			if len(breaks[d]) == 0 {
+				order = append(order, d)
+			}
+			if ref != "" {
+				breaks[d] = append(breaks[d], ref)
+			}
+			return false
+		}
+		return true
+	}
+	broken := map[string]bool{}
+	for _, ref := range refs {
+		en, err := e.Kind.localEntry(e.Store, ref)
+		if err != nil {
+			return rep, err
+		}
+		roots := en.roots
+		roots.Add(en.optional)
+		w := cache.NewWalk(roots)
+		for level := w.Next(); len(level) > 0; level = w.Next() {
+			for _, d := range level {
+				if !check(d, ref) {
+					broken[ref] = true
+					continue
+				}
+				data, err := e.Store.ReadBlob(d)
+				if err == nil {
+					_, err = w.Add(d, data)
+				}
+				if err != nil {
+					return rep, fmt.Errorf("%s: %w", ref, err)
+				}
+			}
+		}
+		for _, d := range w.Files {
+			if !check(d, ref) {
+				broken[ref] = true
+			}
+		}
+	}
+	if everything {
+		hashes := make(map[string]bool, len(checked))
+		for d := range checked {
+			hashes[d.Hash] = true
+		}
+		if err := e.Store.WalkObjects(func(o cache.ObjectInfo) error {
+			// An object a ref reaches was checked under the ref's digest
+			// (a truncated one shows here under its size on disk).
+			if !hashes[o.Digest.Hash] {
+				check(o.Digest, "")
+			}
+			return nil
+		}); err != nil {
+			return rep, err
+		}
+	}
+	for _, d := range order {
+		what := "corrupt"
+		if errors.Is(checked[d], cache.ErrNotFound) {
+			what = "missing"
+		}
+		rep.Problems = append(rep.Problems, Problem{Object: d.String(), What: what, Refs: breaks[d]})
+	}
+	if repair {
+		e.repair(ctx, &rep, order, broken)
+	}
+	return rep, nil
+}
+
+// repair removes corrupt objects, pulls the broken refs again and removes
+// those no cache completes.
+func (e *Engine) repair(ctx context.Context, rep *VerifyReport, bad []digest.Digest, broken map[string]bool) {
+	for _, d := range bad {
+		if err := e.Store.RemoveObject(d); err != nil {
+			e.Events.Warn(fmt.Sprintf("removing corrupt object %s: %v", d, err))
+		}
+	}
+	var refs []string
+	for ref := range broken {
+		refs = append(refs, ref)
+	}
+	results, _ := e.Pull(ctx, refs, PullOptions{})
+	for _, r := range results {
+		if r.Status == StatusDone || r.Status == StatusSkipped {
+			continue
+		}
+		e.Events.Warn(fmt.Sprintf("%s cannot be repaired (%s): removed", r.Ref, r.Reason))
+		for _, rr := range e.Remove(ctx, []string{r.Ref}, false) {
+			rep.Removed = append(rep.Removed, rr.Ref)
+		}
+	}
+	for i, p := range rep.Problems {
+		d, _ := digest.NewFromString(p.Object)
+		rep.Problems[i].Repaired = e.Store.Verify(d) == nil || len(p.Refs) == 0 && errors.Is(e.Store.Verify(d), cache.ErrNotFound)
+	}
+}

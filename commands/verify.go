@@ -1,0 +1,85 @@
+package commands
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "re-hash the local store's objects and check every ref's closure",
+		ArgsUsage: "[REF|ELEMENT|GLOB...] (every ref and every object when none)",
+		Description: "Reads every byte: each object refs reach (every object in the store when no\n" +
+			"ref is given) is hashed again, and each ref's closure is checked. Corrupt and\n" +
+			"missing objects are reported with the refs they break. With --repair, corrupt\n" +
+			"objects are removed and the broken refs pulled again from the caches (priority\n" +
+			"order, every byte checked); a ref no cache can complete is removed with all its\n" +
+			"refs. Exit 1 when something is still wrong (or had to be removed).",
+		Flags: append(refFlags(),
+			&cli.BoolFlag{Name: "repair", Usage: "fetch bad or missing objects again from the caches; remove refs that cannot be completed"},
+		),
+		Action: func(c *cli.Context) error {
+			e, kind, err := transferEnv(c)
+			if err != nil {
+				return err
+			}
+			var refs []string
+			if c.NArg() > 0 || c.String("refs-from") != "" {
+				args, err := expandGlobs(c, e, kind)
+				if err != nil {
+					return err
+				}
+				refs = append(args.plain, args.resolved...)
+			}
+			pl := newPool(e.cfg)
+			defer pl.close()
+			eng, err := engine(c, e, kind, pl, pl.all, &progress{})
+			if err != nil {
+				return err
+			}
+			everything := len(refs) == 0
+			if everything {
+				infos, err := eng.Store.ListRefs(kind.StoreKind(), "")
+				if err != nil {
+					return err
+				}
+				for _, i := range infos {
+					refs = append(refs, i.Name)
+				}
+			}
+			rep, err := eng.Verify(c.Context, refs, everything, c.Bool("repair"))
+			if err != nil {
+				return err
+			}
+			if e.json {
+				if err := writeJSON(e, rep); err != nil {
+					return err
+				}
+			} else {
+				for _, pr := range rep.Problems {
+					state := ""
+					if pr.Repaired {
+						state = " (repaired)"
+					}
+					breaks := "no ref"
+					if len(pr.Refs) > 0 {
+						breaks = strings.Join(pr.Refs, ", ")
+					}
+					fmt.Fprintf(e.stdout, "%s %s%s: breaks %s\n", pr.What, pr.Object, state, breaks)
+				}
+				for _, r := range rep.Removed {
+					fmt.Fprintf(e.stdout, "removed %s\n", r)
+				}
+				fmt.Fprintf(e.stderr, "verify: %d refs, %d objects (%s) good; %d problems, %d still wrong, %d refs removed\n",
+					rep.Refs, rep.Objects, humanBytes(rep.Bytes), len(rep.Problems), rep.Unrepaired(), len(rep.Removed))
+			}
+			if n := rep.Unrepaired(); n > 0 || len(rep.Removed) > 0 {
+				return fmt.Errorf("verify: %d problems not repaired, %d refs removed", n, len(rep.Removed))
+			}
+			return nil
+		},
+	}
+}
