@@ -41,15 +41,21 @@ func ValidateRef(ref string) error {
 	return nil
 }
 
+// RefKind is the namespace a kind of ref is kept in: KindArtifact is
+// BuildStream 1's or 2's artifacts by the store's layout.
+func (s *Store) RefKind(kind Kind) Kind {
+	if kind == KindArtifact {
+		if s.layout == LayoutBst1 {
+			return KindBst1Artifact
+		}
+		return KindBst2Artifact
+	}
+	return kind
+}
+
 // refDir is the directory holding refs of a kind.
 func (s *Store) refDir(kind Kind) (string, error) {
-	if kind == KindArtifact {
-		kind = KindBst2Artifact
-		if s.layout == LayoutBst1 {
-			kind = KindBst1Artifact
-		}
-	}
-	switch kind {
+	switch s.RefKind(kind) {
 	case KindBst1Artifact:
 		return filepath.Join(s.root, "cas", "refs", "heads"), nil
 	case KindBst2Artifact:

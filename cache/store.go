@@ -89,7 +89,7 @@ func Open(root string, layout Layout) (*Store, error) {
 			return nil, fmt.Errorf("opening local store: %w", err)
 		}
 	}
-	s.cleanTmp(time.Now())
+	s.CleanTmp(staleTmp)
 	return s, nil
 }
 
@@ -97,22 +97,6 @@ func Open(root string, layout Layout) (*Store, error) {
 // takes it for a leftover of a killed one: a write in progress renames its
 // file within moments.
 const staleTmp = time.Hour
-
-// cleanTmp removes temporary files (refs and named objects) that writers
-// killed before they could rename them left behind.
-func (s *Store) cleanTmp(now time.Time) {
-	entries, err := os.ReadDir(s.tmp)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		info, err := e.Info()
-		if err != nil || !info.Mode().IsRegular() || now.Sub(info.ModTime()) < staleTmp {
-			continue
-		}
-		os.Remove(filepath.Join(s.tmp, e.Name()))
-	}
-}
 
 // OpenReadOnly opens the store at root without creating anything, for
 // commands that only read: a directory that does not exist or holds no

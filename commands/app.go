@@ -59,6 +59,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			rmCommand(),
 			duCommand(),
 			verifyCommand(),
+			gcCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},

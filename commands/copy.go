@@ -67,7 +67,11 @@ func copyCommand() *cli.Command {
 				PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
 				IncludeFailed: c.Bool("include-failed"),
 			})
-			return finishRun(c, e, p, "copy", results, stats)
+			err = finishRun(c, e, p, "copy", results, stats)
+			if gerr := autoGC(c, e, eng, pl); err == nil {
+				err = gerr
+			}
+			return err
 		},
 	}
 }

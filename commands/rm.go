@@ -25,7 +25,9 @@ func rmCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			eng, err := engine(c, e, kind, newPool(e.cfg), nil, &progress{})
+			pl := newPool(e.cfg)
+			defer pl.close()
+			eng, err := engine(c, e, kind, pl, nil, &progress{})
 			if err != nil {
 				return err
 			}

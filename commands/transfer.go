@@ -377,8 +377,9 @@ func dash(s string) string {
 // pool holds one transfer.Cache per configured cache, so that a cache
 // in several roles (source, storage, target) is dialled and probed once.
 type pool struct {
-	cfg *config.Config
-	all []*transfer.Cache
+	cfg     *config.Config
+	all     []*transfer.Cache
+	closers []func()
 }
 
 func newPool(cfg *config.Config) *pool {
@@ -414,7 +415,16 @@ func (p *pool) storage() []*transfer.Cache {
 	return p.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() })
 }
 
-func (p *pool) close() { transfer.Close(p.all) }
+// close closes every connection and releases the store's lock; it may be
+// called again.
+func (p *pool) close() {
+	transfer.Close(p.all)
+	p.all = nil
+	for _, f := range p.closers {
+		f()
+	}
+	p.closers = nil
+}
 
 // engine builds a transfer engine over caches (sources, or push targets)
 // with the pool's storage caches for readers.
@@ -426,6 +436,14 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*tran
 	store, err := open()
 	if err != nil {
 		return nil, err
+	}
+	if !store.ReadOnly() {
+		// A gc must not remove what this run writes before it names it.
+		unlock, err := store.Lock(c.Context, false, func() { e.warnf("waiting for a gc of %s to finish", store.Root()) })
+		if err != nil {
+			return nil, err
+		}
+		pl.closers = append(pl.closers, unlock)
 	}
 	return &transfer.Engine{
 		Store: store, Kind: kind, Caches: caches, Storage: pl.storage(), Jobs: e.cfg.Jobs,

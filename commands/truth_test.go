@@ -431,11 +431,17 @@ func TestWrongFormatSaysSo(t *testing.T) {
 // bst1 store: n small files of size bytes and one large file.
 func bst1Artifact(t *testing.T, dir, ref string, n, size, large int) {
 	t.Helper()
+	bst1ArtifactSeeded(t, dir, ref, n, size, large, 1)
+}
+
+// bst1ArtifactSeeded is bst1Artifact with content from seed.
+func bst1ArtifactSeeded(t *testing.T, dir, ref string, n, size, large int, seed uint64) {
+	t.Helper()
 	s, err := cache.Open(dir, cache.LayoutBst1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rng := rand.New(rand.NewPCG(1, 2))
+	rng := rand.New(rand.NewPCG(seed, 2))
 	blob := func(size int) *repb.Digest {
 		data := make([]byte, size)
 		for i := range data {

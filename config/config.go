@@ -87,6 +87,9 @@ type Config struct {
 	Local    string
 	LocalSet bool
 	Jobs     int
+	// LocalMaxSize, when positive, makes pull and copy run a gc of the
+	// local store down to it when they finish.
+	LocalMaxSize int64
 	// Caches in priority order: the first is asked first. BuildStream's
 	// artifact caches come first, as BuildStream orders them.
 	Caches []Cache

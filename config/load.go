@@ -195,6 +195,7 @@ type file struct {
 	format          *Format
 	local           *string
 	jobs            *int
+	localMaxSize    *int64
 	overrideProject bool
 	caches          []Cache
 }
@@ -209,12 +210,16 @@ func (f *file) apply(cfg *Config) {
 	if f.jobs != nil {
 		cfg.Jobs = *f.jobs
 	}
+	if f.localMaxSize != nil {
+		cfg.LocalMaxSize = *f.localMaxSize
+	}
 }
 
 type rawFile struct {
 	Format                *string    `toml:"format"`
 	Local                 *string    `toml:"local"`
 	Jobs                  *int       `toml:"jobs"`
+	LocalMaxSize          *string    `toml:"local-max-size"`
 	OverrideProjectCaches *bool      `toml:"override-project-caches"`
 	Cache                 []rawCache `toml:"cache"`
 }
@@ -281,6 +286,13 @@ func readFile(path string, isUser bool) (*file, error) {
 	}
 
 	f := &file{path: abs}
+	if raw.LocalMaxSize != nil {
+		n, err := ParseSize(*raw.LocalMaxSize)
+		if err != nil || n <= 0 {
+			return nil, v.errorf("local-max-size", "local-max-size", "want a size like \"20G\" or \"500MiB\", got %q", *raw.LocalMaxSize)
+		}
+		f.localMaxSize = &n
+	}
 	if raw.Format != nil {
 		fm, err := ParseFormat(*raw.Format)
 		if err != nil {

@@ -1,4 +1,4 @@
-package commands
+package config
 
 import "testing"
 
@@ -20,9 +20,9 @@ func TestParseSize(t *testing.T) {
 		{in: "-1G", bad: true},
 		{in: "9999999T", bad: true},
 	} {
-		got, err := parseSize(tc.in)
+		got, err := ParseSize(tc.in)
 		if (err != nil) != tc.bad || got != tc.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d (error: %v)", tc.in, got, err, tc.want, tc.bad)
+			t.Errorf("ParseSize(%q) = %d, %v; want %d (error: %v)", tc.in, got, err, tc.want, tc.bad)
 		}
 	}
 }

@@ -1,0 +1,66 @@
+package cache
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Lock takes the store's lock: shared for a transfer (any number at once),
+// exclusive for a garbage collection, which must not remove objects a
+// transfer has written and not yet named in a ref. It waits, polling, until
+// the lock is free or ctx ends; waiting is called once if it must wait.
+// Release with the returned function.
+func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(s.tmp, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	how := unix.LOCK_SH
+	if exclusive {
+		how = unix.LOCK_EX
+	}
+	for first := true; ; first = false {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if err != unix.EWOULDBLOCK {
+			f.Close()
+			return nil, err
+		}
+		if first && waiting != nil {
+			waiting()
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// CleanTmp removes temporary files older than age: what writers killed
+// before they could rename left behind.
+func (s *Store) CleanTmp(age time.Duration) (int, error) {
+	entries, err := os.ReadDir(s.tmp)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	now := time.Now()
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() || e.Name() == ".lock" || now.Sub(info.ModTime()) < age {
+			continue
+		}
+		if os.Remove(filepath.Join(s.tmp, e.Name())) == nil {
+			n++
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,104 @@
+package commands
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/transfer"
+)
+
+func gcCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "gc",
+		Usage: "remove least recently used refs and every object no ref reaches from the local store",
+		Description: "Removes artifacts (each with all its refs) least recently used first until what\n" +
+			"the rest reach fits --max-size, and those unused for --older-than; then every\n" +
+			"object no remaining ref reaches, and leftovers in tmp/. It waits for bst-cache\n" +
+			"transfers in progress on the store (they hold its lock) and keeps objects written\n" +
+			"within --grace, for writers that do not take the lock (bst itself, serve).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "max-size", Usage: "remove least recently used refs until the rest fit SIZE (500MiB, 20G)"},
+			&cli.DurationFlag{Name: "older-than", Usage: "remove refs unused for this long (720h)"},
+			&cli.DurationFlag{Name: "grace", Value: transfer.DefaultGrace, Usage: "keep objects written within this long"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "report what would be removed and remove nothing"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usageError("gc takes no arguments")
+			}
+			e, err := newEnv(c)
+			if err != nil {
+				return err
+			}
+			// Artifacts, and sources for BuildStream 2: gc reads them all.
+			kind, err := transfer.KindFor(e.cfg.Format, cache.KindArtifact)
+			if err != nil {
+				return err
+			}
+			o := transfer.GCOptions{OlderThan: c.Duration("older-than"), Grace: c.Duration("grace"), DryRun: c.Bool("dry-run"),
+				Waiting: func() { e.warnf("waiting for bst-cache transfers in progress on the store to finish") }}
+			if o.Grace == 0 {
+				o.Grace = -1 // --grace 0s: keep nothing back
+			}
+			if s := c.String("max-size"); s != "" {
+				if o.MaxSize, err = config.ParseSize(s); err != nil || o.MaxSize <= 0 {
+					return usageError("--max-size: want a size like 20G or 500MiB, not %q", s)
+				}
+			}
+			open := e.openStore
+			if o.DryRun {
+				open = e.readStore
+			}
+			store, err := open()
+			if err != nil {
+				return err
+			}
+			eng := &transfer.Engine{Store: store, Kind: kind}
+			start := time.Now()
+			rep, err := eng.GC(c.Context, o)
+			if err != nil {
+				return fmt.Errorf("gc of %s: %w", store.Root(), err)
+			}
+			return printGC(e, rep, o.DryRun, time.Since(start))
+		},
+	}
+}
+
+func printGC(e *env, rep transfer.GCReport, dryRun bool, took time.Duration) error {
+	if e.json {
+		return writeJSON(e, rep)
+	}
+	verb := "removed"
+	if dryRun {
+		verb = "would remove"
+	}
+	for _, r := range rep.Refs {
+		fmt.Fprintf(e.stdout, "%s %s\n", verb, r)
+	}
+	fmt.Fprintf(e.stderr, "gc: %s %d refs and %d objects (%s), %d temporary files; %s left; %.1fs\n",
+		verb, len(rep.Refs), rep.Objects, humanBytes(rep.Freed), rep.Tmp, humanBytes(rep.Left), took.Seconds())
+	return nil
+}
+
+// autoGC runs a gc down to local-max-size after a transfer, once the
+// transfer has released the store.
+func autoGC(c *cli.Context, e *env, eng *transfer.Engine, pl *pool) error {
+	if e.cfg.LocalMaxSize <= 0 || eng.Store.ReadOnly() {
+		return nil
+	}
+	pl.close()
+	start := time.Now()
+	rep, err := eng.GC(c.Context, transfer.GCOptions{MaxSize: e.cfg.LocalMaxSize})
+	if err != nil {
+		return fmt.Errorf("gc after the transfer (local-max-size): %w", err)
+	}
+	if !e.quiet && !e.json {
+		fmt.Fprintf(e.stderr, "gc (local-max-size %s): removed %d refs and %d objects (%s); %s left; %.1fs\n",
+			humanBytes(e.cfg.LocalMaxSize), len(rep.Refs), rep.Objects, humanBytes(rep.Freed), humanBytes(rep.Left), time.Since(start).Seconds())
+	}
+	return nil
+}
