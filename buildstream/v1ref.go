@@ -28,3 +28,13 @@ func ParseV1Ref(data []byte) (digest.Digest, error) {
 	}
 	return d, nil
 }
+
+// RefDigest is what a stored ref names: for BuildStream 1 (v1) the root
+// Directory its content records, for BuildStream 2 the digest of the
+// Artifact or Source message that is its content.
+func RefDigest(v1 bool, data []byte) (digest.Digest, error) {
+	if v1 {
+		return ParseV1Ref(data)
+	}
+	return digest.NewFromBlob(data), nil
+}

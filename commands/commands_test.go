@@ -239,3 +239,22 @@ func TestNoGlogFlags(t *testing.T) {
 		t.Errorf("--log_dir accepted: exit %d", code)
 	}
 }
+
+// ls --cache lists what a serve holds, under a prefix; a server without
+// the listing service says it cannot list (exit 1), pointing at --local.
+func TestLsCache(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	_, _, refs := builtProject(t, srv)
+	bazel := testenv.StartBazelRemote(t)
+	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false)+cacheTOML("bazel", bazel.URL(), false))
+	out, stderr, code := runCLI(t, "", "--config", cfg, "ls", "--cache", "serve")
+	if code != 0 || out != strings.Join(refs, "\n")+"\n" {
+		t.Errorf("ls --cache serve: exit %d, %q; want %v\n%s", code, out, refs, stderr)
+	}
+	if out, _, _ := runCLI(t, "", "--config", cfg, "ls", "-l", "--cache", "serve", "demo/world"); strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "demo/world/") || !strings.Contains(out, "/") {
+		t.Errorf("ls -l --cache serve demo/world: %q", out)
+	}
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "ls", "--cache", "bazel"); code != 1 || !strings.Contains(stderr, "cannot list") || !strings.Contains(stderr, "--local DIR ls") {
+		t.Errorf("ls --cache of bazel-remote: exit %d\n%s", code, stderr)
+	}
+}

@@ -1,17 +1,18 @@
 package commands
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"github.com/urfave/cli/v2"
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/remotes"
 )
 
 func lsCommand() *cli.Command {
@@ -27,6 +28,7 @@ func lsCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "kind", Value: "artifact", Usage: "artifact or source (bst2 only)"},
 			&cli.BoolFlag{Name: "long", Aliases: []string{"l"}, Usage: "also print each ref's digest and when it was written"},
+			&cli.StringFlag{Name: "cache", Usage: "list what this cache holds (a bst-cache serve; other servers cannot list)"},
 		},
 		Action: func(c *cli.Context) error {
 			e, err := newEnv(c)
@@ -43,6 +45,9 @@ func lsCommand() *cli.Command {
 			if kind == cache.KindSource && e.cfg.Format == config.FormatBst1 {
 				return usageError("--kind source: BuildStream 1 has no source cache (the format is bst1)")
 			}
+			if name := c.String("cache"); name != "" {
+				return lsRemote(c, e, name, kind)
+			}
 			s, err := e.readStore()
 			if err != nil {
 				return err
@@ -55,20 +60,7 @@ func lsCommand() *cli.Command {
 			for _, r := range refs {
 				entries = append(entries, describeRef(s, kind, r))
 			}
-			if e.json {
-				return writeJSON(e, entries)
-			}
-			if !c.Bool("long") {
-				for _, en := range entries {
-					fmt.Fprintln(e.stdout, en.Ref)
-				}
-				return nil
-			}
-			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			for _, en := range entries {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", en.Ref, en.Digest, en.Modified.Format(time.RFC3339))
-			}
-			return tw.Flush()
+			return printRefs(c, e, entries)
 		},
 	}
 }
@@ -89,11 +81,7 @@ func describeRef(s *cache.Store, kind cache.Kind, r cache.RefInfo) lsEntry {
 		en.Digest, en.Error = "-", err.Error()
 		return en
 	}
-	if s.Layout() == cache.LayoutBst2 {
-		en.Digest = digest.NewFromBlob(data).String()
-		return en
-	}
-	d, err := buildstream.ParseV1Ref(data)
+	d, err := buildstream.RefDigest(s.RefKind(kind) == cache.KindBst1Artifact, data)
 	if err != nil {
 		en.Digest, en.Error = "-", fmt.Sprintf("unreadable ref: %v", err)
 		return en
@@ -109,4 +97,59 @@ func prefixPattern(arg string) string {
 		return arg
 	}
 	return strings.TrimSuffix(arg, "/") + "/*"
+}
+
+// lsRemote lists what a cache holds through serve's listing service.
+func lsRemote(c *cli.Context, e *env, name string, kind cache.Kind) error {
+	cc, ok := e.cfg.Cache(name)
+	if !ok {
+		return usageError("no cache named %q (see bst-cache caches)", name)
+	}
+	prefix := c.Args().First()
+	if strings.ContainsAny(prefix, "*?[") {
+		return usageError("ls --cache takes a prefix (myproj/app), not a glob")
+	}
+	remoteKind := string(cache.KindSource)
+	if kind == cache.KindArtifact {
+		remoteKind = string(cache.KindBst2Artifact)
+		if e.cfg.Format == config.FormatBst1 {
+			remoteKind = string(cache.KindBst1Artifact)
+		}
+	}
+	r, err := remotes.Dial(c.Context, *cc)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	refs, err := r.ListRefs(c.Context, remoteKind, prefix)
+	if errors.Is(err, remotes.ErrCannotList) {
+		return fmt.Errorf("%w; a bst-artifact-server or BuildStream cache directory can be listed where it lies: bst-cache --local DIR ls", err)
+	}
+	if err != nil {
+		return err
+	}
+	entries := make([]lsEntry, len(refs))
+	for i, ref := range refs {
+		entries[i] = lsEntry{Ref: ref.Name, Digest: ref.Digest, Modified: ref.Modified}
+	}
+	return printRefs(c, e, entries)
+}
+
+// printRefs prints refs one per line, with -l their digest and date, or
+// as JSON.
+func printRefs(c *cli.Context, e *env, entries []lsEntry) error {
+	if e.json {
+		return writeJSON(e, entries)
+	}
+	if !c.Bool("long") {
+		for _, en := range entries {
+			fmt.Fprintln(e.stdout, en.Ref)
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	for _, en := range entries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", en.Ref, en.Digest, en.Modified.Format(time.RFC3339))
+	}
+	return tw.Flush()
 }

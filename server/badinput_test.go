@@ -33,6 +33,7 @@ type clients struct {
 	fetch assetpb.FetchClient
 	push  assetpb.PushClient
 	refs  bspb.ReferenceStorageClient
+	conn  *grpc.ClientConn
 }
 
 func connect(t *testing.T, addr string) clients {
@@ -43,7 +44,7 @@ func connect(t *testing.T, addr string) clients {
 	}
 	t.Cleanup(func() { cc.Close() })
 	return clients{repb.NewContentAddressableStorageClient(cc), repb.NewCapabilitiesClient(cc), bsgrpc.NewByteStreamClient(cc),
-		assetpb.NewFetchClient(cc), assetpb.NewPushClient(cc), bspb.NewReferenceStorageClient(cc)}
+		assetpb.NewFetchClient(cc), assetpb.NewPushClient(cc), bspb.NewReferenceStorageClient(cc), cc}
 }
 
 // write sends one ByteStream write of data in chunks and returns the error.

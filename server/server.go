@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bst-cache/bst-cache/cache"
+	lspb "github.com/bst-cache/bst-cache/protos/bstcache/v1"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
 
@@ -141,6 +142,7 @@ func (s *Server) Register(g *grpc.Server) {
 	assetpb.RegisterFetchServer(g, fetch{s})
 	assetpb.RegisterPushServer(g, push{s})
 	bspb.RegisterReferenceStorageServer(g, s)
+	lspb.RegisterRefListingServer(g, listing{Server: s})
 }
 
 // Close aborts unfinished uploads and stops background work.
