@@ -34,15 +34,13 @@ func verifyCommand() *cli.Command {
 				}
 				refs = append(args.plain, args.resolved...)
 			}
-			pl := newPool(e.cfg)
-			defer pl.close()
-			eng, err := engine(c, e, kind, pl, pl.all, &progress{})
-			if err != nil {
-				return err
-			}
 			everything := len(refs) == 0
 			if everything {
-				infos, err := eng.Store.ListRefs(kind.StoreKind(), "")
+				store, err := e.readStore()
+				if err != nil {
+					return err
+				}
+				infos, err := store.ListRefs(kind.StoreKind(), "")
 				if err != nil {
 					return err
 				}
@@ -50,7 +48,16 @@ func verifyCommand() *cli.Command {
 					refs = append(refs, i.Name)
 				}
 			}
+			// A bar on a terminal: verify reads every byte.
+			p := newProgress(c, e, "verify", len(refs))
+			pl := newPool(e.cfg)
+			defer pl.close()
+			eng, err := engine(c, e, kind, pl, pl.all, p)
+			if err != nil {
+				return err
+			}
 			rep, err := eng.Verify(c.Context, refs, everything, c.Bool("repair"))
+			p.finish()
 			if err != nil {
 				return err
 			}

@@ -166,6 +166,7 @@ func (e *Engine) Verify(ctx context.Context, refs []string, everything, repair b
 		if !ok {
 			err = e.Store.Verify(d)
 			checked[d] = err
+			e.Events.bytes(d.Size)
 			if err == nil {
 				rep.Objects++
 				rep.Bytes += d.Size
@@ -211,6 +212,7 @@ func (e *Engine) Verify(ctx context.Context, refs []string, everything, repair b
 				broken[ref] = true
 			}
 		}
+		e.Events.ref(Result{Ref: ref})
 	}
 	if everything {
 		hashes := make(map[string]bool, len(checked))
