@@ -23,26 +23,13 @@ func duCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var refs []string
-			if c.NArg() > 0 || c.String("refs-from") != "" {
-				args, err := expandGlobs(c, e, kind)
-				if err != nil {
-					return err
-				}
-				refs = append(args.plain, args.resolved...)
+			refs, _, err := refsOrAll(c, e, kind)
+			if err != nil {
+				return err
 			}
 			store, err := e.readStore()
 			if err != nil {
 				return err
-			}
-			if len(refs) == 0 {
-				infos, err := store.ListRefs(kind.StoreKind(), "")
-				if err != nil {
-					return err
-				}
-				for _, i := range infos {
-					refs = append(refs, i.Name)
-				}
 			}
 			eng := &transfer.Engine{Store: store, Kind: kind}
 			usage, total, err := eng.Usage(refs)
@@ -72,4 +59,28 @@ func duCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// refsOrAll are the refs a command was given, or every ref in the local
+// store when none was (all is then true).
+func refsOrAll(c *cli.Context, e *env, kind transfer.Kind) (refs []string, all bool, err error) {
+	if c.NArg() > 0 || c.String("refs-from") != "" {
+		args, err := expandGlobs(c, e, kind)
+		if err != nil {
+			return nil, false, err
+		}
+		return append(args.plain, args.resolved...), false, nil
+	}
+	store, err := e.readStore()
+	if err != nil {
+		return nil, false, err
+	}
+	infos, err := store.ListRefs(kind.StoreKind(), "")
+	if err != nil {
+		return nil, false, err
+	}
+	for _, i := range infos {
+		refs = append(refs, i.Name)
+	}
+	return refs, true, nil
 }

@@ -26,27 +26,9 @@ func verifyCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var refs []string
-			if c.NArg() > 0 || c.String("refs-from") != "" {
-				args, err := expandGlobs(c, e, kind)
-				if err != nil {
-					return err
-				}
-				refs = append(args.plain, args.resolved...)
-			}
-			everything := len(refs) == 0
-			if everything {
-				store, err := e.readStore()
-				if err != nil {
-					return err
-				}
-				infos, err := store.ListRefs(kind.StoreKind(), "")
-				if err != nil {
-					return err
-				}
-				for _, i := range infos {
-					refs = append(refs, i.Name)
-				}
+			refs, everything, err := refsOrAll(c, e, kind)
+			if err != nil {
+				return err
 			}
 			// A bar on a terminal: verify reads every byte.
 			p := newProgress(c, e, "verify", len(refs))
