@@ -29,7 +29,8 @@ func usageError(format string, args ...any) error {
 
 // NewApp builds the command line.
 func NewApp(version string, stdout, stderr io.Writer) *cli.App {
-	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version and exit"}
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version, the commit and the Go version"}
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, versionLine(c.App.Version)) }
 	app := &cli.App{
 		Name:      "bst-cache",
 		Usage:     "pull, push and copy BuildStream artifacts across a priority list of caches",
@@ -38,13 +39,13 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 		ErrWriter: stderr,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", EnvVars: []string{"BST_CACHE_CONFIG"}, Usage: "read this configuration file only (default: the user file and the project's bst-cache.toml)", TakesFile: true},
-			&cli.StringFlag{Name: "local", Usage: "local store directory (default from the configuration, else ~/.cache/bst-cache)", TakesFile: true},
-			&cli.StringFlag{Name: "format", Usage: "BuildStream artifact format refs name: bst1 or bst2 (default from the configuration, else bst2)"},
-			&cli.BoolFlag{Name: "json", Usage: "print results as JSON on stdout"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only warnings and errors on stderr"},
-			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log more on stderr"},
-			&cli.IntFlag{Name: "jobs", Usage: "transfers in flight at once", DefaultText: "from the configuration, else 8"},
-			&cli.BoolFlag{Name: "no-progress", Usage: "never draw progress bars"},
+			&cli.StringFlag{Name: "local", EnvVars: []string{"BST_CACHE_LOCAL"}, Usage: "local store directory (default: in a BuildStream project its cache, else the configuration's, else ~/.cache/bst-cache)", TakesFile: true},
+			&cli.StringFlag{Name: "format", EnvVars: []string{"BST_CACHE_FORMAT"}, Usage: "BuildStream artifact format refs name: bst1 or bst2 (default: the project's, the local store's, the configuration's, else bst2)"},
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"BST_CACHE_JSON"}, Usage: "print results as JSON on stdout"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"BST_CACHE_QUIET"}, Usage: "print only warnings and errors on stderr"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"BST_CACHE_VERBOSE"}, Usage: "log more on stderr"},
+			&cli.IntFlag{Name: "jobs", EnvVars: []string{"BST_CACHE_JOBS"}, Usage: "refs in flight at once", DefaultText: "from the configuration, else 8"},
+			&cli.BoolFlag{Name: "no-progress", EnvVars: []string{"BST_CACHE_NO_PROGRESS"}, Usage: "never draw progress bars"},
 		},
 		Commands: []*cli.Command{
 			configCommand(),
@@ -60,23 +61,89 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			duCommand(),
 			verifyCommand(),
 			gcCommand(),
+			versionCommand(),
 		},
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return fmt.Errorf("%w: %v", ErrUsage, err)
-		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return usageError("no command %q (see bst-cache --help)", c.Args().First())
+				name := c.Args().First()
+				if near := closest(name, commandNames(c.App)); near != "" {
+					return usageError("no command %q: did you mean %s?", name, near)
+				}
+				return usageError("no command %q (see bst-cache --help)", name)
 			}
 			return cli.ShowAppHelp(c)
 		},
 	}
+	app.OnUsageError = func(c *cli.Context, err error, _ bool) error { return flagError(app, c, err) }
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = app.OnUsageError
 	}
 	return app
+}
+
+// flagError says which commands take an unknown flag.
+func flagError(app *cli.App, c *cli.Context, err error) error {
+	msg := err.Error()
+	name, ok := strings.CutPrefix(msg, "flag provided but not defined: ")
+	if !ok {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	flag := "--" + strings.TrimLeft(name, "-")
+	where := "bst-cache"
+	if c != nil && c.Command != nil && c.Command.Name != "" {
+		where = "bst-cache " + c.Command.Name
+	}
+	var takers []string
+	for _, cmd := range app.Commands {
+		if _, ok := flagArity(cmd.Flags)[flag]; ok {
+			takers = append(takers, cmd.Name)
+		}
+	}
+	if len(takers) == 0 {
+		return usageError("%s has no flag %s", where, flag)
+	}
+	return usageError("%s has no flag %s (%s takes it)", where, flag, strings.Join(takers, ", "))
+}
+
+func commandNames(app *cli.App) []string {
+	var out []string
+	for _, c := range app.Commands {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+// closest is the name within two edits of s, if there is one.
+func closest(s string, names []string) string {
+	best, bestD := "", 3
+	for _, n := range names {
+		if d := editDistance(s, n); d < bestD {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 // env is what every command works with: the resolved configuration and the

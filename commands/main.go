@@ -21,7 +21,8 @@ const (
 // Main runs the command line with args (args[0] is the program name),
 // prints any error once on stderr, and returns the exit code.
 func Main(ctx context.Context, version string, args []string, stdout, stderr io.Writer) int {
-	err := NewApp(version, stdout, stderr).RunContext(ctx, args)
+	app := NewApp(version, stdout, stderr)
+	err := app.RunContext(ctx, reorder(app, args))
 	if err != nil {
 		printError(stderr, err)
 	}

@@ -1,0 +1,72 @@
+package commands_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/bst-cache/bst-cache/internal/testenv"
+)
+
+// Flags anywhere: global flags before or after the command and after the
+// arguments, command flags after the arguments; "--" makes what follows
+// arguments; an unknown flag names the command and the ones that take it;
+// every global flag has an environment variable.
+func TestFlagsAnywhere(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false))
+	local := t.TempDir()
+	isJSON := func(s string) bool { var v any; return json.Unmarshal([]byte(s), &v) == nil }
+	for _, args := range [][]string{
+		{"--config", cfg, "--json", "caches", "--offline"},
+		{"caches", "--offline", "--json", "--config", cfg},
+		{"caches", "--config=" + cfg, "--offline", "--json"},
+	} {
+		stdout, stderr, code := runCLI(t, "", args...)
+		if code != 0 || !isJSON(stdout) || !strings.Contains(stdout, `"serve"`) {
+			t.Errorf("%v: exit %d, %q\n%s", args, code, stdout, stderr)
+		}
+	}
+	for _, args := range [][]string{
+		{"--config", cfg, "--local", local, "--json", "pull", "demo/none/1"},
+		{"pull", "demo/none/1", "--json", "--config", cfg, "--local", local},
+		{"pull", "--config", cfg, "demo/none/1", "--local", local, "--strict", "--json"},
+	} {
+		stdout, stderr, code := runCLI(t, "", args...)
+		if code != 3 || !isJSON(stdout) || !strings.Contains(stdout, "demo/none/1") {
+			t.Errorf("%v: exit %d, %q; want 3 with a JSON report\n%s", args, code, stdout, stderr)
+		}
+	}
+	// After "--", "-odd/ref" is a ref (missing), not a flag.
+	if stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "--json", "pull", "--", "-odd/ref/1"); code != 3 || !strings.Contains(stdout, "-odd/ref/1") {
+		t.Errorf("pull -- -odd/ref/1: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if _, stderr, code := runCLI(t, "", "caches", "--dry-run"); code != 2 || !strings.Contains(stderr, "bst-cache caches has no flag --dry-run") || !strings.Contains(stderr, "pull") {
+		t.Errorf("an unknown flag: exit %d\n%s", code, stderr)
+	}
+	t.Setenv("BST_CACHE_JSON", "true")
+	t.Setenv("BST_CACHE_LOCAL", local)
+	if stdout, stderr, code := runCLI(t, "", "--config", cfg, "pull", "demo/none/1"); code != 3 || !isJSON(stdout) {
+		t.Errorf("BST_CACHE_JSON and BST_CACHE_LOCAL: exit %d, %q\n%s", code, stdout, stderr)
+	}
+	t.Setenv("BST_CACHE_JSON", "")
+	out, _, _ := runCLI(t, "", "--help")
+	for _, env := range []string{"BST_CACHE_CONFIG", "BST_CACHE_LOCAL", "BST_CACHE_FORMAT", "BST_CACHE_JSON", "BST_CACHE_QUIET", "BST_CACHE_VERBOSE", "BST_CACHE_JOBS", "BST_CACHE_NO_PROGRESS"} {
+		if !strings.Contains(out, env) {
+			t.Errorf("--help does not list %s", env)
+		}
+	}
+}
+
+// Messages: a mistyped command gets a suggestion; version prints the
+// version, the commit and the Go version.
+func TestMessages(t *testing.T) {
+	if _, stderr, code := runCLI(t, "", "pul"); code != 2 || !strings.Contains(stderr, "did you mean pull?") {
+		t.Errorf("pul: exit %d\n%s", code, stderr)
+	}
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		if stdout, _, code := runCLI(t, "", args...); code != 0 || !strings.Contains(stdout, "bst-cache test, commit ") || !strings.Contains(stdout, ", go1.") {
+			t.Errorf("%v: exit %d, %q", args, code, stdout)
+		}
+	}
+}
