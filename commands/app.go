@@ -22,6 +22,38 @@ var (
 	ErrRefsMissing = errors.New("refs missing from every cache")
 )
 
+// plural is "1 ref", "2 refs".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// isAre is "1 ref is", "2 refs are".
+func isAre(n int, noun string) string {
+	if n == 1 {
+		return plural(n, noun) + " is"
+	}
+	return plural(n, noun) + " are"
+}
+
+// noCache is the error for a cache name that is not configured: it lists
+// the names, the nearest first when one is close.
+func noCache(cfg *config.Config, name string) error {
+	var names []string
+	for _, c := range cfg.Caches {
+		names = append(names, c.Name)
+	}
+	if len(names) == 0 {
+		return usageError("no cache named %q: no cache is configured (see bst-cache config)", name)
+	}
+	if near := closest(name, names); near != "" {
+		return usageError("no cache named %q: did you mean %s? (the caches: %s)", name, near, strings.Join(names, ", "))
+	}
+	return usageError("no cache named %q (the caches: %s)", name, strings.Join(names, ", "))
+}
+
 // usageError wraps ErrUsage with a message.
 func usageError(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
@@ -71,7 +103,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 				if near := closest(name, commandNames(c.App)); near != "" {
 					return usageError("no command %q: did you mean %s?", name, near)
 				}
-				return usageError("no command %q (see bst-cache --help)", name)
+				return usageError("no command %q", name)
 			}
 			return cli.ShowAppHelp(c)
 		},

@@ -64,6 +64,20 @@ func TestMessages(t *testing.T) {
 	if _, stderr, code := runCLI(t, "", "pul"); code != 2 || !strings.Contains(stderr, "did you mean pull?") {
 		t.Errorf("pul: exit %d\n%s", code, stderr)
 	}
+	cfg := writeConfig(t, cacheTOML("latest", "http://127.0.0.1:1", false)+cacheTOML("releases", "http://127.0.0.1:2", true))
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", t.TempDir(), "copy", "--from", "lates", "--to", "releases", "demo/a/1"); code != 2 ||
+		!strings.Contains(stderr, `no cache named "lates": did you mean latest? (the caches: latest, releases)`) || strings.Count(stderr, "hint") > 1 {
+		t.Errorf("a mistyped cache name: exit %d\n%s", code, stderr)
+	}
+	bad := writeConfig(t, "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\n[cache.connection]\nconnect-timeout = 10\n")
+	if _, stderr, code := runCLI(t, "", "--config", bad, "config"); code != 2 || !strings.Contains(stderr, `:5: cache.connection.connect-timeout: want a duration like "10s", got 10`) {
+		t.Errorf("a duration written as a number: exit %d\n%s", code, stderr)
+	}
+	srv := testenv.StartServe(t, testenv.ServeOptions{})
+	one := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false))
+	if _, stderr, code := runCLI(t, "", "--config", one, "--local", t.TempDir(), "pull", "demo/a/1"); code != 3 || !strings.Contains(stderr, "1 ref is in no cache") {
+		t.Errorf("one missing ref: exit %d\n%s", code, stderr)
+	}
 	for _, args := range [][]string{{"version"}, {"--version"}} {
 		if stdout, _, code := runCLI(t, "", args...); code != 0 || !strings.Contains(stdout, "bst-cache test, commit ") || !strings.Contains(stdout, ", go1.") {
 			t.Errorf("%v: exit %d, %q", args, code, stdout)

@@ -89,7 +89,7 @@ func copySources(cfg *config.Config, from []string, targets []config.Cache) ([]c
 		for _, name := range from {
 			c, ok := cfg.Cache(name)
 			if !ok {
-				return nil, usageError("no cache named %q (see bst-cache caches)", name)
+				return nil, noCache(cfg, name)
 			}
 			if isTarget[name] {
 				return nil, usageError("--from %s is also a --to target", name)

@@ -103,7 +103,7 @@ func prefixPattern(arg string) string {
 func lsRemote(c *cli.Context, e *env, name string, kind cache.Kind) error {
 	cc, ok := e.cfg.Cache(name)
 	if !ok {
-		return usageError("no cache named %q (see bst-cache caches)", name)
+		return noCache(e.cfg, name)
 	}
 	prefix := c.Args().First()
 	if strings.ContainsAny(prefix, "*?[") {

@@ -85,7 +85,7 @@ func pushTargets(cfg *config.Config, names []string, all bool) ([]config.Cache, 
 		for _, n := range names {
 			c, ok := cfg.Cache(n)
 			if !ok {
-				return nil, usageError("no cache named %q (see bst-cache caches)", n)
+				return nil, noCache(cfg, n)
 			}
 			if !c.Push {
 				return nil, usageError("cache %q does not have push = true (%s)", n, c.Origin)

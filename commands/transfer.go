@@ -335,9 +335,9 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 	}
 	switch {
 	case counts["failed"]+counts["conflict"] > 0:
-		return fmt.Errorf("%s: %d refs failed, %d conflicts", command, counts["failed"], counts["conflict"])
+		return fmt.Errorf("%s: %s failed, %s", command, plural(counts["failed"], "ref"), plural(counts["conflict"], "conflict"))
 	case counts["missing"] > 0:
-		return fmt.Errorf("%s: %d refs are in no cache: %w", command, counts["missing"], ErrRefsMissing)
+		return fmt.Errorf("%s: %s in no cache: %w", command, isAre(counts["missing"], "ref"), ErrRefsMissing)
 	}
 	return nil
 }

@@ -48,9 +48,9 @@ func whichCommand() *cli.Command {
 			}
 			switch {
 			case sums[transfer.Failed] > 0:
-				return fmt.Errorf("which: %d of %d refs are complete in no cache that answered, and a cache could not be asked", sums[transfer.Failed], len(refs))
+				return fmt.Errorf("which: %d of %s complete in no cache that answered, and a cache could not be asked", sums[transfer.Failed], isAre(len(refs), "ref"))
 			case sums[transfer.Missing] > 0:
-				return fmt.Errorf("which: %d of %d refs are complete in no cache: %w", sums[transfer.Missing], len(refs), ErrRefsMissing)
+				return fmt.Errorf("which: %d of %s complete in no cache: %w", sums[transfer.Missing], isAre(len(refs), "ref"), ErrRefsMissing)
 			}
 			return nil
 		},

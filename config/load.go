@@ -274,7 +274,7 @@ func readFile(path string, isUser bool) (*file, error) {
 		// Type mismatches come as plain errors: "toml: line N (last key "K"): msg".
 		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
 			line, _ := strconv.Atoi(m[1])
-			return nil, &Error{File: abs, Line: line, Key: m[2], Msg: m[3]}
+			return nil, &Error{File: abs, Line: line, Key: m[2], Msg: typeWords(m[2], m[3], valueAt(data, line))}
 		}
 		return nil, &Error{File: abs, Msg: err.Error()}
 	}
@@ -649,4 +649,42 @@ var userinfoRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@`)
 // never reach output.
 func RedactURL(raw string) string {
 	return userinfoRE.ReplaceAllString(raw, "${1}***@")
+}
+
+// typeWords says a value's type is wrong in the configuration's words
+// ("want a duration like \"10s\", got 10"), not Go's.
+func typeWords(key, msg, got string) string {
+	if !strings.Contains(msg, "incompatible types") {
+		return msg
+	}
+	want := "a quoted string"
+	switch last := key[strings.LastIndex(key, ".")+1:]; last {
+	case "connect-timeout", "request-timeout", "retry-delay", "stall-timeout":
+		want = `a duration like "10s"`
+	case "jobs", "retry-limit", "max-concurrency":
+		want = "a whole number"
+	case "push", "override-project-caches":
+		want = "true or false"
+	case "local-max-size":
+		want = `a size like "20G"`
+	}
+	if got == "" {
+		return "want " + want
+	}
+	return fmt.Sprintf("want %s, got %s", want, got)
+}
+
+// valueAt is the value written on a 1-based line of a TOML file ("10" in
+// "connect-timeout = 10").
+func valueAt(data []byte, line int) string {
+	lines := strings.Split(string(data), "\n")
+	if line < 1 || line > len(lines) {
+		return ""
+	}
+	_, v, ok := strings.Cut(lines[line-1], "=")
+	if !ok {
+		return ""
+	}
+	v, _, _ = strings.Cut(v, " #")
+	return strings.TrimSpace(v)
 }

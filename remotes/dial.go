@@ -75,6 +75,8 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 	r := &Remote{
 		name:     c.Name,
 		url:      c.URL,
+		target:   c.Endpoint.Target,
+		tls:      c.Endpoint.TLS,
 		instance: c.InstanceName,
 		conn:     c.Connection,
 		sem:      make(chan struct{}, o.concurrency),

@@ -36,10 +36,16 @@ type Error struct {
 	Op    string // the RPC or operation, e.g. "GetReference demo/hello/1d89…"
 	Code  codes.Code
 	Err   error
+	// Hint, when set, says what to do about it.
+	Hint string
 }
 
 func (e *Error) Error() string {
-	return fmt.Sprintf("cache %s (%s): %s: %s", e.Cache, e.URL, e.Op, describe(e.Code, e.Err))
+	msg := fmt.Sprintf("cache %s (%s): %s: %s", e.Cache, e.URL, e.Op, describe(e.Code, e.Err))
+	if e.Hint != "" {
+		msg += " (" + e.Hint + ")"
+	}
+	return msg
 }
 
 // Unwrap returns the underlying error; a NOT_FOUND code also matches

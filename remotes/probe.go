@@ -2,8 +2,12 @@ package remotes
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	assetpb "github.com/bazelbuild/remote-apis/build/bazel/remote/asset/v1"
@@ -78,6 +82,9 @@ func Probe(ctx context.Context, r *Remote, typ config.Type) ProbeResult {
 		var re *Error
 		if errors.As(res.Err, &re) && re.Unreachable() {
 			res.Status = StatusUnreachable
+			if r.plaintextToTLS(err) {
+				re.Hint = "this server speaks TLS: use https://"
+			}
 		}
 		return res
 	}
@@ -174,4 +181,21 @@ func supported(err error, ok codes.Code) (bool, error) {
 		return false, nil
 	}
 	return false, err
+}
+
+// plaintextToTLS tells whether a plaintext connection failed because the
+// server speaks TLS: gRPC then reads no HTTP/2 preface, and a TLS
+// handshake with the server goes through (its certificate unchecked: this
+// only finds out what it speaks).
+func (r *Remote) plaintextToTLS(err error) bool {
+	if r.tls || !strings.Contains(err.Error(), "server preface") || strings.HasPrefix(r.target, "unix") {
+		return false
+	}
+	conn, herr := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", r.target, &tls.Config{InsecureSkipVerify: true})
+	if herr == nil {
+		conn.Close()
+		return true
+	}
+	var rh tls.RecordHeaderError
+	return !errors.As(herr, &rh) && strings.Contains(herr.Error(), "tls:")
 }

@@ -34,6 +34,8 @@ var ErrCorrupt = errors.New("data does not match its digest")
 // method may be retried by the caller and honours ctx.
 type Remote struct {
 	name, url, instance string
+	target              string // host:port or unix:PATH
+	tls                 bool
 	conn                config.Connection
 	sem                 chan struct{}
 	onRetry             func(RetryEvent)
