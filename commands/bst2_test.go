@@ -89,11 +89,11 @@ func TestBst2RoundTrip(t *testing.T) {
 	cfg := writeConfig(t, "format = \"bst2\"\n"+cacheTOML("s1", s1.URL(), true)+cacheTOML("s2", s2.URL(), true))
 	run := func(want int, args ...string) string {
 		t.Helper()
-		_, stderr, code := runCLI(t, "", append([]string{"--config", cfg}, args...)...)
+		stdout, stderr, code := runCLI(t, "", append([]string{"--config", cfg}, args...)...)
 		if code != want {
 			t.Fatalf("%v: exit %d, want %d\n%s", args, code, want, stderr)
 		}
-		return stderr
+		return stdout + stderr
 	}
 	run(0, "--local", origin, "push", "--cache", "s1", "proj/*")
 	run(0, "--local", origin, "push", "--cache", "s1", "--kind", "source", "proj/elem/srckey")

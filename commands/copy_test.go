@@ -76,8 +76,8 @@ func TestCopyNoClobber(t *testing.T) {
 		t.Fatal(err)
 	}
 	local := t.TempDir()
-	_, stderr, code := runCLI(t, "", append([]string{"--config", cfg, "--local", local, "copy", "--to", "releases"}, refs...)...)
-	if code != 1 || !strings.Contains(stderr, "conflict") || !strings.Contains(stderr, refs[0]) {
+	stdout, stderr, code := runCLI(t, "", append([]string{"--config", cfg, "--local", local, "copy", "--to", "releases"}, refs...)...)
+	if code != 1 || !strings.Contains(stdout, "conflict") || !strings.Contains(stdout, refs[0]) || !strings.Contains(stderr, "1 conflict") {
 		t.Errorf("copy over a different digest: exit %d; want 1 with a conflict\n%s", code, stderr)
 	}
 	if got, _ := r.GetReference(context.Background(), refs[0]); got != digest.Empty {

@@ -81,8 +81,8 @@ func TestPullPriority(t *testing.T) {
 	// was missing where, and no local ref is written.
 	cfg = writeConfig(t, "format = \"bst1\"\n"+cacheTOML("incomplete", "http://"+incomplete, false)+cacheTOML("corrupt", "http://"+corrupt, false))
 	local2 := t.TempDir()
-	_, stderr, code = runCLI(t, "", "--config", cfg, "--local", local2, "pull", bigRef(t, refs))
-	if code != 1 || !strings.Contains(stderr, "incomplete everywhere") || !strings.Contains(stderr, big) {
+	stdout, stderr, code = runCLI(t, "", "--config", cfg, "--local", local2, "pull", bigRef(t, refs))
+	if code != 1 || !strings.Contains(stdout, "incomplete everywhere") || !strings.Contains(stdout, big) {
 		t.Errorf("pull from only bad caches: exit %d; want 1 naming the missing blob\n%s", code, stderr)
 	}
 	if got := testenv.RefsOnDisk(t, local2); len(got) != 0 {

@@ -106,8 +106,10 @@ func TestPullExitCodes(t *testing.T) {
 	_, _, refs := builtProject(t, srv)
 	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false))
 	local := filepath.Join(t.TempDir(), "store")
-	_, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", refs[0], "demo/nothing/0000")
-	if code != 3 || !strings.Contains(stderr, "demo/nothing/0000") || !strings.Contains(stderr, "in no cache") {
+	stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", refs[0], "demo/nothing/0000")
+	// Results on stdout, one line each; the totals and the error on stderr.
+	if code != 3 || !strings.Contains(stdout, "missing  demo/nothing/0000") || !strings.Contains(stdout, "done     "+refs[0]) ||
+		strings.Contains(stderr, "demo/nothing/0000  ") || !strings.Contains(stderr, "1 ref is in no cache") {
 		t.Errorf("a ref in no cache: exit %d; want 3 naming it\n%s", code, stderr)
 	}
 	if got := testenv.RefsOnDisk(t, local); len(got) != 1 || got[0] != refs[0] {

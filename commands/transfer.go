@@ -317,7 +317,9 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 			return err
 		}
 	} else {
-		tw := tabwriter.NewWriter(e.stderr, 0, 4, 2, ' ', 0)
+		// Results on stdout (pull 2>/dev/null still prints them); the
+		// totals, like progress and warnings, on stderr.
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		for _, r := range results {
 			if e.quiet && (r.Status == transfer.StatusDone || r.Status == transfer.StatusSkipped) {
 				continue
