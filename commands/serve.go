@@ -28,10 +28,11 @@ func serveCommand() *cli.Command {
 		ArgsUsage: "[DIR]",
 		Description: "Serves DIR (default: the configured local store) over gRPC. A directory that\n" +
 			"bst-artifact-server filled is served as it is. Takes bst-artifact-server's flags,\n" +
-			"so it drops in where that ran; it listens on loopback unless --listen says otherwise.",
+			"so it drops in where that ran: --port N listens on every interface, as it did.\n" +
+			"Without --port, it listens on --listen, loopback by default.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Usage: "address to listen on (HOST:PORT); another interface than loopback is an explicit choice", DefaultText: defaultListen},
-			&cli.IntFlag{Name: "port", Usage: "port to listen on, on 127.0.0.1 (bst-artifact-server's flag; use --listen for other hosts)"},
+			&cli.IntFlag{Name: "port", Usage: "port to listen on, on every interface, as bst-artifact-server does (--listen 127.0.0.1:N for loopback only)"},
 			&cli.BoolFlag{Name: "enable-push", Usage: "accept writes (without it every write is PERMISSION_DENIED)"},
 			&cli.StringFlag{Name: "server-key", Usage: "TLS private key (PEM)", TakesFile: true},
 			&cli.StringFlag{Name: "server-cert", Usage: "TLS certificate (PEM)", TakesFile: true},
@@ -54,18 +55,13 @@ func runServe(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return usageError("serve takes at most one DIR")
 	}
-	listen := c.String("listen")
-	switch {
-	case c.IsSet("port") && c.IsSet("listen"):
-		return usageError("give --listen or --port, not both")
-	case c.IsSet("port"):
-		p := c.Int("port")
-		if p < 0 || p > 65535 {
-			return usageError("--port %d is not a port number", p)
-		}
-		listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-	case listen == "":
-		listen = defaultListen
+	port := -1
+	if c.IsSet("port") {
+		port = c.Int("port")
+	}
+	listen, err := listenAddress(port, c.String("listen"))
+	if err != nil {
+		return err
 	}
 	var quota int64
 	if q := c.String("quota"); q != "" {
@@ -115,7 +111,14 @@ func runServe(c *cli.Context) error {
 		return fmt.Errorf("listening on %s: %w", listen, err)
 	}
 	if !e.quiet {
-		logf("serving %s (%s layout) on %s%s", dir, store.Layout(), l.Addr(), describeServe(c, tlsConfig != nil, token != "", quota))
+		where := l.Addr().String()
+		if !isLoopback(l.Addr()) {
+			where += " (every interface: other hosts can connect)"
+		}
+		logf("serving %s (%s layout) on %s%s", dir, store.Layout(), where, describeServe(c, tlsConfig != nil, token != "", quota))
+	}
+	if openPush(l.Addr(), c.Bool("enable-push"), c.String("client-certs") != "", token != "") {
+		logf("warning: anyone who can reach %s can push: add --client-certs or --access-token", l.Addr())
 	}
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(l) }()
@@ -203,4 +206,34 @@ func readTokenFile(path string) (string, error) {
 		return "", fmt.Errorf("--access-token %s: want one non-empty line", path)
 	}
 	return tok, nil
+}
+
+// isLoopback says whether an address is reachable from this host only.
+func isLoopback(a net.Addr) bool {
+	tcp, ok := a.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
+}
+
+// listenAddress is where serve listens: --port N on every interface, as
+// bst-artifact-server did (port < 0 when not given), else --listen, else
+// loopback.
+func listenAddress(port int, listen string) (string, error) {
+	switch {
+	case port >= 0 && listen != "":
+		return "", usageError("give --listen or --port, not both")
+	case port > 65535:
+		return "", usageError("--port %d is not a port number", port)
+	case port >= 0:
+		return net.JoinHostPort("", strconv.Itoa(port)), nil
+	case listen == "":
+		return defaultListen, nil
+	}
+	return listen, nil
+}
+
+// openPush says whether anyone who reaches the address could push: writes
+// enabled on an address other hosts reach, with neither client
+// certificates nor a token required.
+func openPush(addr net.Addr, push, clientCerts, token bool) bool {
+	return push && !isLoopback(addr) && !clientCerts && !token
 }
