@@ -7,6 +7,7 @@ import (
 	"flag"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/bst-cache/bst-cache/commands"
@@ -17,11 +18,22 @@ var version = "dev"
 
 func main() {
 	quietGlog()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	var term atomic.Bool
+	go func() {
+		sig := <-signals
+		term.Store(sig == syscall.SIGTERM)
+		signal.Stop(signals) // a second Ctrl-C stops at once
+		cancel()
+	}()
 	stopProfiling := startProfiling()
 	code := commands.Main(ctx, version, os.Args, os.Stdout, os.Stderr)
 	stopProfiling()
-	stop()
+	if code == commands.ExitInterrupted && term.Load() {
+		code = commands.ExitTerminated
+	}
 	os.Exit(code)
 }
 

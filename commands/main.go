@@ -12,10 +12,11 @@ import (
 // Exit codes shared by every command.
 const (
 	ExitOK          = 0
-	ExitFailure     = 1 // network, auth, integrity, I/O
-	ExitUsage       = 2 // usage or configuration error
-	ExitRefsMissing = 3 // one or more refs found in no cache
-	ExitInterrupted = 130
+	ExitFailure     = 1   // network, auth, integrity, I/O
+	ExitUsage       = 2   // usage or configuration error
+	ExitRefsMissing = 3   // one or more refs found in no cache
+	ExitInterrupted = 130 // Ctrl-C (SIGINT)
+	ExitTerminated  = 143 // SIGTERM
 )
 
 // Main runs the command line with args (args[0] is the program name),

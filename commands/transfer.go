@@ -302,9 +302,6 @@ type report struct {
 // everywhere (exit 3) only when nothing else failed.
 func finishRun(c *cli.Context, e *env, p *progress, command string, results []transfer.Result, stats transfer.Stats) error {
 	p.finish()
-	if err := c.Context.Err(); err != nil {
-		return err
-	}
 	counts := map[string]int{}
 	for _, s := range []transfer.Status{transfer.StatusDone, transfer.StatusSkipped, transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict} {
 		counts[string(s)] = 0 // the usual counts, zeros included
@@ -336,6 +333,9 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		}
 	}
 	switch {
+	case c.Context.Err() != nil:
+		return fmt.Errorf("%s interrupted: %s done, %s not: %w", command, plural(counts["done"]+counts["skipped"]+counts["repaired"], "ref"),
+			plural(len(results)-counts["done"]-counts["skipped"]-counts["repaired"], "ref"), c.Context.Err())
 	case counts["failed"]+counts["conflict"] > 0:
 		return fmt.Errorf("%s: %s failed, %s", command, plural(counts["failed"], "ref"), plural(counts["conflict"], "conflict"))
 	case counts["missing"] > 0:
@@ -350,7 +350,7 @@ func countLine(counts map[string]int) string {
 	var parts []string
 	for _, s := range []transfer.Status{transfer.StatusDone, transfer.StatusRepaired, transfer.StatusSkipped,
 		transfer.StatusWouldPull, transfer.StatusWouldPush, transfer.StatusWouldCopy, transfer.StatusWouldRepair,
-		transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict} {
+		transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict, transfer.StatusInterrupted, transfer.StatusRemoved, transfer.StatusWouldRemove} {
 		n := counts[string(s)]
 		always := s == transfer.StatusDone || s == transfer.StatusSkipped || s == transfer.StatusMissing || s == transfer.StatusFailed
 		if n > 0 || always {

@@ -3,6 +3,7 @@ package transfer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -25,6 +26,9 @@ const (
 	StatusFailed   Status = "failed"   // an error, a cache that could not be asked, or incomplete everywhere
 	StatusConflict Status = "conflict" // a target names another digest
 	StatusRemoved  Status = "removed"  // deleted from the local store (rm)
+	// StatusInterrupted: the run was interrupted (Ctrl-C, SIGTERM) before
+	// the ref was done; nothing of it was left half-written.
+	StatusInterrupted Status = "interrupted"
 
 	// Dry runs say what would happen; nothing moves.
 	StatusWouldPull   Status = "would-pull"
@@ -350,6 +354,9 @@ func (e *Engine) linkRefs(ctx context.Context, ref string, en entry) error {
 
 func failed(res Result, err error) Result {
 	res.Status, res.Reason = StatusFailed, err.Error()
+	if errors.Is(err, context.Canceled) {
+		res.Status, res.Reason = StatusInterrupted, "the run was interrupted"
+	}
 	return res
 }
 
