@@ -94,7 +94,10 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			verifyCommand(),
 			gcCommand(),
 			versionCommand(),
+			completionCommand(),
+			manCommand(),
 		},
+		EnableBashCompletion: true,
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},
 		Action: func(c *cli.Context) error {

@@ -2,6 +2,7 @@ package commands_test
 
 import (
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -82,5 +83,23 @@ func TestMessages(t *testing.T) {
 		if stdout, _, code := runCLI(t, "", args...); code != 0 || !strings.Contains(stdout, "bst-cache test, commit ") || !strings.Contains(stdout, ", go1.") {
 			t.Errorf("%v: exit %d, %q", args, code, stdout)
 		}
+	}
+}
+
+// Shell completion and the manual page come from the same definitions as
+// --help.
+func TestCompletionAndMan(t *testing.T) {
+	// The completion words come from os.Args: ask the binary.
+	words, err := exec.Command(testenv.BstCacheBinary(t), "--generate-bash-completion").Output()
+	if err != nil || !strings.Contains(string(words), "pull\n") || !strings.Contains(string(words), "checkout\n") {
+		t.Errorf("--generate-bash-completion: %v\n%s", err, words)
+	}
+	for shell, want := range map[string]string{"bash": "complete -o default -F _bst_cache bst-cache", "zsh": "bashcompinit", "fish": "complete -c bst-cache"} {
+		if out, _, code := runCLI(t, "", "completion", shell); code != 0 || !strings.Contains(out, want) {
+			t.Errorf("completion %s: exit %d, no %q", shell, code, want)
+		}
+	}
+	if out, _, code := runCLI(t, "", "man"); code != 0 || !strings.Contains(out, ".TH bst-cache 1") || !strings.Contains(out, "copy") {
+		t.Errorf("man: exit %d\n%.200s", code, out)
 	}
 }
