@@ -2,10 +2,11 @@ package commands
 
 import (
 	"fmt"
+	"os"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -15,7 +16,13 @@ func whichCommand() *cli.Command {
 		Name:      "which",
 		Usage:     "tell which caches hold each ref: present, absent, incomplete or error, with the digest",
 		ArgsUsage: "REF... (- reads refs from stdin)",
-		Flags:     refFlags(),
+		Description: "One row per ref, one column per cache: yes (complete there), no (absent),\n" +
+			"part:N (N blobs missing), ERR (could not ask: the error is printed once below),\n" +
+			"- (no index for these refs). Digests are shown only where caches disagree. On\n" +
+			"a terminal long refs are shortened in the middle; never in pipes or --json.",
+		Flags: append(refFlags(),
+			&cli.StringSliceFlag{Name: "cache", Usage: "ask only this cache (repeatable)"},
+		),
 		Action: func(c *cli.Context) error {
 			e, kind, args, err := readingEnv(c)
 			if err != nil {
@@ -23,7 +30,16 @@ func whichCommand() *cli.Command {
 			}
 			pl := newPool(e.cfg)
 			defer pl.close()
-			eng, err := engine(c, e, kind, pl, pl.all, &progress{})
+			caches := pl.all
+			if names := c.StringSlice("cache"); len(names) > 0 {
+				for _, n := range names {
+					if _, ok := e.cfg.Cache(n); !ok {
+						return noCache(e.cfg, n)
+					}
+				}
+				caches = pl.named(names)
+			}
+			eng, err := engine(c, e, kind, pl, caches, &progress{})
 			if err != nil {
 				return err
 			}
@@ -58,22 +74,100 @@ func whichCommand() *cli.Command {
 }
 
 func writeWhich(e *env, locs []transfer.Location) {
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REF\tCACHE\tSTATUS\tDIGEST\tDETAIL")
-	for _, l := range locs {
-		for _, s := range l.Caches {
-			detail := s.Error
-			if s.Status == transfer.WhereIncomplete {
-				detail = fmt.Sprintf("%d blobs missing", s.Missing)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Ref, s.Name, s.Status, dash(s.Digest), detail)
-		}
-		if len(l.Refs) > 1 {
-			fmt.Fprintf(tw, "%s\t\tnote\t\talso stored as %s\n", l.Ref, strings.Join(l.Refs[1:], ", "))
-		}
-		if l.Note != "" {
-			fmt.Fprintf(tw, "%s\t\tnote\t\t%s\n", l.Ref, l.Note)
+	width := 0
+	if f, ok := e.stdout.(*os.File); ok {
+		if w, _, err := term.GetSize(int(f.Fd())); err == nil {
+			width = w
 		}
 	}
-	tw.Flush()
+	fmt.Fprint(e.stdout, whichTable(locs, width))
+}
+
+// whichTable lays locations out one row per ref, one column per cache,
+// each cache's error once below. With width > 0 (a terminal) refs are
+// shortened in the middle so that rows fit.
+func whichTable(locs []transfer.Location, width int) string {
+	if len(locs) == 0 {
+		return ""
+	}
+	var names []string
+	for _, s := range locs[0].Caches {
+		names = append(names, s.Name)
+	}
+	cells := make([][]string, len(locs))
+	errs := map[string]string{}
+	var errOrder []string
+	refWidth := len("REF")
+	for i, l := range locs {
+		for _, s := range l.Caches {
+			cells[i] = append(cells[i], shortState(s))
+			if s.Status == transfer.WhereError && errs[s.Name] == "" {
+				errs[s.Name] = s.Error
+				errOrder = append(errOrder, s.Name)
+			}
+		}
+		refWidth = max(refWidth, len(l.Ref))
+	}
+	colWidths := make([]int, len(names))
+	for j, n := range names {
+		colWidths[j] = len(n)
+		for i := range cells {
+			colWidths[j] = max(colWidths[j], len(cells[i][j]))
+		}
+	}
+	if width > 0 {
+		rest := 0
+		for _, w := range colWidths {
+			rest += w + 2
+		}
+		refWidth = max(min(refWidth, width-rest-1), 20)
+	}
+	var b strings.Builder
+	row := func(ref string, cols []string) {
+		fmt.Fprintf(&b, "%-*s", refWidth, middle(ref, refWidth))
+		for j, c := range cols {
+			fmt.Fprintf(&b, "  %-*s", colWidths[j], c)
+		}
+		b.WriteString("\n")
+	}
+	row("REF", names)
+	for i, l := range locs {
+		row(l.Ref, cells[i])
+	}
+	for _, l := range locs {
+		if len(l.Refs) > 1 {
+			fmt.Fprintf(&b, "%s: also stored as %s\n", l.Ref, strings.Join(l.Refs[1:], ", "))
+		}
+		if l.Note != "" {
+			fmt.Fprintf(&b, "%s: %s\n", l.Ref, l.Note)
+		}
+	}
+	for _, n := range errOrder {
+		fmt.Fprintf(&b, "%s: %s\n", n, errs[n])
+	}
+	return b.String()
+}
+
+// shortState is one cache's answer in a few letters.
+func shortState(s transfer.CacheState) string {
+	switch s.Status {
+	case transfer.WherePresent:
+		return "yes"
+	case transfer.WhereAbsent:
+		return "no"
+	case transfer.WhereIncomplete:
+		return fmt.Sprintf("part:%d", s.Missing)
+	case transfer.WhereError:
+		return "ERR"
+	}
+	return "-"
+}
+
+// middle shortens s to width by cutting its middle ("demo/hello/1d89…a2c3").
+func middle(s string, width int) string {
+	if len(s) <= width || width < 5 {
+		return s
+	}
+	keep := width - 1
+	return s[:keep-keep/3] + "…" + s[len(s)-keep/3:]
 }

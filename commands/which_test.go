@@ -49,7 +49,14 @@ func TestWhich(t *testing.T) {
 		t.Fatalf("copy: %d\n%s", code, stderr)
 	}
 	stdout, _, code = runCLI(t, "", "--config", cfg, "which", refs[0])
-	if code != 0 || strings.Count(stdout, "present") != 2 {
-		t.Errorf("after copy: exit %d\n%s", code, stdout)
+	lines := strings.Split(stdout, "\n")
+	if code != 0 || len(lines) < 3 || strings.Fields(lines[0])[1] != "a" || strings.Join(strings.Fields(lines[1])[1:], " ") != "yes yes ERR" ||
+		strings.Count(stdout, "cache dead (") != 1 {
+		t.Errorf("after copy: exit %d; want one row, yes yes ERR, and dead's error once below\n%s", code, stdout)
+	}
+	// --cache asks only the caches named.
+	stdout, _, code = runCLI(t, "", "--config", cfg, "which", "--cache", "b", refs[0])
+	if code != 0 || strings.Contains(stdout, "dead") || !strings.Contains(stdout, "yes") {
+		t.Errorf("which --cache b: exit %d\n%s", code, stdout)
 	}
 }
