@@ -103,3 +103,28 @@ func TestCompletionAndMan(t *testing.T) {
 		t.Errorf("man: exit %d\n%.200s", code, out)
 	}
 }
+
+// Globs in pull, which and copy match refs in the local store and in the
+// caches that can list (serve); one matching nothing is a usage error.
+func TestGlobs(t *testing.T) {
+	a := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	b := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	_, _, refs := builtProject(t, a)
+	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("a", a.URL(), false)+cacheTOML("b", b.URL(), true))
+	local := t.TempDir()
+	rep, stderr, code := runJSON(t, "--config", cfg, "--local", local, "pull", "demo/*")
+	if code != 0 || len(rep.Refs) != len(refs) {
+		t.Errorf("pull 'demo/*': exit %d, %+v\n%s", code, rep.Refs, stderr)
+	}
+	stdout, _, code := runCLI(t, "", "--config", cfg, "which", "demo/w*")
+	if code != 0 || strings.Count(stdout, "demo/world/") != 1 || strings.Contains(stdout, "demo/hello/") {
+		t.Errorf("which 'demo/w*': exit %d\n%s", code, stdout)
+	}
+	rep, stderr, code = runJSON(t, "--config", cfg, "--local", t.TempDir(), "copy", "--from", "a", "--to", "b", "demo/h*")
+	if code != 0 || statuses(rep) != "done@b" {
+		t.Errorf("copy 'demo/h*': exit %d, %s\n%s", code, statuses(rep), stderr)
+	}
+	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", "nothing/*"); code != 2 || !strings.Contains(stderr, "matches no ref") {
+		t.Errorf("a glob matching nothing: exit %d\n%s", code, stderr)
+	}
+}

@@ -75,14 +75,26 @@ func readRefsFrom(c *cli.Context, args []string) (refArgs, error) {
 type refArgs struct {
 	plain, resolved []string
 	deps            buildstream.Deps
+	// globs match refs in the local store and in caches that can list.
+	globs []string
 }
 
 // count is how many refs were named (before --deps on plain refs).
-func (a refArgs) count() int { return len(a.plain) + len(a.resolved) }
+func (a refArgs) count() int { return len(a.plain) + len(a.resolved) + len(a.globs) }
 
 // expand gives every ref: plain refs with their recorded dependencies as
 // --deps selects, then the resolved ones, each once.
 func (a refArgs) expand(c *cli.Context, eng *transfer.Engine) ([]string, error) {
+	for _, g := range a.globs {
+		matched, err := eng.Match(c.Context, g)
+		if err != nil {
+			return nil, usageError("%q: %v", g, err)
+		}
+		if len(matched) == 0 {
+			return nil, usageError("%q matches no ref in the local store or in a cache that can list", g)
+		}
+		a.plain = append(a.plain, matched...)
+	}
 	plain, err := eng.Expand(c.Context, a.plain, a.deps)
 	if errors.Is(err, transfer.ErrRunDeps) {
 		return nil, usageError("%v", err)
@@ -108,9 +120,14 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 	}
 	var refs, elements []string
 	seen := map[string]bool{}
+	var globs []string
 	add := func(ref string) error {
 		if buildstream.IsElement(ref) {
 			elements = append(elements, ref)
+			return nil
+		}
+		if strings.ContainsAny(ref, "*?[") {
+			globs = append(globs, ref)
 			return nil
 		}
 		if err := cache.ValidateRef(ref); err != nil {
@@ -161,7 +178,7 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 			return refArgs{}, err
 		}
 	}
-	out := refArgs{plain: refs, deps: deps}
+	out := refArgs{plain: refs, deps: deps, globs: globs}
 	if len(elements) > 0 {
 		if out.resolved, err = elementRefs(c, deps, elements); err != nil {
 			return refArgs{}, err

@@ -57,6 +57,17 @@ func (k Kind) format() string {
 	return string(config.FormatBst2)
 }
 
+// remoteKind is the kind of ref a listing service is asked for.
+func (k Kind) remoteKind() cache.Kind {
+	switch k {
+	case Bst1Artifact:
+		return cache.KindBst1Artifact
+	case Bst2Artifact:
+		return cache.KindBst2Artifact
+	}
+	return cache.KindSource
+}
+
 // StoreKind is where the local store keeps refs of this kind.
 func (k Kind) StoreKind() cache.Kind {
 	if k == Bst2Source {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // Remove deletes refs from the local store, each artifact with all its
@@ -269,4 +272,57 @@ func (e *Engine) repair(ctx context.Context, rep *VerifyReport, bad []digest.Dig
 		d, _ := digest.NewFromString(p.Object)
 		rep.Problems[i].Repaired = e.Store.Verify(d) == nil || len(p.Refs) == 0 && errors.Is(e.Store.Verify(d), cache.ErrNotFound)
 	}
+}
+
+// lister is a cache that can say what it holds (bst-cache serve).
+type lister interface {
+	ListRefs(ctx context.Context, kind, prefix string) ([]remotes.ListedRef, error)
+}
+
+// Match lists the refs a glob matches ('*' also matches '/') in the local
+// store and in the index caches that can list (bst-cache serve), each
+// once, sorted. Caches that cannot list are passed over.
+func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
+	re, err := cache.CompileGlob(glob)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	local, err := e.Store.ListRefs(e.Kind.StoreKind(), glob)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range local {
+		seen[r.Name] = true
+	}
+	prefix := glob[:strings.IndexAny(glob, "*?[")]
+	prefix = prefix[:strings.LastIndex(prefix, "/")+1]
+	for _, c := range filter(e.Caches, hasIndex) {
+		r, err := c.connect(ctx, e.Events)
+		if err != nil {
+			continue
+		}
+		l, ok := r.(lister)
+		if !ok {
+			continue
+		}
+		refs, err := l.ListRefs(ctx, string(e.Kind.remoteKind()), strings.TrimSuffix(prefix, "/"))
+		if errors.Is(err, remotes.ErrCannotList) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, ref := range refs {
+			if re.MatchString(ref.Name) {
+				seen[ref.Name] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for r := range seen {
+		out = append(out, r)
+	}
+	sort.Strings(out)
+	return out, nil
 }
