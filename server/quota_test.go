@@ -19,7 +19,7 @@ import (
 // Over its quota the server evicts the least recently used ref whole and
 // keeps every object a remaining ref needs.
 func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
-	addr, store, _ := startServer(t, server.Options{AllowWrites: true, Quota: 80 << 10, Lease: time.Millisecond})
+	addr, store, _ := startServer(t, server.Options{AllowWrites: true, Quota: 80 << 10, Lease: 300 * time.Millisecond})
 	r := dialRemote(t, addr)
 	ctx := context.Background()
 	shared := bytes.Repeat([]byte("s"), 10<<10)
@@ -39,7 +39,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 	}
 	push("demo/a/1", 'a')
 	push("demo/b/1", 'b')
-	time.Sleep(10 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // past the lease of a's and b's blobs, longer than a push
 	if _, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+"demo/a/1"); err != nil { // a is now more recent than b
 		t.Fatal(err)
 	}
