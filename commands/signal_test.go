@@ -29,14 +29,23 @@ func TestInterruptedRunSummary(t *testing.T) {
 	slow := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{Read: "trickle"})
 	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("slow", "http://"+slow, false))
 	for sig, want := range map[syscall.Signal]int{syscall.SIGINT: 130, syscall.SIGTERM: 143} {
-		cmd := exec.Command(testenv.BstCacheBinary(t), append([]string{"--config", cfg, "--local", t.TempDir(), "pull"}, refs...)...)
+		local := t.TempDir()
+		cmd := exec.Command(testenv.BstCacheBinary(t), append([]string{"--config", cfg, "--local", local, "pull"}, refs...)...)
 		cmd.Env = append(os.Environ(), "BST_CACHE_CONFIG=", "HOME="+t.TempDir())
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(1500 * time.Millisecond) // small is pulled; big's large file trickles
+		// Once small is pulled (big's large file trickles), interrupt.
+		for deadline := time.Now().Add(30 * time.Second); len(testenv.RefsOnDisk(t, local)) == 0; {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("%v: small was never pulled", sig)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond)
 		cmd.Process.Signal(sig)
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()

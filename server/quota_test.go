@@ -39,7 +39,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 	}
 	push("demo/a/1", 'a')
 	push("demo/b/1", 'b')
-	time.Sleep(500 * time.Millisecond) // past the lease of a's and b's blobs, longer than a push
+	time.Sleep(500 * time.Millisecond)                                                       // past the lease of a's and b's blobs, longer than a push
 	if _, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+"demo/a/1"); err != nil { // a is now more recent than b
 		t.Fatal(err)
 	}
