@@ -3,7 +3,6 @@ package transfer
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -113,17 +112,12 @@ func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o
 		hit = &Result{Ref: ref, Cache: c.Name(), Digest: d.String()}
 		return true, nil
 	})
-	res := Result{Ref: ref}
-	switch {
-	case err != nil:
-		return []Result{failed(res, err)}
-	case hit != nil && hit.Status != "":
-		return []Result{*hit}
-	case hit == nil && len(incomplete) > 0:
-		res.Status, res.Reason = StatusFailed, "incomplete everywhere: "+strings.Join(incomplete, "; ")
-		return []Result{res}
-	case hit == nil:
-		return []Result{a.missingOrFailed(res)}
+	if err != nil || hit == nil || hit.Status != "" {
+		res := Result{Ref: ref}
+		if hit != nil {
+			res = *hit
+		}
+		return []Result{settle(res, a, err, incomplete)}
 	}
 	var out []Result
 	storage := filter(targets, hasStorage)

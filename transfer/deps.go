@@ -93,9 +93,6 @@ func (e *Engine) findEntry(ctx context.Context, ref string) (entry, error) {
 		if err != nil {
 			return false, nil // the next hit may be readable
 		}
-		if e.Kind != Bst1Artifact {
-			en.content, _ = readFirst(ctx, e, e.storage(), d)
-		}
 		found = &en
 		return true, nil
 	})

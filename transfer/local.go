@@ -270,7 +270,8 @@ func (e *Engine) repair(ctx context.Context, rep *VerifyReport, bad []digest.Dig
 	}
 	for i, p := range rep.Problems {
 		d, _ := digest.NewFromString(p.Object)
-		rep.Problems[i].Repaired = e.Store.Verify(d) == nil || len(p.Refs) == 0 && errors.Is(e.Store.Verify(d), cache.ErrNotFound)
+		err := e.Store.Verify(d)
+		rep.Problems[i].Repaired = err == nil || len(p.Refs) == 0 && errors.Is(err, cache.ErrNotFound)
 	}
 }
 

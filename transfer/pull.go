@@ -169,28 +169,25 @@ func (e *Engine) wanted(en entry) cache.Roots {
 	return roots
 }
 
-// localHit reports a ref the local store already holds complete.
-func (e *Engine) localHit(ref string) (Result, bool) {
+// localHit reports a ref the local store already holds complete, with
+// its entry.
+func (e *Engine) localHit(ref string) (Result, entry, bool) {
 	en, err := e.Kind.localEntry(e.Store, ref)
 	if err != nil {
-		return Result{}, false
+		return Result{}, entry{}, false
 	}
 	if ok, _ := e.complete(en); !ok {
-		return Result{}, false
+		return Result{}, entry{}, false
 	}
-	return Result{Ref: ref, Status: StatusSkipped, Cache: "local", Digest: en.digest.String(), Reason: "already in the local store"}, true
+	return Result{Ref: ref, Status: StatusSkipped, Cache: "local", Digest: en.digest.String(), Reason: "already in the local store"}, en, true
 }
 
 // pullOne walks the index caches for ref and fetches the first hit whose
 // closure some storage cache completes. The local ref is written last.
 func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence bool) Result {
 	if !evidence {
-		if res, ok := e.localHit(ref); ok {
-			en, err := e.Kind.localEntry(e.Store, ref)
-			if err == nil {
-				err = e.linkRefs(ctx, ref, en)
-			}
-			if err != nil {
+		if res, en, ok := e.localHit(ref); ok {
+			if err := e.linkRefs(ctx, ref, en); err != nil {
 				return failed(res, err)
 			}
 			return res
@@ -222,7 +219,7 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence b
 // pullDryRun resolves ref and sizes what a pull would move: the blobs of
 // the first complete hit that the local store lacks.
 func (e *Engine) pullDryRun(ctx context.Context, ref string) Result {
-	if res, ok := e.localHit(ref); ok {
+	if res, _, ok := e.localHit(ref); ok {
 		return res
 	}
 	res := Result{Ref: ref}
