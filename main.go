@@ -7,7 +7,6 @@ import (
 	"flag"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/bst-cache/bst-cache/commands"
@@ -18,22 +17,21 @@ var version = "dev"
 
 func main() {
 	quietGlog()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
-	var term atomic.Bool
 	go func() {
 		sig := <-signals
-		term.Store(sig == syscall.SIGTERM)
 		signal.Stop(signals) // a second Ctrl-C stops at once
-		cancel()
+		if sig == syscall.SIGTERM {
+			cancel(commands.ErrTerminated)
+			return
+		}
+		cancel(context.Canceled)
 	}()
 	stopProfiling := startProfiling()
 	code := commands.Main(ctx, version, os.Args, os.Stdout, os.Stderr)
 	stopProfiling()
-	if code == commands.ExitInterrupted && term.Load() {
-		code = commands.ExitTerminated
-	}
 	os.Exit(code)
 }
 

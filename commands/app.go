@@ -111,6 +111,15 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			return cli.ShowAppHelp(c)
 		},
 	}
+	out := &output{}
+	app.Metadata = map[string]any{outputKey: out}
+	app.Before = func(c *cli.Context) error {
+		out.json = c.Bool("json")
+		if name := c.Args().First(); app.Command(name) != nil {
+			out.command = app.Command(name).Name
+		}
+		return nil
+	}
 	app.OnUsageError = func(c *cli.Context, err error, _ bool) error { return flagError(app, c, err) }
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = app.OnUsageError
@@ -190,6 +199,7 @@ type env struct {
 	json    bool
 	quiet   bool
 	verbose bool
+	out     *output
 }
 
 // newEnv loads the configuration and applies the global flags over it.
@@ -238,6 +248,7 @@ func newEnv(c *cli.Context) (*env, error) {
 		json:    c.Bool("json"),
 		quiet:   c.Bool("quiet"),
 		verbose: c.Bool("verbose") && !c.Bool("quiet"),
+		out:     outputOf(c.App),
 	}, nil
 }
 
@@ -292,9 +303,11 @@ func (e *env) readStore() (*cache.Store, error) {
 	return cache.OpenReadOnly(e.cfg.Local, e.layout())
 }
 
-// warnf prints a warning on stderr.
+// warnf prints a warning on stderr and keeps it for the JSON document.
 func (e *env) warnf(format string, args ...any) {
-	fmt.Fprintf(e.stderr, "bst-cache: warning: "+format+"\n", args...)
+	msg := fmt.Sprintf(format, args...)
+	e.out.warn(msg)
+	fmt.Fprintf(e.stderr, "bst-cache: warning: %s\n", msg)
 }
 
 // debugf prints on stderr with --verbose.

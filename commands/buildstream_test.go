@@ -1,7 +1,6 @@
 package commands_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -154,7 +153,7 @@ func TestPullByWeakKey(t *testing.T) {
 	// which shows the artifact's other ref.
 	stdout, _, code := runCLI(t, "", "--config", cfg, "--json", "which", weak)
 	var locs []struct{ Refs []string }
-	if err := json.Unmarshal([]byte(stdout), &locs); err != nil || code != 0 || len(locs) != 1 || !cmp.Equal(locs[0].Refs, []string{weak, "demo/apps-app/" + strong}) {
+	if err := decodeDoc(stdout, &locs); err != nil || code != 0 || len(locs) != 1 || !cmp.Equal(locs[0].Refs, []string{weak, "demo/apps-app/" + strong}) {
 		t.Errorf("which --json of the weak ref: exit %d, %v, %s; want its refs, weak then strong", code, err, stdout)
 	}
 	want := []string{"demo/apps-app/" + strong, weak}
@@ -248,7 +247,7 @@ func TestRmAndDuOnBuildStreamCache(t *testing.T) {
 			UniqueBytes int64 `json:"unique_bytes"`
 		}
 	}
-	if err := json.Unmarshal([]byte(stdout), &du); err != nil || code != 0 || len(du.Refs) != len(before) || du.Store.UniqueBytes == 0 || du.Store.UniqueBytes > du.Store.Bytes {
+	if err := decodeDoc(stdout, &du); err != nil || code != 0 || len(du.Refs) != len(before) || du.Store.UniqueBytes == 0 || du.Store.UniqueBytes > du.Store.Bytes {
 		t.Errorf("du: exit %d, %v, %+v\n%s", code, err, du, stderr)
 	}
 

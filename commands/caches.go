@@ -35,7 +35,7 @@ func cachesCommand() *cli.Command {
 			}
 			rows := probeAll(c.Context, e, c.Bool("offline"), c.Duration("timeout"))
 			if e.json {
-				err = writeJSON(e, rows)
+				err = writeJSON(e, rows, cacheCounts(rows))
 			} else {
 				err = writeCachesTable(e, rows)
 			}
@@ -196,4 +196,13 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%d%ciB", int64(v), "KMGTPE"[exp])
 	}
 	return fmt.Sprintf("%.1f%ciB", v, "KMGTPE"[exp])
+}
+
+// cacheCounts counts the caches by status, zeros included.
+func cacheCounts(rows []cacheRow) map[string]int {
+	counts := map[string]int{remotes.StatusOK: 0, remotes.StatusUnreachable: 0, remotes.StatusError: 0, remotes.StatusUnchecked: 0}
+	for _, r := range rows {
+		counts[r.Status]++
+	}
+	return counts
 }

@@ -3,7 +3,6 @@ package commands_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -94,7 +93,7 @@ url = %q
 		t.Errorf("caches took %v with one dead cache", elapsed)
 	}
 	var rows []cacheRow
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+	if err := decodeDoc(out, &rows); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(rows) != 3 || rows[0].Name != "bst1" || rows[1].Name != "bazel" || rows[2].Name != "dead" {
@@ -133,7 +132,7 @@ url = %q
 
 	out, _, code = runCLI(t, "", "--config", cfg, "--json", "caches", "--offline")
 	rows = nil
-	if err := json.Unmarshal([]byte(out), &rows); err != nil || code != 0 {
+	if err := decodeDoc(out, &rows); err != nil || code != 0 {
 		t.Fatalf("offline: %v, exit %d", err, code)
 	}
 	for _, r := range rows {
@@ -210,7 +209,7 @@ func TestLsListsBstRefs(t *testing.T) {
 
 	out, _, code = runCLI(t, "", "--format", "bst1", "--local", bst.ArtifactDir(), "--json", "ls", "demo/hello/*")
 	var entries []struct{ Ref, Digest string }
-	if err := json.Unmarshal([]byte(out), &entries); err != nil || code != 0 {
+	if err := decodeDoc(out, &entries); err != nil || code != 0 {
 		t.Fatalf("ls --json: %v exit %d\n%s", err, code, out)
 	}
 	if len(entries) == 0 {

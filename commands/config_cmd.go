@@ -1,8 +1,6 @@
 package commands
 
 import (
-	"encoding/json"
-
 	"github.com/urfave/cli/v2"
 )
 
@@ -18,16 +16,9 @@ func configCommand() *cli.Command {
 				return err
 			}
 			if e.json {
-				return writeJSON(e, e.cfg.View())
+				return writeJSON(e, e.cfg.View(), map[string]int{"caches": len(e.cfg.Caches), "source_caches": len(e.cfg.SourceCaches)})
 			}
 			return e.cfg.WriteTOML(e.stdout)
 		},
 	}
-}
-
-// writeJSON prints v as indented JSON on stdout.
-func writeJSON(e *env, v any) error {
-	enc := json.NewEncoder(e.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

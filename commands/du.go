@@ -37,10 +37,14 @@ func duCommand() *cli.Command {
 				return err
 			}
 			if e.json {
+				missing := 0
+				for _, u := range usage {
+					missing += u.Missing
+				}
 				return writeJSON(e, struct {
 					Refs  []transfer.RefUsage `json:"refs"`
 					Store transfer.StoreUsage `json:"store"`
-				}{usage, total})
+				}{usage, total}, map[string]int{"refs": len(usage), "objects": total.Objects, "blobs_missing": missing})
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 			for _, u := range usage {

@@ -2,7 +2,6 @@ package commands_test
 
 import (
 	"context"
-	"encoding/json"
 	"os/exec"
 	"testing"
 	"time"
@@ -33,7 +32,7 @@ func TestGC(t *testing.T) {
 		t.Helper()
 		stdout, stderr, code := runCLI(t, "", append([]string{"--config", cfg, "--local", local, "--json", "gc", "--grace", "0s"}, args...)...)
 		var rep gcReport
-		if err := json.Unmarshal([]byte(stdout), &rep); err != nil || code != 0 {
+		if err := decodeDoc(stdout, &rep); err != nil || code != 0 {
 			t.Fatalf("gc %v: exit %d, %v\n%s", args, code, err, stderr)
 		}
 		return rep

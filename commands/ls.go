@@ -139,7 +139,7 @@ func lsRemote(c *cli.Context, e *env, name string, kind cache.Kind) error {
 // as JSON.
 func printRefs(c *cli.Context, e *env, entries []lsEntry) error {
 	if e.json {
-		return writeJSON(e, entries)
+		return writeJSON(e, entries, map[string]int{"refs": len(entries)})
 	}
 	if !c.Bool("long") {
 		for _, en := range entries {

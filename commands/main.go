@@ -24,11 +24,23 @@ const (
 func Main(ctx context.Context, version string, args []string, stdout, stderr io.Writer) int {
 	app := NewApp(version, stdout, stderr)
 	err := app.RunContext(ctx, reorder(app, args))
+	code := ExitCode(err)
+	if code == ExitInterrupted && errors.Is(context.Cause(ctx), ErrTerminated) {
+		code = ExitTerminated
+	}
 	if err != nil {
 		printError(stderr, err)
 	}
-	return ExitCode(err)
+	if werr := outputOf(app).write(stdout, err, code); werr != nil && code == ExitOK {
+		printError(stderr, werr)
+		code = ExitFailure
+	}
+	return code
 }
+
+// ErrTerminated is the cause a run's context is cancelled with on SIGTERM
+// (exit 143; any other cancellation is an interrupt, exit 130).
+var ErrTerminated = errors.New("terminated")
 
 // ExitCode maps an error to an exit code.
 func ExitCode(err error) int {

@@ -2,7 +2,6 @@ package commands_test
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,7 +59,7 @@ func TestPullPriority(t *testing.T) {
 		}
 	}
 	var rep pullReport
-	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+	if err := decodeDoc(stdout, &rep); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range rep.Refs {
@@ -99,7 +98,7 @@ func TestPullPriority(t *testing.T) {
 		t.Fatalf("push to a: %d\n%s", code, stderr)
 	}
 	stdout, _, code = runCLI(t, "", "--config", cfgAB, "--local", t.TempDir(), "--json", "pull", refs[0])
-	if err := json.Unmarshal([]byte(stdout), &rep); err != nil || code != 0 || rep.Refs[0].Cache != "a" {
+	if err := decodeDoc(stdout, &rep); err != nil || code != 0 || rep.Refs[0].Cache != "a" {
 		t.Errorf("pull with [a, b] both holding it: exit %d, %+v, %v; want it from a", code, rep, err)
 	}
 }

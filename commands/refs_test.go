@@ -32,7 +32,7 @@ func TestRefsInput(t *testing.T) {
 		t.Fatalf("exit %d\n%s", code, stderr)
 	}
 	var rep pullReport
-	if err := jsonUnmarshal(stdout, &rep); err != nil || len(rep.Refs) != 2 {
+	if err := decodeDoc(stdout, &rep); err != nil || len(rep.Refs) != 2 {
 		t.Errorf("want the 2 distinct refs once each: %+v %v", rep.Refs, err)
 	}
 

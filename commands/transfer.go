@@ -245,49 +245,78 @@ func transferKind(c *cli.Context, e *env) (transfer.Kind, error) {
 }
 
 // progress draws a bar on stderr when it is a terminal and the output
-// settings allow it; otherwise it does nothing.
+// settings allow it; otherwise it does nothing. The bar counts bytes: its
+// total grows as trees become known, it moves as chunks arrive, and it
+// shows the rate, the time left and the refs done.
 type progress struct {
-	mu    sync.Mutex
-	bar   *progressbar.ProgressBar
-	what  string
-	bytes int64
-	start time.Time
+	mu      sync.Mutex
+	bar     *progressbar.ProgressBar
+	what    string
+	refs    int // refs the run was given (times targets)
+	done    int
+	planned int64
+	moved   int64
 }
 
-func newProgress(c *cli.Context, e *env, what string, total int) *progress {
-	p := &progress{what: what, start: time.Now()}
+func newProgress(c *cli.Context, e *env, what string, refs int) *progress {
+	p := &progress{what: what, refs: refs}
 	f, ok := e.stderr.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) || e.quiet || e.json || c.Bool("no-progress") {
 		return p
 	}
-	p.bar = progressbar.NewOptions(total,
+	p.bar = progressbar.NewOptions64(-1,
 		progressbar.OptionSetWriter(e.stderr),
-		progressbar.OptionSetDescription(what),
-		progressbar.OptionShowCount(),
+		progressbar.OptionSetDescription(p.describe()),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowTotalBytes(true),
+		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionFullWidth(),
 		progressbar.OptionClearOnFinish(),
 	)
 	return p
 }
 
-// moved adds bytes transferred to the bar's description, with the rate.
-func (p *progress) moved(n int64) {
+func (p *progress) describe() string {
+	return fmt.Sprintf("%s %d/%d refs", p.what, p.done, p.refs)
+}
+
+// plan adds bytes the run has to move to the bar's total.
+func (p *progress) plan(n int64) {
 	if p.bar == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.bytes += n
-	rate := float64(p.bytes) / max(time.Since(p.start).Seconds(), 0.001)
-	p.bar.Describe(fmt.Sprintf("%s %s (%s/s)", p.what, humanBytes(p.bytes), humanBytes(int64(rate))))
+	p.planned += n
+	p.bar.ChangeMax64(max(p.planned, p.moved))
+}
+
+// add moves the bar by bytes that arrived or left.
+func (p *progress) add(n int64) {
+	if p.bar == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.moved += n
+	if p.moved > p.planned {
+		// A retried stream sends some bytes twice: the total follows.
+		p.planned = p.moved
+		p.bar.ChangeMax64(p.planned)
+	}
+	p.bar.Set64(p.moved)
 }
 
 func (p *progress) refDone() {
-	if p.bar != nil {
-		p.mu.Lock()
-		p.bar.Add(1)
-		p.mu.Unlock()
+	if p.bar == nil {
+		return
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done++
+	p.bar.Describe(p.describe())
 }
 
 // warn prints a warning without tearing the bar.
@@ -306,11 +335,9 @@ func (p *progress) finish() {
 	}
 }
 
-// report is the end-of-run document.
+// report is a transfer's result in the JSON document.
 type report struct {
-	Command string            `json:"command"`
-	Refs    []transfer.Result `json:"refs"`
-	Counts  map[string]int    `json:"counts"`
+	Refs []transfer.Result `json:"refs"`
 	transfer.Stats
 }
 
@@ -327,7 +354,7 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		counts[string(s)] = n
 	}
 	if e.json {
-		if err := writeJSON(e, report{Command: command, Refs: results, Counts: counts, Stats: stats}); err != nil {
+		if err := writeJSON(e, report{Refs: results, Stats: stats}, counts); err != nil {
 			return err
 		}
 	} else {
@@ -346,7 +373,11 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		}
 		tw.Flush()
 		if !e.quiet {
-			fmt.Fprintf(e.stderr, "%s: %s; %s; %.1fs\n", command, countLine(counts), movedLine(stats), stats.Seconds)
+			line := countLine(counts)
+			if command != "rm" {
+				line += "; " + movedLine(command, stats)
+			}
+			fmt.Fprintf(e.stderr, "%s: %s; %.1fs\n", command, line, stats.Seconds)
 		}
 	}
 	switch {
@@ -377,9 +408,17 @@ func countLine(counts map[string]int) string {
 	return strings.Join(parts, ", ")
 }
 
-// movedLine says what moved, or for a dry run what would.
-func movedLine(st transfer.Stats) string {
-	line := fmt.Sprintf("%d blobs (%s) transferred, %d already present", st.Blobs, humanBytes(st.Bytes), st.BlobsPresent)
+// movedLine says what moved, each way the command moves blobs, or for a
+// dry run what would.
+func movedLine(command string, st transfer.Stats) string {
+	var parts []string
+	if command != "push" {
+		parts = append(parts, fmt.Sprintf("%d blobs (%s) pulled", st.Pulled.Blobs, humanBytes(st.Pulled.Bytes)))
+	}
+	if command != "pull" {
+		parts = append(parts, fmt.Sprintf("%d blobs (%s) pushed", st.Pushed.Blobs, humanBytes(st.Pushed.Bytes)))
+	}
+	line := fmt.Sprintf("%s, %d already present", strings.Join(parts, ", "), st.BlobsPresent)
 	if st.WouldBlobs > 0 {
 		line += fmt.Sprintf(", %d blobs (%s) would be transferred", st.WouldBlobs, humanBytes(st.WouldBytes))
 	}
@@ -470,7 +509,8 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*tran
 		Events: transfer.Events{
 			OnWarn:  func(msg string) { p.warn(e, msg) },
 			OnRef:   func(transfer.Result) { p.refDone() },
-			OnBytes: p.moved,
+			OnPlan:  p.plan,
+			OnBytes: p.add,
 			OnInfo:  func(msg string) { e.debugf("%s", msg) },
 		},
 	}, nil

@@ -2,7 +2,6 @@ package commands_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -30,7 +29,7 @@ func runJSON(t *testing.T, args ...string) (pullReport, string, int) {
 	t.Helper()
 	stdout, stderr, code := runCLI(t, "", append([]string{"--json"}, args...)...)
 	var rep pullReport
-	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+	if err := decodeDoc(stdout, &rep); err != nil {
 		t.Fatalf("%v: --json output: %v\n%s\n%s", args, err, stdout, stderr)
 	}
 	return rep, stderr, code
@@ -212,7 +211,7 @@ func TestSplitIndexAndStorage(t *testing.T) {
 	}
 	stdout, _, _ := runCLI(t, "", "--config", cfg, "--json", "which", refs[0])
 	var locs []whichLoc
-	if err := json.Unmarshal([]byte(stdout), &locs); err != nil || len(locs) != 1 || locs[0].Caches[0].Status != "present" {
+	if err := decodeDoc(stdout, &locs); err != nil || len(locs) != 1 || locs[0].Caches[0].Status != "present" {
 		t.Errorf("which after the split push: %v %s", err, stdout)
 	}
 
@@ -231,7 +230,7 @@ func TestSplitIndexAndStorage(t *testing.T) {
 	removeObject(t, storage.Dir, big)
 	removeObject(t, releases.Dir, big)
 	stdout, _, code = runCLI(t, "", "--config", cfg, "--json", "which", refs[0])
-	if err := json.Unmarshal([]byte(stdout), &locs); err != nil || locs[0].Caches[0].Status != "incomplete" {
+	if err := decodeDoc(stdout, &locs); err != nil || locs[0].Caches[0].Status != "incomplete" {
 		t.Errorf("which of an index hit whose storage lost a blob: exit %d, %v %s", code, err, stdout)
 	}
 }
@@ -259,11 +258,11 @@ func TestPushRepairsAndDoesNotClobber(t *testing.T) {
 	big := largestObject(t, releases.Dir)
 	removeObject(t, releases.Dir, big)
 	rep, stderr, code := runJSON(t, "--config", cfg, "--local", local, "push", "--dry-run", ref)
-	if code != 0 || statuses(rep) != "would-repair@releases" || rep.Counts["would-repair"] != 1 || rep.BlobsTransferred != 0 {
+	if code != 0 || statuses(rep) != "would-repair@releases" || rep.Counts["would-repair"] != 1 || rep.moved() != 0 {
 		t.Errorf("push --dry-run to an incomplete target: exit %d, %s, %+v\n%s", code, statuses(rep), rep, stderr)
 	}
 	rep, stderr, code = runJSON(t, "--config", cfg, "--local", local, "push", ref)
-	if code != 0 || statuses(rep) != "repaired@releases" || rep.Counts["repaired"] != 1 || rep.BlobsTransferred != 1 {
+	if code != 0 || statuses(rep) != "repaired@releases" || rep.Counts["repaired"] != 1 || rep.moved() != 1 {
 		t.Errorf("push to an incomplete target: exit %d, %s, %+v; want repaired, 1 blob\n%s", code, statuses(rep), rep, stderr)
 	}
 	if largestObject(t, releases.Dir) != big {
@@ -299,7 +298,7 @@ func TestDryRuns(t *testing.T) {
 	local := filepath.Join(t.TempDir(), "store")
 
 	rep, stderr, code := runJSON(t, "--config", cfg, "--local", local, "pull", "--dry-run", refs[0], "demo/none/0")
-	if code != 3 || statuses(rep) != "would-pull missing" || rep.Refs[0].Blobs == 0 || rep.Refs[0].Bytes == 0 || rep.BlobsTransferred != 0 {
+	if code != 3 || statuses(rep) != "would-pull missing" || rep.Refs[0].Blobs == 0 || rep.Refs[0].Bytes == 0 || rep.moved() != 0 {
 		t.Errorf("pull --dry-run: exit %d, %s, %+v\n%s", code, statuses(rep), rep, stderr)
 	}
 	if _, err := os.Stat(local); err == nil {
@@ -308,7 +307,7 @@ func TestDryRuns(t *testing.T) {
 	want := rep.Refs[0]
 
 	rep, stderr, code = runJSON(t, "--config", cfg, "--local", local, "copy", "--dry-run", "--from", "latest", "--to", "releases", refs[0])
-	if code != 0 || statuses(rep) != "would-copy@releases" || rep.Refs[0].Blobs != want.Blobs || rep.Refs[0].Bytes != want.Bytes || rep.BlobsTransferred != 0 || rep.BlobsWould != want.Blobs {
+	if code != 0 || statuses(rep) != "would-copy@releases" || rep.Refs[0].Blobs != want.Blobs || rep.Refs[0].Bytes != want.Bytes || rep.moved() != 0 || rep.BlobsWould != want.Blobs {
 		t.Errorf("copy --dry-run: exit %d, %+v; want would-copy of %d blobs, %d bytes\n%s", code, rep, want.Blobs, want.Bytes, stderr)
 	}
 	if got := testenv.RefsOnDisk(t, releases.Dir); len(got) != 0 {

@@ -44,7 +44,7 @@ func verifyCommand() *cli.Command {
 				return err
 			}
 			if e.json {
-				if err := writeJSON(e, rep); err != nil {
+				if err := writeJSON(e, rep, map[string]int{"refs": rep.Refs, "objects": rep.Objects, "problems": len(rep.Problems), "unrepaired": rep.Unrepaired(), "refs_removed": len(rep.Removed)}); err != nil {
 					return err
 				}
 			} else {

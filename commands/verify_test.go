@@ -1,7 +1,6 @@
 package commands_test
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -65,7 +64,7 @@ func TestVerifyAndRepair(t *testing.T) {
 
 	stdout, _, code := runCLI(t, "", "--config", cfg, "--local", local, "--json", "verify")
 	var rep verifyReport
-	if err := json.Unmarshal([]byte(stdout), &rep); err != nil || code != 1 {
+	if err := decodeDoc(stdout, &rep); err != nil || code != 1 {
 		t.Fatalf("verify of a damaged store: exit %d, %v\n%s", code, err, stdout)
 	}
 	found := map[string]string{}
@@ -82,7 +81,7 @@ func TestVerifyAndRepair(t *testing.T) {
 	}
 
 	stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "--json", "verify", "--repair")
-	if err := json.Unmarshal([]byte(stdout), &rep); err != nil || code != 0 || len(rep.Removed) != 0 {
+	if err := decodeDoc(stdout, &rep); err != nil || code != 0 || len(rep.Removed) != 0 {
 		t.Fatalf("verify --repair: exit %d, %v, %+v\n%s", code, err, rep, stderr)
 	}
 	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "verify"); code != 0 {
@@ -101,7 +100,7 @@ func TestVerifyAndRepair(t *testing.T) {
 	damage[big](filepath.Join(objects, big[:2], big[2:]))
 	noCaches := writeConfig(t, "format = \"bst1\"\n")
 	stdout, _, code = runCLI(t, "", "--config", noCaches, "--local", local, "--json", "verify", "--repair")
-	if err := json.Unmarshal([]byte(stdout), &rep); err != nil || code != 1 || len(rep.Removed) != 1 {
+	if err := decodeDoc(stdout, &rep); err != nil || code != 1 || len(rep.Removed) != 1 {
 		t.Errorf("verify --repair with no cache: exit %d, %v, %+v; want 1 with hello's ref removed", code, err, rep)
 	}
 	if _, stderr, code := runCLI(t, "", "--config", noCaches, "--local", local, "verify"); code != 0 {

@@ -8,9 +8,21 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// versionLine is what version and --version print: the version, the commit
-// the binary was built from and the Go version.
+// buildVersion is what version prints: the version, the commit the
+// binary was built from and the Go version.
+type buildVersion struct {
+	Version string `json:"version"`
+	Commit  string `json:"commit"`
+	Go      string `json:"go"`
+}
+
+// versionLine is what version and --version print.
 func versionLine(version string) string {
+	v := versionOf(version)
+	return fmt.Sprintf("bst-cache %s, commit %s, %s", v.Version, v.Commit, v.Go)
+}
+
+func versionOf(version string) buildVersion {
 	commit := "unknown"
 	if info, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range info.Settings {
@@ -24,7 +36,7 @@ func versionLine(version string) string {
 			}
 		}
 	}
-	return fmt.Sprintf("bst-cache %s, commit %s, %s", version, commit, runtime.Version())
+	return buildVersion{Version: version, Commit: commit, Go: runtime.Version()}
 }
 
 func versionCommand() *cli.Command {
@@ -32,6 +44,11 @@ func versionCommand() *cli.Command {
 		Name:  "version",
 		Usage: "print the version, the commit and the Go version",
 		Action: func(c *cli.Context) error {
+			if c.Bool("json") {
+				v := versionOf(c.App.Version)
+				outputOf(c.App).setResult(v, nil)
+				return nil
+			}
 			fmt.Fprintln(c.App.Writer, versionLine(c.App.Version))
 			return nil
 		},

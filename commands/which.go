@@ -51,16 +51,16 @@ func whichCommand() *cli.Command {
 			if err := c.Context.Err(); err != nil {
 				return err
 			}
+			sums := map[string]int{transfer.Present: 0, transfer.Missing: 0, transfer.Failed: 0}
+			for _, l := range locs {
+				sums[l.Status]++
+			}
 			if e.json {
-				if err := writeJSON(e, locs); err != nil {
+				if err := writeJSON(e, locs, sums); err != nil {
 					return err
 				}
 			} else {
 				writeWhich(e, locs)
-			}
-			sums := map[string]int{}
-			for _, l := range locs {
-				sums[l.Status]++
 			}
 			switch {
 			case sums[transfer.Failed] > 0:

@@ -1,7 +1,6 @@
 package commands_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -33,7 +32,7 @@ func TestWhich(t *testing.T) {
 		t.Errorf("which with a ref in no cache and a dead cache: exit %d; want 1\n%s", code, stderr)
 	}
 	var locs []whichLoc
-	if err := json.Unmarshal([]byte(stdout), &locs); err != nil || len(locs) != 2 {
+	if err := decodeDoc(stdout, &locs); err != nil || len(locs) != 2 {
 		t.Fatalf("--json: %v\n%s", err, stdout)
 	}
 	got := []string{}

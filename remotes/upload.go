@@ -35,6 +35,17 @@ func (r *Remote) Upload(ctx context.Context, ds []digest.Digest, open Opener, jo
 	if err != nil {
 		return nil, 0, err
 	}
+	sent, err := r.Send(ctx, missing, open, jobs)
+	if err != nil {
+		return nil, 0, err
+	}
+	return missing, sent, nil
+}
+
+// Send sends ds, which the caller knows the cache lacks, as Upload does,
+// and returns the bytes sent.
+func (r *Remote) Send(ctx context.Context, ds []digest.Digest, open Opener, jobs int) (int64, error) {
+	missing := ds
 	var sent atomic.Int64
 	batches, streamed := r.Plan(missing)
 	g, gctx := errgroup.WithContext(ctx)
@@ -78,9 +89,9 @@ func (r *Remote) Upload(ctx context.Context, ds []digest.Digest, open Opener, jo
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, 0, err
+		return 0, err
 	}
-	return missing, sent.Load(), nil
+	return sent.Load(), nil
 }
 
 // readAll reads a whole blob, which must still have the size its digest

@@ -69,8 +69,7 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	})
 	pushes.Wait()
 	out := st.stats(start, perRef)
-	out.Blobs += pst.Blobs
-	out.Bytes += pst.Bytes
+	out.Pulled = pst.Pulled
 	out.BlobsPresent += pst.BlobsPresent
 	return flatten(perRef), out
 }

@@ -26,13 +26,16 @@ type fetcher struct {
 
 	mu      sync.Mutex
 	flights map[digest.Digest]chan struct{}
+	// planned are the blobs already counted in the run's total, so
+	// that blobs several refs share count once.
+	planned map[digest.Digest]struct{}
 
 	blobs, bytes atomic.Int64 // moved
 	present      atomic.Int64 // already local
 }
 
 func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events) *fetcher {
-	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, flights: map[digest.Digest]chan struct{}{}}
+	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, flights: map[digest.Digest]chan struct{}{}, planned: map[digest.Digest]struct{}{}}
 }
 
 // watch follows one ref's fetch: how many blobs its index hit's cache
@@ -76,7 +79,9 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 				if err := f.store.PutVerified(d, data); err != nil {
 					return nil, err
 				}
+				f.plan(d)
 				f.moved(d)
+				f.ev.bytes(d.Size)
 			}
 		}
 		miss, err := f.fetch(ctx, rest, w)
@@ -175,6 +180,7 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 	}
 	f.present.Add(int64(len(held)))
 	w.hold(held...)
+	f.plan(need...)
 	for _, c := range f.caches {
 		if len(need) == 0 {
 			break
@@ -333,6 +339,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 			return 0, err
 		}
 		f.moved(d)
+		f.ev.bytes(d.Size)
 	}
 	return len(missing), nil
 }
@@ -347,7 +354,7 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	if err != nil {
 		return true, err
 	}
-	if err := r.ReadBlob(ctx, d, w); err != nil {
+	if err := r.ReadBlob(ctx, d, counting{w, f.ev.bytes}); err != nil {
 		w.Abort()
 		if errors.Is(err, remotes.ErrNotFound) {
 			return false, nil // the next cache may have it
@@ -365,10 +372,24 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	return true, nil
 }
 
+// moved counts a blob stored; progress counts its bytes as they come.
 func (f *fetcher) moved(d digest.Digest) {
 	f.blobs.Add(1)
 	f.bytes.Add(d.Size)
-	f.ev.bytes(d.Size)
+}
+
+// plan adds the blobs not counted yet to the run's total.
+func (f *fetcher) plan(ds ...digest.Digest) {
+	var n int64
+	f.mu.Lock()
+	for _, d := range ds {
+		if _, ok := f.planned[d]; !ok {
+			f.planned[d] = struct{}{}
+			n += d.Size
+		}
+	}
+	f.mu.Unlock()
+	f.ev.plan(n)
 }
 
 // claim makes this goroutine the downloader of d, or returns a channel

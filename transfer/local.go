@@ -169,6 +169,7 @@ func (e *Engine) Verify(ctx context.Context, refs []string, everything, repair b
 		if !ok {
 			err = e.Store.Verify(d)
 			checked[d] = err
+			e.Events.plan(d.Size)
 			e.Events.bytes(d.Size)
 			if err == nil {
 				rep.Objects++

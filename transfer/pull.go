@@ -74,13 +74,22 @@ type Engine struct {
 
 // Stats are the totals of a run.
 type Stats struct {
-	Blobs        int64 `json:"blobs_transferred"`
-	Bytes        int64 `json:"bytes_transferred"`
+	// Pulled came into the local store; Pushed went to targets. A copy
+	// has both: what it promotes crosses the wire twice.
+	Pulled Flow `json:"pulled"`
+	Pushed Flow `json:"pushed"`
+	// BlobsPresent were already where they were going.
 	BlobsPresent int64 `json:"blobs_present"`
 	// WouldBlobs and WouldBytes are what a dry run would move.
 	WouldBlobs int64   `json:"blobs_would_transfer"`
 	WouldBytes int64   `json:"bytes_would_transfer"`
 	Seconds    float64 `json:"seconds"`
+}
+
+// Flow is what moved one way.
+type Flow struct {
+	Blobs int64 `json:"blobs"`
+	Bytes int64 `json:"bytes"`
 }
 
 // hasIndex and hasStorage pick caches by configured type.
@@ -145,7 +154,7 @@ func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions, then fu
 		})
 	}
 	g.Wait()
-	st := Stats{Blobs: f.blobs.Load(), Bytes: f.bytes.Load(), BlobsPresent: f.present.Load(), Seconds: time.Since(start).Seconds()}
+	st := Stats{Pulled: Flow{f.blobs.Load(), f.bytes.Load()}, BlobsPresent: f.present.Load(), Seconds: time.Since(start).Seconds()}
 	for _, r := range results {
 		st.WouldBlobs += r.Blobs
 		st.WouldBytes += r.Bytes

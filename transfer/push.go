@@ -52,7 +52,7 @@ func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o Pu
 }
 
 func (st *pushStats) stats(start time.Time, results [][]Result) Stats {
-	out := Stats{Blobs: st.blobs.Load(), Bytes: st.bytes.Load(), BlobsPresent: st.present.Load(), Seconds: time.Since(start).Seconds()}
+	out := Stats{Pushed: Flow{st.blobs.Load(), st.bytes.Load()}, BlobsPresent: st.present.Load(), Seconds: time.Since(start).Seconds()}
 	for _, rs := range results {
 		for _, r := range rs {
 			out.WouldBlobs += r.Blobs
@@ -194,15 +194,22 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 			return *done
 		}
 	}
-	if o.DryRun {
-		missing, err := r.FindMissing(ctx, p.all)
-		if err != nil {
-			return failed(res, err)
-		}
-		return wouldMove(res, same, StatusWouldPush, missing)
+	moved, err := r.FindMissing(ctx, p.all)
+	if err != nil {
+		return failed(res, err)
 	}
-	open := func(d digest.Digest) (io.ReadCloser, error) { return e.Store.Open(d) }
-	moved, bytes, err := r.Upload(ctx, p.all, open, t.Config.MaxConcurrency)
+	if o.DryRun {
+		return wouldMove(res, same, StatusWouldPush, moved)
+	}
+	e.Events.plan(sizeOf(moved))
+	open := func(d digest.Digest) (io.ReadCloser, error) {
+		rc, err := e.Store.Open(d)
+		if err != nil {
+			return nil, err
+		}
+		return countingReader{rc, e.Events.bytes}, nil
+	}
+	bytes, err := r.Send(ctx, moved, open, t.Config.MaxConcurrency)
 	if err != nil {
 		if fatal(err) {
 			t.kill(err, e.Events)
@@ -212,7 +219,6 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 	st.blobs.Add(int64(len(moved)))
 	st.bytes.Add(bytes)
 	st.present.Add(int64(len(p.all) - len(moved)))
-	e.Events.bytes(bytes)
 	if len(moved) == 0 && (same || !hasIndex(t)) {
 		res.Status, res.Reason = StatusSkipped, "the target already has it"
 		return res

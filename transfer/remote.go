@@ -35,9 +35,9 @@ type storage interface {
 	Plan(ds []digest.Digest) (batches [][]digest.Digest, streamed []digest.Digest)
 	// MaxBatchBytes is the cache's current batch limit.
 	MaxBatchBytes() int64
-	// Upload sends whichever of ds the cache lacks and returns what it
-	// sent and how many bytes.
-	Upload(ctx context.Context, ds []digest.Digest, open remotes.Opener, jobs int) ([]digest.Digest, int64, error)
+	// Send sends ds (which FindMissing said the cache lacks) and returns
+	// how many bytes it sent.
+	Send(ctx context.Context, ds []digest.Digest, open remotes.Opener, jobs int) (int64, error)
 }
 
 // index is what transfers need of a cache's ref index: BuildStream 1's
