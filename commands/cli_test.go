@@ -52,7 +52,7 @@ func TestFlagsAnywhere(t *testing.T) {
 	}
 	t.Setenv("BST_CACHE_JSON", "")
 	out, _, _ := runCLI(t, "", "--help")
-	for _, env := range []string{"BST_CACHE_CONFIG", "BST_CACHE_LOCAL", "BST_CACHE_FORMAT", "BST_CACHE_JSON", "BST_CACHE_QUIET", "BST_CACHE_VERBOSE", "BST_CACHE_JOBS", "BST_CACHE_NO_PROGRESS"} {
+	for _, env := range []string{"BST_CACHE_CONFIG", "BST_CACHE_LOCAL", "BST_CACHE_FORMAT", "BST_CACHE_JSON", "BST_CACHE_QUIET", "BST_CACHE_VERBOSE", "BST_CACHE_JOBS", "BST_CACHE_BWLIMIT", "BST_CACHE_NO_PROGRESS"} {
 		if !strings.Contains(out, env) {
 			t.Errorf("--help does not list %s", env)
 		}
@@ -73,6 +73,17 @@ func TestMessages(t *testing.T) {
 	bad := writeConfig(t, "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\n[cache.connection]\nconnect-timeout = 10\n")
 	if _, stderr, code := runCLI(t, "", "--config", bad, "config"); code != 2 || !strings.Contains(stderr, `:5: cache.connection.connect-timeout: want a duration like "10s", got 10`) {
 		t.Errorf("a duration written as a number: exit %d\n%s", code, stderr)
+	}
+	for content, want := range map[string]string{
+		"[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\nbandwidth = \"fast\"\n": `:4: cache "a": bandwidth: want a rate like "10MiB/s" or "100Mbit", got "fast"`,
+		"[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\nbandwidth = 10\n":       `:4: cache.bandwidth: want a rate like "10MiB/s" or "100Mbit", got 10`,
+	} {
+		if _, stderr, code := runCLI(t, "", "--config", writeConfig(t, content), "config"); code != 2 || !strings.Contains(stderr, want) {
+			t.Errorf("a bad bandwidth: exit %d\n%s\nwant %s", code, stderr, want)
+		}
+	}
+	if _, stderr, code := runCLI(t, "", "--bwlimit", "fast", "--local", t.TempDir(), "ls"); code != 2 || !strings.Contains(stderr, "--bwlimit") {
+		t.Errorf("a bad --bwlimit: exit %d\n%s", code, stderr)
 	}
 	srv := testenv.StartServe(t, testenv.ServeOptions{})
 	one := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false))

@@ -28,7 +28,7 @@ func decodeDoc(s string, v any) error {
 		return err
 	}
 	var obj map[string]json.RawMessage
-	if json.Unmarshal(d.Result, &obj) != nil {
+	if json.Unmarshal(d.Result, &obj) != nil || obj == nil {
 		return json.Unmarshal(d.Result, v)
 	}
 	obj["counts"], _ = json.Marshal(d.Counts)

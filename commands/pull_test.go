@@ -45,6 +45,7 @@ type pullReport struct {
 	Counts         map[string]int
 	Pulled, Pushed struct{ Blobs, Bytes int64 }
 	BlobsWould     int64 `json:"blobs_would_transfer"`
+	Seconds        float64
 }
 
 // moved is the blobs that crossed the wire either way.

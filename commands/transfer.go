@@ -269,6 +269,8 @@ func newProgress(c *cli.Context, e *env, what string, refs int) *progress {
 		progressbar.OptionSetDescription(p.describe()),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowTotalBytes(true),
+		progressbar.OptionShowCount(),
+		progressbar.OptionUseIECUnits(true),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionSetElapsedTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
@@ -290,7 +292,14 @@ func (p *progress) plan(n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.planned += n
-	p.bar.ChangeMax64(max(p.planned, p.moved))
+	p.resize()
+}
+
+// resize sets the bar's total to what is planned. The bar ends for good
+// once it reaches its total, and more trees may still come: its total
+// stays a byte ahead until finish.
+func (p *progress) resize() {
+	p.bar.ChangeMax64(max(p.planned, p.moved) + 1)
 }
 
 // add moves the bar by bytes that arrived or left.
@@ -301,10 +310,10 @@ func (p *progress) add(n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.moved += n
-	if p.moved > p.planned {
+	if p.moved >= p.planned {
 		// A retried stream sends some bytes twice: the total follows.
 		p.planned = p.moved
-		p.bar.ChangeMax64(p.planned)
+		p.resize()
 	}
 	p.bar.Set64(p.moved)
 }
@@ -441,7 +450,7 @@ type pool struct {
 }
 
 func newPool(cfg *config.Config) *pool {
-	return &pool{cfg: cfg, all: transfer.NewCaches(cfg.Caches)}
+	return &pool{cfg: cfg, all: transfer.NewCaches(cfg.Caches, cfg.Bwlimit)}
 }
 
 // named picks caches by configured name, in the order given.

@@ -87,6 +87,9 @@ type Config struct {
 	Local    string
 	LocalSet bool
 	Jobs     int
+	// Bwlimit, when positive, caps the bytes per second of a run over
+	// all caches together (--bwlimit).
+	Bwlimit int64
 	// LocalMaxSize, when positive, makes pull and copy run a gc of the
 	// local store down to it when they finish.
 	LocalMaxSize int64
@@ -112,8 +115,11 @@ type Cache struct {
 	Type           Type
 	Push           bool
 	MaxConcurrency int
-	Auth           Auth
-	Connection     Connection
+	// Bandwidth caps the bytes per second to and from this cache (0: no
+	// cap).
+	Bandwidth  int64
+	Auth       Auth
+	Connection Connection
 	// Origin is the [[cache]] header that declared it.
 	Origin Origin
 }

@@ -231,6 +231,7 @@ type rawCache struct {
 	Type           *string `toml:"type"`
 	Push           bool    `toml:"push"`
 	MaxConcurrency *int    `toml:"max-concurrency"`
+	Bandwidth      *string `toml:"bandwidth"`
 	Auth           struct {
 		ServerCert  string `toml:"server-cert"`
 		ClientCert  string `toml:"client-cert"`
@@ -426,6 +427,13 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 			return c, v.errorf(key("max-concurrency"), named("max-concurrency"), "must be between 1 and 10000, not %d", *rc.MaxConcurrency)
 		}
 		c.MaxConcurrency = *rc.MaxConcurrency
+	}
+	if rc.Bandwidth != nil {
+		n, err := ParseRate(*rc.Bandwidth)
+		if err != nil {
+			return c, v.errorf(key("bandwidth"), named("bandwidth"), "want a rate like \"10MiB/s\" or \"100Mbit\", got %q", *rc.Bandwidth)
+		}
+		c.Bandwidth = n
 	}
 
 	durations := []struct {
@@ -667,6 +675,8 @@ func typeWords(key, msg, got string) string {
 		want = "true or false"
 	case "local-max-size":
 		want = `a size like "20G"`
+	case "bandwidth":
+		want = `a rate like "10MiB/s" or "100Mbit"`
 	}
 	if got == "" {
 		return "want " + want

@@ -29,6 +29,7 @@ type CacheView struct {
 	Type           Type     `json:"type"`
 	Push           bool     `json:"push"`
 	MaxConcurrency int      `json:"max_concurrency"`
+	Bandwidth      int64    `json:"bandwidth,omitempty"`
 	Origin         string   `json:"origin"`
 	Auth           AuthView `json:"auth"`
 	ConnectTimeout string   `json:"connect_timeout"`
@@ -56,7 +57,7 @@ func (c *Config) View() View {
 	for _, cc := range c.Caches {
 		cv := CacheView{
 			Name: cc.Name, URL: cc.URL, InstanceName: cc.InstanceName, Type: cc.Type,
-			Push: cc.Push, MaxConcurrency: cc.MaxConcurrency, Origin: cc.Origin.String(),
+			Push: cc.Push, MaxConcurrency: cc.MaxConcurrency, Bandwidth: cc.Bandwidth, Origin: cc.Origin.String(),
 			Auth: AuthView{
 				ServerCert: cc.Auth.ServerCert, ClientCert: cc.Auth.ClientCert,
 				ClientKey: cc.Auth.ClientKey, AccessTokenFile: cc.Auth.AccessTokenFile,
@@ -91,6 +92,9 @@ func (c *Config) WriteTOML(w io.Writer) error {
 		fmt.Fprintf(&b, "\n# from %s\n[[cache]]\n", cv.Origin)
 		fmt.Fprintf(&b, "name = %s\nurl = %s\ninstance-name = %s\ntype = %s\npush = %t\nmax-concurrency = %d\n",
 			quote(cv.Name), quote(cv.URL), quote(cv.InstanceName), quote(string(cv.Type)), cv.Push, cv.MaxConcurrency)
+		if cv.Bandwidth > 0 {
+			fmt.Fprintf(&b, "bandwidth = \"%dB/s\"\n", cv.Bandwidth)
+		}
 		a := cv.Auth
 		if a != (AuthView{}) {
 			b.WriteString("[cache.auth]\n")

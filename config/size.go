@@ -33,3 +33,32 @@ func ParseSize(s string) (int64, error) {
 	}
 	return int64(f * mult), nil
 }
+
+// ParseRate reads a transfer rate in bytes per second: a size as
+// ParseSize reads it, with or without "/s" (10M, 10MiB/s, 500KB/s), or
+// bits per second as links are sold (100Mbit, 1Gbit/s, 512kbit). 0 and
+// "off" mean no limit.
+func ParseRate(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSpace(s), "/s")
+	if strings.EqualFold(t, "off") {
+		return 0, nil
+	}
+	lower := strings.ToLower(t)
+	for _, u := range []struct {
+		suffix string
+		bits   float64
+	}{{"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9}, {"bit", 1}} {
+		if strings.HasSuffix(lower, u.suffix) {
+			f, err := strconv.ParseFloat(strings.TrimSpace(t[:len(t)-len(u.suffix)]), 64)
+			if err != nil || f < 0 || f*u.bits/8 > 1<<50 {
+				return 0, errors.New("bad rate " + strconv.Quote(s))
+			}
+			return int64(f * u.bits / 8), nil
+		}
+	}
+	n, err := ParseSize(t)
+	if err != nil {
+		return 0, errors.New("bad rate " + strconv.Quote(s))
+	}
+	return n, nil
+}

@@ -26,3 +26,27 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		bad  bool
+	}{
+		{in: "10M", want: 10 << 20},
+		{in: "10MiB/s", want: 10 << 20},
+		{in: "10MB/s", want: 10e6},
+		{in: "100Mbit", want: 12_500_000},
+		{in: "1Gbit/s", want: 125_000_000},
+		{in: "512kbit", want: 64_000},
+		{in: "off", want: 0},
+		{in: "0", want: 0},
+		{in: "fast", bad: true},
+		{in: "-1Mbit", bad: true},
+	} {
+		got, err := ParseRate(tc.in)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("ParseRate(%q) = %d, %v; want %d (error: %v)", tc.in, got, err, tc.want, tc.bad)
+		}
+	}
+}

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"golang.org/x/time/rate"
+
 	"github.com/bst-cache/bst-cache/config"
 )
 
@@ -40,6 +42,7 @@ type options struct {
 	onRetry     func(RetryEvent)
 	onShrink    func(ShrinkEvent)
 	concurrency int
+	limiters    []*rate.Limiter
 }
 
 // ShrinkEvent says that a cache refused a message as too large and that
@@ -101,6 +104,12 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 			}),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 		},
+	}
+	if c.Bandwidth > 0 {
+		o.limiters = append(o.limiters, NewLimiter(c.Bandwidth))
+	}
+	if len(o.limiters) > 0 {
+		params.DialOpts = append(params.DialOpts, limitedDialer(c.Endpoint.Target, o.limiters))
 	}
 	if c.Auth.AccessTokenFile != "" {
 		tok, err := readToken(c.Auth.AccessTokenFile)

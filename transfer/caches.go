@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 
 	"github.com/bst-cache/bst-cache/config"
@@ -19,8 +20,10 @@ import (
 type Cache struct {
 	Config config.Cache
 
-	once   sync.Once
-	dial   dialer // dialRemote unless a test gives another
+	once sync.Once
+	dial dialer // dialRemote unless a test gives another
+	// shared caps the run's bytes over every cache (--bwlimit).
+	shared *rate.Limiter
 	remote remote
 	caps   remotes.Capabilities
 
@@ -43,11 +46,17 @@ func (c *Cache) warnOnce(key, msg string, ev Events) {
 	}
 }
 
-// NewCaches wraps configured caches, keeping their order.
-func NewCaches(cfgs []config.Cache) []*Cache {
+// NewCaches wraps configured caches, keeping their order. A bwlimit over
+// 0 caps the bytes per second of all of them together, on top of each
+// cache's own bandwidth.
+func NewCaches(cfgs []config.Cache, bwlimit int64) []*Cache {
+	var shared *rate.Limiter
+	if bwlimit > 0 {
+		shared = remotes.NewLimiter(bwlimit)
+	}
 	out := make([]*Cache, len(cfgs))
 	for i, c := range cfgs {
-		out[i] = &Cache{Config: c}
+		out[i] = &Cache{Config: c, shared: shared}
 	}
 	return out
 }
@@ -66,7 +75,11 @@ func (c *Cache) connect(ctx context.Context, ev Events) (remote, error) {
 		if dial == nil {
 			dial = dialRemote
 		}
-		r, caps, err := dial(ctx, c.Config, ev)
+		var opts []remotes.Option
+		if c.shared != nil {
+			opts = append(opts, remotes.WithLimiters(c.shared))
+		}
+		r, caps, err := dial(ctx, c.Config, ev, opts...)
 		if err != nil {
 			c.kill(err, ev)
 			return

@@ -43,7 +43,7 @@ func serveStore(t *testing.T, blobs ...[]byte) *Cache {
 		Name: "serve", URL: "http://" + addr, Type: config.TypeAll, MaxConcurrency: 4,
 		Endpoint:   config.Endpoint{Target: addr},
 		Connection: config.Connection{ConnectTimeout: 5 * time.Second, RequestTimeout: 30 * time.Second, RetryDelay: 50 * time.Millisecond},
-	}})[0]
+	}}, 0)[0]
 }
 
 // A blob another ref claimed while asking a cache that lacked it is

@@ -64,12 +64,12 @@ var _ remote = (*remotes.Remote)(nil)
 
 // dialer connects to a cache and probes it; a cache that fails is skipped
 // for the run. Events get the remote layer's warnings.
-type dialer func(ctx context.Context, cfg config.Cache, ev Events) (remote, remotes.Capabilities, error)
+type dialer func(ctx context.Context, cfg config.Cache, ev Events, opts ...remotes.Option) (remote, remotes.Capabilities, error)
 
 // dialRemote is the dialer of real caches: gRPC, then a probe within
 // probeTimeout.
-func dialRemote(ctx context.Context, cfg config.Cache, ev Events) (remote, remotes.Capabilities, error) {
-	r, err := remotes.Dial(ctx, cfg, remotes.WithShrinkHook(func(s remotes.ShrinkEvent) {
+func dialRemote(ctx context.Context, cfg config.Cache, ev Events, opts ...remotes.Option) (remote, remotes.Capabilities, error) {
+	opts = append(opts, remotes.WithShrinkHook(func(s remotes.ShrinkEvent) {
 		ev.Warn(fmt.Sprintf("cache %s (%s) refused a message as larger than its limit: %s size now %d bytes for the rest of this run", s.Cache, s.URL, s.What, s.Size))
 	}), remotes.WithRetryHook(func(e remotes.RetryEvent) {
 		var re *remotes.Error
@@ -79,6 +79,7 @@ func dialRemote(ctx context.Context, cfg config.Cache, ev Events) (remote, remot
 		}
 		ev.info(fmt.Sprintf("cache %s: %s: %s; retry %d in %s", e.Cache, e.Op, code, e.Attempt, e.Delay.Round(time.Millisecond)))
 	}))
+	r, err := remotes.Dial(ctx, cfg, opts...)
 	if err != nil {
 		return nil, remotes.Capabilities{}, err
 	}
