@@ -29,7 +29,7 @@ func pullCommand() *cli.Command {
 				return err
 			}
 			results, stats := eng.Pull(c.Context, refs, transfer.PullOptions{DryRun: c.Bool("dry-run")})
-			err = finishRun(c, e, p, "pull", results, stats)
+			err = finishRun(c, e, p, "pull", results, stats, pl.all)
 			if gerr := autoGC(c, e, eng, pl); err == nil {
 				err = gerr
 			}

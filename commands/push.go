@@ -51,7 +51,7 @@ func pushCommand() *cli.Command {
 				return err
 			}
 			results, stats := eng.Push(c.Context, refs, pl.named(names(targets)), transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
-			return finishRun(c, e, p, "push", results, stats)
+			return finishRun(c, e, p, "push", results, stats, pl.all)
 		},
 	}
 }

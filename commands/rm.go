@@ -35,7 +35,7 @@ func rmCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return finishRun(c, e, &progress{}, "rm", eng.Remove(c.Context, refs, c.Bool("dry-run")), transfer.Stats{})
+			return finishRun(c, e, &progress{}, "rm", eng.Remove(c.Context, refs, c.Bool("dry-run")), transfer.Stats{}, nil)
 		},
 	}
 }

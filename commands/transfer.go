@@ -348,13 +348,59 @@ func (p *progress) finish() {
 type report struct {
 	Refs []transfer.Result `json:"refs"`
 	transfer.Stats
+	// Caches are what each cache did, in priority order.
+	Caches []cacheUse `json:"caches"`
+}
+
+// cacheUse is what one cache did in a run: the refs it served (as a
+// source) or took (as a target), and the blobs, bytes, errors and seconds
+// the engine counted.
+type cacheUse struct {
+	transfer.CacheUsage
+	Refs int `json:"refs"`
+}
+
+// cacheUses sums up what each cache did for results.
+func cacheUses(caches []*transfer.Cache, results []transfer.Result) []cacheUse {
+	served := map[string]map[string]bool{}
+	add := func(cache, ref string) {
+		if served[cache] == nil {
+			served[cache] = map[string]bool{}
+		}
+		served[cache][ref] = true
+	}
+	for _, r := range results {
+		if r.Status != transfer.StatusDone && r.Status != transfer.StatusRepaired {
+			continue
+		}
+		add(r.Cache, r.Ref)
+		if r.Target != "" {
+			add(r.Target, r.Ref)
+		}
+	}
+	out := []cacheUse{}
+	for _, c := range caches {
+		out = append(out, cacheUse{CacheUsage: c.Usage(), Refs: len(served[c.Name()])})
+	}
+	return out
+}
+
+// writeCacheTable prints -v's table of what each cache did.
+func writeCacheTable(w io.Writer, uses []cacheUse) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "cache\trefs\tblobs\tbytes\terrors\tseconds")
+	for _, u := range uses {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%.1f\n", u.Name, u.Refs, u.Blobs, humanBytes(u.Bytes), u.Errors, u.Seconds)
+	}
+	tw.Flush()
 }
 
 // finishRun ends a transfer: it takes the progress bar down, prints the
 // summary (stderr, or JSON on stdout) and chooses the error: refs missing
 // everywhere (exit 3) only when nothing else failed.
-func finishRun(c *cli.Context, e *env, p *progress, command string, results []transfer.Result, stats transfer.Stats) error {
+func finishRun(c *cli.Context, e *env, p *progress, command string, results []transfer.Result, stats transfer.Stats, caches []*transfer.Cache) error {
 	p.finish()
+	uses := cacheUses(caches, results)
 	counts := map[string]int{}
 	for _, s := range []transfer.Status{transfer.StatusDone, transfer.StatusSkipped, transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict} {
 		counts[string(s)] = 0 // the usual counts, zeros included
@@ -363,7 +409,7 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		counts[string(s)] = n
 	}
 	if e.json {
-		if err := writeJSON(e, report{Refs: results, Stats: stats}, counts); err != nil {
+		if err := writeJSON(e, report{Refs: results, Stats: stats, Caches: uses}, counts); err != nil {
 			return err
 		}
 	} else {
@@ -387,6 +433,9 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 				line += "; " + movedLine(command, stats)
 			}
 			fmt.Fprintf(e.stderr, "%s: %s; %.1fs\n", command, line, stats.Seconds)
+			if e.verbose && len(uses) > 0 {
+				writeCacheTable(e.stderr, uses)
+			}
 		}
 	}
 	switch {

@@ -30,6 +30,55 @@ type Cache struct {
 	mu     sync.Mutex
 	dead   error // set when the cache is skipped
 	warned map[string]bool
+	use    usage
+}
+
+// usage is what a cache did in a run: blobs and bytes moved from or to
+// it, errors, and when it was first and last asked.
+type usage struct {
+	blobs, bytes, errors int64
+	first, last          time.Time
+}
+
+// CacheUsage is what one cache did in a run, for -v and --json.
+type CacheUsage struct {
+	Name   string `json:"name"`
+	Blobs  int64  `json:"blobs"`
+	Bytes  int64  `json:"bytes"`
+	Errors int64  `json:"errors"`
+	// Seconds runs from the first request to the cache to its last answer.
+	Seconds float64 `json:"seconds"`
+}
+
+// Usage is what the cache did in this run.
+func (c *Cache) Usage() CacheUsage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return CacheUsage{Name: c.Name(), Blobs: c.use.blobs, Bytes: c.use.bytes, Errors: c.use.errors, Seconds: c.use.last.Sub(c.use.first).Seconds()}
+}
+
+// count records blobs moved from or to the cache, errors it gave, and
+// that it was just asked.
+func (c *Cache) count(blobs int, bytes int64, errs int) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.use.blobs += int64(blobs)
+	c.use.bytes += bytes
+	c.use.errors += int64(errs)
+	if c.use.first.IsZero() {
+		c.use.first = now
+	}
+	c.use.last = now
+}
+
+// asked records that the cache was asked and answered (or failed, err).
+func (c *Cache) asked(err error) {
+	if err != nil {
+		c.count(0, 0, 1)
+	} else {
+		c.count(0, 0, 0)
+	}
 }
 
 // warnOnce warns once per run and cache about one kind of problem.
@@ -80,6 +129,7 @@ func (c *Cache) connect(ctx context.Context, ev Events) (remote, error) {
 			opts = append(opts, remotes.WithLimiters(c.shared))
 		}
 		r, caps, err := dial(ctx, c.Config, ev, opts...)
+		c.asked(err)
 		if err != nil {
 			c.kill(err, ev)
 			return

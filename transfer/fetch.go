@@ -61,7 +61,7 @@ func (w *watch) hold(ds ...digest.Digest) {
 func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (missing []digest.Digest, err error) {
 	t := cache.NewWalk(roots)
 	level := t.Next()
-	trees := f.getTrees(ctx, level)
+	trees, from := f.getTrees(ctx, level)
 	for len(level) > 0 {
 		var rest []digest.Digest
 		for _, d := range level {
@@ -82,6 +82,7 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 				f.plan(d)
 				f.moved(d)
 				f.ev.bytes(d.Size)
+				from.count(1, d.Size, 0)
 			}
 		}
 		miss, err := f.fetch(ctx, rest, w)
@@ -136,7 +137,7 @@ func (f *fetcher) localDir(ctx context.Context, d digest.Digest, w *watch) ([]by
 // getTrees asks the first live storage cache with GetTree for the trees
 // under roots the store lacks. Directories are re-serialized and kept only
 // where their digest matches, so nothing unverified is stored.
-func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[digest.Digest][]byte {
+func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) (map[digest.Digest][]byte, *Cache) {
 	out := map[digest.Digest][]byte{}
 	var need []digest.Digest
 	for _, d := range roots {
@@ -145,7 +146,7 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[diges
 		}
 	}
 	if len(need) == 0 {
-		return out
+		return out, nil
 	}
 	for _, c := range f.caches {
 		r, err := c.connect(ctx, f.ev)
@@ -167,9 +168,9 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) map[diges
 				}
 			}
 		}
-		return out
+		return out, c
 	}
-	return out
+	return out, nil
 }
 
 // fetch makes the given blobs local and returns those no cache had.
@@ -206,6 +207,7 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 				// other cache would do better.
 				return nil, err
 			}
+			c.asked(err)
 			if f.strict {
 				return nil, err
 			}
@@ -327,6 +329,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		return lacks, nil
 	}
 	if errors.Is(err, remotes.ErrCorrupt) {
+		c.asked(err)
 		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
 		return 0, nil
 	}
@@ -340,7 +343,9 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		}
 		f.moved(d)
 		f.ev.bytes(d.Size)
+		c.count(1, d.Size, 0)
 	}
+	c.asked(nil)
 	return len(missing), nil
 }
 
@@ -363,12 +368,14 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	}
 	if err := w.Commit(); err != nil {
 		if errors.Is(err, cache.ErrDigestMismatch) {
+			c.asked(err)
 			f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
 			return true, nil
 		}
 		return true, err
 	}
 	f.moved(d)
+	c.count(1, d.Size, 0)
 	return true, nil
 }
 

@@ -199,6 +199,7 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence b
 			if err := e.linkRefs(ctx, ref, en); err != nil {
 				return failed(res, err)
 			}
+			e.Events.info(ref + ": complete in the local store: skipped")
 			return res
 		}
 	}

@@ -195,6 +195,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		}
 	}
 	moved, err := r.FindMissing(ctx, p.all)
+	t.asked(err)
 	if err != nil {
 		return failed(res, err)
 	}
@@ -210,12 +211,14 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		return countingReader{rc, e.Events.bytes}, nil
 	}
 	bytes, err := r.Send(ctx, moved, open, t.Config.MaxConcurrency)
+	t.asked(err)
 	if err != nil {
 		if fatal(err) {
 			t.kill(err, e.Events)
 		}
 		return failed(res, err)
 	}
+	t.count(len(moved), bytes, 0)
 	st.blobs.Add(int64(len(moved)))
 	st.bytes.Add(bytes)
 	st.present.Add(int64(len(p.all) - len(moved)))
@@ -226,7 +229,9 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 	if hasIndex(t) {
 		// A repair rewrites the entry too: a bst2 entry then names the
 		// trees just added.
-		if err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots); err != nil {
+		err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots)
+		t.asked(err)
+		if err != nil {
 			return failed(res, err)
 		}
 	}
@@ -283,7 +288,9 @@ func (e *Engine) pushIndex(ctx context.Context, p pushing, t *Cache, readers []*
 	case o.DryRun:
 		res.Status, res.Reason = StatusWouldPush, "would write the index entry"
 	default:
-		if err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots); err != nil {
+		err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots)
+		t.asked(err)
+		if err != nil {
 			return failed(res, err)
 		}
 		res.Status = StatusDone

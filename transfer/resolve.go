@@ -70,16 +70,22 @@ func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d d
 			if e.Strict {
 				return a, err
 			}
+			e.Events.info(fmt.Sprintf("%s: cache %s: not asked: skipped for this run", ref, c.Name()))
 			a.unasked = append(a.unasked, c.describe(err))
 			continue
 		}
 		d, err := e.Kind.lookup(ctx, r, c.caps, ref)
 		switch {
 		case err == nil:
+			c.asked(nil)
+			e.Events.info(fmt.Sprintf("%s: cache %s: names %s", ref, c.Name(), d))
 		case errors.Is(err, remotes.ErrNotFound):
+			c.asked(nil)
+			e.Events.info(fmt.Sprintf("%s: cache %s: miss", ref, c.Name()))
 			a.notFound = append(a.notFound, c.Name())
 			continue
 		case errors.Is(err, errNoIndex):
+			e.Events.info(fmt.Sprintf("%s: cache %s: no index for these refs", ref, c.Name()))
 			if c.caps.ReferenceStorage && e.Kind != Bst1Artifact {
 				a.hint = fmt.Sprintf("cache %s has only BuildStream 1's index (ReferenceStorage): set format = \"bst1\" or use --format bst1", c.Name())
 			}
@@ -88,6 +94,8 @@ func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d d
 			// Buildbarn's bb_remote_asset answers a URI it would have to
 			// fetch itself with PERMISSION_DENIED (no "error" fetcher)
 			// or UNIMPLEMENTED: for us that is a miss.
+			c.asked(nil)
+			e.Events.info(fmt.Sprintf("%s: cache %s: refused the fetch: a miss", ref, c.Name()))
 			c.warnOnce("fetch-refused", fmt.Sprintf("%s; treated as a miss. Server-side fix: give bb_remote_asset an \"error\" fetcher so unknown URIs answer NOT_FOUND", c.describe(err)), e.Events)
 			a.notFound = append(a.notFound, c.Name())
 			continue
@@ -95,6 +103,8 @@ func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d d
 			if ctx.Err() != nil {
 				return a, ctx.Err()
 			}
+			c.asked(err)
+			e.Events.info(fmt.Sprintf("%s: cache %s: error: %v", ref, c.Name(), err))
 			if e.Strict {
 				return a, err
 			}
