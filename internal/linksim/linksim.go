@@ -135,4 +135,3 @@ func (k *Link) pump(src, dst net.Conn, d *direction) {
 		dst.Close()
 	}
 }
-
