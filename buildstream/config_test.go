@@ -1,29 +1,14 @@
 package buildstream
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-)
 
-// writeFiles writes files under a new directory and returns it.
-func writeFiles(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
+	"github.com/bst-cache/bst-cache/internal/testenv"
+)
 
 // urls lists "url push type" per cache, with cert paths relative to dir.
 func summary(dir string, rs []Remote) []string {
@@ -129,7 +114,7 @@ func TestCaches(t *testing.T) {
 			if c.user != "" {
 				files["config/buildstream.conf"] = c.user
 			}
-			dir := writeFiles(t, files)
+			dir := testenv.WriteFiles(t, files)
 			u, err := LoadUserConfig(UserConfigFile(filepath.Join(dir, "config"), c.version), c.version)
 			var got []Remote
 			if err == nil {
@@ -163,7 +148,7 @@ func TestCaches(t *testing.T) {
 }
 
 func TestCacheDir(t *testing.T) {
-	dir := writeFiles(t, map[string]string{"b1.conf": "artifactdir: ${XDG_CACHE_HOME}/elsewhere\n", "b2.conf": "cachedir: /srv/bst\n"})
+	dir := testenv.WriteFiles(t, map[string]string{"b1.conf": "artifactdir: ${XDG_CACHE_HOME}/elsewhere\n", "b2.conf": "cachedir: /srv/bst\n"})
 	u1, _ := LoadUserConfig(filepath.Join(dir, "b1.conf"), V1)
 	u2, _ := LoadUserConfig(filepath.Join(dir, "b2.conf"), V2)
 	none1, _ := LoadUserConfig("", V1)

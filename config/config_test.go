@@ -10,26 +10,12 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
-// writeFiles writes name -> content under dir and returns dir.
-func writeFiles(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
 func TestLoadFullExample(t *testing.T) {
-	dir := writeFiles(t, map[string]string{
+	dir := testenv.WriteFiles(t, map[string]string{
 		"ca.pem": "x", "client.crt": "x", "client.key": "x", "token.txt": "s3cret\n",
 		"c.toml": `format = "bst1"
 local = "store"
@@ -140,7 +126,7 @@ func TestLoadErrors(t *testing.T) {
 			for k, v := range files {
 				f[k] = v
 			}
-			dir := writeFiles(t, f)
+			dir := testenv.WriteFiles(t, f)
 			path := filepath.Join(dir, "bad.toml")
 			_, err := Load(Options{File: path})
 			if err == nil {
@@ -170,7 +156,7 @@ func TestLoadErrors(t *testing.T) {
 
 func TestTokenNeverInErrors(t *testing.T) {
 	const secret = "ghp_verysecrettoken123"
-	dir := writeFiles(t, map[string]string{"c.toml": "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\naccess-token = \"" + secret + "\"\n"})
+	dir := testenv.WriteFiles(t, map[string]string{"c.toml": "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\naccess-token = \"" + secret + "\"\n"})
 	_, err := Load(Options{File: filepath.Join(dir, "c.toml")})
 	if err == nil || strings.Contains(err.Error(), secret) {
 		t.Fatalf("error %v must exist and not contain the value", err)
@@ -178,7 +164,7 @@ func TestTokenNeverInErrors(t *testing.T) {
 }
 
 func TestUserAndProjectFiles(t *testing.T) {
-	dir := writeFiles(t, map[string]string{
+	dir := testenv.WriteFiles(t, map[string]string{
 		"home/config.toml":    "jobs = 5\n[[cache]]\nname = \"mine\"\nurl = \"http://mine:1\"\npush = true\n",
 		"proj/bst-cache.toml": "format = \"bst1\"\njobs = 2\n[[cache]]\nname = \"project\"\nurl = \"http://proj:1\"\n",
 		"home2/config.toml":   "override-project-caches = true\n[[cache]]\nname = \"mine\"\nurl = \"http://mine:1\"\n",
@@ -226,7 +212,7 @@ func TestUserAndProjectFiles(t *testing.T) {
 	}
 
 	// A project file may not drop caches: that is the user's choice.
-	bad := writeFiles(t, map[string]string{"bst-cache.toml": "override-project-caches = true\n"})
+	bad := testenv.WriteFiles(t, map[string]string{"bst-cache.toml": "override-project-caches = true\n"})
 	_, err = Load(Options{UserFile: filepath.Join(bad, "none.toml"), WorkDir: bad})
 	if err == nil || !strings.Contains(err.Error(), "only allowed in the user file") {
 		t.Errorf("override in project file: got %v", err)
@@ -244,7 +230,7 @@ func TestUserAndProjectFiles(t *testing.T) {
 
 func TestWriteTOMLRedactsToken(t *testing.T) {
 	const secret = "tok-abcdef-123456"
-	dir := writeFiles(t, map[string]string{
+	dir := testenv.WriteFiles(t, map[string]string{
 		"token":  secret,
 		"c.toml": "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\naccess-token = \"token\"\n",
 	})

@@ -204,3 +204,20 @@ func run(t testing.TB, dir string, env []string, name string, args ...string) st
 	}
 	return string(out)
 }
+
+// WriteFiles writes files (a relative path to its content) under a new
+// directory and returns it.
+func WriteFiles(t testing.TB, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
