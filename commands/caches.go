@@ -35,7 +35,7 @@ func cachesCommand() *cli.Command {
 			}
 			rows := probeAll(c.Context, e, c.Bool("offline"), c.Duration("timeout"))
 			if e.json {
-				err = writeJSON(e, rows, cacheCounts(rows))
+				writeJSON(e, rows, cacheCounts(rows))
 			} else {
 				err = writeCachesTable(e, rows)
 			}

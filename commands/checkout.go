@@ -68,10 +68,11 @@ func checkoutCommand() *cli.Command {
 				return fmt.Errorf("checkout %s into %s: %w", ref, dir, err)
 			}
 			if e.json {
-				return writeJSON(e, struct {
+				writeJSON(e, struct {
 					Ref       string `json:"ref"`
 					Directory string `json:"directory"`
 				}{ref, dir}, map[string]int{"files": n})
+				return nil
 			}
 			fmt.Fprintf(e.stdout, "%s: %d files checked out into %s\n", ref, n, dir)
 			return nil

@@ -16,7 +16,8 @@ func configCommand() *cli.Command {
 				return err
 			}
 			if e.json {
-				return writeJSON(e, e.cfg.View(), map[string]int{"caches": len(e.cfg.Caches), "source_caches": len(e.cfg.SourceCaches)})
+				writeJSON(e, e.cfg.View(), map[string]int{"caches": len(e.cfg.Caches), "source_caches": len(e.cfg.SourceCaches)})
+				return nil
 			}
 			return e.cfg.WriteTOML(e.stdout)
 		},

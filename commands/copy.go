@@ -45,7 +45,7 @@ func copyCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			p := newProgress(c, e, "copy", args.count()*len(targets))
+			p := newProgress(c, e, "copy")
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, pl.named(names(sources)), p)
@@ -63,6 +63,7 @@ func copyCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			p.expect(len(refs) * len(targets))
 			results, stats := eng.Copy(c.Context, refs, pl.named(names(targets)), transfer.CopyOptions{
 				PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
 				IncludeFailed: c.Bool("include-failed"),

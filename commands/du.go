@@ -41,10 +41,11 @@ func duCommand() *cli.Command {
 				for _, u := range usage {
 					missing += u.Missing
 				}
-				return writeJSON(e, struct {
+				writeJSON(e, struct {
 					Refs  []transfer.RefUsage `json:"refs"`
 					Store transfer.StoreUsage `json:"store"`
 				}{usage, total}, map[string]int{"refs": len(usage), "objects": total.Objects, "blobs_missing": missing})
+				return nil
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 			for _, u := range usage {

@@ -70,7 +70,8 @@ func gcCommand() *cli.Command {
 
 func printGC(e *env, rep transfer.GCReport, dryRun bool, took time.Duration) error {
 	if e.json {
-		return writeJSON(e, rep, map[string]int{"refs_removed": len(rep.Refs), "objects_removed": rep.Objects, "tmp_files_removed": rep.Tmp})
+		writeJSON(e, rep, map[string]int{"refs_removed": len(rep.Refs), "objects_removed": rep.Objects, "tmp_files_removed": rep.Tmp})
+		return nil
 	}
 	verb := "removed"
 	if dryRun {

@@ -139,7 +139,8 @@ func lsRemote(c *cli.Context, e *env, name string, kind cache.Kind) error {
 // as JSON.
 func printRefs(c *cli.Context, e *env, entries []lsEntry) error {
 	if e.json {
-		return writeJSON(e, entries, map[string]int{"refs": len(entries)})
+		writeJSON(e, entries, map[string]int{"refs": len(entries)})
+		return nil
 	}
 	if !c.Bool("long") {
 		for _, en := range entries {

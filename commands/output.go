@@ -41,9 +41,6 @@ func outputOf(app *cli.App) *output { return app.Metadata[outputKey].(*output) }
 func (o *output) setResult(result any, counts map[string]int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if counts == nil {
-		counts = map[string]int{}
-	}
 	o.result, o.counts = result, counts
 }
 
@@ -79,7 +76,6 @@ func (o *output) write(w io.Writer, err error, code int) error {
 
 // writeJSON makes result and counts the command's JSON document, which
 // Main prints when the command returns.
-func writeJSON(e *env, result any, counts map[string]int) error {
+func writeJSON(e *env, result any, counts map[string]int) {
 	e.out.setResult(result, counts)
-	return nil
 }

@@ -17,7 +17,7 @@ func pullCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			p := newProgress(c, e, "pull", args.count())
+			p := newProgress(c, e, "pull")
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, pl.all, p)
@@ -28,6 +28,7 @@ func pullCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			p.expect(len(refs))
 			results, stats := eng.Pull(c.Context, refs, transfer.PullOptions{DryRun: c.Bool("dry-run")})
 			err = finishRun(c, e, p, "pull", results, stats, pl.all)
 			if gerr := autoGC(c, e, eng, pl); err == nil {

@@ -39,7 +39,7 @@ func pushCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			p := newProgress(c, e, "push", args.count()*len(targets))
+			p := newProgress(c, e, "push")
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, nil, p)
@@ -50,6 +50,7 @@ func pushCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			p.expect(len(refs) * len(targets))
 			results, stats := eng.Push(c.Context, refs, pl.named(names(targets)), transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
 			return finishRun(c, e, p, "push", results, stats, pl.all)
 		},

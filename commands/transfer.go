@@ -252,14 +252,14 @@ type progress struct {
 	mu      sync.Mutex
 	bar     *progressbar.ProgressBar
 	what    string
-	refs    int // refs the run was given (times targets)
+	refs    int // results the run will have: refs (times targets)
 	done    int
 	planned int64
 	moved   int64
 }
 
-func newProgress(c *cli.Context, e *env, what string, refs int) *progress {
-	p := &progress{what: what, refs: refs}
+func newProgress(c *cli.Context, e *env, what string) *progress {
+	p := &progress{what: what}
 	f, ok := e.stderr.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) || e.quiet || e.json || c.Bool("no-progress") {
 		return p
@@ -280,15 +280,22 @@ func newProgress(c *cli.Context, e *env, what string, refs int) *progress {
 	return p
 }
 
+// expect sets how many results the run will have, once refs are expanded.
+func (p *progress) expect(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refs = n
+	if p.bar != nil {
+		p.bar.Describe(p.describe())
+	}
+}
+
 func (p *progress) describe() string {
 	return fmt.Sprintf("%s %d/%d refs", p.what, p.done, p.refs)
 }
 
 // plan adds bytes the run has to move to the bar's total.
 func (p *progress) plan(n int64) {
-	if p.bar == nil {
-		return
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.planned += n
@@ -304,9 +311,6 @@ func (p *progress) resize() {
 
 // add moves the bar by bytes that arrived or left.
 func (p *progress) add(n int64) {
-	if p.bar == nil {
-		return
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.moved += n
@@ -319,9 +323,6 @@ func (p *progress) add(n int64) {
 }
 
 func (p *progress) refDone() {
-	if p.bar == nil {
-		return
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.done++
@@ -409,9 +410,7 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		counts[string(s)] = n
 	}
 	if e.json {
-		if err := writeJSON(e, report{Refs: results, Stats: stats, Caches: uses}, counts); err != nil {
-			return err
-		}
+		writeJSON(e, report{Refs: results, Stats: stats, Caches: uses}, counts)
 	} else {
 		// Results on stdout (pull 2>/dev/null still prints them); the
 		// totals, like progress and warnings, on stderr.
@@ -561,15 +560,16 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*tran
 		}
 		pl.closers = append(pl.closers, unlock)
 	}
+	ev := transfer.Events{
+		OnWarn: func(msg string) { p.warn(e, msg) },
+		OnInfo: func(msg string) { e.debugf("%s", msg) },
+	}
+	if p.bar != nil {
+		// Without a bar, the engine keeps no tally for it.
+		ev.OnRef, ev.OnPlan, ev.OnBytes = func(transfer.Result) { p.refDone() }, p.plan, p.add
+	}
 	return &transfer.Engine{
 		Store: store, Kind: kind, Caches: caches, Storage: pl.storage(), Jobs: e.cfg.Jobs,
-		Strict: c.Bool("strict"), WithBuildtrees: c.Bool("with-buildtrees"),
-		Events: transfer.Events{
-			OnWarn:  func(msg string) { p.warn(e, msg) },
-			OnRef:   func(transfer.Result) { p.refDone() },
-			OnPlan:  p.plan,
-			OnBytes: p.add,
-			OnInfo:  func(msg string) { e.debugf("%s", msg) },
-		},
+		Strict: c.Bool("strict"), WithBuildtrees: c.Bool("with-buildtrees"), Events: ev,
 	}, nil
 }

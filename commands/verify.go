@@ -31,7 +31,8 @@ func verifyCommand() *cli.Command {
 				return err
 			}
 			// A bar on a terminal: verify reads every byte.
-			p := newProgress(c, e, "verify", len(refs))
+			p := newProgress(c, e, "verify")
+			p.expect(len(refs))
 			pl := newPool(e.cfg)
 			defer pl.close()
 			eng, err := engine(c, e, kind, pl, pl.all, p)
@@ -44,9 +45,7 @@ func verifyCommand() *cli.Command {
 				return err
 			}
 			if e.json {
-				if err := writeJSON(e, rep, map[string]int{"refs": rep.Refs, "objects": rep.Objects, "problems": len(rep.Problems), "unrepaired": rep.Unrepaired(), "refs_removed": len(rep.Removed)}); err != nil {
-					return err
-				}
+				writeJSON(e, rep, map[string]int{"refs": rep.Refs, "objects": rep.Objects, "problems": len(rep.Problems), "unrepaired": rep.Unrepaired(), "refs_removed": len(rep.Removed)})
 			} else {
 				for _, pr := range rep.Problems {
 					state := ""

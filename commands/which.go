@@ -56,9 +56,7 @@ func whichCommand() *cli.Command {
 				sums[l.Status]++
 			}
 			if e.json {
-				if err := writeJSON(e, locs, sums); err != nil {
-					return err
-				}
+				writeJSON(e, locs, sums)
 			} else {
 				writeWhich(e, locs)
 			}

@@ -42,10 +42,9 @@ func (r *Remote) Upload(ctx context.Context, ds []digest.Digest, open Opener, jo
 	return missing, sent, nil
 }
 
-// Send sends ds, which the caller knows the cache lacks, as Upload does,
+// Send sends missing, which the caller knows the cache lacks, as Upload does,
 // and returns the bytes sent.
-func (r *Remote) Send(ctx context.Context, ds []digest.Digest, open Opener, jobs int) (int64, error) {
-	missing := ds
+func (r *Remote) Send(ctx context.Context, missing []digest.Digest, open Opener, jobs int) (int64, error) {
 	var sent atomic.Int64
 	batches, streamed := r.Plan(missing)
 	g, gctx := errgroup.WithContext(ctx)

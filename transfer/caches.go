@@ -72,13 +72,13 @@ func (c *Cache) count(blobs int, bytes int64, errs int) {
 	c.use.last = now
 }
 
-// asked records that the cache was asked and answered (or failed, err).
+// asked records that the cache was asked and answered, or failed (err).
 func (c *Cache) asked(err error) {
+	errs := 0
 	if err != nil {
-		c.count(0, 0, 1)
-	} else {
-		c.count(0, 0, 0)
+		errs = 1
 	}
+	c.count(0, 0, errs)
 }
 
 // warnOnce warns once per run and cache about one kind of problem.

@@ -44,13 +44,13 @@ func (e Events) plan(n int64) {
 	}
 }
 
-// counting calls on with the size of every write.
-type counting struct {
+// countingWriter calls on with the size of every write.
+type countingWriter struct {
 	w  io.Writer
 	on func(int64)
 }
 
-func (c counting) Write(p []byte) (int, error) {
+func (c countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.on(int64(n))
 	return n, err

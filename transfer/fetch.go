@@ -336,6 +336,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 	if err != nil {
 		return 0, err
 	}
+	var bytes int64
 	for d, data := range found {
 		// BatchRead checked each blob against its digest.
 		if err := f.store.PutVerified(d, data); err != nil {
@@ -343,9 +344,9 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		}
 		f.moved(d)
 		f.ev.bytes(d.Size)
-		c.count(1, d.Size, 0)
+		bytes += d.Size
 	}
-	c.asked(nil)
+	c.count(len(found), bytes, 0)
 	return len(missing), nil
 }
 
@@ -359,7 +360,7 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	if err != nil {
 		return true, err
 	}
-	if err := r.ReadBlob(ctx, d, counting{w, f.ev.bytes}); err != nil {
+	if err := r.ReadBlob(ctx, d, countingWriter{w, f.ev.bytes}); err != nil {
 		w.Abort()
 		if errors.Is(err, remotes.ErrNotFound) {
 			return false, nil // the next cache may have it
@@ -385,8 +386,12 @@ func (f *fetcher) moved(d digest.Digest) {
 	f.bytes.Add(d.Size)
 }
 
-// plan adds the blobs not counted yet to the run's total.
+// plan adds the blobs not counted yet to the run's total; without an
+// OnPlan to tell, it keeps nothing.
 func (f *fetcher) plan(ds ...digest.Digest) {
+	if f.ev.OnPlan == nil {
+		return
+	}
 	var n int64
 	f.mu.Lock()
 	for _, d := range ds {
