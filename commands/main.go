@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"sync"
 
 	"github.com/bst-cache/bst-cache/config"
 )
@@ -22,6 +24,7 @@ const (
 // Main runs the command line with args (args[0] is the program name),
 // prints any error once on stderr, and returns the exit code.
 func Main(ctx context.Context, version string, args []string, stdout, stderr io.Writer) int {
+	stdout, stderr = serialized(stdout), serialized(stderr)
 	app := NewApp(version, stdout, stderr)
 	err := app.RunContext(ctx, reorder(app, args))
 	code := ExitCode(err)
@@ -55,6 +58,28 @@ func ExitCode(err error) int {
 		return ExitInterrupted
 	}
 	return ExitFailure
+}
+
+// serialized makes w safe for the engine's goroutines to write whole
+// lines to. An *os.File already is (each Write is one system call under
+// the file's own lock) and stays as it is, so a terminal is still seen as
+// one; anything else, such as a test's buffer, gets a mutex.
+func serialized(w io.Writer) io.Writer {
+	if _, ok := w.(*os.File); ok {
+		return w
+	}
+	return &lockedWriter{w: w}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func printError(w io.Writer, err error) {
