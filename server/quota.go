@@ -47,9 +47,22 @@ type quota struct {
 	used    int64 // bytes of objects
 }
 
+// object is one stored blob. Its lease runs from the later of two times:
+// uploaded, which the push that names it ends, and used (reported present
+// or read), which only time ends: another client may have been told the
+// blob is there and be about to name it.
 type object struct {
-	used  time.Time
-	needs int // refs that need it
+	uploaded time.Time
+	used     time.Time
+	needs    int // refs that need it
+}
+
+// leasedAt is when the object's lease started.
+func (o *object) leasedAt() time.Time {
+	if o.uploaded.After(o.used) {
+		return o.uploaded
+	}
+	return o.used
 }
 
 type refKey struct {
@@ -96,9 +109,9 @@ func newQuota(s *Server, limit int64, lease time.Duration) (*quota, error) {
 func (q *quota) stored(d digest.Digest, now time.Time) {
 	q.mu.Lock()
 	if o := q.objects[d]; o != nil {
-		o.used = now
+		o.uploaded = now
 	} else {
-		q.objects[d] = &object{used: now}
+		q.objects[d] = &object{uploaded: now}
 		q.used += d.Size
 	}
 	q.mu.Unlock()
@@ -115,16 +128,18 @@ func (q *quota) use(d digest.Digest, now time.Time) {
 }
 
 // setRef accounts for a ref written with its closure. The push that
-// wrote it is done, so the lease of what it names ends: from now on the
-// ref keeps them, as the most recently used ref (a client that asks for
-// one of them again renews its lease).
+// wrote it is done, so the upload lease of what it names ends: from now
+// on the ref keeps them, as the most recently used ref. A lease from a
+// client told a blob is present runs on: that client may be about to name
+// it in a ref of its own (a blob every push shares was evicted between
+// one client's FindMissingBlobs and its ref when another's push ended it).
 func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.setRefLocked(refKey{kind, ref}, closure, now)
 	for _, d := range closure {
 		if o := q.objects[d]; o != nil {
-			o.used = time.Time{}
+			o.uploaded = time.Time{}
 		}
 	}
 }
@@ -225,7 +240,7 @@ func (q *quota) evict(now time.Time) (refs int, freed int64, err error) {
 		q.used -= d.Size
 		freed += d.Size
 	}
-	leased := func(o *object) bool { return now.Sub(o.used) < q.lease }
+	leased := func(o *object) bool { return now.Sub(o.leasedAt()) < q.lease }
 
 	// Unreferenced objects past their lease, oldest first.
 	for _, d := range q.loose(func(o *object) bool { return !leased(o) }) {
@@ -297,7 +312,7 @@ func (q *quota) loose(keep func(*object) bool) []digest.Digest {
 			out = append(out, d)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return q.objects[out[i]].used.Before(q.objects[out[j]].used) })
+	sort.Slice(out, func(i, j int) bool { return q.objects[out[i]].leasedAt().Before(q.objects[out[j]].leasedAt()) })
 	return out
 }
 

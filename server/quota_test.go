@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -67,5 +68,56 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		if _, missing, err := store.Closure(refs[name]); err != nil || len(missing) > 0 {
 			t.Errorf("%s lost blobs to eviction: %v %v", name, missing, err)
 		}
+	}
+}
+
+// A client told a blob is present may name it after another client's push
+// that names it too has ended: that push must not end the first client's
+// lease. (A blob every push shares was evicted between one client's
+// FindMissingBlobs and its PushDirectory, under load.)
+func TestQuotaKeepsBlobsAnotherClientWasToldOf(t *testing.T) {
+	addr, _, _ := startServer(t, server.Options{AllowWrites: true, Quota: 100 << 10, Lease: time.Hour})
+	a, b := dialRemote(t, addr), dialRemote(t, addr)
+	ctx := context.Background()
+	shared := bytes.Repeat([]byte("shared"), 5<<10)
+	push := func(name string, files map[string][]byte) {
+		t.Helper()
+		root, blobs := artifactTree(files)
+		if _, _, err := a.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + name}, root); err != nil {
+			t.Fatal(err)
+		}
+	}
+	push("demo/first/1", map[string][]byte{"shared": shared, "own": bytes.Repeat([]byte("1"), 20<<10)})
+	// b is told the shared blob is there, and will name it.
+	sd := digest.NewFromBlob(shared)
+	if missing, err := b.FindMissing(ctx, []digest.Digest{sd}); err != nil || len(missing) > 0 {
+		t.Fatalf("FindMissing: %v, %v", missing, err)
+	}
+	// a names it in a second push, whose end ends a's lease on it.
+	push("demo/second/1", map[string][]byte{"shared": shared, "own": bytes.Repeat([]byte("2"), 20<<10)})
+	// Pressure: pushes of other content evict both refs.
+	for i := range 4 {
+		push(fmt.Sprintf("demo/filler/%d", i), map[string][]byte{"own": bytes.Repeat([]byte{byte(i)}, 30<<10)})
+	}
+	for _, ref := range []string{"demo/first/1", "demo/second/1"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for _, err := a.FetchDirectory(ctx, buildstream.URNBst1Artifact+ref); !errors.Is(err, remotes.ErrNotFound); _, err = a.FetchDirectory(ctx, buildstream.URNBst1Artifact+ref) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s was not evicted: %v", ref, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// b sends what it was told is missing, and names the shared blob.
+	root, blobs := artifactTree(map[string][]byte{"shared": shared})
+	delete(blobs, sd)
+	if err := b.BatchUpdate(ctx, blobs); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + "demo/third/1"}, root); err != nil {
+		t.Errorf("b names the blob it was told is present: %v", err)
 	}
 }
