@@ -174,6 +174,7 @@ func capsSummary(c *remotes.Capabilities) string {
 	if len(c.Compressors) > 0 {
 		parts = append(parts, "compressors="+strings.Join(c.Compressors, "+"))
 	}
+	add(c.Compressed, "zstd-on-the-wire")
 	if len(parts) == 0 {
 		return "none"
 	}

@@ -158,7 +158,7 @@ func fromRemote(r buildstream.Remote, taken map[string]bool) (Cache, error) {
 	c := Cache{
 		Name: nameFor(r, taken), URL: r.URL, Endpoint: ep, InstanceName: r.InstanceName,
 		Type: Type(r.Type), Push: r.Push, MaxConcurrency: DefaultMaxConcurrency,
-		Origin: Origin{File: r.File, Line: r.Line},
+		Compression: CompressionAuto, Origin: Origin{File: r.File, Line: r.Line},
 		Connection: Connection{
 			ConnectTimeout: DefaultConnectTimeout, RequestTimeout: DefaultRequestTimeout,
 			RetryLimit: DefaultRetryLimit, RetryDelay: DefaultRetryDelay, StallTimeout: DefaultStallTimeout,

@@ -117,12 +117,25 @@ type Cache struct {
 	MaxConcurrency int
 	// Bandwidth caps the bytes per second to and from this cache (0: no
 	// cap).
-	Bandwidth  int64
-	Auth       Auth
-	Connection Connection
+	Bandwidth int64
+	// Compression is whether blobs may cross the wire zstd-compressed
+	// when the cache advertises it.
+	Compression Compression
+	Auth        Auth
+	Connection  Connection
 	// Origin is the [[cache]] header that declared it.
 	Origin Origin
 }
+
+// Compression says whether a cache's blobs travel compressed.
+type Compression string
+
+// The compression settings. Auto uses zstd where the cache advertises it
+// (REAPI supported_compressors); off never compresses.
+const (
+	CompressionAuto Compression = "auto"
+	CompressionOff  Compression = "off"
+)
 
 // Auth holds credentials as absolute file paths. The files are checked to
 // exist at load time and read only when a connection is made.

@@ -28,6 +28,7 @@ instance-name = "main"
 type = "index"
 push = true
 max-concurrency = 4
+compression = "off"
 
 [cache.auth]
 server-cert = "ca.pem"
@@ -60,7 +61,7 @@ url = "grpc://10.0.0.1"
 			{
 				Name: "latest", URL: "https://cache.example.com:11001",
 				Endpoint:     Endpoint{Target: "cache.example.com:11001", TLS: true, ServerName: "cache.example.com"},
-				InstanceName: "main", Type: TypeIndex, Push: true, MaxConcurrency: 4,
+				InstanceName: "main", Type: TypeIndex, Push: true, MaxConcurrency: 4, Compression: CompressionOff,
 				Auth: Auth{
 					ServerCert: filepath.Join(dir, "ca.pem"), ClientCert: filepath.Join(dir, "client.crt"),
 					ClientKey: filepath.Join(dir, "client.key"), AccessTokenFile: filepath.Join(dir, "token.txt"),
@@ -71,10 +72,10 @@ url = "grpc://10.0.0.1"
 			{
 				Name: "releases", URL: "grpc://10.0.0.1",
 				Endpoint: Endpoint{Target: "10.0.0.1:80", ServerName: "10.0.0.1"},
-				Type:     TypeAll, MaxConcurrency: DefaultMaxConcurrency,
+				Type:     TypeAll, MaxConcurrency: DefaultMaxConcurrency, Compression: CompressionAuto,
 				Connection: Connection{ConnectTimeout: DefaultConnectTimeout, RequestTimeout: DefaultRequestTimeout,
 					RetryLimit: DefaultRetryLimit, RetryDelay: DefaultRetryDelay, StallTimeout: DefaultStallTimeout},
-				Origin: Origin{File: file, Line: 25},
+				Origin: Origin{File: file, Line: 26},
 			},
 		},
 	}
@@ -106,6 +107,8 @@ func TestLoadErrors(t *testing.T) {
 		{"missing name", "[[cache]]\nurl = \"http://h:1\"\n", 1, "cache.name", "missing"},
 		{"invalid name", "[[cache]]\nname = \"Latest!\"\nurl = \"http://h:1\"\n", 2, "cache.name", "not a valid name"},
 		{"duplicate name", "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\n[[cache]]\nname = \"a\"\nurl = \"http://h:2\"\n", 4, "cache.name", "duplicate cache name \"a\""},
+		{"bad compression", "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\ncompression = \"gzip\"\n", 4, "cache \"a\": compression", `"gzip": want "auto" or "off"`},
+		{"compression type", "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\ncompression = false\n", 4, "cache.compression", `want "auto" or "off", got false`},
 		{"missing url", "[[cache]]\nname = \"a\"\n", 1, "cache \"a\": url", "missing"},
 		{"unknown scheme", "[[cache]]\nname = \"a\"\nurl = \"ftp://h:1\"\n", 3, "cache \"a\": url", "unknown scheme \"ftp\""},
 		{"no scheme", "[[cache]]\nname = \"a\"\nurl = \"h:1\"\n", 3, "cache \"a\": url", ""},

@@ -232,6 +232,7 @@ type rawCache struct {
 	Push           bool    `toml:"push"`
 	MaxConcurrency *int    `toml:"max-concurrency"`
 	Bandwidth      *string `toml:"bandwidth"`
+	Compression    *string `toml:"compression"`
 	Auth           struct {
 		ServerCert  string `toml:"server-cert"`
 		ClientCert  string `toml:"client-cert"`
@@ -390,6 +391,7 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 		Type:           TypeAll,
 		Push:           rc.Push,
 		MaxConcurrency: DefaultMaxConcurrency,
+		Compression:    CompressionAuto,
 		Origin:         Origin{File: v.file, Line: v.line(at)},
 		Connection: Connection{
 			ConnectTimeout: DefaultConnectTimeout,
@@ -434,6 +436,14 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 			return c, v.errorf(key("bandwidth"), named("bandwidth"), "want a rate like \"10MiB/s\" or \"100Mbit\", got %q", *rc.Bandwidth)
 		}
 		c.Bandwidth = n
+	}
+	if rc.Compression != nil {
+		switch m := Compression(*rc.Compression); m {
+		case CompressionAuto, CompressionOff:
+			c.Compression = m
+		default:
+			return c, v.errorf(key("compression"), named("compression"), "%q: want \"auto\" or \"off\"", *rc.Compression)
+		}
 	}
 
 	durations := []struct {
@@ -675,6 +685,8 @@ func typeWords(key, msg, got string) string {
 		want = "true or false"
 	case "local-max-size":
 		want = `a size like "20G"`
+	case "compression":
+		want = `"auto" or "off"`
 	case "bandwidth":
 		want = `a rate like "10MiB/s" or "100Mbit"`
 	}

@@ -30,6 +30,7 @@ type CacheView struct {
 	Push           bool     `json:"push"`
 	MaxConcurrency int      `json:"max_concurrency"`
 	Bandwidth      int64    `json:"bandwidth,omitempty"`
+	Compression    string   `json:"compression"`
 	Origin         string   `json:"origin"`
 	Auth           AuthView `json:"auth"`
 	ConnectTimeout string   `json:"connect_timeout"`
@@ -58,6 +59,7 @@ func (c *Config) View() View {
 		cv := CacheView{
 			Name: cc.Name, URL: cc.URL, InstanceName: cc.InstanceName, Type: cc.Type,
 			Push: cc.Push, MaxConcurrency: cc.MaxConcurrency, Bandwidth: cc.Bandwidth, Origin: cc.Origin.String(),
+			Compression: string(cc.Compression),
 			Auth: AuthView{
 				ServerCert: cc.Auth.ServerCert, ClientCert: cc.Auth.ClientCert,
 				ClientKey: cc.Auth.ClientKey, AccessTokenFile: cc.Auth.AccessTokenFile,
@@ -92,6 +94,7 @@ func (c *Config) WriteTOML(w io.Writer) error {
 		fmt.Fprintf(&b, "\n# from %s\n[[cache]]\n", cv.Origin)
 		fmt.Fprintf(&b, "name = %s\nurl = %s\ninstance-name = %s\ntype = %s\npush = %t\nmax-concurrency = %d\n",
 			quote(cv.Name), quote(cv.URL), quote(cv.InstanceName), quote(string(cv.Type)), cv.Push, cv.MaxConcurrency)
+		fmt.Fprintf(&b, "compression = %s\n", quote(cv.Compression))
 		if cv.Bandwidth > 0 {
 			fmt.Fprintf(&b, "bandwidth = \"%dB/s\"\n", cv.Bandwidth)
 		}

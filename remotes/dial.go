@@ -81,6 +81,7 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		tls:      c.Endpoint.TLS,
 		instance: c.InstanceName,
 		conn:     c.Connection,
+		compress: c.Compression,
 		sem:      make(chan struct{}, o.concurrency),
 		onRetry:  o.onRetry,
 		onShrink: o.onShrink,

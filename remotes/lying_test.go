@@ -90,6 +90,27 @@ func TestReadFromALyingServer(t *testing.T) {
 	}
 }
 
+// A server that answers a compressed read with a zstd bomb: the read
+// fails as corrupt once the digest's size is passed, having written no
+// more than that, and quickly.
+func TestCompressedReadFromALyingServer(t *testing.T) {
+	blob := bytes.Repeat([]byte("abc"), 1000)
+	d := digest.NewFromBlob(blob)
+	r := lying(t, testenv.ProxyFaults{Read: "bomb"}, blob)
+	if res := probe(t, r, config.TypeAll); !res.Caps.Compressed {
+		t.Fatalf("serve behind the proxy does not advertise zstd: %+v", res.Caps)
+	}
+	var buf bytes.Buffer
+	start := time.Now()
+	err := r.ReadBlob(context.Background(), d, &buf)
+	if !errors.Is(err, remotes.ErrCorrupt) || time.Since(start) > 5*time.Second {
+		t.Errorf("read of a bomb: %v after %s; want ErrCorrupt", err, time.Since(start))
+	}
+	if int64(buf.Len()) > d.Size {
+		t.Errorf("%d bytes written for a %d-byte blob", buf.Len(), d.Size)
+	}
+}
+
 // A BatchReadBlobs answer carrying a blob nobody asked for: it is dropped.
 func TestBatchReadDropsUnaskedBlobs(t *testing.T) {
 	blob, extra := []byte("asked for"), []byte("not asked for")

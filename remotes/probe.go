@@ -32,6 +32,9 @@ type Capabilities struct {
 	PushAllowed      Push     `json:"push_allowed"`
 	MaxBatchBytes    int64    `json:"max_batch_bytes"`
 	Compressors      []string `json:"compressors"`
+	// Compressed is true when blobs travel zstd-compressed (the cache
+	// advertises it and its compression setting is not "off").
+	Compressed bool `json:"compressed"`
 }
 
 // Push says whether the cache takes pushes for the configured instance.
@@ -97,6 +100,8 @@ func Probe(ctx context.Context, r *Remote, typ config.Type) ProbeResult {
 		for _, c := range cc.GetSupportedCompressors() {
 			caps.Compressors = append(caps.Compressors, c.String())
 		}
+		r.setCompression(cc)
+		caps.Compressed = r.Compressed()
 	case codes.Unimplemented:
 	default:
 		return fail(err)

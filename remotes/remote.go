@@ -7,7 +7,6 @@ import (
 	"io"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/zstdwire"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
 
@@ -37,6 +37,8 @@ type Remote struct {
 	target              string // host:port or unix:PATH
 	tls                 bool
 	conn                config.Connection
+	compress            config.Compression
+	zstd                compression // set by Probe
 	sem                 chan struct{}
 	onRetry             func(RetryEvent)
 	onShrink            func(ShrinkEvent)
@@ -168,6 +170,9 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 	for _, d := range ds {
 		req.Digests = append(req.Digests, d.ToProto())
 	}
+	if r.zstd.batchRead {
+		req.AcceptableCompressors = []repb.Compressor_Value{repb.Compressor_ZSTD}
+	}
 	var resp *repb.BatchReadBlobsResponse
 	err = r.call(ctx, "BatchReadBlobs", true, func(ctx context.Context) (err error) {
 		resp, err = r.cas.BatchReadBlobs(ctx, req)
@@ -187,10 +192,14 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 		answered[d] = true
 		switch c := codes.Code(br.GetStatus().GetCode()); c {
 		case codes.OK:
-			if got := digest.NewFromBlob(br.GetData()); got != d {
+			data, err := batchEntry(br, d)
+			if err != nil {
+				return nil, nil, r.wrap("BatchReadBlobs", err)
+			}
+			if got := digest.NewFromBlob(data); got != d {
 				return nil, nil, r.wrap("BatchReadBlobs", fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, got.Size, got.Hash))
 			}
-			found[d] = br.GetData()
+			found[d] = data
 		case codes.NotFound:
 			missing = append(missing, d)
 		default:
@@ -229,7 +238,7 @@ func (e localError) Unwrap() error { return e.err }
 // cache's stall-timeout; more bytes than the digest's size fail it at once.
 // An error writing to w is returned as it is, never retried.
 func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) error {
-	name, err := r.sdk.ResourceName("blobs", d.Hash, strconv.FormatInt(d.Size, 10))
+	name, err := r.readName(d)
 	if err != nil {
 		return r.wrap("ByteStream.Read", err)
 	}
@@ -252,7 +261,9 @@ func (r *Remote) stallTimeout() time.Duration {
 	return r.conn.StallTimeout
 }
 
-// readFrom reads one stream from *off on, advancing it.
+// readFrom reads one stream from *off on, advancing it. A compressed
+// stream resumes at the same offset: REAPI's read_offset counts
+// uncompressed bytes.
 func (r *Remote) readFrom(ctx context.Context, name string, d digest.Digest, w io.Writer, off *int64) error {
 	stall := r.stallTimeout()
 	sctx, cancel := context.WithCancelCause(ctx)
@@ -263,34 +274,74 @@ func (r *Remote) readFrom(ctx context.Context, name string, d digest.Digest, w i
 	if err != nil {
 		return err
 	}
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
+	src := &recvReader{stream: stream, progress: func() { timer.Reset(stall) }}
+	dst := boundedWriter{w: w, off: off, limit: d.Size}
+	if r.zstd.streams {
+		_, err = zstdwire.Copy(dst, src, d.Size-*off)
+		switch {
+		case errors.Is(err, zstdwire.ErrTooLarge):
+			err = fmt.Errorf("%w: the server sent more than the %d bytes its digest says", ErrCorrupt, d.Size)
+		case errors.Is(err, zstdwire.ErrCorrupt):
+			err = fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		if err != nil {
-			if errors.Is(context.Cause(sctx), ErrStalled) {
-				return fmt.Errorf("%w: no bytes for %s after %d of %d", ErrStalled, stall, *off, d.Size)
-			}
-			return err
+	} else {
+		_, err = io.Copy(dst, src)
+	}
+	if err != nil {
+		if errors.Is(context.Cause(sctx), ErrStalled) {
+			return fmt.Errorf("%w: no bytes for %s after %d of %d", ErrStalled, stall, *off, d.Size)
 		}
-		data := resp.GetData()
-		if len(data) == 0 {
-			continue // no progress: the stall timer runs on
-		}
-		if *off+int64(len(data)) > d.Size {
-			return fmt.Errorf("%w: the server sent more than the %d bytes its digest says", ErrCorrupt, d.Size)
-		}
-		if _, err := w.Write(data); err != nil {
-			return localError{err}
-		}
-		*off += int64(len(data))
-		timer.Reset(stall)
+		return err
 	}
 	if *off != d.Size {
 		return fmt.Errorf("%w: got %d bytes, want %d", ErrCorrupt, *off, d.Size)
 	}
 	return nil
+}
+
+// recvReader reads a ByteStream Read's messages as one stream of bytes.
+// Every message with data counts as progress; empty ones do not.
+type recvReader struct {
+	stream   bsgrpc.ByteStream_ReadClient
+	buf      []byte
+	progress func()
+}
+
+func (s *recvReader) Read(p []byte) (int, error) {
+	for len(s.buf) == 0 {
+		resp, err := s.stream.Recv()
+		if err != nil {
+			return 0, err // io.EOF at the end
+		}
+		s.buf = resp.GetData()
+		if len(s.buf) > 0 {
+			s.progress()
+		}
+	}
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	return n, nil
+}
+
+// WriteTo hands each message's data to w as it is, with no copy between.
+func (s *recvReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if len(s.buf) == 0 {
+			if _, err := s.Read(nil); err != nil {
+				if errors.Is(err, io.EOF) {
+					return total, nil
+				}
+				return total, err
+			}
+		}
+		n, err := w.Write(s.buf)
+		total += int64(n)
+		s.buf = s.buf[n:]
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // BatchUpdate uploads small blobs in one call, whatever the server holds;
@@ -318,7 +369,7 @@ func (r *Remote) BatchUpdate(ctx context.Context, blobs map[digest.Digest][]byte
 func (r *Remote) batchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
 	req := &repb.BatchUpdateBlobsRequest{InstanceName: r.instance}
 	for d, data := range blobs {
-		req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: d.ToProto(), Data: data})
+		req.Requests = append(req.Requests, r.updateEntry(d, data))
 	}
 	var resp *repb.BatchUpdateBlobsResponse
 	err := r.call(ctx, "BatchUpdateBlobs", true, func(ctx context.Context) (err error) {

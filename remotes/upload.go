@@ -11,6 +11,8 @@ import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sync/errgroup"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
+
+	"github.com/bst-cache/bst-cache/internal/zstdwire"
 )
 
 // writeChunk is the data carried by one ByteStream WriteRequest at first.
@@ -129,7 +131,7 @@ func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) er
 func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, chunk int64) error {
 	op := "ByteStream.Write " + d.String()
 	return r.call(ctx, op, true, func(ctx context.Context) error {
-		name, err := r.sdk.ResourceNameWrite(d.Hash, d.Size)
+		name, err := r.writeName(d)
 		if err != nil {
 			return err
 		}
@@ -142,45 +144,120 @@ func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, ch
 		if err != nil {
 			return err
 		}
-		var off int64
-		for {
-			// A fresh buffer per message: gRPC may still hold the last.
-			buf := make([]byte, min(chunk, d.Size-off))
-			n, err := io.ReadFull(rc, buf)
-			if err != nil && n < len(buf) {
-				return fmt.Errorf("reading blob %s: %w", d, err)
-			}
-			last := off+int64(n) == d.Size
-			if last {
-				if extra, _ := rc.Read(make([]byte, 1)); extra > 0 {
-					// The stream is cancelled unfinished: nothing is committed.
-					return fmt.Errorf("reading blob %s: longer than its digest says", d)
-				}
-			}
-			req := &bspb.WriteRequest{WriteOffset: off, Data: buf, FinishWrite: last}
-			if off == 0 {
-				req.ResourceName = name
-			}
-			off += int64(n)
-			if err := stream.Send(req); err != nil {
-				if errors.Is(err, io.EOF) {
-					break // the server ended the stream: its status follows
-				}
-				return err
-			}
-			if req.FinishWrite {
-				break
-			}
+		send := &sender{stream: stream, name: name, chunk: chunk}
+		if r.zstd.streams {
+			err = send.compressed(rc, d)
+		} else {
+			err = send.plain(rc, d)
+		}
+		if err != nil && !errors.Is(err, errServerDone) {
+			// The stream is cancelled unfinished: nothing is committed.
+			return err
 		}
 		resp, err := stream.CloseAndRecv()
 		if err != nil {
 			return err
 		}
-		if resp.GetCommittedSize() != d.Size {
-			return fmt.Errorf("the server committed %d bytes of %d", resp.GetCommittedSize(), d.Size)
+		switch got := resp.GetCommittedSize(); {
+		case got == d.Size:
+		case r.zstd.streams && (got == -1 || got == send.off):
+			// A compressed upload counts compressed bytes, and -1 means
+			// the server already had the blob.
+		default:
+			return fmt.Errorf("the server committed %d bytes of %d", got, d.Size)
 		}
 		return nil
 	})
+}
+
+// errServerDone is a sender's signal that the server ended the stream
+// early (it has the blob): its status follows in CloseAndRecv.
+var errServerDone = errors.New("the server ended the stream")
+
+// sender sends a blob's bytes as ByteStream WriteRequests of at most chunk
+// bytes, the resource name in the first and finish_write in the last.
+type sender struct {
+	stream bspb.ByteStream_WriteClient
+	name   string
+	chunk  int64
+	off    int64 // bytes sent: compressed ones for a compressed upload
+	buf    []byte
+}
+
+func (s *sender) send(data []byte, last bool) error {
+	req := &bspb.WriteRequest{WriteOffset: s.off, Data: data, FinishWrite: last}
+	if s.off == 0 {
+		req.ResourceName = s.name
+	}
+	s.off += int64(len(data))
+	if err := s.stream.Send(req); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errServerDone
+		}
+		return err
+	}
+	return nil
+}
+
+// plain sends the blob as it is.
+func (s *sender) plain(rc io.Reader, d digest.Digest) error {
+	for {
+		// A fresh buffer per message: gRPC may still hold the last.
+		buf := make([]byte, min(s.chunk, d.Size-s.off))
+		n, err := io.ReadFull(rc, buf)
+		if err != nil && n < len(buf) {
+			return fmt.Errorf("reading blob %s: %w", d, err)
+		}
+		last := s.off+int64(n) == d.Size
+		if last {
+			if extra, _ := rc.Read(make([]byte, 1)); extra > 0 {
+				return fmt.Errorf("reading blob %s: longer than its digest says", d)
+			}
+		}
+		if err := s.send(buf, last); err != nil || last {
+			return err
+		}
+	}
+}
+
+// compressed sends the blob as one zstd frame. Its length is checked
+// against the digest before the last message, so a blob that changed on
+// disk is never committed.
+func (s *sender) compressed(rc io.Reader, d digest.Digest) error {
+	zw := zstdwire.NewWriter(s)
+	n, err := io.Copy(zw, io.LimitReader(rc, d.Size+1))
+	if cerr := zw.Close(); err == nil {
+		err = cerr
+	}
+	switch {
+	case err != nil:
+		if errors.Is(err, errServerDone) {
+			return err
+		}
+		return fmt.Errorf("reading blob %s: %w", d, err)
+	case n > d.Size:
+		return fmt.Errorf("reading blob %s: longer than its digest says", d)
+	case n < d.Size:
+		return fmt.Errorf("reading blob %s: %d bytes, its digest says %d", d, n, d.Size)
+	}
+	last := s.buf
+	s.buf = nil
+	return s.send(last, true)
+}
+
+// Write takes compressed bytes and sends them in full chunks; the rest
+// waits for the last message.
+func (s *sender) Write(p []byte) (int, error) {
+	s.buf = append(s.buf, p...)
+	for int64(len(s.buf)) >= s.chunk {
+		// A fresh slice per message: gRPC may still hold the last.
+		msg := bytes.Clone(s.buf[:s.chunk])
+		s.buf = append(s.buf[:0], s.buf[s.chunk:]...)
+		if err := s.send(msg, false); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }
 
 // MemoryOpener serves blobs held in memory, for uploads of content that is

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+
+	"github.com/bst-cache/bst-cache/internal/zstdwire"
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -29,10 +32,14 @@ type byteStream struct{ *Server }
 type resource struct {
 	instance string
 	digest   digest.Digest
+	// compressed is set for compressed-blobs/zstd resources: the bytes on
+	// the wire are one zstd frame of the blob.
+	compressed bool
 }
 
 // parseResource parses "[{instance}/]blobs/{hash}/{size}[/...]" for reads
-// and "[{instance}/]uploads/{uuid}/blobs/{hash}/{size}[/...]" for writes.
+// and "[{instance}/]uploads/{uuid}/blobs/{hash}/{size}[/...]" for writes,
+// with "compressed-blobs/zstd" in place of "blobs" for compressed ones.
 // The instance name may itself contain slashes.
 func parseResource(name string, write bool) (resource, error) {
 	bad := func(why string) (resource, error) {
@@ -45,23 +52,32 @@ func parseResource(name string, write bool) (resource, error) {
 	parts := strings.Split(name, "/")
 	i := -1
 	for j, p := range parts {
-		if (write && p == "uploads") || (!write && p == "blobs") {
+		if (write && p == "uploads") || (!write && (p == "blobs" || p == "compressed-blobs")) {
 			i = j
 			break
-		}
-		if p == "compressed-blobs" {
-			return resource{}, status.Errorf(codes.InvalidArgument, "resource %q: compressed blobs are not supported (the server advertises no compressors)", name)
 		}
 	}
 	if i < 0 {
 		return bad("no " + map[bool]string{true: "uploads", false: "blobs"}[write] + " component")
 	}
-	rest := parts[i+1:]
+	rest := parts[i:]
 	if write {
-		if len(rest) < 4 || rest[0] == "" || rest[1] != "blobs" {
+		if len(rest) < 3 || rest[1] == "" {
 			return bad("expected uploads/UUID/blobs/HASH/SIZE")
 		}
 		rest = rest[2:]
+	}
+	compressed := false
+	switch rest[0] {
+	case "blobs":
+		rest = rest[1:]
+	case "compressed-blobs":
+		if len(rest) < 2 || rest[1] != zstdwire.Compressor {
+			return resource{}, status.Errorf(codes.InvalidArgument, "resource %q: the server compresses with zstd only (supported_compressors)", name)
+		}
+		rest, compressed = rest[2:], true
+	default:
+		return bad("expected blobs or compressed-blobs/zstd")
 	}
 	if len(rest) < 2 {
 		return bad("missing hash or size")
@@ -74,7 +90,7 @@ func parseResource(name string, write bool) (resource, error) {
 	if err := d.Validate(); err != nil {
 		return bad(err.Error())
 	}
-	return resource{instance: strings.Join(parts[:i], "/"), digest: d}, nil
+	return resource{instance: strings.Join(parts[:i], "/"), digest: d, compressed: compressed}, nil
 }
 
 // Read streams a blob from read_offset, at most read_limit bytes (0: to the
@@ -96,6 +112,9 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	if limit < 0 {
 		return status.Errorf(codes.InvalidArgument, "negative read_limit %d", limit)
 	}
+	if res.compressed && limit != 0 {
+		return status.Errorf(codes.InvalidArgument, "read_limit must be 0 for compressed-blobs")
+	}
 	f, err := b.store.Open(d)
 	if err != nil {
 		return grpcError(err)
@@ -112,6 +131,25 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	}
 	whole := off == 0 && end == d.Size
 	h := sha256.New()
+	send := func(p []byte) error { return stream.Send(&bsgrpc.ReadResponse{Data: p}) }
+	var zw *zstdwire.Writer
+	if res.compressed {
+		// The store keeps blobs as BuildStream does, uncompressed:
+		// they are compressed on the way out.
+		out := &messages{send: send}
+		zw = zstdwire.NewWriter(out)
+		defer func() {
+			if zw != nil {
+				zw.Close()
+			}
+		}()
+		send = func(p []byte) error {
+			if _, err := zw.Write(p); err != nil {
+				return err
+			}
+			return out.err
+		}
+	}
 	buf := make([]byte, min(readChunk, max(end-off, 1)))
 	for pos := off; pos < end; {
 		n, err := f.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
@@ -124,7 +162,7 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 		if whole {
 			h.Write(buf[:n])
 		}
-		if err := stream.Send(&bsgrpc.ReadResponse{Data: buf[:n]}); err != nil {
+		if err := send(buf[:n]); err != nil {
 			return err
 		}
 		pos += int64(n)
@@ -133,7 +171,33 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 		b.logf("corrupt object %s in the store", d)
 		return status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", d)
 	}
+	if zw != nil {
+		err := zw.Close()
+		zw = nil
+		return err
+	}
 	return nil
+}
+
+// messages sends what a zstd writer produces as ReadResponses of at most
+// readChunk bytes; the first error sticks.
+type messages struct {
+	send func([]byte) error
+	err  error
+}
+
+func (m *messages) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 && m.err == nil {
+		n := min(len(p), readChunk)
+		// gRPC may hold a message's bytes after Send: each gets its own.
+		m.err = m.send(bytes.Clone(p[:n]))
+		p = p[n:]
+	}
+	if m.err != nil {
+		return 0, m.err
+	}
+	return total, nil
 }
 
 // Write receives a blob, possibly over several streams (a client resumes at
@@ -159,7 +223,11 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 	d := res.digest
 	if ok, err := b.store.Has(d); err == nil && ok {
 		b.touch(d)
-		return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: d.Size})
+		committed := d.Size
+		if res.compressed {
+			committed = -1 // REAPI's word for "already there" on compressed uploads
+		}
+		return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: committed})
 	}
 	if err := b.checkSpace(d); err != nil {
 		return err
@@ -168,9 +236,15 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 	if p, ok := peer.FromContext(stream.Context()); ok {
 		from = p.Addr
 	}
+	if res.compressed && req.GetWriteOffset() != 0 {
+		return status.Errorf(codes.InvalidArgument, "write_offset %d: compressed uploads of %s start at 0 and cannot be resumed here", req.GetWriteOffset(), d)
+	}
 	u, err := b.uploads.start(name, d, req.GetWriteOffset(), peerOf(from))
 	if err != nil {
 		return err
+	}
+	if res.compressed {
+		return b.writeCompressed(stream, req, name, u, d)
 	}
 	for {
 		if off := req.GetWriteOffset(); off != u.w.Written() {
@@ -187,7 +261,7 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 		}
 		u.committed.Store(u.w.Written())
 		if req.GetFinishWrite() {
-			return b.finishUpload(stream, name, u, d)
+			return b.finishUpload(stream, name, u, d, d.Size)
 		}
 		if req, err = stream.Recv(); err != nil {
 			b.uploads.park(name, u) // kept for a resume
@@ -199,8 +273,73 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 	}
 }
 
+// writeCompressed receives one zstd frame of a blob, inflated into the
+// upload as it comes and bounded by the digest's size (a bomb fails at the
+// first byte too many). Such an upload is not parked when the stream
+// breaks: the client starts it again, as it would a compressed upload on
+// any server that cannot resume one.
+func (b byteStream) writeCompressed(stream bsgrpc.ByteStream_WriteServer, first *bsgrpc.WriteRequest, name string, u *upload, d digest.Digest) error {
+	src := &writeRequests{stream: stream, next: first}
+	_, err := zstdwire.Copy(u.w, src, d.Size)
+	if err == nil && !src.finished {
+		err = status.Errorf(codes.InvalidArgument, "the zstd frame for %s ended before finish_write", d)
+	}
+	if err != nil {
+		b.uploads.end(name, u, true)
+		switch {
+		case errors.Is(err, zstdwire.ErrTooLarge):
+			return status.Errorf(codes.InvalidArgument, "the zstd data for %s inflates past its %d bytes", d, d.Size)
+		case errors.Is(err, zstdwire.ErrCorrupt):
+			return status.Errorf(codes.InvalidArgument, "compressed upload of %s: %v", d, err)
+		}
+		return grpcError(fmt.Errorf("storing %s: %w", d, err))
+	}
+	u.committed.Store(u.w.Written())
+	// Like bazel-remote, a compressed upload reports the compressed bytes
+	// it took.
+	return b.finishUpload(stream, name, u, d, src.off)
+}
+
+// writeRequests reads the data of a compressed upload's WriteRequests as
+// one stream, checking each write_offset (the compressed bytes so far).
+type writeRequests struct {
+	stream   bsgrpc.ByteStream_WriteServer
+	next     *bsgrpc.WriteRequest
+	buf      []byte
+	off      int64
+	finished bool
+}
+
+func (w *writeRequests) Read(p []byte) (int, error) {
+	for len(w.buf) == 0 {
+		if w.finished {
+			return 0, io.EOF
+		}
+		req := w.next
+		w.next = nil
+		if req == nil {
+			var err error
+			if req, err = w.stream.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return 0, status.Errorf(codes.InvalidArgument, "the stream ended after %d compressed bytes without finish_write", w.off)
+				}
+				return 0, err
+			}
+		}
+		if req.GetWriteOffset() != w.off {
+			return 0, status.Errorf(codes.InvalidArgument, "write_offset %d, but %d compressed bytes came before", req.GetWriteOffset(), w.off)
+		}
+		w.buf = req.GetData()
+		w.off += int64(len(w.buf))
+		w.finished = req.GetFinishWrite()
+	}
+	n := copy(p, w.buf)
+	w.buf = w.buf[n:]
+	return n, nil
+}
+
 // finishUpload verifies and installs a complete upload.
-func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name string, u *upload, d digest.Digest) error {
+func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name string, u *upload, d digest.Digest, committed int64) error {
 	w := u.w
 	b.uploads.end(name, u, false)
 	if w.Written() != d.Size {
@@ -211,7 +350,7 @@ func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name stri
 		return grpcError(err)
 	}
 	b.stored(d)
-	return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: d.Size})
+	return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: committed})
 }
 
 // checkSpace refuses a blob larger than the quota or the free disk space.

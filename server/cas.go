@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -14,19 +15,23 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/zstdwire"
 )
 
-// GetCapabilities advertises SHA-256 CAS with the server's batch limit.
+// GetCapabilities advertises SHA-256 CAS with the server's batch limit,
+// and zstd for ByteStream and batches.
 func (s *Server) GetCapabilities(_ context.Context, req *repb.GetCapabilitiesRequest) (*repb.ServerCapabilities, error) {
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
 	return &repb.ServerCapabilities{
 		CacheCapabilities: &repb.CacheCapabilities{
-			DigestFunctions:               []repb.DigestFunction_Value{repb.DigestFunction_SHA256},
-			MaxBatchTotalSizeBytes:        s.maxBatch,
-			SymlinkAbsolutePathStrategy:   repb.SymlinkAbsolutePathStrategy_ALLOWED,
-			ActionCacheUpdateCapabilities: &repb.ActionCacheUpdateCapabilities{UpdateEnabled: false},
+			DigestFunctions:                 []repb.DigestFunction_Value{repb.DigestFunction_SHA256},
+			MaxBatchTotalSizeBytes:          s.maxBatch,
+			SupportedCompressors:            []repb.Compressor_Value{repb.Compressor_ZSTD},
+			SupportedBatchUpdateCompressors: []repb.Compressor_Value{repb.Compressor_ZSTD},
+			SymlinkAbsolutePathStrategy:     repb.SymlinkAbsolutePathStrategy_ALLOWED,
+			ActionCacheUpdateCapabilities:   &repb.ActionCacheUpdateCapabilities{UpdateEnabled: false},
 		},
 		LowApiVersion:  &semver.SemVer{Major: 2},
 		HighApiVersion: &semver.SemVer{Major: 2},
@@ -81,6 +86,7 @@ func (s *Server) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsReque
 			return nil, err
 		}
 	}
+	zstd := slices.Contains(req.GetAcceptableCompressors(), repb.Compressor_ZSTD)
 	resp := &repb.BatchReadBlobsResponse{}
 	for _, d := range req.GetDigests() {
 		r := &repb.BatchReadBlobsResponse_Response{Digest: d}
@@ -90,6 +96,11 @@ func (s *Server) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsReque
 			if errors.Is(err, cache.ErrDigestMismatch) {
 				s.logf("corrupt object %s in the store: %v", dg, err)
 				err = status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", dg)
+			}
+		}
+		if err == nil && zstd && len(r.Data) >= minCompress {
+			if z := zstdwire.Compress(r.Data); len(z) < len(r.Data) {
+				r.Data, r.Compressor = z, repb.Compressor_ZSTD
 			}
 		}
 		r.Status = blobStatus(err)
@@ -106,22 +117,45 @@ func (s *Server) BatchUpdateBlobs(_ context.Context, req *repb.BatchUpdateBlobsR
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
-	var total int64
+	// Both what came and what it inflates to must fit the limit: a
+	// compressed entry is inflated in memory.
+	var total, inflated int64
 	for _, r := range req.GetRequests() {
 		total += int64(len(r.GetData()))
+		if r.GetCompressor() != repb.Compressor_IDENTITY {
+			inflated += max(r.GetDigest().GetSizeBytes(), 0)
+		}
 	}
-	if err := s.checkBatch(total); err != nil {
+	if err := s.checkBatch(max(total, inflated)); err != nil {
 		return nil, err
 	}
 	resp := &repb.BatchUpdateBlobsResponse{}
 	for _, r := range req.GetRequests() {
 		dg, err := parseDigest(r.GetDigest())
+		data := r.GetData()
 		if err == nil {
-			err = s.putBytes(dg, r.GetData())
+			data, err = inflate(r, dg)
+		}
+		if err == nil {
+			err = s.putBytes(dg, data)
 		}
 		resp.Responses = append(resp.Responses, &repb.BatchUpdateBlobsResponse_Response{Digest: r.GetDigest(), Status: blobStatus(err)})
 	}
 	return resp, nil
+}
+
+// minCompress is the smallest blob a batch answer compresses: below it
+// zstd's frame header eats most of the gain.
+const minCompress = 256
+
+// inflate is the data of one BatchUpdateBlobs entry, decompressed when the
+// client compressed it and bounded by its digest's size.
+func inflate(r *repb.BatchUpdateBlobsRequest_Request, d digest.Digest) ([]byte, error) {
+	data, err := zstdwire.Inflate(r.GetCompressor(), r.GetData(), d.Size)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "blob %s: %v (supported_batch_update_compressors: ZSTD)", d, err)
+	}
+	return data, nil
 }
 
 // putBytes stores a verified blob and accounts for it.

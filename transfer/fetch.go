@@ -360,19 +360,23 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	if err != nil {
 		return true, err
 	}
-	if err := r.ReadBlob(ctx, d, countingWriter{w, f.ev.bytes}); err != nil {
+	err = r.ReadBlob(ctx, d, countingWriter{w, f.ev.bytes})
+	if err == nil {
+		err = w.Commit()
+	} else {
 		w.Abort()
-		if errors.Is(err, remotes.ErrNotFound) {
-			return false, nil // the next cache may have it
-		}
-		return true, err
 	}
-	if err := w.Commit(); err != nil {
-		if errors.Is(err, cache.ErrDigestMismatch) {
-			c.asked(err)
-			f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
-			return true, nil
-		}
+	switch {
+	case err == nil:
+	case errors.Is(err, remotes.ErrNotFound):
+		return false, nil // the next cache may have it
+	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, remotes.ErrCorrupt):
+		// Caught on the way in (a bad zstd stream, too many bytes) or
+		// when the hash is checked: never stored, the next cache is asked.
+		c.asked(err)
+		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
+		return true, nil
+	default:
 		return true, err
 	}
 	f.moved(d)

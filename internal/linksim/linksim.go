@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,12 +39,14 @@ type Link struct {
 
 // direction is one way of the link: when it is next free to send.
 type direction struct {
-	mu   sync.Mutex
-	free time.Time
+	mu    sync.Mutex
+	free  time.Time
+	bytes atomic.Int64 // carried so far
 }
 
 // departs reserves the link for n bytes and says when they have left it.
 func (d *direction) departs(n int, rate float64) time.Time {
+	d.bytes.Add(int64(n))
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
@@ -61,6 +64,10 @@ func New(backend string, p Profile) *Link {
 	queue := int(p.Rate * 2 * p.Delay.Seconds() * 2) // twice the bandwidth-delay product
 	return &Link{profile: p, backend: backend, QueueBytes: max(queue, 256<<10)}
 }
+
+// Bytes says how many bytes have crossed the link each way: up (client
+// to server) and down.
+func (k *Link) Bytes() (up, down int64) { return k.up.bytes.Load(), k.down.bytes.Load() }
 
 // Serve accepts connections on l until it is closed, each forwarded to
 // the backend across the link.

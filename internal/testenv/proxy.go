@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,6 +24,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/bst-cache/bst-cache/internal/zstdwire"
 )
 
 // ProxyFaults are what a Proxy does wrong, by blob hash. No real server
@@ -50,7 +53,9 @@ type ProxyFaults struct {
 	Tree string
 	// Read, when set, makes ByteStream reads misbehave: "empty" answers
 	// with empty messages for ever, "trickle" with two bytes a second,
-	// "extra" forwards the blob and then sends one byte more.
+	// "extra" forwards the blob and then sends one byte more; "bomb"
+	// answers with a zstd frame of 1 GiB of zeros (a few KiB on the wire),
+	// whatever blob was asked for.
 	Read string
 	// BatchExtra adds to every BatchReadBlobs answer a blob nobody asked
 	// for.
@@ -124,7 +129,7 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	switch {
 	case method == "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree" && p.faults.Tree != "":
 		return p.lyingTree(ss)
-	case method == "/google.bytestream.ByteStream/Read" && (p.faults.Read == "empty" || p.faults.Read == "trickle"):
+	case method == "/google.bytestream.ByteStream/Read" && (p.faults.Read == "empty" || p.faults.Read == "trickle" || p.faults.Read == "bomb"):
 		return p.lyingRead(ss)
 	}
 	md, _ := metadata.FromIncomingContext(ss.Context())
@@ -291,6 +296,10 @@ func (p *proxy) lyingRead(ss grpc.ServerStream) error {
 	if err := ss.RecvMsg(&req); err != nil {
 		return err
 	}
+	if p.faults.Read == "bomb" {
+		out, _ := proto.Marshal(&bsgrpc.ReadResponse{Data: zstdBomb()})
+		return ss.SendMsg(&out)
+	}
 	msg := &bsgrpc.ReadResponse{}
 	interval := 10 * time.Millisecond
 	if p.faults.Read == "trickle" {
@@ -309,4 +318,16 @@ func (p *proxy) lyingRead(ss grpc.ServerStream) error {
 		case <-t.C:
 		}
 	}
+}
+
+// zstdBomb is one zstd frame of 1 GiB of zeros.
+func zstdBomb() []byte {
+	var b bytes.Buffer
+	w := zstdwire.NewWriter(&b)
+	zeros := make([]byte, 1<<20)
+	for range 1024 {
+		w.Write(zeros)
+	}
+	w.Close()
+	return b.Bytes()
 }

@@ -6,7 +6,8 @@
 //	linksim -backend 127.0.0.1:PORT -delay 10ms -rate 100Mbit
 //
 // It prints the address it listens on (127.0.0.1, a free port unless
-// -listen says) and runs until it is killed.
+// -listen says) and runs until SIGTERM or SIGINT, when it prints the bytes
+// that crossed each way ("bytes up N down M").
 package main
 
 import (
@@ -14,8 +15,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bst-cache/bst-cache/config"
@@ -64,5 +67,16 @@ func run(listen, backend, profile string, delay time.Duration, rate string) erro
 		return err
 	}
 	fmt.Println(l.Addr())
-	return linksim.New(backend, p).Serve(l)
+	link := linksim.New(backend, p)
+	// On SIGTERM or SIGINT it says what crossed, for the benchmark's
+	// report, and stops.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sig
+		up, down := link.Bytes()
+		fmt.Printf("bytes up %d down %d\n", up, down)
+		l.Close()
+	}()
+	return link.Serve(l)
 }

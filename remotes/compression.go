@@ -1,0 +1,105 @@
+package remotes
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/zstdwire"
+)
+
+// minCompress is the smallest batch entry worth compressing on upload:
+// below it zstd's frame header eats most of the gain.
+const minCompress = 256
+
+// compression is what a cache takes and gives zstd-compressed, from its
+// capabilities and the cache's compression setting.
+type compression struct {
+	streams     bool // compressed-blobs ByteStream reads and writes
+	batchRead   bool // acceptable_compressors in BatchReadBlobs
+	batchUpdate bool // compressor in BatchUpdateBlobs
+}
+
+// setCompression turns zstd on where the cache advertises it, unless the
+// cache's compression setting is "off".
+func (r *Remote) setCompression(cc *repb.CacheCapabilities) {
+	if r.compress == config.CompressionOff {
+		return
+	}
+	zstd := slices.Contains(cc.GetSupportedCompressors(), repb.Compressor_ZSTD)
+	r.zstd = compression{
+		streams:     zstd,
+		batchRead:   zstd,
+		batchUpdate: slices.Contains(cc.GetSupportedBatchUpdateCompressors(), repb.Compressor_ZSTD),
+	}
+}
+
+// Compressed reports whether blobs travel zstd-compressed to and from this
+// cache (set by Probe).
+func (r *Remote) Compressed() bool { return r.zstd.streams }
+
+// readName is the ByteStream resource a blob is read from.
+func (r *Remote) readName(d digest.Digest) (string, error) {
+	if r.zstd.streams {
+		return r.sdk.ResourceName("compressed-blobs", zstdwire.Compressor, d.Hash, strconv.FormatInt(d.Size, 10))
+	}
+	return r.sdk.ResourceName("blobs", d.Hash, strconv.FormatInt(d.Size, 10))
+}
+
+// writeName is the ByteStream resource a blob is uploaded to.
+func (r *Remote) writeName(d digest.Digest) (string, error) {
+	if r.zstd.streams {
+		return r.sdk.ResourceNameCompressedWrite(d.Hash, d.Size)
+	}
+	return r.sdk.ResourceNameWrite(d.Hash, d.Size)
+}
+
+// batchEntry is the data of one BatchReadBlobs answer, inflated when the
+// server compressed it; the caller checks the digest.
+func batchEntry(br *repb.BatchReadBlobsResponse_Response, d digest.Digest) ([]byte, error) {
+	data, err := zstdwire.Inflate(br.GetCompressor(), br.GetData(), d.Size)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w: %v", d, ErrCorrupt, err)
+	}
+	return data, nil
+}
+
+// updateEntry is one BatchUpdateBlobs request, compressed when the cache
+// takes it and that makes it smaller.
+func (r *Remote) updateEntry(d digest.Digest, data []byte) *repb.BatchUpdateBlobsRequest_Request {
+	req := &repb.BatchUpdateBlobsRequest_Request{Digest: d.ToProto(), Data: data}
+	if r.zstd.batchUpdate && len(data) >= minCompress {
+		if z := zstdwire.Compress(data); len(z) < len(data) {
+			req.Data, req.Compressor = z, repb.Compressor_ZSTD
+		}
+	}
+	return req
+}
+
+// boundedWriter passes at most limit bytes on to w, counting them in *off;
+// a byte more is corrupt data from the server. Errors of w are local.
+type boundedWriter struct {
+	w     io.Writer
+	off   *int64
+	limit int64
+	onPut func()
+}
+
+func (b boundedWriter) Write(p []byte) (int, error) {
+	if *b.off+int64(len(p)) > b.limit {
+		return 0, fmt.Errorf("%w: the server sent more than the %d bytes its digest says", ErrCorrupt, b.limit)
+	}
+	if _, err := b.w.Write(p); err != nil {
+		return 0, localError{err}
+	}
+	*b.off += int64(len(p))
+	if b.onPut != nil {
+		b.onPut()
+	}
+	return len(p), nil
+}

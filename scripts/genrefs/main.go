@@ -1,0 +1,124 @@
+// Command genrefs writes N small BuildStream 1 artifacts into a local store
+// in BuildStream 1's layout, for benchmarks that need many refs (a no-op
+// copy of 1,000 refs in scripts/bench-links): bst would take minutes to
+// build as many elements.
+//
+//	genrefs -n 1000 -project bench DIR
+//
+// Each artifact is files/ (three small files of its own content), meta/
+// with keys.yaml (strong and weak key) and logs/, stored under its strong
+// and its weak ref, as bst stores one. It prints the strong refs, one per
+// line.
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+func main() {
+	n := flag.Int("n", 1000, "how many artifacts")
+	project := flag.String("project", "bench", "the project name in the refs")
+	flag.Parse()
+	if flag.NArg() != 1 || *n < 1 || *n > 1_000_000 {
+		fmt.Fprintln(os.Stderr, "usage: genrefs [-n N] [-project NAME] DIR")
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0), *project, *n); err != nil {
+		fmt.Fprintln(os.Stderr, "genrefs:", err)
+		os.Exit(1)
+	}
+}
+
+func run(dir, project string, n int) error {
+	s, err := cache.Open(dir, cache.LayoutBst1)
+	if err != nil {
+		return err
+	}
+	for i := range n {
+		ref, err := artifact(s, project, i)
+		if err != nil {
+			return err
+		}
+		fmt.Println(ref)
+	}
+	return nil
+}
+
+// key is a cache key made from a seed: 64 hex digits, as bst's are.
+func key(parts ...any) string {
+	h := sha256.Sum256([]byte(fmt.Sprint(parts...)))
+	return hex.EncodeToString(h[:])
+}
+
+func artifact(s *cache.Store, project string, i int) (string, error) {
+	element := fmt.Sprintf("e%04d", i)
+	strong, weak := key("strong", i), key("weak", i)
+	dir := func(d *repb.Directory) (*repb.Digest, error) {
+		data, err := proto.Marshal(d)
+		if err != nil {
+			return nil, err
+		}
+		dg, err := s.Add(data)
+		return dg.ToProto(), err
+	}
+	file := func(name string, data []byte) (*repb.FileNode, error) {
+		dg, err := s.Add(data)
+		return &repb.FileNode{Name: name, Digest: dg.ToProto()}, err
+	}
+	var files, meta []*repb.FileNode
+	for j, size := range []int{200, 1500, 6000} {
+		content := make([]byte, 0, size)
+		for len(content) < size {
+			content = append(content, key(element, j, len(content))...)
+		}
+		f, err := file(fmt.Sprintf("f%d", j), content[:size])
+		if err != nil {
+			return "", err
+		}
+		files = append(files, f)
+	}
+	k, err := file("keys.yaml", []byte(fmt.Sprintf("strong: %s\nweak: %s\n", strong, weak)))
+	if err != nil {
+		return "", err
+	}
+	meta = append(meta, k)
+	fd, err := dir(&repb.Directory{Files: files})
+	if err != nil {
+		return "", err
+	}
+	md, err := dir(&repb.Directory{Files: meta})
+	if err != nil {
+		return "", err
+	}
+	ld, err := dir(&repb.Directory{})
+	if err != nil {
+		return "", err
+	}
+	root, err := dir(&repb.Directory{Directories: []*repb.DirectoryNode{
+		{Name: "files", Digest: fd}, {Name: "logs", Digest: ld}, {Name: "meta", Digest: md},
+	}})
+	if err != nil {
+		return "", err
+	}
+	ptr, err := proto.Marshal(root)
+	if err != nil {
+		return "", err
+	}
+	var ref string
+	for _, k := range []string{strong, weak} {
+		ref = project + "/" + element + "/" + k
+		if err := s.SetRef(cache.KindArtifact, ref, ptr); err != nil {
+			return "", err
+		}
+	}
+	return project + "/" + element + "/" + strong, nil
+}
