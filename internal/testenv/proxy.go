@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -54,8 +55,8 @@ type ProxyFaults struct {
 	// Read, when set, makes ByteStream reads misbehave: "empty" answers
 	// with empty messages for ever, "trickle" with two bytes a second,
 	// "extra" forwards the blob and then sends one byte more; "bomb"
-	// answers with a zstd frame of 1 GiB of zeros (a few KiB on the wire),
-	// whatever blob was asked for.
+	// answers with a zstd frame of 256 MiB of zeros (a few KiB on the
+	// wire), whatever blob was asked for.
 	Read string
 	// BatchExtra adds to every BatchReadBlobs answer a blob nobody asked
 	// for.
@@ -79,6 +80,9 @@ func (rawCodec) Name() string { return "proto" }
 // applying faults to CAS and ByteStream answers. It returns its address.
 func StartProxy(t testing.TB, backend string, faults ProxyFaults) string {
 	t.Helper()
+	if faults.Read == "bomb" {
+		zstdBomb() // before any client waits on it
+	}
 	cc, err := grpc.NewClient(backend, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -320,14 +324,15 @@ func (p *proxy) lyingRead(ss grpc.ServerStream) error {
 	}
 }
 
-// zstdBomb is one zstd frame of 1 GiB of zeros.
-func zstdBomb() []byte {
+// zstdBomb is one zstd frame of 256 MiB of zeros, made once: under the
+// race detector making it takes longer than a client's stall window.
+var zstdBomb = sync.OnceValue(func() []byte {
 	var b bytes.Buffer
 	w := zstdwire.NewWriter(&b)
 	zeros := make([]byte, 1<<20)
-	for range 1024 {
+	for range 256 {
 		w.Write(zeros)
 	}
 	w.Close()
 	return b.Bytes()
-}
+})
