@@ -50,7 +50,7 @@ func (t Type) HasStorage() bool { return t == TypeStorage || t == TypeAll }
 const (
 	DefaultFormat         = FormatBst2
 	DefaultJobs           = 8
-	DefaultMaxConcurrency = 16
+	DefaultMaxConcurrency = 64
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultRequestTimeout = 5 * time.Minute
 	DefaultRetryLimit     = 4

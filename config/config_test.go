@@ -334,7 +334,7 @@ func TestLoadBuildStreamConfiguration(t *testing.T) {
 	for _, c := range cfg.Caches {
 		got = append(got, fmt.Sprintf("%s %d %s", c.Name, c.MaxConcurrency, c.Origin))
 	}
-	want = []string{"latest 3 " + toml + ":1", "other_host-8080 16 " + projectConf + ":4", "global.example.com-11001 16 " + userConf + ":2", "extra 16 " + toml + ":6"}
+	want = []string{"latest 3 " + toml + ":1", "other_host-8080 64 " + projectConf + ":4", "global.example.com-11001 64 " + userConf + ":2", "extra 64 " + toml + ":6"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("caches with a bst-cache.toml (-want +got):\n%s", diff)
 	}

@@ -45,7 +45,8 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	var st pushStats
 	perRef := make([][]Result, len(refs))
 	var pushes errgroup.Group
-	pushes.SetLimit(max(e.Jobs, 1))
+	pushes.SetLimit(e.lookahead())
+	jobs := newSlots(e.Jobs)
 	_, pst := puller.pull(ctx, refs, PullOptions{Evidence: true}, func(i int, r Result) {
 		switch {
 		case r.Status != StatusDone:
@@ -57,7 +58,9 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 			e.Events.ref(r)
 		default:
 			pushes.Go(func() error {
-				rs := e.pushRef(ctx, r.Ref, targets, o.PushOptions, &st)
+				s := &slot{of: jobs}
+				rs := e.pushRef(ctx, r.Ref, targets, o.PushOptions, &st, s)
+				s.release()
 				for j := range rs {
 					rs[j].Cache = r.Cache
 					e.Events.ref(rs[j])

@@ -40,29 +40,82 @@ func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events) *fe
 
 // watch follows one ref's fetch: how many blobs its index hit's cache
 // turned out to lack and, with evidence, which blobs were already local
-// (they still need a storage cache to confirm them).
+// (they still need a storage cache to confirm them). It is safe for the
+// ref's concurrent fetches.
 type watch struct {
 	cache    *Cache
-	lacks    int
 	evidence bool
-	held     []digest.Digest
+	// slot is the ref's right to move bytes, taken before any download.
+	slot *slot
+
+	mu    sync.Mutex
+	lacks int
+	held  []digest.Digest
 }
 
 func (w *watch) hold(ds ...digest.Digest) {
 	if w != nil && w.evidence {
+		w.mu.Lock()
 		w.held = append(w.held, ds...)
+		w.mu.Unlock()
+	}
+}
+
+// lacked counts blobs c turned out to lack, when c is the hit's cache.
+func (w *watch) lacked(c *Cache, n int) {
+	if w != nil && w.cache == c {
+		w.mu.Lock()
+		w.lacks += n
+		w.mu.Unlock()
 	}
 }
 
 // closure makes every digest under roots local and returns those no cache
 // had. Directories are fetched level by level, so each level's files and
 // subdirectories are known before they are asked for; GetTree, where a
-// cache has it, brings a whole tree in one call.
+// cache has it, brings a whole tree in one call. A level's files are
+// fetched while the walk goes on to the next level, so the walk's round
+// trips overlap the bulk of the bytes instead of coming before them.
 func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (missing []digest.Digest, err error) {
+	files, fctx := errgroup.WithContext(ctx)
+	var mu sync.Mutex
+	fetchFiles := func(ds []digest.Digest) {
+		if len(ds) == 0 {
+			return
+		}
+		files.Go(func() error {
+			miss, err := f.fetch(fctx, ds, w)
+			mu.Lock()
+			missing = append(missing, miss...)
+			mu.Unlock()
+			return err
+		})
+	}
+	walkErr := f.walk(fctx, roots, w, fetchFiles, func(miss []digest.Digest) {
+		mu.Lock()
+		missing = append(missing, miss...)
+		mu.Unlock()
+	})
+	if err := files.Wait(); walkErr == nil {
+		walkErr = err
+	}
+	if walkErr != nil {
+		return nil, walkErr
+	}
+	return missing, nil
+}
+
+// walk fetches the Directories under roots level by level and hands each
+// level's new files to files as soon as the level is read; Directories no
+// cache had go to lost.
+func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, files func([]digest.Digest), lost func([]digest.Digest)) error {
 	t := cache.NewWalk(roots)
+	seenFiles := 0
 	level := t.Next()
 	trees, from := f.getTrees(ctx, level)
 	for len(level) > 0 {
+		files(t.Files[seenFiles:])
+		seenFiles = len(t.Files)
 		var rest []digest.Digest
 		for _, d := range level {
 			data, ok := trees[d]
@@ -71,13 +124,13 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 				continue
 			}
 			if local, err := f.store.Has(d); err != nil {
-				return nil, err
+				return err
 			} else if local {
 				w.hold(d)
 			} else {
 				// The key is the digest of these very bytes.
 				if err := f.store.PutVerified(d, data); err != nil {
-					return nil, err
+					return err
 				}
 				f.plan(d)
 				f.moved(d)
@@ -87,29 +140,26 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 		}
 		miss, err := f.fetch(ctx, rest, w)
 		if err != nil {
-			return nil, err
+			return err
 		}
+		lost(miss)
 		missSet := setOf(miss)
-		missing = append(missing, miss...)
 		for _, d := range level {
 			if missSet[d] {
 				continue
 			}
 			data, err := f.localDir(ctx, d, w)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if _, err := t.Add(d, data); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		level = t.Next()
 	}
-	miss, err := f.fetch(ctx, t.Files, w)
-	if err != nil {
-		return nil, err
-	}
-	return append(missing, miss...), nil
+	files(t.Files[seenFiles:])
+	return nil
 }
 
 // localDir reads a Directory the store holds. One that does not match its
@@ -181,6 +231,11 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 	}
 	f.present.Add(int64(len(held)))
 	w.hold(held...)
+	if len(need) > 0 && w != nil {
+		if err := w.slot.take(ctx); err != nil {
+			return nil, err
+		}
+	}
 	f.plan(need...)
 	for _, c := range f.caches {
 		if len(need) == 0 {
@@ -194,9 +249,7 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 			continue
 		}
 		lacks, err := f.fetchFrom(ctx, c, r, need)
-		if w != nil && w.cache == c {
-			w.lacks += lacks
-		}
+		w.lacked(c, lacks)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()

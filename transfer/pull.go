@@ -62,8 +62,10 @@ type Engine struct {
 	// the caches at hand have none: copy's index-only sources take blobs
 	// from them, push confirms index-only targets' blobs on them.
 	Storage []*Cache
-	// Jobs bounds refs in flight; blob requests to each cache are bounded
-	// by its max-concurrency.
+	// Jobs bounds the refs that move bytes at once; up to 32 times as
+	// many (at most 1,024) are looked up and checked ahead of them, which
+	// costs round trips only. Blob requests to each cache are bounded by
+	// its max-concurrency.
 	Jobs int
 	// Strict turns any cache error into a failure.
 	Strict bool
@@ -139,14 +141,17 @@ func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions, then fu
 	start := time.Now()
 	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events)
 	results := make([]Result, len(refs))
+	jobs := newSlots(e.Jobs)
 	var g errgroup.Group
-	g.SetLimit(max(e.Jobs, 1))
+	g.SetLimit(e.lookahead())
 	for i, ref := range refs {
 		g.Go(func() error {
 			if o.DryRun {
 				results[i] = e.pullDryRun(ctx, ref)
 			} else {
-				results[i] = e.pullOne(ctx, f, ref, o.Evidence)
+				s := &slot{of: jobs}
+				results[i] = e.pullOne(ctx, f, ref, o.Evidence, s)
+				s.release()
 			}
 			e.Events.ref(results[i])
 			then(i, results[i])
@@ -193,7 +198,7 @@ func (e *Engine) localHit(ref string) (Result, entry, bool) {
 
 // pullOne walks the index caches for ref and fetches the first hit whose
 // closure some storage cache completes. The local ref is written last.
-func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence bool) Result {
+func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence bool, s *slot) Result {
 	if !evidence {
 		if res, en, ok := e.localHit(ref); ok {
 			if err := e.linkRefs(ctx, ref, en); err != nil {
@@ -206,7 +211,7 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence b
 	res := Result{Ref: ref}
 	var incomplete []string
 	a, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
-		w := &watch{cache: c, evidence: evidence}
+		w := &watch{cache: c, evidence: evidence, slot: s}
 		missing, err := e.materialize(ctx, f, ref, d, w)
 		if err != nil {
 			return true, err
@@ -338,10 +343,22 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d dige
 			return missing, err
 		}
 	}
-	if err := e.Store.SetRef(e.Kind.StoreKind(), ref, en.content); err != nil {
+	if err := e.setRef(ref, en, w.slot.moved()); err != nil {
 		return nil, err
 	}
 	return nil, e.linkRefs(ctx, ref, en)
+}
+
+// setRef writes the local ref for en. A ref that already names the same
+// content is left as it is when nothing was downloaded for it: a run
+// that moves nothing writes nothing, and costs no sync of the store.
+func (e *Engine) setRef(ref string, en entry, downloaded bool) error {
+	if !downloaded {
+		if cur, err := e.Store.GetRef(e.Kind.StoreKind(), ref); err == nil && bytes.Equal(cur, en.content) {
+			return nil
+		}
+	}
+	return e.Store.SetRef(e.Kind.StoreKind(), ref, en.content)
 }
 
 // linkRefs writes the artifact's other refs (its weak key's, or its strong

@@ -36,11 +36,14 @@ func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o Pu
 	start := time.Now()
 	var st pushStats
 	results := make([][]Result, len(refs))
+	jobs := newSlots(e.Jobs)
 	var g errgroup.Group
-	g.SetLimit(max(e.Jobs, 1))
+	g.SetLimit(e.lookahead())
 	for i, ref := range refs {
 		g.Go(func() error {
-			results[i] = e.pushRef(ctx, ref, targets, o, &st)
+			s := &slot{of: jobs}
+			results[i] = e.pushRef(ctx, ref, targets, o, &st, s)
+			s.release()
 			for _, r := range results[i] {
 				e.Events.ref(r)
 			}
@@ -79,6 +82,8 @@ type pushing struct {
 	roots cache.Roots
 	// refs are every ref of the artifact (strong and weak), ref first.
 	refs []string
+	// slot is the ref's right to send bytes (nil: never waits).
+	slot *slot
 }
 
 // pushRoots is what pushing en sends: everything required, plus optional
@@ -116,12 +121,12 @@ func (e *Engine) pushRoots(en entry) (all []digest.Digest, roots cache.Roots, er
 // index: targets with storage first (each writes its own index only after
 // its upload), then index-only targets, whose entry is written only once
 // every blob is confirmed on the storage their readers use.
-func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, st *pushStats) []Result {
+func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, st *pushStats, s *slot) []Result {
 	out := make([]Result, len(targets))
 	for j, t := range targets {
 		out[j] = Result{Ref: ref, Target: t.Name()}
 	}
-	p := pushing{ref: ref}
+	p := pushing{ref: ref, slot: s}
 	en, err := e.Kind.localEntry(e.Store, ref)
 	if err == nil {
 		p.en = en
@@ -201,6 +206,11 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 	}
 	if o.DryRun {
 		return wouldMove(res, same, StatusWouldPush, moved)
+	}
+	if len(moved) > 0 {
+		if err := p.slot.take(ctx); err != nil {
+			return failed(res, err)
+		}
 	}
 	e.Events.plan(sizeOf(moved))
 	open := func(d digest.Digest) (io.ReadCloser, error) {

@@ -50,7 +50,7 @@ type Location struct {
 func (e *Engine) Which(ctx context.Context, refs []string) []Location {
 	out := make([]Location, len(refs))
 	var g errgroup.Group
-	g.SetLimit(max(e.Jobs, 1))
+	g.SetLimit(e.lookahead()) // which only asks
 	for i, ref := range refs {
 		out[i] = Location{Ref: ref, Caches: make([]CacheState, len(e.Caches))}
 		for j, c := range e.Caches {
