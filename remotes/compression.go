@@ -52,11 +52,19 @@ func (r *Remote) readName(d digest.Digest) (string, error) {
 }
 
 // writeName is the ByteStream resource a blob is uploaded to.
-func (r *Remote) writeName(d digest.Digest) (string, error) {
-	if r.zstd.streams {
+func (r *Remote) writeName(d digest.Digest, compressed bool) (string, error) {
+	if compressed {
 		return r.sdk.ResourceNameCompressedWrite(d.Hash, d.Size)
 	}
 	return r.sdk.ResourceNameWrite(d.Hash, d.Size)
+}
+
+// compressUpload says whether a blob whose content starts with head goes
+// up compressed: when the cache takes zstd and the content compresses.
+// Random or already compressed content goes as it is, which spares both
+// sides an encoder and a decoder that find nothing.
+func (r *Remote) compressUpload(head []byte) bool {
+	return r.zstd.streams && zstdwire.Compressible(head)
 }
 
 // batchEntry is the data of one BatchReadBlobs answer, inflated when the

@@ -1,6 +1,7 @@
 package remotes
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -131,24 +132,27 @@ func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) er
 func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, chunk int64) error {
 	op := "ByteStream.Write " + d.String()
 	return r.call(ctx, op, true, func(ctx context.Context) error {
-		name, err := r.writeName(d)
-		if err != nil {
-			return err
-		}
 		rc, err := open(d)
 		if err != nil {
 			return err
 		}
 		defer rc.Close()
+		src := bufio.NewReaderSize(rc, zstdwire.SampleBytes)
+		head, _ := src.Peek(int(min(d.Size, zstdwire.SampleBytes)))
+		compressed := r.compressUpload(head)
+		name, err := r.writeName(d, compressed)
+		if err != nil {
+			return err
+		}
 		stream, err := bspb.NewByteStreamClient(r.cc).Write(ctx)
 		if err != nil {
 			return err
 		}
 		send := &sender{stream: stream, name: name, chunk: chunk}
-		if r.zstd.streams {
-			err = send.compressed(rc, d)
+		if compressed {
+			err = send.compressed(src, d)
 		} else {
-			err = send.plain(rc, d)
+			err = send.plain(src, d)
 		}
 		if err != nil && !errors.Is(err, errServerDone) {
 			// The stream is cancelled unfinished: nothing is committed.
@@ -160,7 +164,7 @@ func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, ch
 		}
 		switch got := resp.GetCommittedSize(); {
 		case got == d.Size:
-		case r.zstd.streams && (got == -1 || got == send.off):
+		case compressed && (got == -1 || got == send.off):
 			// A compressed upload counts compressed bytes, and -1 means
 			// the server already had the blob.
 		default:

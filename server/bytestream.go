@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -132,23 +131,13 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	whole := off == 0 && end == d.Size
 	h := sha256.New()
 	send := func(p []byte) error { return stream.Send(&bsgrpc.ReadResponse{Data: p}) }
-	var zw *zstdwire.Writer
+	var z *compressedSend
 	if res.compressed {
 		// The store keeps blobs as BuildStream does, uncompressed:
 		// they are compressed on the way out.
-		out := &messages{send: send}
-		zw = zstdwire.NewWriter(out)
-		defer func() {
-			if zw != nil {
-				zw.Close()
-			}
-		}()
-		send = func(p []byte) error {
-			if _, err := zw.Write(p); err != nil {
-				return err
-			}
-			return out.err
-		}
+		z = &compressedSend{out: &messages{send: send}}
+		defer z.abandon()
+		send = z.send
 	}
 	buf := make([]byte, min(readChunk, max(end-off, 1)))
 	for pos := off; pos < end; {
@@ -171,33 +160,90 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 		b.logf("corrupt object %s in the store", d)
 		return status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", d)
 	}
-	if zw != nil {
-		err := zw.Close()
-		zw = nil
-		return err
+	if z != nil {
+		return z.close()
 	}
 	return nil
 }
 
-// messages sends what a zstd writer produces as ReadResponses of at most
-// readChunk bytes; the first error sticks.
+// compressedSend sends a read's bytes as one zstd frame, compressed or
+// in raw blocks as the first chunk shows the blob deserves: content that
+// does not compress costs a copy, not an encoder's search.
+type compressedSend struct {
+	out *messages
+	zw  *zstdwire.Writer
+}
+
+func (z *compressedSend) send(p []byte) error {
+	if z.zw == nil {
+		z.zw = zstdwire.NewWriterFor(z.out, p)
+	}
+	if _, err := z.zw.Write(p); err != nil {
+		return err
+	}
+	return z.out.err
+}
+
+// close ends the frame (an empty one for an empty read).
+func (z *compressedSend) close() error {
+	if z.zw == nil {
+		z.zw = zstdwire.NewWriterFor(z.out, nil)
+	}
+	err := z.zw.Close()
+	z.zw = nil
+	if err == nil {
+		err = z.out.flush()
+	}
+	return err
+}
+
+// abandon returns an encoder a failed read still holds, sending nothing
+// more.
+func (z *compressedSend) abandon() {
+	if z.zw != nil {
+		z.out.err = errAbandoned
+		z.zw.Close()
+		z.zw = nil
+	}
+}
+
+var errAbandoned = errors.New("read abandoned")
+
+// messages gathers what a zstd writer produces into ReadResponses of
+// readChunk bytes, each in a buffer of its own (gRPC may hold a message's
+// bytes after Send); the first error sticks.
 type messages struct {
 	send func([]byte) error
+	buf  []byte
 	err  error
 }
 
 func (m *messages) Write(p []byte) (int, error) {
 	total := len(p)
 	for len(p) > 0 && m.err == nil {
-		n := min(len(p), readChunk)
-		// gRPC may hold a message's bytes after Send: each gets its own.
-		m.err = m.send(bytes.Clone(p[:n]))
-		p = p[n:]
+		if m.buf == nil {
+			m.buf = make([]byte, 0, readChunk)
+		}
+		k := min(len(p), readChunk-len(m.buf))
+		m.buf = append(m.buf, p[:k]...)
+		p = p[k:]
+		if len(m.buf) == readChunk {
+			m.flush()
+		}
 	}
 	if m.err != nil {
 		return 0, m.err
 	}
 	return total, nil
+}
+
+// flush sends what is gathered.
+func (m *messages) flush() error {
+	if len(m.buf) > 0 && m.err == nil {
+		m.err = m.send(m.buf)
+	}
+	m.buf = nil
+	return m.err
 }
 
 // Write receives a blob, possibly over several streams (a client resumes at

@@ -26,10 +26,18 @@ const Compressor = "zstd"
 // to 19 use for files of any size.
 const maxWindow = 8 << 20
 
-// encoder is shared: EncodeAll is safe for concurrent use. The fastest
-// level keeps a client or server that compresses on the fly from being
-// bound by its CPU on links of up to a few hundred Mbit/s.
-var encoder = must(zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1)))
+// window is the window our encoders use: 1 MiB keeps a decoder's memory
+// small (the peer's decoder reserves a window per stream) and costs the
+// fastest level little ratio.
+const window = 1 << 20
+
+// encoderOptions are shared by every encoder: the fastest level keeps a
+// client or server that compresses on the fly from being bound by its CPU
+// on links of up to a few hundred Mbit/s.
+var encoderOptions = []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(window), zstd.WithLowerEncoderMem(true)}
+
+// encoder is shared: EncodeAll is safe for concurrent use.
+var encoder = must(zstd.NewWriter(nil, encoderOptions...))
 
 func must(e *zstd.Encoder, err error) *zstd.Encoder {
 	if err != nil {
@@ -47,7 +55,7 @@ var decoders = sync.Pool{New: func() any {
 }}
 
 var streamEncoders = sync.Pool{New: func() any {
-	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	e, err := zstd.NewWriter(nil, encoderOptions...)
 	if err != nil {
 		panic(err)
 	}
@@ -149,28 +157,115 @@ func (e *errWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Writer compresses what is written to it into w, in one zstd frame.
-type Writer struct {
-	e *zstd.Encoder
+// SampleBytes is how much of a blob Compressible looks at.
+const SampleBytes = 128 << 10
+
+// Compressible says whether data that starts with head is worth
+// compressing: whether zstd's fastest level takes at least a tenth off
+// its first 128 KiB. Random or already compressed content is not, and is
+// better sent as it is than through an encoder that finds nothing.
+func Compressible(head []byte) bool {
+	head = head[:min(len(head), SampleBytes)]
+	if len(head) < 64 {
+		return false
+	}
+	return len(Compress(head)) < len(head)*9/10
 }
 
-// NewWriter starts a frame into w. Close ends it and must be called.
+// Writer writes what is written to it into w as one zstd frame:
+// compressed, or in raw blocks (a frame any decoder reads, at the cost of
+// a copy) when the data is not worth compressing.
+type Writer struct {
+	e   *zstd.Encoder
+	raw *rawFrame
+}
+
+// NewWriter starts a compressed frame into w. Close ends it and must be
+// called.
 func NewWriter(w io.Writer) *Writer {
 	e := streamEncoders.Get().(*zstd.Encoder)
 	e.Reset(w)
 	return &Writer{e: e}
 }
 
-func (w *Writer) Write(p []byte) (int, error) { return w.e.Write(p) }
+// NewWriterFor starts a frame into w for data that starts with head:
+// compressed when Compressible(head), in raw blocks otherwise.
+func NewWriterFor(w io.Writer, head []byte) *Writer {
+	if Compressible(head) {
+		return NewWriter(w)
+	}
+	return &Writer{raw: newRawFrame(w)}
+}
 
-// Flush sends what is buffered so far as a complete block.
-func (w *Writer) Flush() error { return w.e.Flush() }
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.raw != nil {
+		return w.raw.Write(p)
+	}
+	return w.e.Write(p)
+}
 
 // Close ends the frame and returns the encoder to the pool.
 func (w *Writer) Close() error {
+	if w.raw != nil {
+		return w.raw.close()
+	}
 	err := w.e.Close()
 	w.e.Reset(nil)
 	streamEncoders.Put(w.e)
 	w.e = nil
 	return err
 }
+
+// rawBlock is the largest block of a raw frame: zstd's largest block, and
+// the frame's window.
+const rawBlock = 128 << 10
+
+// rawFrame writes a zstd frame of raw blocks (RFC 8878 section 3.1.1):
+// the magic number, a frame header that declares a 128 KiB window and no
+// content size or checksum, then each write as blocks of at most 128 KiB,
+// each after its 3-byte header, and an empty last block at the end. It
+// buffers nothing: the data goes on as it came.
+type rawFrame struct {
+	w       io.Writer
+	started bool
+}
+
+func newRawFrame(w io.Writer) *rawFrame { return &rawFrame{w: w} }
+
+// rawHeader is the magic number, a Frame_Header_Descriptor of 0 (no
+// single segment, no checksum, no content size, no dictionary) and a
+// Window_Descriptor of 2^17 bytes (exponent 7, mantissa 0).
+var rawHeader = []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 7 << 3}
+
+func (f *rawFrame) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), rawBlock)
+		if err := f.block(p[:k], false); err != nil {
+			return 0, err
+		}
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// block writes one raw block, marked last when last.
+func (f *rawFrame) block(data []byte, last bool) error {
+	if !f.started {
+		if _, err := f.w.Write(rawHeader); err != nil {
+			return err
+		}
+		f.started = true
+	}
+	h := uint32(len(data)) << 3 // Block_Type 0: raw
+	if last {
+		h |= 1
+	}
+	if _, err := f.w.Write([]byte{byte(h), byte(h >> 8), byte(h >> 16)}); err != nil {
+		return err
+	}
+	_, err := f.w.Write(data)
+	return err
+}
+
+func (f *rawFrame) close() error { return f.block(nil, true) }

@@ -89,3 +89,40 @@ func (e errAfter) Read([]byte) (int, error) { return 0, e.err }
 type countWriter struct{ n int }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += len(p); return len(p), nil }
+
+// Data not worth compressing goes out in raw blocks, which any zstd
+// decoder reads; data that is, compressed. Both come back byte for byte.
+func TestWriterFor(t *testing.T) {
+	random := make([]byte, 3<<20+17)
+	rand.Read(random)
+	text := bytes.Repeat([]byte("compressible build output "), 100000)
+	for _, tc := range []struct {
+		name       string
+		data       []byte
+		compresses bool
+	}{
+		{"random", random, false},
+		{"text", text, true},
+		{"empty", nil, false},
+		{"one block", random[:rawBlock], false},
+	} {
+		if got := Compressible(tc.data); got != tc.compresses {
+			t.Errorf("%s: Compressible = %t", tc.name, got)
+		}
+		var frame bytes.Buffer
+		w := NewWriterFor(&frame, tc.data)
+		for p := tc.data; len(p) > 0; p = p[min(len(p), 50000):] {
+			w.Write(p[:min(len(p), 50000)])
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if tc.compresses && frame.Len() > len(tc.data)/4 || !tc.compresses && frame.Len() > len(tc.data)+len(tc.data)/1000+16 {
+			t.Errorf("%s: %d bytes of frame for %d of data", tc.name, frame.Len(), len(tc.data))
+		}
+		got, err := Decompress(frame.Bytes(), int64(len(tc.data)))
+		if err != nil || !bytes.Equal(got, tc.data) {
+			t.Errorf("%s: the frame inflates to %d bytes, %v", tc.name, len(got), err)
+		}
+	}
+}

@@ -4,8 +4,10 @@
 // build as many elements.
 //
 //	genrefs -n 1000 -project bench DIR
+//	genrefs -n 40 -files 60 -size 100000 DIR   # 40 artifacts of 6 MB
 //
-// Each artifact is files/ (three small files of its own content), meta/
+// Each artifact is files/ (-files files of -size bytes of its own random
+// content; by default three small ones of text), meta/
 // with keys.yaml (strong and weak key) and logs/, stored under its strong
 // and its weak ref, as bst stores one. It prints the strong refs, one per
 // line.
@@ -16,6 +18,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -27,24 +30,26 @@ import (
 func main() {
 	n := flag.Int("n", 1000, "how many artifacts")
 	project := flag.String("project", "bench", "the project name in the refs")
+	files := flag.Int("files", 0, "files per artifact, of -size random bytes each (0: three small text files)")
+	size := flag.Int("size", 65536, "bytes per file with -files")
 	flag.Parse()
 	if flag.NArg() != 1 || *n < 1 || *n > 1_000_000 {
 		fmt.Fprintln(os.Stderr, "usage: genrefs [-n N] [-project NAME] DIR")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *project, *n); err != nil {
+	if err := run(flag.Arg(0), *project, *n, *files, *size); err != nil {
 		fmt.Fprintln(os.Stderr, "genrefs:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, project string, n int) error {
+func run(dir, project string, n, files, size int) error {
 	s, err := cache.Open(dir, cache.LayoutBst1)
 	if err != nil {
 		return err
 	}
 	for i := range n {
-		ref, err := artifact(s, project, i)
+		ref, err := artifact(s, project, i, contents(i, files, size))
 		if err != nil {
 			return err
 		}
@@ -59,7 +64,32 @@ func key(parts ...any) string {
 	return hex.EncodeToString(h[:])
 }
 
-func artifact(s *cache.Store, project string, i int) (string, error) {
+// contents are the files of artifact i: three small ones of text, or
+// files of size random bytes.
+func contents(i, files, size int) [][]byte {
+	var out [][]byte
+	if files == 0 {
+		for j, size := range []int{200, 1500, 6000} {
+			content := make([]byte, 0, size)
+			for len(content) < size {
+				content = append(content, key(i, j, len(content))...)
+			}
+			out = append(out, content[:size])
+		}
+		return out
+	}
+	rng := rand.New(rand.NewPCG(uint64(i), 1))
+	for range files {
+		b := make([]byte, size)
+		for k := range b {
+			b[k] = byte(rng.Uint32())
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func artifact(s *cache.Store, project string, i int, contents [][]byte) (string, error) {
 	element := fmt.Sprintf("e%04d", i)
 	strong, weak := key("strong", i), key("weak", i)
 	dir := func(d *repb.Directory) (*repb.Digest, error) {
@@ -75,12 +105,8 @@ func artifact(s *cache.Store, project string, i int) (string, error) {
 		return &repb.FileNode{Name: name, Digest: dg.ToProto()}, err
 	}
 	var files, meta []*repb.FileNode
-	for j, size := range []int{200, 1500, 6000} {
-		content := make([]byte, 0, size)
-		for len(content) < size {
-			content = append(content, key(element, j, len(content))...)
-		}
-		f, err := file(fmt.Sprintf("f%d", j), content[:size])
+	for j, content := range contents {
+		f, err := file(fmt.Sprintf("f%d", j), content)
 		if err != nil {
 			return "", err
 		}
