@@ -8,4 +8,10 @@
 // Remote returns is an *Error naming the cache, its URL and the operation;
 // a miss is ErrNotFound, whether the RPC said NOT_FOUND or a Remote Asset
 // response carried it in its status. Nothing here prints.
+//
+// Compression: after Probe, a cache that advertises ZSTD (and whose
+// compression setting is not "off") gets reads through compressed-blobs
+// resources and compressed batch answers, and uploads of content that
+// compresses; what comes in is inflated no further than its digest's size
+// and checked like any other blob.
 package remotes

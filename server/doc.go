@@ -1,6 +1,13 @@
 // Package server serves a local store (package cache) over gRPC: the
-// services behind `bst-cache serve`. It starts with REAPI v2 Capabilities and
-// ContentAddressableStorage; ByteStream, Remote Asset and ReferenceStorage
-// follow. Every uploaded blob is checked against its digest before it is
-// stored, and writes are refused with PERMISSION_DENIED unless enabled.
+// services behind `bst-cache serve`: REAPI v2 Capabilities,
+// ContentAddressableStorage and ByteStream, Remote Asset and BuildStream
+// 1's ReferenceStorage. Every uploaded blob is checked against its digest
+// before it is stored, and writes are refused with PERMISSION_DENIED
+// unless enabled.
+//
+// zstd (package zstdwire): the store keeps blobs uncompressed, in
+// BuildStream's layout; compressed-blobs reads and batch answers are
+// compressed on the way out (raw zstd blocks for content that does not
+// compress), compressed uploads and batch entries inflated on the way in,
+// never past their digest's size.
 package server

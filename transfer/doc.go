@@ -23,4 +23,8 @@
 //   - Copy takes the sources as the only evidence: the local store saves
 //     downloads, never stands in for a source.
 //   - Dry runs change nothing, remote or local, and report what would move.
+//   - Jobs bounds the refs that move bytes at once; up to 32 times as many
+//     are looked up and checked ahead of them (round trips, no bytes), and
+//     downloads in flight are bounded to 32 MiB, so memory stays bounded
+//     whatever the number of refs.
 package transfer
