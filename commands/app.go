@@ -76,7 +76,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"BST_CACHE_JSON"}, Usage: "print results as JSON on stdout"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"BST_CACHE_QUIET"}, Usage: "print only warnings and errors on stderr"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"BST_CACHE_VERBOSE"}, Usage: "log more on stderr"},
-			&cli.IntFlag{Name: "jobs", EnvVars: []string{"BST_CACHE_JOBS"}, Usage: "refs in flight at once", DefaultText: "from the configuration, else 8"},
+			&cli.IntFlag{Name: "jobs", EnvVars: []string{"BST_CACHE_JOBS"}, Usage: "refs moving bytes at once (32 times as many are looked up ahead)", DefaultText: "from the configuration, else 8"},
 			&cli.StringFlag{Name: "bwlimit", EnvVars: []string{"BST_CACHE_BWLIMIT"}, Usage: "cap the transfer rate over all caches together: bytes per second (10M, 10MiB/s, 500KB/s) or bits (100Mbit); each cache's bandwidth key caps it alone", DefaultText: "no cap"},
 			&cli.BoolFlag{Name: "no-progress", EnvVars: []string{"BST_CACHE_NO_PROGRESS"}, Usage: "never draw progress bars"},
 		},
