@@ -13,16 +13,15 @@ import (
 	"github.com/bst-cache/bst-cache/internal/zstdwire"
 )
 
-// minCompress is the smallest batch entry worth compressing on upload:
-// below it zstd's frame header eats most of the gain.
-const minCompress = 256
-
 // compression is what a cache takes and gives zstd-compressed, from its
 // capabilities and the cache's compression setting.
 type compression struct {
-	streams     bool // compressed-blobs ByteStream reads and writes
-	batchRead   bool // acceptable_compressors in BatchReadBlobs
-	batchUpdate bool // compressor in BatchUpdateBlobs
+	// streams: supported_compressors has ZSTD, which covers
+	// compressed-blobs ByteStream resources and acceptable_compressors in
+	// BatchReadBlobs.
+	streams bool
+	// batchUpdate: supported_batch_update_compressors has ZSTD.
+	batchUpdate bool
 }
 
 // setCompression turns zstd on where the cache advertises it, unless the
@@ -31,10 +30,8 @@ func (r *Remote) setCompression(cc *repb.CacheCapabilities) {
 	if r.compress == config.CompressionOff {
 		return
 	}
-	zstd := slices.Contains(cc.GetSupportedCompressors(), repb.Compressor_ZSTD)
 	r.zstd = compression{
-		streams:     zstd,
-		batchRead:   zstd,
+		streams:     slices.Contains(cc.GetSupportedCompressors(), repb.Compressor_ZSTD),
 		batchUpdate: slices.Contains(cc.GetSupportedBatchUpdateCompressors(), repb.Compressor_ZSTD),
 	}
 }
@@ -81,8 +78,8 @@ func batchEntry(br *repb.BatchReadBlobsResponse_Response, d digest.Digest) ([]by
 // takes it and that makes it smaller.
 func (r *Remote) updateEntry(d digest.Digest, data []byte) *repb.BatchUpdateBlobsRequest_Request {
 	req := &repb.BatchUpdateBlobsRequest_Request{Digest: d.ToProto(), Data: data}
-	if r.zstd.batchUpdate && len(data) >= minCompress {
-		if z := zstdwire.Compress(data); len(z) < len(data) {
+	if r.zstd.batchUpdate {
+		if z, ok := zstdwire.CompressEntry(data); ok {
 			req.Data, req.Compressor = z, repb.Compressor_ZSTD
 		}
 	}
@@ -95,7 +92,6 @@ type boundedWriter struct {
 	w     io.Writer
 	off   *int64
 	limit int64
-	onPut func()
 }
 
 func (b boundedWriter) Write(p []byte) (int, error) {
@@ -106,8 +102,5 @@ func (b boundedWriter) Write(p []byte) (int, error) {
 		return 0, localError{err}
 	}
 	*b.off += int64(len(p))
-	if b.onPut != nil {
-		b.onPut()
-	}
 	return len(p), nil
 }

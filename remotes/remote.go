@@ -170,7 +170,7 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 	for _, d := range ds {
 		req.Digests = append(req.Digests, d.ToProto())
 	}
-	if r.zstd.batchRead {
+	if r.zstd.streams {
 		req.AcceptableCompressors = []repb.Compressor_Value{repb.Compressor_ZSTD}
 	}
 	var resp *repb.BatchReadBlobsResponse

@@ -186,6 +186,7 @@ type sender struct {
 	chunk  int64
 	off    int64 // bytes sent: compressed ones for a compressed upload
 	buf    []byte
+	err    error // the first failure to send
 }
 
 func (s *sender) send(data []byte, last bool) error {
@@ -196,8 +197,9 @@ func (s *sender) send(data []byte, last bool) error {
 	s.off += int64(len(data))
 	if err := s.stream.Send(req); err != nil {
 		if errors.Is(err, io.EOF) {
-			return errServerDone
+			err = errServerDone
 		}
+		s.err = err
 		return err
 	}
 	return nil
@@ -234,10 +236,9 @@ func (s *sender) compressed(rc io.Reader, d digest.Digest) error {
 		err = cerr
 	}
 	switch {
+	case s.err != nil:
+		return s.err // the stream's own error (or errServerDone)
 	case err != nil:
-		if errors.Is(err, errServerDone) {
-			return err
-		}
 		return fmt.Errorf("reading blob %s: %w", d, err)
 	case n > d.Size:
 		return fmt.Errorf("reading blob %s: longer than its digest says", d)

@@ -13,12 +13,12 @@ import (
 	"syscall"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-
-	"github.com/bst-cache/bst-cache/internal/zstdwire"
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/bst-cache/bst-cache/internal/zstdwire"
 )
 
 // readChunk is the size of each ByteStream Read response.
@@ -178,10 +178,8 @@ func (z *compressedSend) send(p []byte) error {
 	if z.zw == nil {
 		z.zw = zstdwire.NewWriterFor(z.out, p)
 	}
-	if _, err := z.zw.Write(p); err != nil {
-		return err
-	}
-	return z.out.err
+	_, err := z.zw.Write(p)
+	return err
 }
 
 // close ends the frame (an empty one for an empty read).

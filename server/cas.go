@@ -98,8 +98,8 @@ func (s *Server) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsReque
 				err = status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", dg)
 			}
 		}
-		if err == nil && zstd && len(r.Data) >= minCompress {
-			if z := zstdwire.Compress(r.Data); len(z) < len(r.Data) {
+		if err == nil && zstd {
+			if z, ok := zstdwire.CompressEntry(r.Data); ok {
 				r.Data, r.Compressor = z, repb.Compressor_ZSTD
 			}
 		}
@@ -143,10 +143,6 @@ func (s *Server) BatchUpdateBlobs(_ context.Context, req *repb.BatchUpdateBlobsR
 	}
 	return resp, nil
 }
-
-// minCompress is the smallest blob a batch answer compresses: below it
-// zstd's frame header eats most of the gain.
-const minCompress = 256
 
 // inflate is the data of one BatchUpdateBlobs entry, decompressed when the
 // client compressed it and bounded by its digest's size.

@@ -155,8 +155,8 @@ func TestZstdHostileUploads(t *testing.T) {
 	up, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{Requests: []*repb.BatchUpdateBlobsRequest_Request{
 		{Digest: sd.ToProto(), Data: bomb.Bytes(), Compressor: repb.Compressor_ZSTD},
 	}})
-	if err == nil && up.GetResponses()[0].GetStatus().GetCode() != int32(codes.InvalidArgument) {
-		t.Errorf("a bomb in a batch: %v; want INVALID_ARGUMENT", up)
+	if err != nil || up.GetResponses()[0].GetStatus().GetCode() != int32(codes.InvalidArgument) {
+		t.Errorf("a bomb in a batch: %v, %v; want the entry refused with INVALID_ARGUMENT", up, err)
 	}
 	if ok, _ := store.Has(sd); ok {
 		t.Error("the bomb's digest was stored")

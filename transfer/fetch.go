@@ -65,6 +65,14 @@ func (w *watch) hold(ds ...digest.Digest) {
 	}
 }
 
+// moving takes the ref's slot before bytes move for it.
+func (w *watch) moving(ctx context.Context) error {
+	if w == nil {
+		return nil
+	}
+	return w.slot.take(ctx)
+}
+
 // lacked counts blobs c turned out to lack, when c is the hit's cache.
 func (w *watch) lacked(c *Cache, n int) {
 	if w != nil && w.cache == c {
@@ -116,7 +124,10 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, files f
 	t := cache.NewWalk(roots)
 	seenFiles := 0
 	level := t.Next()
-	trees, from := f.getTrees(ctx, level)
+	trees, from, err := f.getTrees(ctx, level, w)
+	if err != nil {
+		return err
+	}
 	for len(level) > 0 {
 		files(t.Files[seenFiles:])
 		seenFiles = len(t.Files)
@@ -189,9 +200,10 @@ func (f *fetcher) localDir(ctx context.Context, d digest.Digest, w *watch) ([]by
 }
 
 // getTrees asks the first live storage cache with GetTree for the trees
-// under roots the store lacks. Directories are re-serialized and kept only
-// where their digest matches, so nothing unverified is stored.
-func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) (map[digest.Digest][]byte, *Cache) {
+// under roots the store lacks, taking the ref's slot first: this moves
+// bytes. Directories are re-serialized and kept only where their digest
+// matches, so nothing unverified is stored.
+func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest, w *watch) (map[digest.Digest][]byte, *Cache, error) {
 	out := map[digest.Digest][]byte{}
 	var need []digest.Digest
 	for _, d := range roots {
@@ -200,7 +212,10 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) (map[dige
 		}
 	}
 	if len(need) == 0 {
-		return out, nil
+		return out, nil, nil
+	}
+	if err := w.moving(ctx); err != nil {
+		return nil, nil, err
 	}
 	for _, c := range f.caches {
 		r, err := c.connect(ctx, f.ev)
@@ -222,9 +237,9 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest) (map[dige
 				}
 			}
 		}
-		return out, c
+		return out, c, nil
 	}
-	return out, nil
+	return out, nil, nil
 }
 
 // fetch makes the given blobs local and returns those no cache had.
@@ -235,8 +250,8 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 	}
 	f.present.Add(int64(len(held)))
 	w.hold(held...)
-	if len(need) > 0 && w != nil {
-		if err := w.slot.take(ctx); err != nil {
+	if len(need) > 0 {
+		if err := w.moving(ctx); err != nil {
 			return nil, err
 		}
 	}

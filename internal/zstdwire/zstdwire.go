@@ -67,6 +67,22 @@ func Compress(data []byte) []byte {
 	return encoder.EncodeAll(data, make([]byte, 0, len(data)/2+64))
 }
 
+// minCompress is the smallest batch entry worth compressing: below it the
+// frame header eats most of the gain.
+const minCompress = 256
+
+// CompressEntry is a batch entry's data as it should travel: compressed
+// (ok true) when that makes it smaller, else as it is.
+func CompressEntry(data []byte) (out []byte, ok bool) {
+	if len(data) < minCompress {
+		return data, false
+	}
+	if z := Compress(data); len(z) < len(data) {
+		return z, true
+	}
+	return data, false
+}
+
 // Inflate is the data of one batch entry sent with compressor c, which
 // must come to exactly size bytes: as it is for IDENTITY, decompressed for
 // ZSTD, and an error for any other compressor.
@@ -101,7 +117,10 @@ func Decompress(data []byte, size int64) ([]byte, error) {
 // dst is returned as it is.
 func Copy(dst io.Writer, src io.Reader, limit int64) (int64, error) {
 	d := decoders.Get().(*zstd.Decoder)
-	defer decoders.Put(d)
+	defer func() {
+		d.Reset(nil) // drop src: the pool must not keep a stream alive
+		decoders.Put(d)
+	}()
 	r := &errReader{r: src}
 	if err := d.Reset(r); err != nil {
 		return 0, r.cause(err)
