@@ -329,46 +329,87 @@ func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err 
 // first what the cache has: a batch answers NOT_FOUND per blob and a stream
 // as a whole, which costs the server less than FindMissingBlobs and saves
 // a round trip per tree level. It returns how many of need the cache lacks.
+//
+// Refs fetching the same blobs at once cannot deadlock, by construction:
+// a blob is claimed without waiting (claimAll), and a claim is held only
+// by a download that is started or by a fetchFrom that is starting its
+// own downloads, which waits for nothing but those downloads (a slot in
+// its group). A download waits for nothing but the cache (its
+// max-concurrency) and the run's byte budget, both held only by requests
+// in flight. Only once all of its own downloads are started does a
+// fetchFrom wait for other refs' claims, so no one it waits for ever
+// waits for it: the waits form no cycle.
 func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []digest.Digest) (int, error) {
 	var lacks atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	// Requests in flight are bounded by the cache's max-concurrency inside
-	// remotes; this bounds the goroutines waiting for a slot.
+	// remotes; this bounds the goroutines of this call.
 	g.SetLimit(max(c.Config.MaxConcurrency, 1))
-	var mine []digest.Digest
+	waitErr := func() error {
+		for len(need) > 0 {
+			mine, theirs := f.claimAll(need)
+			f.start(gctx, g, c, r, mine, &lacks)
+			// Another ref is fetching each of theirs, maybe from another
+			// cache. Once it is done, the blob is local, or that cache
+			// lacked it and this one is asked: it is claimed again.
+			need = nil
+			for _, t := range theirs {
+				select {
+				case <-t.done:
+				case <-gctx.Done():
+					return ctx.Err() // else g.Wait says why
+				}
+				local, err := f.store.Has(t.d)
+				if err != nil {
+					return err
+				}
+				if !local {
+					need = append(need, t.d)
+				}
+			}
+		}
+		return nil
+	}()
+	if err := g.Wait(); err != nil {
+		return int(lacks.Load()), err
+	}
+	return int(lacks.Load()), waitErr
+}
+
+// flight is a blob another ref is downloading: done is closed when it is
+// through, whether or not it stored the blob.
+type flight struct {
+	d    digest.Digest
+	done <-chan struct{}
+}
+
+// claimAll claims every blob of need nobody is downloading, without
+// waiting, and returns them (mine) and the flights of the others.
+func (f *fetcher) claimAll(need []digest.Digest) (mine []digest.Digest, theirs []flight) {
 	for _, d := range need {
 		ok, wait := f.claim(d)
-		if ok {
-			// Another ref may have stored d since need was made.
-			if local, err := f.store.Has(d); err == nil && local {
-				f.release(d)
-				continue
-			}
-			mine = append(mine, d)
+		if !ok {
+			theirs = append(theirs, flight{d, wait})
 			continue
 		}
-		// Another ref is fetching d, maybe from another cache. Once it
-		// is done, d is local, or that cache lacked it and this one is
-		// asked: the waiter claims it again.
-		g.Go(func() error {
-			select {
-			case <-wait:
-			case <-gctx.Done():
-				return nil
-			}
-			if ok, err := f.store.Has(d); err != nil || ok {
-				return err
-			}
-			n, err := f.fetchFrom(gctx, c, r, []digest.Digest{d})
-			lacks.Add(int64(n))
-			return err
-		})
+		// Another ref may have stored d since need was made.
+		if local, err := f.store.Has(d); err == nil && local {
+			f.release(d)
+			continue
+		}
+		mine = append(mine, d)
 	}
+	return mine, theirs
+}
+
+// start downloads the claimed blobs mine in g, each released when its
+// download is through.
+func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remote, mine []digest.Digest, lacks *atomic.Int64) {
 	batches, streamed := r.Plan(mine)
 	for _, d := range streamed {
 		g.Go(func() error {
 			defer f.release(d)
-			found, err := f.stream(gctx, c, r, d)
+			found, err := f.stream(ctx, c, r, d)
 			if !found {
 				lacks.Add(1)
 			}
@@ -378,13 +419,11 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []dige
 	for _, b := range batches {
 		g.Go(func() error {
 			defer f.release(b...)
-			missing, err := f.batch(gctx, c, r, b)
+			missing, err := f.batch(ctx, c, r, b)
 			lacks.Add(int64(missing))
 			return err
 		})
 	}
-	err := g.Wait()
-	return int(lacks.Load()), err
 }
 
 // batch reads small blobs in one call (BatchRead verifies each) and returns

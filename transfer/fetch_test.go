@@ -3,7 +3,9 @@ package transfer
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -88,6 +90,87 @@ func TestWaiterFetchesAfterAFailedClaim(t *testing.T) {
 	for _, d := range want {
 		if ok, _ := local.Has(d); !ok {
 			t.Errorf("%v was not fetched by the waiter", d)
+		}
+	}
+}
+
+// Two refs sharing hundreds of blobs, claimed in opposite orders with a
+// max-concurrency of 1, both finish (issue 18). Each ref's list starts
+// with blobs only it has, then two blobs held by a third party (the
+// test): the ref is stopped there until every other blob is claimed by
+// one of the two, as on a busy machine. A fetcher that waits for others'
+// claims while it holds claims it has not started downloading deadlocks
+// here for good.
+func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
+	const shared = 300
+	var blobs [][]byte
+	var a, b, gates []digest.Digest
+	for i := range shared {
+		blob := []byte(fmt.Sprintf("blob %d of both refs", i))
+		blobs = append(blobs, blob)
+		a = append(a, digest.NewFromBlob(blob))
+	}
+	b = slices.Clone(a)
+	slices.Reverse(b)
+	for i := range 4 {
+		blob := []byte(fmt.Sprintf("gate %d", i))
+		blobs = append(blobs, blob)
+		gates = append(gates, digest.NewFromBlob(blob))
+	}
+	// Ref A: the first half, its gates, then the second half; ref B the
+	// same from the other end.
+	orderA := slices.Concat(a[:shared/2], gates[:2], a[shared/2:])
+	orderB := slices.Concat(b[:shared/2], gates[2:], b[shared/2:])
+
+	c := serveStore(t, blobs...)
+	c.Config.MaxConcurrency = 1
+	defer Close([]*Cache{c})
+	local, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFetcher(local, []*Cache{c}, false, Events{})
+	for _, d := range gates {
+		if mine, _ := f.claim(d); !mine {
+			t.Fatal("claim failed")
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, 2)
+	for _, order := range [][]digest.Digest{orderA, orderB} {
+		go func() {
+			missing, err := f.fetch(ctx, order, nil)
+			if err == nil && len(missing) > 0 {
+				err = fmt.Errorf("%d blobs missing", len(missing))
+			}
+			errs <- err
+		}()
+	}
+	// Wait until both refs have claimed their first halves (or, with
+	// a fetcher that does not stop there, a while), then let them go on.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		n := len(f.flights)
+		f.mu.Unlock()
+		if n == shared+len(gates) {
+			break
+		}
+	}
+	f.release(gates...)
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("deadlock: two refs sharing blobs in opposite orders never finished")
+		}
+	}
+	for _, blob := range blobs {
+		if ok, _ := local.Has(digest.NewFromBlob(blob)); !ok {
+			t.Fatalf("%q was not fetched", blob)
 		}
 	}
 }
