@@ -38,8 +38,6 @@ type RetryEvent struct {
 type Option func(*options)
 
 type options struct {
-	onRetry     func(RetryEvent)
-	onShrink    func(ShrinkEvent)
 	concurrency int
 	limiters    []*rate.Limiter
 }
@@ -52,13 +50,29 @@ type ShrinkEvent struct {
 	Size       int64  // the new size in bytes
 }
 
-// WithShrinkHook calls fn each time the batch or ByteStream chunk size is
-// halved after a message-size refusal. The default is to shrink silently.
-func WithShrinkHook(fn func(ShrinkEvent)) Option { return func(o *options) { o.onShrink = fn } }
+// Hooks observe what a Remote does for one caller: each retry, and each
+// halving of the batch or ByteStream chunk size after a message-size
+// refusal. They travel with the call's context (WithHooks), as
+// net/http/httptrace's do, so callers sharing a Remote each hear about
+// their own calls and no caller's hooks outlive its calls. Either may be
+// nil; without hooks a Remote retries and shrinks silently.
+type Hooks struct {
+	OnRetry  func(RetryEvent)
+	OnShrink func(ShrinkEvent)
+}
 
-// WithRetryHook calls fn before each retry, e.g. to log it. The default is
-// to retry silently.
-func WithRetryHook(fn func(RetryEvent)) Option { return func(o *options) { o.onRetry = fn } }
+type hooksKey struct{}
+
+// WithHooks returns ctx carrying h for every call made with it.
+func WithHooks(ctx context.Context, h Hooks) context.Context {
+	return context.WithValue(ctx, hooksKey{}, h)
+}
+
+// hooksOf is what WithHooks put in ctx.
+func hooksOf(ctx context.Context) Hooks {
+	h, _ := ctx.Value(hooksKey{}).(Hooks)
+	return h
+}
 
 // WithConcurrency overrides the cache's max-concurrency, the number of
 // requests in flight to it. The default is the configured max-concurrency.
@@ -83,8 +97,6 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		conn:     c.Connection,
 		compress: c.Compression,
 		sem:      make(chan struct{}, o.concurrency),
-		onRetry:  o.onRetry,
-		onShrink: o.onShrink,
 	}
 	r.chunk.Store(writeChunk)
 
@@ -209,8 +221,8 @@ func (r *Remote) retry(ctx context.Context, op string, idempotent bool, perAttem
 			return r.wrap(op, err)
 		}
 		wait := delay/2 + rand.N(delay)
-		if r.onRetry != nil {
-			r.onRetry(RetryEvent{Cache: r.name, Op: op, Attempt: attempt + 1, Delay: wait, Err: r.wrap(op, err)})
+		if on := hooksOf(ctx).OnRetry; on != nil {
+			on(RetryEvent{Cache: r.name, Op: op, Attempt: attempt + 1, Delay: wait, Err: r.wrap(op, err)})
 		}
 		select {
 		case <-time.After(wait):

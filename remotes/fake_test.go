@@ -125,12 +125,13 @@ func TestRetryPolicy(t *testing.T) {
 			c := cacheConfig("flaky", "http://"+l.Addr().String(), config.TypeIndex)
 			c.Connection.RetryLimit = 2
 			var events []remotes.RetryEvent
-			r, err := remotes.Dial(context.Background(), c, remotes.WithRetryHook(func(e remotes.RetryEvent) { events = append(events, e) }))
+			r, err := remotes.Dial(context.Background(), c)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			_, err = r.GetReference(context.Background(), "p/e/k")
+			ctx := remotes.WithHooks(context.Background(), remotes.Hooks{OnRetry: func(e remotes.RetryEvent) { events = append(events, e) }})
+			_, err = r.GetReference(ctx, "p/e/k")
 			var re *remotes.Error
 			gotCode := codes.OK
 			if errors.As(err, &re) {

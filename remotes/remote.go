@@ -40,8 +40,6 @@ type Remote struct {
 	compress            config.Compression
 	zstd                compression // set by Probe
 	sem                 chan struct{}
-	onRetry             func(RetryEvent)
-	onShrink            func(ShrinkEvent)
 
 	cc     *grpc.ClientConn
 	sdk    *client.Client
@@ -102,14 +100,15 @@ func (r *Remote) MaxBatchBytes() int64 { return r.maxRead.Load() }
 const minMessage = 16 << 10
 
 // shrink halves *size from was after a message-size refusal, once per
-// observed size (concurrent refusals of the same size halve it once). It
-// reports false when the size is already at the floor.
-func (r *Remote) shrink(size *atomic.Int64, was int64, what string) bool {
+// observed size (concurrent refusals of the same size halve it once), and
+// tells the caller whose refusal halved it (ctx's Hooks). It reports false
+// when the size is already at the floor.
+func (r *Remote) shrink(ctx context.Context, size *atomic.Int64, was int64, what string) bool {
 	if was <= minMessage {
 		return false
 	}
-	if size.CompareAndSwap(was, max(was/2, minMessage)) && r.onShrink != nil {
-		r.onShrink(ShrinkEvent{Cache: r.name, URL: r.url, What: what, Size: size.Load()})
+	if on := hooksOf(ctx).OnShrink; size.CompareAndSwap(was, max(was/2, minMessage)) && on != nil {
+		on(ShrinkEvent{Cache: r.name, URL: r.url, What: what, Size: size.Load()})
 	}
 	return true
 }
@@ -149,7 +148,7 @@ func (r *Remote) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.
 func (r *Remote) BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error) {
 	limit := r.MaxBatchBytes()
 	found, missing, err = r.batchRead(ctx, ds)
-	if !errors.Is(err, ErrTooLarge) || len(ds) < 2 || !r.shrink(&r.maxRead, limit, "batch") {
+	if !errors.Is(err, ErrTooLarge) || len(ds) < 2 || !r.shrink(ctx, &r.maxRead, limit, "batch") {
 		return found, missing, err
 	}
 	found = map[digest.Digest][]byte{}
@@ -350,7 +349,7 @@ func (s *recvReader) WriteTo(w io.Writer) (int64, error) {
 func (r *Remote) BatchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
 	limit := r.MaxBatchBytes()
 	err := r.batchUpdate(ctx, blobs)
-	if !errors.Is(err, ErrTooLarge) || len(blobs) < 2 || !r.shrink(&r.maxRead, limit, "batch") {
+	if !errors.Is(err, ErrTooLarge) || len(blobs) < 2 || !r.shrink(ctx, &r.maxRead, limit, "batch") {
 		return err
 	}
 	ds := slices.Collect(maps.Keys(blobs))

@@ -123,7 +123,7 @@ func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) er
 	for {
 		chunk := r.chunk.Load()
 		err := r.writeBlob(ctx, d, open, chunk)
-		if !errors.Is(err, ErrTooLarge) || !r.shrink(&r.chunk, chunk, "chunk") {
+		if !errors.Is(err, ErrTooLarge) || !r.shrink(ctx, &r.chunk, chunk, "chunk") {
 			return err
 		}
 	}

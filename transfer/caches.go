@@ -15,22 +15,38 @@ import (
 )
 
 // Cache is one configured cache for a run: connected and probed on first
-// use, and skipped for the rest of the run once it proves unreachable or
-// refuses us.
+// use. Once it proves unreachable or refuses us it is skipped for a while,
+// then probed again by the next caller, so a cache that comes back is used
+// again, in a long run as in a long-running process. The waits double
+// from reprobeMin to reprobeMax over the Cache's life.
+//
+// A Cache is shared by its callers; each tells its own Events: connect
+// and kill take the caller's, and calls made with a context its Events
+// were bound to (Events.bind) report their retries to it.
 type Cache struct {
 	Config config.Cache
 
-	once sync.Once
 	dial dialer // dialRemote unless a test gives another
 	// shared caps the run's bytes over every cache (--bwlimit).
 	shared *rate.Limiter
+	// backoff is the first wait before a dead cache is probed again;
+	// reprobeMin unless a test sets it.
+	backoff time.Duration
+
+	mu sync.Mutex
+	// remote and caps are set by the first probe that succeeds and kept,
+	// so callers read caps after a connect that returned no error.
 	remote remote
 	caps   remotes.Capabilities
-
-	mu     sync.Mutex
-	dead   error // set when the cache is skipped
-	warned map[string]bool
-	use    usage
+	// probing is closed when the probe under way ends; nil when none is.
+	probing chan struct{}
+	// dead is why the cache is skipped until retryAt; wait is how long
+	// the next death lasts.
+	dead    error
+	retryAt time.Time
+	wait    time.Duration
+	warned  map[string]bool
+	use     usage
 }
 
 // usage is what a cache did in a run: blobs and bytes moved from or to
@@ -113,52 +129,139 @@ func NewCaches(cfgs []config.Cache, bwlimit int64) []*Cache {
 // Name is the configured name.
 func (c *Cache) Name() string { return c.Config.Name }
 
-// probeTimeout bounds the first contact with a cache.
+// probeTimeout bounds each probe of a cache.
 const probeTimeout = 10 * time.Second
 
-// connect dials and probes the cache once. A cache that fails is dead for
-// the run; the error names it and its URL.
+// A dead cache is probed again after reprobeMin, then after twice as long
+// each time it is found dead again, up to reprobeMax: a run that a cache
+// fails for long pays one probe every reprobeMax at most.
+const (
+	reprobeMin = 5 * time.Second
+	reprobeMax = 2 * time.Minute
+)
+
+// connect returns the cache's remote, dialling and probing it first when
+// no probe has answered yet, or when the cache is dead and its wait is
+// over: then this caller probes it again while others are told it is
+// skipped. A cache that fails is skipped for a while; the error names it
+// and its URL. ev gets this caller's warnings.
 func (c *Cache) connect(ctx context.Context, ev Events) (remote, error) {
-	c.once.Do(func() {
-		dial := c.dial
-		if dial == nil {
-			dial = dialRemote
+	for {
+		c.mu.Lock()
+		switch {
+		case c.dead == nil && c.remote != nil:
+			r := c.remote
+			c.mu.Unlock()
+			return r, nil
+		case c.dead != nil && (c.probing != nil || time.Now().Before(c.retryAt)):
+			err := c.dead
+			c.mu.Unlock()
+			return nil, err
+		case c.probing != nil:
+			// The first probe is under way: its answer is everyone's.
+			probing := c.probing
+			c.mu.Unlock()
+			select {
+			case <-probing:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
-		var opts []remotes.Option
-		if c.shared != nil {
-			opts = append(opts, remotes.WithLimiters(c.shared))
+		probing := make(chan struct{})
+		c.probing = probing
+		old := c.remote
+		c.mu.Unlock()
+		r, err := c.probe(ctx, old, ev)
+		close(probing)
+		if err != nil || r != nil {
+			return r, err
 		}
-		r, caps, err := dial(ctx, c.Config, ev, opts...)
-		c.asked(err)
-		if err != nil {
-			c.kill(err, ev)
-			return
+		// This caller gave up (its context is done) before the probe
+		// answered: the next caller probes.
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		c.remote, c.caps = r, caps
-	})
-	if err := c.deadErr(); err != nil {
-		return nil, err
 	}
-	return c.remote, nil
 }
 
-func (c *Cache) deadErr() error {
+// probe dials (or, given old, probes again) the cache and records the
+// answer: the remote, or the cache dead for a while. It returns neither
+// when ctx ended first, since that says nothing about the cache.
+func (c *Cache) probe(ctx context.Context, old remote, ev Events) (remote, error) {
+	dial := c.dial
+	if dial == nil {
+		dial = dialRemote
+	}
+	var opts []remotes.Option
+	if c.shared != nil {
+		opts = append(opts, remotes.WithLimiters(c.shared))
+	}
+	r, caps, err := dial(ctx, c.Config, old, opts...)
+	canceled := err != nil && ctx.Err() != nil
+	if !canceled {
+		c.asked(err)
+	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.dead
-}
-
-// kill marks the cache as skipped for the rest of the run, with one warning.
-func (c *Cache) kill(err error, ev Events) {
-	c.mu.Lock()
-	first := c.dead == nil
-	if first {
-		c.dead = err
+	c.probing = nil
+	wasDead := c.dead != nil
+	var wait time.Duration
+	switch {
+	case canceled:
+	case err != nil:
+		wait = c.skip(err)
+	default:
+		if c.remote == nil {
+			c.remote, c.caps = r, caps
+		}
+		c.dead = nil
 	}
 	c.mu.Unlock()
-	if first {
-		ev.Warn(c.describe(err) + "; skipped for the rest of this run")
+	switch {
+	case canceled:
+		return nil, nil
+	case err != nil && wasDead:
+		ev.info(fmt.Sprintf("%s; still skipped, asked again in %s", c.describe(err), wait))
+	case err != nil:
+		ev.Warn(c.skipped(err, wait))
+	case wasDead:
+		ev.info(fmt.Sprintf("cache %s (%s) answers again: asking it again", c.Config.Name, c.Config.URL))
 	}
+	return r, err
+}
+
+// kill skips the cache for a while after a call failed, with one warning;
+// when it is skipped already, the failure adds nothing.
+func (c *Cache) kill(err error, ev Events) {
+	c.mu.Lock()
+	if c.dead != nil {
+		c.mu.Unlock()
+		return
+	}
+	wait := c.skip(err)
+	c.mu.Unlock()
+	ev.Warn(c.skipped(err, wait))
+}
+
+// skipped is the warning for a cache found dead.
+func (c *Cache) skipped(err error, wait time.Duration) string {
+	return fmt.Sprintf("%s; skipped, asked again in %s", c.describe(err), wait)
+}
+
+// skip marks the cache dead for err until its next wait is over and
+// returns that wait: the first is backoff, each next one twice the last,
+// at most reprobeMax. c.mu is held.
+func (c *Cache) skip(err error) time.Duration {
+	switch {
+	case c.wait == 0 && c.backoff > 0:
+		c.wait = c.backoff
+	case c.wait == 0:
+		c.wait = reprobeMin
+	default:
+		c.wait = min(2*c.wait, reprobeMax)
+	}
+	c.dead, c.retryAt = err, time.Now().Add(c.wait)
+	return c.wait
 }
 
 // fatal says whether an error means the cache should be skipped from now
@@ -178,9 +281,11 @@ func fatal(err error) bool {
 // Close closes every connection.
 func Close(caches []*Cache) {
 	for _, c := range caches {
+		c.mu.Lock()
 		if c.remote != nil {
 			c.remote.Close()
 		}
+		c.mu.Unlock()
 	}
 }
 

@@ -26,6 +26,7 @@ type CopyOptions struct {
 // stay in the local store for the next run. Results come in the order of
 // refs.
 func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o CopyOptions) ([]Result, Stats) {
+	ctx = e.Events.bind(ctx)
 	start := time.Now()
 	if o.DryRun {
 		results := make([][]Result, len(refs))

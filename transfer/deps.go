@@ -23,6 +23,7 @@ var ErrRunDeps = errors.New("for refs, --deps follows the build dependencies art
 // the local store, else from the caches (read, not stored). A ref whose
 // metadata is nowhere stays in the list and the transfer reports it.
 func (e *Engine) Expand(ctx context.Context, refs []string, deps buildstream.Deps) ([]string, error) {
+	ctx = e.Events.bind(ctx)
 	switch deps {
 	case buildstream.DepsNone:
 		return refs, nil

@@ -190,7 +190,7 @@ func cacheOf(fakes ...*fakeCache) []*Cache {
 	var out []*Cache
 	for _, f := range fakes {
 		c := &Cache{Config: config.Cache{Name: f.name, URL: "fake://" + f.name, Type: config.TypeAll, MaxConcurrency: 4}}
-		c.dial = func(context.Context, config.Cache, Events, ...remotes.Option) (remote, remotes.Capabilities, error) {
+		c.dial = func(context.Context, config.Cache, remote, ...remotes.Option) (remote, remotes.Capabilities, error) {
 			if f.unreachable {
 				return nil, remotes.Capabilities{}, f.err("probe", codes.Unavailable)
 			}

@@ -1,6 +1,14 @@
 package transfer
 
-import "io"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/bst-cache/bst-cache/remotes"
+)
 
 // Events receive what a transfer reports while it runs. Any field may be
 // nil. They are called from several goroutines.
@@ -17,6 +25,25 @@ type Events struct {
 	OnRef func(Result)
 	// OnInfo gets detail worth showing with -v: each retry.
 	OnInfo func(msg string)
+}
+
+// bind returns ctx carrying e for the remote layer: the retries and size
+// refusals of calls made with it are told to e, whoever dialled the cache.
+// Every Engine method that asks caches binds its Events first.
+func (e Events) bind(ctx context.Context) context.Context {
+	return remotes.WithHooks(ctx, remotes.Hooks{
+		OnShrink: func(s remotes.ShrinkEvent) {
+			e.Warn(fmt.Sprintf("cache %s (%s) refused a message as larger than its limit: %s size now %d bytes for the rest of this run", s.Cache, s.URL, s.What, s.Size))
+		},
+		OnRetry: func(r remotes.RetryEvent) {
+			var re *remotes.Error
+			code := "?"
+			if errors.As(r.Err, &re) {
+				code = re.Code.String()
+			}
+			e.info(fmt.Sprintf("cache %s: %s: %s; retry %d in %s", r.Cache, r.Op, code, r.Attempt, r.Delay.Round(time.Millisecond)))
+		},
+	})
 }
 
 func (e Events) info(msg string) {

@@ -160,6 +160,7 @@ func (r VerifyReport) Unrepaired() int {
 // (priority order, every byte checked); a ref no cache can complete is
 // removed with all its refs, so none is left naming what is not there.
 func (e *Engine) Verify(ctx context.Context, refs []string, everything, repair bool) (VerifyReport, error) {
+	ctx = e.Events.bind(ctx)
 	rep := VerifyReport{Refs: len(refs), Problems: []Problem{}, Removed: []string{}}
 	checked := map[digest.Digest]error{} // nil: good
 	breaks := map[digest.Digest][]string{}
@@ -285,6 +286,7 @@ type lister interface {
 // store and in the index caches that can list (bst-cache serve), each
 // once, sorted. Caches that cannot list are passed over.
 func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
+	ctx = e.Events.bind(ctx)
 	re, err := cache.CompileGlob(glob)
 	if err != nil {
 		return nil, err

@@ -132,6 +132,7 @@ type PullOptions struct {
 // concurrently, and reports each result through Events and in the slice
 // (in the order of refs).
 func (e *Engine) Pull(ctx context.Context, refs []string, o PullOptions) ([]Result, Stats) {
+	ctx = e.Events.bind(ctx)
 	return e.pull(ctx, refs, o, func(int, Result) {})
 }
 

@@ -33,6 +33,7 @@ type pushStats struct {
 // Push uploads each local ref to each target: only the blobs the target
 // lacks, then the index entry last. Results come per ref and target.
 func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o PushOptions) ([]Result, Stats) {
+	ctx = e.Events.bind(ctx)
 	start := time.Now()
 	var st pushStats
 	results := make([][]Result, len(refs))

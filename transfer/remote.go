@@ -2,10 +2,7 @@ package transfer
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
-	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -62,32 +59,28 @@ type remote interface {
 
 var _ remote = (*remotes.Remote)(nil)
 
-// dialer connects to a cache and probes it; a cache that fails is skipped
-// for the run. Events get the remote layer's warnings.
-type dialer func(ctx context.Context, cfg config.Cache, ev Events, opts ...remotes.Option) (remote, remotes.Capabilities, error)
+// dialer connects to a cache and probes it. Given the remote of an
+// earlier connect (old), it probes that one again instead of dialling
+// anew, and returns it. A cache that fails is skipped for a while.
+type dialer func(ctx context.Context, cfg config.Cache, old remote, opts ...remotes.Option) (remote, remotes.Capabilities, error)
 
 // dialRemote is the dialer of real caches: gRPC, then a probe within
 // probeTimeout.
-func dialRemote(ctx context.Context, cfg config.Cache, ev Events, opts ...remotes.Option) (remote, remotes.Capabilities, error) {
-	opts = append(opts, remotes.WithShrinkHook(func(s remotes.ShrinkEvent) {
-		ev.Warn(fmt.Sprintf("cache %s (%s) refused a message as larger than its limit: %s size now %d bytes for the rest of this run", s.Cache, s.URL, s.What, s.Size))
-	}), remotes.WithRetryHook(func(e remotes.RetryEvent) {
-		var re *remotes.Error
-		code := "?"
-		if errors.As(e.Err, &re) {
-			code = re.Code.String()
+func dialRemote(ctx context.Context, cfg config.Cache, old remote, opts ...remotes.Option) (remote, remotes.Capabilities, error) {
+	r, _ := old.(*remotes.Remote)
+	if r == nil {
+		var err error
+		if r, err = remotes.Dial(ctx, cfg, opts...); err != nil {
+			return nil, remotes.Capabilities{}, err
 		}
-		ev.info(fmt.Sprintf("cache %s: %s: %s; retry %d in %s", e.Cache, e.Op, code, e.Attempt, e.Delay.Round(time.Millisecond)))
-	}))
-	r, err := remotes.Dial(ctx, cfg, opts...)
-	if err != nil {
-		return nil, remotes.Capabilities{}, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	res := remotes.Probe(pctx, r, cfg.Type)
 	if res.Err != nil {
-		r.Close()
+		if old == nil {
+			r.Close()
+		}
 		return nil, remotes.Capabilities{}, res.Err
 	}
 	return r, res.Caps, nil

@@ -59,7 +59,7 @@ func (a *answers) missingOrFailed(res Result) Result {
 // resolve asks the index caches for ref in priority order and calls hit
 // for each digest one names (each digest once) until hit returns true. A
 // cache that cannot be asked is recorded in the answers, warned about once
-// and, when fatal, skipped for the rest of the run. With Strict the first
+// and, when fatal, skipped for a while (Cache.connect). With Strict the first
 // such error is returned.
 func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d digest.Digest) (stop bool, err error)) (*answers, error) {
 	a := &answers{}
@@ -70,7 +70,7 @@ func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d d
 			if e.Strict {
 				return a, err
 			}
-			e.Events.info(fmt.Sprintf("%s: cache %s: not asked: skipped for this run", ref, c.Name()))
+			e.Events.info(fmt.Sprintf("%s: cache %s: not asked: skipped for now", ref, c.Name()))
 			a.unasked = append(a.unasked, c.describe(err))
 			continue
 		}

@@ -83,7 +83,7 @@ func TestJobsBoundBytesNotQuestions(t *testing.T) {
 		refs = append(refs, ref)
 	}
 	c := &Cache{Config: config.Cache{Name: "paced", URL: "fake://paced", Type: config.TypeAll, MaxConcurrency: 64}}
-	c.dial = func(context.Context, config.Cache, Events, ...remotes.Option) (remote, remotes.Capabilities, error) {
+	c.dial = func(context.Context, config.Cache, remote, ...remotes.Option) (remote, remotes.Capabilities, error) {
 		return p, remotes.Capabilities{CAS: true, BatchRead: true, RemoteAssetFetch: true}, nil
 	}
 	var warns []string

@@ -48,6 +48,7 @@ type Location struct {
 // Which asks every cache about every ref. A cache whose index names a ref
 // is checked for the whole closure in its own storage when it has storage.
 func (e *Engine) Which(ctx context.Context, refs []string) []Location {
+	ctx = e.Events.bind(ctx)
 	out := make([]Location, len(refs))
 	var g errgroup.Group
 	g.SetLimit(e.lookahead()) // which only asks
@@ -139,7 +140,7 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 		st.Status, st.Error = WhereError, err.Error()
 		return st
 	}
-	r, err := c.connect(ctx, Events{})
+	r, err := c.connect(ctx, e.tableEvents())
 	if err != nil {
 		return errState(err)
 	}
@@ -187,10 +188,15 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 	return st
 }
 
+// tableEvents are which's Events for connecting: a cache found dead is
+// not warned about, since which's table shows each cache's error; -v
+// lines still come.
+func (e *Engine) tableEvents() Events { return Events{OnInfo: e.Events.OnInfo} }
+
 // readFirst reads a small blob from the first of caches that has it.
 func readFirst(ctx context.Context, e *Engine, caches []*Cache, d digest.Digest) ([]byte, error) {
 	for _, c := range caches {
-		r, err := c.connect(ctx, Events{})
+		r, err := c.connect(ctx, e.Events)
 		if err != nil {
 			continue
 		}

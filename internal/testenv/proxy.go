@@ -64,6 +64,12 @@ type ProxyFaults struct {
 	// UnavailableFetches answers the first N FetchDirectory calls that name
 	// a URI (not the probe's) with UNAVAILABLE, as a server restarting.
 	UnavailableFetches int64
+	// Unavailable, while it holds more than 0, answers each call
+	// UNAVAILABLE without reaching the backend, as a server that is down
+	// or restarting, and takes 1 from it: the test sets it to fail the
+	// next few calls, or many for a server that is down, and to 0 to
+	// bring the server back.
+	Unavailable *atomic.Int64
 }
 
 // rawCodec passes messages through as bytes.
@@ -130,6 +136,9 @@ func (p *proxy) conn(method string) *grpc.ClientConn {
 
 func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(ss)
+	if takeOne(p.faults.Unavailable) {
+		return status.Error(codes.Unavailable, "down (test proxy)")
+	}
 	switch {
 	case method == "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree" && p.faults.Tree != "":
 		return p.lyingTree(ss)
@@ -197,6 +206,20 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 			return err
 		}
 	}
+}
+
+// takeOne takes 1 from n if it holds more than 0 and says whether it did.
+func takeOne(n *atomic.Int64) bool {
+	for n != nil {
+		v := n.Load()
+		if v <= 0 {
+			return false
+		}
+		if n.CompareAndSwap(v, v-1) {
+			return true
+		}
+	}
+	return false
 }
 
 // refuse answers reads of hidden blobs with NOT_FOUND, and the first
