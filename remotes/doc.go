@@ -7,7 +7,9 @@
 // limit, and a retry policy that retries only retryable codes. Every error a
 // Remote returns is an *Error naming the cache, its URL and the operation;
 // a miss is ErrNotFound, whether the RPC said NOT_FOUND or a Remote Asset
-// response carried it in its status. Nothing here prints.
+// response carried it in its status. Nothing here prints: a caller hears
+// of its own calls' retries and size refusals through the Hooks its
+// context carries (WithHooks), whoever dialled the Remote.
 //
 // Compression: after Probe, a cache that advertises ZSTD (and whose
 // compression setting is not "off") gets reads through compressed-blobs

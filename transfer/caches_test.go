@@ -128,14 +128,13 @@ func TestEachCallerGetsItsOwnEvents(t *testing.T) {
 	// The cache goes down: the caller that finds it so is told, and
 	// so is the one that probes it again once it is due.
 	fail.Store(down)
-	start := time.Now()
 	if r := pullRef(); r.Status != StatusFailed {
 		t.Fatalf("pull from a cache that is down: %+v", r)
 	}
 	if pull.count(&pull.warns, "skipped, asked again in") != 1 {
 		t.Errorf("the pull was not told of the cache being skipped: %q", pull.warns)
 	}
-	time.Sleep(time.Until(start.Add(backoff + 100*time.Millisecond)))
+	time.Sleep(backoff + 100*time.Millisecond)
 	if l := whichRef(); l.Status != Failed {
 		t.Fatalf("which of a cache that is down: %+v", l)
 	}
@@ -162,12 +161,13 @@ func TestDeadCacheIsAskedAgainAfterBackoff(t *testing.T) {
 	if r := pull(); r.Status != StatusFailed {
 		t.Fatalf("pull from a cache that is down: %+v", r)
 	}
+	failed := time.Now()
 	fail.Store(0)
 	// Within the backoff the cache is not asked.
 	if r := pull(); r.Status != StatusFailed && time.Since(start) < backoff {
 		t.Fatalf("pull within the backoff: %+v", r)
 	}
-	time.Sleep(time.Until(start.Add(backoff + 100*time.Millisecond)))
+	time.Sleep(time.Until(failed.Add(backoff + 100*time.Millisecond)))
 	if r := pull(); r.Status != StatusDone || r.Cache != "serve" {
 		t.Fatalf("pull once the cache is back and the backoff over: %+v; warnings %q, info %q", r, rec.warns, rec.info)
 	}

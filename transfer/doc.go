@@ -23,6 +23,9 @@
 //   - Copy takes the sources as the only evidence: the local store saves
 //     downloads, never stands in for a source.
 //   - Dry runs change nothing, remote or local, and report what would move.
+//   - A cache that proves unreachable or refuses us is skipped for a while
+//     (5 s, doubling up to 2 min) and then asked again; each caller of a
+//     shared cache is told of its own retries and skips.
 //   - Jobs bounds the refs that move bytes at once; up to 32 times as many
 //     are looked up and checked ahead of them (round trips, no bytes), and
 //     downloads in flight are bounded to 32 MiB, so memory stays bounded

@@ -2,10 +2,12 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
 
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/remotes"
@@ -60,27 +62,35 @@ type remote interface {
 var _ remote = (*remotes.Remote)(nil)
 
 // dialer connects to a cache and probes it. Given the remote of an
-// earlier connect (old), it probes that one again instead of dialling
-// anew, and returns it. A cache that fails is skipped for a while.
+// earlier connect (old), it only checks that the cache answers again and
+// returns old. A cache that fails is skipped for a while.
 type dialer func(ctx context.Context, cfg config.Cache, old remote, opts ...remotes.Option) (remote, remotes.Capabilities, error)
 
 // dialRemote is the dialer of real caches: gRPC, then a probe within
 // probeTimeout.
 func dialRemote(ctx context.Context, cfg config.Cache, old remote, opts ...remotes.Option) (remote, remotes.Capabilities, error) {
-	r, _ := old.(*remotes.Remote)
-	if r == nil {
-		var err error
-		if r, err = remotes.Dial(ctx, cfg, opts...); err != nil {
-			return nil, remotes.Capabilities{}, err
-		}
-	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
+	if old != nil {
+		// Callers may be using old: a full probe would reset what they
+		// read (compression, batch sizes shrunk since), so what the
+		// first probe learnt stays and the cache only has to answer.
+		_, err := old.(*remotes.Remote).Capabilities(pctx)
+		var re *remotes.Error
+		if errors.As(err, &re) && re.Code == codes.Unimplemented {
+			err = nil
+		}
+		return old, remotes.Capabilities{}, err
+	}
+	// The connection outlives this caller: its cancellation is not the
+	// remote's (the probe below still honours it).
+	r, err := remotes.Dial(context.WithoutCancel(ctx), cfg, opts...)
+	if err != nil {
+		return nil, remotes.Capabilities{}, err
+	}
 	res := remotes.Probe(pctx, r, cfg.Type)
 	if res.Err != nil {
-		if old == nil {
-			r.Close()
-		}
+		r.Close()
 		return nil, remotes.Capabilities{}, res.Err
 	}
 	return r, res.Caps, nil
