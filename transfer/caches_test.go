@@ -148,7 +148,7 @@ func TestEachCallerGetsItsOwnEvents(t *testing.T) {
 // bound.
 func TestDeadCacheIsAskedAgainAfterBackoff(t *testing.T) {
 	const ref = "demo/app/key"
-	const backoff = 2 * time.Second
+	const backoff = time.Second
 	c, fail := downableServe(t, ref, artifact("one", "two"), backoff)
 	var rec recorder
 	pull := func() Result {
@@ -174,6 +174,21 @@ func TestDeadCacheIsAskedAgainAfterBackoff(t *testing.T) {
 	if rec.count(&rec.info, "answers again") != 1 {
 		t.Errorf("no line saying the cache answers again: %q", rec.info)
 	}
+	// Down again once it was used, then back: asked again, after twice
+	// the wait.
+	fail.Store(down)
+	if r := pull(); r.Status != StatusFailed {
+		t.Fatalf("pull from a cache that went down again: %+v", r)
+	}
+	failed = time.Now()
+	fail.Store(0)
+	time.Sleep(time.Until(failed.Add(2*backoff + 100*time.Millisecond)))
+	if r := pull(); r.Status != StatusDone || r.Cache != "serve" {
+		t.Fatalf("pull once the cache is back again: %+v; warnings %q, info %q", r, rec.warns, rec.info)
+	}
+	if rec.count(&rec.warns, "skipped, asked again in "+(2*backoff).String()) != 1 {
+		t.Errorf("want the second outage skipped for twice the first: %q", rec.warns)
+	}
 
 	// The waits double, up to reprobeMax.
 	c.mu.Lock()
@@ -182,7 +197,7 @@ func TestDeadCacheIsAskedAgainAfterBackoff(t *testing.T) {
 	for range 10 {
 		waits = append(waits, c.skip(nil))
 	}
-	if waits[0] != 2*backoff || waits[1] != 4*backoff || waits[9] != reprobeMax {
-		t.Errorf("waits between probes %v: want each twice the last from %s, at most %s", waits, 2*backoff, reprobeMax)
+	if waits[0] != 4*backoff || waits[1] != 8*backoff || waits[9] != reprobeMax {
+		t.Errorf("waits between probes %v: want each twice the last from %s, at most %s", waits, 4*backoff, reprobeMax)
 	}
 }
