@@ -33,6 +33,9 @@ type fakeCache struct {
 	unreachable bool
 	// indexErr: every index lookup fails with this code.
 	indexErr codes.Code
+	// batchTooLarge: every batch read is refused as too large, as by a
+	// server whose real limit is below the one it advertises.
+	batchTooLarge bool
 
 	mu     sync.Mutex
 	blobs  map[digest.Digest][]byte
@@ -75,6 +78,9 @@ func (f *fakeCache) FindMissing(_ context.Context, ds []digest.Digest) ([]digest
 }
 
 func (f *fakeCache) BatchRead(_ context.Context, ds []digest.Digest) (map[digest.Digest][]byte, []digest.Digest, error) {
+	if f.batchTooLarge {
+		return nil, nil, fmt.Errorf("BatchReadBlobs: %w", remotes.ErrTooLarge)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	found := map[digest.Digest][]byte{}

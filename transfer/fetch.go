@@ -335,10 +335,10 @@ func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err 
 // by a download that is started or by a fetchFrom that is starting its
 // own downloads, which waits for nothing but those downloads (a slot in
 // its group). A download waits for nothing but the cache (its
-// max-concurrency) and the run's byte budget, both held only by requests
-// in flight. Only once all of its own downloads are started does a
-// fetchFrom wait for other refs' claims, so no one it waits for ever
-// waits for it: the waits form no cycle.
+// max-concurrency) and the run's byte budget (one share at a time: see
+// batch), both held only by requests in flight. Only once all of its own
+// downloads are started does a fetchFrom wait for other refs' claims, so
+// no one it waits for ever waits for it: the waits form no cycle.
 func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []digest.Digest) (int, error) {
 	var lacks atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
@@ -433,10 +433,12 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 	if err != nil {
 		return 0, err
 	}
-	defer release()
 	found, missing, err := r.BatchRead(ctx, ds)
 	if errors.Is(err, remotes.ErrTooLarge) {
 		// A blob too large for any batch the cache takes: stream it.
+		// Each stream takes its own share of the budget: this one is
+		// given back first, or they could wait for it for ever.
+		release()
 		lacks := 0
 		for _, d := range ds {
 			ok, err := f.stream(ctx, c, r, d)
@@ -449,6 +451,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		}
 		return lacks, nil
 	}
+	defer release()
 	if errors.Is(err, remotes.ErrCorrupt) {
 		c.asked(err)
 		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))

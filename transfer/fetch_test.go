@@ -174,3 +174,29 @@ func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
 		}
 	}
 }
+
+// A batch that holds the run's whole budget of bytes in flight and is
+// refused as too large streams its blobs: the batch's share is given back
+// first, or each stream would wait for it for ever (issue 18).
+func TestTooLargeBatchStreamsWithinTheBudget(t *testing.T) {
+	fake := newFake("big-batches")
+	fake.batchTooLarge = true
+	var want []digest.Digest
+	for i := range inflightBytes>>20 + 8 {
+		blob := bytes.Repeat([]byte{byte(i)}, 1<<20) // batched by the fake's plan
+		d := digest.NewFromBlob(blob)
+		fake.blobs[d] = blob
+		want = append(want, d)
+	}
+	local, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFetcher(local, cacheOf(fake), false, Events{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	missing, err := f.fetch(ctx, want, nil)
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("fetch: %d missing, %v (a deadline here is the batch waiting for its own share)", len(missing), err)
+	}
+}
