@@ -163,6 +163,24 @@ func (u *UserConfig) CacheDir(cacheHome string) string {
 	return filepath.Clean(v)
 }
 
+// Strict is whether BuildStream builds project in strict mode by this
+// configuration: its projects.NAME.strict, true when unset (bst's
+// --strict and --no-strict override it). A value bst would refuse is an
+// error.
+func (u *UserConfig) Strict(project *Project) (bool, error) {
+	if project == nil {
+		return true, nil
+	}
+	v, line := scalar(lookup(lookup(u.root, "projects"), project.Name), "strict")
+	switch v {
+	case "", "true", "True":
+		return true, nil
+	case "false", "False":
+		return false, nil
+	}
+	return true, &FileError{File: u.File, Line: line, Key: "projects." + project.Name + ".strict", Msg: fmt.Sprintf("want true or false, not %q", v)}
+}
+
 // Caches lists the caches BuildStream uses for project (nil outside a
 // project) in BuildStream's order, each once. section is "artifacts" or
 // "source-caches" (BuildStream 2).

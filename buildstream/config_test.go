@@ -182,7 +182,7 @@ func TestArtifactRef(t *testing.T) {
 func TestParseShow(t *testing.T) {
 	out := marker + "base.bst" + marker + "k1" + marker + "cached" + marker + "\nlib: lib\nproject-name: demo\nelement-name: base.bst\n__bst_provenance_info: /x.yaml\n  [line 20 column 2]\n\n" +
 		marker + "sub.bst:libsub.bst" + marker + "k2" + marker + "buildable" + marker + "\nproject-name: sub\nelement-name: libsub.bst\n"
-	els, err := parseShow(out, []string{"app.bst"})
+	els, err := parseShow(out, []string{"app.bst"}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestParseShow(t *testing.T) {
 		marker + "a.bst" + marker + strings.Repeat("?", 64) + marker + "waiting" + marker + "\nproject-name: d\nelement-name: a.bst\n": "a.bst: bst cannot compute its cache key",
 		"": "bst show printed no elements",
 	} {
-		if _, err := parseShow(in, []string{"a.bst"}); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := parseShow(in, []string{"a.bst"}, false); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("parseShow(%q) = %v; want %q", in, err, want)
 		}
 	}

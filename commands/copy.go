@@ -68,6 +68,7 @@ func copyCommand() *cli.Command {
 				PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
 				IncludeFailed: c.Bool("include-failed"),
 			})
+			args.labelResults(results)
 			err = finishRun(c, e, p, "copy", results, stats, pl.all)
 			if gerr := autoGC(c, e, eng, pl); err == nil {
 				err = gerr

@@ -11,7 +11,7 @@ func pullCommand() *cli.Command {
 		Name:      "pull",
 		Usage:     "fetch refs from the highest-priority cache that has them into the local store",
 		ArgsUsage: "REF... (- reads refs from stdin)",
-		Flags:     append(refFlags(), fetchFlags()...),
+		Flags:     append(append(refFlags(), fetchFlags()...), nonStrictFlag()),
 		Action: func(c *cli.Context) error {
 			e, kind, args, err := readingEnv(c)
 			if err != nil {
@@ -29,7 +29,8 @@ func pullCommand() *cli.Command {
 				return err
 			}
 			p.expect(len(refs))
-			results, stats := eng.Pull(c.Context, refs, transfer.PullOptions{DryRun: c.Bool("dry-run")})
+			results, stats := eng.Pull(c.Context, refs, transfer.PullOptions{DryRun: c.Bool("dry-run"), Weak: args.weak})
+			args.labelResults(results)
 			err = finishRun(c, e, p, "pull", results, stats, pl.all)
 			if gerr := autoGC(c, e, eng, pl); err == nil {
 				err = gerr

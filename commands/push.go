@@ -52,6 +52,7 @@ func pushCommand() *cli.Command {
 			}
 			p.expect(len(refs) * len(targets))
 			results, stats := eng.Push(c.Context, refs, pl.named(names(targets)), transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
+			args.labelResults(results)
 			return finishRun(c, e, p, "push", results, stats, pl.all)
 		},
 	}

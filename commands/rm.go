@@ -35,7 +35,9 @@ func rmCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return finishRun(c, e, &progress{}, "rm", eng.Remove(c.Context, refs, c.Bool("dry-run")), transfer.Stats{}, nil)
+			results := eng.Remove(c.Context, refs, c.Bool("dry-run"))
+			args.labelResults(results)
+			return finishRun(c, e, &progress{}, "rm", results, transfer.Stats{}, nil)
 		},
 	}
 }

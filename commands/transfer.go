@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -24,7 +25,11 @@ import (
 // fetchFlags are the flags of commands that pull.
 func fetchFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.BoolFlag{Name: "strict", Usage: "fail on any cache error instead of warning and going on"},
+		&cli.BoolFlag{Name: "fail-on-cache-error", Usage: "fail on any cache error instead of warning and going on"},
+		// --strict was --fail-on-cache-error's name until it clashed
+		// with BuildStream's strict mode (see pull's --no-strict).
+		&cli.BoolFlag{Name: "strict", Hidden: true, Usage: "deprecated name of --fail-on-cache-error"},
+		&cli.BoolFlag{Name: "ignore-missing", Usage: "exit 0 when refs in no cache are the only problem (they are still listed)"},
 		&cli.BoolFlag{Name: "with-buildtrees", Usage: "also fetch bst2 buildtrees (and other optional trees)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "report what would move (trees are read to size it) and change nothing"},
 	}
@@ -38,7 +43,7 @@ func readingEnv(c *cli.Context) (*env, transfer.Kind, refArgs, error) {
 	if err != nil {
 		return nil, 0, refArgs{}, err
 	}
-	refs, err := readRefs(c, c.App.Reader)
+	refs, err := readRefList(c, c.App.Reader, c.Args().Slice(), true, nonStrict(c, e))
 	if err != nil {
 		return nil, 0, refArgs{}, err
 	}
@@ -58,16 +63,33 @@ func refFlags() []cli.Flag {
 	}
 }
 
+// nonStrictFlag is pull's flag for BuildStream's non-strict mode.
+func nonStrictFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "no-strict", Usage: "BuildStream's non-strict mode, for element names: an element whose strict key is in no cache comes by its weak key, as bst --no-strict pulls it (the default when BuildStream's configuration sets strict: false for the project)"}
+}
+
+// nonStrict says whether element names resolve for BuildStream's
+// non-strict mode: in a command that has --no-strict (pull), when it is
+// given or BuildStream's user configuration sets the project non-strict.
+func nonStrict(c *cli.Context, e *env) bool {
+	for _, f := range c.Command.Flags {
+		if slices.Contains(f.Names(), "no-strict") {
+			return c.Bool("no-strict") || e.cfg.NonStrict
+		}
+	}
+	return false
+}
+
 // readRefs gathers refs from the arguments ("-" reads stdin) and
 // --refs-from, drops duplicates, and validates them all before anything
 // touches the network.
 func readRefs(c *cli.Context, stdin io.Reader) (refArgs, error) {
-	return readRefList(c, stdin, c.Args().Slice(), true)
+	return readRefList(c, stdin, c.Args().Slice(), true, false)
 }
 
 // readRefsFrom is readRefs over some of the arguments; it may find none.
 func readRefsFrom(c *cli.Context, args []string) (refArgs, error) {
-	return readRefList(c, c.App.Reader, args, false)
+	return readRefList(c, c.App.Reader, args, false, false)
 }
 
 // refArgs are the refs a command was given: plain refs, and the refs bst
@@ -77,6 +99,17 @@ type refArgs struct {
 	deps            buildstream.Deps
 	// globs match refs in the local store and in caches that can list.
 	globs []string
+	// elements names the element of each resolved ref (and weak ref).
+	elements map[string]string
+	// weak maps resolved refs to their weak refs in non-strict mode.
+	weak map[string]string
+}
+
+// labelResults names the element of each result whose ref came from one.
+func (a refArgs) labelResults(results []transfer.Result) {
+	for i := range results {
+		results[i].Element = a.elements[results[i].Ref]
+	}
 }
 
 // count is how many refs were named (before --deps on plain refs).
@@ -113,7 +146,9 @@ func (a refArgs) expand(c *cli.Context, eng *transfer.Engine) ([]string, error) 
 	return out, nil
 }
 
-func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) (refArgs, error) {
+// readRefList reads refs and element names from args and --refs-from;
+// weak also reads the elements' weak refs (non-strict mode).
+func readRefList(c *cli.Context, stdin io.Reader, args []string, required, weak bool) (refArgs, error) {
 	deps, err := buildstream.ParseDeps(c.String("deps"))
 	if err != nil {
 		return refArgs{}, usageError("%v", err)
@@ -180,8 +215,21 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 	}
 	out := refArgs{plain: refs, deps: deps, globs: globs}
 	if len(elements) > 0 {
-		if out.resolved, err = elementRefs(c, deps, elements); err != nil {
+		els, err := elementRefs(c, deps, elements, weak)
+		if err != nil {
 			return refArgs{}, err
+		}
+		out.elements = map[string]string{}
+		if weak {
+			out.weak = map[string]string{}
+		}
+		for _, el := range els {
+			out.resolved = append(out.resolved, el.Ref())
+			out.elements[el.Ref()] = el.Name
+			if w := el.WeakRef(); w != "" {
+				out.weak[el.Ref()] = w
+				out.elements[w] = el.Name
+			}
 		}
 	}
 	if out.count() == 0 && required {
@@ -191,8 +239,8 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required bool) 
 }
 
 // elementRefs resolves element names with bst show in the project, with
-// their dependencies as --deps selects.
-func elementRefs(c *cli.Context, deps buildstream.Deps, elements []string) ([]string, error) {
+// their dependencies as --deps selects, and their weak keys when weak.
+func elementRefs(c *cli.Context, deps buildstream.Deps, elements []string, weak bool) ([]buildstream.Element, error) {
 	dir := c.String("project")
 	if dir == "" {
 		wd, err := os.Getwd()
@@ -203,18 +251,14 @@ func elementRefs(c *cli.Context, deps buildstream.Deps, elements []string) ([]st
 			return nil, usageError("%s: element names need a BuildStream project: run in one or give --project DIR", strings.Join(elements, " "))
 		}
 	}
-	els, err := buildstream.Show(c.Context, "", dir, nil, deps, elements)
+	els, err := buildstream.Show(c.Context, dir, deps, elements, buildstream.ShowOptions{WeakKeys: weak})
 	if errors.Is(err, buildstream.ErrNoBst) {
 		return nil, usageError("%s: element names are resolved by running bst: %v", strings.Join(elements, " "), err)
 	}
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	refs := make([]string, len(els))
-	for i, el := range els {
-		refs[i] = el.Ref()
-	}
-	return refs, nil
+	return els, nil
 }
 
 // transferEnv loads the environment of a transfer command and checks
@@ -415,6 +459,7 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		// Results on stdout (pull 2>/dev/null still prints them); the
 		// totals, like progress and warnings, on stderr.
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		named := slices.ContainsFunc(results, func(r transfer.Result) bool { return r.Element != "" })
 		for _, r := range results {
 			if e.quiet && (r.Status == transfer.StatusDone || r.Status == transfer.StatusSkipped) {
 				continue
@@ -423,7 +468,13 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 			if r.Target != "" {
 				where = strings.TrimPrefix(where+" -> "+r.Target, " -> ")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Status, r.Ref, dash(where), r.Reason)
+			if named {
+				// The element beside its ref, when the user named elements.
+				fmt.Fprintf(tw, "%s\t%s\t", r.Status, dash(r.Element))
+			} else {
+				fmt.Fprintf(tw, "%s\t", r.Status)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Ref, dash(where), r.Reason)
 		}
 		tw.Flush()
 		if !e.quiet {
@@ -443,6 +494,8 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 			plural(len(results)-counts["done"]-counts["skipped"]-counts["repaired"], "ref"), c.Context.Err())
 	case counts["failed"]+counts["conflict"] > 0:
 		return fmt.Errorf("%s: %s failed, %s", command, plural(counts["failed"], "ref"), plural(counts["conflict"], "conflict"))
+	case counts["missing"] > 0 && c.Bool("ignore-missing"):
+		return nil
 	case counts["missing"] > 0:
 		return fmt.Errorf("%s: %s in no cache: %w", command, isAre(counts["missing"], "ref"), ErrRefsMissing)
 	}
@@ -568,8 +621,11 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*tran
 		// Without a bar, the engine keeps no tally for it.
 		ev.OnRef, ev.OnPlan, ev.OnBytes = func(transfer.Result) { p.refDone() }, p.plan, p.add
 	}
+	if c.Bool("strict") {
+		e.warnf("--strict is deprecated: it means --fail-on-cache-error (BuildStream's strict mode is the default; pull --no-strict turns it off)")
+	}
 	return &transfer.Engine{
 		Store: store, Kind: kind, Caches: caches, Storage: pl.storage(), Jobs: e.cfg.Jobs,
-		Strict: c.Bool("strict"), WithBuildtrees: c.Bool("with-buildtrees"), Events: ev,
+		Strict: c.Bool("fail-on-cache-error") || c.Bool("strict"), WithBuildtrees: c.Bool("with-buildtrees"), Events: ev,
 	}, nil
 }

@@ -51,6 +51,9 @@ func whichCommand() *cli.Command {
 			if err := c.Context.Err(); err != nil {
 				return err
 			}
+			for i := range locs {
+				locs[i].Element = args.elements[locs[i].Ref]
+			}
 			sums := map[string]int{transfer.Present: 0, transfer.Missing: 0, transfer.Failed: 0}
 			for _, l := range locs {
 				sums[l.Status]++
@@ -96,6 +99,13 @@ func whichTable(locs []transfer.Location, width int) string {
 	errs := map[string]string{}
 	var errOrder []string
 	refWidth := len("REF")
+	// When the user named elements, each stands beside its ref.
+	elWidth := 0
+	for _, l := range locs {
+		if l.Element != "" {
+			elWidth = max(elWidth, len("ELEMENT"), len(l.Element))
+		}
+	}
 	for i, l := range locs {
 		for _, s := range l.Caches {
 			cells[i] = append(cells[i], shortState(s))
@@ -115,22 +125,28 @@ func whichTable(locs []transfer.Location, width int) string {
 	}
 	if width > 0 {
 		rest := 0
+		if elWidth > 0 {
+			rest = elWidth + 2
+		}
 		for _, w := range colWidths {
 			rest += w + 2
 		}
 		refWidth = max(min(refWidth, width-rest-1), 20)
 	}
 	var b strings.Builder
-	row := func(ref string, cols []string) {
+	row := func(element, ref string, cols []string) {
+		if elWidth > 0 {
+			fmt.Fprintf(&b, "%-*s  ", elWidth, element)
+		}
 		fmt.Fprintf(&b, "%-*s", refWidth, middle(ref, refWidth))
 		for j, c := range cols {
 			fmt.Fprintf(&b, "  %-*s", colWidths[j], c)
 		}
 		b.WriteString("\n")
 	}
-	row("REF", names)
+	row("ELEMENT", "REF", names)
 	for i, l := range locs {
-		row(l.Ref, cells[i])
+		row(dash(l.Element), l.Ref, cells[i])
 	}
 	for _, l := range locs {
 		if len(l.Refs) > 1 {

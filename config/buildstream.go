@@ -92,6 +92,11 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 		return nil
 	}
 	cfg.Files = append(cfg.Files, project.File)
+	strict, err := u.Strict(project)
+	if err != nil {
+		return fileError(err)
+	}
+	cfg.NonStrict = !strict
 	if !cfg.FormatSet {
 		cfg.Format, cfg.FormatFrom = FormatBst2, project.File+" (min-version: BuildStream 2)"
 		if version == buildstream.V1 {

@@ -101,6 +101,9 @@ type Config struct {
 	SourceCaches []Cache
 	// Project is the BuildStream project of the working directory, if any.
 	Project *buildstream.Project
+	// NonStrict is set when BuildStream's user configuration builds the
+	// project in non-strict mode (projects.NAME.strict: false).
+	NonStrict bool
 	// Files lists the files that were read, in the order they were read.
 	Files []string
 }

@@ -40,8 +40,11 @@ const (
 
 // Result is one ref's outcome.
 type Result struct {
-	Ref    string `json:"ref"`
-	Status Status `json:"status"`
+	Ref string `json:"ref"`
+	// Element is the BuildStream element the caller named the ref by;
+	// the engine leaves it to the caller.
+	Element string `json:"element,omitempty"`
+	Status  Status `json:"status"`
 	// Cache served a pull; Target received a push.
 	Cache  string `json:"cache,omitempty"`
 	Target string `json:"target,omitempty"`
@@ -67,7 +70,8 @@ type Engine struct {
 	// costs round trips only. Blob requests to each cache are bounded by
 	// its max-concurrency.
 	Jobs int
-	// Strict turns any cache error into a failure.
+	// Strict turns any cache error into a failure
+	// (--fail-on-cache-error; BuildStream's strict mode is PullOptions.Weak).
 	Strict bool
 	// WithBuildtrees also moves a bst2 artifact's optional trees.
 	WithBuildtrees bool
@@ -126,6 +130,10 @@ type PullOptions struct {
 	// resolved there even when it is local, and blobs held locally count
 	// only once a storage cache confirms it has them.
 	Evidence bool
+	// Weak maps refs to the same artifacts' weak refs, for BuildStream's
+	// non-strict mode: a ref that every cache answered it does not hold
+	// is pulled by its weak ref instead (pullWeak).
+	Weak map[string]string
 }
 
 // Pull fetches each ref from the caches into the local store, refs
@@ -133,7 +141,8 @@ type PullOptions struct {
 // (in the order of refs).
 func (e *Engine) Pull(ctx context.Context, refs []string, o PullOptions) ([]Result, Stats) {
 	ctx = e.Events.bind(ctx)
-	return e.pull(ctx, refs, o, func(int, Result) {})
+	results, st := e.pull(ctx, refs, o, func(int, Result) {})
+	return e.pullWeak(ctx, results, st, o)
 }
 
 // pull is Pull calling then with each ref's index and result as soon as

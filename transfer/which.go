@@ -33,6 +33,9 @@ type CacheState struct {
 // Location is where one ref is, cache by cache in priority order.
 type Location struct {
 	Ref string `json:"ref"`
+	// Element is the BuildStream element the caller named the ref by;
+	// the engine leaves it to the caller.
+	Element string `json:"element,omitempty"`
 	// Status sums it up: present when some cache holds it complete,
 	// missing when every cache answered and none does, failed when a
 	// cache could not be asked and none holds it complete.

@@ -1,0 +1,54 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+)
+
+// pullWeak is BuildStream's non-strict pull (Element._pull in bst 1.6)
+// after the strict pass: each ref in results that no cache holds and that
+// has a weak ref in o.Weak is pulled by its weak ref, which names the
+// element's dependencies but not their keys, so an element whose
+// dependency changed locally still comes from a cache. A weak ref the
+// local store already holds is skipped, as bst does not pull an element
+// it has by its weak key. The artifact's strong ref is written beside it
+// (linkRefs), as bst links it. The result stands in the strict ref's
+// place; a weak ref no cache has either leaves the strict ref missing.
+func (e *Engine) pullWeak(ctx context.Context, results []Result, st Stats, o PullOptions) ([]Result, Stats) {
+	var at []int
+	var weak []string
+	for i, r := range results {
+		if w := o.Weak[r.Ref]; w != "" && r.Status == StatusMissing {
+			at = append(at, i)
+			weak = append(weak, w)
+		}
+	}
+	if len(weak) == 0 || ctx.Err() != nil {
+		return results, st
+	}
+	second := *e
+	second.Events.OnRef = nil // each ref was reported once, by the strict pass
+	o.Weak = nil
+	got, wst := second.pull(ctx, weak, o, func(int, Result) {})
+	for j, i := range at {
+		strict, r := results[i], got[j]
+		if r.Status == StatusMissing {
+			strict.Reason = fmt.Sprintf("%s; by its weak key %s (non-strict): %s", strict.Reason, r.Ref, r.Reason)
+			results[i] = strict
+			continue
+		}
+		reason := fmt.Sprintf("by its weak key (non-strict; strict key %s)", strict.Reason)
+		if r.Reason != "" {
+			reason += "; " + r.Reason
+		}
+		r.Reason = reason
+		results[i] = r
+	}
+	st.Pulled.Blobs += wst.Pulled.Blobs
+	st.Pulled.Bytes += wst.Pulled.Bytes
+	st.BlobsPresent += wst.BlobsPresent
+	st.WouldBlobs += wst.WouldBlobs
+	st.WouldBytes += wst.WouldBytes
+	st.Seconds += wst.Seconds
+	return results, st
+}
