@@ -1,7 +1,9 @@
 package buildstream
 
 import (
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -215,5 +217,34 @@ func TestParseMeta(t *testing.T) {
 	deps, err := ParseDependencies([]byte("lib.bst: k2\nbase.bst: k1\n"))
 	if err != nil || len(deps) != 2 || deps[0].Ref("demo") != "demo/base/k1" {
 		t.Errorf("dependencies %v %v", deps, err)
+	}
+}
+
+// projects.NAME.strict, as bst 1.6 reads it: true unless false.
+func TestUserConfigStrict(t *testing.T) {
+	project := &Project{Name: "demo"}
+	for conf, want := range map[string]string{
+		"": "true",
+		"projects:\n  demo:\n    strict: false\n":  "false",
+		"projects:\n  demo:\n    strict: True\n":   "true",
+		"projects:\n  other:\n    strict: false\n": "true",
+		"projects:\n  demo:\n    strict: maybe\n":  "projects.demo.strict: want true or false",
+	} {
+		p := filepath.Join(t.TempDir(), "buildstream.conf")
+		if err := os.WriteFile(p, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		u, err := LoadUserConfig(p, V1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		strict, err := u.Strict(project)
+		got := strconv.FormatBool(strict)
+		if err != nil {
+			got = err.Error()
+		}
+		if !strings.Contains(got, want) {
+			t.Errorf("%q: %s, want %s", conf, got, want)
+		}
 	}
 }
