@@ -122,8 +122,9 @@ type ShowOptions struct {
 // Show runs `bst show` in the project at dir for elements with their
 // dependencies as deps selects, and returns each element once, in bst's
 // order, with the ref BuildStream stores its artifact under in strict
-// mode. bst runs with --strict whatever its configuration says, since in
-// non-strict mode it prints no key for an element it has not got.
+// mode. bst runs with --strict whatever its configuration says: in
+// non-strict mode it prints, for an element it holds by its weak key, the
+// strong key of the artifact it holds, not the one strict mode wants.
 func Show(ctx context.Context, dir string, deps Deps, elements []string, o ShowOptions) ([]Element, error) {
 	if o.Bst == "" {
 		o.Bst = "bst"
