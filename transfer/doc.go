@@ -26,6 +26,9 @@
 //   - A cache that proves unreachable or refuses us is skipped for a while
 //     (5 s, doubling up to 2 min) and then asked again; each caller of a
 //     shared cache is told of its own retries and skips.
+//   - BuildStream's non-strict mode (PullOptions.Weak): a ref every cache
+//     answered it does not hold is pulled by the same element's weak ref
+//     instead, unless the local store holds that; as bst 1.6 pulls.
 //   - Jobs bounds the refs that move bytes at once; up to 32 times as many
 //     are looked up and checked ahead of them (round trips, no bytes), and
 //     downloads in flight are bounded to 32 MiB, so memory stays bounded
