@@ -98,7 +98,6 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			completionCommand(),
 			manCommand(),
 		},
-		EnableBashCompletion: true,
 		// main prints errors and chooses exit codes; the library never exits.
 		ExitErrHandler: func(*cli.Context, error) {},
 		Action: func(c *cli.Context) error {

@@ -17,10 +17,6 @@ func reorder(app *cli.App, args []string) []string {
 	if len(args) < 2 {
 		return args
 	}
-	// Shell completion asks with a last argument of its own: keep it last.
-	if last := args[len(args)-1]; last == "--generate-bash-completion" {
-		return append(reorder(app, args[:len(args)-1]), last)
-	}
 	global := flagArity(app.Flags)
 	var globals, rest []string
 	cmd := ""

@@ -26,6 +26,12 @@ const (
 func Main(ctx context.Context, version string, args []string, stdout, stderr io.Writer) int {
 	stdout, stderr = serialized(stdout), serialized(stderr)
 	app := NewApp(version, stdout, stderr)
+	if words, cur, ok := completionRequest(args); ok {
+		for _, w := range complete(app, words, cur) {
+			fmt.Fprintln(stdout, w)
+		}
+		return ExitOK
+	}
 	err := app.RunContext(ctx, reorder(app, args))
 	code := ExitCode(err)
 	if code == ExitInterrupted && errors.Is(context.Cause(ctx), ErrTerminated) {
