@@ -19,11 +19,12 @@ func gcCommand() *cli.Command {
 			"the rest reach fits --max-size, and those unused for --older-than; then every\n" +
 			"object no remaining ref reaches, and leftovers in tmp/. It waits for bst-cache\n" +
 			"transfers in progress on the store (they hold its lock) and keeps objects written\n" +
-			"within --grace, for writers that do not take the lock (bst itself, serve).",
+			"within --grace that no ref reached when gc began, for writers that do not take\n" +
+			"the lock (bst itself, serve); what the refs it removes reached goes at once.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "max-size", Usage: "remove least recently used refs until the rest fit SIZE (500MiB, 20G)"},
 			&cli.DurationFlag{Name: "older-than", Usage: "remove refs unused for this long (720h)"},
-			&cli.DurationFlag{Name: "grace", Value: transfer.DefaultGrace, Usage: "keep objects written within this long"},
+			&cli.DurationFlag{Name: "grace", Value: transfer.DefaultGrace, Usage: "keep objects no ref reaches that were written within this long"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "report what would be removed and remove nothing"},
 		},
 		Action: func(c *cli.Context) error {
@@ -80,8 +81,11 @@ func printGC(e *env, rep transfer.GCReport, dryRun bool, took time.Duration) err
 	for _, r := range rep.Refs {
 		fmt.Fprintf(e.stdout, "%s %s\n", verb, r)
 	}
-	fmt.Fprintf(e.stderr, "gc: %s %d refs and %d objects (%s), %d temporary files; %s left; %.1fs\n",
-		verb, len(rep.Refs), rep.Objects, humanBytes(rep.Freed), rep.Tmp, humanBytes(rep.Left), took.Seconds())
+	fmt.Fprintf(e.stderr, "gc: %s %s and %s (%s), %s; %s left; %.1fs\n",
+		verb, plural(len(rep.Refs), "ref"), plural(rep.Objects, "object"), humanBytes(rep.Freed), plural(rep.Tmp, "temporary file"), humanBytes(rep.Left), took.Seconds())
+	if rep.GraceKept > 0 {
+		fmt.Fprintf(e.stderr, "gc: kept %s (%s) that no ref reaches, written within --grace\n", plural(rep.GraceKept, "object"), humanBytes(rep.GraceKeptBytes))
+	}
 	return nil
 }
 

@@ -3,11 +3,13 @@ package commands_test
 import (
 	"context"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
@@ -110,5 +112,45 @@ func TestGCDuringPull(t *testing.T) {
 	}
 	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "verify"); code != 0 {
 		t.Errorf("verify after a pull with gc running: exit %d\n%s", code, stderr)
+	}
+}
+
+// gc --max-size right after a pull (every object fresh, the default grace)
+// frees what the refs it removes reached: the grace period keeps only the
+// fresh objects no ref reached when gc began, and gc says it kept them.
+func TestGCFreesWhatRemovedRefsReached(t *testing.T) {
+	local := t.TempDir()
+	bst1Artifact(t, local, "demo/hello/"+strings.Repeat("1", 64), 5, 1000, 1<<20)
+	bst1ArtifactSeeded(t, local, "demo/world/"+strings.Repeat("2", 64), 5, 1000, 1<<20, 2)
+	s, err := cache.Open(local, cache.LayoutBst1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := s.Add([]byte("an object a lock-free writer is about to name in a ref"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, "format = \"bst1\"\n")
+	stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "--json", "gc", "--max-size", "1B")
+	var rep struct {
+		gcReport
+		Kept      int   `json:"objects_kept_grace"`
+		KeptBytes int64 `json:"bytes_kept_grace"`
+	}
+	if err := decodeDoc(stdout, &rep); err != nil || code != 0 {
+		t.Fatalf("gc --max-size 1B: exit %d, %v\n%s", code, err, stderr)
+	}
+	if len(rep.Refs) != 2 || rep.Freed < 2<<20 || rep.Left != orphan.Size {
+		t.Errorf("gc --max-size 1B of fresh objects: %+v; want both refs removed, their 2 MiB freed, only the unreached object left", rep)
+	}
+	if rep.Kept != 1 || rep.KeptBytes != orphan.Size {
+		t.Errorf("gc reports %d objects (%d bytes) kept by grace; want the one no ref reached", rep.Kept, rep.KeptBytes)
+	}
+	if ok, err := s.Has(orphan); !ok {
+		t.Errorf("the unreached fresh object is gone: %v", err)
+	}
+	_, stderr, code = runCLI(t, "", "--config", cfg, "--local", local, "gc")
+	if code != 0 || !strings.Contains(stderr, "kept 1 object (") || !strings.Contains(stderr, "written within --grace") {
+		t.Errorf("gc does not say what grace kept: exit %d\n%s", code, stderr)
 	}
 }

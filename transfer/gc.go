@@ -24,8 +24,9 @@ type GCOptions struct {
 	MaxSize int64
 	// OlderThan removes refs unused for this long (0: none for age).
 	OlderThan time.Duration
-	// Grace keeps objects written within it (DefaultGrace when zero;
-	// negative keeps nothing back).
+	// Grace keeps objects written within it that no ref reached when gc
+	// began (DefaultGrace when zero; negative keeps nothing back). Objects
+	// that only refs this gc removes reached go at once.
 	Grace time.Duration
 	// DryRun reports what would go and removes nothing.
 	DryRun bool
@@ -39,6 +40,10 @@ type GCReport struct {
 	Objects int      `json:"objects_removed"`
 	Freed   int64    `json:"bytes_freed"`
 	Tmp     int      `json:"tmp_files_removed"`
+	// GraceKept and GraceKeptBytes are the objects no ref reached that
+	// were kept because they were written within the grace period.
+	GraceKept      int   `json:"objects_kept_grace"`
+	GraceKeptBytes int64 `json:"bytes_kept_grace"`
 	// Left is the bytes of objects left in the store.
 	Left int64 `json:"bytes_left"`
 }
@@ -48,7 +53,8 @@ type GCReport struct {
 // unused for OlderThan; then every object no remaining ref reaches, and
 // leftovers in tmp/. It holds the store's lock exclusively, so no
 // bst-cache transfer is writing meanwhile, and keeps objects written
-// within the grace period for writers that do not take the lock.
+// within the grace period that no ref reached when it began, for writers
+// that do not take the lock; what the removed refs reached goes at once.
 func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	var rep GCReport
 	if !o.DryRun {
@@ -83,6 +89,14 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 			reached += d.Size
 		}
 	}
+	// Only objects no ref reached are a lock-free writer's fresh work:
+	// the grace period is for them.
+	unreached := map[digest.Digest]bool{}
+	for d := range objects {
+		if needs[d] == 0 {
+			unreached[d] = true
+		}
+	}
 	// Refs to remove: unused for OlderThan, then least recently used
 	// until what is reached fits.
 	sort.Slice(arts, func(i, j int) bool { return arts[i].used.Before(arts[j].used) })
@@ -108,7 +122,12 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	}
 	empty := digest.NewFromBlob(nil)
 	for d, mtime := range objects {
-		if needs[d] > 0 || d == empty || grace > 0 && now.Sub(mtime) < grace {
+		if needs[d] > 0 || d == empty {
+			continue
+		}
+		if unreached[d] && grace > 0 && now.Sub(mtime) < grace {
+			rep.GraceKept++
+			rep.GraceKeptBytes += d.Size
 			continue
 		}
 		if !o.DryRun {
