@@ -54,13 +54,15 @@ func duCommand() *cli.Command {
 				case u.Error != "":
 					note = "  " + u.Error
 				case u.Missing > 0:
-					note = fmt.Sprintf("  (%d blobs missing)", u.Missing)
+					note = fmt.Sprintf("  (%s missing)", plural(u.Missing, "blob"))
 				}
-				fmt.Fprintf(tw, "%s\t%d blobs\t%s%s\n", humanBytes(u.Bytes), u.Blobs, u.Ref, note)
+				// The ref is not a cell (it would be right-aligned): it
+				// needs its own separator.
+				fmt.Fprintf(tw, "%s\t%s\t  %s%s\n", humanBytes(u.Bytes), plural(u.Blobs, "blob"), u.Ref, note)
 			}
 			tw.Flush()
-			fmt.Fprintf(e.stdout, "store: %s in %d objects; the refs listed reach %s (shared blobs once)\n",
-				humanBytes(total.Bytes), total.Objects, humanBytes(total.UniqueBytes))
+			fmt.Fprintf(e.stdout, "store: %s in %s; the refs listed reach %s (shared blobs once)\n",
+				humanBytes(total.Bytes), plural(total.Objects, "object"), humanBytes(total.UniqueBytes))
 			return nil
 		},
 	}
