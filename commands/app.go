@@ -12,6 +12,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/words"
 )
 
 // Errors that main maps to exit codes.
@@ -22,20 +23,12 @@ var (
 	ErrRefsMissing = errors.New("refs missing from every cache")
 )
 
-// plural is "1 ref", "2 refs".
-func plural(n int, noun string) string {
-	if n == 1 {
-		return "1 " + noun
-	}
-	return fmt.Sprintf("%d %ss", n, noun)
-}
-
 // isAre is "1 ref is", "2 refs are".
 func isAre(n int, noun string) string {
 	if n == 1 {
-		return plural(n, noun) + " is"
+		return words.Plural(n, noun) + " is"
 	}
-	return plural(n, noun) + " are"
+	return words.Plural(n, noun) + " are"
 }
 
 // noCache is the error for a cache name that is not configured: it lists
@@ -48,7 +41,7 @@ func noCache(cfg *config.Config, name string) error {
 	if len(names) == 0 {
 		return usageError("no cache named %q: no cache is configured (see bst-cache config)", name)
 	}
-	if near := closest(name, names); near != "" {
+	if near := words.Closest(name, names); near != "" {
 		return usageError("no cache named %q: did you mean %s? (the caches: %s)", name, near, strings.Join(names, ", "))
 	}
 	return usageError("no cache named %q (the caches: %s)", name, strings.Join(names, ", "))
@@ -103,7 +96,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				name := c.Args().First()
-				if near := closest(name, commandNames(c.App)); near != "" {
+				if near := words.Closest(name, commandNames(c.App)); near != "" {
 					return usageError("no command %q: did you mean %s?", name, near)
 				}
 				return usageError("no command %q", name)
@@ -157,37 +150,6 @@ func commandNames(app *cli.App) []string {
 		out = append(out, c.Name)
 	}
 	return out
-}
-
-// closest is the name within two edits of s, if there is one.
-func closest(s string, names []string) string {
-	best, bestD := "", 3
-	for _, n := range names {
-		if d := editDistance(s, n); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
 }
 
 // env is what every command works with: the resolved configuration and the

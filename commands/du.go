@@ -6,6 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/transfer"
 )
 
@@ -54,15 +55,15 @@ func duCommand() *cli.Command {
 				case u.Error != "":
 					note = "  " + u.Error
 				case u.Missing > 0:
-					note = fmt.Sprintf("  (%s missing)", plural(u.Missing, "blob"))
+					note = fmt.Sprintf("  (%s missing)", words.Plural(u.Missing, "blob"))
 				}
 				// The ref is not a cell (it would be right-aligned): it
 				// needs its own separator.
-				fmt.Fprintf(tw, "%s\t%s\t  %s%s\n", humanBytes(u.Bytes), plural(u.Blobs, "blob"), u.Ref, note)
+				fmt.Fprintf(tw, "%s\t%s\t  %s%s\n", humanBytes(u.Bytes), words.Plural(u.Blobs, "blob"), u.Ref, note)
 			}
 			tw.Flush()
 			fmt.Fprintf(e.stdout, "store: %s in %s; the refs listed reach %s (shared blobs once)\n",
-				humanBytes(total.Bytes), plural(total.Objects, "object"), humanBytes(total.UniqueBytes))
+				humanBytes(total.Bytes), words.Plural(total.Objects, "object"), humanBytes(total.UniqueBytes))
 			return nil
 		},
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/transfer"
 )
 
@@ -82,9 +83,9 @@ func printGC(e *env, rep transfer.GCReport, dryRun bool, took time.Duration) err
 		fmt.Fprintf(e.stdout, "%s %s\n", verb, r)
 	}
 	fmt.Fprintf(e.stderr, "gc: %s %s and %s (%s), %s; %s left; %.1fs\n",
-		verb, plural(len(rep.Refs), "ref"), plural(rep.Objects, "object"), humanBytes(rep.Freed), plural(rep.Tmp, "temporary file"), humanBytes(rep.Left), took.Seconds())
+		verb, words.Plural(len(rep.Refs), "ref"), words.Plural(rep.Objects, "object"), humanBytes(rep.Freed), words.Plural(rep.Tmp, "temporary file"), humanBytes(rep.Left), took.Seconds())
 	if rep.GraceKept > 0 {
-		fmt.Fprintf(e.stderr, "gc: kept %s (%s) that no ref reaches, written within --grace\n", plural(rep.GraceKept, "object"), humanBytes(rep.GraceKeptBytes))
+		fmt.Fprintf(e.stderr, "gc: kept %s (%s) that no ref reaches, written within --grace\n", words.Plural(rep.GraceKept, "object"), humanBytes(rep.GraceKeptBytes))
 	}
 	return nil
 }

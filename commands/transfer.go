@@ -19,6 +19,7 @@ import (
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/transfer"
 )
 
@@ -490,10 +491,10 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 	}
 	switch {
 	case c.Context.Err() != nil:
-		return fmt.Errorf("%s interrupted: %s done, %s not: %w", command, plural(counts["done"]+counts["skipped"]+counts["repaired"], "ref"),
-			plural(len(results)-counts["done"]-counts["skipped"]-counts["repaired"], "ref"), c.Context.Err())
+		return fmt.Errorf("%s interrupted: %s done, %s not: %w", command, words.Plural(counts["done"]+counts["skipped"]+counts["repaired"], "ref"),
+			words.Plural(len(results)-counts["done"]-counts["skipped"]-counts["repaired"], "ref"), c.Context.Err())
 	case counts["failed"]+counts["conflict"] > 0:
-		return fmt.Errorf("%s: %s failed, %s", command, plural(counts["failed"], "ref"), plural(counts["conflict"], "conflict"))
+		return fmt.Errorf("%s: %s failed, %s", command, words.Plural(counts["failed"], "ref"), words.Plural(counts["conflict"], "conflict"))
 	case counts["missing"] > 0 && c.Bool("ignore-missing"):
 		return nil
 	case counts["missing"] > 0:
