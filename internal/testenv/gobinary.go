@@ -8,6 +8,15 @@ import (
 	"testing"
 )
 
+// startEnv and startCacheDir are the environment the test process started
+// with: tests point HOME and XDG_CACHE_HOME at temporary directories, and a
+// build there would land in a directory removed after the test, from a cold
+// Go build cache and module cache.
+var (
+	startEnv         = os.Environ()
+	startCacheDir, _ = os.UserCacheDir()
+)
+
 // goBinary is a Go program built at most once per test process.
 type goBinary struct {
 	once sync.Once
@@ -24,8 +33,8 @@ func (b *goBinary) get(t testing.TB, name, envVar, dir, pkg string) string {
 			b.path = p
 			return
 		}
-		cacheDir, err := os.UserCacheDir()
-		if err != nil {
+		cacheDir := startCacheDir
+		if cacheDir == "" {
 			cacheDir = os.TempDir()
 		}
 		out := filepath.Join(cacheDir, "bst-cache-test-tools")
@@ -43,6 +52,7 @@ func (b *goBinary) get(t testing.TB, name, envVar, dir, pkg string) string {
 		tmp.Close()
 		cmd := exec.Command("go", "build", "-o", tmp.Name(), pkg)
 		cmd.Dir = filepath.Join(RepoRoot(t), dir)
+		cmd.Env = startEnv
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			os.Remove(tmp.Name())
 			b.err = "building " + name + ": " + err.Error() + "\n" + string(msg)
