@@ -23,12 +23,21 @@ var (
 	ErrRefsMissing = errors.New("refs missing from every cache")
 )
 
-// isAre is "1 ref is", "2 refs are".
-func isAre(n int, noun string) string {
-	if n == 1 {
-		return words.Plural(n, noun) + " is"
-	}
-	return words.Plural(n, noun) + " are"
+// worded is an error with words of its own that still is another error
+// for errors.Is (and so for exit codes): a sentinel's or Go's wording is
+// not repeated after what the message already says.
+type worded struct {
+	msg string
+	is  error
+}
+
+func (e *worded) Error() string { return e.msg }
+func (e *worded) Unwrap() error { return e.is }
+
+// refsMissing is an ErrRefsMissing (exit 3) that says where refs were not
+// found.
+func refsMissing(format string, args ...any) error {
+	return &worded{fmt.Sprintf(format, args...), ErrRefsMissing}
 }
 
 // noCache is the error for a cache name that is not configured: it lists

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/transfer"
 )
 
@@ -53,7 +54,7 @@ func checkoutCommand() *cli.Command {
 			ref := append(args.plain, args.resolved...)[0]
 			if _, err := eng.FilesRoot(ref); errors.Is(err, cache.ErrNotFound) {
 				if c.Bool("no-pull") {
-					return fmt.Errorf("%s is not in the local store (%s) and --no-pull was given: %w", ref, e.cfg.Local, ErrRefsMissing)
+					return refsMissing("%s is not in the local store (%s) and --no-pull was given", ref, e.cfg.Local)
 				}
 				if err := pullForCheckout(c, eng, ref); err != nil {
 					return err
@@ -74,7 +75,7 @@ func checkoutCommand() *cli.Command {
 				}{ref, dir}, map[string]int{"files": n})
 				return nil
 			}
-			fmt.Fprintf(e.stdout, "%s: %d files checked out into %s\n", ref, n, dir)
+			fmt.Fprintf(e.stdout, "%s: %s checked out into %s\n", ref, words.Plural(n, "file"), dir)
 			return nil
 		},
 	}
@@ -87,7 +88,7 @@ func pullForCheckout(c *cli.Context, eng *transfer.Engine, ref string) error {
 	case transfer.StatusDone, transfer.StatusSkipped:
 		return nil
 	case transfer.StatusMissing:
-		return fmt.Errorf("pulling %s: %s: %w", ref, r.Reason, ErrRefsMissing)
+		return refsMissing("pulling %s: %s", ref, r.Reason)
 	default:
 		return fmt.Errorf("pulling %s: %s", ref, r.Reason)
 	}

@@ -1,11 +1,15 @@
 package commands_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/bst-cache/bst-cache/commands"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
@@ -137,5 +141,50 @@ func TestGlobs(t *testing.T) {
 	}
 	if _, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "pull", "nothing/*"); code != 2 || !strings.Contains(stderr, "matches no ref") {
 		t.Errorf("a glob matching nothing: exit %d\n%s", code, stderr)
+	}
+}
+
+// Messages say what happened, in plain counts: where a missing ref was
+// looked for (not the exit code's sentinel again), no zero counts in an
+// error, "interrupted" rather than Go's "context canceled", "1 ref".
+func TestMessageWording(t *testing.T) {
+	local := t.TempDir()
+	ref := "demo/a/" + strings.Repeat("1", 64)
+	bst1Artifact(t, local, ref, 1, 10, 10)
+	srv := testenv.StartServe(t, testenv.ServeOptions{})
+	target := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("serve", srv.URL(), false)+cacheTOML("target", target.URL(), true))
+	dead := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("dead", "http://127.0.0.1:"+strconv.Itoa(testenv.FreePort(t)), false))
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+		not  []string
+	}{
+		{[]string{"--config", cfg, "--local", local, "rm", "demo/none/1"}, 3, "rm: 1 ref is not in the local store\n", []string{"every cache", "0 done", "0 failed"}},
+		{[]string{"--config", cfg, "--local", local, "pull", "demo/none/1"}, 3, "pull: 1 ref is in no cache\n", []string{"every cache", "0 failed"}},
+		{[]string{"--config", cfg, "--local", local, "copy", "--from", "serve", "--to", "target", "demo/none/1"}, 3, "copy: 1 ref is in none of the caches copied from\n", []string{"every cache"}},
+		{[]string{"--config", dead, "--local", local, "pull", "demo/none/1"}, 1, "pull: 1 ref failed\n", []string{"conflict", "0 missing"}},
+	} {
+		_, stderr, code := runCLI(t, "", tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, want %d with %q:\n%s", tc.args, code, tc.code, tc.want, stderr)
+		}
+		for _, not := range tc.not {
+			if strings.Contains(stderr, not) {
+				t.Errorf("%v says %q:\n%s", tc.args, not, stderr)
+			}
+		}
+	}
+	if stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "rm", ref); code != 0 || !strings.Contains(stdout, "with 1 ref\n") {
+		t.Errorf("rm: exit %d, want \"with 1 ref\":\n%s%s", code, stdout, stderr)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	t.Setenv("HOME", t.TempDir())
+	code := commands.Main(ctx, "test", []string{"bst-cache", "--config", cfg, "--local", t.TempDir(), "pull", "demo/none/1"}, &stdout, &stderr)
+	if code != 130 || !strings.Contains(stderr.String(), "interrupted") || strings.Contains(stderr.String(), "canceled") {
+		t.Errorf("a cancelled pull: exit %d, want 130 saying interrupted, not canceled:\n%s", code, stderr.String())
 	}
 }

@@ -82,12 +82,21 @@ func printGC(e *env, rep transfer.GCReport, dryRun bool, took time.Duration) err
 	for _, r := range rep.Refs {
 		fmt.Fprintf(e.stdout, "%s %s\n", verb, r)
 	}
-	fmt.Fprintf(e.stderr, "gc: %s %s and %s (%s), %s; %s left; %.1fs\n",
-		verb, words.Plural(len(rep.Refs), "ref"), words.Plural(rep.Objects, "object"), humanBytes(rep.Freed), words.Plural(rep.Tmp, "temporary file"), humanBytes(rep.Left), took.Seconds())
-	if rep.GraceKept > 0 {
-		fmt.Fprintf(e.stderr, "gc: kept %s (%s) that no ref reaches, written within --grace\n", words.Plural(rep.GraceKept, "object"), humanBytes(rep.GraceKeptBytes))
-	}
+	fmt.Fprintf(e.stderr, "gc: %s, %s; %s left; %.1fs\n", gcRemoved(verb, rep), words.Plural(rep.Tmp, "temporary file"), humanBytes(rep.Left), took.Seconds())
+	printGraceKept(e, "gc", rep)
 	return nil
+}
+
+// gcRemoved is what a gc removed (or would): refs, objects and bytes.
+func gcRemoved(verb string, rep transfer.GCReport) string {
+	return fmt.Sprintf("%s %s and %s (%s)", verb, words.Plural(len(rep.Refs), "ref"), words.Plural(rep.Objects, "object"), humanBytes(rep.Freed))
+}
+
+// printGraceKept says what the grace period kept, if anything.
+func printGraceKept(e *env, who string, rep transfer.GCReport) {
+	if rep.GraceKept > 0 {
+		fmt.Fprintf(e.stderr, "%s: kept %s (%s) that no ref reaches, written within --grace\n", who, words.Plural(rep.GraceKept, "object"), humanBytes(rep.GraceKeptBytes))
+	}
 }
 
 // autoGC runs a gc down to local-max-size after a transfer, once the
@@ -103,8 +112,9 @@ func autoGC(c *cli.Context, e *env, eng *transfer.Engine, pl *pool) error {
 		return fmt.Errorf("gc after the transfer (local-max-size): %w", err)
 	}
 	if !e.quiet && !e.json {
-		fmt.Fprintf(e.stderr, "gc (local-max-size %s): removed %d refs and %d objects (%s); %s left; %.1fs\n",
-			humanBytes(e.cfg.LocalMaxSize), len(rep.Refs), rep.Objects, humanBytes(rep.Freed), humanBytes(rep.Left), time.Since(start).Seconds())
+		who := "gc (local-max-size " + humanBytes(e.cfg.LocalMaxSize) + ")"
+		fmt.Fprintf(e.stderr, "%s: %s; %s left; %.1fs\n", who, gcRemoved("removed", rep), humanBytes(rep.Left), time.Since(start).Seconds())
+		printGraceKept(e, who, rep)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/bst-cache/bst-cache/config"
@@ -38,10 +39,10 @@ func Main(ctx context.Context, version string, args []string, stdout, stderr io.
 		code = ExitTerminated
 	}
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, err, code)
 	}
 	if werr := outputOf(app).write(stdout, err, code); werr != nil && code == ExitOK {
-		printError(stderr, werr)
+		printError(stderr, werr, ExitFailure)
 		code = ExitFailure
 	}
 	return code
@@ -88,8 +89,18 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func printError(w io.Writer, err error) {
-	fmt.Fprintf(w, "bst-cache: error: %v\n", err)
+// printError prints err once. A run stopped by Ctrl-C or SIGTERM says so,
+// not Go's "context canceled".
+func printError(w io.Writer, err error, code int) {
+	msg := err.Error()
+	if errors.Is(err, context.Canceled) {
+		stop := "interrupted"
+		if code == ExitTerminated {
+			stop = "terminated"
+		}
+		msg = strings.ReplaceAll(msg, context.Canceled.Error(), stop)
+	}
+	fmt.Fprintf(w, "bst-cache: error: %s\n", msg)
 	if errors.Is(err, ErrUsage) {
 		fmt.Fprintln(w, "bst-cache: hint: see bst-cache --help")
 	}

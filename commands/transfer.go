@@ -479,7 +479,7 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 		}
 		tw.Flush()
 		if !e.quiet {
-			line := countLine(counts)
+			line := countLine(command, counts)
 			if command != "rm" {
 				line += "; " + movedLine(command, stats)
 			}
@@ -491,28 +491,46 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 	}
 	switch {
 	case c.Context.Err() != nil:
-		return fmt.Errorf("%s interrupted: %s done, %s not: %w", command, words.Plural(counts["done"]+counts["skipped"]+counts["repaired"], "ref"),
-			words.Plural(len(results)-counts["done"]-counts["skipped"]-counts["repaired"], "ref"), c.Context.Err())
+		return &worded{fmt.Sprintf("%s interrupted: %s done, %s not", command, words.Plural(counts["done"]+counts["skipped"]+counts["repaired"], "ref"),
+			words.Plural(len(results)-counts["done"]-counts["skipped"]-counts["repaired"], "ref")), c.Context.Err()}
 	case counts["failed"]+counts["conflict"] > 0:
-		return fmt.Errorf("%s: %s failed, %s", command, words.Plural(counts["failed"], "ref"), words.Plural(counts["conflict"], "conflict"))
+		var parts []string
+		if n := counts["failed"]; n > 0 {
+			parts = append(parts, words.Plural(n, "ref")+" failed")
+		}
+		if n := counts["conflict"]; n > 0 {
+			parts = append(parts, words.Plural(n, "conflict"))
+		}
+		return fmt.Errorf("%s: %s", command, strings.Join(parts, ", "))
 	case counts["missing"] > 0 && c.Bool("ignore-missing"):
 		return nil
 	case counts["missing"] > 0:
-		return fmt.Errorf("%s: %s in no cache: %w", command, isAre(counts["missing"], "ref"), ErrRefsMissing)
+		return refsMissing("%s: %s %s", command, words.IsAre(counts["missing"], "ref"), missingWhere(command))
 	}
 	return nil
 }
 
-// countLine lists the statuses of a run, the usual ones always and the
-// rest when they occur.
-func countLine(counts map[string]int) string {
+// missingWhere says where a command looked for the refs it reports
+// missing.
+func missingWhere(command string) string {
+	switch command {
+	case "rm", "push":
+		return "not in the local store"
+	case "copy":
+		return "in none of the caches copied from"
+	}
+	return "in no cache"
+}
+
+// countLine lists the statuses that occurred in a run; a transfer always
+// says how many refs are done, even none.
+func countLine(command string, counts map[string]int) string {
 	var parts []string
 	for _, s := range []transfer.Status{transfer.StatusDone, transfer.StatusRepaired, transfer.StatusSkipped,
 		transfer.StatusWouldPull, transfer.StatusWouldPush, transfer.StatusWouldCopy, transfer.StatusWouldRepair,
 		transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict, transfer.StatusInterrupted, transfer.StatusRemoved, transfer.StatusWouldRemove} {
 		n := counts[string(s)]
-		always := s == transfer.StatusDone || s == transfer.StatusSkipped || s == transfer.StatusMissing || s == transfer.StatusFailed
-		if n > 0 || always {
+		if n > 0 || s == transfer.StatusDone && command != "rm" {
 			parts = append(parts, fmt.Sprintf("%d %s", n, s))
 		}
 	}
@@ -524,14 +542,14 @@ func countLine(counts map[string]int) string {
 func movedLine(command string, st transfer.Stats) string {
 	var parts []string
 	if command != "push" {
-		parts = append(parts, fmt.Sprintf("%d blobs (%s) pulled", st.Pulled.Blobs, humanBytes(st.Pulled.Bytes)))
+		parts = append(parts, fmt.Sprintf("%s (%s) pulled", words.Plural(st.Pulled.Blobs, "blob"), humanBytes(st.Pulled.Bytes)))
 	}
 	if command != "pull" {
-		parts = append(parts, fmt.Sprintf("%d blobs (%s) pushed", st.Pushed.Blobs, humanBytes(st.Pushed.Bytes)))
+		parts = append(parts, fmt.Sprintf("%s (%s) pushed", words.Plural(st.Pushed.Blobs, "blob"), humanBytes(st.Pushed.Bytes)))
 	}
 	line := fmt.Sprintf("%s, %d already present", strings.Join(parts, ", "), st.BlobsPresent)
 	if st.WouldBlobs > 0 {
-		line += fmt.Sprintf(", %d blobs (%s) would be transferred", st.WouldBlobs, humanBytes(st.WouldBytes))
+		line += fmt.Sprintf(", %s (%s) would be transferred", words.Plural(st.WouldBlobs, "blob"), humanBytes(st.WouldBytes))
 	}
 	return line
 }
@@ -615,7 +633,15 @@ func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*tran
 		pl.closers = append(pl.closers, unlock)
 	}
 	ev := transfer.Events{
-		OnWarn: func(msg string) { p.warn(e, msg) },
+		OnWarn: func(msg string) {
+			// Once interrupted, a cache's "failure" is the interruption
+			// itself: the error line says so, -v keeps the details.
+			if c.Context.Err() != nil {
+				e.debugf("%s", msg)
+				return
+			}
+			p.warn(e, msg)
+		},
 		OnInfo: func(msg string) { e.debugf("%s", msg) },
 	}
 	if p.bar != nil {

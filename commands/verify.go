@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/internal/words"
 )
 
 func verifyCommand() *cli.Command {
@@ -61,11 +63,11 @@ func verifyCommand() *cli.Command {
 				for _, r := range rep.Removed {
 					fmt.Fprintf(e.stdout, "removed %s\n", r)
 				}
-				fmt.Fprintf(e.stderr, "verify: %d refs, %d objects (%s) good; %d problems, %d still wrong, %d refs removed\n",
-					rep.Refs, rep.Objects, humanBytes(rep.Bytes), len(rep.Problems), rep.Unrepaired(), len(rep.Removed))
+				fmt.Fprintf(e.stderr, "verify: %s, %s (%s) good; %s, %d still wrong, %s removed\n",
+					words.Plural(rep.Refs, "ref"), words.Plural(rep.Objects, "object"), humanBytes(rep.Bytes), words.Plural(len(rep.Problems), "problem"), rep.Unrepaired(), words.Plural(len(rep.Removed), "ref"))
 			}
 			if n := rep.Unrepaired(); n > 0 || len(rep.Removed) > 0 {
-				return fmt.Errorf("verify: %d problems not repaired, %d refs removed", n, len(rep.Removed))
+				return fmt.Errorf("verify: %s not repaired, %s removed", words.Plural(n, "problem"), words.Plural(len(rep.Removed), "ref"))
 			}
 			return nil
 		},

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/transfer"
 )
 
@@ -65,9 +66,9 @@ func whichCommand() *cli.Command {
 			}
 			switch {
 			case sums[transfer.Failed] > 0:
-				return fmt.Errorf("which: %d of %s complete in no cache that answered, and a cache could not be asked", sums[transfer.Failed], isAre(len(refs), "ref"))
+				return fmt.Errorf("which: %d of %s complete in no cache that answered, and a cache could not be asked", sums[transfer.Failed], words.IsAre(len(refs), "ref"))
 			case sums[transfer.Missing] > 0:
-				return fmt.Errorf("which: %d of %s complete in no cache: %w", sums[transfer.Missing], isAre(len(refs), "ref"), ErrRefsMissing)
+				return refsMissing("which: %d of %s complete in no cache", sums[transfer.Missing], words.IsAre(len(refs), "ref"))
 			}
 			return nil
 		},

@@ -2,7 +2,6 @@ package transfer
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -104,7 +103,7 @@ func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o
 			return true, err
 		}
 		if len(missing) > 0 {
-			incomplete = append(incomplete, fmt.Sprintf("%s names %s but %d blobs are in no storage cache (e.g. %s)", c.Name(), d, len(missing), missing[0]))
+			incomplete = append(incomplete, incompleteOn(c, d, missing))
 			return false, nil
 		}
 		if !o.IncludeFailed && en.failed {

@@ -10,6 +10,7 @@ import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -40,7 +41,7 @@ func (e *Engine) Remove(ctx context.Context, refs []string, dryRun bool) []Resul
 		for _, r := range all {
 			done[r] = true
 		}
-		res.Status, res.Reason = StatusRemoved, fmt.Sprintf("with %d refs", len(all))
+		res.Status, res.Reason = StatusRemoved, "with "+words.Plural(len(all), "ref")
 		if dryRun {
 			res.Status = StatusWouldRemove
 		} else {

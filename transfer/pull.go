@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/words"
 )
 
 // Status is how a ref ended.
@@ -233,7 +234,7 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence b
 			res.Status, res.Cache, res.Digest = StatusDone, c.Name(), d.String()
 			return true, nil
 		}
-		reason := fmt.Sprintf("%s names %s but %d blobs are in no storage cache (e.g. %s)", c.Name(), d, len(missing), missing[0])
+		reason := incompleteOn(c, d, missing)
 		e.Events.Warn(fmt.Sprintf("%s: incomplete: %s", ref, reason))
 		incomplete = append(incomplete, reason)
 		return false, nil
@@ -255,12 +256,12 @@ func (e *Engine) pullDryRun(ctx context.Context, ref string) Result {
 			return true, err
 		}
 		if len(missing) > 0 {
-			incomplete = append(incomplete, fmt.Sprintf("%s names %s but %d blobs are in no storage cache (e.g. %s)", c.Name(), d, len(missing), missing[0]))
+			incomplete = append(incomplete, incompleteOn(c, d, missing))
 			return false, nil
 		}
 		res.Status, res.Cache, res.Digest = StatusWouldPull, c.Name(), d.String()
 		res.Blobs, res.Bytes = int64(len(need)), sizeOf(need)
-		res.Reason = fmt.Sprintf("would pull %d blobs (%d bytes)", res.Blobs, res.Bytes)
+		res.Reason = fmt.Sprintf("would pull %s (%s)", words.Plural(res.Blobs, "blob"), words.Plural(res.Bytes, "byte"))
 		return true, nil
 	})
 	return settle(res, a, err, incomplete)
@@ -401,4 +402,9 @@ func Summary(results []Result) map[Status]int {
 		out[r.Status]++
 	}
 	return out
+}
+
+// incompleteOn says that cache c names d but lacks blobs of its closure.
+func incompleteOn(c *Cache, d digest.Digest, missing []digest.Digest) string {
+	return fmt.Sprintf("%s names %s but %s in no storage cache (e.g. %s)", c.Name(), d, words.IsAre(len(missing), "blob"), missing[0])
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -95,7 +96,7 @@ func (e *Engine) pushRoots(en entry) (all []digest.Digest, roots cache.Roots, er
 		return nil, roots, err
 	}
 	if len(missing) > 0 {
-		return nil, roots, fmt.Errorf("the local closure is incomplete: %d blobs missing (e.g. %s)", len(missing), missing[0])
+		return nil, roots, fmt.Errorf("the local closure is incomplete: %s missing (e.g. %s)", words.Plural(len(missing), "blob"), missing[0])
 	}
 	if en.virtual {
 		all = append(all, en.digest)
@@ -248,7 +249,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 	}
 	res.Status = StatusDone
 	if same {
-		res.Status, res.Reason = StatusRepaired, fmt.Sprintf("the target named it but lacked %d blobs (%d bytes), now sent", len(moved), bytes)
+		res.Status, res.Reason = StatusRepaired, fmt.Sprintf("the target named it but lacked %s (%s), now sent", words.Plural(len(moved), "blob"), words.Plural(bytes, "byte"))
 	}
 	return res
 }
@@ -261,9 +262,9 @@ func wouldMove(res Result, same bool, status Status, missing []digest.Digest) Re
 	case same && len(missing) == 0:
 		res.Status, res.Reason = StatusSkipped, "the target already has it"
 	case same:
-		res.Status, res.Reason = StatusWouldRepair, fmt.Sprintf("the target names it but lacks %d blobs (%d bytes)", res.Blobs, res.Bytes)
+		res.Status, res.Reason = StatusWouldRepair, fmt.Sprintf("the target names it but lacks %s (%s)", words.Plural(res.Blobs, "blob"), words.Plural(res.Bytes, "byte"))
 	default:
-		res.Status, res.Reason = status, fmt.Sprintf("would send %d blobs (%d bytes)", res.Blobs, res.Bytes)
+		res.Status, res.Reason = status, fmt.Sprintf("would send %s (%s)", words.Plural(res.Blobs, "blob"), words.Plural(res.Bytes, "byte"))
 	}
 	return res
 }
@@ -291,7 +292,7 @@ func (e *Engine) pushIndex(ctx context.Context, p pushing, t *Cache, readers []*
 		return failed(res, fmt.Errorf("cannot confirm the blobs on %s, index entry not written: %w", names(readers), err))
 	}
 	if len(missing) > 0 {
-		return failed(res, fmt.Errorf("%d blobs (e.g. %s) are on no storage cache readers of %s use (%s): index entry not written", len(missing), missing[0], t.Name(), names(readers)))
+		return failed(res, fmt.Errorf("%s (e.g. %s) on no storage cache readers of %s use (%s): index entry not written", words.IsAre(len(missing), "blob"), missing[0], t.Name(), names(readers)))
 	}
 	switch {
 	case same:

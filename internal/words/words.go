@@ -44,3 +44,11 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// IsAre is "1 ref is", "2 refs are".
+func IsAre[N ~int | ~int64](n N, noun string) string {
+	if n == 1 {
+		return Plural(n, noun) + " is"
+	}
+	return Plural(n, noun) + " are"
+}
