@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -148,9 +149,27 @@ func flagError(app *cli.App, c *cli.Context, err error) error {
 		}
 	}
 	if len(takers) == 0 {
+		flags := app.Flags
+		if c != nil && c.Command != nil {
+			flags = append(append([]cli.Flag{}, c.Command.Flags...), app.Flags...)
+		}
+		var names []string
+		for name := range flagArity(flags) {
+			if strings.HasPrefix(name, "--") {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names) // the same suggestion every time
+		if near := words.Closest(flag, names); near != "" {
+			return usageError("%s has no flag %s: did you mean %s?", where, flag, near)
+		}
 		return usageError("%s has no flag %s", where, flag)
 	}
-	return usageError("%s has no flag %s (%s takes it)", where, flag, strings.Join(takers, ", "))
+	takes := "takes"
+	if len(takers) > 1 {
+		takes = "take"
+	}
+	return usageError("%s has no flag %s (%s %s it)", where, flag, strings.Join(takers, ", "), takes)
 }
 
 func commandNames(app *cli.App) []string {

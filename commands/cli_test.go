@@ -176,6 +176,15 @@ func TestMessageWording(t *testing.T) {
 			}
 		}
 	}
+	for args, want := range map[string]string{
+		"pull --dryrun x": "bst-cache pull has no flag --dryrun: did you mean --dry-run?",
+		"ls --jsn":        "bst-cache ls has no flag --jsn: did you mean --json?",
+		"pull --cache x":  "bst-cache pull has no flag --cache (ls, push, which take it)",
+	} {
+		if _, stderr, code := runCLI(t, "", strings.Fields(args)...); code != 2 || !strings.Contains(stderr, want) {
+			t.Errorf("%s: exit %d, want 2 with %q:\n%s", args, code, want, stderr)
+		}
+	}
 	if stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", local, "rm", ref); code != 0 || !strings.Contains(stdout, "with 1 ref\n") {
 		t.Errorf("rm: exit %d, want \"with 1 ref\":\n%s%s", code, stdout, stderr)
 	}

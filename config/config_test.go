@@ -98,9 +98,11 @@ func TestLoadErrors(t *testing.T) {
 		wantMsg  string
 	}{
 		{"syntax", "jobs = 3\nformat = \"bst1\n", 2, "format", "newline"},
-		{"unknown top-level key", "jobs = 3\nformt = \"bst1\"\n", 2, "formt", "unknown key"},
-		{"unknown cache key", "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\n\n[[cache]]\nname = \"b\"\nurl = \"http://h:2\"\npushh = true\n", 8, "cache.pushh", "unknown key"},
-		{"unknown auth key", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\nserver-certs = \"ca.pem\"\n", 5, "cache.auth.server-certs", "unknown key"},
+		{"unknown top-level key", "jobs = 3\nformt = \"bst1\"\n", 2, "formt", "unknown key: did you mean format?"},
+		{"unknown key, nothing near", "frobnicate = 1\n", 1, "frobnicate", "unknown key"},
+		{"unknown cache key", "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\n\n[[cache]]\nname = \"b\"\nurl = \"http://h:2\"\npushh = true\n", 8, "cache.pushh", "unknown key: did you mean push?"},
+		{"unknown auth key", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\nserver-certs = \"ca.pem\"\n", 5, "cache.auth.server-certs", "unknown key: did you mean server-cert?"},
+		{"unknown connection key", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.connection]\nretry-limt = 3\n", 5, "cache.connection.retry-limt", "unknown key: did you mean retry-limit?"},
 		{"wrong type", "jobs = \"many\"\n", 1, "jobs", `want a whole number, got "many"`},
 		{"bad format", "format = \"bst3\"\n", 1, "format", "not a format"},
 		{"jobs out of range", "\njobs = 0\n", 2, "jobs", "between 1 and 1024"},

@@ -8,12 +8,15 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/bst-cache/bst-cache/internal/words"
 )
 
 // ProjectFileName is the project file looked up in the working directory and
@@ -366,7 +369,41 @@ func (v *validator) unknownKey(keys []toml.Key) error {
 			}
 		}
 	}
-	return &Error{File: v.file, Line: bestLine, Key: best, Msg: "unknown key"}
+	msg := "unknown key"
+	parent, name := "", best
+	if i := strings.LastIndexByte(best, '.'); i >= 0 {
+		parent, name = best[:i], best[i+1:]
+	}
+	if near := words.Closest(name, keysUnder(reflect.TypeOf(rawFile{}), parent)); near != "" {
+		msg += ": did you mean " + near + "?"
+	}
+	return &Error{File: v.file, Line: bestLine, Key: best, Msg: msg}
+}
+
+// keysUnder lists the keys a table of type t takes at the dotted path
+// (arrays of tables are walked into).
+func keysUnder(t reflect.Type, path string) []string {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	first, rest, deeper := strings.Cut(path, ".")
+	var keys []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		switch {
+		case path == "":
+			keys = append(keys, tag)
+		case tag == first && deeper:
+			return keysUnder(f.Type, rest)
+		case tag == first:
+			return keysUnder(f.Type, "")
+		}
+	}
+	return keys
 }
 
 // path expands ~ and makes a path absolute relative to the file's directory.
