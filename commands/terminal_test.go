@@ -50,11 +50,11 @@ func TestProgressOnTerminal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pull on a terminal: %v\n%q", err, out)
 	}
-	// "pull 0/1 refs  39% |███   | (3.3/8.3 MiB, 4.0 MiB/s) [0s:1s]"
-	bar := regexp.MustCompile(`pull 0/1 refs +\d+% [^\r]*?\(([0-9.]+ ?[KM]?i?B?)/8\.3 MiB, [0-9.]+ [KM]iB/s\) \[\d+s:\d+s\]`)
+	// "pull 0/1 refs, 1s left  39% |███   | (3.3/8.3 MiB, 4.0 MiB/s) [1s]"
+	bar := regexp.MustCompile(`pull 0/1 refs(, \d+s left)? +\d+% [^\r]*?\(([0-9.]+ ?[KM]?i?B?)/8\.3 MiB, [0-9.]+ [KM]iB/s\) \[\d+s\]`)
 	seen := map[string]bool{}
 	for _, m := range bar.FindAllStringSubmatch(out, -1) {
-		seen[m[1]] = true
+		seen[m[2]] = true
 	}
 	if len(seen) < 4 {
 		t.Errorf("the bar showed %d distinct byte counts out of 8.3 MiB (%v); want it to move while the large file streams\n%q", len(seen), seen, out)

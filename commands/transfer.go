@@ -292,7 +292,8 @@ func transferKind(c *cli.Context, e *env) (transfer.Kind, error) {
 // progress draws a bar on stderr when it is a terminal and the output
 // settings allow it; otherwise it does nothing. The bar counts bytes: its
 // total grows as trees become known, it moves as chunks arrive, and it
-// shows the rate, the time left and the refs done.
+// shows the rate, the refs done and, once the total has settled, the time
+// left.
 type progress struct {
 	mu      sync.Mutex
 	bar     *progressbar.ProgressBar
@@ -301,22 +302,37 @@ type progress struct {
 	done    int
 	planned int64
 	moved   int64
+	now     func() time.Time
+	// grown is when the total last grew; first when the first byte moved.
+	grown, first time.Time
 }
 
+// settle is how long the total must stay the same before the bar shows the
+// time left: while trees are still being read the total grows, and a time
+// left computed from it would be too short.
+const settle = 3 * time.Second
+
 func newProgress(c *cli.Context, e *env, what string) *progress {
-	p := &progress{what: what}
 	f, ok := e.stderr.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) || e.quiet || e.json || c.Bool("no-progress") {
-		return p
+		return &progress{what: what}
 	}
+	return newBar(e.stderr, what, time.Now)
+}
+
+// newBar is a progress drawn on w, with now as its clock.
+func newBar(w io.Writer, what string, now func() time.Time) *progress {
+	p := &progress{what: what, now: now}
 	p.bar = progressbar.NewOptions64(-1,
-		progressbar.OptionSetWriter(e.stderr),
+		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription(p.describe()),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowTotalBytes(true),
 		progressbar.OptionShowCount(),
 		progressbar.OptionUseIECUnits(true),
-		progressbar.OptionSetPredictTime(true),
+		// The bar's own time left follows its total even while that
+		// grows: describe shows one from a settled total instead.
+		progressbar.OptionSetPredictTime(false),
 		progressbar.OptionSetElapsedTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionFullWidth(),
@@ -336,7 +352,25 @@ func (p *progress) expect(n int) {
 }
 
 func (p *progress) describe() string {
-	return fmt.Sprintf("%s %d/%d refs", p.what, p.done, p.refs)
+	s := fmt.Sprintf("%s %d/%d refs", p.what, p.done, p.refs)
+	if left, ok := p.timeLeft(); ok {
+		s += fmt.Sprintf(", %s left", left)
+	}
+	return s
+}
+
+// timeLeft is what remains of the total at the rate since the first byte,
+// once the total has not grown for settle.
+func (p *progress) timeLeft() (time.Duration, bool) {
+	if p.now == nil || p.first.IsZero() || p.moved == 0 {
+		return 0, false
+	}
+	now := p.now()
+	if now.Sub(p.grown) < settle {
+		return 0, false
+	}
+	rate := float64(p.moved) / now.Sub(p.first).Seconds()
+	return time.Duration(float64(p.planned-p.moved) / rate * float64(time.Second)).Round(time.Second), true
 }
 
 // plan adds bytes the run has to move to the bar's total.
@@ -344,6 +378,7 @@ func (p *progress) plan(n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.planned += n
+	p.grown = p.now()
 	p.resize()
 }
 
@@ -358,12 +393,16 @@ func (p *progress) resize() {
 func (p *progress) add(n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.first.IsZero() {
+		p.first = p.now()
+	}
 	p.moved += n
 	if p.moved >= p.planned {
 		// A retried stream sends some bytes twice: the total follows.
 		p.planned = p.moved
 		p.resize()
 	}
+	p.bar.Describe(p.describe())
 	p.bar.Set64(p.moved)
 }
 
