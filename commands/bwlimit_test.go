@@ -7,9 +7,9 @@ import (
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
-// --bwlimit and a cache's bandwidth key cap the rate of a transfer: the
-// rate measured over a push and a pull of 9 MiB through serve is within
-// 10% of the cap; with both, the lower one holds.
+// --bwlimit and a cache's bandwidth key cap the rate of a transfer: a push
+// and a pull of 9 MiB through serve never go faster than the cap (with
+// both, the lower one), and not far slower.
 func TestBandwidthCap(t *testing.T) {
 	const mib = 1 << 20
 	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
@@ -24,8 +24,16 @@ func TestBandwidthCap(t *testing.T) {
 		}
 		rate := float64(flow.Bytes) / seconds
 		t.Logf("%s: %.2f MiB/s under a cap of %.2f MiB/s", what, rate/mib, cap/mib)
-		if rate < 0.9*cap || rate > 1.1*cap {
-			t.Errorf("%s: %.2f MiB/s; want within 10%% of %.2f MiB/s", what, rate/mib, cap/mib)
+		// The cap is never exceeded (a limiter's 64 KiB burst is under 1%
+		// of the bytes): a lower bound on the time, which load cannot
+		// break. A busy machine only makes the run slower, so the other
+		// bound is loose: the cap does not throttle far below itself.
+		// BenchmarkLimiterRate (remotes) measures how close it gets.
+		if rate > 1.02*cap {
+			t.Errorf("%s: %.2f MiB/s; the cap is %.2f MiB/s", what, rate/mib, cap/mib)
+		}
+		if rate < cap/10 {
+			t.Errorf("%s: %.2f MiB/s; want no less than a tenth of the cap, %.2f MiB/s", what, rate/mib, cap/mib)
 		}
 	}
 	rep, stderr, code := runJSON(t, "--config", plain, "--local", local, "--bwlimit", "4MiB/s", "push", "proj/capped/key")
