@@ -2,12 +2,12 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
 // On the stream of a real `go test -json` run (a module with a passing
@@ -15,22 +15,12 @@ import (
 // package as it starts, keeps go test's closing lines and a failing
 // test's output, drops a passing test's, and ends with a summary.
 func TestFormat(t *testing.T) {
-	dir := t.TempDir()
-	files := map[string]string{
+	dir := testenv.WriteFiles(t, map[string]string{
 		"go.mod":      "module example\n\ngo 1.21\n",
 		"a/a_test.go": "package a\n\nimport \"testing\"\n\nfunc TestQuiet(t *testing.T) { t.Log(\"quiet detail\") }\n",
 		"b/b_test.go": "package b\n\nimport \"testing\"\n\nfunc TestLoud(t *testing.T) { t.Error(\"loud failure\") }\n\nfunc TestFine(t *testing.T) {}\n",
 		"c/c.go":      "package c\n",
-	}
-	for name, content := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	cmd := exec.Command("go", "test", "-json", "-count=1", "./...")
 	cmd.Dir = dir
 	stream, err := cmd.Output()
