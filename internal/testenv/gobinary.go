@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,7 +39,10 @@ func (b *goBinary) get(t testing.TB, name, envVar, dir, pkg string) string {
 		if cacheDir == "" {
 			cacheDir = os.TempDir()
 		}
-		out := filepath.Join(cacheDir, "bst-cache-test-tools")
+		// One directory per checkout: test processes of two worktrees
+		// would otherwise replace each other's binaries.
+		root := RepoRoot(t)
+		out := filepath.Join(cacheDir, "bst-cache-test-tools", fmt.Sprintf("%x", sha256.Sum256([]byte(root)))[:12])
 		if err := os.MkdirAll(out, 0o755); err != nil {
 			b.err = err.Error()
 			return
@@ -51,7 +56,7 @@ func (b *goBinary) get(t testing.TB, name, envVar, dir, pkg string) string {
 		}
 		tmp.Close()
 		cmd := exec.Command("go", "build", "-o", tmp.Name(), pkg)
-		cmd.Dir = filepath.Join(RepoRoot(t), dir)
+		cmd.Dir = filepath.Join(root, dir)
 		cmd.Env = startEnv
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			os.Remove(tmp.Name())
