@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,7 +46,9 @@ func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unloc
 }
 
 // CleanTmp removes temporary files older than age: what writers killed
-// before they could rename left behind.
+// before they could rename left behind, and partial downloads kept for a
+// resume (ResumableWriter) that no run came back for. The lock and the
+// store's ID stay.
 func (s *Store) CleanTmp(age time.Duration) (int, error) {
 	entries, err := os.ReadDir(s.tmp)
 	if err != nil {
@@ -55,7 +58,7 @@ func (s *Store) CleanTmp(age time.Duration) (int, error) {
 	now := time.Now()
 	for _, e := range entries {
 		info, err := e.Info()
-		if err != nil || !info.Mode().IsRegular() || e.Name() == ".lock" || now.Sub(info.ModTime()) < age {
+		if err != nil || !info.Mode().IsRegular() || strings.HasPrefix(e.Name(), ".") || now.Sub(info.ModTime()) < age {
 			continue
 		}
 		if os.Remove(filepath.Join(s.tmp, e.Name())) == nil {

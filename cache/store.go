@@ -305,6 +305,8 @@ type BlobWriter struct {
 	named bool
 	// trusted: the caller verified the data (PutVerified); h is unused.
 	trusted bool
+	// partial: f is a ResumableWriter's, named after the digest.
+	partial bool
 }
 
 // NewWriter starts writing the blob d, for callers that receive it in pieces.
@@ -442,6 +444,13 @@ func (w *BlobWriter) Commit() (err error) {
 	// before it writes a ref, which makes every object it names durable
 	// first, at the cost of one syncfs per ref rather than one fsync per
 	// object.
+	if w.partial {
+		// Renamed while still locked, so no other writer takes the
+		// finished file for a partial one of its own.
+		err := w.s.install(w.f.Name(), w.s.ObjectPath(w.want), false)
+		w.f.Close()
+		return err
+	}
 	if w.named {
 		if err := w.f.Close(); err != nil {
 			return err

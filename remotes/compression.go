@@ -48,12 +48,14 @@ func (r *Remote) readName(d digest.Digest) (string, error) {
 	return r.sdk.ResourceName("blobs", d.Hash, strconv.FormatInt(d.Size, 10))
 }
 
-// writeName is the ByteStream resource a blob is uploaded to.
-func (r *Remote) writeName(d digest.Digest, compressed bool) (string, error) {
+// writeName is the ByteStream resource a blob is uploaded to under the
+// upload UUID id.
+func (r *Remote) writeName(id string, d digest.Digest, compressed bool) (string, error) {
+	size := strconv.FormatInt(d.Size, 10)
 	if compressed {
-		return r.sdk.ResourceNameCompressedWrite(d.Hash, d.Size)
+		return r.sdk.ResourceName("uploads", id, "compressed-blobs", zstdwire.Compressor, d.Hash, size)
 	}
-	return r.sdk.ResourceNameWrite(d.Hash, d.Size)
+	return r.sdk.ResourceName("uploads", id, "blobs", d.Hash, size)
 }
 
 // compressUpload says whether a blob whose content starts with head goes

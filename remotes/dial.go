@@ -40,6 +40,7 @@ type Option func(*options)
 type options struct {
 	concurrency int
 	limiters    []*rate.Limiter
+	uploadKey   string
 }
 
 // ShrinkEvent says that a cache refused a message as too large and that
@@ -78,6 +79,14 @@ func hooksOf(ctx context.Context) Hooks {
 // requests in flight to it. The default is the configured max-concurrency.
 func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
 
+// WithUploadKey names ByteStream uploads after key and the blob's digest
+// instead of a random UUID, so that an upload cut short (Ctrl-C, a kill)
+// is found again by the next run with the same key and resumed from what
+// the server holds. The key must differ between clients that may upload
+// the same blob at once (a random id kept with the local store does). The
+// default is a random name per upload, resumed only within the run.
+func WithUploadKey(key string) Option { return func(o *options) { o.uploadKey = key } }
+
 // Dial prepares a connection to a cache. Connecting is lazy: an unreachable
 // cache shows on the first call, which fails fast.
 func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) {
@@ -89,14 +98,15 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		o.concurrency = 1
 	}
 	r := &Remote{
-		name:     c.Name,
-		url:      c.URL,
-		target:   c.Endpoint.Target,
-		tls:      c.Endpoint.TLS,
-		instance: c.InstanceName,
-		conn:     c.Connection,
-		compress: c.Compression,
-		sem:      make(chan struct{}, o.concurrency),
+		name:      c.Name,
+		url:       c.URL,
+		target:    c.Endpoint.Target,
+		tls:       c.Endpoint.TLS,
+		instance:  c.InstanceName,
+		conn:      c.Connection,
+		compress:  c.Compression,
+		sem:       make(chan struct{}, o.concurrency),
+		uploadKey: o.uploadKey,
 	}
 	r.chunk.Store(writeChunk)
 

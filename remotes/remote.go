@@ -40,6 +40,10 @@ type Remote struct {
 	compress            config.Compression
 	zstd                compression // set by Probe
 	sem                 chan struct{}
+	// uploadKey, when set, names uploads so the next run finds them.
+	uploadKey string
+	// noQueryWrite: the server answered QueryWriteStatus UNIMPLEMENTED.
+	noQueryWrite atomic.Bool
 
 	cc     *grpc.ClientConn
 	sdk    *client.Client
@@ -214,10 +218,15 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 	return found, missing, nil
 }
 
-// A read's overall deadline is twice the cache's stall-timeout plus its
-// size at minReadRate: a server that trickles bytes cannot hold a transfer
-// for ever.
-const minReadRate = 100 << 10 // bytes per second
+// A stream's overall deadline is twice the cache's stall-timeout plus its
+// size at minStreamRate: a server that trickles bytes, or takes them a
+// trickle at a time, cannot hold a transfer for ever.
+const minStreamRate = 100 << 10 // bytes per second
+
+// streamDeadline bounds a ByteStream read or write of n bytes.
+func (r *Remote) streamDeadline(n int64) time.Duration {
+	return 2*r.stallTimeout() + time.Duration(n/minStreamRate)*time.Second
+}
 
 // ErrStalled is wrapped when a stream delivered no bytes for the cache's
 // stall-timeout (empty messages do not count).
@@ -230,21 +239,30 @@ type localError struct{ err error }
 func (e localError) Error() string { return e.err.Error() }
 func (e localError) Unwrap() error { return e.err }
 
-// ReadBlob streams one blob through ByteStream into w, resuming at the
-// offset reached after transient failures. w must check the digest
-// (cache.BlobWriter does). The read as a whole is bounded by a deadline
-// scaled by the blob's size, and fails when no byte arrives for the
-// cache's stall-timeout; more bytes than the digest's size fail it at once.
-// An error writing to w is returned as it is, never retried.
+// ReadBlob streams one blob through ByteStream into w, as ReadBlobFrom
+// does from its first byte.
 func (r *Remote) ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) error {
+	return r.ReadBlobFrom(ctx, d, 0, w)
+}
+
+// ReadBlobFrom streams a blob from byte off on (read_offset) through
+// ByteStream into w, resuming at the offset reached after transient
+// failures: w holds the bytes before off already, and must check the
+// digest (cache.BlobWriter does). The read as a whole is bounded by a
+// deadline scaled by the size left, and fails when no byte arrives for
+// the cache's stall-timeout; more bytes than the digest's size fail it at
+// once. An error writing to w is returned as it is, never retried.
+func (r *Remote) ReadBlobFrom(ctx context.Context, d digest.Digest, off int64, w io.Writer) error {
 	name, err := r.readName(d)
 	if err != nil {
 		return r.wrap("ByteStream.Read", err)
 	}
+	if off < 0 || off > d.Size {
+		return r.wrap("ByteStream.Read", fmt.Errorf("read_offset %d outside blob %s", off, d))
+	}
 	op := "ByteStream.Read " + d.String()
-	ctx, cancel := context.WithTimeout(ctx, 2*r.stallTimeout()+time.Duration(d.Size/minReadRate)*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, r.streamDeadline(d.Size-off))
 	defer cancel()
-	var off int64
 	err = r.retry(ctx, op, true, 0, func(ctx context.Context) error { return r.readFrom(ctx, name, d, w, &off) })
 	var le localError
 	if errors.As(err, &le) {

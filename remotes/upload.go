@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"io"
 	"sync/atomic"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/bst-cache/bst-cache/internal/zstdwire"
 )
@@ -114,24 +118,54 @@ func readAll(d digest.Digest, open Opener) ([]byte, error) {
 	return data, nil
 }
 
-// WriteBlob streams one blob through ByteStream Write in chunks, starting
-// again from the beginning if a retryable error breaks the stream. A
-// server that already has the blob may end the stream early. A chunk the
-// cache refuses as too large halves the chunk size for the rest of the run
-// and the stream starts again.
+// WriteBlob streams one blob through ByteStream Write in chunks. The
+// write is bounded as a read is, not by the request timeout: it fails when
+// no chunk goes out for the cache's stall-timeout, and as a whole past a
+// deadline scaled by the blob's size. A stream that breaks off is retried
+// under the same resource name from the bytes the server says it holds
+// (QueryWriteStatus); a server that cannot say, or says 0, gets the blob
+// again from the start. With an upload key (WithUploadKey), the name is
+// the same in the next run too, so an upload interrupted by Ctrl-C or a
+// kill resumes there. A server that already has the blob may end the
+// stream early, or say so in QueryWriteStatus. A chunk the cache refuses
+// as too large halves the chunk size for the rest of the run and the
+// stream starts again.
 func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) error {
+	ctx, cancel := context.WithTimeout(ctx, r.streamDeadline(d.Size))
+	defer cancel()
+	id, derived := r.uploadID(d)
 	for {
 		chunk := r.chunk.Load()
-		err := r.writeBlob(ctx, d, open, chunk)
+		err := r.writeBlob(ctx, d, open, id, derived, chunk)
+		var re *Error
+		if derived && errors.As(err, &re) && re.Code == codes.Aborted {
+			// Another client of this store writes the same upload now:
+			// this one goes under a name of its own.
+			id, derived = uuid.NewString(), false
+			continue
+		}
 		if !errors.Is(err, ErrTooLarge) || !r.shrink(ctx, &r.chunk, chunk, "chunk") {
 			return err
 		}
 	}
 }
 
-func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, chunk int64) error {
+// uploadID is the upload UUID of a blob's ByteStream resource name:
+// derived from the upload key and the digest when there is a key, so the
+// next run finds the same upload, else random.
+func (r *Remote) uploadID(d digest.Digest) (id string, derived bool) {
+	if r.uploadKey == "" {
+		return uuid.NewString(), false
+	}
+	return uuid.NewSHA1(uuid.NameSpaceOID, []byte(r.uploadKey+"/"+d.String())).String(), true
+}
+
+func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, id string, derived bool, chunk int64) error {
 	op := "ByteStream.Write " + d.String()
-	return r.call(ctx, op, true, func(ctx context.Context) error {
+	// A first attempt under a random name has nothing to resume.
+	resume := derived
+	return r.retry(ctx, op, true, 0, func(ctx context.Context) error {
+		defer func() { resume = true }()
 		rc, err := open(d)
 		if err != nil {
 			return err
@@ -140,27 +174,43 @@ func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, ch
 		src := bufio.NewReaderSize(rc, zstdwire.SampleBytes)
 		head, _ := src.Peek(int(min(d.Size, zstdwire.SampleBytes)))
 		compressed := r.compressUpload(head)
-		name, err := r.writeName(d, compressed)
+		name, err := r.writeName(id, d, compressed)
 		if err != nil {
 			return err
 		}
-		stream, err := bspb.NewByteStreamClient(r.cc).Write(ctx)
+		var off int64
+		if resume {
+			var done bool
+			if off, done, err = r.committed(ctx, name, d, compressed); err != nil || done {
+				return err
+			}
+			if err := skip(rc, src, off); err != nil {
+				return fmt.Errorf("reading blob %s: %w", d, err)
+			}
+		}
+		stall := r.stallTimeout()
+		sctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		timer := time.AfterFunc(stall, func() { cancel(ErrStalled) })
+		defer timer.Stop()
+		stream, err := bspb.NewByteStreamClient(r.cc).Write(sctx)
 		if err != nil {
 			return err
 		}
-		send := &sender{stream: stream, name: name, chunk: chunk}
+		send := &sender{stream: stream, name: name, chunk: chunk, off: off, progress: func() { timer.Reset(stall) }}
 		if compressed {
 			err = send.compressed(src, d)
 		} else {
 			err = send.plain(src, d)
 		}
 		if err != nil && !errors.Is(err, errServerDone) {
-			// The stream is cancelled unfinished: nothing is committed.
-			return err
+			// The stream is cancelled unfinished: the server keeps what
+			// it took, or nothing.
+			return r.stalled(sctx, err, stall, send.off, d)
 		}
 		resp, err := stream.CloseAndRecv()
 		if err != nil {
-			return err
+			return r.stalled(sctx, err, stall, send.off, d)
 		}
 		switch got := resp.GetCommittedSize(); {
 		case got == d.Size:
@@ -174,6 +224,63 @@ func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, ch
 	})
 }
 
+// stalled says that a stream failed for want of progress, when it did.
+func (r *Remote) stalled(sctx context.Context, err error, stall time.Duration, off int64, d digest.Digest) error {
+	if errors.Is(context.Cause(sctx), ErrStalled) {
+		return fmt.Errorf("%w: no progress for %s after %d of %d bytes", ErrStalled, stall, off, d.Size)
+	}
+	return err
+}
+
+// committed asks the server how much of an upload it holds
+// (QueryWriteStatus): done when it has the whole blob, else the offset a
+// plain upload goes on from. A compressed upload counts compressed bytes,
+// which a new encoder would not reproduce: it starts again. A server
+// without QueryWriteStatus, or that knows nothing of the upload, gets the
+// blob from the start; one that cannot answer now is retried.
+func (r *Remote) committed(ctx context.Context, name string, d digest.Digest, compressed bool) (off int64, done bool, err error) {
+	if r.noQueryWrite.Load() {
+		return 0, false, nil
+	}
+	if r.conn.RequestTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.conn.RequestTimeout)
+		defer cancel()
+	}
+	resp, err := bspb.NewByteStreamClient(r.cc).QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: name})
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		r.noQueryWrite.Store(true)
+		return 0, false, nil
+	case err != nil && shouldRetry(err, true):
+		return 0, false, err
+	case err != nil:
+		return 0, false, nil // NOT_FOUND (no such upload) or a refusal: start again
+	case resp.GetComplete():
+		return 0, true, nil
+	case compressed || resp.GetCommittedSize() < 0 || resp.GetCommittedSize() > d.Size:
+		return 0, false, nil
+	}
+	return resp.GetCommittedSize(), false, nil
+}
+
+// skip moves src, which reads rc through a buffer, to byte off: by
+// seeking when rc can, else by reading through.
+func skip(rc io.Reader, src *bufio.Reader, off int64) error {
+	if off == 0 {
+		return nil
+	}
+	if s, ok := rc.(io.Seeker); ok {
+		if _, err := s.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+		src.Reset(rc)
+		return nil
+	}
+	_, err := src.Discard(int(off))
+	return err
+}
+
 // errServerDone is a sender's signal that the server ended the stream
 // early (it has the blob): its status follows in CloseAndRecv.
 var errServerDone = errors.New("the server ended the stream")
@@ -184,15 +291,18 @@ type sender struct {
 	stream bspb.ByteStream_WriteClient
 	name   string
 	chunk  int64
-	off    int64 // bytes sent: compressed ones for a compressed upload
+	off    int64 // the write offset: compressed bytes for a compressed upload
+	named  bool  // the resource name went out in the first message
 	buf    []byte
 	err    error // the first failure to send
+	// progress is called after each message goes out.
+	progress func()
 }
 
 func (s *sender) send(data []byte, last bool) error {
 	req := &bspb.WriteRequest{WriteOffset: s.off, Data: data, FinishWrite: last}
-	if s.off == 0 {
-		req.ResourceName = s.name
+	if !s.named {
+		req.ResourceName, s.named = s.name, true
 	}
 	s.off += int64(len(data))
 	if err := s.stream.Send(req); err != nil {
@@ -202,6 +312,7 @@ func (s *sender) send(data []byte, last bool) error {
 		s.err = err
 		return err
 	}
+	s.progress()
 	return nil
 }
 
@@ -273,6 +384,12 @@ func MemoryOpener(blobs map[digest.Digest][]byte) Opener {
 		if !ok {
 			return nil, fmt.Errorf("blob %s: not in memory", d)
 		}
-		return io.NopCloser(bytes.NewReader(b)), nil
+		return memoryBlob{bytes.NewReader(b)}, nil
 	}
 }
+
+// memoryBlob is a blob in memory; it seeks, so a resumed upload skips
+// what the server holds without reading it.
+type memoryBlob struct{ *bytes.Reader }
+
+func (memoryBlob) Close() error { return nil }

@@ -42,11 +42,14 @@ type Cache struct {
 	probing chan struct{}
 	// dead is why the cache is skipped until retryAt; wait is how long
 	// the next death lasts.
-	dead    error
-	retryAt time.Time
-	wait    time.Duration
-	warned  map[string]bool
-	use     usage
+	// uploadKey names the uploads to the cache (remotes.WithUploadKey);
+	// set before the cache is first used.
+	uploadKey string
+	dead      error
+	retryAt   time.Time
+	wait      time.Duration
+	warned    map[string]bool
+	use       usage
 }
 
 // usage is what a cache did in a run: blobs and bytes moved from or to
@@ -108,6 +111,21 @@ func (c *Cache) warnOnce(key, msg string, ev Events) {
 	c.mu.Unlock()
 	if first {
 		ev.Warn(msg)
+	}
+}
+
+// keyUploads names uploads to targets after the local store's ID, so that
+// a push or copy cut short resumes in the next run from what each target
+// holds. A store without an ID (read-only) leaves uploads named at random.
+func (e *Engine) keyUploads(targets []*Cache) {
+	id, err := e.Store.ID()
+	if err != nil {
+		return
+	}
+	for _, t := range targets {
+		t.mu.Lock()
+		t.uploadKey = id
+		t.mu.Unlock()
 	}
 }
 
@@ -197,6 +215,11 @@ func (c *Cache) probe(ctx context.Context, old remote, ev Events) (remote, error
 	if c.shared != nil {
 		opts = append(opts, remotes.WithLimiters(c.shared))
 	}
+	c.mu.Lock()
+	if c.uploadKey != "" {
+		opts = append(opts, remotes.WithUploadKey(c.uploadKey))
+	}
+	c.mu.Unlock()
 	r, caps, err := dial(ctx, c.Config, old, opts...)
 	canceled := err != nil && ctx.Err() != nil
 	if !canceled {

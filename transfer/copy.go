@@ -38,6 +38,7 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 		var st pushStats
 		return flatten(results), st.stats(start, results)
 	}
+	e.keyUploads(targets)
 	// Pulls report through the caller only when they fail: a ref's result
 	// is its push.
 	puller := *e

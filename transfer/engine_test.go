@@ -96,7 +96,7 @@ func (f *fakeCache) BatchRead(_ context.Context, ds []digest.Digest) (map[digest
 	return found, missing, nil
 }
 
-func (f *fakeCache) ReadBlob(_ context.Context, d digest.Digest, w io.Writer) error {
+func (f *fakeCache) ReadBlobFrom(_ context.Context, d digest.Digest, off int64, w io.Writer) error {
 	f.mu.Lock()
 	b, ok := f.blobs[d]
 	f.reads[d]++
@@ -104,7 +104,7 @@ func (f *fakeCache) ReadBlob(_ context.Context, d digest.Digest, w io.Writer) er
 	if !ok {
 		return f.err("ByteStream.Read", codes.NotFound)
 	}
-	_, err := w.Write(b)
+	_, err := w.Write(b[off:])
 	return err
 }
 

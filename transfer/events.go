@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/bst-cache/bst-cache/remotes"
@@ -83,14 +84,15 @@ func (c countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// countingReader calls on with the size of every read.
-type countingReader struct {
-	io.ReadCloser
+// countingFile calls on with the size of every read. It seeks, so a
+// resumed upload skips what the target holds without reading it.
+type countingFile struct {
+	*os.File
 	on func(int64)
 }
 
-func (c countingReader) Read(p []byte) (int, error) {
-	n, err := c.ReadCloser.Read(p)
+func (c countingFile) Read(p []byte) (int, error) {
+	n, err := c.File.Read(p)
 	c.on(int64(n))
 	return n, err
 }

@@ -475,25 +475,20 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 }
 
 // stream reads one large blob into the store's verifying writer. found is
-// false when the cache does not have it.
+// false when the cache does not have it. A download cut short (an
+// interruption, a failed cache) keeps its bytes in the store's temporary
+// directory, and the next download of the blob, in this run or the next,
+// reads only the rest (read_offset).
 func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Digest) (found bool, err error) {
-	if err := f.store.Room(d.Size); err != nil {
-		return true, fmt.Errorf("blob %s: %w", d, err)
-	}
 	release, err := f.reserve(ctx, min(d.Size, streamWeight))
 	if err != nil {
 		return true, err
 	}
 	defer release()
-	w, err := f.store.NewWriter(d)
-	if err != nil {
-		return true, err
-	}
-	err = r.ReadBlob(ctx, d, countingWriter{w, f.ev.bytes})
-	if err == nil {
-		err = w.Commit()
-	} else {
-		w.Abort()
+	resumed, err := f.download(ctx, r, d)
+	if resumed && errors.Is(err, cache.ErrDigestMismatch) {
+		// The kept bytes may be the bad ones: once more from the start.
+		_, err = f.download(ctx, r, d)
 	}
 	switch {
 	case err == nil:
@@ -505,12 +500,39 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 		c.asked(err)
 		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
 		return true, nil
+	case errors.Is(err, cache.ErrNoSpace):
+		return true, fmt.Errorf("blob %s: %w", d, err)
 	default:
 		return true, err
 	}
 	f.moved(d)
 	c.count(1, d.Size, 0)
 	return true, nil
+}
+
+// download reads d into the store, after the bytes a download cut short
+// kept (resumed then says there were some). Corrupt data is removed; what
+// came before any other failure is kept for the next download.
+func (f *fetcher) download(ctx context.Context, r remote, d digest.Digest) (resumed bool, err error) {
+	w, err := f.store.ResumableWriter(d)
+	if err != nil {
+		return false, err
+	}
+	kept := w.Written()
+	f.ev.bytes(kept) // progress counts them as here
+	err = f.store.Room(d.Size - kept)
+	if err == nil && kept < d.Size {
+		err = r.ReadBlobFrom(ctx, d, kept, countingWriter{w, f.ev.bytes})
+	}
+	switch {
+	case err == nil:
+		err = w.Commit() // the bytes are removed when they do not match
+	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, remotes.ErrCorrupt):
+		w.Abort()
+	default:
+		w.Keep()
+	}
+	return kept > 0, err
 }
 
 // inflightBytes bounds the bytes of downloads in flight in a run: a batch

@@ -36,6 +36,9 @@ type pushStats struct {
 func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o PushOptions) ([]Result, Stats) {
 	ctx = e.Events.bind(ctx)
 	start := time.Now()
+	if !o.DryRun {
+		e.keyUploads(targets)
+	}
 	var st pushStats
 	results := make([][]Result, len(refs))
 	jobs := newSlots(e.Jobs)
@@ -220,7 +223,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		if err != nil {
 			return nil, err
 		}
-		return countingReader{rc, e.Events.bytes}, nil
+		return countingFile{rc, e.Events.bytes}, nil
 	}
 	bytes, err := r.Send(ctx, moved, open, t.Config.MaxConcurrency)
 	t.asked(err)

@@ -24,8 +24,9 @@ type storage interface {
 	// digest (corrupt data is remotes.ErrCorrupt, a batch over the peer's
 	// limit for one blob remotes.ErrTooLarge).
 	BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error)
-	// ReadBlob streams one blob into w, which checks the digest.
-	ReadBlob(ctx context.Context, d digest.Digest, w io.Writer) error
+	// ReadBlobFrom streams a blob from byte off on into w, which holds
+	// the bytes before off and checks the digest.
+	ReadBlobFrom(ctx context.Context, d digest.Digest, off int64, w io.Writer) error
 	// GetTree returns every Directory under root (UNIMPLEMENTED where the
 	// server has no GetTree).
 	GetTree(ctx context.Context, root digest.Digest) ([]*repb.Directory, error)

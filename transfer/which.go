@@ -225,7 +225,7 @@ func readSmall(ctx context.Context, r remote, d digest.Digest) ([]byte, error) {
 		return found[d], nil
 	}
 	var buf bytes.Buffer
-	if err := r.ReadBlob(ctx, d, &buf); err != nil {
+	if err := r.ReadBlobFrom(ctx, d, 0, &buf); err != nil {
 		return nil, err
 	}
 	if got := digest.NewFromBlob(buf.Bytes()); got != d {
