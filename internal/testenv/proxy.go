@@ -70,6 +70,11 @@ type ProxyFaults struct {
 	// next few calls, or many for a server that is down, and to 0 to
 	// bring the server back.
 	Unavailable *atomic.Int64
+	// CutWrite, when set, cuts the first ByteStream Write with UNAVAILABLE
+	// once its messages carried more than this many bytes, as a load
+	// balancer or a restarting frontend drops a stream; the backend sees
+	// the stream cancelled.
+	CutWrite int64
 }
 
 // rawCodec passes messages through as bytes.
@@ -122,6 +127,7 @@ type proxy struct {
 	routes map[string]*grpc.ClientConn
 	pages  atomic.Int64
 	failed atomic.Int64
+	cut    atomic.Bool
 }
 
 // conn is where a method goes.
@@ -154,7 +160,9 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	}
 	firstc := make(chan []byte, 1) // the first request, for answers that depend on it
 	errc := make(chan error, 1)
+	cutting := method == "/google.bytestream.ByteStream/Write" && p.faults.CutWrite > 0
 	go func() {
+		var carried int64
 		for n := 0; ; n++ {
 			var msg []byte
 			if err := ss.RecvMsg(&msg); err != nil {
@@ -172,6 +180,12 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 					cancel()
 					return
 				}
+			}
+			carried += int64(len(msg))
+			if cutting && carried > p.faults.CutWrite && p.cut.CompareAndSwap(false, true) {
+				errc <- status.Error(codes.Unavailable, "the proxy cut the stream")
+				cancel()
+				return
 			}
 			if err := cs.SendMsg(&msg); err != nil {
 				errc <- nil // the backend's status arrives through RecvMsg

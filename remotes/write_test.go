@@ -1,0 +1,58 @@
+package remotes_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+
+	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/linksim"
+	"github.com/bst-cache/bst-cache/internal/testenv"
+	"github.com/bst-cache/bst-cache/remotes"
+)
+
+// A ByteStream write cut half way (UNAVAILABLE from a frontend, here the
+// fault proxy) is retried under the same upload name from what the server
+// says it holds: serve answers QueryWriteStatus, so the retry sends only
+// the rest; bazel-remote has no upload to resume and gets the blob again.
+// Both end with the blob stored.
+func TestCutWriteResumes(t *testing.T) {
+	const size = 8 << 20
+	data := make([]byte, size)
+	rng := rand.NewChaCha8([32]byte{8})
+	rng.Read(data)
+	d := digest.NewFromBlob(data)
+	for _, tc := range []struct {
+		name     string
+		srv      *testenv.Server
+		maxShare float64
+	}{
+		{"serve", testenv.StartServe(t, testenv.ServeOptions{Push: true}), 1.4},
+		{"bazel-remote", testenv.StartBazelRemote(t), 2.1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxy := testenv.StartProxy(t, tc.srv.Addr, testenv.ProxyFaults{CutWrite: size / 2})
+			link, addr := testenv.StartLink(t, proxy, linksim.Profile{})
+			cfg := cacheConfig(tc.name, "http://"+addr, config.TypeStorage)
+			cfg.Connection.RetryLimit = 2
+			r := dial(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := r.WriteBlob(ctx, d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data})); err != nil {
+				t.Fatal(err)
+			}
+			up, _ := link.Bytes()
+			share := float64(up) / size
+			t.Logf("%s: %.2f times the blob crossed for one write cut half way", tc.name, share)
+			if share > tc.maxShare {
+				t.Errorf("%s: %.2f times the blob crossed; want at most %.2f", tc.name, share, tc.maxShare)
+			}
+			if missing, err := r.FindMissing(ctx, []digest.Digest{d}); err != nil || len(missing) != 0 {
+				t.Errorf("after the write: missing %v, %v", missing, err)
+			}
+		})
+	}
+}
