@@ -9,4 +9,12 @@
 // digest while it is written, is fsynced and then renamed into place, so a
 // crash never leaves a partial object or ref under its final name, and any
 // number of processes may share one store.
+//
+// A download that may be resumed (ResumableWriter) keeps its bytes under
+// DIR/tmp/partial-{hash}-{size} when it is cut short; the next writer of
+// that digest hashes them again and goes on after them, so every byte is
+// still checked. Partial files are locked while written and removed, as
+// any temporary file, once they are older than an hour when a store is
+// opened, or older than --grace by gc. DIR/tmp/.id is the store's random
+// ID (ID), which names resumable uploads.
 package cache

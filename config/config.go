@@ -152,8 +152,10 @@ type Auth struct {
 // Connection holds timeouts and retry policy.
 type Connection struct {
 	ConnectTimeout time.Duration
+	// RequestTimeout bounds each unary call; ByteStream reads and writes
+	// are bounded by StallTimeout and their size instead.
 	RequestTimeout time.Duration
-	// StallTimeout fails a stream that delivers no bytes for this long.
+	// StallTimeout fails a stream that moves no bytes for this long.
 	StallTimeout time.Duration
 	RetryLimit   int
 	RetryDelay   time.Duration

@@ -11,6 +11,15 @@
 // of its own calls' retries and size refusals through the Hooks its
 // context carries (WithHooks), whoever dialled the Remote.
 //
+// Streams: a ByteStream read or write is bounded by its progress, not by
+// the request timeout: it fails when no byte moves for the cache's
+// stall-timeout, and as a whole past twice that plus its size at 100 KiB/s.
+// A read resumes at read_offset; a write resumes under the same upload
+// name from the size QueryWriteStatus says the server committed (from
+// zero where it cannot say). With WithUploadKey, upload names are derived
+// from the key and the digest, so the next run resumes an upload cut
+// short by Ctrl-C or a kill.
+//
 // Compression: after Probe, a cache that advertises ZSTD (and whose
 // compression setting is not "off") gets reads through compressed-blobs
 // resources and compressed batch answers, and uploads of content that

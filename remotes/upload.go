@@ -58,10 +58,11 @@ func (r *Remote) Send(ctx context.Context, missing []digest.Digest, open Opener,
 	g.SetLimit(max(jobs, 1))
 	for _, d := range streamed {
 		g.Go(func() error {
-			if err := r.WriteBlob(gctx, d, open); err != nil {
+			n, err := r.WriteBlob(gctx, d, open)
+			if err != nil {
 				return err
 			}
-			sent.Add(d.Size)
+			sent.Add(n)
 			return nil
 		})
 	}
@@ -81,7 +82,7 @@ func (r *Remote) Send(ctx context.Context, missing []digest.Digest, open Opener,
 			if errors.Is(err, ErrTooLarge) {
 				// One blob too large for any batch the cache takes.
 				for _, d := range b {
-					if err := r.WriteBlob(gctx, d, open); err != nil {
+					if _, err := r.WriteBlob(gctx, d, open); err != nil {
 						return err
 					}
 				}
@@ -129,14 +130,16 @@ func readAll(d digest.Digest, open Opener) ([]byte, error) {
 // kill resumes there. A server that already has the blob may end the
 // stream early, or say so in QueryWriteStatus. A chunk the cache refuses
 // as too large halves the chunk size for the rest of the run and the
-// stream starts again.
-func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) error {
+// stream starts again. It returns the blob's bytes sent by the stream
+// that finished it: none when QueryWriteStatus said the server had the
+// blob, fewer than its size after a resume.
+func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.streamDeadline(d.Size))
 	defer cancel()
 	id, derived := r.uploadID(d)
 	for {
 		chunk := r.chunk.Load()
-		err := r.writeBlob(ctx, d, open, id, derived, chunk)
+		n, err := r.writeBlob(ctx, d, open, id, derived, chunk)
 		var re *Error
 		if derived && errors.As(err, &re) && re.Code == codes.Aborted {
 			// Another client of this store writes the same upload now:
@@ -145,7 +148,7 @@ func (r *Remote) WriteBlob(ctx context.Context, d digest.Digest, open Opener) er
 			continue
 		}
 		if !errors.Is(err, ErrTooLarge) || !r.shrink(ctx, &r.chunk, chunk, "chunk") {
-			return err
+			return n, err
 		}
 	}
 }
@@ -160,11 +163,12 @@ func (r *Remote) uploadID(d digest.Digest) (id string, derived bool) {
 	return uuid.NewSHA1(uuid.NameSpaceOID, []byte(r.uploadKey+"/"+d.String())).String(), true
 }
 
-func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, id string, derived bool, chunk int64) error {
+func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, id string, derived bool, chunk int64) (sent int64, err error) {
 	op := "ByteStream.Write " + d.String()
 	// A first attempt under a random name has nothing to resume.
 	resume := derived
-	return r.retry(ctx, op, true, 0, func(ctx context.Context) error {
+	err = r.retry(ctx, op, true, 0, func(ctx context.Context) error {
+		sent = 0
 		defer func() { resume = true }()
 		rc, err := open(d)
 		if err != nil {
@@ -179,11 +183,14 @@ func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, id
 			return err
 		}
 		var off int64
+		sent = d.Size
 		if resume {
 			var done bool
 			if off, done, err = r.committed(ctx, name, d, compressed); err != nil || done {
+				sent = 0
 				return err
 			}
+			sent = d.Size - off
 			if err := skip(rc, src, off); err != nil {
 				return fmt.Errorf("reading blob %s: %w", d, err)
 			}
@@ -222,6 +229,7 @@ func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, id
 		}
 		return nil
 	})
+	return sent, err
 }
 
 // stalled says that a stream failed for want of progress, when it did.

@@ -42,7 +42,7 @@ func TestCutWriteResumes(t *testing.T) {
 			r := dial(t, cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			if err := r.WriteBlob(ctx, d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data})); err != nil {
+			if _, err := r.WriteBlob(ctx, d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data})); err != nil {
 				t.Fatal(err)
 			}
 			up, _ := link.Bytes()

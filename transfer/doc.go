@@ -33,4 +33,8 @@
 //     are looked up and checked ahead of them (round trips, no bytes), and
 //     downloads in flight are bounded to 32 MiB, so memory stays bounded
 //     whatever the number of refs.
+//   - A large blob cut short (Ctrl-C, a kill, a failed cache) resumes in
+//     the next run: a download from the bytes the local store kept, an
+//     upload from what the target holds, under an upload name derived from
+//     the local store's ID.
 package transfer

@@ -91,6 +91,16 @@ type countingFile struct {
 	on func(int64)
 }
 
+// Seek skips bytes the target already holds: progress counts them as
+// done.
+func (c countingFile) Seek(off int64, whence int) (int64, error) {
+	pos, err := c.File.Seek(off, whence)
+	if err == nil && whence == io.SeekStart {
+		c.on(off)
+	}
+	return pos, err
+}
+
 func (c countingFile) Read(p []byte) (int, error) {
 	n, err := c.File.Read(p)
 	c.on(int64(n))

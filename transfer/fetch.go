@@ -485,10 +485,10 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 		return true, err
 	}
 	defer release()
-	resumed, err := f.download(ctx, r, d)
-	if resumed && errors.Is(err, cache.ErrDigestMismatch) {
+	kept, err := f.download(ctx, r, d)
+	if kept > 0 && errors.Is(err, cache.ErrDigestMismatch) {
 		// The kept bytes may be the bad ones: once more from the start.
-		_, err = f.download(ctx, r, d)
+		kept, err = f.download(ctx, r, d)
 	}
 	switch {
 	case err == nil:
@@ -505,20 +505,22 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	default:
 		return true, err
 	}
-	f.moved(d)
-	c.count(1, d.Size, 0)
+	// Bytes kept from an earlier download did not move in this one.
+	f.blobs.Add(1)
+	f.bytes.Add(d.Size - kept)
+	c.count(1, d.Size-kept, 0)
 	return true, nil
 }
 
 // download reads d into the store, after the bytes a download cut short
-// kept (resumed then says there were some). Corrupt data is removed; what
-// came before any other failure is kept for the next download.
-func (f *fetcher) download(ctx context.Context, r remote, d digest.Digest) (resumed bool, err error) {
+// kept, and says how many there were. Corrupt data is removed; what came
+// before any other failure is kept for the next download.
+func (f *fetcher) download(ctx context.Context, r remote, d digest.Digest) (kept int64, err error) {
 	w, err := f.store.ResumableWriter(d)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	kept := w.Written()
+	kept = w.Written()
 	f.ev.bytes(kept) // progress counts them as here
 	err = f.store.Room(d.Size - kept)
 	if err == nil && kept < d.Size {
@@ -532,7 +534,7 @@ func (f *fetcher) download(ctx context.Context, r remote, d digest.Digest) (resu
 	default:
 		w.Keep()
 	}
-	return kept > 0, err
+	return kept, err
 }
 
 // inflightBytes bounds the bytes of downloads in flight in a run: a batch
