@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -160,7 +161,14 @@ func (r *Remote) uploadID(d digest.Digest) (id string, derived bool) {
 	if r.uploadKey == "" {
 		return uuid.NewString(), false
 	}
-	return uuid.NewSHA1(uuid.NameSpaceOID, []byte(r.uploadKey+"/"+d.String())).String(), true
+	// Shaped as a version 4 (random) UUID: bst-artifact-server refuses
+	// uploads under any other version.
+	sum := sha256.Sum256([]byte(r.uploadKey + "/" + d.String()))
+	var u uuid.UUID
+	copy(u[:], sum[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u.String(), true
 }
 
 func (r *Remote) writeBlob(ctx context.Context, d digest.Digest, open Opener, id string, derived bool, chunk int64) (sent int64, err error) {
