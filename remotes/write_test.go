@@ -2,6 +2,7 @@ package remotes_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -55,5 +56,26 @@ func TestCutWriteResumes(t *testing.T) {
 				t.Errorf("after the write: missing %v, %v", missing, err)
 			}
 		})
+	}
+}
+
+// A ByteStream write to a server that stops taking bytes fails once no
+// chunk went out for the stall-timeout, well before the request timeout
+// (which no longer bounds writes).
+func TestStalledWriteFails(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	proxy := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{StallWrite: true})
+	cfg := cacheConfig("stalled", "http://"+proxy, config.TypeStorage)
+	cfg.Connection.StallTimeout = time.Second
+	cfg.Connection.RequestTimeout = time.Minute
+	r := dial(t, cfg)
+	data := make([]byte, 16<<20)
+	d := digest.NewFromBlob(data)
+	start := time.Now()
+	_, err := r.WriteBlob(context.Background(), d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data}))
+	took := time.Since(start)
+	t.Logf("a stalled write failed after %s: %v", took.Round(time.Millisecond), err)
+	if !errors.Is(err, remotes.ErrStalled) || took > 30*time.Second {
+		t.Fatalf("a stalled write: %v after %s; want ErrStalled within 30s", err, took)
 	}
 }

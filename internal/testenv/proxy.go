@@ -75,6 +75,10 @@ type ProxyFaults struct {
 	// balancer or a restarting frontend drops a stream; the backend sees
 	// the stream cancelled.
 	CutWrite int64
+	// StallWrite makes ByteStream writes stall: the proxy takes the first
+	// message and then reads nothing more, as a server that stopped
+	// taking bytes.
+	StallWrite bool
 }
 
 // rawCodec passes messages through as bytes.
@@ -150,6 +154,11 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 		return p.lyingTree(ss)
 	case method == "/google.bytestream.ByteStream/Read" && (p.faults.Read == "empty" || p.faults.Read == "trickle" || p.faults.Read == "bomb"):
 		return p.lyingRead(ss)
+	case method == "/google.bytestream.ByteStream/Write" && p.faults.StallWrite:
+		var msg []byte
+		ss.RecvMsg(&msg)
+		<-ss.Context().Done()
+		return ss.Context().Err()
 	}
 	md, _ := metadata.FromIncomingContext(ss.Context())
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ss.Context(), md))
