@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -481,5 +482,49 @@ func TestPullRepairsACorruptLocalDirectory(t *testing.T) {
 	}
 	if err := e.Store.Verify(a.root); err != nil {
 		t.Errorf("the Directory was not repaired: %v", err)
+	}
+}
+
+// A streamed blob whose download was cut short goes on from the bytes the
+// store kept: only the rest moves. Kept bytes damaged on disk fail the
+// digest check and the blob is fetched again from the start, without
+// blaming the cache.
+func TestPullResumesKeptBytes(t *testing.T) {
+	const ref = "demo/big/key"
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<17) // 2 MiB: streamed
+	a := artifact(string(big))
+	d := a.files[0]
+	for _, tc := range []struct {
+		name    string
+		damage  bool
+		maxMove int64
+	}{
+		{"intact", false, d.Size/2 + 1<<10},
+		{"damaged", true, d.Size + 1<<10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var warns []string
+			e := newEngine(t, cacheOf(newFake("a").holding(ref, a)), false, &warns)
+			w, err := e.Store.ResumableWriter(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept := slices.Clone(big[:d.Size/2])
+			if tc.damage {
+				kept[100] ^= 1
+			}
+			w.Write(kept)
+			w.Keep()
+			res, st := e.Pull(context.Background(), []string{ref}, PullOptions{})
+			if res[0].Status != StatusDone || len(warns) != 0 {
+				t.Fatalf("pull: %s (%s), warnings %q", res[0].Status, res[0].Reason, warns)
+			}
+			if st.Pulled.Bytes > tc.maxMove || tc.damage && st.Pulled.Bytes < d.Size {
+				t.Errorf("pulled %d bytes for a %d-byte blob with half of it kept", st.Pulled.Bytes, d.Size)
+			}
+			if err := e.Store.Verify(d); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
