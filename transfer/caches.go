@@ -129,6 +129,13 @@ func (e *Engine) keyUploads(targets []*Cache) {
 	}
 }
 
+// refusedFetch records a Remote Asset fetch the cache refused, which
+// counts as a miss, and warns once per run how to fix the server.
+func (c *Cache) refusedFetch(err error, ev Events) {
+	c.asked(nil)
+	c.warnOnce("fetch-refused", fmt.Sprintf("%s; treated as a miss. Server-side fix: give bb_remote_asset an \"error\" fetcher so unknown URIs answer NOT_FOUND", c.describe(err)), ev)
+}
+
 // NewCaches wraps configured caches, keeping their order. A bwlimit over
 // 0 caps the bytes per second of all of them together, on top of each
 // cache's own bandwidth.

@@ -2,10 +2,13 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // CopyOptions tune Copy. Promotion is always no-clobber unless Force.
@@ -20,62 +23,145 @@ type CopyOptions struct {
 // leaves a target naming a different digest alone unless forced. The
 // sources are the only evidence: a ref must resolve there and its closure
 // be complete on their storage; the local store only saves downloading
-// blobs it already holds. Each ref is pushed as soon as it is local, while
-// other refs are still pulled, so both sides stay busy. Staged objects
-// stay in the local store for the next run. Results come in the order of
-// refs.
+// blobs it already holds. The targets are asked first: one that is down
+// fails the ref, and one that names the digest the sources name and holds
+// its whole closure is skipped, before any file is pulled for them. Each
+// ref is pushed as soon as it is local, while other refs are still
+// pulled, so both sides stay busy. Staged objects stay in the local store
+// for the next run. Results come in the order of refs.
 func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o CopyOptions) ([]Result, Stats) {
 	ctx = e.Events.bind(ctx)
 	start := time.Now()
+	run := newPushRun()
+	perRef := make([][]Result, len(refs))
 	if o.DryRun {
-		results := make([][]Result, len(refs))
 		for i, ref := range refs {
-			results[i] = e.copyDryRun(ctx, ref, targets, o)
-			for _, r := range results[i] {
+			perRef[i] = e.copyDryRun(ctx, ref, targets, o)
+			for _, r := range perRef[i] {
 				e.Events.ref(r)
 			}
 		}
-		var st pushStats
-		return flatten(results), st.stats(start, results)
+		return flatten(perRef), run.stats(start, perRef)
 	}
 	e.keyUploads(targets)
-	// Pulls report through the caller only when they fail: a ref's result
-	// is its push.
-	puller := *e
-	puller.Events.OnRef = nil
-	var st pushStats
-	perRef := make([][]Result, len(refs))
-	var pushes errgroup.Group
-	pushes.SetLimit(e.lookahead())
-	jobs := newSlots(e.Jobs)
-	_, pst := puller.pull(ctx, refs, PullOptions{Evidence: true}, func(i int, r Result) {
-		switch {
-		case r.Status != StatusDone:
-			perRef[i] = []Result{r}
-			e.Events.ref(r)
-		case !o.IncludeFailed && e.buildFailed(r.Ref):
-			r.Status, r.Reason = StatusSkipped, "the build failed: not promoted (use --include-failed)"
-			perRef[i] = []Result{r}
-			e.Events.ref(r)
-		default:
-			pushes.Go(func() error {
-				s := &slot{of: jobs}
-				rs := e.pushRef(ctx, r.Ref, targets, o.PushOptions, &st, s)
-				s.release()
-				for j := range rs {
-					rs[j].Cache = r.Cache
-					e.Events.ref(rs[j])
-				}
-				perRef[i] = rs
-				return nil
-			})
-		}
-	})
-	pushes.Wait()
-	out := st.stats(start, perRef)
-	out.Pulled = pst.Pulled
-	out.BlobsPresent += pst.BlobsPresent
+	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events)
+	pulls, pushes := newSlots(e.Jobs), newSlots(e.Jobs)
+	var g errgroup.Group
+	g.SetLimit(e.lookahead())
+	for i, ref := range refs {
+		g.Go(func() error {
+			perRef[i] = e.copyRef(ctx, f, ref, targets, o, run, pulls, pushes)
+			for _, r := range perRef[i] {
+				e.Events.ref(r)
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	out := run.stats(start, perRef)
+	out.Pulled = Flow{f.blobs.Load(), f.bytes.Load()}
+	out.BlobsPresent += f.present.Load()
 	return flatten(perRef), out
+}
+
+// copyRef copies one ref: the targets are asked first, and only for those
+// still to be written is it pulled and pushed.
+func (e *Engine) copyRef(ctx context.Context, f *fetcher, ref string, targets []*Cache, o CopyOptions, run *pushRun, pulls, pushes slots) []Result {
+	out, pending := e.askTargets(ctx, ref, targets, o)
+	if len(pending) == 0 {
+		return out
+	}
+	s := &slot{of: pulls}
+	r := e.pullOne(ctx, f, ref, true, s)
+	s.release()
+	switch {
+	case r.Status != StatusDone:
+		return append(settled(out), r)
+	case !o.IncludeFailed && e.buildFailed(ref):
+		r.Status, r.Reason = StatusSkipped, "the build failed: not promoted (use --include-failed)"
+		return []Result{r}
+	}
+	s = &slot{of: pushes}
+	rs := e.pushRef(ctx, ref, pending, o.PushOptions, run, s)
+	s.release()
+	for j, t := range pending {
+		rs[j].Cache = r.Cache
+		for k := range out {
+			if out[k].Target == t.Name() {
+				out[k] = rs[j]
+			}
+		}
+	}
+	return out
+}
+
+// settled drops the results of targets still pending.
+func settled(rs []Result) []Result {
+	var out []Result
+	for _, r := range rs {
+		if r.Status != "" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// askTargets asks each target about ref before anything is pulled for it,
+// and returns a result per target (empty for those still to be written)
+// and the targets still to be written. A target that is down fails the
+// ref. When an index target names a digest, the ref is resolved on the
+// sources and its closure checked there as a dry run would (Directories
+// and FindMissingBlobs, no file contents): a target that names the same
+// digest and holds the whole closure is skipped, one that names another
+// is a conflict.
+func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o CopyOptions) (out []Result, pending []*Cache) {
+	out = make([]Result, len(targets))
+	names := false
+	var live []*Cache
+	for j, t := range targets {
+		out[j] = Result{Ref: ref, Target: t.Name()}
+		r, err := t.connect(ctx, e.Events)
+		if err != nil {
+			out[j] = failed(out[j], err)
+			continue
+		}
+		live = append(live, t)
+		if o.Force || !hasIndex(t) {
+			continue
+		}
+		switch _, err := e.targetLookup(ctx, r, t, ref); {
+		case err == nil:
+			names = true
+		case !errors.Is(err, remotes.ErrNotFound):
+			t.asked(err)
+			out[j] = failed(out[j], err)
+			live = live[:len(live)-1]
+		}
+	}
+	if !names {
+		return out, live
+	}
+	dry := o
+	dry.DryRun = true
+	rs := e.copyDryRun(ctx, ref, live, dry)
+	if len(rs) == 1 && rs[0].Target == "" {
+		// The sources decided: missing, failed, or a failed build.
+		return append(settled(out), rs[0]), nil
+	}
+	for j, r := range rs {
+		switch r.Status {
+		case StatusWouldCopy, StatusWouldRepair:
+			pending = append(pending, live[j])
+			continue
+		}
+		r.Blobs, r.Bytes = 0, 0
+		for k := range out {
+			if out[k].Target == r.Target {
+				out[k] = r
+			}
+		}
+	}
+	return out, pending
 }
 
 // buildFailed says whether a local bst2 artifact records a failed build.

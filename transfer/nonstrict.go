@@ -29,7 +29,7 @@ func (e *Engine) pullWeak(ctx context.Context, results []Result, st Stats, o Pul
 	second := *e
 	second.Events.OnRef = nil // each ref was reported once, by the strict pass
 	o.Weak = nil
-	got, wst := second.pull(ctx, weak, o, func(int, Result) {})
+	got, wst := second.pull(ctx, weak, o)
 	for j, i := range at {
 		strict, r := results[i], got[j]
 		if r.Status == StatusMissing {

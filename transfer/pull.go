@@ -142,13 +142,12 @@ type PullOptions struct {
 // (in the order of refs).
 func (e *Engine) Pull(ctx context.Context, refs []string, o PullOptions) ([]Result, Stats) {
 	ctx = e.Events.bind(ctx)
-	results, st := e.pull(ctx, refs, o, func(int, Result) {})
+	results, st := e.pull(ctx, refs, o)
 	return e.pullWeak(ctx, results, st, o)
 }
 
-// pull is Pull calling then with each ref's index and result as soon as
-// that ref is done, in the goroutine that pulled it.
-func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions, then func(int, Result)) ([]Result, Stats) {
+// pull is Pull without the non-strict second round.
+func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions) ([]Result, Stats) {
 	start := time.Now()
 	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events)
 	results := make([]Result, len(refs))
@@ -165,7 +164,6 @@ func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions, then fu
 				s.release()
 			}
 			e.Events.ref(results[i])
-			then(i, results[i])
 			return nil
 		})
 	}

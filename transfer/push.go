@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync/atomic"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -26,11 +25,6 @@ type PushOptions struct {
 	DryRun bool
 }
 
-// pushStats accumulate over a run.
-type pushStats struct {
-	blobs, bytes, present atomic.Int64
-}
-
 // Push uploads each local ref to each target: only the blobs the target
 // lacks, then the index entry last. Results come per ref and target.
 func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o PushOptions) ([]Result, Stats) {
@@ -39,7 +33,7 @@ func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o Pu
 	if !o.DryRun {
 		e.keyUploads(targets)
 	}
-	var st pushStats
+	run := newPushRun()
 	results := make([][]Result, len(refs))
 	jobs := newSlots(e.Jobs)
 	var g errgroup.Group
@@ -47,7 +41,7 @@ func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o Pu
 	for i, ref := range refs {
 		g.Go(func() error {
 			s := &slot{of: jobs}
-			results[i] = e.pushRef(ctx, ref, targets, o, &st, s)
+			results[i] = e.pushRef(ctx, ref, targets, o, run, s)
 			s.release()
 			for _, r := range results[i] {
 				e.Events.ref(r)
@@ -56,18 +50,7 @@ func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o Pu
 		})
 	}
 	g.Wait()
-	return flatten(results), st.stats(start, results)
-}
-
-func (st *pushStats) stats(start time.Time, results [][]Result) Stats {
-	out := Stats{Pushed: Flow{st.blobs.Load(), st.bytes.Load()}, BlobsPresent: st.present.Load(), Seconds: time.Since(start).Seconds()}
-	for _, rs := range results {
-		for _, r := range rs {
-			out.WouldBlobs += r.Blobs
-			out.WouldBytes += r.Bytes
-		}
-	}
-	return out
+	return flatten(results), run.stats(start, results)
 }
 
 func flatten(rss [][]Result) []Result {
@@ -125,8 +108,10 @@ func (e *Engine) pushRoots(en entry) (all []digest.Digest, roots cache.Roots, er
 // pushRef sends one local ref to every target. Storage comes before any
 // index: targets with storage first (each writes its own index only after
 // its upload), then index-only targets, whose entry is written only once
-// every blob is confirmed on the storage their readers use.
-func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, st *pushStats, s *slot) []Result {
+// every blob is confirmed on the storage their readers use. The first ref
+// of an artifact carries it; its other refs in the run wait and are done
+// where it wrote an entry naming them.
+func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, run *pushRun, s *slot) []Result {
 	out := make([]Result, len(targets))
 	for j, t := range targets {
 		out[j] = Result{Ref: ref, Target: t.Name()}
@@ -137,6 +122,16 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 		p.en = en
 		p.all, p.roots, err = e.pushRoots(en)
 		p.refs = e.allRefs(ctx, ref, en)
+	}
+	var f *artifactFlight
+	if err == nil {
+		var first bool
+		if f, first = run.artifact(en.digest); first {
+			defer func() { f.landed(ref, p.refs, out) }()
+		} else {
+			// Before any slot is taken: a waiting ref holds none.
+			err = f.wait(ctx)
+		}
 	}
 	if err != nil {
 		for j := range out {
@@ -149,22 +144,28 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 		return out
 	}
 	storage := filter(targets, hasStorage)
-	for j, t := range targets {
-		out[j].Digest = en.digest.String()
-		if hasStorage(t) {
-			out[j] = e.pushTo(ctx, p, t, o, st, out[j])
-		}
-	}
 	readers := storage
 	if len(readers) == 0 {
 		readers = e.Storage
 	}
-	for j, t := range targets {
-		if !hasStorage(t) {
-			// A dry run sent nothing to the storage targets; they would
-			// hold the blobs once it ran.
-			uploaded := o.DryRun && len(storage) > 0
-			out[j] = e.pushIndex(ctx, p, t, readers, uploaded, o, out[j])
+	for _, pass := range []bool{true, false} {
+		for j, t := range targets {
+			if hasStorage(t) != pass {
+				continue
+			}
+			out[j].Digest = en.digest.String()
+			if r, ok := f.carried(ref, t.Name()); ok {
+				out[j] = r
+				continue
+			}
+			if pass {
+				out[j] = e.pushTo(ctx, p, t, o, run, out[j])
+			} else {
+				// A dry run sent nothing to the storage targets; they
+				// would hold the blobs once it ran.
+				uploaded := o.DryRun && len(storage) > 0
+				out[j] = e.pushIndex(ctx, p, t, readers, uploaded, o, out[j])
+			}
 		}
 	}
 	return out
@@ -173,7 +174,7 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 // indexState asks a target's index what it names for the ref: the same
 // digest, another one (a conflict unless forced) or nothing.
 func (e *Engine) indexState(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions, res Result) (same bool, done *Result) {
-	d, err := e.Kind.lookup(ctx, r, t.caps, p.ref)
+	d, err := e.targetLookup(ctx, r, t, p.ref)
 	switch {
 	case err == nil && d == p.en.digest:
 		return !o.Force, nil
@@ -187,12 +188,23 @@ func (e *Engine) indexState(ctx context.Context, r remote, t *Cache, p pushing, 
 	return false, nil
 }
 
+// targetLookup asks a target's index for ref as a pull would: a fetch the
+// index refuses (Buildbarn's bb_remote_asset without an "error" fetcher)
+// is a miss.
+func (e *Engine) targetLookup(ctx context.Context, r remote, t *Cache, ref string) (digest.Digest, error) {
+	d, err := e.Kind.lookup(ctx, r, t.caps, ref)
+	if assetRefusal(err) {
+		t.refusedFetch(err, e.Events)
+		return d, fmt.Errorf("%w: %w", remotes.ErrNotFound, err)
+	}
+	return d, err
+}
+
 // pushTo sends a ref to a target with storage: only the blobs it lacks,
-// then its index entry (when it has an index). A dry run only asks (st may
-// be nil). A target whose index names
-// the same digest is skipped only when it holds every blob; otherwise the
+// then its index entry (when it has an index). A dry run only asks (run
+// may be nil). A target whose index names the same digest is skipped only when it holds every blob; otherwise the
 // missing blobs go and the ref is reported repaired.
-func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions, st *pushStats, res Result) Result {
+func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions, run *pushRun, res Result) Result {
 	r, err := t.connect(ctx, e.Events)
 	if err != nil {
 		return failed(res, err)
@@ -217,15 +229,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 			return failed(res, err)
 		}
 	}
-	e.Events.plan(sizeOf(moved))
-	open := func(d digest.Digest) (io.ReadCloser, error) {
-		rc, err := e.Store.Open(d)
-		if err != nil {
-			return nil, err
-		}
-		return countingFile{rc, e.Events.bytes}, nil
-	}
-	bytes, err := r.Send(ctx, moved, open, t.Config.MaxConcurrency)
+	blobs, bytes, err := e.send(ctx, r, t, moved, run)
 	t.asked(err)
 	if err != nil {
 		if fatal(err) {
@@ -233,10 +237,10 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		}
 		return failed(res, err)
 	}
-	t.count(len(moved), bytes, 0)
-	st.blobs.Add(int64(len(moved)))
-	st.bytes.Add(bytes)
-	st.present.Add(int64(len(p.all) - len(moved)))
+	t.count(blobs, bytes, 0)
+	run.blobs.Add(int64(blobs))
+	run.bytes.Add(bytes)
+	run.present.Add(int64(len(p.all) - blobs))
 	if len(moved) == 0 && (same || !hasIndex(t)) {
 		res.Status, res.Reason = StatusSkipped, "the target already has it"
 		return res
@@ -255,6 +259,42 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		res.Status, res.Reason = StatusRepaired, fmt.Sprintf("the target named it but lacked %s (%s), now sent", words.Plural(len(moved), "blob"), words.Plural(bytes, "byte"))
 	}
 	return res
+}
+
+// send uploads moved, which t lacked when asked, and says how many blobs
+// and bytes this ref sent. A blob another ref of the run is sending to t
+// is waited for instead, and sent only if that upload failed.
+func (e *Engine) send(ctx context.Context, r remote, t *Cache, moved []digest.Digest, run *pushRun) (int, int64, error) {
+	open := func(d digest.Digest) (io.ReadCloser, error) {
+		rc, err := e.Store.Open(d)
+		if err != nil {
+			return nil, err
+		}
+		return countingFile{rc, e.Events.bytes}, nil
+	}
+	mine, theirs := run.claim(t, moved)
+	e.Events.plan(sizeOf(mine))
+	bytes, err := r.Send(ctx, mine, open, t.Config.MaxConcurrency)
+	run.release(t, mine, err == nil)
+	if err != nil || len(theirs) == 0 {
+		return len(mine), bytes, err
+	}
+	var waited []digest.Digest
+	for d, done := range theirs {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return len(mine), bytes, ctx.Err()
+		}
+		waited = append(waited, d)
+	}
+	rest, err := r.FindMissing(ctx, waited)
+	if err != nil {
+		return len(mine), bytes, err
+	}
+	e.Events.plan(sizeOf(rest))
+	more, err := r.Send(ctx, rest, open, t.Config.MaxConcurrency)
+	return len(mine) + len(rest), bytes + more, err
 }
 
 // wouldMove is a dry run's verdict for a target that lacks missing.

@@ -94,9 +94,8 @@ func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d d
 			// Buildbarn's bb_remote_asset answers a URI it would have to
 			// fetch itself with PERMISSION_DENIED (no "error" fetcher)
 			// or UNIMPLEMENTED: for us that is a miss.
-			c.asked(nil)
 			e.Events.info(fmt.Sprintf("%s: cache %s: refused the fetch: a miss", ref, c.Name()))
-			c.warnOnce("fetch-refused", fmt.Sprintf("%s; treated as a miss. Server-side fix: give bb_remote_asset an \"error\" fetcher so unknown URIs answer NOT_FOUND", c.describe(err)), e.Events)
+			c.refusedFetch(err, e.Events)
 			a.notFound = append(a.notFound, c.Name())
 			continue
 		default:

@@ -1,0 +1,141 @@
+package transfer
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+)
+
+// pushRun is what the refs of one Push or Copy share: the totals, the
+// artifacts on their way to targets and the uploads in flight. Refs naming
+// one artifact (its strong and weak key, as ls lists them) move it once:
+// the first carries it to every target and writes all its refs in one
+// index entry, the others wait and are done with it. A blob several refs
+// need goes to a target once. It is safe for concurrent use.
+type pushRun struct {
+	blobs, bytes, present atomic.Int64
+
+	mu        sync.Mutex
+	artifacts map[digest.Digest]*artifactFlight
+	uploads   map[upload]chan struct{} // in flight
+	sent      map[upload]bool          // landed in this run
+}
+
+func newPushRun() *pushRun {
+	return &pushRun{artifacts: map[digest.Digest]*artifactFlight{}, uploads: map[upload]chan struct{}{}, sent: map[upload]bool{}}
+}
+
+// artifactFlight is one artifact pushed by the first of its refs to
+// arrive; done closes once it has been to every target.
+type artifactFlight struct {
+	done chan struct{}
+	// ref is the ref that carried it, refs every ref its index entries
+	// name, results its outcome by target name; set before done closes.
+	ref     string
+	refs    []string
+	results map[string]Result
+}
+
+// upload is one blob going to one target.
+type upload struct {
+	target *Cache
+	d      digest.Digest
+}
+
+// artifact joins the flight of the artifact d names: first is true for
+// the ref that carries it, which must call landed.
+func (run *pushRun) artifact(d digest.Digest) (f *artifactFlight, first bool) {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	if f, ok := run.artifacts[d]; ok {
+		return f, false
+	}
+	f = &artifactFlight{done: make(chan struct{})}
+	run.artifacts[d] = f
+	return f, true
+}
+
+// landed ends the flight with the carrier's results. The flight is kept
+// for the run: a ref of the artifact that comes later is done with it too.
+func (f *artifactFlight) landed(ref string, refs []string, results []Result) {
+	f.ref, f.refs = ref, refs
+	f.results = map[string]Result{}
+	for _, r := range results {
+		f.results[r.Target] = r
+	}
+	close(f.done)
+}
+
+// wait waits for the carrier.
+func (f *artifactFlight) wait(ctx context.Context) error {
+	select {
+	case <-f.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// carried is ref's result on target when the carrier wrote an index entry
+// there naming ref too; otherwise the ref goes there itself.
+func (f *artifactFlight) carried(ref, target string) (Result, bool) {
+	r, ok := f.results[target]
+	if !ok || (r.Status != StatusDone && r.Status != StatusRepaired) || !slices.Contains(f.refs, ref) {
+		return Result{}, false
+	}
+	res := Result{Ref: ref, Target: target, Digest: r.Digest, Status: StatusDone}
+	if ref != f.ref {
+		res.Reason = "moved once with " + f.ref
+	}
+	return res, true
+}
+
+// claim splits ds, which target lacked when asked, into the blobs this ref
+// sends (it must release them) and those another ref of the run is
+// sending there or has sent, with what to wait on for each in flight.
+func (run *pushRun) claim(target *Cache, ds []digest.Digest) (mine []digest.Digest, theirs map[digest.Digest]chan struct{}) {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	theirs = map[digest.Digest]chan struct{}{}
+	for _, d := range ds {
+		k := upload{target, d}
+		switch ch, inFlight := run.uploads[k]; {
+		case run.sent[k]:
+		case inFlight:
+			theirs[d] = ch
+		default:
+			run.uploads[k] = make(chan struct{})
+			mine = append(mine, d)
+		}
+	}
+	return mine, theirs
+}
+
+// release ends uploads this ref claimed; ok says they all landed.
+func (run *pushRun) release(target *Cache, ds []digest.Digest, ok bool) {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	for _, d := range ds {
+		k := upload{target, d}
+		if ok {
+			run.sent[k] = true
+		}
+		close(run.uploads[k])
+		delete(run.uploads, k)
+	}
+}
+
+func (run *pushRun) stats(start time.Time, results [][]Result) Stats {
+	out := Stats{Pushed: Flow{run.blobs.Load(), run.bytes.Load()}, BlobsPresent: run.present.Load(), Seconds: time.Since(start).Seconds()}
+	for _, rs := range results {
+		for _, r := range rs {
+			out.WouldBlobs += r.Blobs
+			out.WouldBytes += r.Bytes
+		}
+	}
+	return out
+}
