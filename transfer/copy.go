@@ -79,7 +79,7 @@ func (e *Engine) copyRef(ctx context.Context, f *fetcher, ref string, targets []
 		return append(settled(out), r)
 	case !o.IncludeFailed && e.buildFailed(ref):
 		r.Status, r.Reason = StatusSkipped, "the build failed: not promoted (use --include-failed)"
-		return []Result{r}
+		return append(settled(out), r)
 	}
 	s = &slot{of: pushes}
 	rs := e.pushRef(ctx, ref, pending, o.PushOptions, run, s)

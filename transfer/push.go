@@ -72,6 +72,8 @@ type pushing struct {
 	refs []string
 	// slot is the ref's right to send bytes (nil: never waits).
 	slot *slot
+	// flight is the artifact's flight when this ref carries it.
+	flight *artifactFlight
 }
 
 // pushRoots is what pushing en sends: everything required, plus optional
@@ -127,7 +129,8 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 	if err == nil {
 		var first bool
 		if f, first = run.artifact(en.digest); first {
-			defer func() { f.landed(ref, p.refs, out) }()
+			p.flight = f
+			defer func() { f.landed(ref, out) }()
 		} else {
 			// Before any slot is taken: a waiting ref holds none.
 			err = f.wait(ctx)
@@ -154,9 +157,11 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 				continue
 			}
 			out[j].Digest = en.digest.String()
-			if r, ok := f.carried(ref, t.Name()); ok {
-				out[j] = r
-				continue
+			if p.flight == nil {
+				if r, ok := f.carried(ref, t.Name()); ok {
+					out[j] = r
+					continue
+				}
 			}
 			if pass {
 				out[j] = e.pushTo(ctx, p, t, o, run, out[j])
@@ -248,9 +253,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 	if hasIndex(t) {
 		// A repair rewrites the entry too: a bst2 entry then names the
 		// trees just added.
-		err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots)
-		t.asked(err)
-		if err != nil {
+		if err := e.writeEntry(ctx, r, t, p, o); err != nil {
 			return failed(res, err)
 		}
 	}
@@ -259,6 +262,29 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		res.Status, res.Reason = StatusRepaired, fmt.Sprintf("the target named it but lacked %s (%s), now sent", words.Plural(len(moved), "blob"), words.Plural(bytes, "byte"))
 	}
 	return res
+}
+
+// writeEntry writes the ref's index entry on t, in one call under the ref
+// and each other ref of its artifact that t does not name another digest
+// under: unless forced, a push never clobbers. The carrier of the
+// artifact records what it wrote, for the artifact's other refs.
+func (e *Engine) writeEntry(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions) error {
+	refs := p.refs
+	if !o.Force {
+		refs = []string{p.ref}
+		for _, other := range p.refs[1:] {
+			// A sibling that cannot be asked is left as it is.
+			if d, err := e.targetLookup(ctx, r, t, other); errors.Is(err, remotes.ErrNotFound) || (err == nil && d == p.en.digest) {
+				refs = append(refs, other)
+			}
+		}
+	}
+	err := e.Kind.writeIndex(ctx, r, t.caps, refs, p.en, p.roots)
+	t.asked(err)
+	if err == nil {
+		p.flight.wrote(t.Name(), refs)
+	}
+	return err
 }
 
 // send uploads moved, which t lacked when asked, and says how many blobs
@@ -343,9 +369,7 @@ func (e *Engine) pushIndex(ctx context.Context, p pushing, t *Cache, readers []*
 	case o.DryRun:
 		res.Status, res.Reason = StatusWouldPush, "would write the index entry"
 	default:
-		err := e.Kind.writeIndex(ctx, r, t.caps, p.refs, p.en, p.roots)
-		t.asked(err)
-		if err != nil {
+		if err := e.writeEntry(ctx, r, t, p, o); err != nil {
 			return failed(res, err)
 		}
 		res.Status = StatusDone

@@ -33,11 +33,12 @@ func newPushRun() *pushRun {
 // arrive; done closes once it has been to every target.
 type artifactFlight struct {
 	done chan struct{}
-	// ref is the ref that carried it, refs every ref its index entries
-	// name, results its outcome by target name; set before done closes.
+	// ref is the ref that carried it, results its outcome by target name
+	// and refs the refs of the index entry it wrote on each target; set
+	// before done closes.
 	ref     string
-	refs    []string
 	results map[string]Result
+	refs    map[string][]string
 }
 
 // upload is one blob going to one target.
@@ -54,15 +55,23 @@ func (run *pushRun) artifact(d digest.Digest) (f *artifactFlight, first bool) {
 	if f, ok := run.artifacts[d]; ok {
 		return f, false
 	}
-	f = &artifactFlight{done: make(chan struct{})}
+	f = &artifactFlight{done: make(chan struct{}), refs: map[string][]string{}}
 	run.artifacts[d] = f
 	return f, true
 }
 
+// wrote records the refs of the entry the carrier wrote on target. A nil
+// flight (a ref that does not carry its artifact) records nothing.
+func (f *artifactFlight) wrote(target string, refs []string) {
+	if f != nil {
+		f.refs[target] = refs
+	}
+}
+
 // landed ends the flight with the carrier's results. The flight is kept
 // for the run: a ref of the artifact that comes later is done with it too.
-func (f *artifactFlight) landed(ref string, refs []string, results []Result) {
-	f.ref, f.refs = ref, refs
+func (f *artifactFlight) landed(ref string, results []Result) {
+	f.ref = ref
 	f.results = map[string]Result{}
 	for _, r := range results {
 		f.results[r.Target] = r
@@ -84,7 +93,7 @@ func (f *artifactFlight) wait(ctx context.Context) error {
 // there naming ref too; otherwise the ref goes there itself.
 func (f *artifactFlight) carried(ref, target string) (Result, bool) {
 	r, ok := f.results[target]
-	if !ok || (r.Status != StatusDone && r.Status != StatusRepaired) || !slices.Contains(f.refs, ref) {
+	if !ok || (r.Status != StatusDone && r.Status != StatusRepaired) || !slices.Contains(f.refs[target], ref) {
 		return Result{}, false
 	}
 	res := Result{Ref: ref, Target: target, Digest: r.Digest, Status: StatusDone}
