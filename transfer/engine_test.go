@@ -38,15 +38,19 @@ type fakeCache struct {
 	// server whose real limit is below the one it advertises.
 	batchTooLarge bool
 
+	// beforeFind, when set, runs at the start of every FindMissing.
+	beforeFind func()
+
 	mu     sync.Mutex
 	blobs  map[digest.Digest][]byte
 	refs   map[string]digest.Digest
 	reads  map[digest.Digest]int
+	sends  map[digest.Digest]int
 	pushes int
 }
 
 func newFake(name string) *fakeCache {
-	return &fakeCache{name: name, blobs: map[digest.Digest][]byte{}, refs: map[string]digest.Digest{}, reads: map[digest.Digest]int{}}
+	return &fakeCache{name: name, blobs: map[digest.Digest][]byte{}, refs: map[string]digest.Digest{}, reads: map[digest.Digest]int{}, sends: map[digest.Digest]int{}}
 }
 
 func (f *fakeCache) err(op string, c codes.Code) error {
@@ -67,6 +71,9 @@ func (f *fakeCache) lacking(d digest.Digest) *fakeCache {
 }
 
 func (f *fakeCache) FindMissing(_ context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	if f.beforeFind != nil {
+		f.beforeFind()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []digest.Digest
@@ -142,6 +149,7 @@ func (f *fakeCache) Send(_ context.Context, ds []digest.Digest, open remotes.Ope
 			return 0, err
 		}
 		f.blobs[d] = b
+		f.sends[d]++
 		n += d.Size
 	}
 	return n, nil
