@@ -38,8 +38,9 @@ type fakeCache struct {
 	// server whose real limit is below the one it advertises.
 	batchTooLarge bool
 
-	// beforeFind, when set, runs at the start of every FindMissing.
-	beforeFind func()
+	// found, when set, runs in every FindMissing once its answer is
+	// made, before it is returned.
+	found func()
 
 	mu     sync.Mutex
 	blobs  map[digest.Digest][]byte
@@ -71,16 +72,16 @@ func (f *fakeCache) lacking(d digest.Digest) *fakeCache {
 }
 
 func (f *fakeCache) FindMissing(_ context.Context, ds []digest.Digest) ([]digest.Digest, error) {
-	if f.beforeFind != nil {
-		f.beforeFind()
-	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	var out []digest.Digest
 	for _, d := range ds {
 		if _, ok := f.blobs[d]; !ok {
 			out = append(out, d)
 		}
+	}
+	f.mu.Unlock()
+	if f.found != nil {
+		f.found()
 	}
 	return out, nil
 }

@@ -13,9 +13,9 @@ import (
 
 // Refs naming one artifact (its strong and weak ref) and an artifact that
 // shares a file with it, pushed at once: each blob goes to the target
-// once and every ref is done. The first two FindMissingBlobs meet, so the
-// race that sent blobs twice happens every time: two refs asked before
-// either had sent.
+// once and every ref is done. The first two FindMissingBlobs answer only
+// once both are made, so the race that sent blobs twice happens every
+// time: two refs told a blob is missing before either has sent it.
 func TestPushMovesEachBlobOnce(t *testing.T) {
 	shared := strings.Repeat("shared", 1000)
 	x, y := artifact("x1", "x2", shared), artifact("y1", shared)
@@ -24,7 +24,7 @@ func TestPushMovesEachBlobOnce(t *testing.T) {
 	met := make(chan struct{})
 	var mu sync.Mutex
 	arrived := 0
-	target.beforeFind = func() {
+	target.found = func() {
 		mu.Lock()
 		arrived++
 		if arrived == 2 {
