@@ -121,22 +121,21 @@ func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o
 	for j, t := range targets {
 		out[j] = Result{Ref: ref, Target: t.Name()}
 		r, err := t.connect(ctx, e.Events)
+		if err == nil && !o.Force && hasIndex(t) {
+			switch _, err = e.targetLookup(ctx, r, t, ref); {
+			case err == nil:
+				names = true
+			case errors.Is(err, remotes.ErrNotFound):
+				err = nil
+			default:
+				t.asked(err)
+			}
+		}
 		if err != nil {
 			out[j] = failed(out[j], err)
 			continue
 		}
 		live = append(live, t)
-		if o.Force || !hasIndex(t) {
-			continue
-		}
-		switch _, err := e.targetLookup(ctx, r, t, ref); {
-		case err == nil:
-			names = true
-		case !errors.Is(err, remotes.ErrNotFound):
-			t.asked(err)
-			out[j] = failed(out[j], err)
-			live = live[:len(live)-1]
-		}
 	}
 	if !names {
 		return out, live

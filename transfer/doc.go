@@ -20,8 +20,16 @@
 //   - A target is skipped only when it names the same digest and holds every
 //     blob; otherwise it is repaired. One naming another digest is left
 //     alone (StatusConflict) unless forced.
+//   - An artifact is one unit: refs naming it (its strong and weak key)
+//     move it once per target, its refs go in one index entry (never over
+//     a ref the target names another digest under, unless forced), and
+//     each of them is done. A blob goes to a target once per run.
 //   - Copy takes the sources as the only evidence: the local store saves
-//     downloads, never stands in for a source.
+//     downloads, never stands in for a source. It asks the targets first:
+//     one that is down fails the ref, and one that names the digest the
+//     sources name and holds its closure is skipped, with no file pulled.
+//   - A Remote Asset fetch the index refuses (Buildbarn's bb_remote_asset
+//     without an "error" fetcher) is a miss for every command.
 //   - Dry runs change nothing, remote or local, and report what would move.
 //   - A cache that proves unreachable or refuses us is skipped for a while
 //     (5 s, doubling up to 2 min) and then asked again; each caller of a

@@ -151,6 +151,7 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 	if len(readers) == 0 {
 		readers = e.Storage
 	}
+	// Storage targets in the first pass, index-only ones in the second.
 	for _, pass := range []bool{true, false} {
 		for j, t := range targets {
 			if hasStorage(t) != pass {
@@ -207,8 +208,9 @@ func (e *Engine) targetLookup(ctx context.Context, r remote, t *Cache, ref strin
 
 // pushTo sends a ref to a target with storage: only the blobs it lacks,
 // then its index entry (when it has an index). A dry run only asks (run
-// may be nil). A target whose index names the same digest is skipped only when it holds every blob; otherwise the
-// missing blobs go and the ref is reported repaired.
+// may be nil). A target whose index names the same digest is skipped only
+// when it holds every blob; otherwise the missing blobs go and the ref is
+// reported repaired.
 func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions, run *pushRun, res Result) Result {
 	r, err := t.connect(ctx, e.Events)
 	if err != nil {
