@@ -67,7 +67,7 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 // copyRef copies one ref: the targets are asked first, and only for those
 // still to be written is it pulled and pushed.
 func (e *Engine) copyRef(ctx context.Context, f *fetcher, ref string, targets []*Cache, o CopyOptions, run *pushRun, pulls, pushes slots) []Result {
-	out, pending := e.askTargets(ctx, ref, targets, o)
+	out, pending := e.askTargets(ctx, ref, targets, o, run)
 	if len(pending) == 0 {
 		return out
 	}
@@ -112,9 +112,10 @@ func settled(rs []Result) []Result {
 // ref. When an index target names a digest, the ref is resolved on the
 // sources and its closure checked there as a dry run would (Directories
 // and FindMissingBlobs, no file contents): a target that names the same
-// digest and holds the whole closure is skipped, one that names another
-// is a conflict.
-func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o CopyOptions) (out []Result, pending []*Cache) {
+// digest and holds the whole closure is skipped (done when another ref of
+// the artifact wrote it there in this run), one that names another is a
+// conflict.
+func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o CopyOptions, run *pushRun) (out []Result, pending []*Cache) {
 	out = make([]Result, len(targets))
 	names := false
 	var live []*Cache
@@ -154,6 +155,12 @@ func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o
 			continue
 		}
 		r.Blobs, r.Bytes = 0, 0
+		if d, err := digest.NewFromString(r.Digest); err == nil && r.Status == StatusSkipped {
+			if c, ok := run.carriedHere(ctx, d, ref, r.Target); ok {
+				c.Cache = r.Cache
+				r = c
+			}
+		}
 		for k := range out {
 			if out[k].Target == r.Target {
 				out[k] = r

@@ -103,6 +103,20 @@ func (f *artifactFlight) carried(ref, target string) (Result, bool) {
 	return res, true
 }
 
+// carriedHere is ref's result on target when the artifact d was carried
+// there in this run by one of its refs that also wrote ref's entry (a copy
+// then finds the target naming d for ref: done, not skipped). It waits for
+// a carrier still in flight; the carrier never waits for ref.
+func (run *pushRun) carriedHere(ctx context.Context, d digest.Digest, ref, target string) (Result, bool) {
+	run.mu.Lock()
+	f, ok := run.artifacts[d]
+	run.mu.Unlock()
+	if !ok || f.wait(ctx) != nil {
+		return Result{}, false
+	}
+	return f.carried(ref, target)
+}
+
 // claim splits ds, which target lacked when asked, into the blobs this ref
 // sends (it must release them) and those another ref of the run is
 // sending there or has sent, with what to wait on for each in flight.
