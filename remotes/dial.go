@@ -227,7 +227,12 @@ func (r *Remote) retry(ctx context.Context, op string, idempotent bool, perAttem
 		if errors.As(err, &le) {
 			return err
 		}
-		if ctx.Err() != nil || attempt >= r.conn.RetryLimit || !shouldRetry(err, idempotent) {
+		if ctx.Err() != nil {
+			// The caller gave up (Ctrl-C, its deadline): gRPC's
+			// CANCELLED status does not say so to errors.Is.
+			return r.wrap(op, ctx.Err())
+		}
+		if attempt >= r.conn.RetryLimit || !shouldRetry(err, idempotent) {
 			return r.wrap(op, err)
 		}
 		wait := delay/2 + rand.N(delay)
@@ -254,7 +259,11 @@ func (r *Remote) sdkCall(ctx context.Context, op string, f func(ctx context.Cont
 		return r.wrap(op, ctx.Err())
 	}
 	defer func() { <-r.sem }()
-	return r.wrap(op, f(ctx))
+	err := f(ctx)
+	if err != nil && ctx.Err() != nil {
+		err = ctx.Err() // as in retry
+	}
+	return r.wrap(op, err)
 }
 
 func (r *Remote) String() string { return fmt.Sprintf("%s (%s)", r.name, r.url) }

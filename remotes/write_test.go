@@ -79,3 +79,22 @@ func TestStalledWriteFails(t *testing.T) {
 		t.Fatalf("a stalled write: %v after %s; want ErrStalled within 30s", err, took)
 	}
 }
+
+// A write cut short by its caller (Ctrl-C) is an interruption, not a cache
+// failure: the error is context.Canceled for errors.Is, so the ref is
+// reported interrupted rather than failed.
+func TestInterruptedWriteIsCanceled(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	proxy := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{StallWrite: true})
+	cfg := cacheConfig("stalled", "http://"+proxy, config.TypeStorage)
+	cfg.Connection.StallTimeout = time.Minute
+	r := dial(t, cfg)
+	data := make([]byte, 16<<20)
+	d := digest.NewFromBlob(data)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(500*time.Millisecond, cancel)
+	_, err := r.WriteBlob(ctx, d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data}))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("a write whose caller gave up: %v; want context.Canceled", err)
+	}
+}
