@@ -108,3 +108,45 @@ func TestStoreID(t *testing.T) {
 		t.Fatal("two stores have one ID")
 	}
 }
+
+// Writers of one digest racing, one aborting while the other takes the
+// partial file over: the aborting writer never removes a file another
+// writer holds, so every writer that wrote the whole blob commits it.
+func TestResumableWriterAbortRace(t *testing.T) {
+	s := openTemp(t, LayoutBst1)
+	data := make([]byte, 64<<10)
+	for i := range data {
+		data[i] = byte(i * 5)
+	}
+	d := digest.NewFromBlob(data)
+	for i := range 5000 {
+		errs := make(chan error, 2)
+		for _, commit := range []bool{false, true} {
+			go func() {
+				w, err := s.ResumableWriter(d)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := w.Write(data[w.Written():]); err != nil {
+					errs <- err
+					return
+				}
+				if !commit {
+					w.Abort()
+					errs <- nil
+					return
+				}
+				errs <- w.Commit()
+			}()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		}
+		if err := s.RemoveObject(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+}

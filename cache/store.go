@@ -415,6 +415,13 @@ func (p Parked) Discard() { os.Remove(p.path) }
 
 // Abort discards what was written.
 func (w *BlobWriter) Abort() {
+	if w.partial {
+		// Removed while still locked: once closed, another writer may
+		// take the file over, and must not lose it.
+		os.Remove(w.f.Name())
+		w.f.Close()
+		return
+	}
 	w.f.Close()
 	if w.named {
 		os.Remove(w.f.Name())
