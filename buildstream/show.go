@@ -185,6 +185,11 @@ func interpreter(path string) ([]string, error) {
 		}
 		fields[0] = py
 	}
+	// A wrapper (a shell script that runs bst in a container) cannot
+	// run the shim: say so rather than let a shell read Python.
+	if !strings.HasPrefix(filepath.Base(fields[0]), "python") {
+		return nil, fmt.Errorf("%s runs with %s, not Python: non-strict mode needs bst's own script on PATH", path, fields[0])
+	}
 	return fields, nil
 }
 

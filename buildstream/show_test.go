@@ -48,13 +48,17 @@ func TestParseShowWeak(t *testing.T) {
 	}
 }
 
-// The interpreter comes from bst's #! line, direct or through env.
+// The interpreter comes from bst's #! line, direct or through env; a bst
+// that is not a Python script (a shell wrapper) is an error, not a shell
+// given Python to run.
 func TestInterpreter(t *testing.T) {
 	dir := t.TempDir()
 	for line, want := range map[string]string{
-		"#!/usr/bin/python3 -I\n": "/usr/bin/python3 -I",
-		"#!/usr/bin/env sh\n":     "sh",
-		"not a script\n":          "error",
+		"#!/usr/bin/python3 -I\n":  "/usr/bin/python3 -I",
+		"#!/usr/bin/env python3\n": "python3",
+		"#!/usr/bin/env sh\n":      "error",
+		"#!/bin/sh\n":              "error",
+		"not a script\n":           "error",
 	} {
 		p := filepath.Join(dir, "bst")
 		if err := os.WriteFile(p, []byte(line+"import sys\n"), 0o755); err != nil {
@@ -64,7 +68,7 @@ func TestInterpreter(t *testing.T) {
 		got := strings.Join(py, " ")
 		if err != nil {
 			got = "error"
-		} else if want == "sh" {
+		} else if want == "python3" {
 			got = filepath.Base(py[0]) // LookPath made it absolute
 		}
 		if got != want {
