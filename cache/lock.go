@@ -14,8 +14,41 @@ import (
 // exclusive for a garbage collection, which must not remove objects a
 // transfer has written and not yet named in a ref. It waits, polling, until
 // the lock is free or ctx ends; waiting is called once if it must wait.
-// Release with the returned function.
+// Release with the returned function. A store that does not exist yet is
+// not created: a shared lock is taken by its first write, and an exclusive
+// one has nothing to guard.
 func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unlock func(), err error) {
+	s.mu.Lock()
+	if !s.made && (!exclusive || s.layout == "") {
+		// Nothing to guard yet: the first write locks (shared), and a gc
+		// of a store that does not exist has nothing to remove.
+		s.lockWanted = !exclusive
+		s.mu.Unlock()
+		return func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.lockWanted = false
+			if s.lockFile != nil {
+				s.lockFile.Close()
+				s.lockFile = nil
+			}
+		}, nil
+	}
+	s.mu.Unlock()
+	if exclusive {
+		if err := s.ensure(); err != nil {
+			return nil, err
+		}
+	}
+	f, err := s.flock(ctx, exclusive, waiting)
+	if err != nil {
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// flock opens the lock file and locks it, waiting as Lock says.
+func (s *Store) flock(ctx context.Context, exclusive bool, waiting func()) (*os.File, error) {
 	f, err := os.OpenFile(filepath.Join(s.tmp, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
@@ -27,7 +60,7 @@ func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unloc
 	for first := true; ; first = false {
 		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 		if err == nil {
-			return func() { f.Close() }, nil
+			return f, nil
 		}
 		if err != unix.EWOULDBLOCK {
 			f.Close()

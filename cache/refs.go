@@ -45,7 +45,7 @@ func ValidateRef(ref string) error {
 // BuildStream 1's or 2's artifacts by the store's layout.
 func (s *Store) RefKind(kind Kind) Kind {
 	if kind == KindArtifact {
-		if s.layout == LayoutBst1 {
+		if s.Layout() == LayoutBst1 {
 			return KindBst1Artifact
 		}
 		return KindBst2Artifact
@@ -104,8 +104,8 @@ func (s *Store) GetRef(kind Kind, ref string) ([]byte, error) {
 // everything it names is in the store; SetRef first syncs the file system,
 // so those objects are on disk before the ref that names them.
 func (s *Store) SetRef(kind Kind, ref string, data []byte) (err error) {
-	if s.readOnly {
-		return ErrReadOnly
+	if err := s.ensure(); err != nil {
+		return err
 	}
 	p, err := s.RefPath(kind, ref)
 	if err != nil {
@@ -156,27 +156,67 @@ func (s *Store) DeleteRef(kind Kind, ref string) error {
 	return nil
 }
 
+// HeldKinds lists the kinds of BuildStream refs (KindBst1Artifact,
+// KindBst2Artifact, KindSource) the store holds at least one of.
+func (s *Store) HeldKinds() []Kind {
+	var out []Kind
+	for _, k := range []Kind{KindBst1Artifact, KindBst2Artifact, KindSource} {
+		dir, _ := s.refDir(k)
+		found := false
+		filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				found = true
+				return filepath.SkipAll
+			}
+			return nil
+		})
+		if found {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // RefInfo describes a local ref.
 type RefInfo struct {
-	Name     string
+	Name string
+	// Kind is where the ref is kept: never KindArtifact.
+	Kind     Kind
 	Size     int64
 	Modified time.Time
 	Accessed time.Time
 }
 
 // ListRefs returns the refs of a kind whose names match pattern (all refs
-// when pattern is empty), sorted by name. In patterns, '*' matches any
-// run of characters including '/', '?' one character, and [...] a class.
+// when pattern is empty), sorted by name; for KindArtifact, the artifacts
+// of both BuildStreams, whatever the store's layout. In patterns, '*'
+// matches any run of characters including '/', '?' one character, and
+// [...] a class.
 func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
-	dir, err := s.refDir(kind)
-	if err != nil {
-		return nil, err
-	}
 	var match *regexp.Regexp
 	if pattern != "" {
+		var err error
 		if match, err = CompileGlob(pattern); err != nil {
 			return nil, err
 		}
+	}
+	var refs []RefInfo
+	for _, k := range kind.Kinds() {
+		more, err := s.listRefs(k, match)
+		if err != nil {
+			return nil, err
+		}
+		refs = append(refs, more...)
+	}
+	sort.SliceStable(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
+	return refs, nil
+}
+
+// listRefs lists the refs of one kind that match.
+func (s *Store) listRefs(kind Kind, match *regexp.Regexp) ([]RefInfo, error) {
+	dir, err := s.refDir(kind)
+	if err != nil {
+		return nil, err
 	}
 	var refs []RefInfo
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -201,13 +241,14 @@ func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
 		if err != nil {
 			return nil // removed while we walked
 		}
-		refs = append(refs, refInfo(name, info))
+		r := refInfo(name, info)
+		r.Kind = kind
+		refs = append(refs, r)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing refs: %w", err)
 	}
-	sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
 	return refs, nil
 }
 
@@ -257,7 +298,9 @@ func (s *Store) RefInfo(kind Kind, ref string) (RefInfo, error) {
 	} else if err != nil {
 		return RefInfo{}, err
 	}
-	return refInfo(ref, info), nil
+	r := refInfo(ref, info)
+	r.Kind = s.RefKind(kind)
+	return r, nil
 }
 
 // refInfo fills a RefInfo from a file's metadata.

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -48,8 +50,9 @@ type Kind string
 
 // The ref kinds.
 const (
-	// KindArtifact: bst1 refs hold a serialized Digest of the root
-	// Directory; bst2 refs hold a serialized buildstream.v2.Artifact.
+	// KindArtifact: an artifact of either BuildStream. ListRefs lists
+	// both; GetRef, SetRef, RefPath and DeleteRef take it as the store
+	// layout's own. Transfers with no format set look it up as either.
 	KindArtifact Kind = "artifact"
 	// KindSource: a serialized buildstream.v2.Source (source_protos/).
 	KindSource Kind = "source"
@@ -66,30 +69,56 @@ const (
 // Kinds lists every ref kind a store can hold, each directory once.
 var Kinds = []Kind{KindBst1Artifact, KindBst2Artifact, KindSource, KindAsset}
 
+// Kinds are the kinds k stands for: both BuildStream artifact formats
+// for KindArtifact, else k.
+func (k Kind) Kinds() []Kind {
+	if k == KindArtifact {
+		return []Kind{KindBst1Artifact, KindBst2Artifact}
+	}
+	return []Kind{k}
+}
+
+// Layout is the layout a kind of ref is at home in: BuildStream 1's for
+// its artifacts, BuildStream 2's for the rest.
+func (k Kind) Layout() Layout {
+	if k == KindBst1Artifact {
+		return LayoutBst1
+	}
+	return LayoutBst2
+}
+
 // Store is a local content-addressed store. It is safe for concurrent use,
 // also by several processes.
 type Store struct {
 	root     string
-	layout   Layout
-	objects  string
 	tmp      string
 	readOnly bool
+
+	// mu guards what the first write decides: the layout (empty until
+	// then in a new store) and whether the directories exist.
+	mu     sync.Mutex
+	layout Layout
+	made   bool
+	// lockWanted: Lock was asked for a shared lock before the store
+	// existed; the first write takes it (lockFile) once it does.
+	lockWanted bool
+	lockFile   *os.File
 }
 
-// Open opens the store at root for reading and writing, creating what it
-// needs. A directory that already holds a store keeps its own layout
-// (DetectLayout); layout applies only to a new or empty directory.
+// Open opens the store at root for reading and writing. Nothing is
+// created until something is written, so a run that writes nothing leaves
+// no store behind. A directory that already holds a store keeps its own
+// layout (DetectLayout); layout applies only to a new or empty directory,
+// and an empty layout leaves it to what is written first: Settle, else
+// BuildStream 2's for a blob written before any ref.
 func Open(root string, layout Layout) (*Store, error) {
 	s, err := newStore(root, layout)
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range []string{s.objects, s.tmp} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("opening local store: %w", err)
-		}
+	if _, err := os.Stat(s.tmp); err == nil {
+		s.CleanTmp(staleTmp)
 	}
-	s.CleanTmp(staleTmp)
 	return s, nil
 }
 
@@ -110,19 +139,80 @@ func OpenReadOnly(root string, layout Layout) (*Store, error) {
 }
 
 func newStore(root string, layout Layout) (*Store, error) {
-	if found, ok := DetectLayout(root); ok {
+	found, ok := DetectLayout(root)
+	if ok {
 		layout = found
 	}
-	s := &Store{root: root, layout: layout, tmp: filepath.Join(root, "tmp")}
 	switch layout {
-	case LayoutBst1:
-		s.objects = filepath.Join(root, "cas", "objects")
-	case LayoutBst2:
-		s.objects = filepath.Join(root, "cas", "cas", "objects")
+	case LayoutBst1, LayoutBst2, "":
 	default:
 		return nil, fmt.Errorf("unknown store layout %q", layout)
 	}
+	s := &Store{root: root, layout: layout, tmp: filepath.Join(root, "tmp")}
+	if ok {
+		_, err := os.Stat(s.tmp)
+		s.made = err == nil
+	}
 	return s, nil
+}
+
+// Settle gives a store that has no layout yet the layout l, for what is
+// about to be written (a BuildStream 1 artifact: BuildStream 1's, as
+// bst-artifact-server keeps it). A store with a layout keeps it. It
+// returns the store's layout.
+func (s *Store) Settle(l Layout) Layout {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.layout == "" {
+		s.layout = l
+	}
+	return s.layout
+}
+
+// ensure makes the store's directories before its first write, in its
+// layout (BuildStream 2's when nothing settled it), and takes the shared
+// lock Lock deferred.
+func (s *Store) ensure() error {
+	if s.readOnly {
+		return ErrReadOnly
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.made && (!s.lockWanted || s.lockFile != nil) {
+		return nil
+	}
+	if s.layout == "" {
+		s.layout = LayoutBst2
+	}
+	for _, d := range []string{s.objectsDir(), s.tmp} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("creating the local store: %w", err)
+		}
+	}
+	s.made = true
+	if s.lockWanted && s.lockFile == nil {
+		f, err := s.flock(context.Background(), false, nil)
+		if err != nil {
+			return err
+		}
+		s.lockFile = f
+	}
+	return nil
+}
+
+// objectsDir is where objects live in the store's layout.
+func (s *Store) objectsDir() string {
+	if s.layout == LayoutBst1 {
+		return filepath.Join(s.root, "cas", "objects")
+	}
+	return filepath.Join(s.root, "cas", "cas", "objects")
+}
+
+// objects is objectsDir under the lock.
+func (s *Store) objects() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.objectsDir()
 }
 
 // ReadOnly says whether the store was opened read-only.
@@ -131,12 +221,17 @@ func (s *Store) ReadOnly() bool { return s.readOnly }
 // Root returns the store directory.
 func (s *Store) Root() string { return s.root }
 
-// Layout returns the store's layout.
-func (s *Store) Layout() Layout { return s.layout }
+// Layout returns the store's layout; empty for a new store until
+// something settles it.
+func (s *Store) Layout() Layout {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.layout
+}
 
 // ObjectPath is where the blob with digest d lives.
 func (s *Store) ObjectPath(d digest.Digest) string {
-	return filepath.Join(s.objects, d.Hash[:2], d.Hash[2:])
+	return filepath.Join(s.objects(), d.Hash[:2], d.Hash[2:])
 }
 
 // checkDigest rejects digests that cannot name an object: a bad hash would
@@ -318,8 +413,8 @@ func (s *Store) NewWriter(d digest.Digest) (*BlobWriter, error) {
 }
 
 func (s *Store) newWriter(d digest.Digest) (*BlobWriter, error) {
-	if s.readOnly {
-		return nil, ErrReadOnly
+	if err := s.ensure(); err != nil {
+		return nil, err
 	}
 	// An unnamed file (O_TMPFILE) is linked into place once verified: one
 	// directory operation instead of create and rename, and a writer that
@@ -524,7 +619,7 @@ func (s *Store) install(tmp, final string, sync bool) error {
 // Sync makes everything written to the store's file system durable
 // (syncfs), objects written without their own fsync included.
 func (s *Store) Sync() error {
-	d, err := os.Open(s.objects)
+	d, err := os.Open(s.root)
 	if err != nil {
 		return err
 	}
@@ -556,7 +651,8 @@ type ObjectInfo struct {
 // WalkObjects calls fn for every object in the store, in no particular
 // order. Files whose names are not object names are skipped.
 func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
-	return filepath.WalkDir(s.objects, func(p string, d fs.DirEntry, err error) error {
+	objects := s.objects()
+	return filepath.WalkDir(objects, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil // removed while we walked
@@ -566,7 +662,7 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		rel, err := filepath.Rel(s.objects, p)
+		rel, err := filepath.Rel(objects, p)
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -221,7 +222,7 @@ func newEnv(c *cli.Context) (*env, error) {
 		}
 		cfg.LocalFrom = "--local"
 	}
-	if err := matchLayout(cfg, c.String("format") != ""); err != nil {
+	if err := matchStore(cfg, c.String("format") != ""); err != nil {
 		return nil, err
 	}
 	if c.IsSet("jobs") {
@@ -255,35 +256,38 @@ func expandHome(p string) string {
 	return p
 }
 
-// layout is the local store layout for the configured format.
+// layout is the layout a new local store takes: the configured format's,
+// else none until the first artifact written settles it.
 func (e *env) layout() cache.Layout {
-	if e.cfg.Format == config.FormatBst1 {
+	switch e.cfg.Format {
+	case config.FormatBst1:
 		return cache.LayoutBst1
+	case config.FormatBst2:
+		return cache.LayoutBst2
 	}
-	return cache.LayoutBst2
+	return ""
 }
 
-// matchLayout makes the format follow an existing local store: a
-// BuildStream 1 store holds bst1 refs, a BuildStream 2 one bst2 refs. A
-// format set explicitly that the store cannot hold is an error, never a
-// silent miss.
-func matchLayout(cfg *config.Config, flagSet bool) error {
-	layout, ok := cache.DetectLayout(cfg.Local)
-	if !ok {
+// matchStore makes an unset format follow the local store when it holds
+// artifacts of one BuildStream only. Any store is read whatever the
+// format: a format set explicitly only says how refs are looked up.
+func matchStore(cfg *config.Config, flagSet bool) error {
+	if flagSet || cfg.Format != "" {
 		return nil
 	}
-	format := config.FormatBst2
-	if layout == cache.LayoutBst1 {
-		format = config.FormatBst1
+	s, err := cache.OpenReadOnly(cfg.Local, "")
+	if err != nil {
+		return err
 	}
-	switch {
-	case !flagSet && !cfg.FormatSet:
-		if cfg.Format != format {
-			cfg.Format, cfg.FormatFrom = format, "the layout of the local store "+cfg.Local
-		}
-	case cfg.Format != format:
-		return usageError("the local store %s has BuildStream %s's layout and holds %s refs, not %s: use --format %s or another --local", cfg.Local, strings.TrimPrefix(string(format), "bst"), format, cfg.Format, format)
+	switch held := s.HeldKinds(); {
+	case len(held) == 1 && held[0] == cache.KindBst1Artifact:
+		cfg.Format = config.FormatBst1
+	case len(held) > 0 && !slices.Contains(held, cache.KindBst1Artifact):
+		cfg.Format = config.FormatBst2
+	default:
+		return nil
 	}
+	cfg.FormatFrom = "the refs in the local store " + cfg.Local
 	return nil
 }
 

@@ -30,7 +30,7 @@ func checkoutCommand() *cli.Command {
 			if c.NArg() != 2 {
 				return usageError("checkout takes a ref or an element, and a directory")
 			}
-			e, kind, err := transferEnv(c)
+			e, kind, err := localEnv(c)
 			if err != nil {
 				return err
 			}

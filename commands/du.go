@@ -6,6 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -20,7 +21,7 @@ func duCommand() *cli.Command {
 			"blobs counted once.",
 		Flags: refFlags(),
 		Action: func(c *cli.Context) error {
-			e, kind, err := transferEnv(c)
+			e, kind, err := localEnv(c)
 			if err != nil {
 				return err
 			}
@@ -71,7 +72,7 @@ func duCommand() *cli.Command {
 
 // refsOrAll are the refs a command was given, or every ref in the local
 // store when none was (all is then true).
-func refsOrAll(c *cli.Context, e *env, kind transfer.Kind) (refs []string, all bool, err error) {
+func refsOrAll(c *cli.Context, e *env, kind cache.Kind) (refs []string, all bool, err error) {
 	if c.NArg() > 0 || c.String("refs-from") != "" {
 		args, err := expandGlobs(c, e, kind)
 		if err != nil {
@@ -83,7 +84,7 @@ func refsOrAll(c *cli.Context, e *env, kind transfer.Kind) (refs []string, all b
 	if err != nil {
 		return nil, false, err
 	}
-	infos, err := store.ListRefs(kind.StoreKind(), "")
+	infos, err := store.ListRefs(kind, "")
 	if err != nil {
 		return nil, false, err
 	}

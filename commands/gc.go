@@ -36,11 +36,6 @@ func gcCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			// Artifacts, and sources for BuildStream 2: gc reads them all.
-			kind, err := transfer.KindFor(e.cfg.Format, cache.KindArtifact)
-			if err != nil {
-				return err
-			}
 			o := transfer.GCOptions{OlderThan: c.Duration("older-than"), Grace: c.Duration("grace"), DryRun: c.Bool("dry-run"),
 				Waiting: func() { e.warnf("waiting for bst-cache transfers in progress on the store to finish") }}
 			if o.Grace == 0 {
@@ -59,7 +54,7 @@ func gcCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			eng := &transfer.Engine{Store: store, Kind: kind}
+			eng := &transfer.Engine{Store: store, Kind: cache.KindArtifact}
 			start := time.Now()
 			rep, err := eng.GC(c.Context, o)
 			if err != nil {

@@ -3,6 +3,7 @@ package commands
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/remotes"
+	"github.com/bst-cache/bst-cache/transfer"
 )
 
 func lsCommand() *cli.Command {
@@ -20,7 +22,8 @@ func lsCommand() *cli.Command {
 		Name:      "ls",
 		Usage:     "list refs in the local store",
 		ArgsUsage: "[PREFIX|GLOB]",
-		Description: "Prints the refs, one per line (pipe them into push -). With -l, each ref is\n" +
+		Description: "Prints the refs, one per line (pipe them into push -): artifacts of both\n" +
+			"BuildStreams, whatever the store's layout. With -l, each ref is\n" +
 			"followed by the digest it names and when it was last written: bst1 refs name\n" +
 			"the root Directory; bst2 refs are Artifact (or Source) messages, shown by their\n" +
 			"own digest. PREFIX (myproj/app) matches the refs under it; in a GLOB, '*' also\n" +
@@ -58,7 +61,7 @@ func lsCommand() *cli.Command {
 			}
 			entries := make([]lsEntry, 0, len(refs))
 			for _, r := range refs {
-				entries = append(entries, describeRef(s, kind, r))
+				entries = append(entries, describeRef(s, r))
 			}
 			return printRefs(c, e, entries)
 		},
@@ -74,14 +77,14 @@ type lsEntry struct {
 
 // describeRef reads the digest a ref names. A ref that cannot be read is
 // still listed, with the reason.
-func describeRef(s *cache.Store, kind cache.Kind, r cache.RefInfo) lsEntry {
+func describeRef(s *cache.Store, r cache.RefInfo) lsEntry {
 	en := lsEntry{Ref: r.Name, Modified: r.Modified.UTC()}
-	data, err := s.GetRef(kind, r.Name)
+	data, err := s.GetRef(r.Kind, r.Name)
 	if err != nil {
 		en.Digest, en.Error = "-", err.Error()
 		return en
 	}
-	d, err := buildstream.RefDigest(s.RefKind(kind) == cache.KindBst1Artifact, data)
+	d, err := buildstream.RefDigest(r.Kind == cache.KindBst1Artifact, data)
 	if err != nil {
 		en.Digest, en.Error = "-", fmt.Sprintf("unreadable ref: %v", err)
 		return en
@@ -109,29 +112,29 @@ func lsRemote(c *cli.Context, e *env, name string, kind cache.Kind) error {
 	if strings.ContainsAny(prefix, "*?[") {
 		return usageError("ls --cache takes a prefix (myproj/app), not a glob")
 	}
-	remoteKind := string(cache.KindSource)
-	if kind == cache.KindArtifact {
-		remoteKind = string(cache.KindBst2Artifact)
-		if e.cfg.Format == config.FormatBst1 {
-			remoteKind = string(cache.KindBst1Artifact)
-		}
+	kind, err := transfer.KindFor(e.cfg.Format, kind)
+	if err != nil {
+		return usageError("--kind: %v", err)
 	}
 	r, err := remotes.Dial(c.Context, *cc)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	refs, err := r.ListRefs(c.Context, remoteKind, prefix)
-	if errors.Is(err, remotes.ErrCannotList) {
-		return fmt.Errorf("%w; a bst-artifact-server or BuildStream cache directory can be listed where it lies: bst-cache --local DIR ls", err)
+	var entries []lsEntry
+	for _, k := range kind.Kinds() {
+		refs, err := r.ListRefs(c.Context, string(k), prefix)
+		if errors.Is(err, remotes.ErrCannotList) {
+			return fmt.Errorf("%w; a bst-artifact-server or BuildStream cache directory can be listed where it lies: bst-cache --local DIR ls", err)
+		}
+		if err != nil {
+			return err
+		}
+		for _, ref := range refs {
+			entries = append(entries, lsEntry{Ref: ref.Name, Digest: ref.Digest, Modified: ref.Modified})
+		}
 	}
-	if err != nil {
-		return err
-	}
-	entries := make([]lsEntry, len(refs))
-	for i, ref := range refs {
-		entries[i] = lsEntry{Ref: ref.Name, Digest: ref.Digest, Modified: ref.Modified}
-	}
+	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Ref < entries[j].Ref })
 	return printRefs(c, e, entries)
 }
 

@@ -5,6 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -106,7 +107,7 @@ func pushTargets(cfg *config.Config, names []string, all bool) ([]config.Cache, 
 
 // expandGlobs reads the refs and adds, for each glob, the local refs it
 // matches.
-func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) (refArgs, error) {
+func expandGlobs(c *cli.Context, e *env, kind cache.Kind) (refArgs, error) {
 	var globs, plain []string
 	for _, a := range c.Args().Slice() {
 		if strings.ContainsAny(a, "*?[") {
@@ -130,7 +131,7 @@ func expandGlobs(c *cli.Context, e *env, kind transfer.Kind) (refArgs, error) {
 		return refArgs{}, err
 	}
 	for _, g := range globs {
-		infos, err := store.ListRefs(kind.StoreKind(), g)
+		infos, err := store.ListRefs(kind, g)
 		if err != nil {
 			return refArgs{}, usageError("%v", err)
 		}

@@ -17,7 +17,7 @@ func rmCommand() *cli.Command {
 			&cli.BoolFlag{Name: "dry-run", Usage: "report what would be removed and remove nothing"},
 		),
 		Action: func(c *cli.Context) error {
-			e, kind, err := transferEnv(c)
+			e, kind, err := localEnv(c)
 			if err != nil {
 				return err
 			}

@@ -86,7 +86,8 @@ func runServe(c *cli.Context) error {
 			return err
 		}
 	}
-	// An existing directory keeps its layout; a new one gets the format's.
+	// An existing directory keeps its layout; a new one gets the format's,
+	// else that of the first artifact a client asks about or writes.
 	store, err := cache.Open(dir, e.layout())
 	if err != nil {
 		return err
@@ -115,7 +116,11 @@ func runServe(c *cli.Context) error {
 		if !isLoopback(l.Addr()) {
 			where += " (every interface: other hosts can connect)"
 		}
-		logf("serving %s (%s layout) on %s%s", dir, store.Layout(), where, describeServe(c, tlsConfig != nil, token != "", quota))
+		layout := string(store.Layout()) + " layout"
+		if store.Layout() == "" {
+			layout = "new: the layout of the first artifact written"
+		}
+		logf("serving %s (%s) on %s%s", dir, layout, where, describeServe(c, tlsConfig != nil, token != "", quota))
 	}
 	if openPush(l.Addr(), c.Bool("enable-push"), c.String("client-certs") != "", token != "") {
 		logf("warning: anyone who can reach %s can push: add --client-certs or --access-token", l.Addr())

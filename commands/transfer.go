@@ -39,17 +39,17 @@ func fetchFlags() []cli.Flag {
 // readingEnv is the prelude of the commands that read from every cache
 // (pull, which): the environment, the kind, the refs, and at least one
 // cache configured. Every check runs before any network call.
-func readingEnv(c *cli.Context) (*env, transfer.Kind, refArgs, error) {
+func readingEnv(c *cli.Context) (*env, cache.Kind, refArgs, error) {
 	e, kind, err := transferEnv(c)
 	if err != nil {
-		return nil, 0, refArgs{}, err
+		return nil, "", refArgs{}, err
 	}
 	refs, err := readRefList(c, c.App.Reader, c.Args().Slice(), true, nonStrict(c, e))
 	if err != nil {
-		return nil, 0, refArgs{}, err
+		return nil, "", refArgs{}, err
 	}
 	if len(e.cfg.Caches) == 0 {
-		return nil, 0, refArgs{}, usageError("no caches configured (see bst-cache config)")
+		return nil, "", refArgs{}, usageError("no caches configured (see bst-cache config)")
 	}
 	return e, kind, refs, nil
 }
@@ -263,28 +263,40 @@ func elementRefs(c *cli.Context, deps buildstream.Deps, elements []string, weak 
 }
 
 // transferEnv loads the environment of a transfer command and checks
-// --kind against the format.
-func transferEnv(c *cli.Context) (*env, transfer.Kind, error) {
+// --kind against the format. With no format set, artifacts are
+// cache.KindArtifact: looked up as either format.
+func transferEnv(c *cli.Context) (*env, cache.Kind, error) {
 	e, err := newEnv(c)
 	if err != nil {
-		return nil, 0, err
+		return nil, "", err
 	}
 	kind, err := transferKind(c, e)
-	if kind == transfer.Bst2Source {
+	if kind == cache.KindSource {
 		e.cfg.Caches = e.cfg.SourceCaches
 	}
 	return e, kind, err
 }
 
+// localEnv is transferEnv for the commands that work on the local store
+// (du, verify, rm, checkout): they read every kind of artifact it holds,
+// whatever the format.
+func localEnv(c *cli.Context) (*env, cache.Kind, error) {
+	e, kind, err := transferEnv(c)
+	if err == nil && kind != cache.KindSource {
+		kind = cache.KindArtifact
+	}
+	return e, kind, err
+}
+
 // transferKind checks --kind against the format.
-func transferKind(c *cli.Context, e *env) (transfer.Kind, error) {
+func transferKind(c *cli.Context, e *env) (cache.Kind, error) {
 	k := cache.Kind(c.String("kind"))
 	if k != cache.KindArtifact && k != cache.KindSource {
-		return 0, usageError("--kind must be artifact or source, not %q", k)
+		return "", usageError("--kind must be artifact or source, not %q", k)
 	}
 	kind, err := transfer.KindFor(e.cfg.Format, k)
 	if err != nil {
-		return 0, usageError("--kind %s: %v", k, err)
+		return "", usageError("--kind %s: %v", k, err)
 	}
 	return kind, nil
 }
@@ -654,7 +666,7 @@ func (p *pool) close() {
 
 // engine builds a transfer engine over caches (sources, or push targets)
 // with the pool's storage caches for readers.
-func engine(c *cli.Context, e *env, kind transfer.Kind, pl *pool, caches []*transfer.Cache, p *progress) (*transfer.Engine, error) {
+func engine(c *cli.Context, e *env, kind cache.Kind, pl *pool, caches []*transfer.Cache, p *progress) (*transfer.Engine, error) {
 	open := e.openStore
 	if c.Command.Name == "which" || c.Bool("dry-run") || c.Command.Name == "verify" && !c.Bool("repair") {
 		open = e.readStore

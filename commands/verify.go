@@ -24,7 +24,7 @@ func verifyCommand() *cli.Command {
 			&cli.BoolFlag{Name: "repair", Usage: "fetch bad or missing objects again from the caches; remove refs that cannot be completed"},
 		),
 		Action: func(c *cli.Context) error {
-			e, kind, err := transferEnv(c)
+			e, kind, err := localEnv(c)
 			if err != nil {
 				return err
 			}

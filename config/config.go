@@ -12,7 +12,8 @@ import (
 // map it to the usage/configuration exit code.
 var ErrInvalid = errors.New("invalid configuration")
 
-// Format names the BuildStream artifact format refs are read in.
+// Format names the BuildStream artifact format refs are read in; empty
+// when nobody set one, and refs are then looked up in both.
 type Format string
 
 // The artifact formats.
@@ -48,7 +49,6 @@ func (t Type) HasStorage() bool { return t == TypeStorage || t == TypeAll }
 
 // Defaults for settings a file leaves out.
 const (
-	DefaultFormat         = FormatBst2
 	DefaultJobs           = 8
 	DefaultMaxConcurrency = 64
 	DefaultConnectTimeout = 10 * time.Second
@@ -76,6 +76,7 @@ func (o Origin) String() string {
 
 // Config is the resolved configuration.
 type Config struct {
+	// Format is empty when no file, flag, project or local store set it.
 	Format Format
 	// FormatSet is true when a file set the format (not the default).
 	FormatSet bool

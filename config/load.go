@@ -100,7 +100,7 @@ func FindProjectFile(dir string) string {
 
 // Load reads and validates the configuration.
 func Load(opts Options) (*Config, error) {
-	cfg := &Config{Format: DefaultFormat, Local: DefaultLocal(), Jobs: DefaultJobs, FormatFrom: "(default)", LocalFrom: "(default)"}
+	cfg := &Config{Local: DefaultLocal(), Jobs: DefaultJobs, FormatFrom: "(default)", LocalFrom: "(default)"}
 	wd := opts.WorkDir
 	if wd == "" {
 		var err error

@@ -89,7 +89,12 @@ func (c *Config) WriteTOML(w io.Writer) error {
 	} else {
 		fmt.Fprintf(&b, "# read: %s\n", strings.Join(v.Files, ", "))
 	}
-	fmt.Fprintf(&b, "format = %s  # from %s\nlocal = %s  # from %s\njobs = %d\n", quote(string(v.Format)), v.FormatFrom, quote(v.Local), v.LocalFrom, v.Jobs)
+	if v.Format == "" {
+		b.WriteString("# format: not set: each ref is looked up as bst1 and bst2 at once\n")
+	} else {
+		fmt.Fprintf(&b, "format = %s  # from %s\n", quote(string(v.Format)), v.FormatFrom)
+	}
+	fmt.Fprintf(&b, "local = %s  # from %s\njobs = %d\n", quote(v.Local), v.LocalFrom, v.Jobs)
 	for _, cv := range v.Caches {
 		fmt.Fprintf(&b, "\n# from %s\n[[cache]]\n", cv.Origin)
 		fmt.Fprintf(&b, "name = %s\nurl = %s\ninstance-name = %s\ntype = %s\npush = %t\nmax-concurrency = %d\n",

@@ -113,6 +113,16 @@ func parseDigests(ss []string) ([]digest.Digest, error) {
 	return out, nil
 }
 
+// settle gives a new store the layout of the first BuildStream artifact a
+// client asks about or writes, before its blobs arrive (BuildStream 1.6
+// asks for a ref before it pushes it): BuildStream 1's is
+// bst-artifact-server's, so that server can take the directory back.
+func (s *Server) settle(e entry) {
+	if e.kind != cache.KindAsset {
+		s.store.Settle(e.kind.Layout())
+	}
+}
+
 // resolved is an index entry read back: the digest it names and every root
 // that must be present for it to count.
 type resolved struct {
@@ -201,6 +211,7 @@ func (s *Server) lookup(typ assetType, uris []string, qualifiers []*assetpb.Qual
 		if err != nil {
 			return "", digest.Digest{}, err
 		}
+		s.settle(e)
 		r, err := s.resolve(e, false)
 		if errors.Is(err, errNoEntry) {
 			continue
@@ -276,6 +287,7 @@ func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetp
 		if err != nil {
 			return err
 		}
+		s.settle(e)
 		entries[i] = e
 	}
 	s.refsMu.RLock()

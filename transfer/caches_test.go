@@ -88,7 +88,7 @@ func engineFor(t *testing.T, caches []*Cache, ev Events) *Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Engine{Store: store, Kind: Bst1Artifact, Caches: caches, Jobs: 2, Events: ev}
+	return &Engine{Store: store, Kind: cache.KindBst1Artifact, Caches: caches, Jobs: 2, Events: ev}
 }
 
 // Two callers sharing a cache (a which, then pulls, as a process serving

@@ -8,6 +8,7 @@ import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -123,7 +124,7 @@ func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o
 		out[j] = Result{Ref: ref, Target: t.Name()}
 		r, err := t.connect(ctx, e.Events)
 		if err == nil && !o.Force && hasIndex(t) {
-			switch _, err = e.targetLookup(ctx, r, t, ref); {
+			switch _, err = e.targetLookup(ctx, r, t, e.Kind, ref); {
 			case err == nil:
 				names = true
 			case errors.Is(err, remotes.ErrNotFound):
@@ -172,10 +173,7 @@ func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o
 
 // buildFailed says whether a local bst2 artifact records a failed build.
 func (e *Engine) buildFailed(ref string) bool {
-	if e.Kind != Bst2Artifact {
-		return false
-	}
-	en, err := e.Kind.localEntry(e.Store, ref)
+	en, err := localEntry(e.Store, e.Kind, ref)
 	return err == nil && en.failed
 }
 
@@ -186,8 +184,8 @@ func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o
 	var hit *Result
 	var p pushing
 	var incomplete []string
-	a, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
-		en, err := e.remoteEntry(ctx, d)
+	a, err := e.resolve(ctx, ref, func(c *Cache, k cache.Kind, d digest.Digest) (bool, error) {
+		en, err := e.remoteEntry(ctx, k, d)
 		if err != nil {
 			return true, err
 		}

@@ -68,7 +68,7 @@ func (e *Engine) dependencies(ctx context.Context, ref string) ([]buildstream.De
 	if err != nil {
 		return nil, err
 	}
-	if e.Kind != Bst1Artifact {
+	if en.kind != cache.KindBst1Artifact {
 		art, err := buildstream.ParseArtifact(en.content)
 		if err != nil {
 			return nil, err
@@ -85,12 +85,12 @@ func (e *Engine) dependencies(ctx context.Context, ref string) ([]buildstream.De
 // findEntry is a ref's entry from the local store, else from the first
 // cache that names it.
 func (e *Engine) findEntry(ctx context.Context, ref string) (entry, error) {
-	if en, err := e.Kind.localEntry(e.Store, ref); err == nil {
+	if en, err := localEntry(e.Store, e.Kind, ref); err == nil {
 		return en, nil
 	}
 	var found *entry
-	_, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
-		en, err := e.remoteEntry(ctx, d)
+	_, err := e.resolve(ctx, ref, func(c *Cache, k cache.Kind, d digest.Digest) (bool, error) {
+		en, err := e.remoteEntry(ctx, k, d)
 		if err != nil {
 			return false, nil // the next hit may be readable
 		}
@@ -139,8 +139,8 @@ func (e *Engine) metaFile(ctx context.Context, root digest.Digest, name string) 
 // Artifact (BuildStream 2). Sources have one.
 func (e *Engine) allRefs(ctx context.Context, ref string, en entry) []string {
 	var keys buildstream.Keys
-	switch e.Kind {
-	case Bst1Artifact:
+	switch en.kind {
+	case cache.KindBst1Artifact:
 		data, err := e.metaFile(ctx, en.digest, buildstream.KeysFile)
 		if err != nil {
 			return []string{ref}
@@ -148,7 +148,7 @@ func (e *Engine) allRefs(ctx context.Context, ref string, en entry) []string {
 		if keys, err = buildstream.ParseKeys(data); err != nil {
 			return []string{ref}
 		}
-	case Bst2Artifact:
+	case cache.KindBst2Artifact:
 		art, err := buildstream.ParseArtifact(en.content)
 		if err != nil {
 			return []string{ref}
@@ -169,12 +169,12 @@ func (e *Engine) allRefs(ctx context.Context, ref string, en entry) []string {
 // FilesRoot is the Directory holding a local artifact's files: BuildStream
 // 1's files/ in the artifact's tree, BuildStream 2's Artifact.files.
 func (e *Engine) FilesRoot(ref string) (digest.Digest, error) {
-	en, err := e.Kind.localEntry(e.Store, ref)
+	en, err := localEntry(e.Store, e.Kind, ref)
 	if err != nil {
 		return digest.Digest{}, err
 	}
-	switch e.Kind {
-	case Bst1Artifact:
+	switch en.kind {
+	case cache.KindBst1Artifact:
 		data, err := e.Store.ReadBlob(en.digest)
 		if err != nil {
 			return digest.Digest{}, err
@@ -188,7 +188,7 @@ func (e *Engine) FilesRoot(ref string) (digest.Digest, error) {
 			return digest.Digest{}, fmt.Errorf("%s: the artifact has no files/ directory", ref)
 		}
 		return d, nil
-	case Bst2Artifact:
+	case cache.KindBst2Artifact:
 		art, err := buildstream.ParseArtifact(en.content)
 		if err != nil {
 			return digest.Digest{}, err

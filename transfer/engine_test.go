@@ -254,7 +254,7 @@ func newEngine(t *testing.T, caches []*Cache, strict bool, warns *[]string) *Eng
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	return &Engine{Store: store, Kind: Bst1Artifact, Caches: caches, Jobs: 4, Strict: strict, Events: Events{OnWarn: func(m string) {
+	return &Engine{Store: store, Kind: cache.KindBst1Artifact, Caches: caches, Jobs: 4, Strict: strict, Events: Events{OnWarn: func(m string) {
 		mu.Lock()
 		*warns = append(*warns, m)
 		mu.Unlock()

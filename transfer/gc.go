@@ -114,7 +114,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		rep.Refs = append(rep.Refs, a.refs...)
 		if !o.DryRun {
 			for _, r := range a.refs {
-				if err := e.Store.DeleteRef(a.kind.StoreKind(), r); err != nil && !errors.Is(err, cache.ErrNotFound) {
+				if err := e.Store.DeleteRef(a.kind, r); err != nil && !errors.Is(err, cache.ErrNotFound) {
 					return rep, err
 				}
 			}
@@ -148,33 +148,21 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 // localArtifact is one local artifact (or source): all its refs and what they
 // reach.
 type localArtifact struct {
-	kind    Kind
+	kind    cache.Kind
 	refs    []string
 	used    time.Time
 	closure []digest.Digest
 }
 
-// artifacts lists the local artifacts and sources (each once, with all
-// its refs) and how many of them need each object. A store holding refs of
-// a kind this format does not read (Remote Asset records of serve, the
-// other BuildStream's refs) is refused: their objects would look
+// artifacts lists the local artifacts and sources of both BuildStream
+// formats, whatever the store's layout (each once, with all its refs), and
+// how many of them need each object. A store holding refs gc does not read
+// (Remote Asset records of serve) is refused: their objects would look
 // unreachable.
 func (e *Engine) artifacts(ctx context.Context) ([]localArtifact, map[digest.Digest]int, error) {
-	kinds := []Kind{e.Kind}
-	if e.Kind != Bst1Artifact {
-		kinds = []Kind{Bst2Artifact, Bst2Source}
-	}
-	read := map[cache.Kind]bool{}
-	for _, k := range kinds {
-		read[e.Store.RefKind(k.StoreKind())] = true
-	}
-	for _, k := range cache.Kinds {
-		if read[k] {
-			continue
-		}
-		if infos, err := e.Store.ListRefs(k, ""); err == nil && len(infos) > 0 {
-			return nil, nil, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), k)
-		}
+	kinds := []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource}
+	if infos, err := e.Store.ListRefs(cache.KindAsset, ""); err == nil && len(infos) > 0 {
+		return nil, nil, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), cache.KindAsset)
 	}
 	needs := map[digest.Digest]int{}
 	var out []localArtifact
@@ -189,10 +177,8 @@ func (e *Engine) artifacts(ctx context.Context) ([]localArtifact, map[digest.Dig
 }
 
 // kindArtifacts lists the local artifacts of one kind, counting needs.
-func (e *Engine) kindArtifacts(ctx context.Context, k Kind, needs map[digest.Digest]int) ([]localArtifact, error) {
-	e2 := *e
-	e2.Kind = k
-	infos, err := e.Store.ListRefs(k.StoreKind(), "")
+func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, needs map[digest.Digest]int) ([]localArtifact, error) {
+	infos, err := e.Store.ListRefs(k, "")
 	if err != nil {
 		return nil, err
 	}
@@ -206,12 +192,12 @@ func (e *Engine) kindArtifacts(ctx context.Context, k Kind, needs map[digest.Dig
 		if done[info.Name] {
 			continue
 		}
-		en, err := k.localEntry(e.Store, info.Name)
+		en, err := localEntry(e.Store, k, info.Name)
 		if err != nil {
 			return nil, fmt.Errorf("ref %s: %w", info.Name, err)
 		}
 		a := localArtifact{kind: k}
-		for _, r := range e2.allRefs(ctx, info.Name, en) {
+		for _, r := range e.allRefs(ctx, info.Name, en) {
 			if ri, ok := byName[r]; ok && !done[r] {
 				done[r] = true
 				a.refs = append(a.refs, r)

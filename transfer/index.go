@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
@@ -14,74 +15,52 @@ import (
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
-// Kind says what refs name: BuildStream 1 artifacts, BuildStream 2
-// artifacts or BuildStream 2 sources.
-type Kind int
+// Refs are of one cache.Kind: cache.KindBst1Artifact,
+// cache.KindBst2Artifact or cache.KindSource, or cache.KindArtifact for an
+// artifact of either format (no format set): each cache is asked for both
+// at once, and what it holds is used.
 
-// The kinds.
-const (
-	Bst1Artifact Kind = iota
-	Bst2Artifact
-	Bst2Source
-)
-
-// KindFor picks the kind for a format and a ref kind.
-func KindFor(f config.Format, k cache.Kind) (Kind, error) {
+// KindFor picks the kind of refs for a format (empty when nobody set one)
+// and a ref kind (cache.KindArtifact or cache.KindSource).
+func KindFor(f config.Format, k cache.Kind) (cache.Kind, error) {
 	switch {
+	case f == "" && (k == cache.KindArtifact || k == cache.KindSource):
+		return k, nil
 	case f == config.FormatBst1 && k == cache.KindArtifact:
-		return Bst1Artifact, nil
+		return cache.KindBst1Artifact, nil
 	case f == config.FormatBst2 && k == cache.KindArtifact:
-		return Bst2Artifact, nil
+		return cache.KindBst2Artifact, nil
 	case f == config.FormatBst2 && k == cache.KindSource:
-		return Bst2Source, nil
+		return cache.KindSource, nil
 	}
-	return 0, fmt.Errorf("format %s has no %s refs", f, k)
+	return "", fmt.Errorf("format %s has no %s refs", f, k)
 }
 
-// other is the same kind of ref in the other artifact format, if any.
-func (k Kind) other() (Kind, bool) {
+// otherFormat is the same kind of ref in the other artifact format, if any.
+func otherFormat(k cache.Kind) (cache.Kind, bool) {
 	switch k {
-	case Bst1Artifact:
-		return Bst2Artifact, true
-	case Bst2Artifact:
-		return Bst1Artifact, true
+	case cache.KindBst1Artifact:
+		return cache.KindBst2Artifact, true
+	case cache.KindBst2Artifact:
+		return cache.KindBst1Artifact, true
 	}
-	return 0, false
+	return "", false
 }
 
-// format names the configuration's format for k.
-func (k Kind) format() string {
-	if k == Bst1Artifact {
+// formatOf names the configuration's format for k.
+func formatOf(k cache.Kind) string {
+	if k == cache.KindBst1Artifact {
 		return string(config.FormatBst1)
 	}
 	return string(config.FormatBst2)
 }
 
-// remoteKind is the kind of ref a listing service is asked for.
-func (k Kind) remoteKind() cache.Kind {
-	switch k {
-	case Bst1Artifact:
-		return cache.KindBst1Artifact
-	case Bst2Artifact:
-		return cache.KindBst2Artifact
-	}
-	return cache.KindSource
-}
-
-// StoreKind is where the local store keeps refs of this kind.
-func (k Kind) StoreKind() cache.Kind {
-	if k == Bst2Source {
-		return cache.KindSource
-	}
-	return cache.KindArtifact
-}
-
 // lookup asks one cache's index for a ref: the digest it names (the root
 // Directory for bst1, the Artifact or Source blob for bst2). A miss is
 // remotes.ErrNotFound.
-func (k Kind) lookup(ctx context.Context, r remote, caps remotes.Capabilities, ref string) (digest.Digest, error) {
+func lookup(ctx context.Context, k cache.Kind, r remote, caps remotes.Capabilities, ref string) (digest.Digest, error) {
 	switch k {
-	case Bst1Artifact:
+	case cache.KindBst1Artifact:
 		if caps.RemoteAssetFetch {
 			return r.FetchDirectory(ctx, buildstream.URNBst1Artifact+ref)
 		}
@@ -89,17 +68,43 @@ func (k Kind) lookup(ctx context.Context, r remote, caps remotes.Capabilities, r
 			return r.GetReference(ctx, ref)
 		}
 		return digest.Digest{}, errNoIndex
-	case Bst2Artifact:
+	case cache.KindBst2Artifact:
 		if !caps.RemoteAssetFetch {
 			return digest.Digest{}, errNoIndex
 		}
 		return r.FetchBlob(ctx, buildstream.URNBst2Artifact+ref)
-	default:
+	case cache.KindSource:
 		if !caps.RemoteAssetFetch {
 			return digest.Digest{}, errNoIndex
 		}
 		return r.FetchBlob(ctx, buildstream.URNBst2Source+ref)
 	}
+	return digest.Digest{}, fmt.Errorf("refs of kind %s have no index", k)
+}
+
+// found is what one cache's index named for a ref in one kind.
+type found struct {
+	kind   cache.Kind
+	digest digest.Digest
+	err    error
+}
+
+// lookupAll asks one cache's index for ref in every kind it may be, at
+// once: one round per cache whatever the number of kinds.
+func lookupAll(ctx context.Context, k cache.Kind, r remote, caps remotes.Capabilities, ref string) []found {
+	kinds := k.Kinds()
+	out := make([]found, len(kinds))
+	var wg sync.WaitGroup
+	for i, kind := range kinds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := lookup(ctx, kind, r, caps, ref)
+			out[i] = found{kind, d, err}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // errNoIndex: the cache has no index this kind can use.
@@ -107,6 +112,8 @@ var errNoIndex = errors.New("no index for this format (no Remote Asset fetch or 
 
 // entry is a ref's local content and what it names in CAS.
 type entry struct {
+	// kind is the ref's kind: never cache.KindArtifact.
+	kind cache.Kind
 	// digest is what the index names.
 	digest digest.Digest
 	// content is the local ref file: a serialized Digest for bst1, the
@@ -124,15 +131,15 @@ type entry struct {
 
 // entryFor turns what an index named into an entry; for bst2 the proto
 // (proto, already verified against d) says what it names.
-func (k Kind) entryFor(d digest.Digest, protoData []byte) (entry, error) {
-	en := entry{digest: d, content: protoData}
+func entryFor(k cache.Kind, d digest.Digest, protoData []byte) (entry, error) {
+	en := entry{kind: k, digest: d, content: protoData}
 	var err error
 	switch k {
-	case Bst1Artifact:
+	case cache.KindBst1Artifact:
 		en.content = buildstream.V1RefContent(d)
 		en.roots.Dirs = []digest.Digest{d}
 		return en, err
-	case Bst2Source:
+	case cache.KindSource:
 		en.roots, _, err = buildstream.ProtoRoots(protoData, true)
 	default:
 		var art *bspb.Artifact
@@ -145,20 +152,34 @@ func (k Kind) entryFor(d digest.Digest, protoData []byte) (entry, error) {
 	return en, err
 }
 
-// localEntry reads a ref from the local store.
-func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
-	data, err := s.GetRef(k.StoreKind(), ref)
+// localEntry reads a ref of kind k (of either artifact format for
+// cache.KindArtifact, BuildStream 1's first) from the local store,
+// whatever its layout.
+func localEntry(s *cache.Store, k cache.Kind, ref string) (entry, error) {
+	kinds := k.Kinds()
+	for i, kind := range kinds {
+		en, err := localEntryOf(s, kind, ref)
+		if errors.Is(err, cache.ErrNotFound) && i < len(kinds)-1 {
+			continue
+		}
+		return en, err
+	}
+	return entry{}, fmt.Errorf("ref %s: %w", ref, cache.ErrNotFound)
+}
+
+func localEntryOf(s *cache.Store, k cache.Kind, ref string) (entry, error) {
+	data, err := s.GetRef(k, ref)
 	if err != nil {
 		return entry{}, err
 	}
-	if k == Bst1Artifact {
+	if k == cache.KindBst1Artifact {
 		d, err := buildstream.ParseV1Ref(data)
 		if err != nil {
 			return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
 		}
-		return k.entryFor(d, nil)
+		return entryFor(k, d, nil)
 	}
-	e, err := k.entryFor(digest.NewFromBlob(data), data)
+	e, err := entryFor(k, digest.NewFromBlob(data), data)
 	if err != nil {
 		return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
 	}
@@ -180,7 +201,7 @@ func (k Kind) localEntry(s *cache.Store, ref string) (entry, error) {
 
 // writeIndex records refs -> e on a cache, once its content is there:
 // every ref of one artifact (strong and weak key) in one call.
-func (k Kind) writeIndex(ctx context.Context, r remote, caps remotes.Capabilities, refs []string, e entry, present cache.Roots) error {
+func writeIndex(ctx context.Context, r remote, caps remotes.Capabilities, refs []string, e entry, present cache.Roots) error {
 	urns := func(prefix string) []string {
 		out := make([]string, len(refs))
 		for i, ref := range refs {
@@ -188,8 +209,8 @@ func (k Kind) writeIndex(ctx context.Context, r remote, caps remotes.Capabilitie
 		}
 		return out
 	}
-	switch k {
-	case Bst1Artifact:
+	switch e.kind {
+	case cache.KindBst1Artifact:
 		if caps.RemoteAssetPush {
 			return r.PushDirectory(ctx, urns(buildstream.URNBst1Artifact), e.digest)
 		}
@@ -197,12 +218,12 @@ func (k Kind) writeIndex(ctx context.Context, r remote, caps remotes.Capabilitie
 			return r.UpdateReference(ctx, refs, e.digest)
 		}
 		return errNoPushIndex
-	case Bst2Artifact, Bst2Source:
+	case cache.KindBst2Artifact, cache.KindSource:
 		if !caps.RemoteAssetPush {
 			return errNoPushIndex
 		}
 		prefix := buildstream.URNBst2Artifact
-		if k == Bst2Source {
+		if e.kind == cache.KindSource {
 			prefix = buildstream.URNBst2Source
 		}
 		var blobs []digest.Digest

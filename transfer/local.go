@@ -25,7 +25,7 @@ func (e *Engine) Remove(ctx context.Context, refs []string, dryRun bool) []Resul
 			continue
 		}
 		res := Result{Ref: ref, Cache: "local"}
-		en, err := e.Kind.localEntry(e.Store, ref)
+		en, err := localEntry(e.Store, e.Kind, ref)
 		if errors.Is(err, cache.ErrNotFound) {
 			res.Status, res.Reason = StatusMissing, "not in the local store"
 			out = append(out, res)
@@ -46,7 +46,7 @@ func (e *Engine) Remove(ctx context.Context, refs []string, dryRun bool) []Resul
 			res.Status = StatusWouldRemove
 		} else {
 			for _, r := range all {
-				if err := e.Store.DeleteRef(e.Kind.StoreKind(), r); err != nil && !errors.Is(err, cache.ErrNotFound) {
+				if err := e.Store.DeleteRef(en.kind, r); err != nil && !errors.Is(err, cache.ErrNotFound) {
 					res = failed(res, err)
 					break
 				}
@@ -95,7 +95,7 @@ func (e *Engine) Usage(refs []string) ([]RefUsage, StoreUsage, error) {
 	out := make([]RefUsage, 0, len(refs))
 	for _, ref := range refs {
 		u := RefUsage{Ref: ref}
-		en, err := e.Kind.localEntry(e.Store, ref)
+		en, err := localEntry(e.Store, e.Kind, ref)
 		if err == nil {
 			roots := en.roots
 			roots.Add(en.optional)
@@ -191,7 +191,7 @@ func (e *Engine) Verify(ctx context.Context, refs []string, everything, repair b
 	}
 	broken := map[string]bool{}
 	for _, ref := range refs {
-		en, err := e.Kind.localEntry(e.Store, ref)
+		en, err := localEntry(e.Store, e.Kind, ref)
 		if err != nil {
 			return rep, err
 		}
@@ -293,12 +293,14 @@ func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
 		return nil, err
 	}
 	seen := map[string]bool{}
-	local, err := e.Store.ListRefs(e.Kind.StoreKind(), glob)
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range local {
-		seen[r.Name] = true
+	for _, k := range e.Kind.Kinds() {
+		local, err := e.Store.ListRefs(k, glob)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range local {
+			seen[r.Name] = true
+		}
 	}
 	prefix := glob[:strings.IndexAny(glob, "*?[")]
 	prefix = prefix[:strings.LastIndex(prefix, "/")+1]
@@ -311,16 +313,18 @@ func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
 		if !ok {
 			continue
 		}
-		refs, err := l.ListRefs(ctx, string(e.Kind.remoteKind()), strings.TrimSuffix(prefix, "/"))
-		if errors.Is(err, remotes.ErrCannotList) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		for _, ref := range refs {
-			if re.MatchString(ref.Name) {
-				seen[ref.Name] = true
+		for _, k := range e.Kind.Kinds() {
+			refs, err := l.ListRefs(ctx, string(k), strings.TrimSuffix(prefix, "/"))
+			if errors.Is(err, remotes.ErrCannotList) {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			for _, ref := range refs {
+				if re.MatchString(ref.Name) {
+					seen[ref.Name] = true
+				}
 			}
 		}
 	}

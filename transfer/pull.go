@@ -59,8 +59,10 @@ type Result struct {
 
 // Engine runs transfers for one invocation.
 type Engine struct {
-	Store  *cache.Store
-	Kind   Kind
+	Store *cache.Store
+	// Kind is the kind of refs: cache.KindArtifact (no format set) looks
+	// each ref up as either format.
+	Kind   cache.Kind
 	Caches []*Cache
 	// Storage are the storage caches readers of an index use, for when
 	// the caches at hand have none: copy's index-only sources take blobs
@@ -195,7 +197,7 @@ func (e *Engine) wanted(en entry) cache.Roots {
 // localHit reports a ref the local store already holds complete, with
 // its entry.
 func (e *Engine) localHit(ref string) (Result, entry, bool) {
-	en, err := e.Kind.localEntry(e.Store, ref)
+	en, err := localEntry(e.Store, e.Kind, ref)
 	if err != nil {
 		return Result{}, entry{}, false
 	}
@@ -219,9 +221,9 @@ func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence b
 	}
 	res := Result{Ref: ref}
 	var incomplete []string
-	a, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
+	a, err := e.resolve(ctx, ref, func(c *Cache, k cache.Kind, d digest.Digest) (bool, error) {
 		w := &watch{cache: c, evidence: evidence, slot: s}
-		missing, err := e.materialize(ctx, f, ref, d, w)
+		missing, err := e.materialize(ctx, f, ref, k, d, w)
 		if err != nil {
 			return true, err
 		}
@@ -248,8 +250,8 @@ func (e *Engine) pullDryRun(ctx context.Context, ref string) Result {
 	}
 	res := Result{Ref: ref}
 	var incomplete []string
-	a, err := e.resolve(ctx, ref, func(c *Cache, d digest.Digest) (bool, error) {
-		need, missing, err := e.surveyHit(ctx, d)
+	a, err := e.resolve(ctx, ref, func(c *Cache, k cache.Kind, d digest.Digest) (bool, error) {
+		need, missing, err := e.surveyHit(ctx, k, d)
 		if err != nil {
 			return true, err
 		}
@@ -287,8 +289,8 @@ func settle(res Result, a *answers, err error, incomplete []string) Result {
 // surveyHit sizes what an index hit names without storing anything:
 // need is what the local store lacks, missing what no storage cache has
 // of it.
-func (e *Engine) surveyHit(ctx context.Context, d digest.Digest) (need, missing []digest.Digest, err error) {
-	en, err := e.remoteEntry(ctx, d)
+func (e *Engine) surveyHit(ctx context.Context, k cache.Kind, d digest.Digest) (need, missing []digest.Digest, err error) {
+	en, err := e.remoteEntry(ctx, k, d)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -311,9 +313,9 @@ func (e *Engine) surveyHit(ctx context.Context, d digest.Digest) (need, missing 
 
 // remoteEntry is what an index hit names, reading a bst2 proto from the
 // local store or the first storage cache that has it (nothing is stored).
-func (e *Engine) remoteEntry(ctx context.Context, d digest.Digest) (entry, error) {
-	if e.Kind == Bst1Artifact {
-		return e.Kind.entryFor(d, nil)
+func (e *Engine) remoteEntry(ctx context.Context, k cache.Kind, d digest.Digest) (entry, error) {
+	if k == cache.KindBst1Artifact {
+		return entryFor(k, d, nil)
 	}
 	data, err := e.Store.ReadBlob(d)
 	if err != nil {
@@ -321,16 +323,18 @@ func (e *Engine) remoteEntry(ctx context.Context, d digest.Digest) (entry, error
 			return entry{}, err
 		}
 	}
-	return e.Kind.entryFor(d, data)
+	return entryFor(k, d, data)
 }
 
-// materialize fetches what an index hit names and writes the local ref
-// once all of it is local. It returns the blobs no cache had. With
-// w.evidence, blobs that were already local must be confirmed on the
-// storage caches too.
-func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d digest.Digest, w *watch) ([]digest.Digest, error) {
+// materialize fetches what an index hit names (a ref of kind k) and
+// writes the local ref once all of it is local. It returns the blobs no
+// cache had. With w.evidence, blobs that were already local must be
+// confirmed on the storage caches too. A new store takes the layout of
+// the first artifact written to it.
+func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cache.Kind, d digest.Digest, w *watch) ([]digest.Digest, error) {
+	e.Store.Settle(k.Layout())
 	var protoData []byte
-	if e.Kind != Bst1Artifact {
+	if k != cache.KindBst1Artifact {
 		miss, err := f.fetch(ctx, []digest.Digest{d}, w)
 		if err != nil || len(miss) > 0 {
 			return miss, err
@@ -339,7 +343,7 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d dige
 			return nil, err
 		}
 	}
-	en, err := e.Kind.entryFor(d, protoData)
+	en, err := entryFor(k, d, protoData)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
@@ -363,11 +367,11 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, d dige
 // that moves nothing writes nothing, and costs no sync of the store.
 func (e *Engine) setRef(ref string, en entry, downloaded bool) error {
 	if !downloaded {
-		if cur, err := e.Store.GetRef(e.Kind.StoreKind(), ref); err == nil && bytes.Equal(cur, en.content) {
+		if cur, err := e.Store.GetRef(en.kind, ref); err == nil && bytes.Equal(cur, en.content) {
 			return nil
 		}
 	}
-	return e.Store.SetRef(e.Kind.StoreKind(), ref, en.content)
+	return e.Store.SetRef(en.kind, ref, en.content)
 }
 
 // linkRefs writes the artifact's other refs (its weak key's, or its strong
@@ -375,10 +379,10 @@ func (e *Engine) setRef(ref string, en entry, downloaded bool) error {
 // artifact under both: non-strict builds look it up by the weak key.
 func (e *Engine) linkRefs(ctx context.Context, ref string, en entry) error {
 	for _, other := range e.allRefs(ctx, ref, en)[1:] {
-		if cur, err := e.Store.GetRef(e.Kind.StoreKind(), other); err == nil && bytes.Equal(cur, en.content) {
+		if cur, err := e.Store.GetRef(en.kind, other); err == nil && bytes.Equal(cur, en.content) {
 			continue
 		}
-		if err := e.Store.SetRef(e.Kind.StoreKind(), other, en.content); err != nil {
+		if err := e.Store.SetRef(en.kind, other, en.content); err != nil {
 			return err
 		}
 	}

@@ -119,7 +119,7 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 		out[j] = Result{Ref: ref, Target: t.Name()}
 	}
 	p := pushing{ref: ref, slot: s}
-	en, err := e.Kind.localEntry(e.Store, ref)
+	en, err := localEntry(e.Store, e.Kind, ref)
 	if err == nil {
 		p.en = en
 		p.all, p.roots, err = e.pushRoots(en)
@@ -180,7 +180,7 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 // indexState asks a target's index what it names for the ref: the same
 // digest, another one (a conflict unless forced) or nothing.
 func (e *Engine) indexState(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions, res Result) (same bool, done *Result) {
-	d, err := e.targetLookup(ctx, r, t, p.ref)
+	d, err := e.targetLookup(ctx, r, t, p.en.kind, p.ref)
 	switch {
 	case err == nil && d == p.en.digest:
 		return !o.Force, nil
@@ -194,16 +194,38 @@ func (e *Engine) indexState(ctx context.Context, r remote, t *Cache, p pushing, 
 	return false, nil
 }
 
-// targetLookup asks a target's index for ref as a pull would: a fetch the
-// index refuses (Buildbarn's bb_remote_asset without an "error" fetcher)
-// is a miss.
-func (e *Engine) targetLookup(ctx context.Context, r remote, t *Cache, ref string) (digest.Digest, error) {
-	d, err := e.Kind.lookup(ctx, r, t.caps, ref)
-	if assetRefusal(err) {
-		t.refusedFetch(err, e.Events)
-		return d, fmt.Errorf("%w: %w", remotes.ErrNotFound, err)
+// targetLookup asks a target's index for ref as a pull would, in every
+// kind k stands for at once (the first hit wins): a fetch the index
+// refuses (Buildbarn's bb_remote_asset without an "error" fetcher) is a
+// miss.
+func (e *Engine) targetLookup(ctx context.Context, r remote, t *Cache, k cache.Kind, ref string) (digest.Digest, error) {
+	var err error
+	for _, f := range lookupAll(ctx, k, r, t.caps, ref) {
+		ferr := f.err
+		if ferr == nil {
+			return f.digest, nil
+		}
+		if assetRefusal(ferr) {
+			t.refusedFetch(ferr, e.Events)
+			ferr = fmt.Errorf("%w: %w", remotes.ErrNotFound, ferr)
+		}
+		if err == nil || lookupRank(ferr) > lookupRank(err) {
+			err = ferr
+		}
 	}
-	return d, err
+	return digest.Digest{}, err
+}
+
+// lookupRank orders the ways a lookup can fail, the one to report last:
+// no index for the kind, then a miss, then an error.
+func lookupRank(err error) int {
+	switch {
+	case errors.Is(err, errNoIndex):
+		return 0
+	case errors.Is(err, remotes.ErrNotFound):
+		return 1
+	}
+	return 2
 }
 
 // pushTo sends a ref to a target with storage: only the blobs it lacks,
@@ -276,12 +298,12 @@ func (e *Engine) writeEntry(ctx context.Context, r remote, t *Cache, p pushing, 
 		refs = []string{p.ref}
 		for _, other := range p.refs[1:] {
 			// A sibling that cannot be asked is left as it is.
-			if d, err := e.targetLookup(ctx, r, t, other); errors.Is(err, remotes.ErrNotFound) || (err == nil && d == p.en.digest) {
+			if d, err := e.targetLookup(ctx, r, t, p.en.kind, other); errors.Is(err, remotes.ErrNotFound) || (err == nil && d == p.en.digest) {
 				refs = append(refs, other)
 			}
 		}
 	}
-	err := e.Kind.writeIndex(ctx, r, t.caps, refs, p.en, p.roots)
+	err := writeIndex(ctx, r, t.caps, refs, p.en, p.roots)
 	t.asked(err)
 	if err == nil {
 		p.flight.wrote(t.Name(), refs)

@@ -57,11 +57,13 @@ func (a *answers) missingOrFailed(res Result) Result {
 }
 
 // resolve asks the index caches for ref in priority order and calls hit
-// for each digest one names (each digest once) until hit returns true. A
-// cache that cannot be asked is recorded in the answers, warned about once
-// and, when fatal, skipped for a while (Cache.connect). With Strict the first
-// such error is returned.
-func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d digest.Digest) (stop bool, err error)) (*answers, error) {
+// for each digest one names (each digest once) until hit returns true.
+// With no format set (cache.KindArtifact) each cache is asked for both
+// artifact formats in one round, and hit gets the kind the cache holds it
+// as. A cache that cannot be asked is recorded in the answers, warned about
+// once and, when fatal, skipped for a while (Cache.connect). With Strict the
+// first such error is returned.
+func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, k cache.Kind, d digest.Digest) (stop bool, err error)) (*answers, error) {
 	a := &answers{}
 	seen := map[digest.Digest]bool{}
 	for _, c := range filter(e.Caches, hasIndex) {
@@ -74,60 +76,82 @@ func (e *Engine) resolve(ctx context.Context, ref string, hit func(c *Cache, d d
 			a.unasked = append(a.unasked, c.describe(err))
 			continue
 		}
-		d, err := e.Kind.lookup(ctx, r, c.caps, ref)
-		switch {
-		case err == nil:
-			c.asked(nil)
-			e.Events.info(fmt.Sprintf("%s: cache %s: names %s", ref, c.Name(), d))
-		case errors.Is(err, remotes.ErrNotFound):
-			c.asked(nil)
-			e.Events.info(fmt.Sprintf("%s: cache %s: miss", ref, c.Name()))
-			a.notFound = append(a.notFound, c.Name())
-			continue
-		case errors.Is(err, errNoIndex):
-			e.Events.info(fmt.Sprintf("%s: cache %s: no index for these refs", ref, c.Name()))
-			if c.caps.ReferenceStorage && e.Kind != Bst1Artifact {
-				a.hint = fmt.Sprintf("cache %s has only BuildStream 1's index (ReferenceStorage): set format = \"bst1\" or use --format bst1", c.Name())
+		hits, err := e.answer(ctx, c, ref, lookupAll(ctx, e.Kind, r, c.caps, ref), a)
+		if err != nil {
+			return a, err
+		}
+		for _, h := range hits {
+			if seen[h.digest] {
+				continue
 			}
-			continue
-		case assetRefusal(err):
-			// Buildbarn's bb_remote_asset answers a URI it would have to
-			// fetch itself with PERMISSION_DENIED (no "error" fetcher)
-			// or UNIMPLEMENTED: for us that is a miss.
-			e.Events.info(fmt.Sprintf("%s: cache %s: refused the fetch: a miss", ref, c.Name()))
-			c.refusedFetch(err, e.Events)
-			a.notFound = append(a.notFound, c.Name())
-			continue
-		default:
-			if ctx.Err() != nil {
-				return a, ctx.Err()
-			}
-			c.asked(err)
-			e.Events.info(fmt.Sprintf("%s: cache %s: error: %v", ref, c.Name(), err))
-			if e.Strict {
+			seen[h.digest] = true
+			stop, err := hit(c, h.kind, h.digest)
+			if err != nil || stop {
 				return a, err
 			}
-			if fatal(err) {
-				c.kill(err, e.Events)
-			} else {
-				e.Events.Warn(ref + ": " + c.describe(err))
-			}
-			a.unasked = append(a.unasked, c.describe(err))
-			continue
-		}
-		if seen[d] {
-			continue
-		}
-		seen[d] = true
-		stop, err := hit(c, d)
-		if err != nil || stop {
-			return a, err
 		}
 	}
 	if len(a.notFound) > 0 && a.hint == "" && a.complete() {
 		a.hint = e.otherFormatHint(ctx, ref)
 	}
 	return a, nil
+}
+
+// answer reads one cache's answers for a ref (one per kind asked): the
+// hits, and in a the miss or why the cache could not be asked. A miss in
+// one kind and an error in another leave the ref unasked on that cache.
+func (e *Engine) answer(ctx context.Context, c *Cache, ref string, fs []found, a *answers) (hits []found, err error) {
+	var missed, noIndex int
+	var failure error
+	for _, f := range fs {
+		switch err := f.err; {
+		case err == nil:
+			e.Events.info(fmt.Sprintf("%s: cache %s: names %s (%s)", ref, c.Name(), f.digest, f.kind))
+			hits = append(hits, f)
+		case errors.Is(err, remotes.ErrNotFound):
+			missed++
+		case errors.Is(err, errNoIndex):
+			noIndex++
+		case assetRefusal(err):
+			// Buildbarn's bb_remote_asset answers a URI it would have to
+			// fetch itself with PERMISSION_DENIED (no "error" fetcher)
+			// or UNIMPLEMENTED: for us that is a miss.
+			e.Events.info(fmt.Sprintf("%s: cache %s: refused the fetch: a miss", ref, c.Name()))
+			c.refusedFetch(err, e.Events)
+			missed++
+		default:
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			failure = err
+		}
+	}
+	switch {
+	case failure != nil && len(hits) == 0:
+		c.asked(failure)
+		e.Events.info(fmt.Sprintf("%s: cache %s: error: %v", ref, c.Name(), failure))
+		if e.Strict {
+			return nil, failure
+		}
+		if fatal(failure) {
+			c.kill(failure, e.Events)
+		} else {
+			e.Events.Warn(ref + ": " + c.describe(failure))
+		}
+		a.unasked = append(a.unasked, c.describe(failure))
+	case len(hits) > 0:
+		c.asked(nil)
+	case missed > 0:
+		c.asked(nil)
+		e.Events.info(fmt.Sprintf("%s: cache %s: miss", ref, c.Name()))
+		a.notFound = append(a.notFound, c.Name())
+	case noIndex > 0:
+		e.Events.info(fmt.Sprintf("%s: cache %s: no index for these refs", ref, c.Name()))
+		if c.caps.ReferenceStorage && e.Kind == cache.KindBst2Artifact {
+			a.hint = fmt.Sprintf("cache %s has only BuildStream 1's index (ReferenceStorage): set format = \"bst1\" or use --format bst1", c.Name())
+		}
+	}
+	return hits, nil
 }
 
 // assetRefusal tells a Remote Asset fetch refused for this URI (after the
@@ -143,7 +167,7 @@ func assetRefusal(err error) bool {
 // otherFormatHint asks the caches for ref in the other artifact format;
 // when one has it there, the hint says how to switch.
 func (e *Engine) otherFormatHint(ctx context.Context, ref string) string {
-	other, ok := e.Kind.other()
+	other, ok := otherFormat(e.Kind)
 	if !ok {
 		return ""
 	}
@@ -152,8 +176,9 @@ func (e *Engine) otherFormatHint(ctx context.Context, ref string) string {
 		if err != nil {
 			continue
 		}
-		if _, err := other.lookup(ctx, r, c.caps, ref); err == nil {
-			return fmt.Sprintf("cache %s has it as a %s artifact: use --format %s (or format = %q)", c.Name(), other.format(), other.format(), other.format())
+		if _, err := lookup(ctx, other, r, c.caps, ref); err == nil {
+			f := formatOf(other)
+			return fmt.Sprintf("cache %s has it as a %s artifact: use --format %s (or format = %q)", c.Name(), f, f, f)
 		}
 	}
 	return ""

@@ -103,7 +103,7 @@ func TestJobsBoundBytesNotQuestions(t *testing.T) {
 	}
 	// A second pull from the cache (as copy does) moves nothing and
 	// writes no ref: the file is the one the first pull wrote.
-	path, err := e.Store.RefPath(e.Kind.StoreKind(), refs[0])
+	path, err := e.Store.RefPath(e.Kind, refs[0])
 	if err != nil {
 		t.Fatal(err)
 	}

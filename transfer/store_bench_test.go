@@ -44,7 +44,7 @@ func benchStore(b *testing.B, refs, files, size int) *Engine {
 			b.Fatal(err)
 		}
 	}
-	return &Engine{Store: s, Kind: Bst1Artifact}
+	return &Engine{Store: s, Kind: cache.KindBst1Artifact}
 }
 
 // Verify of a 200 MB store: every byte hashed again.

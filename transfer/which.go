@@ -9,6 +9,7 @@ import (
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -28,6 +29,8 @@ type CacheState struct {
 	Digest  string `json:"digest,omitempty"`
 	Missing int    `json:"missing,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// kind is what the cache holds the ref as.
+	kind cache.Kind
 }
 
 // Location is where one ref is, cache by cache in priority order.
@@ -101,7 +104,7 @@ func (e *Engine) refsOf(ctx context.Context, l Location) []string {
 		if err != nil {
 			return nil
 		}
-		en, err := e.remoteEntry(ctx, d)
+		en, err := e.remoteEntry(ctx, s.kind, d)
 		if err != nil {
 			return nil
 		}
@@ -147,18 +150,35 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 	if err != nil {
 		return errState(err)
 	}
-	d, err := e.Kind.lookup(ctx, r, c.caps, ref)
+	var hit *found
+	var failure error
+	absent, noIndex := 0, 0
+	for _, f := range lookupAll(ctx, e.Kind, r, c.caps, ref) {
+		switch {
+		case f.err == nil:
+			if hit == nil {
+				hit = &f
+			}
+		case errors.Is(f.err, remotes.ErrNotFound), assetRefusal(f.err):
+			absent++
+		case errors.Is(f.err, errNoIndex):
+			noIndex++
+		default:
+			failure = f.err
+		}
+	}
 	switch {
-	case errors.Is(err, remotes.ErrNotFound), assetRefusal(err):
+	case hit == nil && failure != nil:
+		return errState(failure)
+	case hit == nil && absent > 0:
 		st.Status = WhereAbsent
 		return st
-	case errors.Is(err, errNoIndex):
-		st.Status, st.Error = WhereNoIndex, fmt.Sprintf("no index for %s refs", e.Kind.format())
+	case hit == nil:
+		st.Status, st.Error = WhereNoIndex, fmt.Sprintf("no index for %s refs", e.Kind)
 		return st
-	case err != nil:
-		return errState(err)
 	}
-	st.Digest = d.String()
+	d := hit.digest
+	st.Digest, st.kind = d.String(), hit.kind
 	// An index hit counts only with its closure on the storage its
 	// readers use: the cache's own, or the storage caches for an
 	// index-only cache.
@@ -167,7 +187,7 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 		storage = e.storage()
 	}
 	var protoData []byte
-	if e.Kind != Bst1Artifact {
+	if hit.kind != cache.KindBst1Artifact {
 		protoData, err = readFirst(ctx, e, storage, d)
 		if errors.Is(err, remotes.ErrNotFound) {
 			st.Status, st.Missing = WhereIncomplete, 1
@@ -176,7 +196,7 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 			return errState(err)
 		}
 	}
-	en, err := e.Kind.entryFor(d, protoData)
+	en, err := entryFor(hit.kind, d, protoData)
 	if err != nil {
 		return errState(err)
 	}
