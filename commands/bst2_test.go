@@ -187,7 +187,7 @@ func bst2Artifact(t *testing.T, s *cache.Store, project, element, strong, weak s
 	}
 	data, _ := proto.Marshal(art)
 	ref := buildstream.ArtifactRef(project, element+".bst", strong)
-	if err := s.SetRef(cache.KindArtifact, ref, data); err != nil {
+	if err := s.SetRef(cache.KindBst2Artifact, ref, data); err != nil {
 		t.Fatal(err)
 	}
 	return ref

@@ -118,8 +118,14 @@ func parseDigests(ss []string) ([]digest.Digest, error) {
 // asks for a ref before it pushes it): BuildStream 1's is
 // bst-artifact-server's, so that server can take the directory back.
 func (s *Server) settle(e entry) {
-	if e.kind != cache.KindAsset {
-		s.store.Settle(e.kind.Layout())
+	if e.kind == cache.KindAsset {
+		return
+	}
+	s.store.Settle(e.kind.Layout())
+	if s.allowWrites {
+		if err := s.putEmpty(); err != nil {
+			s.logf("%v", err)
+		}
 	}
 }
 

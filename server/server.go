@@ -76,17 +76,27 @@ type Server struct {
 	// ref being written was just found to have.
 	refsMu sync.RWMutex
 	quota  *quota
+	// empty stores the empty blob once the store has a layout.
+	empty sync.Once
+}
+
+// putEmpty stores the empty blob, once.
+func (s *Server) putEmpty() (err error) {
+	s.empty.Do(func() {
+		if err = s.store.PutBytes(digest.NewFromBlob(nil), nil); err != nil {
+			err = fmt.Errorf("storing the empty blob: %w", err)
+		}
+	})
+	return err
 }
 
 // New prepares a server over opts.Store. Clients never upload the empty
-// blob (REAPI treats it as always present), so the store is given it here:
+// blob (REAPI treats it as always present), so the store is given it here,
+// or for a new store once the first artifact settles its layout:
 // BuildStream checks empty files out by hard link to it.
 func New(opts Options) (*Server, error) {
 	if opts.Store == nil {
 		return nil, fmt.Errorf("server: no store")
-	}
-	if err := opts.Store.PutBytes(digest.NewFromBlob(nil), nil); err != nil {
-		return nil, fmt.Errorf("storing the empty blob: %w", err)
 	}
 	s := &Server{
 		store:       opts.Store,
@@ -104,6 +114,11 @@ func New(opts Options) (*Server, error) {
 	}
 	for _, n := range opts.InstanceNames {
 		s.instances[n] = true
+	}
+	if s.store.Layout() != "" {
+		if err := s.putEmpty(); err != nil {
+			return nil, err
+		}
 	}
 	if m := int64(opts.MaxMessageBytes); m > 0 && m-framingMargin < s.maxBatch {
 		if m <= 2*framingMargin {
