@@ -5,6 +5,13 @@
 //	bst1: DIR/cas/objects/ab/cdef…    refs: DIR/cas/refs/heads/{ref} (a serialized Digest)
 //	bst2: DIR/cas/cas/objects/ab/cdef…  artifacts: DIR/artifacts/refs/{ref}  sources: DIR/source_protos/{ref}
 //
+// Refs of both BuildStreams may sit side by side in one store whatever its
+// layout (serve keeps both generations; ListRefs(KindArtifact) lists both).
+// Nothing is created until the first write: a run that writes nothing
+// leaves no store behind, and a new store without a layout takes that of
+// the first artifact written (Settle), BuildStream 1's for a BuildStream 1
+// artifact, as bst-artifact-server keeps it.
+//
 // Every write goes to a temporary file under DIR/tmp, is checked against its
 // digest while it is written, is fsynced and then renamed into place, so a
 // crash never leaves a partial object or ref under its final name, and any

@@ -76,7 +76,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", EnvVars: []string{"BST_CACHE_CONFIG"}, Usage: "read this configuration file only (default: the user file and the project's bst-cache.toml)", TakesFile: true},
 			&cli.StringFlag{Name: "local", EnvVars: []string{"BST_CACHE_LOCAL"}, Usage: "local store directory (default: in a BuildStream project its cache, else the configuration's, else ~/.cache/bst-cache)", TakesFile: true},
-			&cli.StringFlag{Name: "format", EnvVars: []string{"BST_CACHE_FORMAT"}, Usage: "BuildStream artifact format refs name: bst1 or bst2 (default: the project's, the local store's, the configuration's, else bst2)"},
+			&cli.StringFlag{Name: "format", EnvVars: []string{"BST_CACHE_FORMAT"}, Usage: "BuildStream artifact format refs name: bst1 or bst2 (default: the configuration's, the project's, that of the refs the local store holds; else each ref is looked up as both at once)"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"BST_CACHE_JSON"}, Usage: "print results as JSON on stdout"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"BST_CACHE_QUIET"}, Usage: "print only warnings and errors on stderr"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"BST_CACHE_VERBOSE"}, Usage: "log more on stderr"},

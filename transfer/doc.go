@@ -9,6 +9,11 @@
 // *remotes.Remote implements; the engine's rules are table-tested over an
 // in-memory cache, and end to end against real servers in commands/.
 //
+// Refs are of one cache.Kind. With no format set (cache.KindArtifact) each
+// index cache is asked for a ref as a BuildStream 1 and a BuildStream 2
+// artifact at once, in one round, and what it holds is moved; the local
+// store is read in both formats whatever its layout.
+//
 // Its contracts, which the command line turns into exit codes:
 //   - A ref is StatusMissing only when every index cache that could hold it
 //     answered that it does not; when one could not be asked, it is

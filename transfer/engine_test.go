@@ -48,6 +48,14 @@ type fakeCache struct {
 	reads  map[digest.Digest]int
 	sends  map[digest.Digest]int
 	pushes int
+	// lookups records each index lookup, when set.
+	lookups *lookupLog
+}
+
+// lookupLog is the index lookups of some caches, in order: "cache op ref".
+type lookupLog struct {
+	mu      sync.Mutex
+	entries []string
 }
 
 func newFake(name string) *fakeCache {
@@ -157,6 +165,7 @@ func (f *fakeCache) Send(_ context.Context, ds []digest.Digest, open remotes.Ope
 }
 
 func (f *fakeCache) lookup(op, ref string) (digest.Digest, error) {
+	f.record(op, ref)
 	if f.indexErr != codes.OK {
 		return digest.Digest{}, f.err(op, f.indexErr)
 	}
@@ -174,7 +183,18 @@ func (f *fakeCache) FetchDirectory(_ context.Context, uri string) (digest.Digest
 }
 
 func (f *fakeCache) FetchBlob(_ context.Context, uri string) (digest.Digest, error) {
+	f.record("FetchBlob", strings.TrimPrefix(uri, buildstream.URNBst2Artifact))
 	return digest.Digest{}, f.err("FetchBlob", codes.NotFound)
+}
+
+// record notes a lookup when the test asked for a log.
+func (f *fakeCache) record(op, ref string) {
+	if f.lookups == nil {
+		return
+	}
+	f.lookups.mu.Lock()
+	defer f.lookups.mu.Unlock()
+	f.lookups.entries = append(f.lookups.entries, f.name+" "+op+" "+ref)
 }
 
 func (f *fakeCache) GetReference(_ context.Context, ref string) (digest.Digest, error) {
