@@ -137,6 +137,21 @@ func TestServeNewDirTakesBst1Layout(t *testing.T) {
 	}
 }
 
+// pullSameFiles has a fresh bst 1.6 pull the project's elements from url
+// and checks them out: the files must be those builder built.
+func pullSameFiles(t *testing.T, p *testenv.Project, builder *testenv.Bst, url string) {
+	t.Helper()
+	fresh := testenv.NewBst(t)
+	fresh.UseCaches(t, testenv.BstRemote{URL: url})
+	fresh.Run(t, p.Dir, append([]string{"pull"}, p.Elements...)...)
+	for _, el := range p.Elements {
+		want := testenv.TreeSnapshot(t, builder.Checkout(t, p, el))
+		if diff := cmp.Diff(want, testenv.TreeSnapshot(t, fresh.Checkout(t, p, el))); diff != "" {
+			t.Errorf("%s pulled from %s (-built +pulled):\n%s", el, url, diff)
+		}
+	}
+}
+
 // One directory holding BuildStream 1 refs (cas/refs/heads) and
 // BuildStream 2 artifacts (artifacts/refs), as serve kept them: ls lists
 // both, du measures both, gc keeps both and removes only what neither

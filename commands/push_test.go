@@ -38,15 +38,7 @@ func TestPushFromBstCache(t *testing.T) {
 			if diff := cmp.Diff(refs, testenv.RefsOnDisk(t, srv.Dir)); diff != "" {
 				t.Errorf("refs on the target (-local +target):\n%s", diff)
 			}
-			fresh := testenv.NewBst(t)
-			fresh.UseCaches(t, testenv.BstRemote{URL: srv.URL()})
-			fresh.Run(t, p.Dir, append([]string{"pull"}, p.Elements...)...)
-			for _, el := range p.Elements {
-				want := testenv.TreeSnapshot(t, builder.Checkout(t, p, el))
-				if diff := cmp.Diff(want, testenv.TreeSnapshot(t, fresh.Checkout(t, p, el))); diff != "" {
-					t.Errorf("%s pulled by bst after bst-cache push (-built +pulled):\n%s", el, diff)
-				}
-			}
+			pullSameFiles(t, p, builder, srv.URL())
 
 			_, stderr, code = runCLI(t, "", "--config", cfg, "--local", builder.ArtifactDir(), "push", "demo/*")
 			if code != 0 || !strings.Contains(stderr, fmt.Sprintf("0 done, %d skipped", len(refs))) || !strings.Contains(stderr, "0 blobs") {
