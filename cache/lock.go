@@ -19,7 +19,11 @@ import (
 // one has nothing to guard.
 func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unlock func(), err error) {
 	s.mu.Lock()
-	if !s.made && (!exclusive || s.layout == "") {
+	if exclusive && !s.existed {
+		// Another process may have made the store since it was opened.
+		_, s.existed = DetectLayout(s.root)
+	}
+	if !s.made && (!exclusive || !s.existed) {
 		// Nothing to guard yet: the first write locks (shared), and a gc
 		// of a store that does not exist has nothing to remove.
 		s.lockWanted = !exclusive

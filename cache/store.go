@@ -99,6 +99,8 @@ type Store struct {
 	mu     sync.Mutex
 	layout Layout
 	made   bool
+	// existed: the directory held a store when it was opened.
+	existed bool
 	// lockWanted: Lock was asked for a shared lock before the store
 	// existed; the first write takes it (lockFile) once it does.
 	lockWanted bool
@@ -148,7 +150,7 @@ func newStore(root string, layout Layout) (*Store, error) {
 	default:
 		return nil, fmt.Errorf("unknown store layout %q", layout)
 	}
-	s := &Store{root: root, layout: layout, tmp: filepath.Join(root, "tmp")}
+	s := &Store{root: root, layout: layout, existed: ok, tmp: filepath.Join(root, "tmp")}
 	if ok {
 		_, err := os.Stat(s.tmp)
 		s.made = err == nil
@@ -163,10 +165,20 @@ func newStore(root string, layout Layout) (*Store, error) {
 func (s *Store) Settle(l Layout) Layout {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.layout == "" {
-		s.layout = l
-	}
+	s.decide(l)
 	return s.layout
+}
+
+// decide gives the store its layout if it has none: that of a store
+// another process has made since, else l. s.mu is held.
+func (s *Store) decide(l Layout) {
+	if s.layout != "" {
+		return
+	}
+	if found, ok := DetectLayout(s.root); ok {
+		l = found
+	}
+	s.layout = l
 }
 
 // ensure makes the store's directories before its first write, in its
@@ -181,9 +193,7 @@ func (s *Store) ensure() error {
 	if s.made && (!s.lockWanted || s.lockFile != nil) {
 		return nil
 	}
-	if s.layout == "" {
-		s.layout = LayoutBst2
-	}
+	s.decide(LayoutBst2)
 	for _, d := range []string{s.objectsDir(), s.tmp} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("creating the local store: %w", err)
