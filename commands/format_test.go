@@ -7,11 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/proto"
 
-	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
@@ -164,25 +161,9 @@ func TestLocalCommandsReadMixedRefs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			v2 := bst2Artifact(t, s, "proj", "new", "n1", "n1") // makes the store, in its layout
 			v1 := "demo/old/1111"
-			file, err := s.Add([]byte("old\n"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			files, _ := proto.Marshal(&repb.Directory{Files: []*repb.FileNode{{Name: "old.txt", Digest: file.ToProto()}}})
-			fd, err := s.Add(files)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rootData, _ := proto.Marshal(&repb.Directory{Directories: []*repb.DirectoryNode{{Name: "files", Digest: fd.ToProto()}}})
-			root, err := s.Add(rootData)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.SetRef(cache.KindBst1Artifact, v1, buildstream.V1RefContent(root)); err != nil {
-				t.Fatal(err)
-			}
-			v2 := bst2Artifact(t, s, "proj", "new", "n1", "n1")
+			bst1Artifact(t, dir, v1, 3, 100, 1000)
 			stray, err := s.Add([]byte("reached by no ref"))
 			if err != nil {
 				t.Fatal(err)

@@ -428,7 +428,7 @@ func TestWrongFormatSaysSo(t *testing.T) {
 }
 
 // bst1Artifact writes a BuildStream 1 artifact of distinct files into a
-// bst1 store: n small files of size bytes and one large file.
+// store (bst1 when new): n small files of size bytes and one large file.
 func bst1Artifact(t *testing.T, dir, ref string, n, size, large int) {
 	t.Helper()
 	bst1ArtifactSeeded(t, dir, ref, n, size, large, 1)
@@ -469,7 +469,7 @@ func bst1ArtifactSeeded(t *testing.T, dir, ref string, n, size, large int, seed 
 		t.Fatal(err)
 	}
 	ptr, _ := proto.Marshal(rd.ToProto())
-	if err := s.SetRef(cache.KindArtifact, ref, ptr); err != nil {
+	if err := s.SetRef(cache.KindBst1Artifact, ref, ptr); err != nil {
 		t.Fatal(err)
 	}
 }
