@@ -20,7 +20,9 @@ import (
 // ID is a random id made once for the store and kept in its temporary
 // directory (CleanTmp leaves it), for names that must differ between
 // stores and stay the same from one run to the next, such as the upload
-// names that let a push resume where an interrupted one stopped.
+// names that let a push resume where an interrupted one stopped. A store
+// not made yet (nothing written) has none: ErrNotFound, and nothing is
+// created for it.
 func (s *Store) ID() (string, error) {
 	path := filepath.Join(s.tmp, ".id")
 	if data, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(data))) == 32 {
@@ -28,6 +30,9 @@ func (s *Store) ID() (string, error) {
 	}
 	if s.readOnly {
 		return "", ErrReadOnly
+	}
+	if _, err := os.Stat(s.tmp); err != nil {
+		return "", fmt.Errorf("store id: %w", ErrNotFound)
 	}
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -71,8 +76,8 @@ func (s *Store) ResumableWriter(d digest.Digest) (*BlobWriter, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, err
 	}
-	if s.readOnly {
-		return nil, ErrReadOnly
+	if err := s.ensure(); err != nil {
+		return nil, err
 	}
 	path := filepath.Join(s.tmp, fmt.Sprintf("%s%s-%d", partialPrefix, d.Hash, d.Size))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)

@@ -90,6 +90,12 @@ func TestResumableWriter(t *testing.T) {
 func TestStoreID(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := Open(dir, LayoutBst1)
+	if _, err := s.ID(); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ID of a store not made yet: %v; want ErrNotFound", err)
+	}
+	if _, err := s.Add([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
 	id, err := s.ID()
 	if err != nil || len(id) != 32 {
 		t.Fatalf("ID = %q, %v", id, err)
