@@ -60,13 +60,15 @@ func TestNoStoreWithoutWrites(t *testing.T) {
 	dead.Stop()
 	cfg := writeConfig(t, cacheTOML("live", srv.URL(), true))
 	deadCfg := writeConfig(t, cacheTOML("dead", deadURL, true)+cacheTOML("live", srv.URL(), true))
+	twoCfg := writeConfig(t, cacheTOML("live", srv.URL(), true)+cacheTOML("other", testenv.StartServe(t, testenv.ServeOptions{Push: true}).URL(), true))
 	for _, tc := range []struct {
 		name string
 		code int
 		args []string
 	}{
 		{"pull of a ref no cache has", 3, []string{"--config", cfg, "pull", "demo/none/0123"}},
-		{"copy of a ref no source has", 3, []string{"--config", deadCfg, "copy", "--from", "live", "--to", "dead", "demo/none/0123"}},
+		{"copy of a ref no source has", 3, []string{"--config", twoCfg, "copy", "--from", "live", "--to", "other", "demo/none/0123"}},
+		{"copy to a target that is down", 1, []string{"--config", deadCfg, "copy", "--from", "live", "--to", "dead", "demo/none/0123"}},
 		{"pull from a cache that is down", 1, []string{"--config", writeConfig(t, cacheTOML("dead", deadURL, false)), "pull", "demo/none/0123"}},
 		{"push of a ref not in the store", 3, []string{"--config", cfg, "push", "demo/none/0123"}},
 		{"gc of no store", 0, []string{"--config", cfg, "gc"}},
