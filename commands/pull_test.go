@@ -45,6 +45,7 @@ type pullReport struct {
 	Counts         map[string]int
 	Pulled, Pushed struct{ Blobs, Bytes int64 }
 	BlobsWould     int64 `json:"blobs_would_transfer"`
+	BytesWould     int64 `json:"bytes_would_transfer"`
 	Seconds        float64
 }
 

@@ -37,7 +37,7 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	perRef := make([][]Result, len(refs))
 	if o.DryRun {
 		for i, ref := range refs {
-			perRef[i] = e.copyDryRun(ctx, ref, targets, o)
+			perRef[i] = e.copyDryRun(ctx, ref, targets, o, run)
 			for _, r := range perRef[i] {
 				e.Events.ref(r)
 			}
@@ -144,7 +144,7 @@ func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o
 	}
 	dry := o
 	dry.DryRun = true
-	rs := e.copyDryRun(ctx, ref, live, dry)
+	rs := e.copyDryRun(ctx, ref, live, dry, nil)
 	if len(rs) == 1 && rs[0].Target == "" {
 		// The sources decided: missing, failed, or a failed build.
 		return append(settled(out), rs[0]), nil
@@ -179,8 +179,10 @@ func (e *Engine) buildFailed(ref string) bool {
 
 // copyDryRun resolves ref on the sources, checks its closure there
 // (Directories are read, nothing is stored) and tells per target what
-// would move after de-duplication against it.
-func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o CopyOptions) []Result {
+// would move after de-duplication against it and, with a run, against
+// what the run's other refs would move there: an artifact's other refs
+// would move with the first, and each blob counts once per target.
+func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o CopyOptions, run *pushRun) []Result {
 	var hit *Result
 	var p pushing
 	var incomplete []string
@@ -212,24 +214,20 @@ func (e *Engine) copyDryRun(ctx context.Context, ref string, targets []*Cache, o
 		}
 		return []Result{settle(res, a, err, incomplete)}
 	}
-	var out []Result
-	storage := filter(targets, hasStorage)
-	for _, t := range targets {
-		r := *hit
-		r.Target = t.Name()
-		if hasStorage(t) {
-			r = e.pushTo(ctx, p, t, o.PushOptions, nil, r)
-		} else {
-			readers := storage
-			if len(readers) == 0 {
-				readers = e.Storage
-			}
-			r = e.pushIndex(ctx, p, t, readers, len(storage) > 0, o.PushOptions, r)
+	if run != nil {
+		// The index entry names them all, as the real run's would.
+		p.refs = e.allRefs(ctx, ref, p.en)
+	}
+	out := make([]Result, len(targets))
+	for j, t := range targets {
+		out[j] = *hit
+		out[j].Target = t.Name()
+	}
+	out = e.pushArtifact(ctx, p, targets, o.PushOptions, run, out)
+	for j := range out {
+		if out[j].Status == StatusWouldPush {
+			out[j].Status = StatusWouldCopy
 		}
-		if r.Status == StatusWouldPush {
-			r.Status = StatusWouldCopy
-		}
-		out = append(out, r)
 	}
 	return out
 }

@@ -107,12 +107,7 @@ func (e *Engine) pushRoots(en entry) (all []digest.Digest, roots cache.Roots, er
 	return all, roots, nil
 }
 
-// pushRef sends one local ref to every target. Storage comes before any
-// index: targets with storage first (each writes its own index only after
-// its upload), then index-only targets, whose entry is written only once
-// every blob is confirmed on the storage their readers use. The first ref
-// of an artifact carries it; its other refs in the run wait and are done
-// where it wrote an entry naming them.
+// pushRef sends one local ref to every target.
 func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, run *pushRun, s *slot) []Result {
 	out := make([]Result, len(targets))
 	for j, t := range targets {
@@ -125,26 +120,45 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 		p.all, p.roots, err = e.pushRoots(en)
 		p.refs = e.allRefs(ctx, ref, en)
 	}
-	var f *artifactFlight
-	if err == nil {
-		var first bool
-		if f, first = run.artifact(en.digest); first {
-			p.flight = f
-			defer func() { f.landed(ref, out) }()
+	if err != nil {
+		return failAll(out, err)
+	}
+	return e.pushArtifact(ctx, p, targets, o, run, out)
+}
+
+// failAll gives every target's result err: missing when it is a miss.
+func failAll(out []Result, err error) []Result {
+	for j := range out {
+		if errors.Is(err, cache.ErrNotFound) {
+			out[j].Status, out[j].Reason = StatusMissing, "not in the local store"
 		} else {
-			// Before any slot is taken: a waiting ref holds none.
-			err = f.wait(ctx)
+			out[j] = failed(out[j], err)
 		}
 	}
-	if err != nil {
-		for j := range out {
-			if errors.Is(err, cache.ErrNotFound) {
-				out[j].Status, out[j].Reason = StatusMissing, "not in the local store"
-			} else {
-				out[j] = failed(out[j], err)
-			}
+	return out
+}
+
+// pushArtifact sends p to every target, out holding a result per target
+// to fill. Storage comes before any index: targets with storage first
+// (each writes its own index only after its upload), then index-only
+// targets, whose entry is written only once every blob is confirmed on the
+// storage their readers use. The first ref of an artifact in run carries
+// it; its other refs wait and are done where it wrote an entry naming
+// them. A dry run goes the same way and writes nothing: it counts each
+// blob once per target and says of an artifact's other refs that they
+// would move with the first. With no run (a copy asking its targets) refs
+// go alone and every blob a target lacks counts.
+func (e *Engine) pushArtifact(ctx context.Context, p pushing, targets []*Cache, o PushOptions, run *pushRun, out []Result) []Result {
+	var f *artifactFlight
+	if run != nil {
+		var first bool
+		if f, first = run.artifact(p.en.digest); first {
+			p.flight = f
+			defer func() { f.landed(p.ref, out) }()
+		} else if err := f.wait(ctx); err != nil {
+			// Before any slot is taken: a waiting ref holds none.
+			return failAll(out, err)
 		}
-		return out
 	}
 	storage := filter(targets, hasStorage)
 	readers := storage
@@ -157,9 +171,10 @@ func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o Pu
 			if hasStorage(t) != pass {
 				continue
 			}
-			out[j].Digest = en.digest.String()
-			if p.flight == nil {
-				if r, ok := f.carried(ref, t.Name()); ok {
+			out[j].Digest = p.en.digest.String()
+			if f != nil && p.flight == nil {
+				if r, ok := f.carried(p.ref, t.Name()); ok {
+					r.Cache = out[j].Cache
 					out[j] = r
 					continue
 				}
@@ -229,8 +244,9 @@ func lookupRank(err error) int {
 }
 
 // pushTo sends a ref to a target with storage: only the blobs it lacks,
-// then its index entry (when it has an index). A dry run only asks (run
-// may be nil). A target whose index names the same digest is skipped only
+// then its index entry (when it has an index). A dry run only asks, and
+// counts the blobs no other ref of run counted for t (all of them with no
+// run). A target whose index names the same digest is skipped only
 // when it holds every blob; otherwise the missing blobs go and the ref is
 // reported repaired.
 func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions, run *pushRun, res Result) Result {
@@ -251,7 +267,11 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		return failed(res, err)
 	}
 	if o.DryRun {
-		return wouldMove(res, same, StatusWouldPush, moved)
+		res = wouldMove(res, same, StatusWouldPush, run.tally(t, nonEmpty(moved)))
+		if res.Status != StatusSkipped && hasIndex(t) {
+			e.wouldWrite(ctx, r, t, p, o)
+		}
+		return res
 	}
 	if len(moved) > 0 {
 		if err := p.slot.take(ctx); err != nil {
@@ -293,22 +313,38 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 // under: unless forced, a push never clobbers. The carrier of the
 // artifact records what it wrote, for the artifact's other refs.
 func (e *Engine) writeEntry(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions) error {
-	refs := p.refs
-	if !o.Force {
-		refs = []string{p.ref}
-		for _, other := range p.refs[1:] {
-			// A sibling that cannot be asked is left as it is.
-			if d, err := e.targetLookup(ctx, r, t, p.en.kind, other); errors.Is(err, remotes.ErrNotFound) || (err == nil && d == p.en.digest) {
-				refs = append(refs, other)
-			}
-		}
-	}
+	refs := e.entryRefs(ctx, r, t, p, o)
 	err := writeIndex(ctx, r, t.caps, refs, p.en, p.roots)
 	t.asked(err)
 	if err == nil {
 		p.flight.wrote(t.Name(), refs)
 	}
 	return err
+}
+
+// wouldWrite is a dry run's writeEntry: the carrier of the artifact
+// records the refs its entry on t would be written under, for the
+// artifact's other refs, and writes nothing.
+func (e *Engine) wouldWrite(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions) {
+	if p.flight != nil {
+		p.flight.wrote(t.Name(), e.entryRefs(ctx, r, t, p, o))
+	}
+}
+
+// entryRefs are the refs p's entry on t is written under: p.ref, and
+// each other ref of its artifact that t names no other digest under.
+func (e *Engine) entryRefs(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions) []string {
+	if o.Force {
+		return p.refs
+	}
+	refs := []string{p.ref}
+	for _, other := range p.refs[1:] {
+		// A sibling that cannot be asked is left as it is.
+		if d, err := e.targetLookup(ctx, r, t, p.en.kind, other); errors.Is(err, remotes.ErrNotFound) || (err == nil && d == p.en.digest) {
+			refs = append(refs, other)
+		}
+	}
+	return refs
 }
 
 // send uploads moved, which t lacked when asked, and says how many blobs
@@ -375,6 +411,7 @@ func (e *Engine) pushIndex(ctx context.Context, p pushing, t *Cache, readers []*
 	}
 	if uploaded {
 		res.Status, res.Reason = StatusWouldPush, "would write the index entry once the storage targets hold the blobs"
+		e.wouldWrite(ctx, r, t, p, o)
 		return res
 	}
 	if len(readers) == 0 {
@@ -392,6 +429,7 @@ func (e *Engine) pushIndex(ctx context.Context, p pushing, t *Cache, readers []*
 		res.Status, res.Reason = StatusSkipped, "the target already has it"
 	case o.DryRun:
 		res.Status, res.Reason = StatusWouldPush, "would write the index entry"
+		e.wouldWrite(ctx, r, t, p, o)
 	default:
 		if err := e.writeEntry(ctx, r, t, p, o); err != nil {
 			return failed(res, err)

@@ -90,15 +90,25 @@ func (f *artifactFlight) wait(ctx context.Context) error {
 }
 
 // carried is ref's result on target when the carrier wrote an index entry
-// there naming ref too; otherwise the ref goes there itself.
+// there naming ref too (in a dry run: would write); otherwise the ref goes
+// there itself.
 func (f *artifactFlight) carried(ref, target string) (Result, bool) {
 	r, ok := f.results[target]
-	if !ok || (r.Status != StatusDone && r.Status != StatusRepaired) || !slices.Contains(f.refs[target], ref) {
+	if !ok || !slices.Contains(f.refs[target], ref) {
 		return Result{}, false
 	}
-	res := Result{Ref: ref, Target: target, Digest: r.Digest, Status: StatusDone}
+	res := Result{Ref: ref, Target: target, Digest: r.Digest}
+	verb := ""
+	switch r.Status {
+	case StatusDone, StatusRepaired:
+		res.Status, verb = StatusDone, "moved"
+	case StatusWouldPush, StatusWouldRepair:
+		res.Status, verb = StatusWouldPush, "would move"
+	default:
+		return Result{}, false
+	}
 	if ref != f.ref {
-		res.Reason = "moved once with " + f.ref
+		res.Reason = verb + " once with " + f.ref
 	}
 	return res, true
 }
@@ -136,6 +146,18 @@ func (run *pushRun) claim(target *Cache, ds []digest.Digest) (mine []digest.Dige
 		}
 	}
 	return mine, theirs
+}
+
+// tally is what a dry run counts of ds, the blobs target lacks: those no
+// other ref of the run counted there, as the real run sends each blob to a
+// target once. With no run, all of them.
+func (run *pushRun) tally(target *Cache, ds []digest.Digest) []digest.Digest {
+	if run == nil {
+		return ds
+	}
+	mine, _ := run.claim(target, ds)
+	run.release(target, mine, true)
+	return mine
 }
 
 // release ends uploads this ref claimed; ok says they all landed.
