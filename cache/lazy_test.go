@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 )
 
 // A store is made by its first write, in the layout Settle gave it, and a
@@ -71,5 +73,89 @@ func TestListRefsBothFormats(t *testing.T) {
 	}
 	if len(infos) != 2 || infos[0].Name != "p/one/1" || infos[0].Kind != KindBst1Artifact || infos[1].Kind != KindBst2Artifact {
 		t.Errorf("ListRefs(artifact) = %+v; want both, with their kinds", infos)
+	}
+}
+
+// Two processes making one new store, each about to write in another
+// layout (a bst1 pull and a bst2 pull, or a configured format and a
+// settled one): the second takes the layout the first made, so every
+// object is in the one objects directory the store is later read from.
+func TestNewStoreOneLayoutForAllWriters(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		a, b   Layout
+		settle bool
+	}{
+		{"configured", LayoutBst1, LayoutBst2, false},
+		{"settled", "", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "store")
+			a, err := Open(dir, tc.a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := Open(dir, tc.b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.settle {
+				a.Settle(LayoutBst1)
+				b.Settle(LayoutBst2)
+			}
+			da, err := a.Add([]byte("from a"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			db, err := b.Add([]byte("from b"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a.Layout() != b.Layout() {
+				t.Errorf("writers of one store use layouts %q and %q", a.Layout(), b.Layout())
+			}
+			later, err := Open(dir, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []struct {
+				who string
+				d   digest.Digest
+			}{{"a", da}, {"b", db}} {
+				if ok, err := later.Has(d.d); !ok || err != nil {
+					t.Errorf("the store (%s layout) lacks the object %s wrote: %v", later.Layout(), d.who, err)
+				}
+			}
+		})
+	}
+}
+
+// A store that exists but was never written by bst-cache (a
+// bst-artifact-server directory, bst 1.6's cache: no tmp/) is locked at
+// once by a transfer, not at its first write: a gc must not run while the
+// transfer reads what the store holds.
+func TestSharedLockOnExistingStoreWithoutTmp(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "cas", "objects"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.Lock(context.Background(), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	gc, err := Open(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if unlockGC, err := gc.Lock(ctx, true, nil); err == nil {
+		unlockGC()
+		t.Error("a gc locked the store while a transfer held its shared lock")
 	}
 }

@@ -19,11 +19,11 @@ import (
 // one has nothing to guard.
 func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unlock func(), err error) {
 	s.mu.Lock()
-	if exclusive && !s.existed {
+	if !s.existed {
 		// Another process may have made the store since it was opened.
 		_, s.existed = DetectLayout(s.root)
 	}
-	if !s.made && (!exclusive || !s.existed) {
+	if !s.made && !s.existed {
 		// Nothing to guard yet: the first write locks (shared), and a gc
 		// of a store that does not exist has nothing to remove.
 		s.lockWanted = !exclusive
@@ -39,10 +39,10 @@ func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unloc
 		}, nil
 	}
 	s.mu.Unlock()
-	if exclusive {
-		if err := s.ensure(); err != nil {
-			return nil, err
-		}
+	// A store that exists but has no tmp/ yet (bst-artifact-server's,
+	// BuildStream 1's own cache) is locked now, whichever the lock.
+	if err := s.ensure(); err != nil {
+		return nil, err
 	}
 	f, err := s.flock(ctx, exclusive, waiting)
 	if err != nil {

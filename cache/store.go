@@ -193,13 +193,11 @@ func (s *Store) ensure() error {
 	if s.made && (!s.lockWanted || s.lockFile != nil) {
 		return nil
 	}
-	s.decide(LayoutBst2)
-	for _, d := range []string{s.objectsDir(), s.tmp} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+	if !s.made {
+		if err := s.create(); err != nil {
 			return fmt.Errorf("creating the local store: %w", err)
 		}
 	}
-	s.made = true
 	if s.lockWanted && s.lockFile == nil {
 		f, err := s.flock(context.Background(), false, nil)
 		if err != nil {
@@ -207,6 +205,35 @@ func (s *Store) ensure() error {
 		}
 		s.lockFile = f
 	}
+	return nil
+}
+
+// create makes the store's directories. Processes making one new store at
+// once agree on its layout: under an exclusive lock of the store's
+// directory (a flock only bst-cache takes), the
+// layout a store already has on disk (another process made it since this
+// one was opened) wins over the one this store was opened or settled with,
+// which wins over BuildStream 2's. s.mu is held.
+func (s *Store) create() error {
+	if err := os.MkdirAll(s.tmp, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Open(s.root)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return err
+	}
+	if found, ok := DetectLayout(s.root); ok {
+		s.layout = found
+	}
+	s.decide(LayoutBst2)
+	if err := os.MkdirAll(s.objectsDir(), 0o755); err != nil {
+		return err
+	}
+	s.made = true
 	return nil
 }
 
