@@ -113,12 +113,16 @@ func parseDigests(ss []string) ([]digest.Digest, error) {
 	return out, nil
 }
 
-// settle gives a new store the layout of the first BuildStream artifact a
-// client asks about or writes, before its blobs arrive (BuildStream 1.6
-// asks for a ref before it pushes it): BuildStream 1's is
-// bst-artifact-server's, so that server can take the directory back.
-func (s *Server) settle(e entry) {
-	if e.kind == cache.KindAsset {
+// settle gives a new store the layout of the first BuildStream artifact
+// written, or of the first BuildStream 1 artifact asked about: BuildStream
+// 1.6 asks for a ref before it pushes its blobs, and BuildStream 1's
+// layout is bst-artifact-server's, so that server can take the directory
+// back. Asking for a BuildStream 2 ref decides nothing: bst-cache with no
+// format set asks for both at once, and which arrives first must not
+// decide (BuildStream 2 clients make the store BuildStream 2's by their
+// first blob).
+func (s *Server) settle(e entry, written bool) {
+	if e.kind == cache.KindAsset || !written && e.kind != cache.KindBst1Artifact {
 		return
 	}
 	s.store.Settle(e.kind.Layout())
@@ -217,7 +221,7 @@ func (s *Server) lookup(typ assetType, uris []string, qualifiers []*assetpb.Qual
 		if err != nil {
 			return "", digest.Digest{}, err
 		}
-		s.settle(e)
+		s.settle(e, false)
 		r, err := s.resolve(e, false)
 		if errors.Is(err, errNoEntry) {
 			continue
@@ -293,7 +297,7 @@ func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetp
 		if err != nil {
 			return err
 		}
-		s.settle(e)
+		s.settle(e, true)
 		entries[i] = e
 	}
 	s.refsMu.RLock()
