@@ -48,6 +48,15 @@ func TestMigrationRecipeWithNoFormat(t *testing.T) {
 	if diff := cmp.Diff(refs, testenv.RefsOnDisk(t, target.Dir)); diff != "" {
 		t.Errorf("refs on the target (-source +target):\n%s", diff)
 	}
+	// which says what each cache holds the ref as: no format was set.
+	table, stderr, code := runCLI(t, "", "--config", cfg, "which", refs[0])
+	if code != 0 || strings.Count(table, "yes (bst1)") != 2 {
+		t.Errorf("which: exit %d; want both caches to say yes (bst1)\n%s%s", code, table, stderr)
+	}
+	js, stderr, code := runCLI(t, "", "--config", cfg, "--json", "which", refs[0])
+	if code != 0 || strings.Count(js, `"kind":"bst1-artifact"`)+strings.Count(js, `"kind": "bst1-artifact"`) != 2 {
+		t.Errorf("which --json: exit %d; want the kind of both caches' hits\n%s%s", code, js, stderr)
+	}
 }
 
 // A run that finds nothing, or fails, creates no local store: no

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -19,7 +20,9 @@ func whichCommand() *cli.Command {
 		ArgsUsage: "REF... (- reads refs from stdin)",
 		Description: "One row per ref, one column per cache: yes (complete there), no (absent),\n" +
 			"part:N (N blobs missing), ERR (could not ask: the error is printed once below),\n" +
-			"- (no index for these refs). Digests are shown only where caches disagree. On\n" +
+			"- (no index for these refs). With no format set, yes and part say which\n" +
+			"BuildStream's artifact the cache holds: yes (bst1). Digests are shown only\n" +
+			"where caches disagree. On\n" +
 			"a terminal long refs are shortened in the middle; never in pipes or --json.",
 		Flags: append(refFlags(),
 			&cli.StringSliceFlag{Name: "cache", Usage: "ask only this cache (repeatable)"},
@@ -62,7 +65,7 @@ func whichCommand() *cli.Command {
 			if e.json {
 				writeJSON(e, locs, sums)
 			} else {
-				writeWhich(e, locs)
+				writeWhich(e, locs, kind == cache.KindArtifact)
 			}
 			switch {
 			case sums[transfer.Failed] > 0:
@@ -75,20 +78,21 @@ func whichCommand() *cli.Command {
 	}
 }
 
-func writeWhich(e *env, locs []transfer.Location) {
+func writeWhich(e *env, locs []transfer.Location, showKind bool) {
 	width := 0
 	if f, ok := e.stdout.(*os.File); ok {
 		if w, _, err := term.GetSize(int(f.Fd())); err == nil {
 			width = w
 		}
 	}
-	fmt.Fprint(e.stdout, whichTable(locs, width))
+	fmt.Fprint(e.stdout, whichTable(locs, width, showKind))
 }
 
 // whichTable lays locations out one row per ref, one column per cache,
 // each cache's error once below. With width > 0 (a terminal) refs are
-// shortened in the middle so that rows fit.
-func whichTable(locs []transfer.Location, width int) string {
+// shortened in the middle so that rows fit. With showKind (no format set),
+// a cache's answer says which BuildStream's artifact it holds.
+func whichTable(locs []transfer.Location, width int, showKind bool) string {
 	if len(locs) == 0 {
 		return ""
 	}
@@ -109,7 +113,7 @@ func whichTable(locs []transfer.Location, width int) string {
 	}
 	for i, l := range locs {
 		for _, s := range l.Caches {
-			cells[i] = append(cells[i], shortState(s))
+			cells[i] = append(cells[i], shortState(s, showKind))
 			if s.Status == transfer.WhereError && errs[s.Name] == "" {
 				errs[s.Name] = s.Error
 				errOrder = append(errOrder, s.Name)
@@ -163,15 +167,20 @@ func whichTable(locs []transfer.Location, width int) string {
 	return b.String()
 }
 
-// shortState is one cache's answer in a few letters.
-func shortState(s transfer.CacheState) string {
+// shortState is one cache's answer in a few letters, with the format of
+// what it holds when showKind.
+func shortState(s transfer.CacheState, showKind bool) string {
+	kind := ""
+	if showKind && s.Kind != "" {
+		kind = " (" + strings.TrimSuffix(string(s.Kind), "-artifact") + ")"
+	}
 	switch s.Status {
 	case transfer.WherePresent:
-		return "yes"
+		return "yes" + kind
 	case transfer.WhereAbsent:
 		return "no"
 	case transfer.WhereIncomplete:
-		return fmt.Sprintf("part:%d", s.Missing)
+		return fmt.Sprintf("part:%d", s.Missing) + kind
 	case transfer.WhereError:
 		return "ERR"
 	}

@@ -29,8 +29,9 @@ type CacheState struct {
 	Digest  string `json:"digest,omitempty"`
 	Missing int    `json:"missing,omitempty"`
 	Error   string `json:"error,omitempty"`
-	// kind is what the cache holds the ref as.
-	kind cache.Kind
+	// Kind is what the cache holds the ref as (bst1-artifact,
+	// bst2-artifact or source) when its index names it.
+	Kind cache.Kind `json:"kind,omitempty"`
 }
 
 // Location is where one ref is, cache by cache in priority order.
@@ -104,7 +105,7 @@ func (e *Engine) refsOf(ctx context.Context, l Location) []string {
 		if err != nil {
 			return nil
 		}
-		en, err := e.remoteEntry(ctx, s.kind, d)
+		en, err := e.remoteEntry(ctx, s.Kind, d)
 		if err != nil {
 			return nil
 		}
@@ -178,7 +179,7 @@ func (e *Engine) stateOf(ctx context.Context, c *Cache, ref string) CacheState {
 		return st
 	}
 	d := hit.digest
-	st.Digest, st.kind = d.String(), hit.kind
+	st.Digest, st.Kind = d.String(), hit.kind
 	// An index hit counts only with its closure on the storage its
 	// readers use: the cache's own, or the storage caches for an
 	// index-only cache.
