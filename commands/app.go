@@ -222,7 +222,7 @@ func newEnv(c *cli.Context) (*env, error) {
 		}
 		cfg.LocalFrom = "--local"
 	}
-	if err := matchStore(cfg, c.String("format") != ""); err != nil {
+	if err := matchStore(cfg); err != nil {
 		return nil, err
 	}
 	if c.IsSet("jobs") {
@@ -271,8 +271,8 @@ func (e *env) layout() cache.Layout {
 // matchStore makes an unset format follow the local store when it holds
 // artifacts of one BuildStream only. Any store is read whatever the
 // format: a format set explicitly only says how refs are looked up.
-func matchStore(cfg *config.Config, flagSet bool) error {
-	if flagSet || cfg.Format != "" {
+func matchStore(cfg *config.Config) error {
+	if cfg.Format != "" {
 		return nil
 	}
 	s, err := cache.OpenReadOnly(cfg.Local, "")

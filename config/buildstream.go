@@ -21,9 +21,9 @@ func bstVersion(cfg *Config, project *buildstream.Project, configHome, userFile 
 	switch {
 	case project != nil:
 		return project.Version
-	case cfg.FormatSet && cfg.Format == FormatBst1:
+	case cfg.Format == FormatBst1:
 		return buildstream.V1
-	case cfg.FormatSet:
+	case cfg.Format != "":
 		return buildstream.V2
 	}
 	for _, v := range []buildstream.Version{buildstream.V2, buildstream.V1} {
@@ -97,7 +97,7 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 		return fileError(err)
 	}
 	cfg.NonStrict = !strict
-	if !cfg.FormatSet {
+	if cfg.Format == "" {
 		cfg.Format, cfg.FormatFrom = FormatBst2, project.File+" (min-version: BuildStream 2)"
 		if version == buildstream.V1 {
 			cfg.Format, cfg.FormatFrom = FormatBst1, project.File+" (no min-version: BuildStream 1)"

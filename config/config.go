@@ -78,8 +78,6 @@ func (o Origin) String() string {
 type Config struct {
 	// Format is empty when no file, flag, project or local store set it.
 	Format Format
-	// FormatSet is true when a file set the format (not the default).
-	FormatSet bool
 	// FormatFrom and LocalFrom say where the format and the local store
 	// came from ("(default)" when nothing set them).
 	FormatFrom, LocalFrom string

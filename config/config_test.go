@@ -53,7 +53,7 @@ url = "grpc://10.0.0.1"
 	}
 	file := filepath.Join(dir, "c.toml")
 	want := &Config{
-		Format: FormatBst1, FormatSet: true, FormatFrom: file,
+		Format: FormatBst1, FormatFrom: file,
 		Local: filepath.Join(dir, "store"), LocalSet: true, LocalFrom: file,
 		Jobs:  3,
 		Files: []string{file},

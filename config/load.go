@@ -205,7 +205,7 @@ type file struct {
 
 func (f *file) apply(cfg *Config) {
 	if f.format != nil {
-		cfg.Format, cfg.FormatSet, cfg.FormatFrom = *f.format, true, f.path
+		cfg.Format, cfg.FormatFrom = *f.format, f.path
 	}
 	if f.local != nil {
 		cfg.Local, cfg.LocalSet, cfg.LocalFrom = *f.local, true, f.path
