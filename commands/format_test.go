@@ -213,3 +213,21 @@ func TestLocalCommandsReadMixedRefs(t *testing.T) {
 		})
 	}
 }
+
+// With no format set, a cache that cannot answer one format's lookup
+// (UNAVAILABLE for BuildStream 1's FetchDirectory) and misses the other
+// was not asked: pull says failed (exit 1) and which ERR, never missing.
+func TestNoFormatHalfAnswerIsNotAMiss(t *testing.T) {
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	flaky := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{UnavailableFetches: 1000})
+	cfg := writeConfig(t, cacheTOML("flaky", "http://"+flaky, false))
+	const ref = "demo/absent/0123"
+	rep, stderr, code := runJSON(t, "--config", cfg, "--local", filepath.Join(t.TempDir(), "new"), "pull", ref)
+	if code != 1 || statuses(rep) != "failed" {
+		t.Errorf("pull: exit %d, %s; want 1, failed\n%s", code, statuses(rep), stderr)
+	}
+	table, stderr, code := runCLI(t, "", "--config", cfg, "--local", filepath.Join(t.TempDir(), "new"), "which", ref)
+	if code != 1 || !strings.Contains(table, "ERR") {
+		t.Errorf("which: exit %d; want 1 and ERR\n%s%s", code, table, stderr)
+	}
+}
