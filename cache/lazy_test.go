@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -157,5 +158,56 @@ func TestSharedLockOnExistingStoreWithoutTmp(t *testing.T) {
 	if unlockGC, err := gc.Lock(ctx, true, nil); err == nil {
 		unlockGC()
 		t.Error("a gc locked the store while a transfer held its shared lock")
+	}
+}
+
+// The shared lock a transfer asked for before the store existed is taken
+// by its first write with the transfer's context and waiting callback: a
+// gc holding the store makes it say it waits, and Ctrl-C ends the wait.
+func TestDeferredLockWaitsAsAsked(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "store")
+	s, err := Open(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waited := make(chan struct{}, 1)
+	unlock, err := s.Lock(ctx, false, func() { waited <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	// Another process makes the store, and a gc takes it.
+	other, err := Open(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Add([]byte("other")); err != nil {
+		t.Fatal(err)
+	}
+	unlockGC, err := other.Lock(context.Background(), true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlockGC()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Add([]byte("mine"))
+		done <- err
+	}()
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first write waited for the gc without saying so")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the first write, interrupted while it waited for a gc: %v; want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an interrupted run still waits for the gc")
 	}
 }

@@ -26,12 +26,12 @@ func (s *Store) Lock(ctx context.Context, exclusive bool, waiting func()) (unloc
 	if !s.made && !s.existed {
 		// Nothing to guard yet: the first write locks (shared), and a gc
 		// of a store that does not exist has nothing to remove.
-		s.lockWanted = !exclusive
+		s.lockWanted, s.lockCtx, s.lockWaiting = !exclusive, ctx, waiting
 		s.mu.Unlock()
 		return func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			s.lockWanted = false
+			s.lockWanted, s.lockCtx, s.lockWaiting = false, nil, nil
 			if s.lockFile != nil {
 				s.lockFile.Close()
 				s.lockFile = nil

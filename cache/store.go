@@ -102,9 +102,12 @@ type Store struct {
 	// existed: the directory held a store when it was opened.
 	existed bool
 	// lockWanted: Lock was asked for a shared lock before the store
-	// existed; the first write takes it (lockFile) once it does.
-	lockWanted bool
-	lockFile   *os.File
+	// existed; the first write takes it (lockFile) once it does, waiting
+	// under the context and callback Lock was given.
+	lockWanted  bool
+	lockCtx     context.Context
+	lockWaiting func()
+	lockFile    *os.File
 }
 
 // Open opens the store at root for reading and writing. Nothing is
@@ -199,7 +202,7 @@ func (s *Store) ensure() error {
 		}
 	}
 	if s.lockWanted && s.lockFile == nil {
-		f, err := s.flock(context.Background(), false, nil)
+		f, err := s.flock(s.lockCtx, false, s.lockWaiting)
 		if err != nil {
 			return err
 		}
