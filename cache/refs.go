@@ -156,27 +156,6 @@ func (s *Store) DeleteRef(kind Kind, ref string) error {
 	return nil
 }
 
-// HeldKinds lists the kinds of BuildStream refs (KindBst1Artifact,
-// KindBst2Artifact, KindSource) the store holds at least one of.
-func (s *Store) HeldKinds() []Kind {
-	var out []Kind
-	for _, k := range []Kind{KindBst1Artifact, KindBst2Artifact, KindSource} {
-		dir, _ := s.refDir(k)
-		found := false
-		filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-			if err == nil && d.Type().IsRegular() {
-				found = true
-				return filepath.SkipAll
-			}
-			return nil
-		})
-		if found {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
 // RefInfo describes a local ref.
 type RefInfo struct {
 	Name string

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 
@@ -76,7 +75,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", EnvVars: []string{"BST_CACHE_CONFIG"}, Usage: "read this configuration file only (default: the user file and the project's bst-cache.toml)", TakesFile: true},
 			&cli.StringFlag{Name: "local", EnvVars: []string{"BST_CACHE_LOCAL"}, Usage: "local store directory (default: in a BuildStream project its cache, else the configuration's, else ~/.cache/bst-cache)", TakesFile: true},
-			&cli.StringFlag{Name: "format", EnvVars: []string{"BST_CACHE_FORMAT"}, Usage: "BuildStream artifact format refs name: bst1 or bst2 (default: the configuration's, the project's, that of the refs the local store holds; else each ref is looked up as both at once)"},
+			&cli.StringFlag{Name: "format", EnvVars: []string{"BST_CACHE_FORMAT"}, Usage: "BuildStream artifact format refs name: bst1 or bst2 (default: the configuration's, else the project's; else each ref is looked up as both at once)"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"BST_CACHE_JSON"}, Usage: "print results as JSON on stdout"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"BST_CACHE_QUIET"}, Usage: "print only warnings and errors on stderr"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"BST_CACHE_VERBOSE"}, Usage: "log more on stderr"},
@@ -222,9 +221,6 @@ func newEnv(c *cli.Context) (*env, error) {
 		}
 		cfg.LocalFrom = "--local"
 	}
-	if err := matchStore(cfg); err != nil {
-		return nil, err
-	}
 	if c.IsSet("jobs") {
 		j := c.Int("jobs")
 		if j < 1 || j > 1024 {
@@ -266,29 +262,6 @@ func (e *env) layout() cache.Layout {
 		return cache.LayoutBst2
 	}
 	return ""
-}
-
-// matchStore makes an unset format follow the local store when it holds
-// artifacts of one BuildStream only. Any store is read whatever the
-// format: a format set explicitly only says how refs are looked up.
-func matchStore(cfg *config.Config) error {
-	if cfg.Format != "" {
-		return nil
-	}
-	s, err := cache.OpenReadOnly(cfg.Local, "")
-	if err != nil {
-		return err
-	}
-	switch held := s.HeldKinds(); {
-	case len(held) == 1 && held[0] == cache.KindBst1Artifact:
-		cfg.Format = config.FormatBst1
-	case len(held) > 0 && !slices.Contains(held, cache.KindBst1Artifact):
-		cfg.Format = config.FormatBst2
-	default:
-		return nil
-	}
-	cfg.FormatFrom = "the refs in the local store " + cfg.Local
-	return nil
 }
 
 // openStore opens the local store for a command that writes to it.

@@ -231,3 +231,34 @@ func TestNoFormatHalfAnswerIsNotAMiss(t *testing.T) {
 		t.Errorf("which: exit %d; want 1 and ERR\n%s%s", code, table, stderr)
 	}
 }
+
+// A local store that holds only BuildStream 1 refs (what a migration
+// through it leaves) does not set the format for later runs: with no
+// format set, a ref a cache holds as a BuildStream 2 artifact is found
+// and pulled, not reported missing after a lookup as bst1 alone.
+func TestStoreRefsDoNotSetTheFormat(t *testing.T) {
+	old := testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
+	target := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	_, _, refs := builtProject(t, old)
+	cfg := writeConfig(t, cacheTOML("old", old.URL(), false)+cacheTOML("new", target.URL(), true))
+	stage := t.TempDir()
+	refsFile := writeFile(t, "refs.txt", strings.Join(refs, "\n")+"\n")
+	if stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", stage, "copy", "--from", "old", "--to", "new", "--refs-from", refsFile); code != 0 {
+		t.Fatalf("copy: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	// A BuildStream 2 artifact reaches the target from another store.
+	other, err := cache.Open(t.TempDir(), cache.LayoutBst2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := bst2Artifact(t, other, "proj", "app", "a2a2", "w2w2")
+	if stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", other.Root(), "push", "--cache", "new", v2); code != 0 {
+		t.Fatalf("push of the bst2 artifact: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	stdout, stderr, code := runCLI(t, "", "--config", cfg, "--local", stage, "pull", v2)
+	if code != 0 || !strings.HasPrefix(stdout, "done ") {
+		t.Errorf("pull into a store of bst1 refs: exit %d; want done\n%s%s", code, stdout, stderr)
+	}
+}
