@@ -21,8 +21,10 @@ func checkoutCommand() *cli.Command {
 			"into DIR, which must not exist or be empty, with executable bits and symlinks as\n" +
 			"stored. Files that are not executable are hard links into the local store when\n" +
 			"it is on the same file system: do not edit them in place, or use --copy. A tree\n" +
-			"with names that could write outside DIR is refused before anything is written.",
-		Flags: append(refFlags(),
+			"with names that could write outside DIR is refused before anything is written.\n" +
+			"In non-strict mode (--no-strict) an element whose strict ref is not local is\n" +
+			"checked out by its weak ref, local or pulled, as bst --no-strict checkout does.",
+		Flags: append(refFlags(), nonStrictFlag(),
 			&cli.BoolFlag{Name: "no-pull", Usage: "fail instead of pulling when the artifact is not in the local store"},
 			&cli.BoolFlag{Name: "copy", Usage: "copy every file instead of hard-linking from the local store"},
 		),
@@ -34,7 +36,7 @@ func checkoutCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			args, err := readRefsFrom(c, c.Args().Slice()[:1])
+			args, err := readRefList(c, c.App.Reader, c.Args().Slice()[:1], false, nonStrict(c, e))
 			if err != nil {
 				return err
 			}
@@ -51,14 +53,10 @@ func checkoutCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ref := append(args.plain, args.resolved...)[0]
-			if _, err := eng.FilesRoot(ref); errors.Is(err, cache.ErrNotFound) {
-				if c.Bool("no-pull") {
-					return refsMissing("%s is not in the local store (%s) and --no-pull was given", ref, e.cfg.Local)
-				}
-				if err := pullForCheckout(c, eng, ref); err != nil {
-					return err
-				}
+			strict := append(args.plain, args.resolved...)[0]
+			ref, err := checkoutRef(c, e, eng, strict, args.weak[strict])
+			if err != nil {
+				return err
 			}
 			root, err := eng.FilesRoot(ref)
 			if err != nil {
@@ -68,28 +66,60 @@ func checkoutCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("checkout %s into %s: %w", ref, dir, err)
 			}
+			var byWeak string
+			if ref != strict {
+				byWeak = strict
+			}
 			if e.json {
 				writeJSON(e, struct {
 					Ref       string `json:"ref"`
 					Directory string `json:"directory"`
-				}{ref, dir}, map[string]int{"files": n})
+					// StrictRef is set when ref is the element's weak ref.
+					StrictRef string `json:"strict_ref,omitempty"`
+				}{ref, dir, byWeak}, map[string]int{"files": n})
 				return nil
 			}
 			fmt.Fprintf(e.stdout, "%s: %s checked out into %s\n", ref, words.Plural(n, "file"), dir)
+			if byWeak != "" {
+				fmt.Fprintf(e.stdout, "%s: by weak key (non-strict): the strict key %s is not local\n", ref, strict)
+			}
 			return nil
 		},
 	}
 }
 
-// pullForCheckout pulls one ref; a ref in no cache is ErrRefsMissing.
-func pullForCheckout(c *cli.Context, eng *transfer.Engine, ref string) error {
-	res, _ := eng.Pull(c.Context, []string{ref}, transfer.PullOptions{})
+// checkoutRef is the ref to check out: ref if it is local, else its weak
+// ref (non-strict mode, weak set) if that is local, else what a pull
+// brings, by the weak ref when no cache has ref.
+func checkoutRef(c *cli.Context, e *env, eng *transfer.Engine, ref, weak string) (string, error) {
+	for _, r := range []string{ref, weak} {
+		if r == "" {
+			continue
+		}
+		if _, err := eng.FilesRoot(r); !errors.Is(err, cache.ErrNotFound) {
+			return r, nil // another error is checkout's to report
+		}
+	}
+	if c.Bool("no-pull") {
+		return "", refsMissing("%s is not in the local store (%s) and --no-pull was given", ref, e.cfg.Local)
+	}
+	return pullForCheckout(c, eng, ref, weak)
+}
+
+// pullForCheckout pulls one ref, by its weak ref when it has one and no
+// cache has ref, and says which it got; a ref in no cache is ErrRefsMissing.
+func pullForCheckout(c *cli.Context, eng *transfer.Engine, ref, weak string) (string, error) {
+	o := transfer.PullOptions{}
+	if weak != "" {
+		o.Weak = map[string]string{ref: weak}
+	}
+	res, _ := eng.Pull(c.Context, []string{ref}, o)
 	switch r := res[0]; r.Status {
 	case transfer.StatusDone, transfer.StatusSkipped:
-		return nil
+		return r.Ref, nil
 	case transfer.StatusMissing:
-		return refsMissing("pulling %s: %s", ref, r.Reason)
+		return "", refsMissing("pulling %s: %s", ref, r.Reason)
 	default:
-		return fmt.Errorf("pulling %s: %s", ref, r.Reason)
+		return "", fmt.Errorf("pulling %s: %s", ref, r.Reason)
 	}
 }

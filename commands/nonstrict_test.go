@@ -148,3 +148,74 @@ func TestElementNames(t *testing.T) {
 		t.Errorf("pull --no-strict of an unknown element: exit %d, want 2 with bst's reason\n%s", code, stderr)
 	}
 }
+
+// After base.bst changes locally, apps/app.bst is in the cache by its
+// weak key alone. `which --no-strict` names that weak ref beside the
+// strict one (which no cache holds) and exits 0; with strict:
+// false in BuildStream's configuration, `checkout` after a non-strict pull
+// takes the weak-key artifact and writes what `bst --no-strict checkout`
+// writes; `checkout --no-strict` pulls it by its weak key itself. Strict,
+// both still say missing (exit 3).
+func TestCheckoutWhichNonStrict(t *testing.T) {
+	bas := testenv.StartArtifactServer(t, testenv.ArtifactServerOptions{Push: true})
+	p, builder := builtDepsProject(t, bas)
+	strong := "demo/apps-app/" + strings.TrimSpace(builder.Output(t, p.Dir, "show", "--deps", "none", "--format", "%{full-key}", "apps/app.bst"))
+	if err := os.WriteFile(filepath.Join(p.Dir, "files/base/etc/base.txt"), []byte("base, changed locally\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// bst's own non-strict pull and checkout: the reference, and the
+	// weak ref (the apps-app ref beside the strong one).
+	reference := testenv.NewBst(t)
+	reference.Run(t, p.Dir, "--no-strict", "pull", "apps/app.bst")
+	var weak string
+	for _, r := range testenv.RefsOnDisk(t, reference.ArtifactDir()) {
+		if strings.HasPrefix(r, "demo/apps-app/") && r != strong {
+			weak = r
+		}
+	}
+	if weak == "" {
+		t.Fatalf("bst --no-strict pull stored no weak ref for apps/app.bst: %v", testenv.RefsOnDisk(t, reference.ArtifactDir()))
+	}
+	want := filepath.Join(t.TempDir(), "bst")
+	reference.Run(t, p.Dir, "--no-strict", "checkout", "--deps", "none", "apps/app.bst", want)
+	if len(testenv.TreeSnapshot(t, want)) == 0 {
+		t.Fatal("bst --no-strict checkout wrote nothing: the comparison below would prove nothing")
+	}
+
+	fresh := testenv.NewBst(t)
+	stdout, stderr, code := runAs(t, fresh, p.Dir, "which", "apps/app.bst")
+	if code != 3 || strings.Contains(stdout, weak) {
+		t.Errorf("strict which after a local change: exit %d, want 3 without the weak ref\n%s%s", code, stdout, stderr)
+	}
+	stdout, stderr, code = runAs(t, fresh, p.Dir, "which", "--no-strict", "apps/app.bst")
+	if code != 0 || !strings.Contains(stdout, "by weak key: "+weak) || !regexp.MustCompile(`(?m)^apps/app\.bst\s+`+regexp.QuoteMeta(weak)+`\s+yes`).MatchString(stdout) {
+		t.Errorf("which --no-strict: exit %d, want 0 naming the weak ref %s present\n%s%s", code, weak, stdout, stderr)
+	}
+	if _, stderr, code := runAs(t, fresh, p.Dir, "checkout", "apps/app.bst", filepath.Join(t.TempDir(), "strict")); code != 3 {
+		t.Errorf("strict checkout after a local change: exit %d, want 3\n%s", code, stderr)
+	}
+
+	config := testenv.NewBst(t)
+	config.WriteUserConfig(t, "projects:\n  demo:\n    strict: false\n")
+	if _, stderr, code := runAs(t, config, p.Dir, "pull", "apps/app.bst"); code != 0 {
+		t.Fatalf("pull with strict: false: exit %d\n%s", code, stderr)
+	}
+	for name, run := range map[string]struct {
+		b    *testenv.Bst
+		args []string
+	}{
+		"strict: false, after a pull": {config, []string{"checkout", "--no-pull", "apps/app.bst"}},
+		"--no-strict, pulling":        {fresh, []string{"checkout", "--no-strict", "apps/app.bst"}},
+	} {
+		dir := filepath.Join(t.TempDir(), "out")
+		stdout, stderr, code := runAs(t, run.b, p.Dir, append(run.args, dir)...)
+		if code != 0 || !strings.HasPrefix(stdout, weak+": ") || !strings.Contains(stdout, "by weak key") {
+			t.Errorf("checkout (%s): exit %d, want 0 from the weak ref %s\n%s%s", name, code, weak, stdout, stderr)
+			continue
+		}
+		if diff := cmp.Diff(testenv.TreeSnapshot(t, want), testenv.TreeSnapshot(t, dir)); diff != "" {
+			t.Errorf("checkout (%s) vs bst --no-strict checkout (-bst +bst-cache):\n%s", name, diff)
+		}
+	}
+}

@@ -64,13 +64,13 @@ func refFlags() []cli.Flag {
 	}
 }
 
-// nonStrictFlag is pull's flag for BuildStream's non-strict mode.
+// nonStrictFlag is the flag for BuildStream's non-strict mode (pull, which, checkout).
 func nonStrictFlag() cli.Flag {
-	return &cli.BoolFlag{Name: "no-strict", Usage: "BuildStream's non-strict mode, for element names: an element whose strict key is in no cache comes by its weak key, as bst --no-strict pulls it (the default when BuildStream's configuration sets strict: false for the project)"}
+	return &cli.BoolFlag{Name: "no-strict", Usage: "BuildStream's non-strict mode, for element names: an element whose strict key no cache holds (checkout: not local) is taken by its weak key, as bst --no-strict does (the default when BuildStream's configuration sets strict: false for the project)"}
 }
 
 // nonStrict says whether element names resolve for BuildStream's
-// non-strict mode: in a command that has --no-strict (pull), when it is
+// non-strict mode: in a command that has --no-strict, when it is
 // given or BuildStream's user configuration sets the project non-strict.
 func nonStrict(c *cli.Context, e *env) bool {
 	for _, f := range c.Command.Flags {

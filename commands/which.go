@@ -22,10 +22,13 @@ func whichCommand() *cli.Command {
 			"part:N (N blobs missing), ERR (could not ask: the error is printed once below),\n" +
 			"- (no index for these refs). With no format set, yes and part say which\n" +
 			"BuildStream's artifact the cache holds: yes (bst1). Digests are shown only\n" +
-			"where caches disagree. On\n" +
+			"where caches disagree. In non-strict mode (--no-strict), an element whose\n" +
+			"strict ref no cache holds is followed by its weak ref's row, what a\n" +
+			"non-strict pull fetches, and counts as held when that is. On\n" +
 			"a terminal long refs are shortened in the middle; never in pipes or --json.",
 		Flags: append(refFlags(),
 			&cli.StringSliceFlag{Name: "cache", Usage: "ask only this cache (repeatable)"},
+			nonStrictFlag(),
 		),
 		Action: func(c *cli.Context) error {
 			e, kind, args, err := readingEnv(c)
@@ -51,7 +54,7 @@ func whichCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			locs := eng.Which(c.Context, refs)
+			locs := eng.Which(c.Context, refs, args.weak)
 			if err := c.Context.Err(); err != nil {
 				return err
 			}
@@ -59,8 +62,21 @@ func whichCommand() *cli.Command {
 				locs[i].Element = args.elements[locs[i].Ref]
 			}
 			sums := map[string]int{transfer.Present: 0, transfer.Missing: 0, transfer.Failed: 0}
+			// An element held by its weak key counts once, as held.
+			weakStatus := map[string]string{}
 			for _, l := range locs {
-				sums[l.Status]++
+				if l.WeakOf != "" {
+					weakStatus[l.WeakOf] = l.Status
+				}
+			}
+			for _, l := range locs {
+				switch {
+				case l.WeakOf != "":
+				case weakStatus[l.Ref] == transfer.Present:
+					sums[transfer.Present]++
+				default:
+					sums[l.Status]++
+				}
 			}
 			if e.json {
 				writeJSON(e, locs, sums)

@@ -105,7 +105,7 @@ func TestEachCallerGetsItsOwnEvents(t *testing.T) {
 		r, _ := engineFor(t, caches, pull.events()).Pull(context.Background(), []string{ref}, PullOptions{})
 		return r[0]
 	}
-	whichRef := func() Location { return whichEng.Which(context.Background(), []string{ref})[0] }
+	whichRef := func() Location { return whichEng.Which(context.Background(), []string{ref}, nil)[0] }
 
 	// which connects first, on its own behalf.
 	if l := whichRef(); l.Status != Present {

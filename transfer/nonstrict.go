@@ -52,3 +52,38 @@ func (e *Engine) pullWeak(ctx context.Context, results []Result, st Stats, o Pul
 	st.Seconds += wst.Seconds
 	return results, st
 }
+
+// whichWeak is which's side of the non-strict pull (pullWeak): each
+// location no cache holds complete whose ref has a weak ref in weak is
+// noted "by weak key: REF" and followed by the weak ref's location, so
+// that what a non-strict pull would fetch shows beside it.
+func (e *Engine) whichWeak(ctx context.Context, locs []Location, weak map[string]string) []Location {
+	var refs []string
+	for _, l := range locs {
+		if w := weak[l.Ref]; w != "" && l.Status != Present {
+			refs = append(refs, w)
+		}
+	}
+	if len(refs) == 0 || ctx.Err() != nil {
+		return locs
+	}
+	got := e.which(ctx, refs)
+	out := make([]Location, 0, len(locs)+len(got))
+	for _, l := range locs {
+		w := weak[l.Ref]
+		if w == "" || l.Status == Present {
+			out = append(out, l)
+			continue
+		}
+		by := "by weak key: " + w + " (non-strict)"
+		if l.Note != "" {
+			by = l.Note + "; " + by
+		}
+		l.Note = by
+		wl := got[0]
+		got = got[1:]
+		wl.WeakOf = l.Ref
+		out = append(out, l, wl)
+	}
+	return out
+}

@@ -48,14 +48,26 @@ type Location struct {
 	// Refs are every ref the artifact is stored under (its strong and
 	// weak key), the one asked first, when its metadata could be read.
 	Refs []string `json:"refs,omitempty"`
-	// Note is set when caches name different digests for the ref.
+	// Note is set when caches name different digests for the ref, and
+	// in non-strict mode on a ref no cache holds complete that has a
+	// weak ref.
 	Note string `json:"note,omitempty"`
+	// WeakOf is, on a weak ref's location (non-strict mode), the strict
+	// ref it stands in for.
+	WeakOf string `json:"weak_of,omitempty"`
 }
 
 // Which asks every cache about every ref. A cache whose index names a ref
 // is checked for the whole closure in its own storage when it has storage.
-func (e *Engine) Which(ctx context.Context, refs []string) []Location {
+// weak (BuildStream's non-strict mode, as PullOptions.Weak) maps refs to
+// their weak refs: the location of a ref no cache holds complete is
+// followed by its weak ref's (see whichWeak).
+func (e *Engine) Which(ctx context.Context, refs []string, weak map[string]string) []Location {
 	ctx = e.Events.bind(ctx)
+	return e.whichWeak(ctx, e.which(ctx, refs), weak)
+}
+
+func (e *Engine) which(ctx context.Context, refs []string) []Location {
 	out := make([]Location, len(refs))
 	var g errgroup.Group
 	g.SetLimit(e.lookahead()) // which only asks
