@@ -75,10 +75,6 @@ func hooksOf(ctx context.Context) Hooks {
 	return h
 }
 
-// WithConcurrency overrides the cache's max-concurrency, the number of
-// requests in flight to it. The default is the configured max-concurrency.
-func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
-
 // WithUploadKey names ByteStream uploads after key and the blob's digest
 // instead of a random UUID, so that an upload cut short (Ctrl-C, a kill)
 // is found again by the next run with the same key and resumed from what

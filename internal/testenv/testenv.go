@@ -71,9 +71,6 @@ type Server struct {
 // URL is the server's plaintext URL for a cache config.
 func (s *Server) URL() string { return "http://" + s.Addr }
 
-// PID is the process started.
-func (s *Server) PID() int { return s.cmd.Process.Pid }
-
 // Log is what the server printed so far.
 func (s *Server) Log() string { return s.log.String() }
 
