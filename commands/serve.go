@@ -15,7 +15,9 @@ import (
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/server"
+	"github.com/bst-cache/bst-cache/transfer"
 )
 
 // defaultListen is loopback only: serving other hosts is an explicit choice.
@@ -41,6 +43,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "quota", Usage: "keep objects under SIZE (e.g. 50G, 500MiB), evicting least recently used refs"},
 			&cli.IntFlag{Name: "max-message-bytes", Value: server.DefaultMaxMessageBytes, Usage: "gRPC message size limit; batch calls are limited to fit"},
 			&cli.StringSliceFlag{Name: "instance-name", Usage: "instance name to serve (repeatable); all share the one store (default: only the empty name)"},
+			&cli.StringSliceFlag{Name: "upstream", Usage: "on a local miss, fill the store from this configured cache (repeatable, in priority order): a read-through mirror"},
 			&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, how long in-flight calls may take to finish"},
 		},
 		Action: runServe,
@@ -93,19 +96,28 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(e.stderr, "bst-cache serve: "+format+"\n", args...) }
-	srv, err := server.New(server.Options{
+	mirror, err := upstreams(c, e, store, logf)
+	if err != nil {
+		return err
+	}
+	opts := server.Options{
 		Store: store, AllowWrites: c.Bool("enable-push"), InstanceNames: c.StringSlice("instance-name"),
 		Quota: quota, MaxMessageBytes: c.Int("max-message-bytes"), Logf: logf,
-	})
+	}
+	if mirror != nil {
+		opts.Upstream = mirror
+		defer closeUpstreams(e, mirror, logf)
+	}
+	srv, err := server.New(opts)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	opts := server.GRPCOptions{TLS: tlsConfig, Token: token, MaxMessageBytes: c.Int("max-message-bytes")}
+	gopts := server.GRPCOptions{TLS: tlsConfig, Token: token, MaxMessageBytes: c.Int("max-message-bytes")}
 	if e.verbose {
-		opts.LogCall = func(line string) { logf("%s", line) }
+		gopts.LogCall = func(line string) { logf("%s", line) }
 	}
-	g := server.NewGRPC(srv, opts)
+	g := server.NewGRPC(srv, gopts)
 
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -121,6 +133,9 @@ func runServe(c *cli.Context) error {
 			layout = "new: the layout of the first artifact written"
 		}
 		logf("serving %s (%s) on %s%s", dir, layout, where, describeServe(c, tlsConfig != nil, token != "", quota))
+		if mirror != nil {
+			logf("mirroring %s: a local miss is filled from there", describeUpstreams(mirror.Upstreams()))
+		}
 	}
 	if openPush(l.Addr(), c.Bool("enable-push"), c.String("client-certs") != "", token != "") {
 		logf("warning: anyone who can reach %s can push: add --client-certs or --access-token", l.Addr())
@@ -144,6 +159,54 @@ func runServe(c *cli.Context) error {
 		g.Stop()
 	}
 	return nil
+}
+
+// upstreams builds the mirror for --upstream: the named caches, in the
+// order given, filling store. nil without --upstream.
+func upstreams(c *cli.Context, e *env, store *cache.Store, logf func(string, ...any)) (*transfer.Mirror, error) {
+	names := c.StringSlice("upstream")
+	if len(names) == 0 {
+		return nil, nil
+	}
+	var cfgs []config.Cache
+	for _, n := range names {
+		cc, ok := e.cfg.Cache(n)
+		if !ok {
+			return nil, fmt.Errorf("--upstream: %w", noCache(e.cfg, n))
+		}
+		if !cc.Type.HasStorage() && !cc.Type.HasIndex() {
+			return nil, usageError("--upstream %s: the cache has neither storage nor an index", n)
+		}
+		cfgs = append(cfgs, *cc)
+	}
+	ev := transfer.Events{OnWarn: func(msg string) { logf("upstream: %s", msg) }}
+	if e.verbose {
+		ev.OnInfo = func(msg string) { logf("upstream: %s", msg) }
+	}
+	return transfer.NewMirror(store, transfer.NewCaches(cfgs, e.cfg.Bwlimit), transfer.MirrorOptions{Jobs: e.cfg.Jobs, Events: ev}), nil
+}
+
+// describeUpstreams names the upstreams and their URLs.
+func describeUpstreams(caches []*transfer.Cache) string {
+	var parts []string
+	for _, u := range caches {
+		parts = append(parts, fmt.Sprintf("%s (%s)", u.Name(), u.Config.URL))
+	}
+	return strings.Join(parts, ", then ")
+}
+
+// closeUpstreams closes the upstreams' connections and says, per
+// upstream, what it served.
+func closeUpstreams(e *env, m *transfer.Mirror, logf func(string, ...any)) {
+	for _, u := range m.Upstreams() {
+		if !e.quiet {
+			use := u.Usage()
+			logf("upstream %s (%s): %s, %s, %s, %s in %s", u.Name(), u.Config.URL,
+				words.Plural(use.Hits, "hit"), words.Plural(use.Misses, "miss"), words.Plural(use.Errors, "error"),
+				humanBytes(use.Bytes), words.Plural(use.Blobs, "blob"))
+		}
+	}
+	transfer.Close(m.Upstreams())
 }
 
 // describeServe summarizes the settings for the start-up line.

@@ -31,11 +31,11 @@ type push struct {
 // FetchDirectory answers with the root Directory of the first URI the index
 // holds completely. An empty request is INVALID_ARGUMENT, which is how
 // BuildStream 1.6 learns that the server speaks Remote Asset.
-func (f fetch) FetchDirectory(_ context.Context, req *assetpb.FetchDirectoryRequest) (*assetpb.FetchDirectoryResponse, error) {
+func (f fetch) FetchDirectory(ctx context.Context, req *assetpb.FetchDirectoryRequest) (*assetpb.FetchDirectoryResponse, error) {
 	if err := f.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
-	uri, d, err := f.lookup(assetDirectory, req.GetUris(), req.GetQualifiers(), timeOf(req.GetOldestContentAccepted()))
+	uri, d, err := f.lookup(ctx, assetDirectory, req.GetUris(), req.GetQualifiers(), timeOf(req.GetOldestContentAccepted()))
 	if err != nil {
 		return nil, err
 	}
@@ -46,11 +46,11 @@ func (f fetch) FetchDirectory(_ context.Context, req *assetpb.FetchDirectoryRequ
 
 // FetchBlob answers with the blob of the first URI the index holds
 // completely.
-func (f fetch) FetchBlob(_ context.Context, req *assetpb.FetchBlobRequest) (*assetpb.FetchBlobResponse, error) {
+func (f fetch) FetchBlob(ctx context.Context, req *assetpb.FetchBlobRequest) (*assetpb.FetchBlobResponse, error) {
 	if err := f.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
-	uri, d, err := f.lookup(assetBlob, req.GetUris(), req.GetQualifiers(), timeOf(req.GetOldestContentAccepted()))
+	uri, d, err := f.lookup(ctx, assetBlob, req.GetUris(), req.GetQualifiers(), timeOf(req.GetOldestContentAccepted()))
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +61,7 @@ func (f fetch) FetchBlob(_ context.Context, req *assetpb.FetchBlobRequest) (*ass
 
 // PushDirectory records uris as naming a Directory tree, once the whole
 // tree and every reference is in the store.
-func (p push) PushDirectory(_ context.Context, req *assetpb.PushDirectoryRequest) (*assetpb.PushDirectoryResponse, error) {
+func (p push) PushDirectory(ctx context.Context, req *assetpb.PushDirectoryRequest) (*assetpb.PushDirectoryResponse, error) {
 	if err := p.checkPush(req.GetInstanceName(), req.GetUris()); err != nil {
 		return nil, err
 	}
@@ -75,7 +75,7 @@ func (p push) PushDirectory(_ context.Context, req *assetpb.PushDirectoryRequest
 	}
 	rec := newRecord(assetDirectory, root, req.GetQualifiers(), roots, timeOf(req.GetExpireAt()))
 	roots.Dirs = append(roots.Dirs, root)
-	err = p.writeEntries(assetDirectory, req.GetUris(), req.GetQualifiers(), roots, func(uri string, e entry) ([]byte, error) {
+	err = p.writeEntries(ctx, assetDirectory, req.GetUris(), req.GetQualifiers(), roots, func(uri string, e entry) ([]byte, error) {
 		if e.kind == cache.KindBst1Artifact {
 			return buildstream.V1RefContent(root), nil
 		}
@@ -90,7 +90,7 @@ func (p push) PushDirectory(_ context.Context, req *assetpb.PushDirectoryRequest
 // PushBlob records uris as naming a blob. For BuildStream 2 artifacts and
 // sources the blob is the Artifact or Source proto: it is stored in
 // BuildStream's layout and everything it names must be present.
-func (p push) PushBlob(_ context.Context, req *assetpb.PushBlobRequest) (*assetpb.PushBlobResponse, error) {
+func (p push) PushBlob(ctx context.Context, req *assetpb.PushBlobRequest) (*assetpb.PushBlobResponse, error) {
 	if err := p.checkPush(req.GetInstanceName(), req.GetUris()); err != nil {
 		return nil, err
 	}
@@ -113,6 +113,9 @@ func (p push) PushBlob(_ context.Context, req *assetpb.PushBlobRequest) (*assetp
 		if e.kind == cache.KindAsset || data != nil {
 			continue
 		}
+		if err := p.fillClosure(ctx, cache.Roots{Blobs: []digest.Digest{blob}}); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "filling %s from upstream: %v", blob, err)
+		}
 		if data, err = p.store.ReadBlob(blob); err != nil {
 			if status.Code(grpcError(err)) == codes.NotFound {
 				return nil, missingError(uri, []digest.Digest{blob})
@@ -129,7 +132,7 @@ func (p push) PushBlob(_ context.Context, req *assetpb.PushBlobRequest) (*assetp
 		roots.Dirs = dropMissingOptional(p.store, roots.Dirs, optional.Dirs)
 		roots.Add(own)
 	}
-	err = p.writeEntries(assetBlob, req.GetUris(), req.GetQualifiers(), roots, func(uri string, e entry) ([]byte, error) {
+	err = p.writeEntries(ctx, assetBlob, req.GetUris(), req.GetQualifiers(), roots, func(uri string, e entry) ([]byte, error) {
 		if e.kind == cache.KindAsset {
 			return rec.forURI(uri)
 		}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/zstdwire"
 )
 
@@ -115,6 +117,15 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 		return status.Errorf(codes.InvalidArgument, "read_limit must be 0 for compressed-blobs")
 	}
 	f, err := b.store.Open(d)
+	if errors.Is(err, cache.ErrNotFound) && b.upstream != nil {
+		if off == 0 && (limit == 0 || limit >= d.Size) {
+			return b.readThrough(stream, d, res.compressed)
+		}
+		// Part of a blob: fill it first, then read it here.
+		if err = b.fill(stream.Context(), d, io.Discard); err == nil {
+			f, err = b.store.Open(d)
+		}
+	}
 	if err != nil {
 		return grpcError(err)
 	}
@@ -130,15 +141,8 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	}
 	whole := off == 0 && end == d.Size
 	h := sha256.New()
-	send := func(p []byte) error { return stream.Send(&bsgrpc.ReadResponse{Data: p}) }
-	var z *compressedSend
-	if res.compressed {
-		// The store keeps blobs as BuildStream does, uncompressed:
-		// they are compressed on the way out.
-		z = &compressedSend{out: &messages{send: send}}
-		defer z.abandon()
-		send = z.send
-	}
+	send, finish := sender(stream, res.compressed)
+	defer finish(false)
 	buf := make([]byte, min(readChunk, max(end-off, 1)))
 	for pos := off; pos < end; {
 		n, err := f.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
@@ -160,8 +164,67 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 		b.logf("corrupt object %s in the store", d)
 		return status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", d)
 	}
-	if z != nil {
-		return z.close()
+	return finish(true)
+}
+
+// sender is how a read's bytes go out: as they are, or (compressed-blobs)
+// through zstd, since the store keeps blobs as BuildStream does,
+// uncompressed. end(true) ends the stream's content; end(false), after a
+// failure, drops what is left.
+func sender(stream bsgrpc.ByteStream_ReadServer, compressed bool) (send func([]byte) error, end func(ok bool) error) {
+	send = func(p []byte) error { return stream.Send(&bsgrpc.ReadResponse{Data: p}) }
+	if !compressed {
+		return send, func(bool) error { return nil }
+	}
+	z := &compressedSend{out: &messages{send: send}}
+	return z.send, func(ok bool) error {
+		if ok {
+			return z.close()
+		}
+		z.abandon()
+		return nil
+	}
+}
+
+// readThrough serves a whole blob the store lacks from the upstreams as it
+// arrives (fill), in messages of at most readChunk bytes.
+func (b byteStream) readThrough(stream bsgrpc.ByteStream_ReadServer, d digest.Digest, compressed bool) error {
+	send, end := sender(stream, compressed)
+	defer end(false)
+	out := &messages{send: send}
+	if err := b.fill(stream.Context(), d, out); err != nil {
+		return err
+	}
+	if err := out.flush(); err != nil {
+		return err
+	}
+	return end(true)
+}
+
+// fill streams a blob the store lacks from the upstreams to w, storing it
+// on the way. A blob that does not match its digest is DATA_LOSS (w may
+// have had part of it), and nothing is stored.
+func (b byteStream) fill(ctx context.Context, d digest.Digest, w io.Writer) error {
+	start := time.Now()
+	found, err := b.upstream.StreamBlob(ctx, d, b.keepLimit(), w)
+	switch {
+	case err == nil && !found:
+		b.logf("upstream: blob %s: miss", d)
+		return status.Errorf(codes.NotFound, "no blob %s here or upstream", d)
+	case errors.Is(err, cache.ErrDigestMismatch):
+		return status.Errorf(codes.DataLoss, "blob %s from upstream did not match its digest: not stored", d)
+	case err != nil && ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
+	case err != nil && !found:
+		return grpcError(err)
+	case err != nil:
+		return status.Errorf(codes.Unavailable, "blob %s: upstream failed during the read: %v", d, err)
+	}
+	if ok, _ := b.store.Has(d); ok {
+		b.stored(d)
+		b.logf("upstream: blob %s: filled in %s", d, time.Since(start).Round(time.Millisecond))
+	} else {
+		b.logf("upstream: blob %s: served through, not stored (larger than the quota)", d)
 	}
 	return nil
 }

@@ -40,11 +40,13 @@ func (s *Server) GetCapabilities(_ context.Context, req *repb.GetCapabilitiesReq
 
 // FindMissingBlobs reports the digests the store lacks. Blobs found are
 // marked as used, so that eviction spares what a client is about to name.
-func (s *Server) FindMissingBlobs(_ context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
+// With an upstream, a blob an upstream holds is not missing: it is filled
+// when it is read or named.
+func (s *Server) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
-	resp := &repb.FindMissingBlobsResponse{}
+	var missing []digest.Digest
 	for _, d := range req.GetBlobDigests() {
 		dg, err := parseDigest(d)
 		if err != nil {
@@ -55,10 +57,20 @@ func (s *Server) FindMissingBlobs(_ context.Context, req *repb.FindMissingBlobsR
 			return nil, status.Errorf(codes.Internal, "checking %s: %v", dg, err)
 		}
 		if !ok {
-			resp.MissingBlobDigests = append(resp.MissingBlobDigests, d)
+			missing = append(missing, dg)
 		} else {
 			s.touch(dg)
 		}
+	}
+	if len(missing) > 0 && s.upstream != nil {
+		var err error
+		if missing, err = s.upstream.Missing(ctx, missing); err != nil {
+			return nil, status.FromContextError(err).Err()
+		}
+	}
+	resp := &repb.FindMissingBlobsResponse{}
+	for _, d := range missing {
+		resp.MissingBlobDigests = append(resp.MissingBlobDigests, d.ToProto())
 	}
 	return resp, nil
 }
@@ -72,7 +84,7 @@ func (s *Server) checkBatch(total int64) error {
 }
 
 // BatchReadBlobs returns small blobs, each verified before it is sent.
-func (s *Server) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsRequest) (*repb.BatchReadBlobsResponse, error) {
+func (s *Server) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsRequest) (*repb.BatchReadBlobsResponse, error) {
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
@@ -85,6 +97,9 @@ func (s *Server) BatchReadBlobs(_ context.Context, req *repb.BatchReadBlobsReque
 		if err := s.checkBatch(total); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.fillBatch(ctx, req.GetDigests()); err != nil {
+		return nil, err
 	}
 	zstd := slices.Contains(req.GetAcceptableCompressors(), repb.Compressor_ZSTD)
 	resp := &repb.BatchReadBlobsResponse{}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -210,8 +211,10 @@ func (s *Server) resolve(e entry, full bool) (resolved, error) {
 }
 
 // lookup finds the first of uris the index holds completely. Entries whose
-// content is incomplete or expired are passed over.
-func (s *Server) lookup(typ assetType, uris []string, qualifiers []*assetpb.Qualifier, oldest time.Time) (string, digest.Digest, error) {
+// content is incomplete or expired are passed over. With an upstream, a
+// BuildStream ref the store lacks, or holds incomplete, is filled from it
+// first.
+func (s *Server) lookup(ctx context.Context, typ assetType, uris []string, qualifiers []*assetpb.Qualifier, oldest time.Time) (string, digest.Digest, error) {
 	if len(uris) == 0 {
 		return "", digest.Digest{}, status.Error(codes.InvalidArgument, "no uris in the request")
 	}
@@ -222,48 +225,103 @@ func (s *Server) lookup(typ assetType, uris []string, qualifiers []*assetpb.Qual
 			return "", digest.Digest{}, err
 		}
 		s.settle(e, false)
-		r, err := s.resolve(e, false)
-		if errors.Is(err, errNoEntry) {
-			continue
-		}
+		d, whyNot, err := s.lookupEntry(e, uri, oldest)
 		if err != nil {
-			return "", digest.Digest{}, status.Errorf(codes.Internal, "reading %s: %v", uri, err)
+			return "", digest.Digest{}, err
 		}
-		if r.expired {
-			why = append(why, uri+" has expired")
-			continue
-		}
-		if !oldest.IsZero() {
-			if info, err := s.store.RefInfo(e.kind, e.ref); err == nil && info.Modified.Before(oldest) {
-				why = append(why, uri+" is older than oldest_content_accepted")
-				continue
+		if whyNot != "" && s.fillable(e) {
+			d, whyNot, err = s.fill(ctx, e, uri, oldest, whyNot)
+			if err != nil {
+				return "", digest.Digest{}, err
 			}
 		}
-		_, missing, err := s.store.ClosureOf(r.roots)
-		if errors.Is(err, cache.ErrDigestMismatch) {
-			s.logf("%s: %v: treated as absent", uri, err)
-			why = append(why, uri+" names a corrupt object")
-			continue
+		if whyNot == "" {
+			return uri, d, nil
 		}
-		if err != nil {
-			return "", digest.Digest{}, status.Errorf(codes.Internal, "checking %s: %v", uri, err)
+		if whyNot != noEntry {
+			why = append(why, whyNot)
 		}
-		if len(missing) > 0 {
-			s.logf("%s names %d blobs this server does not hold, e.g. %s: treated as absent", uri, len(missing), missing[0])
-			why = append(why, fmt.Sprintf("%s is incomplete (%d blobs missing)", uri, len(missing)))
-			continue
-		}
-		if s.quota != nil {
-			s.store.TouchRef(e.kind, e.ref)
-			s.quota.useRef(e.kind, e.ref, time.Now())
-		}
-		return uri, r.digest, nil
 	}
 	msg := "not found: " + strings.Join(uris, ", ")
 	if len(why) > 0 {
 		msg += " (" + strings.Join(why, "; ") + ")"
 	}
 	return "", digest.Digest{}, status.Error(codes.NotFound, msg)
+}
+
+// noEntry is lookupEntry's whyNot when the index has no entry at all.
+const noEntry = "no entry"
+
+// lookupEntry reads one entry from the store: the digest it names when it
+// is there whole and current, else why not (noEntry when it is not there
+// at all). A hit is marked used.
+func (s *Server) lookupEntry(e entry, uri string, oldest time.Time) (digest.Digest, string, error) {
+	r, err := s.resolve(e, false)
+	if errors.Is(err, errNoEntry) {
+		return digest.Digest{}, noEntry, nil
+	}
+	if err != nil {
+		return digest.Digest{}, "", status.Errorf(codes.Internal, "reading %s: %v", uri, err)
+	}
+	if r.expired {
+		return digest.Digest{}, uri + " has expired", nil
+	}
+	if !oldest.IsZero() {
+		if info, err := s.store.RefInfo(e.kind, e.ref); err == nil && info.Modified.Before(oldest) {
+			return digest.Digest{}, uri + " is older than oldest_content_accepted", nil
+		}
+	}
+	_, missing, err := s.store.ClosureOf(r.roots)
+	if errors.Is(err, cache.ErrDigestMismatch) {
+		s.logf("%s: %v: treated as absent", uri, err)
+		return digest.Digest{}, uri + " names a corrupt object", nil
+	}
+	if err != nil {
+		return digest.Digest{}, "", status.Errorf(codes.Internal, "checking %s: %v", uri, err)
+	}
+	if len(missing) > 0 {
+		s.logf("%s names %d blobs this server does not hold, e.g. %s: treated as absent", uri, len(missing), missing[0])
+		return digest.Digest{}, fmt.Sprintf("%s is incomplete (%d blobs missing)", uri, len(missing)), nil
+	}
+	if s.quota != nil {
+		s.store.TouchRef(e.kind, e.ref)
+		s.quota.useRef(e.kind, e.ref, time.Now())
+	}
+	return r.digest, "", nil
+}
+
+// fill asks the upstreams for an entry the store lacks (whyNot says how)
+// and reads it again once they filled it. An upstream that holds it
+// nowhere whole leaves it as it was: a miss.
+func (s *Server) fill(ctx context.Context, e entry, uri string, oldest time.Time, whyNot string) (digest.Digest, string, error) {
+	start := time.Now()
+	found, reason, err := s.upstream.FillRef(ctx, e.kind, e.ref)
+	if err != nil {
+		if ctx.Err() != nil {
+			return digest.Digest{}, "", status.FromContextError(ctx.Err()).Err()
+		}
+		s.logf("upstream: %s: %v", uri, err)
+		return digest.Digest{}, whyNot + "; upstream: " + err.Error(), nil
+	}
+	if !found {
+		s.logf("upstream: %s: miss (%s) in %s", uri, reason, time.Since(start).Round(time.Millisecond))
+		if whyNot == noEntry {
+			return digest.Digest{}, "upstream: " + reason, nil
+		}
+		return digest.Digest{}, whyNot + "; upstream: " + reason, nil
+	}
+	s.logf("upstream: %s: filled in %s", uri, time.Since(start).Round(time.Millisecond))
+	s.refsMu.RLock() // no eviction between the check and the account
+	defer s.refsMu.RUnlock()
+	d, whyNot, err := s.lookupEntry(e, uri, oldest)
+	if err == nil && whyNot == "" && s.quota != nil {
+		if r, rerr := s.resolve(e, false); rerr == nil {
+			if all, _, cerr := s.store.ClosureOf(r.roots); cerr == nil {
+				s.adopt(e, all)
+			}
+		}
+	}
+	return d, whyNot, err
 }
 
 // missingError is FAILED_PRECONDITION listing blobs a push names that the
@@ -290,7 +348,7 @@ func missingError(what string, missing []digest.Digest) error {
 
 // writeEntries writes index entries for uris once everything roots names is
 // present. rawFor gives the bytes to store for an entry of a given kind.
-func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetpb.Qualifier, roots cache.Roots, rawFor func(uri string, e entry) ([]byte, error)) error {
+func (s *Server) writeEntries(ctx context.Context, typ assetType, uris []string, qualifiers []*assetpb.Qualifier, roots cache.Roots, rawFor func(uri string, e entry) ([]byte, error)) error {
 	entries := make([]entry, len(uris))
 	for i, uri := range uris {
 		e, err := entryFor(typ, uri, qualifiers)
@@ -299,6 +357,9 @@ func (s *Server) writeEntries(typ assetType, uris []string, qualifiers []*assetp
 		}
 		s.settle(e, true)
 		entries[i] = e
+	}
+	if err := s.fillClosure(ctx, roots); err != nil {
+		return status.Errorf(codes.Unavailable, "filling the pushed content from upstream: %v", err)
 	}
 	s.refsMu.RLock()
 	defer s.refsMu.RUnlock()

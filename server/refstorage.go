@@ -15,14 +15,14 @@ import (
 // GetReference returns the root Directory a BuildStream 1 ref names: the
 // same refs Remote Asset serves as urn:fdc:buildstream.build:2020:v1:REF.
 // A ref whose tree is incomplete is NOT_FOUND, as with bst-artifact-server.
-func (s *Server) GetReference(_ context.Context, req *bspb.GetReferenceRequest) (*bspb.GetReferenceResponse, error) {
+func (s *Server) GetReference(ctx context.Context, req *bspb.GetReferenceRequest) (*bspb.GetReferenceResponse, error) {
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
 	if err := cache.ValidateRef(req.GetKey()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	_, d, err := s.lookup(assetDirectory, []string{buildstream.URNBst1Artifact + req.GetKey()}, nil, timeOf(nil))
+	_, d, err := s.lookup(ctx, assetDirectory, []string{buildstream.URNBst1Artifact + req.GetKey()}, nil, timeOf(nil))
 	if err != nil {
 		return nil, err
 	}
@@ -31,7 +31,7 @@ func (s *Server) GetReference(_ context.Context, req *bspb.GetReferenceRequest) 
 
 // UpdateReference points BuildStream 1 refs at a Directory whose whole tree
 // is in the store.
-func (s *Server) UpdateReference(_ context.Context, req *bspb.UpdateReferenceRequest) (*bspb.UpdateReferenceResponse, error) {
+func (s *Server) UpdateReference(ctx context.Context, req *bspb.UpdateReferenceRequest) (*bspb.UpdateReferenceResponse, error) {
 	if err := s.checkWrite(); err != nil {
 		return nil, err
 	}
@@ -53,7 +53,7 @@ func (s *Server) UpdateReference(_ context.Context, req *bspb.UpdateReferenceReq
 		uris[i] = buildstream.URNBst1Artifact + k
 	}
 	data := buildstream.V1RefContent(root)
-	err = s.writeEntries(assetDirectory, uris, nil, cache.Roots{Dirs: []digest.Digest{root}}, func(string, entry) ([]byte, error) {
+	err = s.writeEntries(ctx, assetDirectory, uris, nil, cache.Roots{Dirs: []digest.Digest{root}}, func(string, entry) ([]byte, error) {
 		return data, nil
 	})
 	if err != nil {

@@ -50,6 +50,9 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// UploadLimits overrides the bounds on uploads in progress (tests).
 	UploadLimits *UploadLimits
+	// Upstream, when set, fills the store on a local miss (serve
+	// --upstream); writes stay local.
+	Upstream Upstream
 	// Lease is how long a blob reported present or uploaded is kept from
 	// eviction (DefaultLease when zero).
 	Lease time.Duration
@@ -67,6 +70,7 @@ type Server struct {
 	instances   map[string]bool
 	maxBatch    int64
 	logf        func(format string, args ...any)
+	upstream    Upstream
 
 	// uploads holds ByteStream writes in progress or parked for a resume.
 	uploads *uploadTable
@@ -104,6 +108,7 @@ func New(opts Options) (*Server, error) {
 		instances:   map[string]bool{},
 		maxBatch:    DefaultMaxBatchBytes,
 		logf:        opts.Logf,
+		upstream:    opts.Upstream,
 		uploads:     newUploadTable(opts.Store, opts.uploadLimits()),
 	}
 	if s.logf == nil {

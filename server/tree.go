@@ -17,8 +17,8 @@ const defaultTreePage = 1000
 
 // GetTree streams the Directories of a tree, breadth first, in pages. A
 // page token is the position of the page's first Directory in that order,
-// so a client can resume anywhere. Parts of the tree the store lacks are
-// left out, as REAPI specifies.
+// so a client can resume anywhere. Parts of the tree the store lacks (and,
+// with an upstream, no upstream has) are left out, as REAPI specifies.
 func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressableStorage_GetTreeServer) error {
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return err
@@ -41,14 +41,22 @@ func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressabl
 	var page []*repb.Directory
 	var pageBytes int64
 	pos := 0
+	fromUpstream := false // from then on, Directories may be new: accounted
 	for level := w.Next(); len(level) > 0; level = w.Next() {
 		for _, d := range level {
 			data, err := s.store.ReadBlob(d)
+			if errors.Is(err, cache.ErrNotFound) && s.upstream != nil {
+				data, err = s.fillTree(stream.Context(), d)
+				fromUpstream = true
+			}
 			if errors.Is(err, cache.ErrNotFound) {
 				continue
 			}
 			if err != nil {
 				return grpcError(err)
+			}
+			if fromUpstream {
+				s.filled([]digest.Digest{d})
 			}
 			dir, err := w.Add(d, data)
 			if err != nil {

@@ -56,6 +56,7 @@ type Cache struct {
 // it, errors, and when it was first and last asked.
 type usage struct {
 	blobs, bytes, errors int64
+	hits, misses         int64
 	first, last          time.Time
 }
 
@@ -65,6 +66,9 @@ type CacheUsage struct {
 	Blobs  int64  `json:"blobs"`
 	Bytes  int64  `json:"bytes"`
 	Errors int64  `json:"errors"`
+	// Hits and Misses count the index lookups the cache answered.
+	Hits   int64 `json:"hits"`
+	Misses int64 `json:"misses"`
 	// Seconds runs from the first request to the cache to its last answer.
 	Seconds float64 `json:"seconds"`
 }
@@ -73,7 +77,8 @@ type CacheUsage struct {
 func (c *Cache) Usage() CacheUsage {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return CacheUsage{Name: c.Name(), Blobs: c.use.blobs, Bytes: c.use.bytes, Errors: c.use.errors, Seconds: c.use.last.Sub(c.use.first).Seconds()}
+	return CacheUsage{Name: c.Name(), Blobs: c.use.blobs, Bytes: c.use.bytes, Errors: c.use.errors,
+		Hits: c.use.hits, Misses: c.use.misses, Seconds: c.use.last.Sub(c.use.first).Seconds()}
 }
 
 // count records blobs moved from or to the cache, errors it gave, and
@@ -98,6 +103,18 @@ func (c *Cache) asked(err error) {
 		errs = 1
 	}
 	c.count(0, 0, errs)
+}
+
+// answered records an index lookup the cache answered: a hit or a miss.
+func (c *Cache) answered(hit bool) {
+	c.asked(nil)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if hit {
+		c.use.hits++
+	} else {
+		c.use.misses++
+	}
 }
 
 // warnOnce warns once per run and cache about one kind of problem.

@@ -79,6 +79,9 @@ type Engine struct {
 	// WithBuildtrees also moves a bst2 artifact's optional trees.
 	WithBuildtrees bool
 	Events         Events
+	// shared, for a long-lived engine (a Mirror), is what all its pulls
+	// share; nil gives each Pull its own.
+	shared *shared
 }
 
 // Stats are the totals of a run.
@@ -151,9 +154,8 @@ func (e *Engine) Pull(ctx context.Context, refs []string, o PullOptions) ([]Resu
 // pull is Pull without the non-strict second round.
 func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions) ([]Result, Stats) {
 	start := time.Now()
-	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events)
+	f, jobs := e.run()
 	results := make([]Result, len(refs))
-	jobs := newSlots(e.Jobs)
 	var g errgroup.Group
 	g.SetLimit(e.lookahead())
 	for i, ref := range refs {
@@ -176,6 +178,15 @@ func (e *Engine) pull(ctx context.Context, refs []string, o PullOptions) ([]Resu
 		st.WouldBytes += r.Bytes
 	}
 	return results, st
+}
+
+// run is the fetcher and slots of one pull: its own, or those a
+// long-lived engine shares.
+func (e *Engine) run() (*fetcher, slots) {
+	if e.shared != nil {
+		return e.shared.f, e.shared.jobs
+	}
+	return newFetcher(e.Store, e.storage(), e.Strict, e.Events), newSlots(e.Jobs)
 }
 
 // complete says whether the local store holds e's whole closure.

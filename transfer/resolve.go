@@ -140,9 +140,9 @@ func (e *Engine) answer(ctx context.Context, c *Cache, ref string, fs []found, a
 		}
 		a.unasked = append(a.unasked, c.describe(failure))
 	case len(hits) > 0:
-		c.asked(nil)
+		c.answered(true)
 	case missed > 0:
-		c.asked(nil)
+		c.answered(false)
 		e.Events.info(fmt.Sprintf("%s: cache %s: miss", ref, c.Name()))
 		a.notFound = append(a.notFound, c.Name())
 	case noIndex > 0:

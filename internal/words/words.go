@@ -3,12 +3,19 @@
 // names for "did you mean" suggestions.
 package words
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
-// Plural is "1 ref", "2 refs": n and noun, with an s unless n is 1.
+// Plural is "1 ref", "2 refs", "2 misses": n and noun, with an s (es
+// after an s) unless n is 1.
 func Plural[N ~int | ~int64](n N, noun string) string {
 	if n == 1 {
 		return "1 " + noun
+	}
+	if strings.HasSuffix(noun, "s") {
+		return fmt.Sprintf("%d %ses", n, noun)
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
 }

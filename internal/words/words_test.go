@@ -8,6 +8,9 @@ func TestPlural(t *testing.T) {
 			t.Errorf("Plural(%d) = %q, want %q", n, got, want)
 		}
 	}
+	if got := Plural(2, "miss"); got != "2 misses" {
+		t.Errorf("Plural(2, miss) = %q, want 2 misses", got)
+	}
 }
 
 func TestClosest(t *testing.T) {

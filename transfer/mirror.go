@@ -1,0 +1,272 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/remotes"
+)
+
+// Mirror fills a local store from upstream caches on demand: the engine
+// behind `serve --upstream`. It stands on the client's own blocks: refs
+// are pulled as Pull pulls them (the priority walk, whole closures, every
+// blob verified before it is stored, GetTree and batches, a cache that
+// fails skipped for a while and probed again) through one fetcher shared
+// by every request, so any number of requests for the same blob or ref at
+// once cause one upstream fetch, and the bytes in flight are bounded for
+// the whole mirror as for one run.
+//
+// A Mirror is safe for concurrent use and lives as long as the server.
+type Mirror struct {
+	store     *cache.Store
+	upstreams []*Cache
+	ev        Events
+	// engines pull refs of each kind; they share f and jobs.
+	engines map[cache.Kind]*Engine
+	f       *fetcher
+	refs    singleflight.Group
+}
+
+// MirrorOptions configure a Mirror.
+type MirrorOptions struct {
+	// Jobs bounds the refs being filled at once (their bytes moving).
+	Jobs int
+	// FillTimeout bounds one fill, whoever waits for it: a fill goes on
+	// when the request that started it is cancelled, for the others that
+	// wait for it, but never longer than this.
+	FillTimeout time.Duration
+	// Events receive warnings (an upstream skipped, corrupt data) and,
+	// with OnInfo, each lookup and fill.
+	Events Events
+}
+
+// DefaultFillTimeout bounds a fill when MirrorOptions leave it unset.
+const DefaultFillTimeout = 30 * time.Minute
+
+// NewMirror fills store from upstreams, in priority order.
+func NewMirror(store *cache.Store, upstreams []*Cache, o MirrorOptions) *Mirror {
+	if o.FillTimeout <= 0 {
+		o.FillTimeout = DefaultFillTimeout
+	}
+	// A run's plan counts each blob once, keeping every digest planned:
+	// a mirror has no end to plan for.
+	o.Events.OnPlan = nil
+	m := &Mirror{store: store, upstreams: upstreams, ev: o.Events, engines: map[cache.Kind]*Engine{}}
+	m.f = newFetcher(store, filter(upstreams, hasStorage), false, o.Events)
+	run := &shared{f: m.f, jobs: newSlots(max(o.Jobs, 1)), timeout: o.FillTimeout}
+	for _, k := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource} {
+		m.engines[k] = &Engine{Store: store, Kind: k, Caches: upstreams, Jobs: o.Jobs, Events: o.Events, shared: run}
+	}
+	return m
+}
+
+// shared is what a long-lived engine's pulls share: one fetcher (its
+// single flights and byte budget) and one set of slots.
+type shared struct {
+	f       *fetcher
+	jobs    slots
+	timeout time.Duration
+}
+
+// Upstreams are the caches the mirror fills from, in priority order.
+func (m *Mirror) Upstreams() []*Cache { return m.upstreams }
+
+// FillRef makes the ref of kind k local with its whole closure, from the
+// first upstream that names it and whose closure the upstreams complete.
+// found is false when none does: every upstream answered that it does not
+// hold it, holds it incomplete, or could not be asked (an outage is a
+// miss for a mirror); reason says which. Requests for the same ref at
+// once share one fill.
+func (m *Mirror) FillRef(ctx context.Context, k cache.Kind, ref string) (found bool, reason string, err error) {
+	e, ok := m.engines[k]
+	if !ok {
+		return false, "", fmt.Errorf("mirror: no upstream lookups for %s refs", k)
+	}
+	ch := m.refs.DoChan(string(k)+"\x00"+ref, func() (any, error) {
+		// The fill outlives the request that started it: others may wait
+		// for it, and what it stores serves the next request anyway.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.shared.timeout)
+		defer cancel()
+		res, _ := e.Pull(fctx, []string{ref}, PullOptions{})
+		return res[0], nil
+	})
+	select {
+	case <-ctx.Done():
+		return false, "", ctx.Err()
+	case r := <-ch:
+		res := r.Val.(Result)
+		switch res.Status {
+		case StatusDone, StatusSkipped:
+			return true, "", nil
+		case StatusMissing, StatusFailed:
+			return false, res.Reason, nil
+		}
+		return false, res.Reason, errors.New(res.Reason)
+	}
+}
+
+// FillBlobs makes ds local from the upstreams, each blob from the first
+// that has it, and returns those none had.
+func (m *Mirror) FillBlobs(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	return m.f.fetch(ctx, ds, nil)
+}
+
+// FillTrees makes the Directories under roots local (not their files):
+// what GetTree answers with.
+func (m *Mirror) FillTrees(ctx context.Context, roots []digest.Digest) (lost []digest.Digest, err error) {
+	err = m.f.walk(ctx, cache.Roots{Dirs: roots}, nil, func([]digest.Digest) {}, func(miss []digest.Digest) {
+		lost = append(lost, miss...)
+	})
+	return lost, err
+}
+
+// Missing returns those of ds no upstream holds, asking each storage
+// upstream in order about what the ones before it lack. An upstream that
+// cannot be asked holds nothing, for this answer.
+func (m *Mirror) Missing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	for _, c := range m.f.caches {
+		if len(ds) == 0 {
+			break
+		}
+		r, err := c.connect(ctx, m.ev)
+		if err != nil {
+			continue
+		}
+		missing, err := r.FindMissing(ctx, ds)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			m.failed(c, err)
+			continue
+		}
+		c.asked(nil)
+		ds = missing
+	}
+	return ds, nil
+}
+
+// failed records an upstream's failure: skipped for a while when it is
+// unreachable or refuses us, else warned about.
+func (m *Mirror) failed(c *Cache, err error) {
+	c.asked(err)
+	if fatal(err) {
+		c.kill(err, m.ev)
+	} else {
+		m.ev.Warn(c.describe(err))
+	}
+}
+
+// StreamBlob sends d to w as it arrives from the first upstream that has
+// it, and stores it once every byte matched its digest; a blob larger than
+// keep bytes is sent but not stored. found is false when
+// no upstream has it (or none could be asked) and nothing was written to
+// w. When the bytes do not match the digest, the error wraps
+// cache.ErrDigestMismatch, nothing is stored, and
+// the upstream is counted against; w may have had some of them. When
+// another request is fetching d already, StreamBlob waits for it and
+// reads the stored blob.
+func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (found bool, err error) {
+	for {
+		mine, wait := m.f.claim(d)
+		if mine {
+			break
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		if f, err := m.store.Open(d); err == nil {
+			_, err := io.Copy(w, f)
+			f.Close()
+			return true, err
+		}
+	}
+	defer m.f.release(d)
+	release, err := m.f.reserve(ctx, min(d.Size, streamWeight))
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	for _, c := range m.f.caches {
+		r, err := c.connect(ctx, m.ev)
+		if err != nil {
+			continue
+		}
+		found, err := m.streamFrom(ctx, c, r, d, keep, w)
+		if found || err != nil {
+			return found, err
+		}
+	}
+	return false, nil
+}
+
+// streamFrom streams d from one upstream to w, through the store's
+// verifying writer unless d is larger than keep.
+func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Digest, keep int64, w io.Writer) (bool, error) {
+	var bw *cache.BlobWriter
+	out := &sentWriter{w: w}
+	var dst io.Writer = out
+	if d.Size <= keep {
+		var err error
+		if bw, err = m.store.NewWriter(d); err != nil {
+			return false, err
+		}
+		defer bw.Abort() // after Commit, a no-op
+		dst = io.MultiWriter(bw, out)
+	}
+	err := r.ReadBlobFrom(ctx, d, 0, dst)
+	if err == nil && bw != nil {
+		err = bw.Commit()
+	}
+	switch {
+	case err == nil:
+		c.count(1, d.Size, 0)
+		return true, nil
+	case errors.Is(err, remotes.ErrNotFound) && out.n == 0:
+		c.asked(nil)
+		return false, nil
+	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, remotes.ErrCorrupt):
+		c.asked(err)
+		m.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data for %s, not stored: %v", c.Name(), c.Config.URL, d, err))
+		if !errors.Is(err, cache.ErrDigestMismatch) {
+			err = fmt.Errorf("%w: %w", cache.ErrDigestMismatch, err)
+		}
+		return true, err
+	case ctx.Err() != nil:
+		return out.n > 0, ctx.Err()
+	case out.err != nil:
+		// The reader went away: not the upstream's fault.
+		return true, out.err
+	}
+	m.failed(c, err)
+	if out.n > 0 {
+		return true, err
+	}
+	return false, nil // the next upstream may have it
+}
+
+// sentWriter counts what reached the reader and keeps its error apart
+// from the upstream's.
+type sentWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (s *sentWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	s.n += int64(n)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
+}
