@@ -18,7 +18,8 @@ import (
 // use. Once it proves unreachable or refuses us it is skipped for a while,
 // then probed again by the next caller, so a cache that comes back is used
 // again, in a long run as in a long-running process. The waits double
-// from reprobeMin to reprobeMax over the Cache's life.
+// from reprobeMin to reprobeMax while the cache keeps failing, and start
+// again from reprobeMin once it answered for reprobeMax.
 //
 // A Cache is shared by its callers; each tells its own Events: connect
 // and kill take the caller's, and calls made with a context its Events
@@ -48,6 +49,8 @@ type Cache struct {
 	dead      error
 	retryAt   time.Time
 	wait      time.Duration
+	// revived is when the cache last answered again after a death.
+	revived time.Time
 	warned    map[string]bool
 	use       usage
 }
@@ -261,6 +264,9 @@ func (c *Cache) probe(ctx context.Context, old remote, ev Events) (remote, error
 		if c.remote == nil {
 			c.remote, c.caps = r, caps
 		}
+		if c.dead != nil {
+			c.revived = time.Now()
+		}
 		c.dead = nil
 	}
 	c.mu.Unlock()
@@ -297,8 +303,12 @@ func (c *Cache) skipped(err error, wait time.Duration) string {
 
 // skip marks the cache dead for err until its next wait is over and
 // returns that wait: the first is backoff, each next one twice the last,
-// at most reprobeMax. c.mu is held.
+// at most reprobeMax; a cache that answered for reprobeMax since it last
+// came back starts again from the first. c.mu is held.
 func (c *Cache) skip(err error) time.Duration {
+	if !c.revived.IsZero() && time.Since(c.revived) >= reprobeMax {
+		c.wait = 0
+	}
 	switch {
 	case c.wait == 0 && c.backoff > 0:
 		c.wait = c.backoff

@@ -200,4 +200,10 @@ func TestDeadCacheIsAskedAgainAfterBackoff(t *testing.T) {
 	if waits[0] != 4*backoff || waits[1] != 8*backoff || waits[9] != reprobeMax {
 		t.Errorf("waits between probes %v: want each twice the last from %s, at most %s", waits, 4*backoff, reprobeMax)
 	}
+	// A cache that answered for reprobeMax since it came back starts
+	// again from the first wait: a server lives for months.
+	c.revived = time.Now().Add(-reprobeMax)
+	if w := c.skip(nil); w != backoff {
+		t.Errorf("wait after %s of answers: %s, want %s", reprobeMax, w, backoff)
+	}
 }

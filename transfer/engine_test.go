@@ -37,6 +37,9 @@ type fakeCache struct {
 	// batchTooLarge: every batch read is refused as too large, as by a
 	// server whose real limit is below the one it advertises.
 	batchTooLarge bool
+	// corrupt: every blob read comes back altered (a batch read says so,
+	// as remotes' does after checking each blob).
+	corrupt bool
 
 	// found, when set, runs in every FindMissing once its answer is
 	// made, before it is returned.
@@ -98,6 +101,9 @@ func (f *fakeCache) BatchRead(_ context.Context, ds []digest.Digest) (map[digest
 	if f.batchTooLarge {
 		return nil, nil, fmt.Errorf("BatchReadBlobs: %w", remotes.ErrTooLarge)
 	}
+	if f.corrupt {
+		return nil, nil, fmt.Errorf("BatchReadBlobs: %w", remotes.ErrCorrupt)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	found := map[digest.Digest][]byte{}
@@ -120,6 +126,9 @@ func (f *fakeCache) ReadBlobFrom(_ context.Context, d digest.Digest, off int64, 
 	f.mu.Unlock()
 	if !ok {
 		return f.err("ByteStream.Read", codes.NotFound)
+	}
+	if f.corrupt {
+		b = append([]byte{b[0] ^ 0xff}, b[1:]...)
 	}
 	_, err := w.Write(b[off:])
 	return err

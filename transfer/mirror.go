@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -32,6 +35,44 @@ type Mirror struct {
 	engines map[cache.Kind]*Engine
 	f       *fetcher
 	refs    singleflight.Group
+
+	// spoiled are the upstreams that sent corrupt data for a blob read
+	// through: a streamed read cannot turn to the next upstream once its
+	// bytes went out, so the client's next read of the blob does.
+	mu      sync.Mutex
+	spoiled map[digest.Digest][]*Cache
+}
+
+// maxSpoiled bounds the blobs remembered as corrupt on some upstream; past
+// it the memory starts afresh.
+const maxSpoiled = 4096
+
+// spoil remembers that c sent corrupt data for d.
+func (m *Mirror) spoil(d digest.Digest, c *Cache) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.spoiled) >= maxSpoiled {
+		m.spoiled = nil
+	}
+	if m.spoiled == nil {
+		m.spoiled = map[digest.Digest][]*Cache{}
+	}
+	m.spoiled[d] = append(m.spoiled[d], c)
+}
+
+// sources are the storage upstreams to read d from: those that did not
+// send it corrupt, in order.
+func (m *Mirror) sources(d digest.Digest) []*Cache {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	bad := m.spoiled[d]
+	var out []*Cache
+	for _, c := range m.f.caches {
+		if !slices.Contains(bad, c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // MirrorOptions configure a Mirror.
@@ -50,10 +91,41 @@ type MirrorOptions struct {
 // DefaultFillTimeout bounds a fill when MirrorOptions leave it unset.
 const DefaultFillTimeout = 30 * time.Minute
 
-// NewMirror fills store from upstreams, in priority order.
+// Clients wait on a mirror's upstreams, so an upstream that does not
+// answer is given up on sooner than a client gives up on its caches: at
+// most one retry, soon, and calls bounded in time; the upstream is then
+// skipped for a while (Cache), and the mirror answers from what it holds.
+const (
+	upstreamRetries        = 1
+	upstreamRetryDelay     = 200 * time.Millisecond
+	upstreamConnectTimeout = 5 * time.Second
+	upstreamRequestTimeout = 30 * time.Second
+	upstreamStallTimeout   = 30 * time.Second
+)
+
+// upstreamConnection caps a cache's connection settings for a mirror.
+func upstreamConnection(c config.Connection) config.Connection {
+	capAt := func(v *time.Duration, bound time.Duration) {
+		if *v <= 0 || *v > bound {
+			*v = bound
+		}
+	}
+	c.RetryLimit = min(c.RetryLimit, upstreamRetries)
+	capAt(&c.RetryDelay, upstreamRetryDelay)
+	capAt(&c.ConnectTimeout, upstreamConnectTimeout)
+	capAt(&c.RequestTimeout, upstreamRequestTimeout)
+	capAt(&c.StallTimeout, upstreamStallTimeout)
+	return c
+}
+
+// NewMirror fills store from upstreams, in priority order. It caps their
+// connection settings (upstreamConnection) before they are first used.
 func NewMirror(store *cache.Store, upstreams []*Cache, o MirrorOptions) *Mirror {
 	if o.FillTimeout <= 0 {
 		o.FillTimeout = DefaultFillTimeout
+	}
+	for _, u := range upstreams {
+		u.Config.Connection = upstreamConnection(u.Config.Connection)
 	}
 	// A run's plan counts each blob once, keeping every digest planned:
 	// a mirror has no end to plan for.
@@ -170,7 +242,9 @@ func (m *Mirror) failed(c *Cache, err error) {
 // no upstream has it (or none could be asked) and nothing was written to
 // w. When the bytes do not match the digest, the error wraps
 // cache.ErrDigestMismatch, nothing is stored, and
-// the upstream is counted against; w may have had some of them. When
+// the upstream is counted against and not asked for d again (for a
+// while), so that the client's next read turns to the next upstream; w
+// may have had some of the bytes. When
 // another request is fetching d already, StreamBlob waits for it and
 // reads the stored blob.
 func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (found bool, err error) {
@@ -196,7 +270,7 @@ func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w 
 		return false, err
 	}
 	defer release()
-	for _, c := range m.f.caches {
+	for _, c := range m.sources(d) {
 		r, err := c.connect(ctx, m.ev)
 		if err != nil {
 			continue
@@ -237,6 +311,7 @@ func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Di
 	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, remotes.ErrCorrupt):
 		c.asked(err)
 		m.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data for %s, not stored: %v", c.Name(), c.Config.URL, d, err))
+		m.spoil(d, c)
 		if !errors.Is(err, cache.ErrDigestMismatch) {
 			err = fmt.Errorf("%w: %w", cache.ErrDigestMismatch, err)
 		}
