@@ -5,6 +5,13 @@
 // before it is stored, and writes are refused with PERMISSION_DENIED
 // unless enabled.
 //
+// With an Upstream (serve --upstream) every read path fills a local miss
+// from it before answering: index lookups fill whole refs, batch reads
+// and GetTree their blobs and Directories, FindMissingBlobs reports what
+// an upstream holds as present, a push naming such blobs fills them, and
+// a whole-blob ByteStream read streams through, ending in DATA_LOSS when
+// the bytes did not match. What a fill stores counts against the quota.
+//
 // zstd (package zstdwire): the store keeps blobs uncompressed, in
 // BuildStream's layout; compressed-blobs reads and batch answers are
 // compressed on the way out (raw zstd blocks for content that does not

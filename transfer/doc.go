@@ -46,6 +46,12 @@
 //     are looked up and checked ahead of them (round trips, no bytes), and
 //     downloads in flight are bounded to 32 MiB, so memory stays bounded
 //     whatever the number of refs.
+//   - A Mirror (serve --upstream) pulls with the same code, through one
+//     fetcher for all its requests: one upstream fetch per blob and per ref
+//     at once, bytes in flight bounded for the whole server. A ref it fills
+//     is written only with its whole closure; an outage is a miss. A blob
+//     read through is sent as it arrives and stored only once it matched
+//     its digest; an upstream that corrupted it is passed over for it.
 //   - A large blob cut short (Ctrl-C, a kill, a failed cache) resumes in
 //     the next run: a download from the bytes the local store kept, an
 //     upload from what the target holds, under an upload name derived from
