@@ -51,8 +51,8 @@ type Cache struct {
 	wait      time.Duration
 	// revived is when the cache last answered again after a death.
 	revived time.Time
-	warned    map[string]bool
-	use       usage
+	warned  map[string]bool
+	use     usage
 }
 
 // usage is what a cache did in a run: blobs and bytes moved from or to
