@@ -130,8 +130,15 @@ func (f *fakeCache) ReadBlobFrom(_ context.Context, d digest.Digest, off int64, 
 	if f.corrupt {
 		b = append([]byte{b[0] ^ 0xff}, b[1:]...)
 	}
-	_, err := w.Write(b[off:])
-	return err
+	// In messages, as a server streams.
+	for b = b[off:]; len(b) > 0; {
+		n := min(len(b), 64<<10)
+		if _, err := w.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 func (f *fakeCache) GetTree(context.Context, digest.Digest) ([]*repb.Directory, error) {

@@ -35,6 +35,8 @@ type Mirror struct {
 	engines map[cache.Kind]*Engine
 	f       *fetcher
 	refs    singleflight.Group
+	// stall is how long a reader may take no bytes (handoffStall).
+	stall time.Duration
 
 	// spoiled are the upstreams that sent corrupt data for a blob read
 	// through: a streamed read cannot turn to the next upstream once its
@@ -130,7 +132,7 @@ func NewMirror(store *cache.Store, upstreams []*Cache, o MirrorOptions) *Mirror 
 	// A run's plan counts each blob once, keeping every digest planned:
 	// a mirror has no end to plan for.
 	o.Events.OnPlan = nil
-	m := &Mirror{store: store, upstreams: upstreams, ev: o.Events, engines: map[cache.Kind]*Engine{}}
+	m := &Mirror{store: store, upstreams: upstreams, ev: o.Events, engines: map[cache.Kind]*Engine{}, stall: handoffStall}
 	m.f = newFetcher(store, filter(upstreams, hasStorage), false, o.Events)
 	run := &shared{f: m.f, jobs: newSlots(max(o.Jobs, 1)), timeout: o.FillTimeout}
 	for _, k := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource} {
@@ -238,15 +240,19 @@ func (m *Mirror) failed(c *Cache, err error) {
 
 // StreamBlob sends d to w as it arrives from the first upstream that has
 // it, and stores it once every byte matched its digest; a blob larger than
-// keep bytes is sent but not stored. found is false when
-// no upstream has it (or none could be asked) and nothing was written to
-// w. When the bytes do not match the digest, the error wraps
-// cache.ErrDigestMismatch, nothing is stored, and
-// the upstream is counted against and not asked for d again (for a
-// while), so that the client's next read turns to the next upstream; w
-// may have had some of the bytes. When
-// another request is fetching d already, StreamBlob waits for it and
-// reads the stored blob.
+// keep bytes is sent but not stored. found is false when no upstream has
+// it (or none could be asked) and nothing was written to w. When the
+// bytes do not match the digest, the error wraps cache.ErrDigestMismatch,
+// nothing is stored, and the upstream is counted against and not asked
+// for d again (for a while), so that the client's next read turns to the
+// next upstream; w may have had some of the bytes. When another request
+// is fetching d already, StreamBlob waits for it and reads the stored
+// blob.
+//
+// The fetch runs at the upstream's pace, whatever w's: a reader that
+// falls behind by more than handoffDepth messages for handoffStall, or
+// leaves, is cut off (its error says so) while the fetch goes on and
+// stores the blob for the others waiting for it.
 func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (found bool, err error) {
 	for {
 		mine, wait := m.f.claim(d)
@@ -264,7 +270,41 @@ func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w 
 			return true, err
 		}
 	}
-	defer m.f.release(d)
+	h := &handoff{ch: make(chan []byte, handoffDepth), quit: make(chan struct{}), stall: m.stall}
+	type result struct {
+		found bool
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer m.f.release(d)
+		defer close(h.ch)
+		// The fetch outlives a reader that leaves: others wait for it.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.engines[cache.KindBst1Artifact].shared.timeout)
+		defer cancel()
+		found, err := m.fetchBlob(fctx, d, keep, h)
+		done <- result{found, err}
+	}()
+	for p := range h.ch {
+		if _, err := w.Write(p); err != nil {
+			h.leave()
+			return true, err
+		}
+		if ctx.Err() != nil {
+			h.leave()
+			return true, ctx.Err()
+		}
+	}
+	res := <-done
+	if res.err == nil && h.dropped {
+		return true, fmt.Errorf("blob %s: the reader took nothing for %s: cut off", d, m.stall)
+	}
+	return res.found, res.err
+}
+
+// fetchBlob reads d from the first upstream that has it, within the
+// mirror's budget of bytes in flight.
+func (m *Mirror) fetchBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (bool, error) {
 	release, err := m.f.reserve(ctx, min(d.Size, streamWeight))
 	if err != nil {
 		return false, err
@@ -283,11 +323,52 @@ func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w 
 	return false, nil
 }
 
+// A blob read through is handed from its fetch to its reader through
+// handoffDepth messages; a reader that takes none for handoffStall is
+// cut off.
+const (
+	handoffDepth = 4
+	handoffStall = 30 * time.Second
+)
+
+// handoff passes a fetch's bytes to a reader in another goroutine. Its
+// Write never fails and never blocks for longer than stall: once the
+// reader left or fell behind, the rest is dropped (dropped says so) and
+// the fetch goes on for the store.
+type handoff struct {
+	ch      chan []byte
+	quit    chan struct{}
+	stall   time.Duration
+	dropped bool // set by the writer before ch is closed
+	left    sync.Once
+}
+
+func (h *handoff) Write(p []byte) (int, error) {
+	if h.dropped {
+		return len(p), nil
+	}
+	buf := append([]byte(nil), p...) // the writer reuses p
+	t := time.NewTimer(h.stall)
+	defer t.Stop()
+	select {
+	case h.ch <- buf:
+	case <-h.quit:
+		h.dropped = true
+	case <-t.C:
+		h.dropped = true
+	}
+	return len(p), nil
+}
+
+// leave tells the writer the reader is gone.
+func (h *handoff) leave() { h.left.Do(func() { close(h.quit) }) }
+
 // streamFrom streams d from one upstream to w, through the store's
 // verifying writer unless d is larger than keep.
 func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Digest, keep int64, w io.Writer) (bool, error) {
 	var bw *cache.BlobWriter
-	out := &sentWriter{w: w}
+	var sent int64 // bytes that reached w
+	out := countingWriter{w, func(n int64) { sent += n }}
 	var dst io.Writer = out
 	if d.Size <= keep {
 		var err error
@@ -305,7 +386,7 @@ func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Di
 	case err == nil:
 		c.count(1, d.Size, 0)
 		return true, nil
-	case errors.Is(err, remotes.ErrNotFound) && out.n == 0:
+	case errors.Is(err, remotes.ErrNotFound) && sent == 0:
 		c.asked(nil)
 		return false, nil
 	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, remotes.ErrCorrupt):
@@ -317,31 +398,11 @@ func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Di
 		}
 		return true, err
 	case ctx.Err() != nil:
-		return out.n > 0, ctx.Err()
-	case out.err != nil:
-		// The reader went away: not the upstream's fault.
-		return true, out.err
+		return sent > 0, ctx.Err()
 	}
 	m.failed(c, err)
-	if out.n > 0 {
+	if sent > 0 {
 		return true, err
 	}
 	return false, nil // the next upstream may have it
-}
-
-// sentWriter counts what reached the reader and keeps its error apart
-// from the upstream's.
-type sentWriter struct {
-	w   io.Writer
-	n   int64
-	err error
-}
-
-func (s *sentWriter) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
-	s.n += int64(n)
-	if err != nil {
-		s.err = err
-	}
-	return n, err
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
@@ -202,5 +203,53 @@ func TestMirrorMissing(t *testing.T) {
 	}
 	if len(missing) != 1 || missing[0] != three {
 		t.Errorf("missing %v, want only %s", missing, three)
+	}
+}
+
+// blockedWriter takes nothing until unblocked.
+type blockedWriter struct{ unblock chan struct{} }
+
+func (b blockedWriter) Write(p []byte) (int, error) {
+	<-b.unblock
+	return 0, errors.New("reader gone")
+}
+
+// A reader that stops taking bytes neither holds up the fetch nor the
+// readers waiting for it: it is cut off, and the blob is stored.
+func TestMirrorStalledReaderIsCutOff(t *testing.T) {
+	data := []byte(strings.Repeat("z", 1<<20)) // 16 messages of the fake
+	d := digest.NewFromBlob(data)
+	up := newFake("up")
+	up.blobs[d] = data
+	m, store, _ := newMirror(t, cacheOf(up))
+	m.stall = 100 * time.Millisecond
+	stuck := blockedWriter{make(chan struct{})}
+	stuckDone := make(chan error, 1)
+	go func() {
+		_, err := m.StreamBlob(context.Background(), d, 1<<40, stuck)
+		stuckDone <- err
+	}()
+	var buf bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for { // wait until the stuck read has claimed the blob
+		if _, wait := m.f.claim(d); wait != nil {
+			break
+		}
+		m.f.release(d)
+		time.Sleep(time.Millisecond)
+	}
+	if found, err := m.StreamBlob(ctx, d, 1<<40, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), data) {
+		t.Fatalf("a reader behind a stalled one: found %v, %v, %d bytes", found, err, buf.Len())
+	}
+	if ok, _ := store.Has(d); !ok {
+		t.Fatal("the blob was not stored")
+	}
+	close(stuck.unblock)
+	if err := <-stuckDone; err == nil {
+		t.Error("the stalled reader was not told it was cut off")
+	}
+	if up.reads[d] != 1 {
+		t.Errorf("upstream read %d times, want once", up.reads[d])
 	}
 }
