@@ -205,8 +205,12 @@ func (b byteStream) readThrough(stream bsgrpc.ByteStream_ReadServer, d digest.Di
 // on the way. A blob that does not match its digest is DATA_LOSS (w may
 // have had part of it), and nothing is stored.
 func (b byteStream) fill(ctx context.Context, d digest.Digest, w io.Writer) error {
+	up, uctx := b.upstreamFor(ctx)
+	if up == nil {
+		return status.Errorf(codes.NotFound, "no blob %s here (and the request came through this mirror already)", d)
+	}
 	start := time.Now()
-	found, err := b.upstream.StreamBlob(ctx, d, b.keepLimit(), w)
+	found, err := up.StreamBlob(uctx, d, b.keepLimit(), w)
 	switch {
 	case err == nil && !found:
 		b.logf("upstream: blob %s: miss", d)

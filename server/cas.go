@@ -62,9 +62,9 @@ func (s *Server) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlob
 			s.touch(dg)
 		}
 	}
-	if len(missing) > 0 && s.upstream != nil {
+	if up, uctx := s.upstreamFor(ctx); len(missing) > 0 && up != nil {
 		var err error
-		if missing, err = s.upstream.Missing(ctx, missing); err != nil {
+		if missing, err = up.Missing(uctx, missing); err != nil {
 			return nil, status.FromContextError(err).Err()
 		}
 	}

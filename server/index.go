@@ -294,8 +294,12 @@ func (s *Server) lookupEntry(e entry, uri string, oldest time.Time) (digest.Dige
 // and reads it again once they filled it. An upstream that holds it
 // nowhere whole leaves it as it was: a miss.
 func (s *Server) fill(ctx context.Context, e entry, uri string, oldest time.Time, whyNot string) (digest.Digest, string, error) {
+	up, uctx := s.upstreamFor(ctx)
+	if up == nil {
+		return digest.Digest{}, whyNot, nil
+	}
 	start := time.Now()
-	found, reason, err := s.upstream.FillRef(ctx, e.kind, e.ref)
+	found, reason, err := up.FillRef(uctx, e.kind, e.ref)
 	if err != nil {
 		if ctx.Err() != nil {
 			return digest.Digest{}, "", status.FromContextError(ctx.Err()).Err()

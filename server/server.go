@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/rand"
 	"fmt"
 	"strings"
 	"sync"
@@ -71,6 +72,8 @@ type Server struct {
 	maxBatch    int64
 	logf        func(format string, args ...any)
 	upstream    Upstream
+	// id names this server in the requests it makes upstream (viaKey).
+	id string
 
 	// uploads holds ByteStream writes in progress or parked for a resume.
 	uploads *uploadTable
@@ -109,6 +112,7 @@ func New(opts Options) (*Server, error) {
 		maxBatch:    DefaultMaxBatchBytes,
 		logf:        opts.Logf,
 		upstream:    opts.Upstream,
+		id:          rand.Text()[:16],
 		uploads:     newUploadTable(opts.Store, opts.uploadLimits()),
 	}
 	if s.logf == nil {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"io"
 	"math"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/bst-cache/bst-cache/cache"
@@ -32,6 +35,35 @@ type Upstream interface {
 	// stores it when it matched its digest and is at most keep bytes.
 	// found is false when no upstream has it and nothing was written.
 	StreamBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (found bool, err error)
+}
+
+// viaKey is the gRPC metadata of a mirror's requests to its upstreams:
+// the IDs of the mirrors the request came through, so that mirrors
+// configured in a loop answer from what they hold instead of asking each
+// other for ever. maxVia bounds a chain of mirrors.
+const (
+	viaKey = "bst-cache-mirror-via"
+	maxVia = 16
+)
+
+// upstreamFor is the upstream to fill this request's misses from and the
+// context to ask it with (naming this server in viaKey): nil when there
+// is none, or when the request came through this server already, or
+// through maxVia mirrors.
+func (s *Server) upstreamFor(ctx context.Context) (Upstream, context.Context) {
+	if s.upstream == nil {
+		return nil, ctx
+	}
+	var via []string
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get(viaKey) {
+		via = append(via, strings.Split(v, ",")...)
+	}
+	if len(via) >= maxVia || slices.Contains(via, s.id) {
+		return nil, ctx
+	}
+	via = append(via, s.id)
+	return s.upstream, metadata.AppendToOutgoingContext(ctx, viaKey, strings.Join(via, ","))
 }
 
 // fillable says whether a local miss of this entry can be filled from
@@ -80,7 +112,8 @@ func (s *Server) filled(ds []digest.Digest) {
 // upstream holds a blob may name it without uploading it. Without an
 // upstream it does nothing.
 func (s *Server) fillClosure(ctx context.Context, roots cache.Roots) error {
-	if s.upstream == nil {
+	up, uctx := s.upstreamFor(ctx)
+	if up == nil {
 		return nil
 	}
 	for {
@@ -88,7 +121,7 @@ func (s *Server) fillClosure(ctx context.Context, roots cache.Roots) error {
 		if err != nil || len(missing) == 0 {
 			return err
 		}
-		still, err := s.upstream.FillBlobs(ctx, missing)
+		still, err := up.FillBlobs(uctx, missing)
 		if err != nil {
 			return err
 		}
@@ -117,7 +150,8 @@ func without(ds, drop []digest.Digest) []digest.Digest {
 // fillBatch fills from the upstreams the blobs of a batch read the store
 // lacks; those no upstream has stay NOT_FOUND in the answer.
 func (s *Server) fillBatch(ctx context.Context, ds []*repb.Digest) error {
-	if s.upstream == nil {
+	up, uctx := s.upstreamFor(ctx)
+	if up == nil {
 		return nil
 	}
 	var need []digest.Digest
@@ -133,7 +167,7 @@ func (s *Server) fillBatch(ctx context.Context, ds []*repb.Digest) error {
 	if len(need) == 0 {
 		return nil
 	}
-	still, err := s.upstream.FillBlobs(ctx, need)
+	still, err := up.FillBlobs(uctx, need)
 	if err != nil {
 		if ctx.Err() != nil {
 			return status.FromContextError(ctx.Err()).Err()
@@ -148,7 +182,11 @@ func (s *Server) fillBatch(ctx context.Context, ds []*repb.Digest) error {
 // fillTree fills the tree under a Directory the store lacks (GetTree)
 // and reads the Directory.
 func (s *Server) fillTree(ctx context.Context, d digest.Digest) ([]byte, error) {
-	if _, err := s.upstream.FillTrees(ctx, []digest.Digest{d}); err != nil {
+	up, uctx := s.upstreamFor(ctx)
+	if up == nil {
+		return nil, cache.ErrNotFound
+	}
+	if _, err := up.FillTrees(uctx, []digest.Digest{d}); err != nil {
 		if ctx.Err() != nil {
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}

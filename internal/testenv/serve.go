@@ -30,6 +30,8 @@ type ServeOptions struct {
 	Args []string
 	// Env is added to the server's environment.
 	Env []string
+	// Port is the loopback port to listen on; a free one when zero.
+	Port int
 }
 
 // StartServe starts `bst-cache serve` on a free loopback port.
@@ -38,7 +40,10 @@ func StartServe(t testing.TB, o ServeOptions) *Server {
 	if o.Dir == "" {
 		o.Dir = filepath.Join(t.TempDir(), "repo")
 	}
-	port := FreePort(t)
+	port := o.Port
+	if port == 0 {
+		port = FreePort(t)
+	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	args := append([]string{"-v", "serve", "--listen", addr}, serverFlags(o.Push, o.ServerKey, o.ServerCert, o.ClientCerts)...)
 	args = append(append(args, o.Args...), o.Dir)
