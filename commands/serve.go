@@ -135,6 +135,15 @@ func runServe(c *cli.Context) error {
 		logf("serving %s (%s) on %s%s", dir, layout, where, describeServe(c, tlsConfig != nil, token != "", quota))
 		if mirror != nil {
 			logf("mirroring %s: a local miss is filled from there", describeUpstreams(mirror.Upstreams()))
+			go func() {
+				// Each upstream that fails says so through the mirror's
+				// warnings; those that answer are named here.
+				for i, err := range mirror.Probe(c.Context) {
+					if u := mirror.Upstreams()[i]; err == nil {
+						logf("upstream %s (%s) answers", u.Name(), u.Config.URL)
+					}
+				}
+			}()
 		}
 	}
 	if openPush(l.Addr(), c.Bool("enable-push"), c.String("client-certs") != "", token != "") {

@@ -149,6 +149,24 @@ type shared struct {
 	timeout time.Duration
 }
 
+// Probe connects to every upstream at once and returns, in order, nil for
+// each that answers or why it does not (it is then skipped for a while,
+// as after any failure). For a server's start-up line: a mirror asks its
+// upstreams only on a miss.
+func (m *Mirror) Probe(ctx context.Context) []error {
+	errs := make([]error, len(m.upstreams))
+	var wg sync.WaitGroup
+	for i, c := range m.upstreams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = c.connect(ctx, m.ev)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
 // Upstreams are the caches the mirror fills from, in priority order.
 func (m *Mirror) Upstreams() []*Cache { return m.upstreams }
 
