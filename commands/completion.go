@@ -125,7 +125,7 @@ func flagValues(flag string, words []string) []string {
 		return []string{"artifact", "source"}
 	case "deps":
 		return []string{"none", "run", "build", "all"}
-	case "from", "to", "cache":
+	case "from", "to", "cache", "upstream":
 		file := os.Getenv("BST_CACHE_CONFIG")
 		for i, w := range words {
 			if v, ok := strings.CutPrefix(w, "--config="); ok {

@@ -31,7 +31,8 @@ func serveCommand() *cli.Command {
 		Description: "Serves DIR (default: the configured local store) over gRPC. A directory that\n" +
 			"bst-artifact-server filled is served as it is. Takes bst-artifact-server's flags,\n" +
 			"so it drops in where that ran: --port N listens on every interface, as it did.\n" +
-			"Without --port, it listens on --listen, loopback by default.",
+			"Without --port, it listens on --listen, loopback by default. With --upstream NAME\n" +
+			"it is a read-through mirror of those configured caches.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Usage: "address to listen on (HOST:PORT); another interface than loopback is an explicit choice", DefaultText: defaultListen},
 			&cli.IntFlag{Name: "port", Usage: "port to listen on, on every interface, as bst-artifact-server does (--listen 127.0.0.1:N for loopback only)"},
