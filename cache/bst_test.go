@@ -26,7 +26,7 @@ func buildProject(t *testing.T) (*testenv.Project, *testenv.Bst) {
 
 func TestReadsWhatBstWrote(t *testing.T) {
 	p, bst := buildProject(t)
-	s, err := cache.Open(bst.ArtifactDir(), cache.LayoutBst1)
+	s, err := cache.Open(bst.ArtifactDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,12 +95,12 @@ func readRoot(t *testing.T, s *cache.Store, ref string) digest.Digest {
 // has a bst with no remote check the artifacts out.
 func TestBstChecksOutWhatWeWrote(t *testing.T) {
 	p, built := buildProject(t)
-	src, err := cache.Open(built.ArtifactDir(), cache.LayoutBst1)
+	src, err := cache.Open(built.ArtifactDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fresh := testenv.NewBst(t)
-	dst, err := cache.Open(fresh.ArtifactDir(), cache.LayoutBst1)
+	dst, err := cache.Open(fresh.ArtifactDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

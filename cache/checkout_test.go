@@ -28,7 +28,7 @@ func addDir(t *testing.T, s *Store, d *repb.Directory) digest.Digest {
 // what is not executable unless asked to copy, and refuses a hostile tree
 // before it writes anything.
 func TestCheckout(t *testing.T) {
-	s, err := Open(t.TempDir(), LayoutBst1)
+	s, err := Open(t.TempDir(), KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,7 @@ func TestHelperKilledWriter(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process only")
 	}
-	s, err := Open(dir, LayoutBst1)
+	s, err := Open(dir, KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestKilledWriterLeavesNoPartialObject(t *testing.T) {
 	}
 	_ = cmd.Wait()
 
-	s, err := Open(dir, LayoutBst1)
+	s, err := Open(dir, KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 // exclusive lock) waits for it.
 func TestStoreMadeByFirstWrite(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
-	s, err := Open(dir, "")
+	s, err := Open(dir, KindArtifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,10 +31,10 @@ func TestStoreMadeByFirstWrite(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("opening, locking and listing created the store: %v", err)
 	}
-	if got := s.Settle(LayoutBst1); got != LayoutBst1 {
+	if got := s.Settle(KindBst1Artifact); got != KindBst1Artifact {
 		t.Fatalf("Settle gave %q", got)
 	}
-	if got := s.Settle(LayoutBst2); got != LayoutBst1 {
+	if got := s.Settle(KindBst2Artifact); got != KindBst1Artifact {
 		t.Errorf("a second Settle changed the layout to %q", got)
 	}
 	d, err := s.Add([]byte("first"))
@@ -44,11 +44,11 @@ func TestStoreMadeByFirstWrite(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "cas", "objects", d.Hash[:2], d.Hash[2:])); err != nil {
 		t.Errorf("the first blob is not in BuildStream 1's layout: %v", err)
 	}
-	gc, err := Open(dir, LayoutBst2)
+	gc, err := Open(dir, KindBst2Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if gc.Layout() != LayoutBst1 {
+	if gc.Layout() != KindBst1Artifact {
 		t.Errorf("reopened as %q", gc.Layout())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -61,7 +61,7 @@ func TestStoreMadeByFirstWrite(t *testing.T) {
 // ListRefs(KindArtifact) lists both BuildStreams' artifacts, each with
 // its kind, whatever the layout.
 func TestListRefsBothFormats(t *testing.T) {
-	s := openTemp(t, LayoutBst2)
+	s := openTemp(t, KindBst2Artifact)
 	if err := s.SetRef(KindBst1Artifact, "p/one/1", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +84,11 @@ func TestListRefsBothFormats(t *testing.T) {
 func TestNewStoreOneLayoutForAllWriters(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		a, b   Layout
+		a, b   Kind
 		settle bool
 	}{
-		{"configured", LayoutBst1, LayoutBst2, false},
-		{"settled", "", "", true},
+		{"configured", KindBst1Artifact, KindBst2Artifact, false},
+		{"settled", KindArtifact, KindArtifact, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "store")
@@ -101,8 +101,8 @@ func TestNewStoreOneLayoutForAllWriters(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.settle {
-				a.Settle(LayoutBst1)
-				b.Settle(LayoutBst2)
+				a.Settle(KindBst1Artifact)
+				b.Settle(KindBst2Artifact)
 			}
 			da, err := a.Add([]byte("from a"))
 			if err != nil {
@@ -115,7 +115,7 @@ func TestNewStoreOneLayoutForAllWriters(t *testing.T) {
 			if a.Layout() != b.Layout() {
 				t.Errorf("writers of one store use layouts %q and %q", a.Layout(), b.Layout())
 			}
-			later, err := Open(dir, "")
+			later, err := Open(dir, KindArtifact)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,7 +140,7 @@ func TestSharedLockOnExistingStoreWithoutTmp(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(dir, "cas", "objects"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(dir, "")
+	s, err := Open(dir, KindArtifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestSharedLockOnExistingStoreWithoutTmp(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unlock()
-	gc, err := Open(dir, "")
+	gc, err := Open(dir, KindArtifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestSharedLockOnExistingStoreWithoutTmp(t *testing.T) {
 // gc holding the store makes it say it waits, and Ctrl-C ends the wait.
 func TestDeferredLockWaitsAsAsked(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
-	s, err := Open(dir, "")
+	s, err := Open(dir, KindArtifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestDeferredLockWaitsAsAsked(t *testing.T) {
 	}
 	defer unlock()
 	// Another process makes the store, and a gc takes it.
-	other, err := Open(dir, "")
+	other, err := Open(dir, KindArtifact)
 	if err != nil {
 		t.Fatal(err)
 	}

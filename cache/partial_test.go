@@ -14,7 +14,7 @@ import (
 // blob is still checked at Commit: a kept prefix that changed on disk
 // fails it, and the bytes are removed.
 func TestResumableWriter(t *testing.T) {
-	s := openTemp(t, LayoutBst1)
+	s := openTemp(t, KindBst1Artifact)
 	data := make([]byte, 1<<20)
 	for i := range data {
 		data[i] = byte(i * 7 / 3)
@@ -89,7 +89,7 @@ func TestResumableWriter(t *testing.T) {
 // removes old partial downloads.
 func TestStoreID(t *testing.T) {
 	dir := t.TempDir()
-	s, _ := Open(dir, LayoutBst1)
+	s, _ := Open(dir, KindBst1Artifact)
 	if _, err := s.ID(); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("ID of a store not made yet: %v; want ErrNotFound", err)
 	}
@@ -106,11 +106,11 @@ func TestStoreID(t *testing.T) {
 	if n, err := s.CleanTmp(0); err != nil || n != 1 {
 		t.Fatalf("CleanTmp removed %d files, %v; want the partial one", n, err)
 	}
-	s, _ = Open(dir, LayoutBst1)
+	s, _ = Open(dir, KindBst1Artifact)
 	if again, err := s.ID(); again != id || err != nil {
 		t.Fatalf("ID after reopening = %q, %v; want %q", again, err, id)
 	}
-	if other, _ := openTemp(t, LayoutBst1).ID(); other == id {
+	if other, _ := openTemp(t, KindBst1Artifact).ID(); other == id {
 		t.Fatal("two stores have one ID")
 	}
 }
@@ -119,7 +119,7 @@ func TestStoreID(t *testing.T) {
 // partial file over: the aborting writer never removes a file another
 // writer holds, so every writer that wrote the whole blob commits it.
 func TestResumableWriterAbortRace(t *testing.T) {
-	s := openTemp(t, LayoutBst1)
+	s := openTemp(t, KindBst1Artifact)
 	data := make([]byte, 64<<10)
 	for i := range data {
 		data[i] = byte(i * 5)

@@ -45,7 +45,7 @@ func ValidateRef(ref string) error {
 // BuildStream 1's or 2's artifacts by the store's layout.
 func (s *Store) RefKind(kind Kind) Kind {
 	if kind == KindArtifact {
-		if s.Layout() == LayoutBst1 {
+		if s.Layout() == KindBst1Artifact {
 			return KindBst1Artifact
 		}
 		return KindBst2Artifact

@@ -36,57 +36,6 @@ var (
 	ErrNoSpace = errors.New("no space")
 )
 
-// Layout is a BuildStream on-disk layout.
-type Layout string
-
-// The layouts.
-const (
-	LayoutBst1 Layout = "bst1"
-	LayoutBst2 Layout = "bst2"
-)
-
-// Kind is a namespace of refs.
-type Kind string
-
-// The ref kinds.
-const (
-	// KindArtifact: an artifact of either BuildStream. ListRefs lists
-	// both; GetRef, SetRef, RefPath and DeleteRef take it as the store
-	// layout's own. Transfers with no format set look it up as either.
-	KindArtifact Kind = "artifact"
-	// KindSource: a serialized buildstream.v2.Source (source_protos/).
-	KindSource Kind = "source"
-	// KindBst1Artifact: BuildStream 1 refs (cas/refs/heads/) whatever the
-	// store's layout; a server keeps both generations side by side.
-	KindBst1Artifact Kind = "bst1-artifact"
-	// KindBst2Artifact: BuildStream 2 artifact protos (artifacts/refs/)
-	// whatever the store's layout.
-	KindBst2Artifact Kind = "bst2-artifact"
-	// KindAsset: a server's index of other Remote Asset URIs (assets/).
-	KindAsset Kind = "asset"
-)
-
-// Kinds lists every ref kind a store can hold, each directory once.
-var Kinds = []Kind{KindBst1Artifact, KindBst2Artifact, KindSource, KindAsset}
-
-// Kinds are the kinds k stands for: both BuildStream artifact formats
-// for KindArtifact, else k.
-func (k Kind) Kinds() []Kind {
-	if k == KindArtifact {
-		return []Kind{KindBst1Artifact, KindBst2Artifact}
-	}
-	return []Kind{k}
-}
-
-// Layout is the layout a kind of ref is at home in: BuildStream 1's for
-// its artifacts, BuildStream 2's for the rest.
-func (k Kind) Layout() Layout {
-	if k == KindBst1Artifact {
-		return LayoutBst1
-	}
-	return LayoutBst2
-}
-
 // Store is a local content-addressed store. It is safe for concurrent use,
 // also by several processes.
 type Store struct {
@@ -94,10 +43,10 @@ type Store struct {
 	tmp      string
 	readOnly bool
 
-	// mu guards what the first write decides: the layout (empty until
-	// then in a new store) and whether the directories exist.
+	// mu guards what the first write decides: the layout (KindArtifact
+	// until then in a new store) and whether the directories exist.
 	mu     sync.Mutex
-	layout Layout
+	layout Kind
 	made   bool
 	// existed: the directory held a store when it was opened.
 	existed bool
@@ -113,11 +62,12 @@ type Store struct {
 // Open opens the store at root for reading and writing. Nothing is
 // created until something is written, so a run that writes nothing leaves
 // no store behind. A directory that already holds a store keeps its own
-// layout (DetectLayout); layout applies only to a new or empty directory,
-// and an empty layout leaves it to what is written first: Settle, else
-// BuildStream 2's for a blob written before any ref.
-func Open(root string, layout Layout) (*Store, error) {
-	s, err := newStore(root, layout)
+// layout (DetectLayout); kind's layout (Kind.Layout: the configured
+// format's) applies only to a new or empty directory, and KindArtifact
+// leaves it to what is written first: Settle, else BuildStream 2's for a
+// blob written before any ref.
+func Open(root string, kind Kind) (*Store, error) {
+	s, err := newStore(root, kind)
 	if err != nil {
 		return nil, err
 	}
@@ -134,24 +84,24 @@ const staleTmp = time.Hour
 
 // OpenReadOnly opens the store at root without creating anything, for
 // commands that only read: a directory that does not exist or holds no
-// store reads as an empty store of layout. Writes fail with ErrReadOnly.
-func OpenReadOnly(root string, layout Layout) (*Store, error) {
-	s, err := newStore(root, layout)
+// store reads as an empty store of kind's layout. Writes fail with
+// ErrReadOnly.
+func OpenReadOnly(root string, kind Kind) (*Store, error) {
+	s, err := newStore(root, kind)
 	if s != nil {
 		s.readOnly = true
 	}
 	return s, err
 }
 
-func newStore(root string, layout Layout) (*Store, error) {
+func newStore(root string, kind Kind) (*Store, error) {
+	if !kind.valid() {
+		return nil, fmt.Errorf("unknown kind %q", kind)
+	}
+	layout := kind.Layout()
 	found, ok := DetectLayout(root)
 	if ok {
 		layout = found
-	}
-	switch layout {
-	case LayoutBst1, LayoutBst2, "":
-	default:
-		return nil, fmt.Errorf("unknown store layout %q", layout)
 	}
 	s := &Store{root: root, layout: layout, existed: ok, tmp: filepath.Join(root, "tmp")}
 	if ok {
@@ -161,21 +111,21 @@ func newStore(root string, layout Layout) (*Store, error) {
 	return s, nil
 }
 
-// Settle gives a store that has no layout yet the layout l, for what is
-// about to be written (a BuildStream 1 artifact: BuildStream 1's, as
-// bst-artifact-server keeps it). A store with a layout keeps it. It
+// Settle gives a store that has no layout yet the layout of kind, for
+// what is about to be written (a BuildStream 1 artifact: BuildStream 1's,
+// as bst-artifact-server keeps it). A store with a layout keeps it. It
 // returns the store's layout.
-func (s *Store) Settle(l Layout) Layout {
+func (s *Store) Settle(kind Kind) Kind {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.decide(l)
+	s.decide(kind.Layout())
 	return s.layout
 }
 
 // decide gives the store its layout if it has none: that of a store
 // another process has made since, else l. s.mu is held.
-func (s *Store) decide(l Layout) {
-	if s.layout != "" {
+func (s *Store) decide(l Kind) {
+	if s.layout != KindArtifact {
 		return
 	}
 	if found, ok := DetectLayout(s.root); ok {
@@ -232,7 +182,7 @@ func (s *Store) create() error {
 	if found, ok := DetectLayout(s.root); ok {
 		s.layout = found
 	}
-	s.decide(LayoutBst2)
+	s.decide(KindBst2Artifact)
 	if err := os.MkdirAll(s.objectsDir(), 0o755); err != nil {
 		return err
 	}
@@ -242,7 +192,7 @@ func (s *Store) create() error {
 
 // objectsDir is where objects live in the store's layout.
 func (s *Store) objectsDir() string {
-	if s.layout == LayoutBst1 {
+	if s.layout == KindBst1Artifact {
 		return filepath.Join(s.root, "cas", "objects")
 	}
 	return filepath.Join(s.root, "cas", "cas", "objects")
@@ -261,9 +211,10 @@ func (s *Store) ReadOnly() bool { return s.readOnly }
 // Root returns the store directory.
 func (s *Store) Root() string { return s.root }
 
-// Layout returns the store's layout; empty for a new store until
-// something settles it.
-func (s *Store) Layout() Layout {
+// Layout returns the store's layout (see Kind.Layout): KindBst1Artifact
+// or KindBst2Artifact, KindArtifact for a new store until something
+// settles it.
+func (s *Store) Layout() Kind {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.layout
@@ -750,22 +701,23 @@ func (s *Store) TouchRef(kind Kind, ref string) error {
 	return os.Chtimes(p, time.Now(), time.Time{})
 }
 
-// DetectLayout tells the layout of an existing store directory: bst2 when
-// it has BuildStream 2's cas/cas/objects, bst1 when it has cas/objects or
-// cas/refs (BuildStream 1's cache or bst-artifact-server's repository).
-// ok is false when the directory holds neither.
-func DetectLayout(root string) (layout Layout, ok bool) {
+// DetectLayout tells the layout of an existing store directory (see
+// Kind.Layout): KindBst2Artifact when it has BuildStream 2's
+// cas/cas/objects, KindBst1Artifact when it has cas/objects or cas/refs
+// (BuildStream 1's cache or bst-artifact-server's repository). ok is
+// false, and layout KindArtifact, when the directory holds neither.
+func DetectLayout(root string) (layout Kind, ok bool) {
 	exists := func(p ...string) bool {
 		_, err := os.Stat(filepath.Join(append([]string{root}, p...)...))
 		return err == nil
 	}
 	switch {
 	case exists("cas", "cas", "objects"):
-		return LayoutBst2, true
+		return KindBst2Artifact, true
 	case exists("cas", "objects"), exists("cas", "refs"):
-		return LayoutBst1, true
+		return KindBst1Artifact, true
 	}
-	return "", false
+	return KindArtifact, false
 }
 
 // Room checks that the store's file system has n bytes free for a blob

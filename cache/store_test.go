@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func openTemp(t *testing.T, layout Layout) *Store {
+func openTemp(t *testing.T, layout Kind) *Store {
 	t.Helper()
 	s, err := Open(t.TempDir(), layout)
 	if err != nil {
@@ -42,11 +42,11 @@ func tmpEntries(t *testing.T, s *Store) []string {
 func TestLayoutPaths(t *testing.T) {
 	d := digest.NewFromBlob([]byte("hello"))
 	for _, tc := range []struct {
-		layout      Layout
+		layout      Kind
 		object, ref string
 	}{
-		{LayoutBst1, "cas/objects/" + d.Hash[:2] + "/" + d.Hash[2:], "cas/refs/heads/p/e/k"},
-		{LayoutBst2, "cas/cas/objects/" + d.Hash[:2] + "/" + d.Hash[2:], "artifacts/refs/p/e/k"},
+		{KindBst1Artifact, "cas/objects/" + d.Hash[:2] + "/" + d.Hash[2:], "cas/refs/heads/p/e/k"},
+		{KindBst2Artifact, "cas/cas/objects/" + d.Hash[:2] + "/" + d.Hash[2:], "artifacts/refs/p/e/k"},
 	} {
 		s := openTemp(t, tc.layout)
 		if got, want := s.ObjectPath(d), filepath.Join(s.Root(), tc.object); got != want {
@@ -60,12 +60,12 @@ func TestLayoutPaths(t *testing.T) {
 			t.Errorf("%s ref path = %s; want %s", tc.layout, got, want)
 		}
 	}
-	s := openTemp(t, LayoutBst2)
+	s := openTemp(t, KindBst2Artifact)
 	if got, _ := s.RefPath(KindSource, "p/s/k"); got != filepath.Join(s.Root(), "source_protos/p/s/k") {
 		t.Errorf("bst2 source ref path = %s", got)
 	}
 	// A server's store keeps both generations, whatever its object layout.
-	s1 := openTemp(t, LayoutBst1)
+	s1 := openTemp(t, KindBst1Artifact)
 	for kind, want := range map[Kind]string{
 		KindArtifact:     "cas/refs/heads/p/s/k",
 		KindBst1Artifact: "cas/refs/heads/p/s/k",
@@ -82,7 +82,7 @@ func TestLayoutPaths(t *testing.T) {
 }
 
 func TestPutReadVerify(t *testing.T) {
-	s := openTemp(t, LayoutBst1)
+	s := openTemp(t, KindBst1Artifact)
 	data := bytes.Repeat([]byte("0123456789"), 100000)
 	d := digest.NewFromBlob(data)
 	if ok, _ := s.Has(d); ok {
@@ -134,7 +134,7 @@ func TestPutReadVerify(t *testing.T) {
 }
 
 func TestPutRejectsBadData(t *testing.T) {
-	s := openTemp(t, LayoutBst2)
+	s := openTemp(t, KindBst2Artifact)
 	data := []byte("the right content")
 	d := digest.NewFromBlob(data)
 	for name, r := range map[string]io.Reader{
@@ -179,14 +179,14 @@ func TestValidateRef(t *testing.T) {
 			t.Errorf("ValidateRef(%q) = %v; want ErrInvalidRef", bad, err)
 		}
 	}
-	s := openTemp(t, LayoutBst1)
+	s := openTemp(t, KindBst1Artifact)
 	if err := s.SetRef(KindArtifact, "../escape", []byte("x")); !errors.Is(err, ErrInvalidRef) {
 		t.Errorf("SetRef with .. = %v", err)
 	}
 }
 
 func TestRefs(t *testing.T) {
-	s := openTemp(t, LayoutBst1)
+	s := openTemp(t, KindBst1Artifact)
 	refs := []string{"demo/hello/aaaa", "demo/hello/bbbb", "demo/world/cccc", "other/x/dddd"}
 	for i, r := range refs {
 		if err := s.SetRef(KindArtifact, r, []byte{byte(i)}); err != nil {
@@ -235,7 +235,7 @@ func TestRefs(t *testing.T) {
 	if diff := cmp.Diff(refs[1:3], names("demo/*")); diff != "" {
 		t.Errorf("after delete (-want +got):\n%s", diff)
 	}
-	empty := openTemp(t, LayoutBst2)
+	empty := openTemp(t, KindBst2Artifact)
 	if infos, err := empty.ListRefs(KindSource, ""); err != nil || len(infos) != 0 {
 		t.Errorf("ListRefs on an empty store = %v, %v", infos, err)
 	}
@@ -244,7 +244,7 @@ func TestRefs(t *testing.T) {
 // TestConcurrentWriters has many writers store overlapping blobs and refs
 // at once; everything must end up present and intact.
 func TestConcurrentWriters(t *testing.T) {
-	s := openTemp(t, LayoutBst2)
+	s := openTemp(t, KindBst2Artifact)
 	var blobs [][]byte
 	for i := range 50 {
 		blobs = append(blobs, bytes.Repeat([]byte(fmt.Sprintf("blob %d ", i)), 1000*(i%5+1)))
@@ -282,7 +282,7 @@ func TestConcurrentWriters(t *testing.T) {
 }
 
 func TestPutVerifiedChecksSize(t *testing.T) {
-	s := openTemp(t, LayoutBst1)
+	s := openTemp(t, KindBst1Artifact)
 	data := []byte("verified elsewhere")
 	d := digest.NewFromBlob(data)
 	if err := s.PutVerified(d, data[:5]); !errors.Is(err, ErrDigestMismatch) {
@@ -302,7 +302,7 @@ func TestPutVerifiedChecksSize(t *testing.T) {
 // open, while a fresh one (a writer still at work) stays.
 func TestStoreRepairs(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, LayoutBst1)
+	s, err := Open(dir, KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +341,7 @@ func TestStoreRepairs(t *testing.T) {
 	}
 	long := time.Now().Add(-time.Hour)
 	os.Chtimes(old, long, long)
-	if _, err := Open(dir, LayoutBst1); err != nil {
+	if _, err := Open(dir, KindBst1Artifact); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(old); err == nil {

@@ -254,14 +254,14 @@ func expandHome(p string) string {
 
 // layout is the layout a new local store takes: the configured format's,
 // else none until the first artifact written settles it.
-func (e *env) layout() cache.Layout {
+func (e *env) layout() cache.Kind {
 	switch e.cfg.Format {
 	case config.FormatBst1:
-		return cache.LayoutBst1
+		return cache.KindBst1Artifact
 	case config.FormatBst2:
-		return cache.LayoutBst2
+		return cache.KindBst2Artifact
 	}
-	return ""
+	return cache.KindArtifact
 }
 
 // openStore opens the local store for a command that writes to it.

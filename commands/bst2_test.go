@@ -22,7 +22,7 @@ import (
 // as BuildStream 2 lays them out. It returns the buildtree's file digest.
 func bst2Store(t *testing.T, dir string) (buildtreeFile digest.Digest) {
 	t.Helper()
-	s, err := cache.Open(dir, cache.LayoutBst2)
+	s, err := cache.Open(dir, cache.KindBst2Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,19 +104,19 @@ func TestBst2RoundTrip(t *testing.T) {
 	if !bytes.Equal(readFile(t, filepath.Join(origin, artRef)), readFile(t, filepath.Join(lean, artRef))) {
 		t.Error("the Artifact proto did not survive byte for byte")
 	}
-	ls, _ := cache.Open(lean, cache.LayoutBst2)
+	ls, _ := cache.Open(lean, cache.KindBst2Artifact)
 	if ok, _ := ls.Has(btFile); ok {
 		t.Error("the buildtree was pulled without --with-buildtrees")
 	}
 	full := t.TempDir()
 	run(0, "--local", full, "pull", "--with-buildtrees", "proj/elem/key1")
-	fs, _ := cache.Open(full, cache.LayoutBst2)
+	fs, _ := cache.Open(full, cache.KindBst2Artifact)
 	if ok, _ := fs.Has(btFile); !ok {
 		t.Error("--with-buildtrees did not pull the buildtree")
 	}
 	// Everything the artifact names is local in both.
 	for _, dir := range []string{lean, full} {
-		st, _ := cache.Open(dir, cache.LayoutBst2)
+		st, _ := cache.Open(dir, cache.KindBst2Artifact)
 		data, _ := st.GetRef(cache.KindArtifact, "proj/elem/key1")
 		art, err := buildstream.ParseArtifact(data)
 		if err != nil {
@@ -144,7 +144,7 @@ func TestBst2RoundTrip(t *testing.T) {
 	}
 	// s2 got no buildtree; --with-buildtrees adds it to the target that
 	// has the rest, and says so.
-	s2Store, _ := cache.Open(s2.Dir, cache.LayoutBst2)
+	s2Store, _ := cache.Open(s2.Dir, cache.KindBst2Artifact)
 	if ok, _ := s2Store.Has(btFile); ok {
 		t.Fatal("the buildtree was copied without --with-buildtrees")
 	}
@@ -200,7 +200,7 @@ func TestBst2KeysAndDeps(t *testing.T) {
 	s1 := testenv.StartServe(t, testenv.ServeOptions{Push: true})
 	s2 := testenv.StartServe(t, testenv.ServeOptions{Push: true})
 	origin := t.TempDir()
-	s, err := cache.Open(origin, cache.LayoutBst2)
+	s, err := cache.Open(origin, cache.KindBst2Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ func TestBst2KeysAndDeps(t *testing.T) {
 // bst2Refs lists the BuildStream 2 artifact refs under dir, sorted.
 func bst2Refs(t *testing.T, dir string) []string {
 	t.Helper()
-	s, err := cache.OpenReadOnly(dir, cache.LayoutBst2)
+	s, err := cache.OpenReadOnly(dir, cache.KindBst2Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

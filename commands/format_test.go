@@ -117,7 +117,7 @@ func TestServeNewDirTakesBst1Layout(t *testing.T) {
 	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true, Dir: dir})
 	p, builder, refs := builtProject(t, srv)
 	srv.Stop()
-	if layout, _ := cache.DetectLayout(dir); layout != cache.LayoutBst1 {
+	if layout, _ := cache.DetectLayout(dir); layout != cache.KindBst1Artifact {
 		t.Log(srv.Log())
 		t.Fatalf("serve wrote bst 1.6's push in the %q layout: %v", layout, treeOf(t, dir))
 	}
@@ -165,8 +165,8 @@ func pullSameFiles(t *testing.T, p *testenv.Project, builder *testenv.Bst, url s
 // both, du measures both, gc keeps both and removes only what neither
 // reaches, whatever the store's layout and the format.
 func TestLocalCommandsReadMixedRefs(t *testing.T) {
-	for _, layout := range []cache.Layout{cache.LayoutBst1, cache.LayoutBst2} {
-		t.Run(string(layout), func(t *testing.T) {
+	for _, layout := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact} {
+		t.Run(layout.Format(), func(t *testing.T) {
 			dir := t.TempDir()
 			s, err := cache.Open(dir, layout)
 			if err != nil {
@@ -248,7 +248,7 @@ func TestStoreRefsDoNotSetTheFormat(t *testing.T) {
 	}
 
 	// A BuildStream 2 artifact reaches the target from another store.
-	other, err := cache.Open(t.TempDir(), cache.LayoutBst2)
+	other, err := cache.Open(t.TempDir(), cache.KindBst2Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -122,7 +122,7 @@ func TestGCFreesWhatRemovedRefsReached(t *testing.T) {
 	local := t.TempDir()
 	bst1Artifact(t, local, "demo/hello/"+strings.Repeat("1", 64), 5, 1000, 1<<20)
 	bst1ArtifactSeeded(t, local, "demo/world/"+strings.Repeat("2", 64), 5, 1000, 1<<20, 2)
-	s, err := cache.Open(local, cache.LayoutBst1)
+	s, err := cache.Open(local, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

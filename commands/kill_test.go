@@ -24,7 +24,7 @@ func TestCopyKilledAndRerun(t *testing.T) {
 	dst := testenv.StartServe(t, testenv.ServeOptions{Push: true})
 	// Eight bst1 artifacts of 8 x 1 MiB random files each, pushed to src.
 	origin := t.TempDir()
-	s, err := cache.Open(origin, cache.LayoutBst1)
+	s, err := cache.Open(origin, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,8 +132,8 @@ func countFiles(dir string) int {
 // not all there.
 func checkRefsComplete(t *testing.T, dir string) {
 	t.Helper()
-	layout, _ := cache.DetectLayout(dir)
-	if layout == "" {
+	layout, ok := cache.DetectLayout(dir)
+	if !ok {
 		return
 	}
 	st, err := cache.Open(dir, layout)

@@ -37,7 +37,7 @@ func randomBlob(seed uint64, size int64) io.Reader {
 // digest.
 func largeArtifact(t *testing.T, dir, ref string, size int64, seed uint64) digest.Digest {
 	t.Helper()
-	s, err := cache.Open(dir, cache.LayoutBst1)
+	s, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestLargeUploadOutlastsRequestTimeout(t *testing.T) {
 	if code != 0 || rep.Pulled.Bytes < size {
 		t.Fatalf("pull: exit %d, %d bytes pulled\n%s", code, rep.Pulled.Bytes, stderr)
 	}
-	s, err := cache.Open(back, cache.LayoutBst1)
+	s, err := cache.Open(back, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestInterruptedLargeTransferResumes(t *testing.T) {
 	if got := resumed("push", true, origin); got > 0.55 {
 		t.Errorf("the push after an interrupted one moved %.1f%% of the blob; want at most 55%%", 100*got)
 	}
-	served, err := cache.Open(srv.Dir, cache.LayoutBst1)
+	served, err := cache.Open(srv.Dir, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +196,7 @@ func TestInterruptedLargeTransferResumes(t *testing.T) {
 
 	local := t.TempDir()
 	interrupted("pull", false, local)
-	s, err := cache.Open(local, cache.LayoutBst1)
+	s, err := cache.Open(local, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

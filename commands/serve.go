@@ -129,8 +129,8 @@ func runServe(c *cli.Context) error {
 		if !isLoopback(l.Addr()) {
 			where += " (every interface: other hosts can connect)"
 		}
-		layout := string(store.Layout()) + " layout"
-		if store.Layout() == "" {
+		layout := store.Layout().Format() + " layout"
+		if store.Layout() == cache.KindArtifact {
 			layout = "new: the layout of the first artifact written"
 		}
 		logf("serving %s (%s) on %s%s", dir, layout, where, describeServe(c, tlsConfig != nil, token != "", quota))

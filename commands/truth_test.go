@@ -437,7 +437,7 @@ func bst1Artifact(t *testing.T, dir, ref string, n, size, large int) {
 // bst1ArtifactSeeded is bst1Artifact with content from seed.
 func bst1ArtifactSeeded(t *testing.T, dir, ref string, n, size, large int, seed uint64) {
 	t.Helper()
-	s, err := cache.Open(dir, cache.LayoutBst1)
+	s, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,7 @@ func TestZstdAgainstBazelRemote(t *testing.T) {
 			t.Fatalf("compression %s: upload: %v", mode, err)
 		}
 		up1, down0 := link.Bytes()
-		store, err := cache.Open(t.TempDir(), cache.LayoutBst2)
+		store, err := cache.Open(t.TempDir(), cache.KindBst2Artifact)
 		if err != nil {
 			t.Fatal(err)
 		}

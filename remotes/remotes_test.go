@@ -182,7 +182,7 @@ func checkCAS(t *testing.T, r *remotes.Remote) {
 	}
 
 	// Large blobs stream into the store's verifying writer.
-	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestCallsAgainstBstArtifactServer(t *testing.T) {
 		}
 	}
 	// The server stores refs in BuildStream's layout: our store reads them.
-	store, err := cache.Open(srv.Dir, cache.LayoutBst1)
+	store, err := cache.Open(srv.Dir, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ import (
 func startServer(t *testing.T, opts server.Options) (string, *cache.Store, *server.Server) {
 	t.Helper()
 	if opts.Store == nil {
-		store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+		store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 		if err != nil {
 			t.Fatal(err)
 		}

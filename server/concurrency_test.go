@@ -47,7 +47,7 @@ func TestConcurrentClients(t *testing.T) {
 	})
 	t.Run("in-process", func(t *testing.T) {
 		dir := t.TempDir()
-		store, err := cache.Open(dir, cache.LayoutBst1)
+		store, err := cache.Open(dir, cache.KindBst1Artifact)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +106,7 @@ func concurrentClients(t *testing.T, addr, dir string) {
 				if err != nil || len(dirs) != 1 {
 					return fmt.Errorf("client %d GetTree: %d dirs, %v", i, len(dirs), err)
 				}
-				store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+				store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 				if err != nil {
 					return err
 				}

@@ -24,7 +24,7 @@ import (
 // bst-artifact-server can take the directory back.
 func TestNewServeDirBst2AskDecidesNothing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "serve")
-	store, err := cache.Open(dir, "")
+	store, err := cache.Open(dir, cache.KindArtifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestNewServeDirBst2AskDecidesNothing(t *testing.T) {
 	if err := r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + ref}, digest.NewFromBlob(rootData)); err != nil {
 		t.Fatal(err)
 	}
-	if got := store.Layout(); got != cache.LayoutBst1 {
+	if got := store.Layout(); got != cache.KindBst1Artifact {
 		t.Errorf("the directory took the %q layout for a BuildStream 1 artifact", got)
 	}
 	for d := range blobs {

@@ -40,7 +40,7 @@ func TestLoadUnderQuota(t *testing.T) {
 	// Longer than any push takes here, even under the race detector.
 	const lease = 15 * time.Second
 	dir := t.TempDir()
-	store, err := cache.Open(dir, cache.LayoutBst1)
+	store, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -124,7 +124,7 @@ func New(opts Options) (*Server, error) {
 	for _, n := range opts.InstanceNames {
 		s.instances[n] = true
 	}
-	if s.store.Layout() != "" {
+	if s.store.Layout() != cache.KindArtifact {
 		if err := s.putEmpty(); err != nil {
 			return nil, err
 		}

@@ -53,7 +53,7 @@ func abandon(ctx context.Context, c clients, i int) error {
 // descriptor each for 15 minutes and block every uploader.
 func TestAbandonedUploadsAreBounded(t *testing.T) {
 	dir := t.TempDir()
-	store, err := cache.Open(dir, cache.LayoutBst1)
+	store, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func (r *recorder) count(lines *[]string, s string) int {
 func downableServe(t *testing.T, ref string, a art, backoff time.Duration) (*Cache, *atomic.Int64) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
-	store, err := cache.Open(dir, cache.LayoutBst1)
+	store, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ const down = 1 << 30
 // engineFor is a BuildStream 1 engine over a fresh local store telling ev.
 func engineFor(t *testing.T, caches []*Cache, ev Events) *Engine {
 	t.Helper()
-	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -285,7 +285,7 @@ func (a *art) add(m proto.Message) digest.Digest {
 // newEngine is a BuildStream 1 engine over a fresh local store.
 func newEngine(t *testing.T, caches []*Cache, strict bool, warns *[]string) *Engine {
 	t.Helper()
-	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 // in this process, and returns it as a configured cache.
 func serveStore(t *testing.T, blobs ...[]byte) *Cache {
 	t.Helper()
-	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestWaiterFetchesAfterAFailedClaim(t *testing.T) {
 	large := bytes.Repeat([]byte("large shared blob "), 1<<18) // streamed
 	c := serveStore(t, small, large)
 	defer Close([]*Cache{c})
-	local, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	local, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
 	c := serveStore(t, blobs...)
 	c.Config.MaxConcurrency = 1
 	defer Close([]*Cache{c})
-	local, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	local, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestTooLargeBatchStreamsWithinTheBudget(t *testing.T) {
 		fake.blobs[d] = blob
 		want = append(want, d)
 	}
-	local, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	local, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ func TestNoFormatAsksBothInOneRound(t *testing.T) {
 	empty, holder := newFake("empty"), newFake("holder").holding(ref, artifact("one", "two"))
 	empty.lookups, holder.lookups = log, log
 	dir := filepath.Join(t.TempDir(), "store")
-	store, err := cache.Open(dir, "")
+	store, err := cache.Open(dir, cache.KindArtifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestNoFormatAsksBothInOneRound(t *testing.T) {
 	if !slices.Equal(asked, want) {
 		t.Errorf("lookups %q; want %q: both formats of one cache before the next, each once", asked, want)
 	}
-	if got := store.Layout(); got != cache.LayoutBst1 {
+	if got := store.Layout(); got != cache.KindBst1Artifact {
 		t.Errorf("the new store took the %q layout for a BuildStream 1 artifact", got)
 	}
 	if _, err := store.GetRef(cache.KindBst1Artifact, ref); err != nil {

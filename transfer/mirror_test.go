@@ -17,7 +17,7 @@ import (
 // newMirror is a mirror of upstreams over a fresh BuildStream 1 store.
 func newMirror(t *testing.T, upstreams []*Cache) (*Mirror, *cache.Store, *recorder) {
 	t.Helper()
-	store, err := cache.Open(t.TempDir(), cache.LayoutBst1)
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 // files of size bytes each, every one distinct.
 func benchStore(b *testing.B, refs, files, size int) *Engine {
 	b.Helper()
-	s, err := cache.Open(b.TempDir(), cache.LayoutBst1)
+	s, err := cache.Open(b.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		b.Fatal(err)
 	}

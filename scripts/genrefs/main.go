@@ -44,7 +44,7 @@ func main() {
 }
 
 func run(dir, project string, n, files, size int) error {
-	s, err := cache.Open(dir, cache.LayoutBst1)
+	s, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
 		return err
 	}
