@@ -210,8 +210,8 @@ func newEnv(c *cli.Context) (*env, error) {
 		return nil, err
 	}
 	if f := c.String("format"); f != "" {
-		if cfg.Format, err = config.ParseFormat(f); err != nil {
-			return nil, fmt.Errorf("--format: %w", err)
+		if cfg.Format, err = cache.ParseFormat(f); err != nil {
+			return nil, fmt.Errorf("--format: %w: %v", config.ErrInvalid, err)
 		}
 		cfg.FormatFrom = "--format"
 	}
@@ -252,27 +252,15 @@ func expandHome(p string) string {
 	return p
 }
 
-// layout is the layout a new local store takes: the configured format's,
-// else none until the first artifact written settles it.
-func (e *env) layout() cache.Kind {
-	switch e.cfg.Format {
-	case config.FormatBst1:
-		return cache.KindBst1Artifact
-	case config.FormatBst2:
-		return cache.KindBst2Artifact
-	}
-	return cache.KindArtifact
-}
-
 // openStore opens the local store for a command that writes to it.
 func (e *env) openStore() (*cache.Store, error) {
-	return cache.Open(e.cfg.Local, e.layout())
+	return cache.Open(e.cfg.Local, e.cfg.Format)
 }
 
 // readStore opens the local store for a command that only reads: nothing
 // is created, and a store that does not exist reads as empty.
 func (e *env) readStore() (*cache.Store, error) {
-	return cache.OpenReadOnly(e.cfg.Local, e.layout())
+	return cache.OpenReadOnly(e.cfg.Local, e.cfg.Format)
 }
 
 // warnf prints a warning on stderr and keeps it for the JSON document.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
-	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -45,7 +44,7 @@ func lsCommand() *cli.Command {
 			if kind != cache.KindArtifact && kind != cache.KindSource {
 				return usageError("--kind must be artifact or source, not %q", kind)
 			}
-			if kind == cache.KindSource && e.cfg.Format == config.FormatBst1 {
+			if kind == cache.KindSource && e.cfg.Format == cache.KindBst1Artifact {
 				return usageError("--kind source: BuildStream 1 has no source cache (the format is bst1)")
 			}
 			if name := c.String("cache"); name != "" {

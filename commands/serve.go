@@ -92,7 +92,7 @@ func runServe(c *cli.Context) error {
 	}
 	// An existing directory keeps its layout; a new one gets the format's,
 	// else that of the first artifact a client asks about or writes.
-	store, err := cache.Open(dir, e.layout())
+	store, err := cache.Open(dir, e.cfg.Format)
 	if err != nil {
 		return err
 	}

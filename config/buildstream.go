@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/bst-cache/bst-cache/buildstream"
+	"github.com/bst-cache/bst-cache/cache"
 )
 
 // bstVersion picks the BuildStream version whose files are read: the
@@ -21,9 +22,9 @@ func bstVersion(cfg *Config, project *buildstream.Project, configHome, userFile 
 	switch {
 	case project != nil:
 		return project.Version
-	case cfg.Format == FormatBst1:
+	case cfg.Format == cache.KindBst1Artifact:
 		return buildstream.V1
-	case cfg.Format != "":
+	case cfg.Format != cache.KindArtifact:
 		return buildstream.V2
 	}
 	for _, v := range []buildstream.Version{buildstream.V2, buildstream.V1} {
@@ -97,10 +98,10 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 		return fileError(err)
 	}
 	cfg.NonStrict = !strict
-	if cfg.Format == "" {
-		cfg.Format, cfg.FormatFrom = FormatBst2, project.File+" (min-version: BuildStream 2)"
+	if cfg.Format == cache.KindArtifact {
+		cfg.Format, cfg.FormatFrom = cache.KindBst2Artifact, project.File+" (min-version: BuildStream 2)"
 		if version == buildstream.V1 {
-			cfg.Format, cfg.FormatFrom = FormatBst1, project.File+" (no min-version: BuildStream 1)"
+			cfg.Format, cfg.FormatFrom = cache.KindBst1Artifact, project.File+" (no min-version: BuildStream 1)"
 		}
 	}
 	if !cfg.LocalSet {

@@ -6,30 +6,12 @@ import (
 	"time"
 
 	"github.com/bst-cache/bst-cache/buildstream"
+	"github.com/bst-cache/bst-cache/cache"
 )
 
 // ErrInvalid is wrapped by every configuration error, so the command line can
 // map it to the usage/configuration exit code.
 var ErrInvalid = errors.New("invalid configuration")
-
-// Format names the BuildStream artifact format refs are read in; empty
-// when nobody set one, and refs are then looked up in both.
-type Format string
-
-// The artifact formats.
-const (
-	FormatBst1 Format = "bst1"
-	FormatBst2 Format = "bst2"
-)
-
-// ParseFormat checks a format name.
-func ParseFormat(s string) (Format, error) {
-	switch Format(s) {
-	case FormatBst1, FormatBst2:
-		return Format(s), nil
-	}
-	return "", fmt.Errorf("%w: format %q: want \"bst1\" or \"bst2\"", ErrInvalid, s)
-}
 
 // Type says which services a cache offers: an index of refs, CAS storage, or both.
 type Type string
@@ -76,8 +58,11 @@ func (o Origin) String() string {
 
 // Config is the resolved configuration.
 type Config struct {
-	// Format is empty when no file, flag, project or local store set it.
-	Format Format
+	// Format is the kind of artifact refs are read as:
+	// cache.KindBst1Artifact or cache.KindBst2Artifact when a file, flag
+	// or project set a format, else cache.KindArtifact (either: refs are
+	// looked up in both).
+	Format cache.Kind
 	// FormatFrom and LocalFrom say where the format and the local store
 	// came from ("(default)" when nothing set them).
 	FormatFrom, LocalFrom string

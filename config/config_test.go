@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
@@ -53,7 +54,7 @@ url = "grpc://10.0.0.1"
 	}
 	file := filepath.Join(dir, "c.toml")
 	want := &Config{
-		Format: FormatBst1, FormatFrom: file,
+		Format: cache.KindBst1Artifact, FormatFrom: file,
 		Local: filepath.Join(dir, "store"), LocalSet: true, LocalFrom: file,
 		Jobs:  3,
 		Files: []string{file},
@@ -196,7 +197,7 @@ func TestUserAndProjectFiles(t *testing.T) {
 	if diff := cmp.Diff([]string{"mine@" + user + ":2", "project@" + proj + ":3"}, names(cfg)); diff != "" {
 		t.Errorf("caches (-want +got):\n%s", diff)
 	}
-	if cfg.Jobs != 5 || cfg.Format != FormatBst1 {
+	if cfg.Jobs != 5 || cfg.Format != cache.KindBst1Artifact {
 		t.Errorf("jobs=%d format=%s; want the user's jobs (5) and the project's format (bst1)", cfg.Jobs, cfg.Format)
 	}
 	if diff := cmp.Diff([]string{user, proj}, cfg.Files); diff != "" {
@@ -322,7 +323,7 @@ func TestLoadBuildStreamConfiguration(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("caches (-want +got):\n%s", diff)
 	}
-	if cfg.Format != FormatBst1 || cfg.Local != filepath.Join(dir, "cache", "buildstream", "artifacts") {
+	if cfg.Format != cache.KindBst1Artifact || cfg.Local != filepath.Join(dir, "cache", "buildstream", "artifacts") {
 		t.Errorf("format %s, local %s: want bst1 and BuildStream 1's artifact directory", cfg.Format, cfg.Local)
 	}
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/words"
 )
 
@@ -100,7 +101,7 @@ func FindProjectFile(dir string) string {
 
 // Load reads and validates the configuration.
 func Load(opts Options) (*Config, error) {
-	cfg := &Config{Local: DefaultLocal(), Jobs: DefaultJobs, FormatFrom: "(default)", LocalFrom: "(default)"}
+	cfg := &Config{Format: cache.KindArtifact, Local: DefaultLocal(), Jobs: DefaultJobs, FormatFrom: "(default)", LocalFrom: "(default)"}
 	wd := opts.WorkDir
 	if wd == "" {
 		var err error
@@ -195,7 +196,7 @@ func checkUnique(caches []Cache) error {
 // file is one decoded and validated file.
 type file struct {
 	path            string
-	format          *Format
+	format          *cache.Kind
 	local           *string
 	jobs            *int
 	localMaxSize    *int64
@@ -299,7 +300,7 @@ func readFile(path string, isUser bool) (*file, error) {
 		f.localMaxSize = &n
 	}
 	if raw.Format != nil {
-		fm, err := ParseFormat(*raw.Format)
+		fm, err := cache.ParseFormat(*raw.Format)
 		if err != nil {
 			return nil, v.errorf("format", "format", "%q is not a format: want \"bst1\" or \"bst2\"", *raw.Format)
 		}

@@ -13,7 +13,7 @@ const Redacted = "***"
 // prints. Secrets are redacted.
 type View struct {
 	Files      []string    `json:"files"`
-	Format     Format      `json:"format"`
+	Format     string      `json:"format"`
 	FormatFrom string      `json:"format_from"`
 	Local      string      `json:"local"`
 	LocalFrom  string      `json:"local_from"`
@@ -51,7 +51,7 @@ type AuthView struct {
 
 // View returns the printable form.
 func (c *Config) View() View {
-	v := View{Files: c.Files, Format: c.Format, FormatFrom: c.FormatFrom, Local: c.Local, LocalFrom: c.LocalFrom, Jobs: c.Jobs, Caches: []CacheView{}}
+	v := View{Files: c.Files, Format: c.Format.Format(), FormatFrom: c.FormatFrom, Local: c.Local, LocalFrom: c.LocalFrom, Jobs: c.Jobs, Caches: []CacheView{}}
 	if v.Files == nil {
 		v.Files = []string{}
 	}
@@ -92,7 +92,7 @@ func (c *Config) WriteTOML(w io.Writer) error {
 	if v.Format == "" {
 		b.WriteString("# format: not set: each ref is looked up as bst1 and bst2 at once\n")
 	} else {
-		fmt.Fprintf(&b, "format = %s  # from %s\n", quote(string(v.Format)), v.FormatFrom)
+		fmt.Fprintf(&b, "format = %s  # from %s\n", quote(v.Format), v.FormatFrom)
 	}
 	fmt.Fprintf(&b, "local = %s  # from %s\njobs = %d\n", quote(v.Local), v.LocalFrom, v.Jobs)
 	for _, cv := range v.Caches {

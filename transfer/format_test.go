@@ -62,3 +62,24 @@ func TestNoFormatAsksBothInOneRound(t *testing.T) {
 		t.Errorf("the ref is not in BuildStream 1's refs: %v", err)
 	}
 }
+
+// The kind of refs a command moves: its --kind read in the format set
+// (cache.KindArtifact when none is: either).
+func TestKindFor(t *testing.T) {
+	for _, tc := range []struct {
+		format, kind, want cache.Kind
+	}{
+		{cache.KindArtifact, cache.KindArtifact, cache.KindArtifact},
+		{cache.KindArtifact, cache.KindSource, cache.KindSource},
+		{cache.KindBst1Artifact, cache.KindArtifact, cache.KindBst1Artifact},
+		{cache.KindBst1Artifact, cache.KindSource, ""},
+		{cache.KindBst2Artifact, cache.KindArtifact, cache.KindBst2Artifact},
+		{cache.KindBst2Artifact, cache.KindSource, cache.KindSource},
+		{cache.KindBst2Artifact, cache.KindAsset, ""},
+	} {
+		got, err := KindFor(tc.format, tc.kind)
+		if got != tc.want || (err != nil) != (tc.want == "") {
+			t.Errorf("KindFor(%s, %s) = %q, %v; want %q", tc.format, tc.kind, got, err, tc.want)
+		}
+	}
+}

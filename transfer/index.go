@@ -10,7 +10,6 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
-	"github.com/bst-cache/bst-cache/config"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 	"github.com/bst-cache/bst-cache/remotes"
 )
@@ -20,20 +19,17 @@ import (
 // artifact of either format (no format set): each cache is asked for both
 // at once, and what it holds is used.
 
-// KindFor picks the kind of refs for a format (empty when nobody set one)
-// and a ref kind (cache.KindArtifact or cache.KindSource).
-func KindFor(f config.Format, k cache.Kind) (cache.Kind, error) {
+// KindFor picks the kind of refs for a format (config.Config's Format:
+// cache.KindArtifact when nobody set one) and a ref kind
+// (cache.KindArtifact or cache.KindSource).
+func KindFor(f, k cache.Kind) (cache.Kind, error) {
 	switch {
-	case f == "" && (k == cache.KindArtifact || k == cache.KindSource):
+	case k == cache.KindArtifact:
+		return f, nil
+	case k == cache.KindSource && f != cache.KindBst1Artifact:
 		return k, nil
-	case f == config.FormatBst1 && k == cache.KindArtifact:
-		return cache.KindBst1Artifact, nil
-	case f == config.FormatBst2 && k == cache.KindArtifact:
-		return cache.KindBst2Artifact, nil
-	case f == config.FormatBst2 && k == cache.KindSource:
-		return cache.KindSource, nil
 	}
-	return "", fmt.Errorf("format %s has no %s refs", f, k)
+	return "", fmt.Errorf("format %s has no %s refs", f.Format(), k)
 }
 
 // otherFormat is the same kind of ref in the other artifact format, if any.
@@ -45,14 +41,6 @@ func otherFormat(k cache.Kind) (cache.Kind, bool) {
 		return cache.KindBst1Artifact, true
 	}
 	return "", false
-}
-
-// formatOf names the configuration's format for k.
-func formatOf(k cache.Kind) string {
-	if k == cache.KindBst1Artifact {
-		return string(config.FormatBst1)
-	}
-	return string(config.FormatBst2)
 }
 
 // lookup asks one cache's index for a ref: the digest it names (the root

@@ -177,7 +177,7 @@ func (e *Engine) otherFormatHint(ctx context.Context, ref string) string {
 			continue
 		}
 		if _, err := lookup(ctx, other, r, c.caps, ref); err == nil {
-			f := formatOf(other)
+			f := other.Format()
 			return fmt.Sprintf("cache %s has it as a %s artifact: use --format %s (or format = %q)", c.Name(), f, f, f)
 		}
 	}
