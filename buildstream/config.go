@@ -13,15 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
-)
 
-// Version is the BuildStream major version a project or file is for.
-type Version int
-
-// The BuildStream versions.
-const (
-	V1 Version = 1
-	V2 Version = 2
+	"github.com/bst-cache/bst-cache/cache"
 )
 
 // FileError is a BuildStream file bst-cache cannot read, at a line.
@@ -65,8 +58,10 @@ type Remote struct {
 // Project is a BuildStream project: the directory holding project.conf.
 type Project struct {
 	Dir, File, Name string
-	Version         Version
-	root            *yaml.Node
+	// Format is the kind of artifact the project's BuildStream makes:
+	// cache.KindBst1Artifact or cache.KindBst2Artifact.
+	Format cache.Kind
+	root   *yaml.Node
 }
 
 // FindProject returns the nearest directory at or above dir that holds a
@@ -88,7 +83,7 @@ func FindProject(dir string) string {
 // version it is for (min-version is BuildStream 2's; format-version, or
 // neither, BuildStream 1's) and its recommended caches.
 func LoadProject(dir string) (*Project, error) {
-	p := &Project{Dir: dir, File: filepath.Join(dir, "project.conf"), Version: V1}
+	p := &Project{Dir: dir, File: filepath.Join(dir, "project.conf"), Format: cache.KindBst1Artifact}
 	root, err := readYAML(p.File)
 	if err != nil {
 		return nil, err
@@ -100,24 +95,38 @@ func LoadProject(dir string) (*Project, error) {
 	}
 	p.Name = name
 	if v, _ := scalar(root, "min-version"); v != "" {
-		p.Version = V2
+		p.Format = cache.KindBst2Artifact
 	}
 	return p, nil
 }
 
-// UserConfig is BuildStream's user configuration file for a version; File
-// is "" when there is none.
+// UserConfig is BuildStream's user configuration file for a format (the
+// kind of artifact its BuildStream makes); File is "" when there is none.
 type UserConfig struct {
-	File    string
-	Version Version
-	root    *yaml.Node
+	File   string
+	Format cache.Kind
+	root   *yaml.Node
 }
 
-// UserConfigFile is the file BuildStream of version v reads from
-// configHome ($XDG_CONFIG_HOME): buildstream1.conf or buildstream2.conf,
-// else buildstream.conf; "" when neither exists.
-func UserConfigFile(configHome string, v Version) string {
-	for _, name := range []string{fmt.Sprintf("buildstream%d.conf", v), "buildstream.conf"} {
+// major is the major version of the BuildStream of format f.
+func major(f cache.Kind) int {
+	if f == cache.KindBst1Artifact {
+		return 1
+	}
+	return 2
+}
+
+// UserConfigName is the name of the user configuration file only the
+// BuildStream of format f reads: buildstream1.conf or buildstream2.conf.
+func UserConfigName(f cache.Kind) string {
+	return fmt.Sprintf("buildstream%d.conf", major(f))
+}
+
+// UserConfigFile is the file the BuildStream of format f reads from
+// configHome ($XDG_CONFIG_HOME): UserConfigName(f), else
+// buildstream.conf; "" when neither exists.
+func UserConfigFile(configHome string, f cache.Kind) string {
+	for _, name := range []string{UserConfigName(f), "buildstream.conf"} {
 		p := filepath.Join(configHome, name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
 			return p
@@ -126,10 +135,10 @@ func UserConfigFile(configHome string, v Version) string {
 	return ""
 }
 
-// LoadUserConfig reads a user configuration file for version v; an empty
+// LoadUserConfig reads a user configuration file for format f; an empty
 // path is an empty configuration.
-func LoadUserConfig(path string, v Version) (*UserConfig, error) {
-	u := &UserConfig{File: path, Version: v}
+func LoadUserConfig(path string, f cache.Kind) (*UserConfig, error) {
+	u := &UserConfig{File: path, Format: f}
 	if path == "" {
 		return u, nil
 	}
@@ -147,7 +156,7 @@ func LoadUserConfig(path string, v Version) (*UserConfig, error) {
 // environment variables expanded as BuildStream does.
 func (u *UserConfig) CacheDir(cacheHome string) string {
 	key, def := "cachedir", filepath.Join(cacheHome, "buildstream")
-	if u.Version == V1 {
+	if u.Format == cache.KindBst1Artifact {
 		key, def = "artifactdir", filepath.Join(cacheHome, "buildstream", "artifacts")
 	}
 	v, _ := scalar(u.root, key)
@@ -198,21 +207,21 @@ func Caches(u *UserConfig, project *Project, section string) ([]Remote, error) {
 	}
 	global := lookup(u.root, section)
 	var out []Remote
-	add := func(node *yaml.Node, file, basedir string, v Version) error {
-		rs, err := remotes(node, file, basedir, v)
+	add := func(node *yaml.Node, file, basedir string, f cache.Kind) error {
+		rs, err := remotes(node, file, basedir, f)
 		out = append(out, rs...)
 		return err
 	}
-	if u.Version == V1 {
+	if u.Format == cache.KindBst1Artifact {
 		if project != nil {
-			if err := add(override, u.File, "", V1); err != nil {
+			if err := add(override, u.File, "", cache.KindBst1Artifact); err != nil {
 				return nil, err
 			}
-			if err := add(lookup(project.root, section), project.File, project.Dir, V1); err != nil {
+			if err := add(lookup(project.root, section), project.File, project.Dir, cache.KindBst1Artifact); err != nil {
 				return nil, err
 			}
 		}
-		if err := add(global, u.File, "", V1); err != nil {
+		if err := add(global, u.File, "", cache.KindBst1Artifact); err != nil {
 			return nil, err
 		}
 		return dedupe(out), nil
@@ -232,11 +241,11 @@ func Caches(u *UserConfig, project *Project, section string) ([]Remote, error) {
 	if s := lookup(override, "servers"); s == nil || len(s.Content) == 0 {
 		user = global
 	}
-	if err := add(lookup(user, "servers"), u.File, "", V2); err != nil {
+	if err := add(lookup(user, "servers"), u.File, "", cache.KindBst2Artifact); err != nil {
 		return nil, err
 	}
 	if project != nil && !skipProject {
-		if err := add(lookup(project.root, section), project.File, project.Dir, V2); err != nil {
+		if err := add(lookup(project.root, section), project.File, project.Dir, cache.KindBst2Artifact); err != nil {
 			return nil, err
 		}
 	}
@@ -261,7 +270,7 @@ func sectionKeys(n *yaml.Node, file, section string) error {
 }
 
 // remotes reads a list of cache specs, or (BuildStream 1) a single one.
-func remotes(node *yaml.Node, file, basedir string, v Version) ([]Remote, error) {
+func remotes(node *yaml.Node, file, basedir string, f cache.Kind) ([]Remote, error) {
 	if node == nil || node.Kind == yaml.ScalarNode && node.Tag == "!!null" {
 		return nil, nil
 	}
@@ -269,12 +278,12 @@ func remotes(node *yaml.Node, file, basedir string, v Version) ([]Remote, error)
 	switch {
 	case node.Kind == yaml.SequenceNode:
 		items = node.Content
-	case node.Kind != yaml.MappingNode || v == V2:
+	case node.Kind != yaml.MappingNode || f == cache.KindBst2Artifact:
 		return nil, &FileError{File: file, Line: node.Line, Msg: "want a list of cache mappings (url: ...)"}
 	}
 	var out []Remote
 	for _, it := range items {
-		r, err := remote(it, file, basedir, v)
+		r, err := remote(it, file, basedir, f)
 		if err != nil {
 			return nil, err
 		}
@@ -284,7 +293,7 @@ func remotes(node *yaml.Node, file, basedir string, v Version) ([]Remote, error)
 }
 
 // remote reads one cache spec, accepting the keys that version accepts.
-func remote(n *yaml.Node, file, basedir string, v Version) (Remote, error) {
+func remote(n *yaml.Node, file, basedir string, f cache.Kind) (Remote, error) {
 	r := Remote{File: file, Line: n.Line, Type: "all"}
 	if n.Kind != yaml.MappingNode {
 		return r, &FileError{File: file, Line: n.Line, Msg: "a cache must be a mapping with a url"}
@@ -293,7 +302,7 @@ func remote(n *yaml.Node, file, basedir string, v Version) (Remote, error) {
 		return &FileError{File: file, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)}
 	}
 	path := func(p string) string {
-		if v == V2 {
+		if f == cache.KindBst2Artifact {
 			p = expandHome(p)
 		}
 		if basedir != "" && !filepath.IsAbs(p) {
@@ -315,25 +324,25 @@ func remote(n *yaml.Node, file, basedir string, v Version) (Remote, error) {
 				return r, bad(val.Line, key, "want true or false, got %q", val.Value)
 			}
 			r.Push = b
-		case v == V1 && (key == "server-cert" || key == "client-key" || key == "client-cert"):
+		case f == cache.KindBst1Artifact && (key == "server-cert" || key == "client-key" || key == "client-cert"):
 			setCert(&r, key, path(val.Value))
-		case v == V2 && key == "instance-name":
+		case f == cache.KindBst2Artifact && key == "instance-name":
 			r.InstanceName = val.Value
-		case v == V2 && key == "type":
+		case f == cache.KindBst2Artifact && key == "type":
 			if val.Value != "index" && val.Value != "storage" && val.Value != "all" {
 				return r, bad(val.Line, key, "want index, storage or all, got %q", val.Value)
 			}
 			r.Type = val.Value
-		case v == V2 && key == "auth":
+		case f == cache.KindBst2Artifact && key == "auth":
 			if err := auth(&r, val, bad, path); err != nil {
 				return r, err
 			}
-		case v == V2 && key == "connection-config":
+		case f == cache.KindBst2Artifact && key == "connection-config":
 			if err := connection(&r, val, bad); err != nil {
 				return r, err
 			}
 		default:
-			return r, bad(k.Line, key, "not a key BuildStream %d accepts in a cache", v)
+			return r, bad(k.Line, key, "not a key BuildStream %d accepts in a cache", major(f))
 		}
 	}
 	if r.URL == "" {
@@ -488,15 +497,16 @@ func expandHome(p string) string {
 	return p
 }
 
-// InstalledVersion asks the bst on PATH for its major version.
-func InstalledVersion(ctx context.Context) (Version, error) {
+// InstalledFormat asks the bst on PATH for its major version: the kind
+// of artifact it makes, cache.KindBst1Artifact or cache.KindBst2Artifact.
+func InstalledFormat(ctx context.Context) (cache.Kind, error) {
 	path, err := exec.LookPath("bst")
 	if err != nil {
-		return 0, ErrNoBst
+		return "", ErrNoBst
 	}
 	out, err := exec.CommandContext(ctx, path, "--version").Output()
 	if err != nil {
-		return 0, fmt.Errorf("bst --version: %w", err)
+		return "", fmt.Errorf("bst --version: %w", err)
 	}
 	v := strings.TrimSpace(string(out))
 	if i := strings.LastIndexByte(v, ' '); i >= 0 {
@@ -504,9 +514,9 @@ func InstalledVersion(ctx context.Context) (Version, error) {
 	}
 	switch {
 	case strings.HasPrefix(v, "1."):
-		return V1, nil
+		return cache.KindBst1Artifact, nil
 	case strings.HasPrefix(v, "2."):
-		return V2, nil
+		return cache.KindBst2Artifact, nil
 	}
-	return 0, fmt.Errorf("bst --version printed %q: not BuildStream 1 or 2", v)
+	return "", fmt.Errorf("bst --version printed %q: not BuildStream 1 or 2", v)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
@@ -42,70 +43,70 @@ func summary(dir string, rs []Remote) []string {
 func TestCaches(t *testing.T) {
 	cases := []struct {
 		name    string
-		version Version
+		format  cache.Kind
 		user    string // buildstream.conf; "" for none
 		project string // project.conf, under proj/
 		want    []string
 		err     string // a substring, with file and line
 	}{
 		{
-			name: "bst1 single mapping in the user file", version: V1,
+			name: "bst1 single mapping in the user file", format: cache.KindBst1Artifact,
 			user:    "artifacts:\n  url: https://user:11001\n  push: true\n",
 			project: "name: demo\n",
 			want:    []string{"https://user:11001 push"},
 		},
 		{
-			name: "bst1 order: user override for the project, project.conf, user list", version: V1,
+			name: "bst1 order: user override for the project, project.conf, user list", format: cache.KindBst1Artifact,
 			user:    "artifacts:\n- url: http://global1\n- url: http://global2\nprojects:\n  demo:\n    artifacts:\n    - url: http://override\n",
 			project: "name: demo\nartifacts:\n- url: http://recommended\n  server-cert: certs/ca.pem\n",
 			want:    []string{"http://override", "http://recommended proj/certs/ca.pem", "http://global1", "http://global2"},
 		},
 		{
-			name: "bst1 a cache listed twice counts once", version: V1,
+			name: "bst1 a cache listed twice counts once", format: cache.KindBst1Artifact,
 			user:    "artifacts:\n- url: http://same\n",
 			project: "name: demo\nartifacts:\n  url: http://same\n",
 			want:    []string{"http://same"},
 		},
 		{
-			name: "bst1 rejects bst2's keys", version: V1,
+			name: "bst1 rejects bst2's keys", format: cache.KindBst1Artifact,
 			user: "artifacts:\n- url: http://a\n  instance-name: x\n", project: "name: demo\n",
 			err: "buildstream.conf:3: instance-name: not a key BuildStream 1 accepts",
 		},
 		{
-			name: "bst2 user servers, then project.conf; type, instance, auth relative to the project", version: V2,
+			name: "bst2 user servers, then project.conf; type, instance, auth relative to the project", format: cache.KindBst2Artifact,
 			user:    "artifacts:\n  servers:\n  - url: https://user\n    push: true\n    type: index\n",
 			project: "name: demo\nmin-version: 2.0\nartifacts:\n- url: https://recommended\n  instance-name: main\n  auth:\n    server-cert: ca.pem\n    access-token: token\n",
 			want:    []string{"https://user push index", "https://recommended instance=main proj/ca.pem proj/token"},
 		},
 		{
-			name: "bst2 project override replaces the user's servers", version: V2,
+			name: "bst2 project override replaces the user's servers", format: cache.KindBst2Artifact,
 			user:    "artifacts:\n  servers:\n  - url: https://global\nprojects:\n  demo:\n    artifacts:\n      servers:\n      - url: https://mine\n",
 			project: "name: demo\nmin-version: 2.0\nartifacts:\n- url: https://recommended\n",
 			want:    []string{"https://mine", "https://recommended"},
 		},
 		{
-			name: "bst2 override-project-caches drops project.conf's", version: V2,
+			name: "bst2 override-project-caches drops project.conf's", format: cache.KindBst2Artifact,
 			user:    "artifacts:\n  override-project-caches: true\n  servers:\n  - url: https://only\n",
 			project: "name: demo\nmin-version: 2.0\nartifacts:\n- url: https://recommended\n",
 			want:    []string{"https://only"},
 		},
 		{
-			name: "bad YAML names file and line", version: V1,
+			name: "bad YAML names file and line", format: cache.KindBst1Artifact,
 			user: "artifacts:\n- url: http://a\n  push: [\n", project: "name: demo\n",
 			err: "buildstream.conf:3: did not find expected node content",
 		},
 		{
-			name: "bst2 refuses BuildStream 1's form of the user section", version: V2,
+			name: "bst2 refuses BuildStream 1's form of the user section", format: cache.KindBst2Artifact,
 			user: "artifacts:\n  url: http://a\n", project: "name: demo\nmin-version: 2.0\n",
 			err: "buildstream.conf:2: artifacts.url: not a key BuildStream 2 accepts here",
 		},
 		{
-			name: "bst2 bad type", version: V2,
+			name: "bst2 bad type", format: cache.KindBst2Artifact,
 			user: "artifacts:\n  servers:\n  - url: http://a\n    type: both\n", project: "name: demo\nmin-version: 2.0\n",
 			err: "buildstream.conf:4: type: want index, storage or all",
 		},
 		{
-			name: "client-key without client-cert", version: V1,
+			name: "client-key without client-cert", format: cache.KindBst1Artifact,
 			user: "", project: "name: demo\nartifacts:\n- url: https://a\n  client-key: k.pem\n",
 			err: "project.conf:3: client-key: client-key and client-cert go together",
 		},
@@ -117,13 +118,13 @@ func TestCaches(t *testing.T) {
 				files["config/buildstream.conf"] = c.user
 			}
 			dir := testenv.WriteFiles(t, files)
-			u, err := LoadUserConfig(UserConfigFile(filepath.Join(dir, "config"), c.version), c.version)
+			u, err := LoadUserConfig(UserConfigFile(filepath.Join(dir, "config"), c.format), c.format)
 			var got []Remote
 			if err == nil {
 				var p *Project
 				if p, err = LoadProject(filepath.Join(dir, "proj")); err == nil {
-					if p.Version != c.version {
-						t.Errorf("project version %d, want %d", p.Version, c.version)
+					if p.Format != c.format {
+						t.Errorf("project format %s, want %s", p.Format, c.format)
 					}
 					got, err = Caches(u, p, "artifacts")
 				}
@@ -151,10 +152,10 @@ func TestCaches(t *testing.T) {
 
 func TestCacheDir(t *testing.T) {
 	dir := testenv.WriteFiles(t, map[string]string{"b1.conf": "artifactdir: ${XDG_CACHE_HOME}/elsewhere\n", "b2.conf": "cachedir: /srv/bst\n"})
-	u1, _ := LoadUserConfig(filepath.Join(dir, "b1.conf"), V1)
-	u2, _ := LoadUserConfig(filepath.Join(dir, "b2.conf"), V2)
-	none1, _ := LoadUserConfig("", V1)
-	none2, _ := LoadUserConfig("", V2)
+	u1, _ := LoadUserConfig(filepath.Join(dir, "b1.conf"), cache.KindBst1Artifact)
+	u2, _ := LoadUserConfig(filepath.Join(dir, "b2.conf"), cache.KindBst2Artifact)
+	none1, _ := LoadUserConfig("", cache.KindBst1Artifact)
+	none2, _ := LoadUserConfig("", cache.KindBst2Artifact)
 	got := []string{u1.CacheDir("/c"), u2.CacheDir("/c"), none1.CacheDir("/c"), none2.CacheDir("/c")}
 	want := []string{"/c/elsewhere", "/srv/bst", "/c/buildstream/artifacts", "/c/buildstream"}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -234,7 +235,7 @@ func TestUserConfigStrict(t *testing.T) {
 		if err := os.WriteFile(p, []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		u, err := LoadUserConfig(p, V1)
+		u, err := LoadUserConfig(p, cache.KindBst1Artifact)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,32 +13,30 @@ import (
 	"github.com/bst-cache/bst-cache/cache"
 )
 
-// bstVersion picks the BuildStream version whose files are read: the
-// project's, else the format a bst-cache file set, else the user file that
-// names its version (buildstream2.conf, buildstream1.conf), else (for a
-// plain buildstream.conf, or one given with --config) the bst on PATH,
-// else BuildStream 2.
-func bstVersion(cfg *Config, project *buildstream.Project, configHome, userFile string, installed func() (buildstream.Version, error)) buildstream.Version {
+// bstFormat picks the format of the BuildStream whose files are read: the
+// project's, else the format a bst-cache file set, else that of the user
+// file that names its version (buildstream2.conf, buildstream1.conf), else
+// (for a plain buildstream.conf, or one given with --config) the bst on
+// PATH's, else BuildStream 2's.
+func bstFormat(cfg *Config, project *buildstream.Project, configHome, userFile string, installed func() (cache.Kind, error)) cache.Kind {
 	switch {
 	case project != nil:
-		return project.Version
-	case cfg.Format == cache.KindBst1Artifact:
-		return buildstream.V1
+		return project.Format
 	case cfg.Format != cache.KindArtifact:
-		return buildstream.V2
+		return cfg.Format
 	}
-	for _, v := range []buildstream.Version{buildstream.V2, buildstream.V1} {
-		if _, err := os.Stat(filepath.Join(configHome, fmt.Sprintf("buildstream%d.conf", v))); err == nil {
-			return v
+	for _, f := range []cache.Kind{cache.KindBst2Artifact, cache.KindBst1Artifact} {
+		if _, err := os.Stat(filepath.Join(configHome, buildstream.UserConfigName(f))); err == nil {
+			return f
 		}
 	}
 	_, err := os.Stat(filepath.Join(configHome, "buildstream.conf"))
 	if err == nil || userFile != "" {
-		if v, err := installed(); err == nil {
-			return v
+		if f, err := installed(); err == nil {
+			return f
 		}
 	}
-	return buildstream.V2
+	return cache.KindBst2Artifact
 }
 
 // loadBuildStream adds what BuildStream's own configuration says: its
@@ -58,13 +56,13 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 		}
 		project = p
 	}
-	version := bstVersion(cfg, project, configHome, userFile, func() (buildstream.Version, error) {
-		return buildstream.InstalledVersion(context.Background())
+	format := bstFormat(cfg, project, configHome, userFile, func() (cache.Kind, error) {
+		return buildstream.InstalledFormat(context.Background())
 	})
 	if userFile == "" {
-		userFile = buildstream.UserConfigFile(configHome, version)
+		userFile = buildstream.UserConfigFile(configHome, format)
 	}
-	u, err := buildstream.LoadUserConfig(userFile, version)
+	u, err := buildstream.LoadUserConfig(userFile, format)
 	if err != nil {
 		return fileError(err)
 	}
@@ -73,7 +71,7 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 		return fileError(err)
 	}
 	var sources []buildstream.Remote
-	if version == buildstream.V2 {
+	if format == cache.KindBst2Artifact {
 		if sources, err = buildstream.Caches(u, project, "source-caches"); err != nil {
 			return fileError(err)
 		}
@@ -100,7 +98,7 @@ func loadBuildStream(cfg *Config, wd, userFile string) error {
 	cfg.NonStrict = !strict
 	if cfg.Format == cache.KindArtifact {
 		cfg.Format, cfg.FormatFrom = cache.KindBst2Artifact, project.File+" (min-version: BuildStream 2)"
-		if version == buildstream.V1 {
+		if format == cache.KindBst1Artifact {
 			cfg.Format, cfg.FormatFrom = cache.KindBst1Artifact, project.File+" (no min-version: BuildStream 1)"
 		}
 	}
