@@ -77,19 +77,56 @@ func ArtifactRoots(a *bspb.Artifact) (required, optional cache.Roots, err error)
 	return required, optional, nil
 }
 
-// ProtoRoots lists what a serialized BuildStream 2 proto names in CAS: an
-// Artifact (see ArtifactRoots) or, with source, a Source (its files, all
-// required).
-func ProtoRoots(data []byte, source bool) (required, optional cache.Roots, err error) {
-	if source {
-		required, err = sourceRoots(data)
-		return required, cache.Roots{}, err
-	}
-	a, err := ParseArtifact(data)
+// Named is what a stored ref names (ReadRef).
+type Named struct {
+	// Digest is what the ref's index entry names: BuildStream 1's root
+	// Directory, BuildStream 2's Artifact or Source message.
+	Digest digest.Digest
+	// Required are the trees and blobs that must all be present for the
+	// ref to count: BuildStream 1's whole tree; for BuildStream 2 the
+	// message itself (the last of Blobs) and what it needs
+	// (ArtifactRoots, a Source's files).
+	Required cache.Roots
+	// Optional are the trees BuildStream pulls only on request
+	// (buildtrees and the like; ArtifactRoots).
+	Optional cache.Roots
+	// Failed: a BuildStream 2 artifact of a build that did not succeed.
+	Failed bool
+}
+
+// ReadRef reads the content of a stored ref of kind k (its ref file, or
+// what an index names): for cache.KindBst1Artifact a serialized Digest of
+// the root Directory, for cache.KindBst2Artifact an Artifact message, for
+// cache.KindSource a Source message. Other kinds are not BuildStream's
+// and are an error.
+func ReadRef(k cache.Kind, data []byte) (Named, error) {
+	d, err := RefDigest(k == cache.KindBst1Artifact, data)
 	if err != nil {
-		return cache.Roots{}, cache.Roots{}, err
+		return Named{}, err
 	}
-	return ArtifactRoots(a)
+	n := Named{Digest: d}
+	switch k {
+	case cache.KindBst1Artifact:
+		n.Required.Dirs = []digest.Digest{d}
+		return n, nil
+	case cache.KindBst2Artifact:
+		a, err := ParseArtifact(data)
+		if err != nil {
+			return Named{}, err
+		}
+		if n.Required, n.Optional, err = ArtifactRoots(a); err != nil {
+			return Named{}, err
+		}
+		n.Failed = !a.GetBuildSuccess()
+	case cache.KindSource:
+		if n.Required, err = sourceRoots(data); err != nil {
+			return Named{}, err
+		}
+	default:
+		return Named{}, fmt.Errorf("refs of kind %s are not BuildStream's own", k)
+	}
+	n.Required.Blobs = append(n.Required.Blobs, d)
+	return n, nil
 }
 
 // sourceRoots lists what a BuildStream 2 Source message names in CAS.

@@ -122,15 +122,15 @@ func (p push) PushBlob(ctx context.Context, req *assetpb.PushBlobRequest) (*asse
 			}
 			return nil, grpcError(err)
 		}
-		own, optional, err := buildstream.ProtoRoots(data, e.kind == cache.KindSource)
+		n, err := buildstream.ReadRef(e.kind, data)
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", uri, err)
 		}
 		// BuildStream 2's optional trees (buildtree and the like) may be
 		// absent, as they are after a pull without buildtrees: they are
 		// not required, so a reference to one missing is dropped.
-		roots.Dirs = dropMissingOptional(p.store, roots.Dirs, optional.Dirs)
-		roots.Add(own)
+		roots.Dirs = dropMissingOptional(p.store, roots.Dirs, n.Optional.Dirs)
+		roots.Add(n.Required)
 	}
 	err = p.writeEntries(ctx, assetBlob, req.GetUris(), req.GetQualifiers(), roots, func(uri string, e entry) ([]byte, error) {
 		if e.kind == cache.KindAsset {

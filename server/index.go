@@ -156,33 +156,26 @@ func (s *Server) resolve(e entry, full bool) (resolved, error) {
 	if err != nil {
 		return resolved{}, err
 	}
-	switch e.kind {
-	case cache.KindBst1Artifact:
-		dg, err := buildstream.ParseV1Ref(data)
+	if e.kind != cache.KindAsset {
+		n, err := buildstream.ReadRef(e.kind, data)
 		if err != nil {
 			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
 		}
-		return resolved{digest: dg, roots: cache.Roots{Dirs: []digest.Digest{dg}}}, nil
-	case cache.KindBst2Artifact, cache.KindSource:
-		dg := digest.NewFromBlob(data)
-		// A store that BuildStream 2 filled keeps the proto only as a ref:
-		// serve it from CAS too.
-		if ok, err := s.store.Has(dg); err != nil {
-			return resolved{}, err
-		} else if !ok {
-			if err := s.store.PutBytes(dg, data); err != nil {
+		if e.kind != cache.KindBst1Artifact {
+			// A store that BuildStream 2 filled keeps the proto only as a
+			// ref: serve it from CAS too.
+			if ok, err := s.store.Has(n.Digest); err != nil {
 				return resolved{}, err
+			} else if !ok {
+				if err := s.store.PutBytes(n.Digest, data); err != nil {
+					return resolved{}, err
+				}
 			}
 		}
-		roots, optional, err := buildstream.ProtoRoots(data, e.kind == cache.KindSource)
 		if full {
-			roots.Add(optional)
+			n.Required.Add(n.Optional)
 		}
-		if err != nil {
-			return resolved{}, fmt.Errorf("ref %s: %w", e.ref, err)
-		}
-		roots.Blobs = append(roots.Blobs, dg)
-		return resolved{digest: dg, roots: roots}, nil
+		return resolved{digest: n.Digest, roots: n.Required}, nil
 	}
 	var rec record
 	if err := json.Unmarshal(data, &rec); err != nil {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
-	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
@@ -118,26 +117,28 @@ type entry struct {
 }
 
 // entryFor turns what an index named into an entry; for bst2 the proto
-// (proto, already verified against d) says what it names.
+// (protoData, already verified against d) says what it names.
 func entryFor(k cache.Kind, d digest.Digest, protoData []byte) (entry, error) {
-	en := entry{kind: k, digest: d, content: protoData}
-	var err error
-	switch k {
-	case cache.KindBst1Artifact:
-		en.content = buildstream.V1RefContent(d)
-		en.roots.Dirs = []digest.Digest{d}
-		return en, err
-	case cache.KindSource:
-		en.roots, _, err = buildstream.ProtoRoots(protoData, true)
-	default:
-		var art *bspb.Artifact
-		if art, err = buildstream.ParseArtifact(protoData); err == nil {
-			en.roots, en.optional, err = buildstream.ArtifactRoots(art)
-			en.failed = !art.GetBuildSuccess()
-		}
+	if k == cache.KindBst1Artifact {
+		protoData = buildstream.V1RefContent(d)
 	}
-	en.roots.Blobs = append(en.roots.Blobs, d)
+	en, err := entryOf(k, protoData)
+	if err == nil && en.digest != d {
+		err = fmt.Errorf("%s names %s, not %s", k, en.digest, d)
+	}
 	return en, err
+}
+
+// entryOf reads a ref's content, as buildstream.ReadRef reads it.
+func entryOf(k cache.Kind, content []byte) (entry, error) {
+	n, err := buildstream.ReadRef(k, content)
+	if err != nil {
+		return entry{}, err
+	}
+	if k == cache.KindBst1Artifact {
+		content = buildstream.V1RefContent(n.Digest) // as every writer of a bst1 ref writes it
+	}
+	return entry{kind: k, digest: n.Digest, content: content, roots: n.Required, optional: n.Optional, failed: n.Failed}, nil
 }
 
 // localEntry reads a ref of kind k (of either artifact format for
@@ -160,16 +161,12 @@ func localEntryOf(s *cache.Store, k cache.Kind, ref string) (entry, error) {
 	if err != nil {
 		return entry{}, err
 	}
-	if k == cache.KindBst1Artifact {
-		d, err := buildstream.ParseV1Ref(data)
-		if err != nil {
-			return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
-		}
-		return entryFor(k, d, nil)
-	}
-	e, err := entryFor(k, digest.NewFromBlob(data), data)
+	e, err := entryOf(k, data)
 	if err != nil {
 		return entry{}, fmt.Errorf("local ref %s: %w", ref, err)
+	}
+	if k == cache.KindBst1Artifact {
+		return e, nil
 	}
 	// BuildStream 2 keeps the proto as the ref file only; the closure (and
 	// a push) needs it as a blob too. A read-only run knows it from the
