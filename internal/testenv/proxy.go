@@ -75,6 +75,10 @@ type ProxyFaults struct {
 	// balancer or a restarting frontend drops a stream; the backend sees
 	// the stream cancelled.
 	CutWrite int64
+	// Hang, while true, makes every call wait without an answer until the
+	// caller gives up, as a server that accepts connections and then
+	// stops responding (a hung process, a half-dead link).
+	Hang *atomic.Bool
 	// StallWrite makes ByteStream writes stall: the proxy takes the first
 	// message and then reads nothing more, as a server that stopped
 	// taking bytes.
@@ -148,6 +152,10 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(ss)
 	if takeOne(p.faults.Unavailable) {
 		return status.Error(codes.Unavailable, "down (test proxy)")
+	}
+	if p.faults.Hang != nil && p.faults.Hang.Load() {
+		<-ss.Context().Done()
+		return ss.Context().Err()
 	}
 	switch {
 	case method == "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree" && p.faults.Tree != "":
