@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/google/go-cmp/cmp"
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
@@ -25,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/linksim"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
@@ -78,15 +81,24 @@ func objectsSize(t *testing.T, dir string) (size int64) {
 	return size
 }
 
-// hasObject says whether a server's store holds a blob, whatever its layout.
-func hasObject(dir, hash string) bool {
+// objectFile is where a server's store keeps a blob, whatever its layout;
+// "" when it holds none.
+func objectFile(dir, hash string) string {
 	for _, objects := range []string{"cas/cas/objects", "cas/objects"} {
-		if _, err := os.Stat(filepath.Join(dir, objects, hash[:2], hash[2:])); err == nil {
-			return true
+		if p := filepath.Join(dir, objects, hash[:2], hash[2:]); fileExists(p) {
+			return p
 		}
 	}
-	return false
+	return ""
 }
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// hasObject says whether a server's store holds a blob.
+func hasObject(dir, hash string) bool { return objectFile(dir, hash) != "" }
 
 // pullMissing pulls refs through a cache and checks that they are missing
 // (exit 3), returning how long it took.
@@ -279,6 +291,11 @@ func TestMirrorBazelRemoteStorage(t *testing.T) {
 	if got := testenv.RefsOnDisk(t, m.Dir); len(got) != len(refs) {
 		t.Errorf("the mirror holds refs %v; want %v", got, refs)
 	}
+	// As serve's, the mirror's new directory takes the layout of the
+	// first artifact written (BuildStream 1's: bst-artifact-server's).
+	if layout, _ := cache.DetectLayout(m.Dir); layout != cache.LayoutBst1 {
+		t.Errorf("a new mirror directory filled with BuildStream 1 artifacts alone has the %q layout; want bst1", layout)
+	}
 }
 
 // An upstream that sends a corrupt blob: the blob is not stored, the next
@@ -298,7 +315,7 @@ func TestMirrorLyingUpstream(t *testing.T) {
 		local := t.TempDir()
 		pullDone(t, writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false)), local, "proj/big/k")
 		for _, dir := range []string{local, m.Dir} {
-			data, err := os.ReadFile(filepath.Join(dir, "cas", "objects", big[:2], big[2:]))
+			data, err := os.ReadFile(objectFile(dir, big))
 			if err != nil || fmt.Sprintf("%x", sha256.Sum256(data)) != big {
 				t.Errorf("%s: the big blob is absent or does not match its digest (%v)", dir, err)
 			}
@@ -322,10 +339,12 @@ func TestMirrorLyingUpstream(t *testing.T) {
 	})
 }
 
-// An upstream that hangs (accepts calls, never answers): a pull through
-// the mirror does not hang past the upstream's request timeout, the next
-// upstream answers, and once the hanging one is known down a cold miss is
-// answered within a second.
+// An upstream that hangs (accepts calls, never answers): the mirror
+// answers what needs no upstream at once (the empty Directory, which every
+// bst-cache client's probe asks GetTree for), a pull through it does not
+// hang past the upstream's request timeout and the next upstream answers,
+// and once the hanging one is known down a cold miss is answered within a
+// second.
 func TestMirrorHangingUpstream(t *testing.T) {
 	origin := t.TempDir()
 	bst1Artifact(t, origin, "proj/a/k", 10, 4<<10, 256<<10)
@@ -335,14 +354,19 @@ func TestMirrorHangingUpstream(t *testing.T) {
 	hung := testenv.StartProxy(t, good.Addr, testenv.ProxyFaults{Hang: &hang})
 	m := startMirror(t, upstreamTOML("hung", "http://"+hung, "")+upstreamTOML("good", good.URL(), ""), nil, "hung", "good")
 	hang.Store(true)
-	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false))
 
+	if d := emptyTreeTime(t, m.Addr); d > time.Second {
+		t.Errorf("GetTree of the empty Directory took %v with an upstream hanging; want < 1s (it needs no upstream)", d)
+	}
+	// A client with the default connect timeout (10s; the upstream's
+	// request timeout is 3s).
+	cfg := writeConfig(t, "format = \"bst1\"\n"+strings.Replace(cacheTOML("mirror", m.URL(), false), `"3s"`, `"10s"`, 1))
 	start := time.Now()
 	pullDone(t, cfg, t.TempDir(), "proj/a/k")
 	first := time.Since(start)
-	t.Logf("first pull with hung first: %v", first)
+	t.Logf("first pull with the first upstream hanging: %v", first)
 	if first > 30*time.Second {
-		t.Errorf("a pull through the mirror took %v with an upstream hanging (request timeout 3s)", first)
+		t.Errorf("a pull through the mirror took %v with an upstream hanging (its request timeout 3s)", first)
 	}
 	// The hanging upstream is now known down: misses are answered without
 	// waiting for it.
@@ -354,6 +378,32 @@ func TestMirrorHangingUpstream(t *testing.T) {
 	start = time.Now()
 	pullDone(t, cfg, t.TempDir(), "proj/b/k")
 	t.Logf("second pull: %v", time.Since(start))
+}
+
+// emptyTreeTime asks for the tree of the empty Directory, as a bst-cache
+// client's probe does, and returns how long the answer took.
+func emptyTreeTime(t *testing.T, addr string) time.Duration {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cas := repb.NewContentAddressableStorageClient(cc)
+	cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{}) // connected: the time measured is the mirror's
+	start := time.Now()
+	stream, err := cas.GetTree(ctx, &repb.GetTreeRequest{RootDigest: digest.NewFromBlob(nil).ToProto()})
+	if err == nil {
+		for err == nil {
+			_, err = stream.Recv()
+		}
+	}
+	if err != io.EOF && status.Code(err) != codes.NotFound {
+		t.Errorf("GetTree of the empty Directory: %v", err)
+	}
+	return time.Since(start)
 }
 
 // refMissTime asks the mirror for a bst1 ref it does not hold through
