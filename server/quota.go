@@ -227,9 +227,8 @@ func (q *quota) evict(now time.Time) (refs int, freed int64, err error) {
 		return 0, 0, nil
 	}
 	target := q.limit / 10 * 9
-	empty := digest.NewFromBlob(nil)
 	remove := func(d digest.Digest) {
-		if d == empty || q.objects[d] == nil {
+		if d == emptyDigest || q.objects[d] == nil {
 			return
 		}
 		if err := s.store.RemoveObject(d); err != nil {

@@ -87,10 +87,13 @@ type Server struct {
 	empty sync.Once
 }
 
+// emptyDigest is the empty blob's: REAPI treats it as always present.
+var emptyDigest = digest.NewFromBlob(nil)
+
 // putEmpty stores the empty blob, once.
 func (s *Server) putEmpty() (err error) {
 	s.empty.Do(func() {
-		if err = s.store.PutBytes(digest.NewFromBlob(nil), nil); err != nil {
+		if err = s.store.PutBytes(emptyDigest, nil); err != nil {
 			err = fmt.Errorf("storing the empty blob: %w", err)
 		}
 	})

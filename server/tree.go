@@ -45,7 +45,15 @@ func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressabl
 	for level := w.Next(); len(level) > 0; level = w.Next() {
 		for _, d := range level {
 			data, err := s.store.ReadBlob(d)
-			if errors.Is(err, cache.ErrNotFound) && s.upstream != nil {
+			switch {
+			case !errors.Is(err, cache.ErrNotFound) || s.upstream == nil:
+			case d == emptyDigest:
+				// The empty Directory is known without asking: every
+				// bst-cache client's probe asks for its tree, and an
+				// upstream that hangs must not stall the probe, nor a
+				// fill of it give a new store its layout.
+				data, err = nil, nil
+			default:
 				data, err = s.fillTree(stream.Context(), d)
 				fromUpstream = true
 			}
