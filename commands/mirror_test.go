@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +100,20 @@ func fileExists(p string) bool {
 
 // hasObject says whether a server's store holds a blob.
 func hasObject(dir, hash string) bool { return objectFile(dir, hash) != "" }
+
+// tmpLeft lists what a server's store keeps in its temporary directory
+// (its lock file aside): a fill that failed must leave nothing.
+func tmpLeft(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	var out []string
+	for _, e := range entries {
+		if e.Name() != ".lock" {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
 
 // pullMissing pulls refs through a cache and checks that they are missing
 // (exit 3), returning how long it took.
@@ -330,6 +345,7 @@ func TestMirrorLyingUpstream(t *testing.T) {
 	t.Run("incomplete everywhere", func(t *testing.T) {
 		m := startMirror(t, upstreamTOML("holes", "http://"+holes, "")+upstreamTOML("liar", "http://"+liar, ""), nil, "holes", "liar")
 		pullMissing(t, writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false)), "proj/big/k")
+		refMissTime(t, m.Addr, "proj/big/k") // as bst 1.6 asks: NOT_FOUND too
 		if got := testenv.RefsOnDisk(t, m.Dir); len(got) != 0 {
 			t.Errorf("the mirror names %v without its blobs", got)
 		}
@@ -543,6 +559,24 @@ func TestMirrorQuota(t *testing.T) {
 	m := startMirror(t, upstreamTOML("up", up.URL(), ""), []string{"--quota", strconv.Itoa(quota)}, "up")
 	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false))
 
+	// The store may pass the quota between a fill and its eviction, never
+	// the hard cap (half the quota again) past which serve refuses writes.
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if n := objectsSize(t, m.Dir); n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
 	underQuota := func(what string) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
@@ -566,6 +600,8 @@ func TestMirrorQuota(t *testing.T) {
 		t.Errorf("the latest artifact was evicted: the mirror holds %v", held)
 	}
 
+	// An artifact holding a blob larger than the quota: served through,
+	// never stored, so it evicts nothing.
 	local := t.TempDir()
 	pullDone(t, cfg, local, "proj/huge/k")
 	if !hasObject(local, huge.Hash) {
@@ -576,6 +612,16 @@ func TestMirrorQuota(t *testing.T) {
 	}
 	underQuota("after the huge blob")
 	checkRefsComplete(t, m.Dir)
+	close(stop)
+	<-sampled
+	after := testenv.RefsOnDisk(t, m.Dir)
+	t.Logf("the mirror held at most %d bytes of objects under a quota of %d; it holds %v, %v before the huge blob", peak.Load(), quota, after, held)
+	if peak.Load() > quota+quota/2 {
+		t.Errorf("the mirror held %d bytes of objects at its peak; the quota is %d (hard cap %d)", peak.Load(), quota, quota+quota/2)
+	}
+	if len(held) > 0 && !slices.Contains(after, held[len(held)-1]) {
+		t.Errorf("serving a blob larger than the quota evicted the most recent artifact %s: the mirror held %v, now %v", held[len(held)-1], held, after)
+	}
 }
 
 // Streaming: a cold ByteStream read starts sending before the blob is all
@@ -640,6 +686,9 @@ func TestMirrorStreamsAndDataLoss(t *testing.T) {
 	}
 	if hasObject(lm.Dir, big.Hash) {
 		t.Error("the mirror stored the corrupt blob")
+	}
+	if left := tmpLeft(t, lm.Dir); len(left) != 0 {
+		t.Errorf("the failed fill left %v in the mirror's tmp", left)
 	}
 	if n, _, _, _, err := read(lm.Addr); status.Code(err) != codes.DataLoss {
 		t.Errorf("second read of the corrupt blob: %d bytes, %v; want DATA_LOSS again", n, err)
