@@ -543,10 +543,12 @@ func TestMirrorUpstreamDown(t *testing.T) {
 }
 
 // The quota: artifacts the mirror fetched are evicted whole, least
-// recently used first, and the store stays under --quota; a blob larger
-// than the quota is served through without being stored.
+// recently used first, and the store stays under --quota (past it only
+// between a fill and its eviction, never past the hard cap of half the
+// quota again); a blob larger than the quota is served through without
+// being stored, so it evicts nothing.
 func TestMirrorQuota(t *testing.T) {
-	const quota = 4 << 20
+	const quota, hardCap = 4 << 20, 6 << 20
 	origin := t.TempDir()
 	var refs []string
 	for i := range 8 {
@@ -559,25 +561,7 @@ func TestMirrorQuota(t *testing.T) {
 	m := startMirror(t, upstreamTOML("up", up.URL(), ""), []string{"--quota", strconv.Itoa(quota)}, "up")
 	cfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false))
 
-	// The store may pass the quota between a fill and its eviction, never
-	// the hard cap (half the quota again) past which serve refuses writes.
-	var peak atomic.Int64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			if n := objectsSize(t, m.Dir); n > peak.Load() {
-				peak.Store(n)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
-	underQuota := func(what string) {
+	underQuota := func(t *testing.T, what string) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for objectsSize(t, m.Dir) > quota {
@@ -588,39 +572,116 @@ func TestMirrorQuota(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	for _, ref := range refs {
-		pullDone(t, cfg, t.TempDir(), ref)
-		underQuota("after " + ref)
-	}
-	checkRefsComplete(t, m.Dir)
-	held := testenv.RefsOnDisk(t, m.Dir)
-	if len(held) == 0 || len(held) == len(refs) {
-		t.Errorf("the mirror holds %v after pulling %d artifacts of ~1 MiB under a %d-byte quota; want some evicted, the latest kept", held, len(refs), quota)
-	} else if held[len(held)-1] != refs[len(refs)-1] {
-		t.Errorf("the latest artifact was evicted: the mirror holds %v", held)
-	}
+	var held []string
+	t.Run("evicts whole artifacts", func(t *testing.T) {
+		peak := samplePeak(t, m.Dir)
+		for _, ref := range refs {
+			pullDone(t, cfg, t.TempDir(), ref)
+			underQuota(t, "after "+ref)
+		}
+		checkRefsComplete(t, m.Dir)
+		held = testenv.RefsOnDisk(t, m.Dir)
+		t.Logf("the mirror holds %v; at most %d bytes of objects under a quota of %d", held, peak(), quota)
+		if len(held) == 0 || len(held) == len(refs) {
+			t.Errorf("the mirror holds %v after pulling %d artifacts of ~1 MiB under a %d-byte quota; want some evicted, the latest kept", held, len(refs), quota)
+		} else if held[len(held)-1] != refs[len(refs)-1] {
+			t.Errorf("the latest artifact was evicted: the mirror holds %v", held)
+		}
+		if p := peak(); p > hardCap {
+			t.Errorf("the mirror held %d bytes of objects at its peak; the quota is %d (hard cap %d)", p, quota, hardCap)
+		}
+	})
+	t.Run("blob larger than the quota read alone", func(t *testing.T) {
+		// A ByteStream read of it from a fresh mirror, as BuildStream 2
+		// reads a large file.
+		fresh := startMirror(t, upstreamTOML("up", up.URL(), ""), []string{"--quota", strconv.Itoa(quota)}, "up")
+		n, _, _, sum, err := readBlob(t, fresh.Addr, huge)
+		if err != nil || n != huge.Size || sum != huge.Hash {
+			t.Errorf("read of a blob larger than the quota: %d bytes, %v", n, err)
+		}
+		if hasObject(fresh.Dir, huge.Hash) {
+			t.Error("the mirror stored a blob larger than its quota")
+		}
+	})
+	t.Run("artifact with a blob larger than the quota", func(t *testing.T) {
+		peak := samplePeak(t, m.Dir)
+		local := t.TempDir()
+		pullDone(t, cfg, local, "proj/huge/k")
+		if !hasObject(local, huge.Hash) {
+			t.Error("the blob larger than the quota did not reach the client")
+		}
+		underQuota(t, "after the huge blob")
+		checkRefsComplete(t, m.Dir)
+		after := testenv.RefsOnDisk(t, m.Dir)
+		t.Logf("the mirror holds %v, %v before; at most %d bytes of objects meanwhile", after, held, peak())
+		if p := peak(); p > hardCap {
+			t.Errorf("the mirror held %d bytes of objects at its peak: it stored the %d-byte blob (quota %d, hard cap %d)", p, huge.Size, quota, hardCap)
+		}
+		if len(held) > 0 && !slices.Contains(after, held[len(held)-1]) {
+			t.Errorf("serving a blob larger than the quota evicted the most recent artifact %s: the mirror held %v, now %v", held[len(held)-1], held, after)
+		}
+	})
+}
 
-	// An artifact holding a blob larger than the quota: served through,
-	// never stored, so it evicts nothing.
-	local := t.TempDir()
-	pullDone(t, cfg, local, "proj/huge/k")
-	if !hasObject(local, huge.Hash) {
-		t.Error("the blob larger than the quota did not reach the client")
+// samplePeak samples the bytes of objects a server's store holds until
+// the test ends; the function returned gives the largest seen so far.
+func samplePeak(t *testing.T, dir string) func() int64 {
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if n := objectsSize(t, dir); n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return func() int64 {
+		if n := objectsSize(t, dir); n > peak.Load() {
+			peak.Store(n)
+		}
+		return peak.Load()
 	}
-	if hasObject(m.Dir, huge.Hash) {
-		t.Error("the mirror stored a blob larger than its quota")
+}
+
+// readBlob reads a blob through ByteStream from a server: the bytes it
+// got, when the first came and the last, their sha256 (hex) and the
+// status the stream ended with (nil for OK).
+func readBlob(t *testing.T, addr string, d digest.Digest) (n int64, first, total time.Duration, sum string, err error) {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
 	}
-	underQuota("after the huge blob")
-	checkRefsComplete(t, m.Dir)
-	close(stop)
-	<-sampled
-	after := testenv.RefsOnDisk(t, m.Dir)
-	t.Logf("the mirror held at most %d bytes of objects under a quota of %d; it holds %v, %v before the huge blob", peak.Load(), quota, after, held)
-	if peak.Load() > quota+quota/2 {
-		t.Errorf("the mirror held %d bytes of objects at its peak; the quota is %d (hard cap %d)", peak.Load(), quota, quota+quota/2)
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	stream, err := bsgrpc.NewByteStreamClient(cc).Read(ctx, &bsgrpc.ReadRequest{ResourceName: fmt.Sprintf("blobs/%s/%d", d.Hash, d.Size)})
+	if err != nil {
+		return 0, 0, 0, "", err
 	}
-	if len(held) > 0 && !slices.Contains(after, held[len(held)-1]) {
-		t.Errorf("serving a blob larger than the quota evicted the most recent artifact %s: the mirror held %v, now %v", held[len(held)-1], held, after)
+	h := sha256.New()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return n, first, time.Since(start), fmt.Sprintf("%x", h.Sum(nil)), err
+		}
+		if n == 0 && len(resp.Data) > 0 {
+			first = time.Since(start)
+		}
+		n += int64(len(resp.Data))
+		h.Write(resp.Data)
 	}
 }
 
@@ -637,40 +698,9 @@ func TestMirrorStreamsAndDataLoss(t *testing.T) {
 	m := startMirror(t, upstreamTOML("slow", "http://"+slowAddr, "compression = \"off\"\n"), nil, "slow")
 	lm := startMirror(t, upstreamTOML("liar", "http://"+liar, "compression = \"off\"\n"), nil, "liar")
 
-	read := func(addr string) (n int64, first, total time.Duration, sum []byte, err error) {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		start := time.Now()
-		stream, err := bsgrpc.NewByteStreamClient(cc).Read(ctx, &bsgrpc.ReadRequest{ResourceName: fmt.Sprintf("blobs/%s/%d", big.Hash, big.Size)})
-		if err != nil {
-			return 0, 0, 0, nil, err
-		}
-		h := sha256.New()
-		for {
-			resp, err := stream.Recv()
-			if err != nil {
-				total = time.Since(start)
-				if err == io.EOF {
-					err = nil
-				}
-				return n, first, total, h.Sum(nil), err
-			}
-			if n == 0 && len(resp.Data) > 0 {
-				first = time.Since(start)
-			}
-			n += int64(len(resp.Data))
-			h.Write(resp.Data)
-		}
-	}
-
-	n, first, total, sum, err := read(m.Addr)
+	n, first, total, sum, err := readBlob(t, m.Addr, big)
 	t.Logf("cold read of %d bytes through a 4 MiB/s upstream: first bytes after %v, all after %v", n, first, total)
-	if err != nil || n != size || fmt.Sprintf("%x", sum) != big.Hash {
+	if err != nil || n != size || sum != big.Hash {
 		t.Fatalf("cold read: %d bytes, %v", n, err)
 	}
 	if first > total/2 {
@@ -680,7 +710,7 @@ func TestMirrorStreamsAndDataLoss(t *testing.T) {
 		t.Error("the mirror did not store the blob it streamed")
 	}
 
-	n, _, _, _, err = read(lm.Addr)
+	n, _, _, _, err = readBlob(t, lm.Addr, big)
 	if status.Code(err) != codes.DataLoss {
 		t.Errorf("cold read of a blob the upstream corrupts: %d bytes, %v; want DATA_LOSS", n, err)
 	}
@@ -690,7 +720,7 @@ func TestMirrorStreamsAndDataLoss(t *testing.T) {
 	if left := tmpLeft(t, lm.Dir); len(left) != 0 {
 		t.Errorf("the failed fill left %v in the mirror's tmp", left)
 	}
-	if n, _, _, _, err := read(lm.Addr); status.Code(err) != codes.DataLoss {
+	if n, _, _, _, err := readBlob(t, lm.Addr, big); status.Code(err) != codes.DataLoss {
 		t.Errorf("second read of the corrupt blob: %d bytes, %v; want DATA_LOSS again", n, err)
 	}
 }
