@@ -101,6 +101,20 @@ func fileExists(p string) bool {
 // hasObject says whether a server's store holds a blob.
 func hasObject(dir, hash string) bool { return objectFile(dir, hash) != "" }
 
+// bst1Artifacts writes count BuildStream 1 artifacts named by refFormat
+// (with their index) as bst1ArtifactSeeded does, seeds from seed on, and
+// returns their refs.
+func bst1Artifacts(t *testing.T, dir, refFormat string, count, n, size, large int, seed uint64) []string {
+	t.Helper()
+	var refs []string
+	for i := range count {
+		ref := fmt.Sprintf(refFormat, i)
+		bst1ArtifactSeeded(t, dir, ref, n, size, large, seed+uint64(i))
+		refs = append(refs, ref)
+	}
+	return refs
+}
+
 // tmpLeft lists what a server's store keeps in its temporary directory
 // (its lock file aside): a fill that failed must leave nothing.
 func tmpLeft(t *testing.T, dir string) []string {
@@ -396,15 +410,22 @@ func TestMirrorHangingUpstream(t *testing.T) {
 	t.Logf("second pull: %v", time.Since(start))
 }
 
-// emptyTreeTime asks for the tree of the empty Directory, as a bst-cache
-// client's probe does, and returns how long the answer took.
-func emptyTreeTime(t *testing.T, addr string) time.Duration {
+// dialPlain connects to a server over plaintext until the test ends.
+func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// emptyTreeTime asks for the tree of the empty Directory, as a bst-cache
+// client's probe does, and returns how long the answer took.
+func emptyTreeTime(t *testing.T, addr string) time.Duration {
+	t.Helper()
+	cc := dialPlain(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cas := repb.NewContentAddressableStorageClient(cc)
@@ -427,18 +448,14 @@ func emptyTreeTime(t *testing.T, addr string) time.Duration {
 // returns how long it took.
 func refMissTime(t *testing.T, addr, ref string) time.Duration {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialPlain(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c := bspb.NewReferenceStorageClient(cc)
 	// Connect first: the time measured is the mirror's.
 	c.Status(ctx, &bspb.StatusRequest{})
 	start := time.Now()
-	_, err = c.GetReference(ctx, &bspb.GetReferenceRequest{Key: ref})
+	_, err := c.GetReference(ctx, &bspb.GetReferenceRequest{Key: ref})
 	d := time.Since(start)
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("GetReference %s: %v; want NOT_FOUND", ref, err)
@@ -452,12 +469,7 @@ func refMissTime(t *testing.T, addr, ref string) time.Duration {
 func TestMirrorOneFetchPerBlob(t *testing.T) {
 	const clients = 8
 	origin := t.TempDir()
-	var refs []string
-	for i := range 4 {
-		ref := fmt.Sprintf("proj/art%d/k", i)
-		bst1ArtifactSeeded(t, origin, ref, 40, 16<<10, 1<<20, uint64(20+i))
-		refs = append(refs, ref)
-	}
+	refs := bst1Artifacts(t, origin, "proj/art%d/k", 4, 40, 16<<10, 1<<20, 20)
 	up := testenv.StartServe(t, testenv.ServeOptions{Dir: origin})
 	directLink, directAddr := testenv.StartLink(t, up.Addr, linksim.Profile{})
 	upLink, upAddr := testenv.StartLink(t, up.Addr, linksim.Profile{})
@@ -550,12 +562,7 @@ func TestMirrorUpstreamDown(t *testing.T) {
 func TestMirrorQuota(t *testing.T) {
 	const quota, hardCap = 4 << 20, 6 << 20
 	origin := t.TempDir()
-	var refs []string
-	for i := range 8 {
-		ref := fmt.Sprintf("proj/q%d/k", i)
-		bst1ArtifactSeeded(t, origin, ref, 8, 16<<10, 900<<10, uint64(40+i))
-		refs = append(refs, ref)
-	}
+	refs := bst1Artifacts(t, origin, "proj/q%d/k", 8, 8, 16<<10, 900<<10, 40)
 	huge := largeArtifact(t, origin, "proj/huge/k", 6<<20, 77)
 	up := testenv.StartServe(t, testenv.ServeOptions{Dir: origin})
 	m := startMirror(t, upstreamTOML("up", up.URL(), ""), []string{"--quota", strconv.Itoa(quota)}, "up")
@@ -656,11 +663,7 @@ func samplePeak(t *testing.T, dir string) func() int64 {
 // status the stream ended with (nil for OK).
 func readBlob(t *testing.T, addr string, d digest.Digest) (n int64, first, total time.Duration, sum string, err error) {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialPlain(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	start := time.Now()
