@@ -82,6 +82,24 @@ func objectsSize(t *testing.T, dir string) (size int64) {
 	return size
 }
 
+// objectOfSize finds a blob of size bytes in a store.
+func objectOfSize(t *testing.T, dir string, size int64) string {
+	t.Helper()
+	var hash string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && hash == "" && !d.IsDir() && strings.Contains(p, "objects") {
+			if info, _ := d.Info(); info != nil && info.Size() == size {
+				hash = filepath.Base(filepath.Dir(p)) + filepath.Base(p)
+			}
+		}
+		return nil
+	})
+	if hash == "" {
+		t.Fatalf("no object of %d bytes under %s", size, dir)
+	}
+	return hash
+}
+
 // objectFile is where a server's store keeps a blob, whatever its layout;
 // "" when it holds none.
 func objectFile(dir, hash string) string {
@@ -336,7 +354,9 @@ func TestMirrorLyingUpstream(t *testing.T) {
 	bst1Artifact(t, origin, "proj/big/k", 20, 8<<10, 3<<20)
 	good := testenv.StartServe(t, testenv.ServeOptions{Dir: origin})
 	big := largestObject(t, origin)
-	liar := testenv.StartProxy(t, good.Addr, testenv.ProxyFaults{Corrupt: map[string]bool{big: true}})
+	// A small blob too: it comes in a batch, the big one streamed.
+	small := objectOfSize(t, origin, 8<<10)
+	liar := testenv.StartProxy(t, good.Addr, testenv.ProxyFaults{Corrupt: map[string]bool{big: true, small: true}})
 	holes := testenv.StartProxy(t, good.Addr, testenv.ProxyFaults{Hide: map[string]bool{big: true}})
 
 	t.Run("corrupt", func(t *testing.T) {
@@ -344,9 +364,11 @@ func TestMirrorLyingUpstream(t *testing.T) {
 		local := t.TempDir()
 		pullDone(t, writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false)), local, "proj/big/k")
 		for _, dir := range []string{local, m.Dir} {
-			data, err := os.ReadFile(objectFile(dir, big))
-			if err != nil || fmt.Sprintf("%x", sha256.Sum256(data)) != big {
-				t.Errorf("%s: the big blob is absent or does not match its digest (%v)", dir, err)
+			for _, h := range []string{big, small} {
+				data, err := os.ReadFile(objectFile(dir, h))
+				if err != nil || fmt.Sprintf("%x", sha256.Sum256(data)) != h {
+					t.Errorf("%s: blob %s is absent or does not match its digest (%v)", dir, h, err)
+				}
 			}
 		}
 		checkRefsComplete(t, m.Dir)
