@@ -391,9 +391,10 @@ func TestMirrorLyingUpstream(t *testing.T) {
 	})
 }
 
-// An upstream that hangs (accepts calls, never answers): the mirror
-// answers what needs no upstream at once (the empty Directory, which every
-// bst-cache client's probe asks GetTree for), a pull through it does not
+// An upstream that hangs (accepts calls, never answers): a warm pull does
+// not wait on it; the mirror answers what needs no upstream at once (the
+// empty Directory, which every bst-cache client's probe asks GetTree
+// for); a cold pull through it does not
 // hang past the upstream's request timeout and the next upstream answers,
 // and once the hanging one is known down a cold miss is answered within a
 // second.
@@ -405,15 +406,26 @@ func TestMirrorHangingUpstream(t *testing.T) {
 	var hang atomic.Bool
 	hung := testenv.StartProxy(t, good.Addr, testenv.ProxyFaults{Hang: &hang})
 	m := startMirror(t, upstreamTOML("hung", "http://"+hung, "")+upstreamTOML("good", good.URL(), ""), nil, "hung", "good")
+	// warm fills from hung alone while it answers; then it hangs.
+	warm := startMirror(t, upstreamTOML("hung", "http://"+hung, ""), nil, "hung")
+	warmCfg := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("warm", warm.URL(), false))
+	pullDone(t, warmCfg, t.TempDir(), "proj/a/k")
 	hang.Store(true)
 
+	// Local hits never wait on an upstream: a warm pull (the client's
+	// probe included) is done before the upstream's request timeout.
+	start := time.Now()
+	pullDone(t, warmCfg, t.TempDir(), "proj/a/k")
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("a warm pull took %v with the upstream hanging: it waited on the upstream (request timeout 3s)", d)
+	}
 	if d := emptyTreeTime(t, m.Addr); d > time.Second {
 		t.Errorf("GetTree of the empty Directory took %v with an upstream hanging; want < 1s (it needs no upstream)", d)
 	}
 	// A client with the default connect timeout (10s; the upstream's
 	// request timeout is 3s).
 	cfg := writeConfig(t, "format = \"bst1\"\n"+strings.Replace(cacheTOML("mirror", m.URL(), false), `"3s"`, `"10s"`, 1))
-	start := time.Now()
+	start = time.Now()
 	pullDone(t, cfg, t.TempDir(), "proj/a/k")
 	first := time.Since(start)
 	t.Logf("first pull with the first upstream hanging: %v", first)
