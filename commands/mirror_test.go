@@ -340,7 +340,7 @@ func TestMirrorBazelRemoteStorage(t *testing.T) {
 	}
 	// As serve's, the mirror's new directory takes the layout of the
 	// first artifact written (BuildStream 1's: bst-artifact-server's).
-	if layout, _ := cache.DetectLayout(m.Dir); layout != cache.LayoutBst1 {
+	if layout, _ := cache.DetectLayout(m.Dir); layout != cache.KindBst1Artifact {
 		t.Errorf("a new mirror directory filled with BuildStream 1 artifacts alone has the %q layout; want bst1", layout)
 	}
 }
