@@ -592,7 +592,8 @@ func TestMirrorUpstreamDown(t *testing.T) {
 // recently used first, and the store stays under --quota (past it only
 // between a fill and its eviction, never past the hard cap of half the
 // quota again); a blob larger than the quota is served through without
-// being stored, so it evicts nothing.
+// being stored, so it evicts nothing, and an artifact holding one is a
+// miss.
 func TestMirrorQuota(t *testing.T) {
 	const quota, hardCap = 4 << 20, 6 << 20
 	origin := t.TempDir()
@@ -645,21 +646,31 @@ func TestMirrorQuota(t *testing.T) {
 		}
 	})
 	t.Run("artifact with a blob larger than the quota", func(t *testing.T) {
+		// The mirror keeps no blob larger than its quota, so it cannot
+		// hold the artifact whole: a miss, which a client whose next cache
+		// is the upstream itself falls through to.
 		peak := samplePeak(t, m.Dir)
+		pullMissing(t, cfg, "proj/huge/k")
 		local := t.TempDir()
-		pullDone(t, cfg, local, "proj/huge/k")
+		both := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false)+cacheTOML("up", up.URL(), false))
+		if rep := pullDone(t, both, local, "proj/huge/k"); rep.Refs[0].Cache != "up" {
+			t.Errorf("the artifact came from %s, want the upstream", rep.Refs[0].Cache)
+		}
 		if !hasObject(local, huge.Hash) {
 			t.Error("the blob larger than the quota did not reach the client")
 		}
-		underQuota(t, "after the huge blob")
+		if hasObject(m.Dir, huge.Hash) {
+			t.Error("the mirror stored a blob larger than its quota")
+		}
+		underQuota(t, "after the huge artifact")
 		checkRefsComplete(t, m.Dir)
 		after := testenv.RefsOnDisk(t, m.Dir)
 		t.Logf("the mirror holds %v, %v before; at most %d bytes of objects meanwhile", after, held, peak())
 		if p := peak(); p > hardCap {
-			t.Errorf("the mirror held %d bytes of objects at its peak: it stored the %d-byte blob (quota %d, hard cap %d)", p, huge.Size, quota, hardCap)
+			t.Errorf("the mirror held %d bytes of objects at its peak (quota %d, hard cap %d)", p, quota, hardCap)
 		}
 		if len(held) > 0 && !slices.Contains(after, held[len(held)-1]) {
-			t.Errorf("serving a blob larger than the quota evicted the most recent artifact %s: the mirror held %v, now %v", held[len(held)-1], held, after)
+			t.Errorf("a miss for an artifact larger than the quota evicted the most recent artifact %s: the mirror held %v, now %v", held[len(held)-1], held, after)
 		}
 	})
 }

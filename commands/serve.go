@@ -97,7 +97,7 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(e.stderr, "bst-cache serve: "+format+"\n", args...) }
-	mirror, err := upstreams(c, e, store, logf)
+	mirror, err := upstreams(c, e, store, quota, logf)
 	if err != nil {
 		return err
 	}
@@ -173,7 +173,7 @@ func runServe(c *cli.Context) error {
 
 // upstreams builds the mirror for --upstream: the named caches, in the
 // order given, filling store. nil without --upstream.
-func upstreams(c *cli.Context, e *env, store *cache.Store, logf func(string, ...any)) (*transfer.Mirror, error) {
+func upstreams(c *cli.Context, e *env, store *cache.Store, quota int64, logf func(string, ...any)) (*transfer.Mirror, error) {
 	names := c.StringSlice("upstream")
 	if len(names) == 0 {
 		return nil, nil
@@ -193,7 +193,7 @@ func upstreams(c *cli.Context, e *env, store *cache.Store, logf func(string, ...
 	if e.verbose {
 		ev.OnInfo = func(msg string) { logf("upstream: %s", msg) }
 	}
-	return transfer.NewMirror(store, transfer.NewCaches(cfgs, e.cfg.Bwlimit), transfer.MirrorOptions{Jobs: e.cfg.Jobs, Events: ev}), nil
+	return transfer.NewMirror(store, transfer.NewCaches(cfgs, e.cfg.Bwlimit), transfer.MirrorOptions{Jobs: e.cfg.Jobs, Keep: quota, Events: ev}), nil
 }
 
 // describeUpstreams names the upstreams and their URLs.

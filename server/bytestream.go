@@ -210,7 +210,7 @@ func (b byteStream) fill(ctx context.Context, d digest.Digest, w io.Writer) erro
 		return status.Errorf(codes.NotFound, "no blob %s here (and the request came through this mirror already)", d)
 	}
 	start := time.Now()
-	found, err := up.StreamBlob(uctx, d, b.keepLimit(), w)
+	found, err := up.StreamBlob(uctx, d, w)
 	switch {
 	case err == nil && !found:
 		b.logf("upstream: blob %s: miss", d)

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"io"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -32,9 +31,10 @@ type Upstream interface {
 	// Missing returns those of ds no upstream holds.
 	Missing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error)
 	// StreamBlob writes a blob to w as it arrives from an upstream and
-	// stores it when it matched its digest and is at most keep bytes.
-	// found is false when no upstream has it and nothing was written.
-	StreamBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (found bool, err error)
+	// stores it when it matched its digest (and is not larger than the
+	// upstream keeps: a mirror's quota). found is false when no upstream
+	// has it and nothing was written.
+	StreamBlob(ctx context.Context, d digest.Digest, w io.Writer) (found bool, err error)
 }
 
 // viaKey is the gRPC metadata of a mirror's requests to its upstreams:
@@ -70,15 +70,6 @@ func (s *Server) upstreamFor(ctx context.Context) (Upstream, context.Context) {
 // upstream: BuildStream refs can; the server's own asset records cannot.
 func (s *Server) fillable(e entry) bool {
 	return s.upstream != nil && e.kind != cache.KindAsset
-}
-
-// keepLimit is the largest blob a fill stores: a blob larger than the
-// quota is served through without being kept.
-func (s *Server) keepLimit() int64 {
-	if s.quota != nil {
-		return s.quota.limit
-	}
-	return math.MaxInt64
 }
 
 // adopt accounts for what a fill stored: the ref and its closure, each

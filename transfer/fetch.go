@@ -35,6 +35,9 @@ type fetcher struct {
 	present      atomic.Int64 // already local
 	// inflight weighs the downloads under way (see inflightBytes).
 	inflight *semaphore.Weighted
+	// keep, when positive, is the largest blob fetched: a mirror's quota.
+	// Larger ones are left where they are, as if no cache had them.
+	keep int64
 }
 
 func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events) *fetcher {
@@ -243,13 +246,15 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest, w *watch)
 }
 
 // fetch makes the given blobs local and returns those no cache had.
-func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]digest.Digest, error) {
+func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) (missing []digest.Digest, err error) {
 	need, held, err := f.notLocal(ds)
 	if err != nil {
 		return nil, err
 	}
 	f.present.Add(int64(len(held)))
 	w.hold(held...)
+	need, tooLarge := f.kept(need)
+	defer func() { missing = append(missing, tooLarge...) }()
 	if len(need) > 0 {
 		if err := w.moving(ctx); err != nil {
 			return nil, err
@@ -294,6 +299,23 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) ([]di
 		}
 	}
 	return need, nil
+}
+
+// kept splits need into the blobs this store keeps and those larger than
+// it keeps (keep), with a warning for each of those.
+func (f *fetcher) kept(need []digest.Digest) (keep, tooLarge []digest.Digest) {
+	if f.keep <= 0 {
+		return need, nil
+	}
+	for _, d := range need {
+		if d.Size > f.keep {
+			tooLarge = append(tooLarge, d)
+			f.ev.Warn(fmt.Sprintf("blob %s is larger than this store keeps (%d bytes): not fetched", d, f.keep))
+		} else {
+			keep = append(keep, d)
+		}
+	}
+	return keep, tooLarge
 }
 
 // notLocal splits ds into blobs the store lacks and blobs it holds, each

@@ -85,6 +85,10 @@ type MirrorOptions struct {
 	// when the request that started it is cancelled, for the others that
 	// wait for it, but never longer than this.
 	FillTimeout time.Duration
+	// Keep, when positive, is the largest blob the mirror stores (its
+	// quota): a larger one is read through without being stored, and an
+	// artifact that holds one is not filled.
+	Keep int64
 	// Events receive warnings (an upstream skipped, corrupt data) and,
 	// with OnInfo, each lookup and fill.
 	Events Events
@@ -134,6 +138,7 @@ func NewMirror(store *cache.Store, upstreams []*Cache, o MirrorOptions) *Mirror 
 	o.Events.OnPlan = nil
 	m := &Mirror{store: store, upstreams: upstreams, ev: o.Events, engines: map[cache.Kind]*Engine{}, stall: handoffStall}
 	m.f = newFetcher(store, filter(upstreams, hasStorage), false, o.Events)
+	m.f.keep = o.Keep
 	run := &shared{f: m.f, jobs: newSlots(max(o.Jobs, 1)), timeout: o.FillTimeout}
 	for _, k := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource} {
 		m.engines[k] = &Engine{Store: store, Kind: k, Caches: upstreams, Jobs: o.Jobs, Events: o.Events, shared: run}
@@ -258,7 +263,7 @@ func (m *Mirror) failed(c *Cache, err error) {
 
 // StreamBlob sends d to w as it arrives from the first upstream that has
 // it, and stores it once every byte matched its digest; a blob larger than
-// keep bytes is sent but not stored. found is false when no upstream has
+// the mirror keeps (MirrorOptions.Keep) is sent but not stored. found is false when no upstream has
 // it (or none could be asked) and nothing was written to w. When the
 // bytes do not match the digest, the error wraps cache.ErrDigestMismatch,
 // nothing is stored, and the upstream is counted against and not asked
@@ -271,7 +276,7 @@ func (m *Mirror) failed(c *Cache, err error) {
 // falls behind by more than handoffDepth messages for handoffStall, or
 // leaves, is cut off (its error says so) while the fetch goes on and
 // stores the blob for the others waiting for it.
-func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (found bool, err error) {
+func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, w io.Writer) (found bool, err error) {
 	for {
 		mine, wait := m.f.claim(d)
 		if mine {
@@ -300,7 +305,7 @@ func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w 
 		// The fetch outlives a reader that leaves: others wait for it.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.engines[cache.KindBst1Artifact].shared.timeout)
 		defer cancel()
-		found, err := m.fetchBlob(fctx, d, keep, h)
+		found, err := m.fetchBlob(fctx, d, h)
 		done <- result{found, err}
 	}()
 	for p := range h.ch {
@@ -322,7 +327,7 @@ func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, keep int64, w 
 
 // fetchBlob reads d from the first upstream that has it, within the
 // mirror's budget of bytes in flight.
-func (m *Mirror) fetchBlob(ctx context.Context, d digest.Digest, keep int64, w io.Writer) (bool, error) {
+func (m *Mirror) fetchBlob(ctx context.Context, d digest.Digest, w io.Writer) (bool, error) {
 	release, err := m.f.reserve(ctx, min(d.Size, streamWeight))
 	if err != nil {
 		return false, err
@@ -333,7 +338,7 @@ func (m *Mirror) fetchBlob(ctx context.Context, d digest.Digest, keep int64, w i
 		if err != nil {
 			continue
 		}
-		found, err := m.streamFrom(ctx, c, r, d, keep, w)
+		found, err := m.streamFrom(ctx, c, r, d, w)
 		if found || err != nil {
 			return found, err
 		}
@@ -382,13 +387,13 @@ func (h *handoff) Write(p []byte) (int, error) {
 func (h *handoff) leave() { h.left.Do(func() { close(h.quit) }) }
 
 // streamFrom streams d from one upstream to w, through the store's
-// verifying writer unless d is larger than keep.
-func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Digest, keep int64, w io.Writer) (bool, error) {
+// verifying writer unless d is larger than the mirror keeps.
+func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Digest, w io.Writer) (bool, error) {
 	var bw *cache.BlobWriter
 	var sent int64 // bytes that reached w
 	out := countingWriter{w, func(n int64) { sent += n }}
 	var dst io.Writer = out
-	if d.Size <= keep {
+	if m.f.keep <= 0 || d.Size <= m.f.keep {
 		var err error
 		if bw, err = m.store.NewWriter(d); err != nil {
 			return false, err

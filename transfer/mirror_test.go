@@ -122,7 +122,7 @@ func TestMirrorOneFetchPerBlob(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var buf bytes.Buffer
-			if found, err := m.StreamBlob(context.Background(), big, 1<<40, &buf); err != nil || !found || !bytes.Equal(buf.Bytes(), a.blobs[big]) {
+			if found, err := m.StreamBlob(context.Background(), big, &buf); err != nil || !found || !bytes.Equal(buf.Bytes(), a.blobs[big]) {
 				errs <- errors.New("StreamBlob did not serve the blob")
 			}
 		}()
@@ -154,7 +154,7 @@ func TestMirrorStreamBlob(t *testing.T) {
 	m, store, rec := newMirror(t, cacheOf(bad, good))
 
 	var buf bytes.Buffer
-	found, err := m.StreamBlob(context.Background(), d, 1<<20, &buf)
+	found, err := m.StreamBlob(context.Background(), d, &buf)
 	if !found || !errors.Is(err, cache.ErrDigestMismatch) {
 		t.Fatalf("corrupt upstream: found %v, %v; want a digest mismatch", found, err)
 	}
@@ -165,7 +165,7 @@ func TestMirrorStreamBlob(t *testing.T) {
 		t.Errorf("no warning naming the corrupt upstream: %q", rec.warns)
 	}
 	buf.Reset()
-	if found, err := m.StreamBlob(context.Background(), d, 1<<20, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), data) {
+	if found, err := m.StreamBlob(context.Background(), d, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), data) {
 		t.Fatalf("second read: found %v, %v, %d bytes; want the good upstream's", found, err, buf.Len())
 	}
 	if ok, _ := store.Has(d); !ok {
@@ -176,13 +176,14 @@ func TestMirrorStreamBlob(t *testing.T) {
 	bd := digest.NewFromBlob(big)
 	good.blobs[bd] = big
 	buf.Reset()
-	if found, err := m.StreamBlob(context.Background(), bd, 999, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), big) {
+	m.f.keep = 999
+	if found, err := m.StreamBlob(context.Background(), bd, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), big) {
 		t.Fatalf("blob over the limit: found %v, %v; want it served", found, err)
 	}
 	if ok, _ := store.Has(bd); ok {
 		t.Error("a blob larger than the limit was stored")
 	}
-	if found, err := m.StreamBlob(context.Background(), digest.NewFromBlob([]byte("none")), 1<<20, &buf); found || err != nil {
+	if found, err := m.StreamBlob(context.Background(), digest.NewFromBlob([]byte("none")), &buf); found || err != nil {
 		t.Errorf("a blob no upstream has: found %v, %v", found, err)
 	}
 }
@@ -226,7 +227,7 @@ func TestMirrorStalledReaderIsCutOff(t *testing.T) {
 	stuck := blockedWriter{make(chan struct{})}
 	stuckDone := make(chan error, 1)
 	go func() {
-		_, err := m.StreamBlob(context.Background(), d, 1<<40, stuck)
+		_, err := m.StreamBlob(context.Background(), d, stuck)
 		stuckDone <- err
 	}()
 	var buf bytes.Buffer
@@ -239,7 +240,7 @@ func TestMirrorStalledReaderIsCutOff(t *testing.T) {
 		m.f.release(d)
 		time.Sleep(time.Millisecond)
 	}
-	if found, err := m.StreamBlob(ctx, d, 1<<40, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), data) {
+	if found, err := m.StreamBlob(ctx, d, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), data) {
 		t.Fatalf("a reader behind a stalled one: found %v, %v, %d bytes", found, err, buf.Len())
 	}
 	if ok, _ := store.Has(d); !ok {
@@ -251,5 +252,41 @@ func TestMirrorStalledReaderIsCutOff(t *testing.T) {
 	}
 	if up.reads[d] != 1 {
 		t.Errorf("upstream read %d times, want once", up.reads[d])
+	}
+}
+
+// A mirror keeps no blob larger than its quota: an artifact that holds
+// one is not filled (a miss, nothing of it stored past the limit), while
+// the blob itself is read through.
+func TestMirrorKeepsNoBlobLargerThanItsQuota(t *testing.T) {
+	const ref = "p/app/key"
+	a := artifact("one", strings.Repeat("large", 100))
+	up := newFake("up").holding(ref, a)
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec recorder
+	m := NewMirror(store, cacheOf(up), MirrorOptions{Keep: 400, Events: rec.events()})
+	found, reason, err := m.FillRef(context.Background(), cache.KindBst1Artifact, ref)
+	if err != nil || found {
+		t.Fatalf("FillRef of an artifact holding a blob over the limit: found %v, %v", found, err)
+	}
+	if _, err := store.GetRef(cache.KindBst1Artifact, ref); err == nil {
+		t.Error("the ref was stored")
+	}
+	large := a.files[1]
+	if ok, _ := store.Has(large); ok {
+		t.Error("the blob over the limit was stored")
+	}
+	if !strings.Contains(strings.Join(rec.warns, "\n"), "larger than this store keeps") {
+		t.Errorf("no warning says why (reason %q): %q", reason, rec.warns)
+	}
+	var buf bytes.Buffer
+	if found, err := m.StreamBlob(context.Background(), large, &buf); !found || err != nil || buf.Len() != int(large.Size) {
+		t.Errorf("read through of the large blob: found %v, %v, %d bytes", found, err, buf.Len())
+	}
+	if ok, _ := store.Has(large); ok {
+		t.Error("the blob read through was stored")
 	}
 }
