@@ -30,29 +30,20 @@ type Cache struct {
 	dial dialer // dialRemote unless a test gives another
 	// shared caps the run's bytes over every cache (--bwlimit).
 	shared *rate.Limiter
-	// backoff is the first wait before a dead cache is probed again;
-	// reprobeMin unless a test sets it.
-	backoff time.Duration
 
 	mu sync.Mutex
+	// breaker says whether the cache may be asked; its backoff is
+	// reprobeMin unless a test sets it.
+	breaker
 	// remote and caps are set by the first probe that succeeds and kept,
 	// so callers read caps after a connect that returned no error.
 	remote remote
 	caps   remotes.Capabilities
-	// probing is closed when the probe under way ends; nil when none is.
-	probing chan struct{}
-	// dead is why the cache is skipped until retryAt; wait is how long
-	// the next death lasts.
 	// uploadKey names the uploads to the cache (remotes.WithUploadKey);
 	// set before the cache is first used.
 	uploadKey string
-	dead      error
-	retryAt   time.Time
-	wait      time.Duration
-	// revived is when the cache last answered again after a death.
-	revived time.Time
-	warned  map[string]bool
-	use     usage
+	warned    map[string]bool
+	use       usage
 }
 
 // usage is what a cache did in a run: blobs and bytes moved from or to
@@ -177,14 +168,6 @@ func (c *Cache) Name() string { return c.Config.Name }
 // probeTimeout bounds each probe of a cache.
 const probeTimeout = 10 * time.Second
 
-// A dead cache is probed again after reprobeMin, then after twice as long
-// each time it is found dead again, up to reprobeMax: a run that a cache
-// fails for long pays one probe every reprobeMax at most.
-const (
-	reprobeMin = 5 * time.Second
-	reprobeMax = 2 * time.Minute
-)
-
 // connect returns the cache's remote, dialling and probing it first when
 // no probe has answered yet, or when the cache is dead and its wait is
 // over: then this caller probes it again while others are told it is
@@ -193,19 +176,16 @@ const (
 func (c *Cache) connect(ctx context.Context, ev Events) (remote, error) {
 	for {
 		c.mu.Lock()
-		switch {
-		case c.dead == nil && c.remote != nil:
-			r := c.remote
-			c.mu.Unlock()
+		v, probing, err := c.enter()
+		r := c.remote
+		c.mu.Unlock()
+		switch v {
+		case askCache:
 			return r, nil
-		case c.dead != nil && (c.probing != nil || time.Now().Before(c.retryAt)):
-			err := c.dead
-			c.mu.Unlock()
+		case skipCache:
 			return nil, err
-		case c.probing != nil:
+		case awaitProbe:
 			// The first probe is under way: its answer is everyone's.
-			probing := c.probing
-			c.mu.Unlock()
 			select {
 			case <-probing:
 				continue
@@ -213,12 +193,7 @@ func (c *Cache) connect(ctx context.Context, ev Events) (remote, error) {
 				return nil, ctx.Err()
 			}
 		}
-		probing := make(chan struct{})
-		c.probing = probing
-		old := c.remote
-		c.mu.Unlock()
-		r, err := c.probe(ctx, old, ev)
-		close(probing)
+		r, err = c.probe(ctx, r, ev)
 		if err != nil || r != nil {
 			return r, err
 		}
@@ -230,9 +205,10 @@ func (c *Cache) connect(ctx context.Context, ev Events) (remote, error) {
 	}
 }
 
-// probe dials (or, given old, probes again) the cache and records the
-// answer: the remote, or the cache dead for a while. It returns neither
-// when ctx ended first, since that says nothing about the cache.
+// probe dials (or, given old, probes again) the cache and ends the
+// breaker's probe with the answer: the remote, or the cache dead for a
+// while. It returns neither when ctx ended first, since that says nothing
+// about the cache.
 func (c *Cache) probe(ctx context.Context, old remote, ev Events) (remote, error) {
 	dial := c.dial
 	if dial == nil {
@@ -248,31 +224,20 @@ func (c *Cache) probe(ctx context.Context, old remote, ev Events) (remote, error
 	}
 	c.mu.Unlock()
 	r, caps, err := dial(ctx, c.Config, old, opts...)
-	canceled := err != nil && ctx.Err() != nil
-	if !canceled {
-		c.asked(err)
+	if err != nil && ctx.Err() != nil {
+		c.mu.Lock()
+		c.abandon()
+		c.mu.Unlock()
+		return nil, nil
 	}
+	c.asked(err)
 	c.mu.Lock()
-	c.probing = nil
-	wasDead := c.dead != nil
-	var wait time.Duration
-	switch {
-	case canceled:
-	case err != nil:
-		wait = c.skip(err)
-	default:
-		if c.remote == nil {
-			c.remote, c.caps = r, caps
-		}
-		if c.dead != nil {
-			c.revived = time.Now()
-		}
-		c.dead = nil
+	wait, wasDead := c.probed(err)
+	if err == nil && c.remote == nil {
+		c.remote, c.caps = r, caps
 	}
 	c.mu.Unlock()
 	switch {
-	case canceled:
-		return nil, nil
 	case err != nil && wasDead:
 		ev.info(fmt.Sprintf("%s; still skipped, asked again in %s", c.describe(err), wait))
 	case err != nil:
@@ -287,38 +252,16 @@ func (c *Cache) probe(ctx context.Context, old remote, ev Events) (remote, error
 // when it is skipped already, the failure adds nothing.
 func (c *Cache) kill(err error, ev Events) {
 	c.mu.Lock()
-	if c.dead != nil {
-		c.mu.Unlock()
-		return
-	}
-	wait := c.skip(err)
+	wait, ok := c.trip(err)
 	c.mu.Unlock()
-	ev.Warn(c.skipped(err, wait))
+	if ok {
+		ev.Warn(c.skipped(err, wait))
+	}
 }
 
 // skipped is the warning for a cache found dead.
 func (c *Cache) skipped(err error, wait time.Duration) string {
 	return fmt.Sprintf("%s; skipped, asked again in %s", c.describe(err), wait)
-}
-
-// skip marks the cache dead for err until its next wait is over and
-// returns that wait: the first is backoff, each next one twice the last,
-// at most reprobeMax; a cache that answered for reprobeMax since it last
-// came back starts again from the first. c.mu is held.
-func (c *Cache) skip(err error) time.Duration {
-	if !c.revived.IsZero() && time.Since(c.revived) >= reprobeMax {
-		c.wait = 0
-	}
-	switch {
-	case c.wait == 0 && c.backoff > 0:
-		c.wait = c.backoff
-	case c.wait == 0:
-		c.wait = reprobeMin
-	default:
-		c.wait = min(2*c.wait, reprobeMax)
-	}
-	c.dead, c.retryAt = err, time.Now().Add(c.wait)
-	return c.wait
 }
 
 // fatal says whether an error means the cache should be skipped from now
