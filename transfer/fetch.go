@@ -25,8 +25,10 @@ type fetcher struct {
 	strict bool
 	ev     Events
 
-	mu      sync.Mutex
-	flights map[digest.Digest]chan struct{}
+	// flights are the blobs being downloaded.
+	flights flights[digest.Digest]
+
+	mu sync.Mutex
 	// planned are the blobs already counted in the run's total, so
 	// that blobs several refs share count once.
 	planned map[digest.Digest]struct{}
@@ -41,7 +43,7 @@ type fetcher struct {
 }
 
 func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events) *fetcher {
-	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, flights: map[digest.Digest]chan struct{}{}, planned: map[digest.Digest]struct{}{},
+	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, planned: map[digest.Digest]struct{}{},
 		inflight: semaphore.NewWeighted(inflightBytes)}
 }
 
@@ -409,14 +411,14 @@ type flight struct {
 // waiting, and returns them (mine) and the flights of the others.
 func (f *fetcher) claimAll(need []digest.Digest) (mine []digest.Digest, theirs []flight) {
 	for _, d := range need {
-		ok, wait := f.claim(d)
+		ok, wait := f.flights.claim(d)
 		if !ok {
 			theirs = append(theirs, flight{d, wait})
 			continue
 		}
 		// Another ref may have stored d since need was made.
 		if local, err := f.store.Has(d); err == nil && local {
-			f.release(d)
+			f.flights.release(d)
 			continue
 		}
 		mine = append(mine, d)
@@ -430,7 +432,7 @@ func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remo
 	batches, streamed := r.Plan(mine)
 	for _, d := range streamed {
 		g.Go(func() error {
-			defer f.release(d)
+			defer f.flights.release(d)
 			found, err := f.stream(ctx, c, r, d)
 			if !found {
 				lacks.Add(1)
@@ -440,7 +442,7 @@ func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remo
 	}
 	for _, b := range batches {
 		g.Go(func() error {
-			defer f.release(b...)
+			defer f.flights.release(b...)
 			missing, err := f.batch(ctx, c, r, b)
 			lacks.Add(int64(missing))
 			return err
@@ -601,29 +603,6 @@ func (f *fetcher) plan(ds ...digest.Digest) {
 	}
 	f.mu.Unlock()
 	f.ev.plan(n)
-}
-
-// claim makes this goroutine the downloader of d, or returns a channel
-// closed when the current downloader is done.
-func (f *fetcher) claim(d digest.Digest) (mine bool, wait <-chan struct{}) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if ch, ok := f.flights[d]; ok {
-		return false, ch
-	}
-	f.flights[d] = make(chan struct{})
-	return true, nil
-}
-
-func (f *fetcher) release(ds ...digest.Digest) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, d := range ds {
-		if ch, ok := f.flights[d]; ok {
-			close(ch)
-			delete(f.flights, d)
-		}
-	}
 }
 
 func setOf(ds []digest.Digest) map[digest.Digest]bool {

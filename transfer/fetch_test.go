@@ -63,7 +63,7 @@ func TestWaiterFetchesAfterAFailedClaim(t *testing.T) {
 	f := newFetcher(local, []*Cache{c}, false, Events{})
 	want := []digest.Digest{digest.NewFromBlob(small), digest.NewFromBlob(large)}
 	for _, d := range want {
-		if mine, _ := f.claim(d); !mine {
+		if mine, _ := f.flights.claim(d); !mine {
 			t.Fatal("claim failed")
 		}
 	}
@@ -78,7 +78,7 @@ func TestWaiterFetchesAfterAFailedClaim(t *testing.T) {
 	}()
 	// The other ref gives up on its cache without storing anything.
 	time.Sleep(200 * time.Millisecond)
-	f.release(want...)
+	f.flights.release(want...)
 	select {
 	case r := <-done:
 		if r.err != nil || len(r.missing) > 0 {
@@ -131,7 +131,7 @@ func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
 	}
 	f := newFetcher(local, []*Cache{c}, false, Events{})
 	for _, d := range gates {
-		if mine, _ := f.claim(d); !mine {
+		if mine, _ := f.flights.claim(d); !mine {
 			t.Fatal("claim failed")
 		}
 	}
@@ -150,14 +150,14 @@ func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
 	// Wait until both refs have claimed their first halves (or, with
 	// a fetcher that does not stop there, a while), then let them go on.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		f.mu.Lock()
-		n := len(f.flights)
-		f.mu.Unlock()
+		f.flights.mu.Lock()
+		n := len(f.flights.m)
+		f.flights.mu.Unlock()
 		if n == shared+len(gates) {
 			break
 		}
 	}
-	f.release(gates...)
+	f.flights.release(gates...)
 	for range 2 {
 		select {
 		case err := <-errs:

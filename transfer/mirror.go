@@ -278,7 +278,7 @@ func (m *Mirror) failed(c *Cache, err error) {
 // stores the blob for the others waiting for it.
 func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, w io.Writer) (found bool, err error) {
 	for {
-		mine, wait := m.f.claim(d)
+		mine, wait := m.f.flights.claim(d)
 		if mine {
 			break
 		}
@@ -300,7 +300,7 @@ func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, w io.Writer) (
 	}
 	done := make(chan result, 1)
 	go func() {
-		defer m.f.release(d)
+		defer m.f.flights.release(d)
 		defer close(h.ch)
 		// The fetch outlives a reader that leaves: others wait for it.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.engines[cache.KindBst1Artifact].shared.timeout)

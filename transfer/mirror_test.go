@@ -234,10 +234,10 @@ func TestMirrorStalledReaderIsCutOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for { // wait until the stuck read has claimed the blob
-		if _, wait := m.f.claim(d); wait != nil {
+		if _, wait := m.f.flights.claim(d); wait != nil {
 			break
 		}
-		m.f.release(d)
+		m.f.flights.release(d)
 		time.Sleep(time.Millisecond)
 	}
 	if found, err := m.StreamBlob(ctx, d, &buf); !found || err != nil || !bytes.Equal(buf.Bytes(), data) {

@@ -21,12 +21,12 @@ type pushRun struct {
 
 	mu        sync.Mutex
 	artifacts map[digest.Digest]*artifactFlight
-	uploads   map[upload]chan struct{} // in flight
-	sent      map[upload]bool          // landed in this run
+	uploads   flights[upload] // in flight
+	sent      map[upload]bool // landed in this run
 }
 
 func newPushRun() *pushRun {
-	return &pushRun{artifacts: map[digest.Digest]*artifactFlight{}, uploads: map[upload]chan struct{}{}, sent: map[upload]bool{}}
+	return &pushRun{artifacts: map[digest.Digest]*artifactFlight{}, sent: map[upload]bool{}}
 }
 
 // artifactFlight is one artifact pushed by the first of its refs to
@@ -130,19 +130,19 @@ func (run *pushRun) carriedHere(ctx context.Context, d digest.Digest, ref, targe
 // claim splits ds, which target lacked when asked, into the blobs this ref
 // sends (it must release them) and those another ref of the run is
 // sending there or has sent, with what to wait on for each in flight.
-func (run *pushRun) claim(target *Cache, ds []digest.Digest) (mine []digest.Digest, theirs map[digest.Digest]chan struct{}) {
+func (run *pushRun) claim(target *Cache, ds []digest.Digest) (mine []digest.Digest, theirs map[digest.Digest]<-chan struct{}) {
 	run.mu.Lock()
 	defer run.mu.Unlock()
-	theirs = map[digest.Digest]chan struct{}{}
+	theirs = map[digest.Digest]<-chan struct{}{}
 	for _, d := range ds {
 		k := upload{target, d}
-		switch ch, inFlight := run.uploads[k]; {
-		case run.sent[k]:
-		case inFlight:
-			theirs[d] = ch
-		default:
-			run.uploads[k] = make(chan struct{})
+		if run.sent[k] {
+			continue
+		}
+		if ok, done := run.uploads.claim(k); ok {
 			mine = append(mine, d)
+		} else {
+			theirs[d] = done
 		}
 	}
 	return mine, theirs
@@ -169,8 +169,7 @@ func (run *pushRun) release(target *Cache, ds []digest.Digest, ok bool) {
 		if ok {
 			run.sent[k] = true
 		}
-		close(run.uploads[k])
-		delete(run.uploads, k)
+		run.uploads.release(k)
 	}
 }
 
