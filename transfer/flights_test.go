@@ -106,7 +106,11 @@ func TestFlightsConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := range keys {
 				k := (i + w*7) % keys // workers start at different keys
-				for !isDone(k) {
+				for tries := 0; !isDone(k); tries++ {
+					if tries == 100 { // each key is through after two claims
+						errs <- fmt.Errorf("key %d: never done", k)
+						return
+					}
 					mine, wait := f.claim(k)
 					if !mine {
 						select {
