@@ -37,6 +37,8 @@ type fakeCache struct {
 	// batchTooLarge: every batch read is refused as too large, as by a
 	// server whose real limit is below the one it advertises.
 	batchTooLarge bool
+	// maxBatch is the batch limit advertised; 1 MiB when 0.
+	maxBatch int64
 	// corrupt: every blob read comes back altered (a batch read says so,
 	// as remotes' does after checking each blob).
 	corrupt bool
@@ -145,19 +147,37 @@ func (f *fakeCache) GetTree(context.Context, digest.Digest) ([]*repb.Directory, 
 	return nil, f.err("GetTree", codes.Unimplemented)
 }
 
+// Plan packs blobs into batches of at most MaxBatchBytes.
 func (f *fakeCache) Plan(ds []digest.Digest) (batches [][]digest.Digest, streamed []digest.Digest) {
+	limit := f.MaxBatchBytes()
 	var batch []digest.Digest
+	var size int64
 	for _, d := range ds {
-		if d.Size > f.MaxBatchBytes() {
+		switch {
+		case d.Size > limit:
 			streamed = append(streamed, d)
-		} else {
-			batch = append(batch, d)
+			continue
+		case size+d.Size > limit:
+			batches = append(batches, batch)
+			batch, size = nil, 0
 		}
+		batch = append(batch, d)
+		size += d.Size
 	}
-	return [][]digest.Digest{batch}, streamed
+	if len(batch) > 0 {
+		batches = append(batches, batch)
+	}
+	return batches, streamed
 }
 
-func (f *fakeCache) MaxBatchBytes() int64 { return 1 << 20 }
+// MaxBatchBytes is the batch limit the fake advertises: maxBatch, or
+// 1 MiB.
+func (f *fakeCache) MaxBatchBytes() int64 {
+	if f.maxBatch > 0 {
+		return f.maxBatch
+	}
+	return 1 << 20
+}
 
 func (f *fakeCache) Send(_ context.Context, ds []digest.Digest, open remotes.Opener, _ int) (int64, error) {
 	f.mu.Lock()

@@ -181,9 +181,10 @@ func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
 func TestTooLargeBatchStreamsWithinTheBudget(t *testing.T) {
 	fake := newFake("big-batches")
 	fake.batchTooLarge = true
+	fake.maxBatch = 2 * inflightBytes // all in one batch, refused
 	var want []digest.Digest
 	for i := range inflightBytes>>20 + 8 {
-		blob := bytes.Repeat([]byte{byte(i)}, 1<<20) // batched by the fake's plan
+		blob := bytes.Repeat([]byte{byte(i)}, 1<<20)
 		d := digest.NewFromBlob(blob)
 		fake.blobs[d] = blob
 		want = append(want, d)
