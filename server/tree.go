@@ -18,7 +18,8 @@ const defaultTreePage = 1000
 // GetTree streams the Directories of a tree, breadth first, in pages. A
 // page token is the position of the page's first Directory in that order,
 // so a client can resume anywhere. Parts of the tree the store lacks (and,
-// with an upstream, no upstream has) are left out, as REAPI specifies.
+// with an upstream, no upstream has) are left out, as REAPI specifies; a
+// root it lacks is NOT_FOUND.
 func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressableStorage_GetTreeServer) error {
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return err
@@ -56,6 +57,9 @@ func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressabl
 			default:
 				data, err = s.fillTree(stream.Context(), d)
 				fromUpstream = true
+			}
+			if errors.Is(err, cache.ErrNotFound) && d == root && pos == 0 {
+				return status.Errorf(codes.NotFound, "tree root %s not found", root)
 			}
 			if errors.Is(err, cache.ErrNotFound) {
 				continue
