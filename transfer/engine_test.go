@@ -84,7 +84,10 @@ func (f *fakeCache) lacking(d digest.Digest) *fakeCache {
 	return f
 }
 
-func (f *fakeCache) FindMissing(_ context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+func (f *fakeCache) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	var out []digest.Digest
 	for _, d := range ds {
@@ -99,7 +102,10 @@ func (f *fakeCache) FindMissing(_ context.Context, ds []digest.Digest) ([]digest
 	return out, nil
 }
 
-func (f *fakeCache) BatchRead(_ context.Context, ds []digest.Digest) (map[digest.Digest][]byte, []digest.Digest, error) {
+func (f *fakeCache) BatchRead(ctx context.Context, ds []digest.Digest) (map[digest.Digest][]byte, []digest.Digest, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	if f.batchTooLarge {
 		return nil, nil, fmt.Errorf("BatchReadBlobs: %w", remotes.ErrTooLarge)
 	}
@@ -121,7 +127,10 @@ func (f *fakeCache) BatchRead(_ context.Context, ds []digest.Digest) (map[digest
 	return found, missing, nil
 }
 
-func (f *fakeCache) ReadBlobFrom(_ context.Context, d digest.Digest, off int64, w io.Writer) error {
+func (f *fakeCache) ReadBlobFrom(ctx context.Context, d digest.Digest, off int64, w io.Writer) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	b, ok := f.blobs[d]
 	f.reads[d]++
@@ -179,7 +188,10 @@ func (f *fakeCache) MaxBatchBytes() int64 {
 	return 1 << 20
 }
 
-func (f *fakeCache) Send(_ context.Context, ds []digest.Digest, open remotes.Opener, _ int) (int64, error) {
+func (f *fakeCache) Send(ctx context.Context, ds []digest.Digest, open remotes.Opener, _ int) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var n int64

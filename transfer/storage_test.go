@@ -264,6 +264,32 @@ func testStorage(t *testing.T, impl storageImpl) {
 		}
 	})
 
+	t.Run("a cancelled context", func(t *testing.T) {
+		blobs := newBlobs([]byte("never sent"), bytes.Repeat([]byte("never sent, large "), 300<<10))
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		ds := blobs.digests()
+		if _, err := s.FindMissing(cctx, ds); err == nil {
+			t.Error("FindMissing: no error")
+		}
+		if _, _, err := s.BatchRead(cctx, ds[:1]); err == nil {
+			t.Error("BatchRead: no error")
+		}
+		var buf bytes.Buffer
+		if err := s.ReadBlobFrom(cctx, ds[0], 0, &buf); err == nil {
+			t.Error("ReadBlobFrom: no error")
+		}
+		if _, err := s.GetTree(cctx, ds[0]); err == nil {
+			t.Error("GetTree: no error")
+		}
+		if _, err := s.Send(cctx, ds, blobs.open, 4); err == nil {
+			t.Error("Send: no error")
+		}
+		if missing, err := s.FindMissing(ctx, ds); err != nil || !sameDigests(missing, ds) {
+			t.Errorf("after a cancelled Send, FindMissing said %v missing, %v; want all of %v", missing, err, ds)
+		}
+	})
+
 	t.Run("the empty blob", func(t *testing.T) {
 		empty := newBlobs([]byte{})
 		d := empty.digests()[0]
