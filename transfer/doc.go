@@ -7,7 +7,13 @@
 // It reaches caches through two small interfaces of its own, storage (a
 // CAS) and index (ReferenceStorage and Remote Asset), which
 // *remotes.Remote implements; the engine's rules are table-tested over an
-// in-memory cache, and end to end against real servers in commands/.
+// in-memory cache, and end to end against real servers in commands/. One
+// conformance suite (storage_test.go) holds every storage to the same
+// contract: serve, bazel-remote, bst-artifact-server and the in-memory
+// cache pass it. The behaviours the client engine and Mirror share are
+// blocks of their own, each with its table test: the breaker (a cache
+// that fails skipped for a while, then probed by one caller) and flights
+// (single flight: one download of a blob, one upload of it to a target).
 //
 // Refs are of one cache.Kind. With no format set (cache.KindArtifact) each
 // index cache is asked for a ref as a BuildStream 1 and a BuildStream 2
