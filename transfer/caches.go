@@ -259,6 +259,17 @@ func (c *Cache) kill(err error, ev Events) {
 	}
 }
 
+// failed records a call the cache failed: skipped for a while when it is
+// unreachable or refuses us (fatal), else warned about.
+func (c *Cache) failed(err error, ev Events) {
+	c.asked(err)
+	if fatal(err) {
+		c.kill(err, ev)
+	} else {
+		ev.Warn(c.describe(err))
+	}
+}
+
 // skipped is the warning for a cache found dead.
 func (c *Cache) skipped(err error, wait time.Duration) string {
 	return fmt.Sprintf("%s; skipped, asked again in %s", c.describe(err), wait)

@@ -286,15 +286,11 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) (miss
 				// other cache would do better.
 				return nil, err
 			}
-			c.asked(err)
 			if f.strict {
+				c.asked(err)
 				return nil, err
 			}
-			if fatal(err) {
-				c.kill(err, f.ev)
-			} else {
-				f.ev.Warn(c.describe(err))
-			}
+			c.failed(err, f.ev)
 		}
 		if need, _, err = f.notLocal(need); err != nil {
 			return nil, err

@@ -241,24 +241,13 @@ func (m *Mirror) Missing(ctx context.Context, ds []digest.Digest) ([]digest.Dige
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			m.failed(c, err)
+			c.failed(err, m.ev)
 			continue
 		}
 		c.asked(nil)
 		ds = missing
 	}
 	return ds, nil
-}
-
-// failed records an upstream's failure: skipped for a while when it is
-// unreachable or refuses us, else warned about.
-func (m *Mirror) failed(c *Cache, err error) {
-	c.asked(err)
-	if fatal(err) {
-		c.kill(err, m.ev)
-	} else {
-		m.ev.Warn(c.describe(err))
-	}
 }
 
 // StreamBlob sends d to w as it arrives from the first upstream that has
@@ -423,7 +412,7 @@ func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Di
 	case ctx.Err() != nil:
 		return sent > 0, ctx.Err()
 	}
-	m.failed(c, err)
+	c.failed(err, m.ev)
 	if sent > 0 {
 		return true, err
 	}
