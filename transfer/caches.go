@@ -248,6 +248,17 @@ func (c *Cache) probe(ctx context.Context, old remote, ev Events) (remote, error
 	return r, err
 }
 
+// down is why the cache is skipped now, without asking it; nil when it
+// may be asked.
+func (c *Cache) down() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead != nil && c.clock().Before(c.retryAt) {
+		return c.dead
+	}
+	return nil
+}
+
 // kill skips the cache for a while after a call failed, with one warning;
 // when it is skipped already, the failure adds nothing.
 func (c *Cache) kill(err error, ev Events) {
@@ -259,13 +270,21 @@ func (c *Cache) kill(err error, ev Events) {
 	}
 }
 
-// failed records a call the cache failed: skipped for a while when it is
-// unreachable or refuses us (fatal), else warned about.
-func (c *Cache) failed(err error, ev Events) {
+// replied records a call's outcome: one that failed as a dead cache does
+// (fatal) skips the cache for a while, so that the next callers fail at
+// once rather than each waiting for it.
+func (c *Cache) replied(err error, ev Events) {
 	c.asked(err)
 	if fatal(err) {
 		c.kill(err, ev)
-	} else {
+	}
+}
+
+// failed records a call the cache failed: skipped for a while when it is
+// unreachable or refuses us (fatal), else warned about.
+func (c *Cache) failed(err error, ev Events) {
+	c.replied(err, ev)
+	if !fatal(err) {
 		ev.Warn(c.describe(err))
 	}
 }

@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -24,12 +25,15 @@ type CopyOptions struct {
 // leaves a target naming a different digest alone unless forced. The
 // sources are the only evidence: a ref must resolve there and its closure
 // be complete on their storage; the local store only saves downloading
-// blobs it already holds. The targets are asked first: one that is down
-// fails the ref, and one that names the digest the sources name and holds
-// its whole closure is skipped, before any file is pulled for them. Each
-// ref is pushed as soon as it is local, while other refs are still
-// pulled, so both sides stay busy. Staged objects stay in the local store
-// for the next run. Results come in the order of refs.
+// blobs it already holds. Each ref goes to its targets at once, each on
+// its own, with a result per target: a target is asked first, one that is
+// down fails the ref there, and one that names the digest the sources
+// name and holds its whole closure is skipped, before any file is pulled
+// for it. The ref is pulled once, for the first target that lacks it and
+// is not down by the time a pull slot is free, and pushed to each target
+// as soon as it is local, while other refs are still pulled, so both
+// sides stay busy. Staged objects stay in the local store for the next
+// run. Results come in the order of refs, then of targets.
 func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o CopyOptions) ([]Result, Stats) {
 	ctx = e.Events.bind(ctx)
 	start := time.Now()
@@ -38,6 +42,9 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	if o.DryRun {
 		for i, ref := range refs {
 			perRef[i] = e.copyDryRun(ctx, ref, targets, o, run)
+			if len(perRef[i]) == 1 && perRef[i][0].Target == "" {
+				perRef[i] = eachTarget(perRef[i][0], targets)
+			}
 			for _, r := range perRef[i] {
 				e.Events.ref(r)
 			}
@@ -51,7 +58,17 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	g.SetLimit(e.lookahead())
 	for i, ref := range refs {
 		g.Go(func() error {
-			perRef[i] = e.copyRef(ctx, f, ref, targets, o, run, pulls, pushes)
+			src := &sourced{ref: ref}
+			perRef[i] = make([]Result, len(targets))
+			var tg errgroup.Group
+			tg.SetLimit(maxTargets)
+			for j, t := range targets {
+				tg.Go(func() error {
+					perRef[i][j] = e.copyTo(ctx, f, src, t, o, run, pulls, pushes)
+					return nil
+				})
+			}
+			tg.Wait()
 			for _, r := range perRef[i] {
 				e.Events.ref(r)
 			}
@@ -65,110 +82,119 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	return flatten(perRef), out
 }
 
-// copyRef copies one ref: the targets are asked first, and only for those
-// still to be written is it pulled and pushed.
-func (e *Engine) copyRef(ctx context.Context, f *fetcher, ref string, targets []*Cache, o CopyOptions, run *pushRun, pulls, pushes slots) []Result {
-	out, pending := e.askTargets(ctx, ref, targets, o, run)
-	if len(pending) == 0 {
-		return out
+// eachTarget is the sources' verdict on a ref (missing, failed, a failed
+// build) as a result per target.
+func eachTarget(r Result, targets []*Cache) []Result {
+	out := make([]Result, len(targets))
+	for j, t := range targets {
+		out[j] = r
+		out[j].Target = t.Name()
+	}
+	return out
+}
+
+// sourced is one ref of a copy, pulled once for all its targets.
+type sourced struct {
+	ref    string
+	mu     sync.Mutex
+	pulled bool
+	res    Result
+}
+
+// copyTo copies src's ref to t: t is asked first, and the ref pulled and
+// pushed only when t is still to be written.
+func (e *Engine) copyTo(ctx context.Context, f *fetcher, src *sourced, t *Cache, o CopyOptions, run *pushRun, pulls, pushes slots) Result {
+	res, pending := e.askTarget(ctx, src.ref, t, o, run)
+	if !pending {
+		return res
+	}
+	r, err := e.pullFor(ctx, f, src, t, o, pulls)
+	switch {
+	case err != nil:
+		return failed(res, err)
+	case r.Status != StatusDone:
+		r.Target = t.Name()
+		return r
+	}
+	res = e.pushRef(ctx, src.ref, []*Cache{t}, o.PushOptions, run, pushes)[0]
+	res.Cache = r.Cache
+	return res
+}
+
+// pullFor pulls src's ref for t unless it was pulled already for another
+// target. It waits for one of pulls first, and pulls nothing when t
+// proved down meanwhile (a write another ref made found it unreachable or
+// refusing): err then says why.
+func (e *Engine) pullFor(ctx context.Context, f *fetcher, src *sourced, t *Cache, o CopyOptions, pulls slots) (Result, error) {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if src.pulled {
+		return src.res, nil
 	}
 	s := &slot{of: pulls}
-	r := e.pullOne(ctx, f, ref, true, s)
-	s.release()
-	switch {
-	case r.Status != StatusDone:
-		return append(settled(out), r)
-	case !o.IncludeFailed && e.buildFailed(ref):
+	defer s.release()
+	if err := s.take(ctx); err != nil {
+		return Result{}, err
+	}
+	if err := t.down(); err != nil {
+		return Result{}, err
+	}
+	r := e.pullOne(ctx, f, src.ref, true, s)
+	if r.Status == StatusDone && !o.IncludeFailed && e.buildFailed(src.ref) {
 		r.Status, r.Reason = StatusSkipped, "the build failed: not promoted (use --include-failed)"
-		return append(settled(out), r)
 	}
-	s = &slot{of: pushes}
-	rs := e.pushRef(ctx, ref, pending, o.PushOptions, run, s)
-	s.release()
-	for j, t := range pending {
-		rs[j].Cache = r.Cache
-		for k := range out {
-			if out[k].Target == t.Name() {
-				out[k] = rs[j]
-			}
-		}
-	}
-	return out
+	src.pulled, src.res = true, r
+	return r, nil
 }
 
-// settled drops the results of targets still pending.
-func settled(rs []Result) []Result {
-	var out []Result
-	for _, r := range rs {
-		if r.Status != "" {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// askTargets asks each target about ref before anything is pulled for it,
-// and returns a result per target (empty for those still to be written)
-// and the targets still to be written. A target that is down fails the
-// ref. When an index target names a digest, the ref is resolved on the
-// sources and its closure checked there as a dry run would (Directories
-// and FindMissingBlobs, no file contents): a target that names the same
-// digest and holds the whole closure is skipped (done when another ref of
-// the artifact wrote it there in this run), one that names another is a
-// conflict.
-func (e *Engine) askTargets(ctx context.Context, ref string, targets []*Cache, o CopyOptions, run *pushRun) (out []Result, pending []*Cache) {
-	out = make([]Result, len(targets))
+// askTarget asks t about ref before anything is pulled for it: pending
+// says t is still to be written, else res is its result. A target that is
+// down fails the ref. When an index target names a digest, the ref is
+// resolved on the sources and its closure checked there as a dry run
+// would (Directories and FindMissingBlobs, no file contents): a target
+// that names the same digest and holds the whole closure is skipped (done
+// when another ref of the artifact wrote it there in this run), one that
+// names another is a conflict.
+func (e *Engine) askTarget(ctx context.Context, ref string, t *Cache, o CopyOptions, run *pushRun) (res Result, pending bool) {
+	res = Result{Ref: ref, Target: t.Name()}
+	r, err := t.connect(ctx, e.Events)
 	names := false
-	var live []*Cache
-	for j, t := range targets {
-		out[j] = Result{Ref: ref, Target: t.Name()}
-		r, err := t.connect(ctx, e.Events)
-		if err == nil && !o.Force && hasIndex(t) {
-			switch _, err = e.targetLookup(ctx, r, t, e.Kind, ref); {
-			case err == nil:
-				names = true
-			case errors.Is(err, remotes.ErrNotFound):
-				err = nil
-			default:
-				t.asked(err)
-			}
+	if err == nil && !o.Force && hasIndex(t) {
+		switch _, err = e.targetLookup(ctx, r, t, e.Kind, ref); {
+		case err == nil:
+			names = true
+		case errors.Is(err, remotes.ErrNotFound):
+			err = nil
+		default:
+			t.replied(err, e.Events)
 		}
-		if err != nil {
-			out[j] = failed(out[j], err)
-			continue
-		}
-		live = append(live, t)
+	}
+	if err != nil {
+		return failed(res, err), false
 	}
 	if !names {
-		return out, live
+		return res, true
 	}
 	dry := o
 	dry.DryRun = true
-	rs := e.copyDryRun(ctx, ref, live, dry, nil)
-	if len(rs) == 1 && rs[0].Target == "" {
+	res = e.copyDryRun(ctx, ref, []*Cache{t}, dry, nil)[0]
+	if res.Target == "" {
 		// The sources decided: missing, failed, or a failed build.
-		return append(settled(out), rs[0]), nil
+		res.Target = t.Name()
+		return res, false
 	}
-	for j, r := range rs {
-		switch r.Status {
-		case StatusWouldCopy, StatusWouldRepair:
-			pending = append(pending, live[j])
-			continue
-		}
-		r.Blobs, r.Bytes = 0, 0
-		if d, err := digest.NewFromString(r.Digest); err == nil && r.Status == StatusSkipped {
-			if c, ok := run.carriedHere(ctx, d, ref, r.Target); ok {
-				c.Cache = r.Cache
-				r = c
-			}
-		}
-		for k := range out {
-			if out[k].Target == r.Target {
-				out[k] = r
-			}
+	switch res.Status {
+	case StatusWouldCopy, StatusWouldRepair:
+		return Result{Ref: ref, Target: t.Name()}, true
+	}
+	res.Blobs, res.Bytes = 0, 0
+	if d, err := digest.NewFromString(res.Digest); err == nil && res.Status == StatusSkipped {
+		if c, ok := run.carriedHere(ctx, d, ref, t.Name()); ok {
+			c.Cache = res.Cache
+			res = c
 		}
 	}
-	return out, pending
+	return res, false
 }
 
 // buildFailed says whether a local bst2 artifact records a failed build.

@@ -40,9 +40,7 @@ func (e *Engine) Push(ctx context.Context, refs []string, targets []*Cache, o Pu
 	g.SetLimit(e.lookahead())
 	for i, ref := range refs {
 		g.Go(func() error {
-			s := &slot{of: jobs}
-			results[i] = e.pushRef(ctx, ref, targets, o, run, s)
-			s.release()
+			results[i] = e.pushRef(ctx, ref, targets, o, run, jobs)
 			for _, r := range results[i] {
 				e.Events.ref(r)
 			}
@@ -70,9 +68,12 @@ type pushing struct {
 	roots cache.Roots
 	// refs are every ref of the artifact (strong and weak), ref first.
 	refs []string
-	// slot is the ref's right to send bytes (nil: never waits).
+	// jobs hand out the right to send bytes to one target; slot is the
+	// one taken for the target the ref is going to (nil: never waits).
+	jobs slots
 	slot *slot
-	// flight is the artifact's flight when this ref carries it.
+	// flight is the artifact's flight to that target when this ref
+	// carries it there.
 	flight *artifactFlight
 }
 
@@ -107,13 +108,14 @@ func (e *Engine) pushRoots(en entry) (all []digest.Digest, roots cache.Roots, er
 	return all, roots, nil
 }
 
-// pushRef sends one local ref to every target.
-func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, run *pushRun, s *slot) []Result {
+// pushRef sends one local ref to every target, each taking one of jobs
+// while it sends bytes.
+func (e *Engine) pushRef(ctx context.Context, ref string, targets []*Cache, o PushOptions, run *pushRun, jobs slots) []Result {
 	out := make([]Result, len(targets))
 	for j, t := range targets {
 		out[j] = Result{Ref: ref, Target: t.Name()}
 	}
-	p := pushing{ref: ref, slot: s}
+	p := pushing{ref: ref, jobs: jobs}
 	en, err := localEntry(e.Store, e.Kind, ref)
 	if err == nil {
 		p.en = en
@@ -138,58 +140,74 @@ func failAll(out []Result, err error) []Result {
 	return out
 }
 
+// maxTargets bounds the targets an artifact is written to at once.
+const maxTargets = 8
+
 // pushArtifact sends p to every target, out holding a result per target
-// to fill. Storage comes before any index: targets with storage first
+// to fill. The targets are written at once (up to maxTargets), each on its
+// own: one that is slow, down or refusing delays and fails only its own
+// result. Storage comes before any index: targets with storage first
 // (each writes its own index only after its upload), then index-only
 // targets, whose entry is written only once every blob is confirmed on the
-// storage their readers use. The first ref of an artifact in run carries
-// it; its other refs wait and are done where it wrote an entry naming
-// them. A dry run goes the same way and writes nothing: it counts each
-// blob once per target and says of an artifact's other refs that they
-// would move with the first. With no run (a copy asking its targets) refs
-// go alone and every blob a target lacks counts.
+// storage their readers use. On each target, the first ref of an artifact
+// in run carries it; its other refs wait for that target and are done
+// there where it wrote an entry naming them. A dry run goes the same way
+// and writes nothing: it counts each blob once per target and says of an
+// artifact's other refs that they would move with the first. With no run
+// (a copy asking its targets) refs go alone and every blob a target lacks
+// counts.
 func (e *Engine) pushArtifact(ctx context.Context, p pushing, targets []*Cache, o PushOptions, run *pushRun, out []Result) []Result {
-	var f *artifactFlight
-	if run != nil {
-		var first bool
-		if f, first = run.artifact(p.en.digest); first {
-			p.flight = f
-			defer func() { f.landed(p.ref, out) }()
-		} else if err := f.wait(ctx); err != nil {
-			// Before any slot is taken: a waiting ref holds none.
-			return failAll(out, err)
-		}
-	}
 	storage := filter(targets, hasStorage)
 	readers := storage
 	if len(readers) == 0 {
 		readers = e.Storage
 	}
+	// A dry run sent nothing to the storage targets; they would hold the
+	// blobs once it ran.
+	uploaded := o.DryRun && len(storage) > 0
 	// Storage targets in the first pass, index-only ones in the second.
 	for _, pass := range []bool{true, false} {
+		var g errgroup.Group
+		g.SetLimit(maxTargets)
 		for j, t := range targets {
 			if hasStorage(t) != pass {
 				continue
 			}
-			out[j].Digest = p.en.digest.String()
-			if f != nil && p.flight == nil {
-				if r, ok := f.carried(p.ref, t.Name()); ok {
-					r.Cache = out[j].Cache
-					out[j] = r
-					continue
-				}
-			}
-			if pass {
-				out[j] = e.pushTo(ctx, p, t, o, run, out[j])
-			} else {
-				// A dry run sent nothing to the storage targets; they
-				// would hold the blobs once it ran.
-				uploaded := o.DryRun && len(storage) > 0
-				out[j] = e.pushIndex(ctx, p, t, readers, uploaded, o, out[j])
-			}
+			g.Go(func() error {
+				out[j] = e.pushTarget(ctx, p, t, readers, uploaded, o, run, out[j])
+				return nil
+			})
 		}
+		g.Wait()
 	}
 	return out
+}
+
+// pushTarget sends p to one target: as the artifact's carrier there, or
+// done with the carrier's entry when it names p's ref. A ref waits for a
+// carrier before it takes a slot: a waiting ref holds none.
+func (e *Engine) pushTarget(ctx context.Context, p pushing, t *Cache, readers []*Cache, uploaded bool, o PushOptions, run *pushRun, res Result) (out Result) {
+	res.Digest = p.en.digest.String()
+	if run != nil {
+		f, first := run.artifact(p.en.digest, t.Name())
+		if first {
+			p.flight = f
+			defer func() { f.landed(p.ref, out) }()
+		} else if err := f.wait(ctx); err != nil {
+			return failed(res, err)
+		} else if r, ok := f.carried(p.ref); ok {
+			r.Cache = res.Cache
+			return r
+		}
+	}
+	if p.jobs != nil {
+		p.slot = &slot{of: p.jobs}
+		defer p.slot.release()
+	}
+	if hasStorage(t) {
+		return e.pushTo(ctx, p, t, o, run, res)
+	}
+	return e.pushIndex(ctx, p, t, readers, uploaded, o, res)
 }
 
 // indexState asks a target's index what it names for the ref: the same
@@ -203,6 +221,7 @@ func (e *Engine) indexState(ctx context.Context, r remote, t *Cache, p pushing, 
 		res.Status, res.Reason = StatusConflict, fmt.Sprintf("the target names %s, not %s (use --force to overwrite)", d, p.en.digest)
 		return false, &res
 	case err != nil && !errors.Is(err, remotes.ErrNotFound):
+		t.replied(err, e.Events)
 		res = failed(res, err)
 		return false, &res
 	}
@@ -262,7 +281,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		}
 	}
 	moved, err := r.FindMissing(ctx, p.all)
-	t.asked(err)
+	t.replied(err, e.Events)
 	if err != nil {
 		return failed(res, err)
 	}
@@ -279,11 +298,8 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		}
 	}
 	blobs, bytes, err := e.send(ctx, r, t, moved, run)
-	t.asked(err)
+	t.replied(err, e.Events)
 	if err != nil {
-		if fatal(err) {
-			t.kill(err, e.Events)
-		}
 		return failed(res, err)
 	}
 	t.count(blobs, bytes, 0)
@@ -315,9 +331,9 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 func (e *Engine) writeEntry(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions) error {
 	refs := e.entryRefs(ctx, r, t, p, o)
 	err := writeIndex(ctx, r, t.caps, refs, p.en, p.roots)
-	t.asked(err)
+	t.replied(err, e.Events)
 	if err == nil {
-		p.flight.wrote(t.Name(), refs)
+		p.flight.wrote(refs)
 	}
 	return err
 }
@@ -327,7 +343,7 @@ func (e *Engine) writeEntry(ctx context.Context, r remote, t *Cache, p pushing, 
 // artifact's other refs, and writes nothing.
 func (e *Engine) wouldWrite(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions) {
 	if p.flight != nil {
-		p.flight.wrote(t.Name(), e.entryRefs(ctx, r, t, p, o))
+		p.flight.wrote(e.entryRefs(ctx, r, t, p, o))
 	}
 }
 

@@ -12,33 +12,39 @@ import (
 
 // pushRun is what the refs of one Push or Copy share: the totals, the
 // artifacts on their way to targets and the uploads in flight. Refs naming
-// one artifact (its strong and weak key, as ls lists them) move it once:
-// the first carries it to every target and writes all its refs in one
-// index entry, the others wait and are done with it. A blob several refs
-// need goes to a target once. It is safe for concurrent use.
+// one artifact (its strong and weak key, as ls lists them) move it once
+// per target: on each target the first to arrive carries it and writes all
+// its refs in one index entry, the others wait for that target alone and
+// are done with it. A blob several refs need goes to a target once. It is
+// safe for concurrent use.
 type pushRun struct {
 	blobs, bytes, present atomic.Int64
 
 	mu        sync.Mutex
-	artifacts map[digest.Digest]*artifactFlight
+	artifacts map[landing]*artifactFlight
 	uploads   flights[upload] // in flight
 	sent      map[upload]bool // landed in this run
 }
 
 func newPushRun() *pushRun {
-	return &pushRun{artifacts: map[digest.Digest]*artifactFlight{}, sent: map[upload]bool{}}
+	return &pushRun{artifacts: map[landing]*artifactFlight{}, sent: map[upload]bool{}}
 }
 
-// artifactFlight is one artifact pushed by the first of its refs to
-// arrive; done closes once it has been to every target.
+// landing is one artifact going to one target (by name).
+type landing struct {
+	d      digest.Digest
+	target string
+}
+
+// artifactFlight is one artifact pushed to one target by the first of its
+// refs to arrive there; done closes once it is over.
 type artifactFlight struct {
 	done chan struct{}
-	// ref is the ref that carried it, results its outcome by target name
-	// and refs the refs of the index entry it wrote on each target; set
-	// before done closes.
-	ref     string
-	results map[string]Result
-	refs    map[string][]string
+	// ref is the ref that carried it, result its outcome and refs the
+	// refs of the index entry it wrote; set before done closes.
+	ref    string
+	result Result
+	refs   []string
 }
 
 // upload is one blob going to one target.
@@ -47,35 +53,32 @@ type upload struct {
 	d      digest.Digest
 }
 
-// artifact joins the flight of the artifact d names: first is true for
-// the ref that carries it, which must call landed.
-func (run *pushRun) artifact(d digest.Digest) (f *artifactFlight, first bool) {
+// artifact joins the flight of the artifact d names to target: first is
+// true for the ref that carries it there, which must call landed.
+func (run *pushRun) artifact(d digest.Digest, target string) (f *artifactFlight, first bool) {
 	run.mu.Lock()
 	defer run.mu.Unlock()
-	if f, ok := run.artifacts[d]; ok {
+	k := landing{d, target}
+	if f, ok := run.artifacts[k]; ok {
 		return f, false
 	}
-	f = &artifactFlight{done: make(chan struct{}), refs: map[string][]string{}}
-	run.artifacts[d] = f
+	f = &artifactFlight{done: make(chan struct{})}
+	run.artifacts[k] = f
 	return f, true
 }
 
-// wrote records the refs of the entry the carrier wrote on target. A nil
-// flight (a ref that does not carry its artifact) records nothing.
-func (f *artifactFlight) wrote(target string, refs []string) {
+// wrote records the refs of the entry the carrier wrote. A nil flight (a
+// ref that does not carry its artifact) records nothing.
+func (f *artifactFlight) wrote(refs []string) {
 	if f != nil {
-		f.refs[target] = refs
+		f.refs = refs
 	}
 }
 
-// landed ends the flight with the carrier's results. The flight is kept
+// landed ends the flight with the carrier's result. The flight is kept
 // for the run: a ref of the artifact that comes later is done with it too.
-func (f *artifactFlight) landed(ref string, results []Result) {
-	f.ref = ref
-	f.results = map[string]Result{}
-	for _, r := range results {
-		f.results[r.Target] = r
-	}
+func (f *artifactFlight) landed(ref string, result Result) {
+	f.ref, f.result = ref, result
 	close(f.done)
 }
 
@@ -89,15 +92,15 @@ func (f *artifactFlight) wait(ctx context.Context) error {
 	}
 }
 
-// carried is ref's result on target when the carrier wrote an index entry
-// there naming ref too (in a dry run: would write); otherwise the ref goes
-// there itself.
-func (f *artifactFlight) carried(ref, target string) (Result, bool) {
-	r, ok := f.results[target]
-	if !ok || !slices.Contains(f.refs[target], ref) {
+// carried is ref's result on the flight's target when the carrier wrote
+// an index entry there naming ref too (in a dry run: would write);
+// otherwise the ref goes there itself.
+func (f *artifactFlight) carried(ref string) (Result, bool) {
+	r := f.result
+	if !slices.Contains(f.refs, ref) {
 		return Result{}, false
 	}
-	res := Result{Ref: ref, Target: target, Digest: r.Digest}
+	res := Result{Ref: ref, Target: r.Target, Digest: r.Digest}
 	verb := ""
 	switch r.Status {
 	case StatusDone, StatusRepaired:
@@ -116,15 +119,16 @@ func (f *artifactFlight) carried(ref, target string) (Result, bool) {
 // carriedHere is ref's result on target when the artifact d was carried
 // there in this run by one of its refs that also wrote ref's entry (a copy
 // then finds the target naming d for ref: done, not skipped). It waits for
-// a carrier still in flight; the carrier never waits for ref.
+// a carrier still in flight to that target; the carrier never waits for
+// ref.
 func (run *pushRun) carriedHere(ctx context.Context, d digest.Digest, ref, target string) (Result, bool) {
 	run.mu.Lock()
-	f, ok := run.artifacts[d]
+	f, ok := run.artifacts[landing{d, target}]
 	run.mu.Unlock()
 	if !ok || f.wait(ctx) != nil {
 		return Result{}, false
 	}
-	return f.carried(ref, target)
+	return f.carried(ref)
 }
 
 // claim splits ds, which target lacked when asked, into the blobs this ref
