@@ -86,8 +86,8 @@ func TestOutageIsNotAMiss(t *testing.T) {
 				t.Errorf("pull: exit %d, %s, %+v; want 1, failed, naming what was not found where and the cache not asked\n%s", code, statuses(rep), rep.Refs, stderr)
 			}
 			rep, stderr, code = runJSON(t, "--config", cfg, "--local", local, "copy", "--from", "broken", "--to", "good", ref)
-			if code != 1 || statuses(rep) != "failed" {
-				t.Errorf("copy: exit %d, %s; want 1, failed\n%s", code, statuses(rep), stderr)
+			if code != 1 || statuses(rep) != "failed@good" {
+				t.Errorf("copy: exit %d, %s; want 1, failed@good\n%s", code, statuses(rep), stderr)
 			}
 			_, stderr, code = runCLI(t, "", "--config", cfg, "which", ref)
 			if code != 1 {
@@ -141,7 +141,7 @@ func TestCopyFromReadsTheSource(t *testing.T) {
 	// The source lacks a blob of the artifact: not promoted, though
 	// local has every blob.
 	rep, stderr, code := runJSON(t, "--config", cfg, "--local", local, "copy", "--from", "lossy", "--to", "fresh", ref)
-	if code != 1 || statuses(rep) != "failed" || !strings.Contains(rep.Refs[0].Reason, big) {
+	if code != 1 || statuses(rep) != "failed@fresh" || !strings.Contains(rep.Refs[0].Reason, big) {
 		t.Errorf("copy from a source lacking a blob: exit %d, %+v; want 1, failed naming %s\n%s", code, rep.Refs, big, stderr)
 	}
 	if got := testenv.RefsOnDisk(t, fresh.Dir); len(got) != 0 {
@@ -154,7 +154,7 @@ func TestCopyFromReadsTheSource(t *testing.T) {
 	}
 	for _, to := range []string{"fresh", "releases"} {
 		rep, stderr, code := runJSON(t, "--config", cfg, "--local", local, "copy", "--from", "latest", "--to", to, ref)
-		if code != 3 || statuses(rep) != "missing" {
+		if code != 3 || statuses(rep) != "missing@"+to {
 			t.Errorf("copy --to %s of a ref evicted from the source: exit %d, %s; want 3, missing\n%s", to, code, statuses(rep), stderr)
 		}
 	}

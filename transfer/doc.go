@@ -35,10 +35,21 @@
 //     move it once per target, its refs go in one index entry (never over
 //     a ref the target names another digest under, unless forced), and
 //     each of them is done. A blob goes to a target once per run.
+//   - Targets are written at once and each on its own: an artifact goes to
+//     every target concurrently (up to 8 at a time; storage targets still
+//     before index-only ones), and each target has its own result for each
+//     ref, counted as such. A target that is down, hangs or refuses fails
+//     its own results only and delays no other's: once a call to it fails
+//     as a dead cache does (unreachable, timed out, refused) it is skipped
+//     for the breaker's wait, so it costs each run one timeout at most.
 //   - Copy takes the sources as the only evidence: the local store saves
-//     downloads, never stands in for a source. It asks the targets first:
-//     one that is down fails the ref, and one that names the digest the
-//     sources name and holds its closure is skipped, with no file pulled.
+//     downloads, never stands in for a source. It asks each target first:
+//     one that is down fails the ref there, and one that names the digest
+//     the sources name and holds its closure is skipped, with no file
+//     pulled. A ref is pulled once, for the first target that lacks it and
+//     is not known down once a pull slot is free: nothing is pulled for a
+//     ref whose every target proved down. What the sources say of a ref
+//     (missing, failed, a failed build) is each waiting target's result.
 //   - A Remote Asset fetch the index refuses (Buildbarn's bb_remote_asset
 //     without an "error" fetcher) is a miss for every command.
 //   - Dry runs change nothing, remote or local, and report what would move.
@@ -48,7 +59,8 @@
 //   - BuildStream's non-strict mode (PullOptions.Weak): a ref every cache
 //     answered it does not hold is pulled by the same element's weak ref
 //     instead, unless the local store holds that; as bst 1.6 pulls.
-//   - Jobs bounds the refs that move bytes at once; up to 32 times as many
+//   - Jobs bounds the transfers that move bytes at once (a ref pulled, a
+//     ref pushed to one target); up to 32 times as many refs
 //     are looked up and checked ahead of them (round trips, no bytes), and
 //     downloads in flight are bounded to 32 MiB, so memory stays bounded
 //     whatever the number of refs.
