@@ -52,6 +52,18 @@ func multiTargets(t *testing.T, names ...string) (string, map[string]*testenv.Se
 	return cfg, servers
 }
 
+// copySetup starts a serve "src" holding count artifacts as
+// bst1Artifacts makes them, and the targets as multiTargets does, and
+// returns the refs and a configuration naming them all.
+func copySetup(t *testing.T, refFormat string, count, n, size, large int, seed uint64, targets ...string) ([]string, string, map[string]*testenv.Server) {
+	t.Helper()
+	dir := t.TempDir()
+	refs := bst1Artifacts(t, dir, refFormat, count, n, size, large, seed)
+	src := testenv.StartServe(t, testenv.ServeOptions{Dir: dir})
+	cfg, servers := multiTargets(t, targets...)
+	return refs, writeConfig(t, "format = \"bst1\"\n"+cacheTOML("src", src.URL(), false)+cfg), servers
+}
+
 // whenComplete runs cmd while polling the servers' refs, and says how long
 // before cmd returned every server held every ref (0 if never).
 func whenComplete(t *testing.T, servers []*testenv.Server, refs []string, cmd func()) (ahead time.Duration) {
@@ -119,61 +131,52 @@ func TestPushTargetsOneHangs(t *testing.T) {
 	refs := bst1Artifacts(t, local, "proj/p%d/k", 4, 5, 4<<10, 256<<10, 300)
 	cfg, servers := multiTargets(t, "hung", "good", "bas", "dead", "refuse")
 	cfgFile := writeConfig(t, "format = \"bst1\"\n"+cfg)
+	rep := liveAhead(t, []*testenv.Server{servers["good"], servers["bas"]}, refs,
+		map[string]string{"good": "done", "bas": "done", "hung": "failed", "dead": "failed", "refuse": "failed"},
+		append([]string{"--config", cfgFile, "--local", local, "push", "--all"}, refs...)...)
+	if rep.Counts["done"] != 8 || rep.Counts["failed"] != 12 {
+		t.Errorf("counts %v; want 8 done and 12 failed, one per ref and target", rep.Counts)
+	}
+}
+
+// liveAhead runs a transfer with --json to the live servers and to a
+// hanging target while polling the live ones, and checks that it exits
+// 1, that each ref has per target the status want gives, and that the
+// live servers held every ref well before the hanging target's probe gave
+// up (10 s) and ended the run, which stayed within the breaker's bound.
+func liveAhead(t *testing.T, live []*testenv.Server, refs []string, want map[string]string, args ...string) pullReport {
+	t.Helper()
 	var rep pullReport
 	var stderr string
 	var code int
 	start := time.Now()
-	ahead := whenComplete(t, []*testenv.Server{servers["good"], servers["bas"]}, refs, func() {
-		rep, stderr, code = runJSON(t, append([]string{"--config", cfgFile, "--local", local, "push", "--all"}, refs...)...)
-	})
+	ahead := whenComplete(t, live, refs, func() { rep, stderr, code = runJSON(t, args...) })
 	took := time.Since(start)
-	t.Logf("push took %v; the live targets were complete %v before it ended", took, ahead)
+	t.Logf("the run took %v; the live targets were complete %v before it ended", took, ahead)
 	if code != 1 {
-		t.Errorf("push with targets down: exit %d, want 1\n%s", code, stderr)
+		t.Errorf("exit %d with targets down, want 1\n%s", code, stderr)
 	}
-	want := wantStatuses(refs, map[string]string{"good": "done", "bas": "done", "hung": "failed", "dead": "failed", "refuse": "failed"})
-	if got := targetStatuses(rep); !slices.Equal(got, want) {
+	if got, want := targetStatuses(rep), wantStatuses(refs, want); !slices.Equal(got, want) {
 		t.Errorf("results:\n got %v\nwant %v", got, want)
 	}
-	if rep.Counts["done"] != 8 || rep.Counts["failed"] != 12 {
-		t.Errorf("counts %v; want 8 done and 12 failed, one per ref and target", rep.Counts)
-	}
 	if ahead < 5*time.Second {
-		t.Errorf("the live targets held every ref only %v before the push ended: they waited on the hanging target (its probe gives up after 10 s)", ahead)
+		t.Errorf("the live targets held every ref only %v before the run ended: they waited on the hanging target (its probe gives up after 10 s)", ahead)
 	}
 	if took > 30*time.Second {
-		t.Errorf("push took %v with a target hanging: beyond the breaker's bound", took)
+		t.Errorf("the run took %v with a target hanging: beyond the breaker's bound", took)
 	}
+	return rep
 }
 
 // copy to a hanging target and two live ones: the live ones are written
 // without waiting for the hanging one, the source is pulled once, and
 // each target has its own result.
 func TestCopyTargetsOneHangs(t *testing.T) {
-	srcDir := t.TempDir()
-	refs := bst1Artifacts(t, srcDir, "proj/c%d/k", 4, 5, 4<<10, 256<<10, 400)
-	src := testenv.StartServe(t, testenv.ServeOptions{Dir: srcDir})
-	cfg, servers := multiTargets(t, "hung", "good", "bas")
-	cfgFile := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("src", src.URL(), false)+cfg)
-	var rep pullReport
-	var stderr string
-	var code int
-	ahead := whenComplete(t, []*testenv.Server{servers["good"], servers["bas"]}, refs, func() {
-		rep, stderr, code = runJSON(t, append([]string{"--config", cfgFile, "--local", t.TempDir(), "copy", "--from", "src", "--to", "hung", "--to", "good", "--to", "bas"}, refs...)...)
-	})
-	t.Logf("the live targets were complete %v before the copy ended", ahead)
-	if code != 1 {
-		t.Errorf("copy with a target hanging: exit %d, want 1\n%s", code, stderr)
-	}
-	want := wantStatuses(refs, map[string]string{"good": "done", "bas": "done", "hung": "failed"})
-	if got := targetStatuses(rep); !slices.Equal(got, want) {
-		t.Errorf("results:\n got %v\nwant %v", got, want)
-	}
+	refs, cfgFile, servers := copySetup(t, "proj/c%d/k", 4, 5, 4<<10, 256<<10, 400, "hung", "good", "bas")
+	rep := liveAhead(t, []*testenv.Server{servers["good"], servers["bas"]}, refs, map[string]string{"good": "done", "bas": "done", "hung": "failed"},
+		append([]string{"--config", cfgFile, "--local", t.TempDir(), "copy", "--from", "src", "--to", "hung", "--to", "good", "--to", "bas"}, refs...)...)
 	if rep.Pulled.Blobs != 4*8 {
 		t.Errorf("pulled %d blobs; want the 32 of the 4 artifacts, once", rep.Pulled.Blobs)
-	}
-	if ahead < 5*time.Second {
-		t.Errorf("the live targets held every ref only %v before the copy ended: they waited on the hanging target (its probe gives up after 10 s)", ahead)
 	}
 }
 
@@ -182,11 +185,7 @@ func TestCopyTargetsOneHangs(t *testing.T) {
 // target could not be written whatever the sources held). With every
 // target live it is missing on each, exit 3.
 func TestCopyResultPerTarget(t *testing.T) {
-	srcDir := t.TempDir()
-	refs := bst1Artifacts(t, srcDir, "proj/r%d/k", 1, 3, 1<<10, 1<<10, 500)
-	src := testenv.StartServe(t, testenv.ServeOptions{Dir: srcDir})
-	cfg, _ := multiTargets(t, "good", "bas", "dead")
-	cfgFile := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("src", src.URL(), false)+cfg)
+	refs, cfgFile, _ := copySetup(t, "proj/r%d/k", 1, 3, 1<<10, 1<<10, 500, "good", "bas", "dead")
 	absent := "proj/absent/k"
 
 	rep, stderr, code := runJSON(t, "--config", cfgFile, "--local", t.TempDir(), "copy", "--from", "src", "--to", "good", "--to", "dead", refs[0], absent)
@@ -215,11 +214,7 @@ func TestCopyResultPerTarget(t *testing.T) {
 // pulled once both are known down: a copy of 16 refs one at a time pulls
 // at most the few in flight when the refusing one first said no.
 func TestCopyAllTargetsDown(t *testing.T) {
-	srcDir := t.TempDir()
-	refs := bst1Artifacts(t, srcDir, "proj/d%02d/k", 16, 5, 4<<10, 64<<10, 600)
-	src := testenv.StartServe(t, testenv.ServeOptions{Dir: srcDir})
-	cfg, _ := multiTargets(t, "dead", "refuse")
-	cfgFile := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("src", src.URL(), false)+cfg)
+	refs, cfgFile, _ := copySetup(t, "proj/d%02d/k", 16, 5, 4<<10, 64<<10, 600, "dead", "refuse")
 	rep, stderr, code := runJSON(t, append([]string{"--config", cfgFile, "--local", t.TempDir(), "--jobs", "1", "copy", "--from", "src", "--to", "dead", "--to", "refuse"}, refs...)...)
 	if code != 1 || rep.Counts["failed"] != 32 {
 		t.Errorf("copy to targets all down: exit %d, counts %v; want exit 1 and 32 failed\n%s", code, rep.Counts, stderr)
