@@ -23,6 +23,8 @@ const (
 type breaker struct {
 	// backoff is the first wait; reprobeMin when 0.
 	backoff time.Duration
+	// ceiling is the longest wait; reprobeMax when 0.
+	ceiling time.Duration
 	// now is the clock; time.Now when nil.
 	now func() time.Time
 
@@ -121,7 +123,7 @@ func (b *breaker) trip(err error) (wait time.Duration, ok bool) {
 
 // skip marks the cache dead for err until its next wait is over and
 // returns that wait: the first is backoff, each next one twice the last,
-// at most reprobeMax; a cache that answered for reprobeMax since it last
+// at most its ceiling; a cache that answered for reprobeMax since it last
 // came back starts again from the first.
 func (b *breaker) skip(err error) time.Duration {
 	now := b.clock()
@@ -134,8 +136,16 @@ func (b *breaker) skip(err error) time.Duration {
 	case b.wait == 0:
 		b.wait = reprobeMin
 	default:
-		b.wait = min(2*b.wait, reprobeMax)
+		b.wait = min(2*b.wait, b.longest())
 	}
 	b.dead, b.retryAt = err, now.Add(b.wait)
 	return b.wait
+}
+
+// longest is the longest wait.
+func (b *breaker) longest() time.Duration {
+	if b.ceiling > 0 {
+		return b.ceiling
+	}
+	return reprobeMax
 }
