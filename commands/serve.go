@@ -32,7 +32,9 @@ func serveCommand() *cli.Command {
 			"bst-artifact-server filled is served as it is. Takes bst-artifact-server's flags,\n" +
 			"so it drops in where that ran: --port N listens on every interface, as it did.\n" +
 			"Without --port, it listens on --listen, loopback by default. With --upstream NAME\n" +
-			"it is a read-through mirror of those configured caches.",
+			"it is a read-through mirror of those configured caches. With --replicate-to NAME\n" +
+			"every artifact and source clients write is forwarded to those caches, blobs first,\n" +
+			"through a journal in DIR/replication: a cache that is down catches up when it is back.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Usage: "address to listen on (HOST:PORT); another interface than loopback is an explicit choice", DefaultText: defaultListen},
 			&cli.IntFlag{Name: "port", Usage: "port to listen on, on every interface, as bst-artifact-server does (--listen 127.0.0.1:N for loopback only)"},
@@ -45,6 +47,8 @@ func serveCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-message-bytes", Value: server.DefaultMaxMessageBytes, Usage: "gRPC message size limit; batch calls are limited to fit"},
 			&cli.StringSliceFlag{Name: "instance-name", Usage: "instance name to serve (repeatable); all share the one store (default: only the empty name)"},
 			&cli.StringSliceFlag{Name: "upstream", Usage: "on a local miss, fill the store from this configured cache (repeatable, in priority order): a read-through mirror"},
+			&cli.StringSliceFlag{Name: "replicate-to", Usage: "forward every artifact and source clients write to this configured cache (repeatable), through a journal in DIR/replication that survives restarts"},
+			&cli.StringFlag{Name: "replicate-policy", Value: "any", Usage: "when a client's write succeeds: 'any' once stored and journaled here, 'all' once every --replicate-to cache took it too"},
 			&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, how long in-flight calls may take to finish"},
 		},
 		Action: runServe,
@@ -109,6 +113,14 @@ func runServe(c *cli.Context) error {
 		opts.Upstream = mirror
 		defer closeUpstreams(e, mirror, logf)
 	}
+	repl, err := replicas(c, e, store, logf)
+	if err != nil {
+		return err
+	}
+	if repl != nil {
+		opts.Replicator = repl
+		defer closeReplicas(e, repl, logf)
+	}
 	srv, err := server.New(opts)
 	if err != nil {
 		return err
@@ -135,7 +147,7 @@ func runServe(c *cli.Context) error {
 		}
 		logf("serving %s (%s) on %s%s", dir, layout, where, describeServe(c, tlsConfig != nil, token != "", quota))
 		if mirror != nil {
-			logf("mirroring %s: a local miss is filled from there", describeUpstreams(mirror.Upstreams()))
+			logf("mirroring %s: a local miss is filled from there", describeUpstreams(mirror.Upstreams(), ", then "))
 			go func() {
 				// Each upstream that fails says so through the mirror's
 				// warnings; those that answer are named here.
@@ -145,6 +157,14 @@ func runServe(c *cli.Context) error {
 					}
 				}
 			}()
+		}
+	}
+	if repl != nil && !e.quiet {
+		logf("replicating writes to %s (policy %s), journaled in %s", describeUpstreams(repl.Replicas(), ", "), c.String("replicate-policy"), replicationDir(dir))
+		for _, st := range repl.Stats() {
+			if st.Queued > 0 {
+				logf("replica %s: %s left in the journal by the last run, replaying", st.Name, words.Plural(st.Queued, "ref"))
+			}
 		}
 	}
 	if openPush(l.Addr(), c.Bool("enable-push"), c.String("client-certs") != "", token != "") {
@@ -171,23 +191,29 @@ func runServe(c *cli.Context) error {
 	return nil
 }
 
+// namedCaches are the configured caches a repeatable flag names, in the
+// order given.
+func namedCaches(c *cli.Context, e *env, flag string) ([]config.Cache, error) {
+	var cfgs []config.Cache
+	for _, n := range c.StringSlice(flag) {
+		cc, ok := e.cfg.Cache(n)
+		if !ok {
+			return nil, fmt.Errorf("--%s: %w", flag, noCache(e.cfg, n))
+		}
+		if !cc.Type.HasStorage() && !cc.Type.HasIndex() {
+			return nil, usageError("--%s %s: the cache has neither storage nor an index", flag, n)
+		}
+		cfgs = append(cfgs, *cc)
+	}
+	return cfgs, nil
+}
+
 // upstreams builds the mirror for --upstream: the named caches, in the
 // order given, filling store. nil without --upstream.
 func upstreams(c *cli.Context, e *env, store *cache.Store, quota int64, logf func(string, ...any)) (*transfer.Mirror, error) {
-	names := c.StringSlice("upstream")
-	if len(names) == 0 {
-		return nil, nil
-	}
-	var cfgs []config.Cache
-	for _, n := range names {
-		cc, ok := e.cfg.Cache(n)
-		if !ok {
-			return nil, fmt.Errorf("--upstream: %w", noCache(e.cfg, n))
-		}
-		if !cc.Type.HasStorage() && !cc.Type.HasIndex() {
-			return nil, usageError("--upstream %s: the cache has neither storage nor an index", n)
-		}
-		cfgs = append(cfgs, *cc)
+	cfgs, err := namedCaches(c, e, "upstream")
+	if err != nil || len(cfgs) == 0 {
+		return nil, err
 	}
 	ev := transfer.Events{OnWarn: func(msg string) { logf("upstream: %s", msg) }}
 	if e.verbose {
@@ -196,13 +222,57 @@ func upstreams(c *cli.Context, e *env, store *cache.Store, quota int64, logf fun
 	return transfer.NewMirror(store, transfer.NewCaches(cfgs, e.cfg.Bwlimit), transfer.MirrorOptions{Jobs: e.cfg.Jobs, Keep: quota, Events: ev}), nil
 }
 
-// describeUpstreams names the upstreams and their URLs.
-func describeUpstreams(caches []*transfer.Cache) string {
+// replicationDir holds the replication journals of the store in dir.
+func replicationDir(dir string) string { return filepath.Join(dir, "replication") }
+
+// replicas builds the replicator for --replicate-to: the named caches get
+// every BuildStream entry clients write to store. nil without
+// --replicate-to.
+func replicas(c *cli.Context, e *env, store *cache.Store, logf func(string, ...any)) (*transfer.Replicator, error) {
+	policy := c.String("replicate-policy")
+	if policy != "any" && policy != "all" {
+		return nil, usageError("--replicate-policy %q: want any or all", policy)
+	}
+	cfgs, err := namedCaches(c, e, "replicate-to")
+	if err != nil || len(cfgs) == 0 {
+		return nil, err
+	}
+	if !c.Bool("enable-push") {
+		return nil, usageError("--replicate-to forwards what clients write: it needs --enable-push")
+	}
+	ev := transfer.Events{OnWarn: func(msg string) { logf("replication: %s", msg) }}
+	if e.verbose {
+		ev.OnInfo = func(msg string) { logf("replication: %s", msg) }
+	}
+	return transfer.NewReplicator(store, transfer.NewCaches(cfgs, e.cfg.Bwlimit), transfer.ReplicatorOptions{
+		Dir: replicationDir(store.Root()), All: policy == "all", Jobs: e.cfg.Jobs, Events: ev,
+	})
+}
+
+// closeReplicas stops replication and says, per replica, what it did and
+// what its journal still holds for the next run.
+func closeReplicas(e *env, r *transfer.Replicator, logf func(string, ...any)) {
+	r.Close()
+	if e.quiet {
+		return
+	}
+	for _, st := range r.Stats() {
+		line := fmt.Sprintf("replica %s (%s): %s replicated, %s failed, %s dropped, %s queued in the journal",
+			st.Name, st.URL, words.Plural(st.Done, "ref"), words.Plural(st.Failed, "attempt"), words.Plural(st.Dropped, "ref"), words.Plural(st.Queued, "ref"))
+		if st.Queued > 0 {
+			line += fmt.Sprintf(" (oldest %s ago): the next start replays them", time.Since(st.Oldest).Round(time.Second))
+		}
+		logf("%s", line)
+	}
+}
+
+// describeUpstreams names caches and their URLs, joined by sep.
+func describeUpstreams(caches []*transfer.Cache, sep string) string {
 	var parts []string
 	for _, u := range caches {
 		parts = append(parts, fmt.Sprintf("%s (%s)", u.Name(), u.Config.URL))
 	}
-	return strings.Join(parts, ", then ")
+	return strings.Join(parts, sep)
 }
 
 // closeUpstreams closes the upstreams' connections and says, per

@@ -358,6 +358,15 @@ func (s *Server) writeEntries(ctx context.Context, typ assetType, uris []string,
 	if err := s.fillClosure(ctx, roots); err != nil {
 		return status.Errorf(codes.Unavailable, "filling the pushed content from upstream: %v", err)
 	}
+	if err := s.setEntries(uris, entries, roots, rawFor); err != nil {
+		return err
+	}
+	return s.replicate(ctx, entries)
+}
+
+// setEntries writes the entries for uris once everything roots names is
+// present.
+func (s *Server) setEntries(uris []string, entries []entry, roots cache.Roots, rawFor func(uri string, e entry) ([]byte, error)) error {
 	s.refsMu.RLock()
 	defer s.refsMu.RUnlock()
 	all, missing, err := s.store.ClosureOf(roots)
@@ -377,6 +386,29 @@ func (s *Server) writeEntries(ctx context.Context, typ assetType, uris []string,
 		}
 		if s.quota != nil {
 			s.quota.setRef(e.kind, e.ref, all, time.Now())
+		}
+	}
+	return nil
+}
+
+// replicate tells the replicator the BuildStream entries just written,
+// by kind; the server's own asset records stay local.
+func (s *Server) replicate(ctx context.Context, entries []entry) error {
+	if s.replicator == nil {
+		return nil
+	}
+	byKind := map[cache.Kind][]string{}
+	for _, e := range entries {
+		if e.kind != cache.KindAsset {
+			byKind[e.kind] = append(byKind[e.kind], e.ref)
+		}
+	}
+	for kind, refs := range byKind {
+		if err := s.replicator.Replicate(ctx, kind, refs); err != nil {
+			if ctx.Err() != nil {
+				return status.FromContextError(ctx.Err()).Err()
+			}
+			return status.Errorf(codes.Unavailable, "stored here, but not replicated: %v", err)
 		}
 	}
 	return nil

@@ -54,6 +54,9 @@ type Options struct {
 	// Upstream, when set, fills the store on a local miss (serve
 	// --upstream); writes stay local.
 	Upstream Upstream
+	// Replicator, when set, forwards the BuildStream index entries
+	// clients write (serve --replicate-to).
+	Replicator Replicator
 	// Lease is how long a blob reported present or uploaded is kept from
 	// eviction (DefaultLease when zero).
 	Lease time.Duration
@@ -72,6 +75,7 @@ type Server struct {
 	maxBatch    int64
 	logf        func(format string, args ...any)
 	upstream    Upstream
+	replicator  Replicator
 	// id names this server in the requests it makes upstream (viaKey).
 	id string
 
@@ -115,6 +119,7 @@ func New(opts Options) (*Server, error) {
 		maxBatch:    DefaultMaxBatchBytes,
 		logf:        opts.Logf,
 		upstream:    opts.Upstream,
+		replicator:  opts.Replicator,
 		id:          rand.Text()[:16],
 		uploads:     newUploadTable(opts.Store, opts.uploadLimits()),
 	}

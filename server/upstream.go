@@ -37,6 +37,15 @@ type Upstream interface {
 	StreamBlob(ctx context.Context, d digest.Digest, w io.Writer) (found bool, err error)
 }
 
+// Replicator forwards the BuildStream index entries clients write to
+// replicas: `serve --replicate-to` (transfer.Replicator).
+type Replicator interface {
+	// Replicate is told the refs of kind just written, all naming one
+	// closure. It returns once the work is durable (journaled); an error
+	// fails the client's write, which the store holds nonetheless.
+	Replicate(ctx context.Context, kind cache.Kind, refs []string) error
+}
+
 // viaKey is the gRPC metadata of a mirror's requests to its upstreams:
 // the IDs of the mirrors the request came through, so that mirrors
 // configured in a loop answer from what they hold instead of asking each
