@@ -174,18 +174,25 @@ func pullDone(t *testing.T, cfg, local string, refs ...string) pullReport {
 // upstream name (the last line naming it).
 func stopAndSummary(t *testing.T, m *testenv.Server, name string) string {
 	t.Helper()
+	return stopAndLastLine(t, m, "upstream "+name, "upstream \""+name+"\"")
+}
+
+// stopAndLastLine stops a serve with SIGTERM, checks that it exits 0, and
+// returns the last line of its log holding any of subs.
+func stopAndLastLine(t *testing.T, m *testenv.Server, subs ...string) string {
+	t.Helper()
 	m.Signal(syscall.SIGTERM)
 	if code := m.Wait(20 * time.Second); code != 0 {
-		t.Errorf("the mirror exited %d on SIGTERM\n%s", code, m.Log())
+		t.Errorf("serve exited %d on SIGTERM\n%s", code, m.Log())
 	}
 	var last string
 	for _, line := range strings.Split(m.Log(), "\n") {
-		if strings.Contains(line, "upstream "+name) || strings.Contains(line, "upstream \""+name+"\"") {
+		if slices.ContainsFunc(subs, func(s string) bool { return strings.Contains(line, s) }) {
 			last = line
 		}
 	}
 	if last == "" {
-		t.Errorf("no summary line for upstream %s:\n%s", name, m.Log())
+		t.Errorf("no line saying %q:\n%s", subs, m.Log())
 	}
 	return last
 }

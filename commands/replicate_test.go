@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -102,26 +101,6 @@ func journalDepth(t *testing.T, primaryDir string) int {
 	return n
 }
 
-// replicaSummary stops a primary with SIGTERM and returns its summary
-// line for replica b.
-func replicaSummary(t *testing.T, p *testenv.Server) string {
-	t.Helper()
-	p.Signal(syscall.SIGTERM)
-	if code := p.Wait(20 * time.Second); code != 0 {
-		t.Errorf("the primary exited %d on SIGTERM\n%s", code, p.Log())
-	}
-	var last string
-	for _, line := range strings.Split(p.Log(), "\n") {
-		if strings.Contains(line, "replica b (") {
-			last = line
-		}
-	}
-	if last == "" {
-		t.Errorf("no summary line for replica b:\n%s", p.Log())
-	}
-	return last
-}
-
 // The replica is down while 30 artifacts are pushed to the primary: every
 // push exits 0 and the work is journaled; the replica started on the same
 // port gets every artifact, complete, within 30 s, blobs before refs (the
@@ -161,7 +140,7 @@ func TestReplicateReplicaDownCatchesUp(t *testing.T) {
 	if n := journalDepth(t, primary.Dir); n != 0 {
 		t.Errorf("the journal still holds %d entries once the replica holds them all", n)
 	}
-	line := replicaSummary(t, primary)
+	line := stopAndLastLine(t, primary, "replica b (")
 	if summaryCount(line, "ref") != int64(len(refs)) || !strings.Contains(line, "0 refs queued") {
 		t.Errorf("summary %q; want %d refs replicated, 0 queued", line, len(refs))
 	}
