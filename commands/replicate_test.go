@@ -10,8 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/linksim"
 	"github.com/bst-cache/bst-cache/internal/testenv"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
 
 // The proof of `serve --replicate-to` (issue 20): a primary serve that
@@ -21,12 +25,12 @@ import (
 
 // replicaSetup returns a free port for the replica "b", nobody listening
 // yet, the link to it that counts the bytes sent (with profile p), a
-// configuration naming b through that link, and b's store.
-func replicaSetup(t *testing.T, p linksim.Profile) (port int, link *linksim.Link, cfg, dir string) {
+// configuration of format naming b through that link, and b's store.
+func replicaSetup(t *testing.T, format string, p linksim.Profile) (port int, link *linksim.Link, cfg, dir string) {
 	t.Helper()
 	port = testenv.FreePort(t)
 	link, addr := testenv.StartLink(t, fmt.Sprintf("127.0.0.1:%d", port), p)
-	cfg = writeConfig(t, "format = \"bst1\"\n"+cacheTOML("b", "http://"+addr, true))
+	cfg = writeConfig(t, "format = \""+format+"\"\n"+cacheTOML("b", "http://"+addr, true))
 	return port, link, cfg, filepath.Join(t.TempDir(), "replica")
 }
 
@@ -106,7 +110,7 @@ func journalDepth(t *testing.T, primaryDir string) int {
 // port gets every artifact, complete, within 30 s, blobs before refs (the
 // poller), and the journal is empty after.
 func TestReplicateReplicaDownCatchesUp(t *testing.T) {
-	port, link, cfg, rdir := replicaSetup(t, linksim.Profile{})
+	port, link, cfg, rdir := replicaSetup(t, "bst1", linksim.Profile{})
 	primary := startPrimary(t, cfg, "")
 	local := t.TempDir()
 	refs := bst1Artifacts(t, local, "proj/r%d/k", 30, 6, 4<<10, 256<<10, 500)
@@ -155,7 +159,7 @@ func TestReplicateReplicaDownCatchesUp(t *testing.T) {
 // every artifact, complete at every moment, and what was sent twice is at
 // most what was in flight at the kill.
 func TestReplicateKilledPrimaryLosesNothing(t *testing.T) {
-	port, link, cfg, rdir := replicaSetup(t, linksim.Profile{Rate: 4 << 20})
+	port, link, cfg, rdir := replicaSetup(t, "bst1", linksim.Profile{Rate: 4 << 20})
 	pdir := filepath.Join(t.TempDir(), "primary")
 	primary := startPrimary(t, cfg, pdir)
 	local := t.TempDir()
@@ -220,7 +224,7 @@ func mapsEqualUnder(a, b map[string]string, prefix string) bool {
 // once it is back; with the replica up, a push succeeds and the replica
 // holds the artifact when the push returns.
 func TestReplicatePolicyAll(t *testing.T) {
-	port, _, cfg, rdir := replicaSetup(t, linksim.Profile{})
+	port, _, cfg, rdir := replicaSetup(t, "bst1", linksim.Profile{})
 	primary := startPrimary(t, cfg, "", "--replicate-policy", "all")
 	local := t.TempDir()
 	refs := bst1Artifacts(t, local, "proj/a%d/k", 2, 4, 4<<10, 64<<10, 700)
@@ -241,4 +245,41 @@ func TestReplicatePolicyAll(t *testing.T) {
 		t.Errorf("policy all: the push returned before the replica held %s (it holds %v)", refs[1], on)
 	}
 	stop()
+}
+
+// BuildStream 2 artifacts pushed with their dependencies (Remote Asset
+// PushBlob, both keys of each) reach the replica whole: every ref, and a
+// pull from the replica alone of the app with its dependencies.
+func TestReplicateBst2(t *testing.T) {
+	port, _, cfg, rdir := replicaSetup(t, "bst2", linksim.Profile{})
+	testenv.StartServe(t, testenv.ServeOptions{Push: true, Dir: rdir, Port: port})
+	primary := startPrimary(t, cfg, "")
+	origin := t.TempDir()
+	s, err := cache.Open(origin, cache.KindBst2Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep := &bspb.Artifact_Dependency{ProjectName: "proj", ElementName: "base.bst", CacheKey: "b1"}
+	bst2Artifact(t, s, "proj", "base", "b1", "b1w")
+	app := bst2Artifact(t, s, "proj", "app", "a1", "a1w", dep)
+	clientCfg := writeConfig(t, "format = \"bst2\"\n"+cacheTOML("primary", primary.URL(), true))
+	replicaCfg := writeConfig(t, "format = \"bst2\"\n"+cacheTOML("b", fmt.Sprintf("http://127.0.0.1:%d", port), false))
+	if _, stderr, code := runCLI(t, "", "--config", clientCfg, "--local", origin, "push", "--cache", "primary", "--deps", "all", app); code != 0 {
+		t.Fatalf("push --deps all to the primary: exit %d\n%s", code, stderr)
+	}
+	want := []string{"proj/app/a1", "proj/app/a1w", "proj/base/b1", "proj/base/b1w"}
+	deadline := time.Now().Add(30 * time.Second)
+	for !slices.Equal(bst2Refs(t, rdir), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica holds %v after 30 s; want %v\n%s", bst2Refs(t, rdir), want, primary.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	local := t.TempDir()
+	if _, stderr, code := runCLI(t, "", "--config", replicaCfg, "--local", local, "pull", "--deps", "build", "proj/app/a1w"); code != 0 {
+		t.Fatalf("pull from the replica alone: exit %d\n%s", code, stderr)
+	}
+	if diff := cmp.Diff([]string{"proj/app/a1", "proj/app/a1w", "proj/base/b1", "proj/base/b1w"}, bst2Refs(t, local)); diff != "" {
+		t.Errorf("refs pulled from the replica (-want +got):\n%s", diff)
+	}
 }
