@@ -12,6 +12,12 @@
 // a whole-blob ByteStream read streams through, ending in DATA_LOSS when
 // the bytes did not match. What a fill stores counts against the quota.
 //
+// With a Replicator (serve --replicate-to) every BuildStream index entry a
+// client writes (UpdateReference, Remote Asset Push of a BuildStream URN)
+// is handed to it once stored, before the client is answered: the write
+// fails with UNAVAILABLE when the replicator cannot journal it, or, with
+// policy all, when a replica cannot take it now (the store keeps it).
+//
 // zstd (package zstdwire): the store keeps blobs uncompressed, in
 // BuildStream's layout; compressed-blobs reads and batch answers are
 // compressed on the way out (raw zstd blocks for content that does not

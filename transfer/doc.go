@@ -70,6 +70,14 @@
 //     is written only with its whole closure; an outage is a miss. A blob
 //     read through is sent as it arrives and stored only once it matched
 //     its digest; an upstream that corrupted it is passed over for it.
+//   - A Replicator (serve --replicate-to) pushes with the same code: every
+//     BuildStream entry a client writes goes to each replica with Push,
+//     blobs it lacks first, then the entry. The work is a file per entry in
+//     a journal per replica, fsynced before the client's write is
+//     acknowledged, replayed after a restart or a kill, removed once the
+//     replica took it; a ref queued twice moves once, the journal's bound
+//     drops the oldest with a warning, and a replica that fails is skipped
+//     by the breaker (at most 5 s at a time for a replica) and retried.
 //   - A large blob cut short (Ctrl-C, a kill, a failed cache) resumes in
 //     the next run: a download from the bytes the local store kept, an
 //     upload from what the target holds, under an upload name derived from
