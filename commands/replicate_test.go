@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -281,5 +282,53 @@ func TestReplicateBst2(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"proj/app/a1", "proj/app/a1w", "proj/base/b1", "proj/base/b1w"}, bst2Refs(t, local)); diff != "" {
 		t.Errorf("refs pulled from the replica (-want +got):\n%s", diff)
+	}
+}
+
+// A replica that hangs every call (the fault proxy) costs the clients of
+// the primary nothing with policy any: pushes return at once, journaled;
+// once the replica answers again the work reaches it.
+func TestReplicateHangingReplica(t *testing.T) {
+	var hang atomic.Bool
+	hang.Store(true)
+	replica := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	proxy := testenv.StartProxy(t, replica.Addr, testenv.ProxyFaults{Hang: &hang})
+	cfg := writeConfig(t, "format = \"bst1\"\n"+upstreamTOML("b", "http://"+proxy, "push = true\n"))
+	primary := startPrimary(t, cfg, "")
+	local := t.TempDir()
+	refs := bst1Artifacts(t, local, "proj/h%d/k", 5, 4, 4<<10, 64<<10, 800)
+	start := time.Now()
+	for _, ref := range refs {
+		if code, stderr := pushTo(t, primary.URL(), local, ref); code != 0 {
+			t.Fatalf("push with the replica hanging: exit %d\n%s", code, stderr)
+		}
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("5 pushes took %v with the replica hanging: they waited on it", took)
+	}
+	hang.Store(false)
+	took := waitRefs(t, replica.Dir, refs, 30*time.Second, primary.Log)
+	t.Logf("the replica held every ref %v after it stopped hanging", took)
+	checkRefsComplete(t, replica.Dir)
+}
+
+// With --upstream too, a site is both: what it fills from upstream on a
+// read stays local, what clients write goes out to the replica.
+func TestReplicateWithUpstream(t *testing.T) {
+	origin := t.TempDir()
+	bst1Artifact(t, origin, "proj/up/k", 4, 4<<10, 64<<10)
+	up := testenv.StartServe(t, testenv.ServeOptions{Dir: origin})
+	replica := testenv.StartServe(t, testenv.ServeOptions{Push: true})
+	cfg := writeConfig(t, "format = \"bst1\"\n"+upstreamTOML("up", up.URL(), "")+cacheTOML("b", replica.URL(), true))
+	primary := startPrimary(t, cfg, "", "--upstream", "up")
+	pullDone(t, writeConfig(t, "format = \"bst1\"\n"+cacheTOML("primary", primary.URL(), false)), t.TempDir(), "proj/up/k")
+	local := t.TempDir()
+	refs := bst1Artifacts(t, local, "proj/w%d/k", 1, 4, 4<<10, 64<<10, 900)
+	if code, stderr := pushTo(t, primary.URL(), local, refs...); code != 0 {
+		t.Fatalf("push: exit %d\n%s", code, stderr)
+	}
+	waitRefs(t, replica.Dir, refs, 30*time.Second, primary.Log)
+	if on := testenv.RefsOnDisk(t, replica.Dir); !slices.Equal(on, refs) {
+		t.Errorf("the replica holds %v; want what was written, %v, not what was filled from upstream", on, refs)
 	}
 }
