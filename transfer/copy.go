@@ -33,49 +33,56 @@ type CopyOptions struct {
 // is not down by the time a pull slot is free, and pushed to each target
 // as soon as it is local, while other refs are still pulled, so both
 // sides stay busy. Staged objects stay in the local store for the next
-// run. Results come in the order of refs, then of targets.
+// run. A dry run checks as many refs at once as a run looks up ahead.
+// Results come in the order of refs, then of targets.
 func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o CopyOptions) ([]Result, Stats) {
-	ctx = e.Events.bind(ctx)
+	ctx = withSurveys(e.Events.bind(ctx))
 	start := time.Now()
 	run := newPushRun()
 	perRef := make([][]Result, len(refs))
-	if o.DryRun {
+	// Refs are looked up and checked ahead of those moving bytes; a dry
+	// run moves none.
+	var g errgroup.Group
+	g.SetLimit(e.lookahead())
+	each := func(copyOne func(ref string) []Result) {
 		for i, ref := range refs {
-			perRef[i] = e.copyDryRun(ctx, ref, targets, o, run)
-			if len(perRef[i]) == 1 && perRef[i][0].Target == "" {
-				perRef[i] = eachTarget(perRef[i][0], targets)
-			}
-			for _, r := range perRef[i] {
-				e.Events.ref(r)
-			}
+			g.Go(func() error {
+				perRef[i] = copyOne(ref)
+				for _, r := range perRef[i] {
+					e.Events.ref(r)
+				}
+				return nil
+			})
 		}
+		g.Wait()
+	}
+	if o.DryRun {
+		each(func(ref string) []Result {
+			rs := e.copyDryRun(ctx, ref, targets, o, run)
+			if len(rs) == 1 && rs[0].Target == "" {
+				rs = eachTarget(rs[0], targets)
+			}
+			return rs
+		})
 		return flatten(perRef), run.stats(start, perRef)
 	}
 	e.keyUploads(targets)
 	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events)
 	pulls, pushes := newSlots(e.Jobs), newSlots(e.Jobs)
-	var g errgroup.Group
-	g.SetLimit(e.lookahead())
-	for i, ref := range refs {
-		g.Go(func() error {
-			src := &sourced{ref: ref}
-			perRef[i] = make([]Result, len(targets))
-			var tg errgroup.Group
-			tg.SetLimit(maxTargets)
-			for j, t := range targets {
-				tg.Go(func() error {
-					perRef[i][j] = e.copyTo(ctx, f, src, t, o, run, pulls, pushes)
-					return nil
-				})
-			}
-			tg.Wait()
-			for _, r := range perRef[i] {
-				e.Events.ref(r)
-			}
-			return nil
-		})
-	}
-	g.Wait()
+	each(func(ref string) []Result {
+		src := &sourced{ref: ref}
+		rs := make([]Result, len(targets))
+		var tg errgroup.Group
+		tg.SetLimit(maxTargets)
+		for j, t := range targets {
+			tg.Go(func() error {
+				rs[j] = e.copyTo(ctx, f, src, t, o, run, pulls, pushes)
+				return nil
+			})
+		}
+		tg.Wait()
+		return rs
+	})
 	out := run.stats(start, perRef)
 	out.Pulled = Flow{f.blobs.Load(), f.bytes.Load()}
 	out.BlobsPresent += f.present.Load()
@@ -156,6 +163,9 @@ func (e *Engine) pullFor(ctx context.Context, f *fetcher, src *sourced, t *Cache
 // when another ref of the artifact wrote it there in this run), one that
 // names another is a conflict.
 func (e *Engine) askTarget(ctx context.Context, ref string, t *Cache, o CopyOptions, run *pushRun) (res Result, pending bool) {
+	// The dry run below asks t what it names for ref again: it is told
+	// what t just answered.
+	ctx = withAsked(ctx)
 	res = Result{Ref: ref, Target: t.Name()}
 	r, err := t.connect(ctx, e.Events)
 	names := false
@@ -195,6 +205,40 @@ func (e *Engine) askTarget(ctx context.Context, ref string, t *Cache, o CopyOpti
 		}
 	}
 	return res, false
+}
+
+// asked remembers what each target's index answered for one ref, for a
+// context from withAsked: a copy asks its targets first, and its dry run
+// asks them again a moment later. It is safe for concurrent use.
+type asked struct {
+	mu sync.Mutex
+	m  map[string]answered
+}
+
+type answered struct {
+	digest digest.Digest
+	err    error
+}
+
+type askedKey struct{}
+
+// withAsked gives ctx a memory of its own of what targets answered.
+func withAsked(ctx context.Context) context.Context {
+	return context.WithValue(ctx, askedKey{}, &asked{m: map[string]answered{}})
+}
+
+// once returns what target answered for ref, asking it first when it has
+// not been asked.
+func (a *asked) once(target, ref string, ask func() (digest.Digest, error)) (digest.Digest, error) {
+	key := target + "\x00" + ref
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if got, ok := a.m[key]; ok {
+		return got.digest, got.err
+	}
+	d, err := ask()
+	a.m[key] = answered{d, err}
+	return d, err
 }
 
 // buildFailed says whether a local bst2 artifact records a failed build.

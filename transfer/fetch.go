@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/protobuf/proto"
@@ -235,16 +236,22 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest, w *watch)
 			if err != nil {
 				break // level by level instead
 			}
-			for _, dir := range dirs {
-				data, err := proto.MarshalOptions{Deterministic: true}.Marshal(dir)
-				if err == nil {
-					out[digest.NewFromBlob(data)] = data
-				}
-			}
+			keepDirs(out, dirs)
 		}
 		return out, c, nil
 	}
 	return out, nil, nil
+}
+
+// keepDirs adds a GetTree answer's Directories to out by digest: each is
+// re-serialized and kept only where it hashes to a digest of the tree.
+func keepDirs(out map[digest.Digest][]byte, dirs []*repb.Directory) {
+	for _, dir := range dirs {
+		data, err := proto.MarshalOptions{Deterministic: true}.Marshal(dir)
+		if err == nil {
+			out[digest.NewFromBlob(data)] = data
+		}
+	}
 }
 
 // fetch makes the given blobs local and returns those no cache had.

@@ -233,6 +233,14 @@ func (e *Engine) indexState(ctx context.Context, r remote, t *Cache, p pushing, 
 // refuses (Buildbarn's bb_remote_asset without an "error" fetcher) is a
 // miss.
 func (e *Engine) targetLookup(ctx context.Context, r remote, t *Cache, k cache.Kind, ref string) (digest.Digest, error) {
+	if a, ok := ctx.Value(askedKey{}).(*asked); ok {
+		return a.once(t.Name(), ref, func() (digest.Digest, error) { return e.lookupTarget(ctx, r, t, k, ref) })
+	}
+	return e.lookupTarget(ctx, r, t, k, ref)
+}
+
+// lookupTarget is targetLookup's question.
+func (e *Engine) lookupTarget(ctx context.Context, r remote, t *Cache, k cache.Kind, ref string) (digest.Digest, error) {
 	var err error
 	for _, f := range lookupAll(ctx, k, r, t.caps, ref) {
 		ferr := f.err

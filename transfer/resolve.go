@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"google.golang.org/grpc/codes"
@@ -189,10 +191,67 @@ func (e *Engine) otherFormatHint(ctx context.Context, ref string) string {
 // from the first storage cache that does. all is every digest of the
 // closure; missing those no storage cache has (a Directory no cache has
 // hides its subtree). A storage cache that cannot be asked is an error
-// only when some blob stays missing.
+// only when some blob stays missing. Where a storage cache has GetTree,
+// the trees come in one call per root, and a closure every blob of which
+// one FindMissingBlobs finds costs no more: two round trips, whatever the
+// tree's depth (a no-op copy or sync asks this of every ref).
 func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots) (all, missing []digest.Digest, err error) {
+	if m, ok := ctx.Value(surveysKey{}).(*surveys); ok {
+		return m.do(storage, roots, func() ([]digest.Digest, []digest.Digest, error) { return e.walkStorage(ctx, storage, roots) })
+	}
+	return e.walkStorage(ctx, storage, roots)
+}
+
+// surveys remembers, for one run (a context from withSurveys), what
+// survey found of each closure on each set of storage caches: the refs
+// naming one artifact (its strong and its weak ref) have it surveyed
+// once. Each closure is surveyed by its first caller while the others
+// wait. It is safe for concurrent use.
+type surveys struct {
+	mu sync.Mutex
+	m  map[string]*surveyed
+}
+
+type surveyed struct {
+	once         sync.Once
+	all, missing []digest.Digest
+	err          error
+}
+
+type surveysKey struct{}
+
+// withSurveys gives a run's context its own surveys.
+func withSurveys(ctx context.Context) context.Context {
+	return context.WithValue(ctx, surveysKey{}, &surveys{m: map[string]*surveyed{}})
+}
+
+// do returns what walk finds of roots on storage, walking it once.
+func (s *surveys) do(storage []*Cache, roots cache.Roots, walk func() (all, missing []digest.Digest, err error)) ([]digest.Digest, []digest.Digest, error) {
+	var key strings.Builder
+	for _, c := range storage {
+		key.WriteString(c.Name() + "\x00")
+	}
+	for _, ds := range [][]digest.Digest{roots.Dirs, roots.Blobs} {
+		for _, d := range ds {
+			key.WriteString(d.String() + " ")
+		}
+		key.WriteString("|")
+	}
+	s.mu.Lock()
+	v, ok := s.m[key.String()]
+	if !ok {
+		v = &surveyed{}
+		s.m[key.String()] = v
+	}
+	s.mu.Unlock()
+	v.once.Do(func() { v.all, v.missing, v.err = walk() })
+	return slices.Clone(v.all), slices.Clone(v.missing), v.err
+}
+
+// walkStorage is survey's walk.
+func (e *Engine) walkStorage(ctx context.Context, storage []*Cache, roots cache.Roots) (all, missing []digest.Digest, err error) {
 	var down error
-	var live []remote
+	var live, trees []remote
 	for _, c := range storage {
 		r, err := c.connect(ctx, e.Events)
 		if err != nil {
@@ -200,6 +259,9 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 			continue
 		}
 		live = append(live, r)
+		if c.caps.GetTree {
+			trees = append(trees, r)
+		}
 	}
 	// gone narrows ds to what no live cache holds; the empty blob is
 	// always at hand.
@@ -218,6 +280,10 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 		}
 		return ds
 	}
+	known := knownTrees(ctx, trees, roots.Dirs)
+	if all, ok := walkKnown(roots, known); ok && len(gone(all)) == 0 {
+		return all, nil, nil
+	}
 	t := cache.NewWalk(roots)
 	for level := t.Next(); len(level) > 0; level = t.Next() {
 		all = append(all, level...)
@@ -228,9 +294,11 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 			if absent[d] {
 				continue
 			}
-			data, err := e.readDir(ctx, storage, d)
-			if err != nil {
-				return nil, nil, err
+			data, ok := known[d]
+			if !ok {
+				if data, err = e.readDir(ctx, storage, d); err != nil {
+					return nil, nil, err
+				}
 			}
 			if _, err := t.Add(d, data); err != nil {
 				return nil, nil, err
@@ -244,6 +312,44 @@ func (e *Engine) survey(ctx context.Context, storage []*Cache, roots cache.Roots
 		return all, missing, down
 	}
 	return all, missing, nil
+}
+
+// knownTrees asks the first of caches (those with GetTree) for the trees
+// under roots and returns their Directories by digest, each kept only
+// where its bytes hash to it. It gives up at the first tree the cache
+// cannot give: what it lacks is read level by level.
+func knownTrees(ctx context.Context, caches []remote, roots []digest.Digest) map[digest.Digest][]byte {
+	out := map[digest.Digest][]byte{}
+	if len(caches) == 0 {
+		return out
+	}
+	for _, root := range roots {
+		dirs, err := caches[0].GetTree(ctx, root)
+		if err != nil {
+			break
+		}
+		keepDirs(out, dirs)
+	}
+	return out
+}
+
+// walkKnown walks the closure of roots through known Directories alone,
+// in survey's order; ok is false when one is not known.
+func walkKnown(roots cache.Roots, known map[digest.Digest][]byte) (all []digest.Digest, ok bool) {
+	t := cache.NewWalk(roots)
+	for level := t.Next(); len(level) > 0; level = t.Next() {
+		all = append(all, level...)
+		for _, d := range level {
+			data, ok := known[d]
+			if !ok && d.Size != 0 {
+				return nil, false
+			}
+			if _, err := t.Add(d, data); err != nil {
+				return nil, false
+			}
+		}
+	}
+	return append(all, t.Files...), true
 }
 
 // readDir reads one Directory from the local store, else from the first
