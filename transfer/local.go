@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -288,10 +290,6 @@ type lister interface {
 // once, sorted. Caches that cannot list are passed over.
 func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
 	ctx = e.Events.bind(ctx)
-	re, err := cache.CompileGlob(glob)
-	if err != nil {
-		return nil, err
-	}
 	seen := map[string]bool{}
 	for _, k := range e.Kind.Kinds() {
 		local, err := e.Store.ListRefs(k, glob)
@@ -302,30 +300,20 @@ func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
 			seen[r.Name] = true
 		}
 	}
-	prefix := glob[:strings.IndexAny(glob, "*?[")]
-	prefix = prefix[:strings.LastIndex(prefix, "/")+1]
 	for _, c := range filter(e.Caches, hasIndex) {
 		r, err := c.connect(ctx, e.Events)
 		if err != nil {
 			continue
 		}
-		l, ok := r.(lister)
-		if !ok {
+		refs, err := e.listed(ctx, r, glob)
+		if errors.Is(err, remotes.ErrCannotList) {
 			continue
 		}
-		for _, k := range e.Kind.Kinds() {
-			refs, err := l.ListRefs(ctx, string(k), strings.TrimSuffix(prefix, "/"))
-			if errors.Is(err, remotes.ErrCannotList) {
-				break
-			}
-			if err != nil {
-				return nil, err
-			}
-			for _, ref := range refs {
-				if re.MatchString(ref.Name) {
-					seen[ref.Name] = true
-				}
-			}
+		if err != nil {
+			return nil, err
+		}
+		for _, ref := range refs {
+			seen[ref] = true
 		}
 	}
 	out := make([]string, 0, len(seen))
@@ -333,5 +321,59 @@ func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
 		out = append(out, r)
 	}
 	sort.Strings(out)
+	return out, nil
+}
+
+// List lists the refs of the engine's kind that cache c holds through its
+// listing service (bst-cache serve), sorted: those a glob matches ('*'
+// also matches '/'), or all of them when glob is "". A cache that cannot
+// list (no listing service, or no index) is an error wrapping
+// remotes.ErrCannotList; one that cannot be reached, an error of its own.
+func (e *Engine) List(ctx context.Context, c *Cache, glob string) ([]string, error) {
+	ctx = e.Events.bind(ctx)
+	if !hasIndex(c) {
+		return nil, fmt.Errorf("cache %s has no index: %w", c.Name(), remotes.ErrCannotList)
+	}
+	r, err := c.connect(ctx, e.Events)
+	if err != nil {
+		return nil, err
+	}
+	refs, err := e.listed(ctx, r, glob)
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(refs)
+	return slices.Compact(refs), nil
+}
+
+// listed asks a connected cache for the refs a glob matches ("": all), in
+// every kind of the engine's; the listing is asked for the glob's literal
+// leading directories only.
+func (e *Engine) listed(ctx context.Context, r remote, glob string) ([]string, error) {
+	l, ok := r.(lister)
+	if !ok {
+		return nil, remotes.ErrCannotList
+	}
+	prefix, re := "", (*regexp.Regexp)(nil)
+	if glob != "" {
+		var err error
+		if re, err = cache.CompileGlob(glob); err != nil {
+			return nil, err
+		}
+		prefix = glob[:strings.IndexAny(glob+"*", "*?[")]
+		prefix = strings.TrimSuffix(prefix[:strings.LastIndex(prefix, "/")+1], "/")
+	}
+	var out []string
+	for _, k := range e.Kind.Kinds() {
+		refs, err := l.ListRefs(ctx, string(k), prefix)
+		if err != nil {
+			return nil, err
+		}
+		for _, ref := range refs {
+			if re == nil || re.MatchString(ref.Name) {
+				out = append(out, ref.Name)
+			}
+		}
+	}
 	return out, nil
 }
