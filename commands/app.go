@@ -91,6 +91,7 @@ func NewApp(version string, stdout, stderr io.Writer) *cli.App {
 			pullCommand(),
 			pushCommand(),
 			copyCommand(),
+			syncCommand(),
 			whichCommand(),
 			checkoutCommand(),
 			rmCommand(),

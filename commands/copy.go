@@ -3,6 +3,7 @@ package commands
 import (
 	"github.com/urfave/cli/v2"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -45,37 +46,43 @@ func copyCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			p := newProgress(c, e, "copy")
-			pl := newPool(e.cfg)
-			defer pl.close()
-			eng, err := engine(c, e, kind, pl, pl.named(names(sources)), p)
-			if err != nil {
-				return err
-			}
-			// Index-only sources read blobs from the configured storage
-			// caches that are not targets.
-			isTarget := map[string]bool{}
-			for _, n := range names(targets) {
-				isTarget[n] = true
-			}
-			eng.Storage = pl.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() && !isTarget[c.Name()] })
-			refs, err := args.expand(c, eng)
-			if err != nil {
-				return err
-			}
-			p.expect(len(refs) * len(targets))
-			results, stats := eng.Copy(c.Context, refs, pl.named(names(targets)), transfer.CopyOptions{
-				PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
-				IncludeFailed: c.Bool("include-failed"),
-			})
-			args.labelResults(results)
-			err = finishRun(c, e, p, "copy", results, stats, pl.all)
-			if gerr := autoGC(c, e, eng, pl); err == nil {
-				err = gerr
-			}
-			return err
+			return runCopy(c, e, kind, sources, targets, args, args.expand)
 		},
 	}
+}
+
+// runCopy copies from sources to targets the refs that refs gives once the
+// engine is built (copy, sync), and reports them with args' element names.
+func runCopy(c *cli.Context, e *env, kind cache.Kind, sources, targets []config.Cache, args refArgs, refs func(*cli.Context, *transfer.Engine) ([]string, error)) error {
+	p := newProgress(c, e, c.Command.Name)
+	pl := newPool(e.cfg)
+	defer pl.close()
+	eng, err := engine(c, e, kind, pl, pl.named(names(sources)), p)
+	if err != nil {
+		return err
+	}
+	// Index-only sources read blobs from the configured storage caches
+	// that are not targets.
+	isTarget := map[string]bool{}
+	for _, n := range names(targets) {
+		isTarget[n] = true
+	}
+	eng.Storage = pl.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() && !isTarget[c.Name()] })
+	list, err := refs(c, eng)
+	if err != nil {
+		return err
+	}
+	p.expect(len(list) * len(targets))
+	results, stats := eng.Copy(c.Context, list, pl.named(names(targets)), transfer.CopyOptions{
+		PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
+		IncludeFailed: c.Bool("include-failed"),
+	})
+	args.labelResults(results)
+	err = finishRun(c, e, p, c.Command.Name, results, stats, pl.all)
+	if gerr := autoGC(c, e, eng, pl); err == nil {
+		err = gerr
+	}
+	return err
 }
 
 // copySources is --from (in the order given), or every cache that is not

@@ -534,6 +534,10 @@ func finishRun(c *cli.Context, e *env, p *progress, command string, results []tr
 			if command != "rm" {
 				line += "; " + movedLine(command, stats)
 			}
+			if command == "sync" && counts["skipped"] == len(results) {
+				// A second run says that it had nothing to do.
+				line = "in step, nothing to move: " + line
+			}
 			fmt.Fprintf(e.stderr, "%s: %s; %.1fs\n", command, line, stats.Seconds)
 			if e.verbose && len(uses) > 0 {
 				writeCacheTable(e.stderr, uses)
@@ -567,7 +571,7 @@ func missingWhere(command string) string {
 	switch command {
 	case "rm", "push":
 		return "not in the local store"
-	case "copy":
+	case "copy", "sync":
 		return "in none of the caches copied from"
 	}
 	return "in no cache"

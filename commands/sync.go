@@ -1,0 +1,94 @@
+package commands
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bst-cache/bst-cache/remotes"
+	"github.com/bst-cache/bst-cache/transfer"
+)
+
+func syncCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "sync",
+		Usage:     "copy to a cache what another holds and it lacks (anti-entropy; never deletes)",
+		ArgsUsage: "[PREFIX|GLOB] (- reads refs from stdin)",
+		Description: "Lists what --from holds (a bst-cache serve, through its listing service; a\n" +
+			"PREFIX such as myproj/app or a GLOB narrows it), or takes the refs from - or\n" +
+			"--refs-from FILE where --from cannot list (bst-artifact-server, Buildbarn: list\n" +
+			"its directory with bst-cache --local DIR ls). Then copies them as copy does:\n" +
+			"each --to is asked first, and only what it lacks or holds incomplete moves,\n" +
+			"storage before index, each artifact once. A target that names another digest\n" +
+			"is a conflict unless --force. Nothing is ever deleted; a second run moves\n" +
+			"nothing, and a run cut short resumes where it stopped.",
+		Flags: append(append(refFlags(), fetchFlags()...),
+			&cli.StringFlag{Name: "from", Usage: "the cache to bring the targets in step with (required)"},
+			&cli.StringSliceFlag{Name: "to", Usage: "push to this cache (repeatable, required)"},
+			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that names a different digest"},
+			&cli.BoolFlag{Name: "include-failed", Usage: "also copy bst2 artifacts whose build failed"},
+		),
+		Action: func(c *cli.Context) error {
+			e, kind, err := transferEnv(c)
+			if err != nil {
+				return err
+			}
+			from := c.String("from")
+			if from == "" || len(c.StringSlice("to")) == 0 {
+				return usageError("sync needs --from NAME and at least one --to NAME")
+			}
+			if c.NArg() > 1 {
+				return usageError("sync takes one PREFIX or GLOB, or - for a list of refs")
+			}
+			targets, err := pushTargets(e.cfg, c.StringSlice("to"), false)
+			if err != nil {
+				return err
+			}
+			sources, err := copySources(e.cfg, []string{from}, targets)
+			if err != nil {
+				return err
+			}
+			arg := c.Args().First()
+			if arg == "-" || c.String("refs-from") != "" {
+				// A list: what copy does with it.
+				if arg != "-" && arg != "" {
+					return usageError("sync takes a PREFIX or GLOB, or a list (- or --refs-from), not both")
+				}
+				args, err := readRefs(c, c.App.Reader)
+				if err != nil {
+					return err
+				}
+				return runCopy(c, e, kind, sources, targets, args, args.expand)
+			}
+			args, err := readRefsFrom(c, nil) // --deps
+			if err != nil {
+				return err
+			}
+			glob := prefixPattern(arg)
+			listed := func(c *cli.Context, eng *transfer.Engine) ([]string, error) {
+				refs, err := eng.List(c.Context, eng.Caches[0], glob)
+				if errors.Is(err, remotes.ErrCannotList) {
+					return nil, fmt.Errorf("%w; sync needs a list of what %s holds: write one (bst-cache --local DIR ls > refs, where its directory lies, as for a bst-artifact-server) and run bst-cache sync --from %s --to ... --refs-from refs", err, from, from)
+				}
+				if err != nil {
+					return nil, fmt.Errorf("listing %s: %w", from, err)
+				}
+				if len(refs) == 0 {
+					e.warnf("%s holds no refs%s", from, under(arg))
+				}
+				args.plain = refs
+				return args.expand(c, eng)
+			}
+			return runCopy(c, e, kind, sources, targets, args, listed)
+		},
+	}
+}
+
+// under says which refs a listing was narrowed to.
+func under(arg string) string {
+	if arg == "" {
+		return ""
+	}
+	return fmt.Sprintf(" matching %q", arg)
+}
