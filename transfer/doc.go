@@ -50,6 +50,13 @@
 //     is not known down once a pull slot is free: nothing is pulled for a
 //     ref whose every target proved down. What the sources say of a ref
 //     (missing, failed, a failed build) is each waiting target's result.
+//     A no-op copy costs each ref one lookup per target and the source's
+//     check; refs naming one artifact share the survey of its closure
+//     (for every target), read with one GetTree where the storage has it.
+//   - List (sync) says what one cache holds through its listing service
+//     (bst-cache serve): a cache that cannot list is an error wrapping
+//     remotes.ErrCannotList, never an empty listing. sync is List, then
+//     Copy: nothing else of its own.
 //   - A Remote Asset fetch the index refuses (Buildbarn's bb_remote_asset
 //     without an "error" fetcher) is a miss for every command.
 //   - Dry runs change nothing, remote or local, and report what would move.

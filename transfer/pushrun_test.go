@@ -151,3 +151,43 @@ func TestDryRunCountsWhatTheRunMoves(t *testing.T) {
 		}
 	}
 }
+
+// A no-op copy of an artifact's two refs (strong and weak, as ls and sync
+// list them) asks the target once per ref, and reads the artifact's tree
+// on the source once: the dry run that checks a target naming the digest
+// is told what the target just answered, and the survey of a closure is
+// shared by the refs naming it. Each ref was asked twice and each tree
+// read once per ref: a no-op sync of 1,000 refs over a 40 ms round trip
+// took 6.5 s.
+func TestNoOpCopyAsksOnce(t *testing.T) {
+	x := keyed("xs", "xw", "x1", "x2")
+	refs := []string{"demo/x/xs", "demo/x/xw"}
+	log := &lookupLog{}
+	src, target := newFake("src"), newFake("t")
+	for _, ref := range refs {
+		src.holding(ref, x)
+		target.holding(ref, x)
+	}
+	target.lookups = log
+	var warns []string
+	e := newEngine(t, nil, false, &warns)
+	e.Caches = cacheOf(src)
+	res, _ := e.Copy(context.Background(), refs, cacheOf(target), CopyOptions{})
+	for _, r := range res {
+		if r.Status != StatusSkipped {
+			t.Errorf("%s: %s (%s); want skipped", r.Ref, r.Status, r.Reason)
+		}
+	}
+	asked := map[string]int{}
+	for _, l := range log.entries {
+		asked[l]++
+	}
+	for l, n := range asked {
+		if n != 1 {
+			t.Errorf("%s: %d times; want once", l, n)
+		}
+	}
+	if n := src.reads[x.root]; n != 1 {
+		t.Errorf("the source's root Directory was read %d times; want once for both refs", n)
+	}
+}
