@@ -20,25 +20,13 @@ func copyCommand() *cli.Command {
 			"conflict unless --force; one that names it but lacks blobs is repaired. An\n" +
 			"index-only source takes its blobs from the storage caches named with it, else\n" +
 			"from the configured storage caches.",
-		Flags: append(append(refFlags(), fetchFlags()...),
-			&cli.StringSliceFlag{Name: "from", Usage: "copy from this cache (repeatable: an ordered list of sources)"},
-			&cli.StringSliceFlag{Name: "to", Usage: "push to this cache (repeatable, required)"},
-			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that names a different digest"},
-			&cli.BoolFlag{Name: "include-failed", Usage: "also promote bst2 artifacts whose build failed"},
-		),
+		Flags: copyFlags(&cli.StringSliceFlag{Name: "from", Usage: "copy from this cache (repeatable: an ordered list of sources)"}),
 		Action: func(c *cli.Context) error {
 			e, kind, err := transferEnv(c)
 			if err != nil {
 				return err
 			}
-			if len(c.StringSlice("to")) == 0 {
-				return usageError("copy needs at least one --to NAME")
-			}
-			targets, err := pushTargets(e.cfg, c.StringSlice("to"), false)
-			if err != nil {
-				return err
-			}
-			sources, err := copySources(e.cfg, c.StringSlice("from"), targets)
+			sources, targets, err := copyEnds(c, e, c.StringSlice("from"))
 			if err != nil {
 				return err
 			}
@@ -49,6 +37,29 @@ func copyCommand() *cli.Command {
 			return runCopy(c, e, kind, sources, targets, args, args.expand)
 		},
 	}
+}
+
+// copyFlags are the flags of the commands that copy (copy, sync), with
+// their --from.
+func copyFlags(from cli.Flag) []cli.Flag {
+	return append(append(refFlags(), fetchFlags()...), from,
+		&cli.StringSliceFlag{Name: "to", Usage: "push to this cache (repeatable, required)"},
+		&cli.BoolFlag{Name: "force", Usage: "overwrite a target that names a different digest"},
+		&cli.BoolFlag{Name: "include-failed", Usage: "also copy bst2 artifacts whose build failed"},
+	)
+}
+
+// copyEnds are the sources (from, else every cache that is not a target)
+// and the targets (--to) of a copy.
+func copyEnds(c *cli.Context, e *env, from []string) (sources, targets []config.Cache, err error) {
+	if len(c.StringSlice("to")) == 0 {
+		return nil, nil, usageError("%s needs at least one --to NAME", c.Command.Name)
+	}
+	if targets, err = pushTargets(e.cfg, c.StringSlice("to"), false); err != nil {
+		return nil, nil, err
+	}
+	sources, err = copySources(e.cfg, from, targets)
+	return sources, targets, err
 }
 
 // runCopy copies from sources to targets the refs that refs gives once the

@@ -23,29 +23,20 @@ func syncCommand() *cli.Command {
 			"storage before index, each artifact once. A target that names another digest\n" +
 			"is a conflict unless --force. Nothing is ever deleted; a second run moves\n" +
 			"nothing, and a run cut short resumes where it stopped.",
-		Flags: append(append(refFlags(), fetchFlags()...),
-			&cli.StringFlag{Name: "from", Usage: "the cache to bring the targets in step with (required)"},
-			&cli.StringSliceFlag{Name: "to", Usage: "push to this cache (repeatable, required)"},
-			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that names a different digest"},
-			&cli.BoolFlag{Name: "include-failed", Usage: "also copy bst2 artifacts whose build failed"},
-		),
+		Flags: copyFlags(&cli.StringFlag{Name: "from", Usage: "the cache to bring the targets in step with (required)"}),
 		Action: func(c *cli.Context) error {
 			e, kind, err := transferEnv(c)
 			if err != nil {
 				return err
 			}
 			from := c.String("from")
-			if from == "" || len(c.StringSlice("to")) == 0 {
-				return usageError("sync needs --from NAME and at least one --to NAME")
+			if from == "" {
+				return usageError("sync needs --from NAME")
 			}
 			if c.NArg() > 1 {
 				return usageError("sync takes one PREFIX or GLOB, or - for a list of refs")
 			}
-			targets, err := pushTargets(e.cfg, c.StringSlice("to"), false)
-			if err != nil {
-				return err
-			}
-			sources, err := copySources(e.cfg, []string{from}, targets)
+			sources, targets, err := copyEnds(c, e, []string{from})
 			if err != nil {
 				return err
 			}
@@ -69,7 +60,7 @@ func syncCommand() *cli.Command {
 			listed := func(c *cli.Context, eng *transfer.Engine) ([]string, error) {
 				refs, err := eng.List(c.Context, eng.Caches[0], glob)
 				if errors.Is(err, remotes.ErrCannotList) {
-					return nil, fmt.Errorf("%w; sync needs a list of what %s holds: write one (bst-cache --local DIR ls > refs, where its directory lies, as for a bst-artifact-server) and run bst-cache sync --from %s --to ... --refs-from refs", err, from, from)
+					return nil, fmt.Errorf("%w; give sync the list of what %s holds with --refs-from FILE (or - for stdin), for a bst-artifact-server from bst-cache --local DIR ls where its directory lies", err, from)
 				}
 				if err != nil {
 					return nil, fmt.Errorf("listing %s: %w", from, err)
