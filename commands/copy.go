@@ -1,6 +1,8 @@
 package commands
 
 import (
+	"sync"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/bst-cache/bst-cache/cache"
@@ -79,7 +81,15 @@ func runCopy(c *cli.Context, e *env, kind cache.Kind, sources, targets []config.
 		isTarget[n] = true
 	}
 	eng.Storage = pl.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() && !isTarget[c.Name()] })
+	// The targets are probed while the refs are listed or expanded.
+	var probed sync.WaitGroup
+	probed.Add(1)
+	go func() {
+		defer probed.Done()
+		transfer.Connect(c.Context, pl.named(names(targets)), eng.Events)
+	}()
 	list, err := refs(c, eng)
+	probed.Wait()
 	if err != nil {
 		return err
 	}

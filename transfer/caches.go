@@ -308,6 +308,22 @@ func fatal(err error) bool {
 	return re.Unreachable()
 }
 
+// Connect dials and probes caches all at once, and returns once each has
+// answered or failed: a run's first requests then wait for no probe (a
+// sync probes its targets while its source lists). A cache that fails is
+// skipped for a while, as when a request finds it down, and ev is told.
+func Connect(ctx context.Context, caches []*Cache, ev Events) {
+	var wg sync.WaitGroup
+	for _, c := range caches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.connect(ctx, ev)
+		}()
+	}
+	wg.Wait()
+}
+
 // Close closes every connection.
 func Close(caches []*Cache) {
 	for _, c := range caches {
