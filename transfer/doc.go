@@ -56,7 +56,8 @@
 //   - List (sync) says what one cache holds through its listing service
 //     (bst-cache serve): a cache that cannot list is an error wrapping
 //     remotes.ErrCannotList, never an empty listing. sync is List, then
-//     Copy: nothing else of its own.
+//     Copy: nothing else of its own. Connect probes caches all at once
+//     (a sync's targets while its source lists).
 //   - A Remote Asset fetch the index refuses (Buildbarn's bb_remote_asset
 //     without an "error" fetcher) is a miss for every command.
 //   - Dry runs change nothing, remote or local, and report what would move.
