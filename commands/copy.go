@@ -1,6 +1,7 @@
 package commands
 
 import (
+	"context"
 	"sync"
 
 	"github.com/urfave/cli/v2"
@@ -81,15 +82,19 @@ func runCopy(c *cli.Context, e *env, kind cache.Kind, sources, targets []config.
 		isTarget[n] = true
 	}
 	eng.Storage = pl.where(func(c *transfer.Cache) bool { return c.Config.Type.HasStorage() && !isTarget[c.Name()] })
-	// The targets are probed while the refs are listed or expanded.
+	// The targets are probed while the refs are listed or expanded; the
+	// copy asks each once its probe is through, a hanging one holding up
+	// none of the others.
 	var probed sync.WaitGroup
+	defer probed.Wait()
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
 	probed.Add(1)
 	go func() {
 		defer probed.Done()
-		transfer.Connect(c.Context, pl.named(names(targets)), eng.Events)
+		transfer.Connect(ctx, pl.named(names(targets)), eng.Events)
 	}()
 	list, err := refs(c, eng)
-	probed.Wait()
 	if err != nil {
 		return err
 	}
