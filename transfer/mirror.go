@@ -37,6 +37,8 @@ type Mirror struct {
 	refs    singleflight.Group
 	// stall is how long a reader may take no bytes (handoffStall).
 	stall time.Duration
+	// timeout bounds one fill (MirrorOptions.FillTimeout).
+	timeout time.Duration
 
 	// spoiled are the upstreams that sent corrupt data for a blob read
 	// through: a streamed read cannot turn to the next upstream once its
@@ -136,10 +138,10 @@ func NewMirror(store *cache.Store, upstreams []*Cache, o MirrorOptions) *Mirror 
 	// A run's plan counts each blob once, keeping every digest planned:
 	// a mirror has no end to plan for.
 	o.Events.OnPlan = nil
-	m := &Mirror{store: store, upstreams: upstreams, ev: o.Events, engines: map[cache.Kind]*Engine{}, stall: handoffStall}
+	m := &Mirror{store: store, upstreams: upstreams, ev: o.Events, engines: map[cache.Kind]*Engine{}, stall: handoffStall, timeout: o.FillTimeout}
 	m.f = newFetcher(store, filter(upstreams, hasStorage), false, o.Events)
 	m.f.keep = o.Keep
-	run := &shared{f: m.f, jobs: newSlots(max(o.Jobs, 1)), timeout: o.FillTimeout}
+	run := &shared{f: m.f, jobs: newSlots(max(o.Jobs, 1))}
 	for _, k := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource} {
 		m.engines[k] = &Engine{Store: store, Kind: k, Caches: upstreams, Jobs: o.Jobs, Events: o.Events, shared: run}
 	}
@@ -149,9 +151,8 @@ func NewMirror(store *cache.Store, upstreams []*Cache, o MirrorOptions) *Mirror 
 // shared is what a long-lived engine's pulls share: one fetcher (its
 // single flights and byte budget) and one set of slots.
 type shared struct {
-	f       *fetcher
-	jobs    slots
-	timeout time.Duration
+	f    *fetcher
+	jobs slots
 }
 
 // Probe connects to every upstream at once and returns, in order, nil for
@@ -189,7 +190,7 @@ func (m *Mirror) FillRef(ctx context.Context, k cache.Kind, ref string) (found b
 	ch := m.refs.DoChan(string(k)+"\x00"+ref, func() (any, error) {
 		// The fill outlives the request that started it: others may wait
 		// for it, and what it stores serves the next request anyway.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.shared.timeout)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.timeout)
 		defer cancel()
 		res, _ := e.Pull(fctx, []string{ref}, PullOptions{})
 		return res[0], nil
@@ -292,7 +293,7 @@ func (m *Mirror) StreamBlob(ctx context.Context, d digest.Digest, w io.Writer) (
 		defer m.f.flights.release(d)
 		defer close(h.ch)
 		// The fetch outlives a reader that leaves: others wait for it.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.engines[cache.KindBst1Artifact].shared.timeout)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.timeout)
 		defer cancel()
 		found, err := m.fetchBlob(fctx, d, h)
 		done <- result{found, err}
