@@ -218,7 +218,7 @@ func (s *Server) lookup(ctx context.Context, typ assetType, uris []string, quali
 			return "", digest.Digest{}, err
 		}
 		s.settle(e, false)
-		d, whyNot, err := s.lookupEntry(e, uri, oldest)
+		d, _, whyNot, err := s.lookupEntry(e, uri, oldest)
 		if err != nil {
 			return "", digest.Digest{}, err
 		}
@@ -245,42 +245,42 @@ func (s *Server) lookup(ctx context.Context, typ assetType, uris []string, quali
 // noEntry is lookupEntry's whyNot when the index has no entry at all.
 const noEntry = "no entry"
 
-// lookupEntry reads one entry from the store: the digest it names when it
-// is there whole and current, else why not (noEntry when it is not there
-// at all). A hit is marked used.
-func (s *Server) lookupEntry(e entry, uri string, oldest time.Time) (digest.Digest, string, error) {
+// lookupEntry reads one entry from the store: the digest it names and its
+// whole closure when it is there whole and current, else why not (noEntry
+// when it is not there at all). A hit is marked used.
+func (s *Server) lookupEntry(e entry, uri string, oldest time.Time) (digest.Digest, []digest.Digest, string, error) {
 	r, err := s.resolve(e, false)
 	if errors.Is(err, errNoEntry) {
-		return digest.Digest{}, noEntry, nil
+		return digest.Digest{}, nil, noEntry, nil
 	}
 	if err != nil {
-		return digest.Digest{}, "", status.Errorf(codes.Internal, "reading %s: %v", uri, err)
+		return digest.Digest{}, nil, "", status.Errorf(codes.Internal, "reading %s: %v", uri, err)
 	}
 	if r.expired {
-		return digest.Digest{}, uri + " has expired", nil
+		return digest.Digest{}, nil, uri + " has expired", nil
 	}
 	if !oldest.IsZero() {
 		if info, err := s.store.RefInfo(e.kind, e.ref); err == nil && info.Modified.Before(oldest) {
-			return digest.Digest{}, uri + " is older than oldest_content_accepted", nil
+			return digest.Digest{}, nil, uri + " is older than oldest_content_accepted", nil
 		}
 	}
-	_, missing, err := s.store.ClosureOf(r.roots)
+	all, missing, err := s.store.ClosureOf(r.roots)
 	if errors.Is(err, cache.ErrDigestMismatch) {
 		s.logf("%s: %v: treated as absent", uri, err)
-		return digest.Digest{}, uri + " names a corrupt object", nil
+		return digest.Digest{}, nil, uri + " names a corrupt object", nil
 	}
 	if err != nil {
-		return digest.Digest{}, "", status.Errorf(codes.Internal, "checking %s: %v", uri, err)
+		return digest.Digest{}, nil, "", status.Errorf(codes.Internal, "checking %s: %v", uri, err)
 	}
 	if len(missing) > 0 {
 		s.logf("%s names %d blobs this server does not hold, e.g. %s: treated as absent", uri, len(missing), missing[0])
-		return digest.Digest{}, fmt.Sprintf("%s is incomplete (%d blobs missing)", uri, len(missing)), nil
+		return digest.Digest{}, nil, fmt.Sprintf("%s is incomplete (%d blobs missing)", uri, len(missing)), nil
 	}
 	if s.quota != nil {
 		s.store.TouchRef(e.kind, e.ref)
 		s.quota.useRef(e.kind, e.ref, time.Now())
 	}
-	return r.digest, "", nil
+	return r.digest, all, "", nil
 }
 
 // fill asks the upstreams for an entry the store lacks (whyNot says how)
@@ -310,13 +310,9 @@ func (s *Server) fill(ctx context.Context, e entry, uri string, oldest time.Time
 	s.logf("upstream: %s: filled in %s", uri, time.Since(start).Round(time.Millisecond))
 	s.refsMu.RLock() // no eviction between the check and the account
 	defer s.refsMu.RUnlock()
-	d, whyNot, err := s.lookupEntry(e, uri, oldest)
-	if err == nil && whyNot == "" && s.quota != nil {
-		if r, rerr := s.resolve(e, false); rerr == nil {
-			if all, _, cerr := s.store.ClosureOf(r.roots); cerr == nil {
-				s.adopt(e, all)
-			}
-		}
+	d, closure, whyNot, err := s.lookupEntry(e, uri, oldest)
+	if err == nil && whyNot == "" {
+		s.adopt(e, closure)
 	}
 	return d, whyNot, err
 }
