@@ -6,8 +6,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
+	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
 
 type verifyReport struct {
@@ -105,5 +108,49 @@ func TestVerifyAndRepair(t *testing.T) {
 	}
 	if _, stderr, code := runCLI(t, "", "--config", noCaches, "--local", local, "verify"); code != 0 {
 		t.Errorf("verify after removing what could not be repaired: exit %d\n%s", code, stderr)
+	}
+}
+
+// A BuildStream 2 artifact without its buildtree (pulled without
+// --with-buildtrees, as BuildStream does by default) is whole: verify
+// passes it. A buildtree that is there is checked: one missing a file is
+// reported.
+func TestVerifyBst2Buildtrees(t *testing.T) {
+	dir := t.TempDir()
+	btFile := bst2Store(t, dir)
+	s, err := cache.Open(dir, cache.KindBst2Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := s.GetRef(cache.KindBst2Artifact, "proj/elem/key1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := &bspb.Artifact{}
+	if err := proto.Unmarshal(data, art); err != nil || art.GetBuildtree() == nil {
+		t.Fatalf("the artifact names no buildtree (%v)", err)
+	}
+	verify := func() (verifyReport, int) {
+		stdout, stderr, code := runCLI(t, "", "--format", "bst2", "--local", dir, "--json", "verify")
+		var rep verifyReport
+		if err := decodeDoc(stdout, &rep); err != nil {
+			t.Fatalf("verify --json: %v\n%s%s", err, stdout, stderr)
+		}
+		return rep, code
+	}
+	if rep, code := verify(); code != 0 {
+		t.Fatalf("verify of a whole store: exit %d, %+v", code, rep.Problems)
+	}
+	if err := os.Remove(objectFile(dir, btFile.Hash)); err != nil {
+		t.Fatal(err)
+	}
+	if rep, code := verify(); code != 1 || len(rep.Problems) != 1 || rep.Problems[0].Object[:64] != btFile.Hash {
+		t.Errorf("verify with a file of the buildtree removed: exit %d, %+v; want exit 1 and that file missing", code, rep.Problems)
+	}
+	if err := os.Remove(objectFile(dir, art.GetBuildtree().GetHash())); err != nil {
+		t.Fatal(err)
+	}
+	if rep, code := verify(); code != 0 {
+		t.Errorf("verify of artifacts without their buildtree: exit %d, %+v; want 0 (BuildStream pulls buildtrees on request)", code, rep.Problems)
 	}
 }

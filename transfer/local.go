@@ -198,7 +198,16 @@ func (e *Engine) Verify(ctx context.Context, refs []string, everything, repair b
 			return rep, err
 		}
 		roots := en.roots
-		roots.Add(en.optional)
+		// An optional tree (a buildtree) is checked when the store has
+		// its root: BuildStream pulls it only on request, so its absence
+		// breaks nothing.
+		for _, d := range en.optional.Dirs {
+			if ok, err := e.Store.Has(d); err != nil {
+				return rep, fmt.Errorf("%s: %w", ref, err)
+			} else if ok {
+				roots.Dirs = append(roots.Dirs, d)
+			}
+		}
 		w := cache.NewWalk(roots)
 		for level := w.Next(); len(level) > 0; level = w.Next() {
 			for _, d := range level {
