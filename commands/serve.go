@@ -307,7 +307,7 @@ func describeServe(c *cli.Context, tls, token bool, quota int64) string {
 		parts = append(parts, "access token required")
 	}
 	if quota > 0 {
-		parts = append(parts, "quota "+humanBytes(quota))
+		parts = append(parts, "quota "+humanBytes(quota)+", enforced once the store is measured (in the background)")
 	}
 	return " (" + strings.Join(parts, ", ") + ")"
 }

@@ -134,7 +134,7 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 		// The hash is here with another size: not the blob asked for.
 		return status.Errorf(codes.NotFound, "no blob %s here", d)
 	}
-	b.touch(d)
+	b.lend(clientOf(stream.Context()), d)
 	end := d.Size
 	if limit > 0 && off+limit < end {
 		end = off + limit
@@ -225,7 +225,7 @@ func (b byteStream) fill(ctx context.Context, d digest.Digest, w io.Writer) erro
 		return status.Errorf(codes.Unavailable, "blob %s: upstream failed during the read: %v", d, err)
 	}
 	if ok, _ := b.store.Has(d); ok {
-		b.stored(d)
+		b.stored(d, "")
 		b.logf("upstream: blob %s: filled in %s", d, time.Since(start).Round(time.Millisecond))
 	} else {
 		b.logf("upstream: blob %s: served through, not stored (larger than the quota)", d)
@@ -460,7 +460,7 @@ func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name stri
 	if err := w.Commit(); err != nil {
 		return grpcError(err)
 	}
-	b.stored(d)
+	b.stored(d, clientOf(stream.Context()))
 	return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: committed})
 }
 

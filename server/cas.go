@@ -125,7 +125,7 @@ func (s *Server) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsReq
 }
 
 // BatchUpdateBlobs stores small blobs whose data matches their digests.
-func (s *Server) BatchUpdateBlobs(_ context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
+func (s *Server) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
 	if err := s.checkWrite(); err != nil {
 		return nil, err
 	}
@@ -152,7 +152,7 @@ func (s *Server) BatchUpdateBlobs(_ context.Context, req *repb.BatchUpdateBlobsR
 			data, err = inflate(r, dg)
 		}
 		if err == nil {
-			err = s.putBytes(dg, data)
+			err = s.putBytes(dg, data, clientOf(ctx))
 		}
 		resp.Responses = append(resp.Responses, &repb.BatchUpdateBlobsResponse_Response{Digest: r.GetDigest(), Status: blobStatus(err)})
 	}
@@ -169,8 +169,8 @@ func inflate(r *repb.BatchUpdateBlobsRequest_Request, d digest.Digest) ([]byte, 
 	return data, nil
 }
 
-// putBytes stores a verified blob and accounts for it.
-func (s *Server) putBytes(d digest.Digest, data []byte) error {
+// putBytes stores a verified blob and accounts for it as client's upload.
+func (s *Server) putBytes(d digest.Digest, data []byte, client string) error {
 	// Wrong data is wrong whether or not the server has the blob.
 	if got := digest.NewFromBlob(data); got != d {
 		return status.Errorf(codes.InvalidArgument, "data for %s hashes to %s", d, got)
@@ -187,7 +187,7 @@ func (s *Server) putBytes(d digest.Digest, data []byte) error {
 	if err := s.store.PutBytes(d, data); err != nil {
 		return err
 	}
-	s.stored(d)
+	s.stored(d, client)
 	return nil
 }
 

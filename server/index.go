@@ -218,7 +218,13 @@ func (s *Server) lookup(ctx context.Context, typ assetType, uris []string, quali
 			return "", digest.Digest{}, err
 		}
 		s.settle(e, false)
-		d, _, whyNot, err := s.lookupEntry(e, uri, oldest)
+		s.refsMu.RLock() // no eviction between the check and the lease
+		d, closure, whyNot, err := s.lookupEntry(e, uri, oldest)
+		if err == nil && whyNot == "" {
+			// The client reads the ref's blobs next.
+			s.lend(clientOf(ctx), closure...)
+		}
+		s.refsMu.RUnlock()
 		if err != nil {
 			return "", digest.Digest{}, err
 		}
@@ -247,7 +253,8 @@ const noEntry = "no entry"
 
 // lookupEntry reads one entry from the store: the digest it names and its
 // whole closure when it is there whole and current, else why not (noEntry
-// when it is not there at all). A hit is marked used.
+// when it is not there at all). A hit is marked used. Callers hold refsMu
+// for reading, and lend the closure of a hit to the client.
 func (s *Server) lookupEntry(e entry, uri string, oldest time.Time) (digest.Digest, []digest.Digest, string, error) {
 	r, err := s.resolve(e, false)
 	if errors.Is(err, errNoEntry) {
@@ -313,6 +320,7 @@ func (s *Server) fill(ctx context.Context, e entry, uri string, oldest time.Time
 	d, closure, whyNot, err := s.lookupEntry(e, uri, oldest)
 	if err == nil && whyNot == "" {
 		s.adopt(e, closure)
+		s.lend(clientOf(ctx), closure...)
 	}
 	return d, whyNot, err
 }

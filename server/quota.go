@@ -1,9 +1,12 @@
 package server
 
 import (
+	"encoding/hex"
 	"errors"
-	"fmt"
+	"math"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,51 +22,140 @@ import (
 // the rest and write the ref that names it.
 const DefaultLease = 10 * time.Minute
 
+// DefaultReadLease is how long the closure of a ref a client was just
+// given (GetReference, Fetch) or a blob it reads is kept from eviction:
+// long enough to read it.
+const DefaultReadLease = 2 * time.Minute
+
 // quota keeps the store's objects under a size limit. It keeps its own
-// account of every object (size, last use, how many refs need it) and
-// every ref (its closure, last use), built with one walk at start-up and
-// kept up to date as blobs and refs are written and read, so an eviction
-// pass plans in memory instead of walking the store.
+// account of every object (size, last use, leases, how many refs need it)
+// and every ref (its closure, last use), kept up to date as blobs and refs
+// are written and read, so an eviction pass plans in memory instead of
+// walking the store.
+//
+// The account is built in the background at start-up (one walk of the
+// objects, then each ref's closure): the server serves at once, and the
+// quota is enforced (eviction, admission) once the account is known.
+// Writes and reads during the walk update the account as they happen; the
+// walk only adds what is not there yet (an object a live write already
+// accounted keeps its live times, a ref written during the walk keeps its
+// new closure, and the use of a ref the walk has not reached yet is kept
+// aside and applied when it does), and nothing is evicted before the walk
+// ends, so walk and live updates commute and the account ends right.
+//
+// The account is compact (well under 200 bytes an object or ref): objects
+// live in one slice, found by their binary hash; times are eighths of a
+// second since the account's start in 32 bits; a ref's closure is the
+// slice indexes of its objects, shared by the refs the walk finds naming
+// the same roots.
+//
+// Leases keep objects from eviction while clients need them:
+//   - upload: an object just uploaded, for the lease (DefaultLease), so its
+//     client can upload the rest and name it; the ref that names it ends
+//     this lease (from then on the ref keeps it).
+//   - told: an object FindMissingBlobs reported present (or uploaded again)
+//     runs for the lease too, and only time ends it: the client told may
+//     be about to name it in a ref of its own.
+//   - read: the closure of a ref GetReference or Fetch just answered, and a
+//     blob read, for the read lease (DefaultReadLease): a client given a
+//     ref finds every blob of it while it reads them.
+//
+// Leases are bounded per client, a client being its connection (a gRPC
+// client keeps one). Upload leases on objects no ref names (loose:
+// abandoned pushes, or clients that upload and never name) hold at most
+// half the quota, all clients together: past it, the client holding the
+// most loses its oldest first. Read leases hold at most a quarter of the
+// quota the same way. Each client keeps its newest lease of each kind. So one client's
+// leases cannot starve another's: a client loses a lease only while it
+// holds more than any other: the clients that upload most and name least
+// lose theirs first, a push or a pull of less than any of them keeps its.
 //
 // Eviction, down to 90% of the limit: first objects no ref needs whose
-// lease ran out (uploads nobody named: abandoned pushes), oldest first;
-// then whole refs, least recently used first, with the objects no
-// remaining ref needs unless their lease still runs (a ref that would free
-// nothing now stays). A leased object is never removed, so a push never
-// fails for eviction: the store may pass its limit by what clients use
-// within the lease, up to a hard cap (half the limit again) past which new
-// uploads are refused with RESOURCE_EXHAUSTED until leases run out.
+// leases ran out, least recently used first; then whole refs, least
+// recently used first, with the objects no remaining ref needs unless a
+// lease holds them (a ref that would free nothing now stays). A leased
+// object is never removed, so a push never fails for eviction and a pull
+// never finds holes. The store may pass its limit by what clients hold
+// in leases, up to a hard cap (a twentieth of the limit past it) past
+// which new uploads are refused with RESOURCE_EXHAUSTED until leases run
+// out; with loose uploads bounded, that takes told and read leases on
+// nearly the whole quota.
+//
+// bazel-remote and Buildbarn have no leases: bazel-remote evicts blobs by
+// LRU as it writes, Buildbarn's local storage by FIFO over blocks, so a
+// blob reported present may be gone before the client names it, and the
+// clients' retries make up for it. BuildStream's refs name whole trees,
+// so here a ref's closure is kept whole or evicted whole, and leases close
+// the windows between FindMissingBlobs and the ref, and between the ref
+// and its blobs being read.
 type quota struct {
-	s     *Server
-	limit int64
-	lease time.Duration
+	s         *Server
+	limit     int64
+	lease     time.Duration
+	readLease time.Duration
+	// epoch is stamp 0: when the account was made.
+	epoch time.Time
 	kick  chan struct{}
 	quit  chan struct{}
 	wg    sync.WaitGroup
 
-	mu      sync.Mutex
-	objects map[digest.Digest]*object
-	refs    map[refKey]*refRecord
-	used    int64 // bytes of objects
+	mu sync.Mutex
+	// known: the start-up walk is done and the quota is enforced.
+	known bool
+	objs  []object
+	index map[[32]byte]uint32
+	free  []uint32 // slots of objs removed, to reuse
+	refs  map[refKey]refRecord
+	used  int64 // bytes of objects
+	// pending keeps the uses of refs the start-up walk has not reached.
+	pending map[refKey]stamp
+	// clients hold upload leases on loose objects and read leases, by
+	// connection and by id.
+	clients map[string]*client
+	owners  map[uint32]*client
+	lastID  uint32
+	loose   int64 // bytes of loose objects under an upload lease
+	lent    int64 // bytes under read leases (counted once a lease)
 }
 
-// object is one stored blob. Its lease runs from the later of two times:
-// uploaded, which the push that names it ends, and used (reported present
-// or read), which only time ends: another client may have been told the
-// blob is there and be about to name it.
+// stamp is a time in the account: eighths of a second since its epoch.
+type stamp int32
+
+const stampsPerSecond = 8
+
+// at is t as a stamp, clamped to what a stamp holds.
+func (q *quota) at(t time.Time) stamp {
+	return clampStamp(t.Sub(q.epoch) * stampsPerSecond / time.Second)
+}
+
+// until is when a lease of d taken now ends: at least d from now.
+func (q *quota) until(now time.Time, d time.Duration) stamp {
+	return clampStamp(time.Duration(q.at(now)) + (d*stampsPerSecond+time.Second-1)/time.Second + 1)
+}
+
+func clampStamp(n time.Duration) stamp {
+	return stamp(max(min(n, math.MaxInt32), math.MinInt32+1))
+}
+
+// object is one stored blob.
 type object struct {
-	uploaded time.Time
-	used     time.Time
-	needs    int // refs that need it
+	hash [32]byte
+	size int64 // -1: a free slot
+	// used is when it was last written, reported present or read: loose
+	// objects are evicted least recently used first.
+	used stamp
+	// upload is when its upload lease ends; a ref naming it ends it.
+	upload stamp
+	// told is when its told lease ends: only time ends it.
+	told  stamp
+	needs int32 // refs that need it
+	// owner is the client whose loose share its upload lease counts in
+	// (0: none).
+	owner uint32
+	lent  int32 // read leases on it
 }
 
-// leasedAt is when the object's lease started.
-func (o *object) leasedAt() time.Time {
-	if o.uploaded.After(o.used) {
-		return o.uploaded
-	}
-	return o.used
-}
+func (o *object) leased(now stamp) bool { return o.upload > now || o.told > now || o.lent > 0 }
 
 type refKey struct {
 	kind cache.Kind
@@ -71,60 +163,390 @@ type refKey struct {
 }
 
 type refRecord struct {
-	closure []digest.Digest
-	used    time.Time
+	closure []uint32 // indexes in objs; shared, never changed in place
+	used    stamp
 }
 
-func newQuota(s *Server, limit int64, lease time.Duration) (*quota, error) {
-	q := &quota{s: s, limit: limit, lease: lease, kick: make(chan struct{}, 1), quit: make(chan struct{}),
-		objects: map[digest.Digest]*object{}, refs: map[refKey]*refRecord{}}
-	if err := s.store.WalkObjects(func(o cache.ObjectInfo) error {
-		q.objects[o.Digest] = &object{used: o.Modified}
-		q.used += o.Digest.Size
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("measuring the store: %w", err)
+// client is one connection holding upload leases on loose objects or
+// read leases.
+type client struct {
+	id    uint32
+	name  string
+	bytes int64 // of loose objects it holds an upload lease on
+	held  int   // how many
+	// queue lists its uploads, oldest first; entries whose object it no
+	// longer holds, or holds by a later upload, are skipped.
+	queue []queued
+	// lends are its read leases, oldest first, and lent their bytes.
+	lends []lend
+	lent  int64
+}
+
+// lend is a read lease on objects (a ref's closure, or a blob read).
+type lend struct {
+	objs  []uint32
+	until stamp
+	bytes int64
+}
+
+type queued struct {
+	obj   uint32
+	until stamp
+}
+
+func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
+	q := &quota{s: s, limit: limit, lease: lease, readLease: readLease, epoch: time.Now(),
+		kick: make(chan struct{}, 1), quit: make(chan struct{}),
+		index: map[[32]byte]uint32{}, refs: map[refKey]refRecord{}, pending: map[refKey]stamp{},
+		clients: map[string]*client{}, owners: map[uint32]*client{}}
+	q.wg.Add(2)
+	go q.build()
+	go q.loop()
+	return q
+}
+
+// errStopped ends the start-up walk when the server stops.
+var errStopped = errors.New("the server is stopping")
+
+// build measures the store and enforces the quota from then on.
+func (q *quota) build() {
+	defer q.wg.Done()
+	start := time.Now()
+	if err := q.measure(); err != nil {
+		if !errors.Is(err, errStopped) {
+			q.s.logf("quota: measuring the store failed, the quota is not enforced: %v", err)
+		}
+		return
 	}
+	q.mu.Lock()
+	q.known = true
+	q.pending = nil
+	objects, refs, used := len(q.objs)-len(q.free), len(q.refs), q.used
+	q.mu.Unlock()
+	q.s.logf("quota: store measured in %s: %d objects, %d bytes (%d%% of the quota), %d refs; the quota of %d bytes is enforced",
+		time.Since(start).Round(time.Millisecond), objects, used, used*100/q.limit, refs, q.limit)
+	q.kickIfOver()
+}
+
+// measure adds every object and every ref's closure to the account.
+// Directories are read without being hashed again: a corrupt one is found
+// when it is served, and the account only needs to know what refs name.
+func (q *quota) measure() error {
+	stopped := func() bool {
+		select {
+		case <-q.quit:
+			return true
+		default:
+			return false
+		}
+	}
+	err := q.s.store.WalkObjects(func(o cache.ObjectInfo) error {
+		if stopped() {
+			return errStopped
+		}
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if _, ok := q.find(o.Digest); !ok {
+			i := q.add(o.Digest)
+			q.objs[i].used = q.at(o.Modified)
+			q.objs[i].told = q.until(o.Modified, q.lease)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Refs naming the same roots (a strong and a weak key) share one
+	// closure, read once.
+	closures := map[string][]uint32{}
 	for _, kind := range cache.Kinds {
-		infos, err := s.store.ListRefs(kind, "")
+		infos, err := q.s.store.ListRefs(kind, "")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, info := range infos {
-			closure, err := s.refClosure(kind, info.Name)
+			if stopped() {
+				return errStopped
+			}
+			k := refKey{kind, info.Name}
+			r, err := q.s.resolve(entry{kind: kind, ref: info.Name}, true)
+			var reach []digest.Digest
+			if err == nil {
+				if _, ok := closures[rootsKey(r.roots)]; !ok {
+					reach, err = q.s.store.Reach(r.roots)
+				}
+			}
 			if err != nil {
-				s.logf("quota: %s ref %s is unreadable, left alone: %v", kind, info.Name, err)
+				q.s.logf("quota: %s ref %s is unreadable, left alone: %v", kind, info.Name, err)
 				continue
 			}
-			q.setRefLocked(refKey{kind, info.Name}, closure, info.Accessed)
+			q.mu.Lock()
+			closure, ok := closures[rootsKey(r.roots)]
+			if !ok {
+				closure = q.indexes(reach, false)
+				closures[rootsKey(r.roots)] = closure
+			}
+			if _, written := q.refs[k]; !written { // else written since: that closure holds
+				q.setRecord(k, closure, max(q.at(info.Accessed), q.pending[k]))
+			}
+			q.mu.Unlock()
 		}
 	}
-	q.wg.Add(1)
-	go q.loop()
-	q.kickIfOver()
-	return q, nil
+	return nil
 }
 
-// stored accounts for a new object, leased from now.
-func (q *quota) stored(d digest.Digest, now time.Time) {
-	q.mu.Lock()
-	if o := q.objects[d]; o != nil {
-		o.uploaded = now
+// rootsKey names a set of roots.
+func rootsKey(r cache.Roots) string {
+	var b strings.Builder
+	for _, d := range r.Dirs {
+		b.WriteString(d.Hash)
+	}
+	b.WriteByte('/')
+	for _, d := range r.Blobs {
+		b.WriteString(d.Hash)
+	}
+	return b.String()
+}
+
+// key is a digest's hash in binary.
+func key(d digest.Digest) (k [32]byte, ok bool) {
+	n, err := hex.Decode(k[:], []byte(d.Hash))
+	return k, err == nil && n == len(k)
+}
+
+// find is the slot of the object d.
+func (q *quota) find(d digest.Digest) (uint32, bool) {
+	k, ok := key(d)
+	if !ok {
+		return 0, false
+	}
+	i, ok := q.index[k]
+	return i, ok
+}
+
+// add accounts for a new object, unleased; its digest is valid.
+func (q *quota) add(d digest.Digest) uint32 {
+	k, _ := key(d)
+	o := object{hash: k, size: d.Size}
+	var i uint32
+	if n := len(q.free); n > 0 {
+		i = q.free[n-1]
+		q.free = q.free[:n-1]
+		q.objs[i] = o
 	} else {
-		q.objects[d] = &object{uploaded: now}
-		q.used += d.Size
+		i = uint32(len(q.objs))
+		q.objs = append(q.objs, o)
+	}
+	q.index[k] = i
+	q.used += d.Size
+	return i
+}
+
+// drop forgets a removed object.
+func (q *quota) drop(i uint32) {
+	q.disown(i)
+	o := &q.objs[i]
+	delete(q.index, o.hash)
+	q.used -= o.size
+	*o = object{size: -1}
+	q.free = append(q.free, i)
+}
+
+// indexes are the slots of ds. Before the account is known, an object
+// not accounted yet is added (it is in the store: the caller found it
+// there, and the walk has not reached it yet); after, it is left out.
+func (q *quota) indexes(ds []digest.Digest, live bool) []uint32 {
+	out := make([]uint32, 0, len(ds))
+	for _, d := range ds {
+		i, ok := q.find(d)
+		if !ok && live && !q.known {
+			i, ok = q.add(d), true
+		}
+		if ok {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// stored accounts for an object written by who (a client's connection;
+// "" for the server's own fills), leased from now. A loose object counts
+// against who, and past the bound on loose uploads the client holding the
+// most loses its oldest lease (see quota).
+func (q *quota) stored(d digest.Digest, who string, now time.Time) {
+	q.mu.Lock()
+	i, ok := q.find(d)
+	if !ok {
+		i = q.add(d)
+	}
+	q.disown(i) // a new upload: whatever share held it before, this one does
+	o := &q.objs[i]
+	o.used = q.at(now)
+	o.upload = q.until(now, q.lease)
+	if o.needs == 0 && who != "" {
+		c := q.client(who)
+		q.own(i, c)
+		for q.loose > q.limit/2 {
+			b := q.biggest(q.at(now), func(b *client) bool { return b.held > 1 }, func(b *client) int64 { return b.bytes })
+			if b == nil || !q.dropOldest(b) {
+				break
+			}
+		}
 	}
 	q.mu.Unlock()
 	q.kickIfOver()
 }
 
-// use renews an object's lease: it was reported present or read.
+// client is the account of a connection's loose uploads.
+func (q *quota) client(name string) *client {
+	c := q.clients[name]
+	if c == nil {
+		q.lastID++
+		c = &client{id: q.lastID, name: name}
+		q.clients[name], q.owners[c.id] = c, c
+	}
+	return c
+}
+
+// own counts object i's upload lease in c's loose share.
+func (q *quota) own(i uint32, c *client) {
+	o := &q.objs[i]
+	o.owner = c.id
+	c.bytes += o.size
+	c.held++
+	q.loose += o.size
+	c.queue = append(c.queue, queued{i, o.upload})
+}
+
+// disown takes object i's upload lease out of its client's share.
+func (q *quota) disown(i uint32) {
+	o := &q.objs[i]
+	c := q.owners[o.owner]
+	o.owner = 0
+	if c == nil {
+		return
+	}
+	c.bytes -= o.size
+	c.held--
+	q.loose -= o.size
+	if len(c.queue) > 2*c.held+16 {
+		c.queue = slices.DeleteFunc(c.queue, func(e queued) bool { return !q.holds(c, e) })
+	}
+	q.forgetIdle(c)
+}
+
+// forgetIdle forgets a client that holds no lease.
+func (q *quota) forgetIdle(c *client) {
+	if c.held == 0 && len(c.lends) == 0 {
+		delete(q.clients, c.name)
+		delete(q.owners, c.id)
+	}
+}
+
+// holds says whether a queue entry of c's is still an upload c holds.
+func (q *quota) holds(c *client, e queued) bool {
+	o := &q.objs[e.obj]
+	return o.owner == c.id && o.upload == e.until
+}
+
+// dropOldest ends c's oldest upload lease on a loose object; false when
+// it holds none.
+func (q *quota) dropOldest(c *client) bool {
+	for len(c.queue) > 0 {
+		e := c.queue[0]
+		c.queue = c.queue[1:]
+		if q.holds(c, e) {
+			q.objs[e.obj].upload = 0
+			q.disown(e.obj)
+			return true
+		}
+	}
+	return false
+}
+
+// biggest is the client for which size is largest among those that can
+// yield a lease (each keeps its newest), once the leases that ran out are
+// taken out of every client's account.
+func (q *quota) biggest(now stamp, canYield func(*client) bool, size func(*client) int64) *client {
+	var top *client
+	for _, c := range q.owners {
+		q.expire(c, now)
+		if canYield(c) && (top == nil || size(c) > size(top)) {
+			top = c
+		}
+	}
+	return top
+}
+
+// expire ends c's leases that ran out.
+func (q *quota) expire(c *client, now stamp) {
+	for len(c.queue) > 0 && c.held > 0 && (!q.holds(c, c.queue[0]) || c.queue[0].until <= now) {
+		e := c.queue[0]
+		c.queue = c.queue[1:]
+		if q.holds(c, e) {
+			q.disown(e.obj) // ran out: evictable already
+		}
+	}
+	for len(c.lends) > 0 && c.lends[0].until <= now {
+		q.endLend(c)
+	}
+}
+
+// use renews an object's told lease: it was reported present or uploaded
+// again.
 func (q *quota) use(d digest.Digest, now time.Time) {
+	until := q.until(now, q.lease)
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if o := q.objects[d]; o != nil {
-		o.used = now
+	if i, ok := q.find(d); ok || !q.known {
+		if !ok {
+			i = q.add(d)
+		}
+		o := &q.objs[i]
+		o.used, o.told = q.at(now), max(o.told, until)
 	}
+}
+
+// lend gives who (a client's connection) a read lease on objects: it was
+// given a ref needing them, or reads them. Read leases are bounded (see
+// quota): past the bound, the client holding the most loses its oldest.
+func (q *quota) lend(ds []digest.Digest, who string, now time.Time) {
+	n := q.at(now)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	l := lend{objs: q.indexes(ds, true), until: q.until(now, q.readLease)}
+	for _, i := range l.objs {
+		q.objs[i].used = n
+	}
+	if who == "" || len(l.objs) == 0 {
+		return
+	}
+	for _, i := range l.objs {
+		q.objs[i].lent++
+		l.bytes += q.objs[i].size
+	}
+	c := q.client(who)
+	q.expire(c, n)
+	c.lends = append(c.lends, l)
+	c.lent += l.bytes
+	q.lent += l.bytes
+	for q.lent > q.limit/4 {
+		b := q.biggest(n, func(b *client) bool { return len(b.lends) > 1 }, func(b *client) int64 { return b.lent })
+		if b == nil {
+			break
+		}
+		q.endLend(b)
+	}
+}
+
+// endLend ends c's oldest read lease.
+func (q *quota) endLend(c *client) {
+	l := c.lends[0]
+	c.lends = c.lends[1:]
+	q.release(l.objs, lent)
+	c.lent -= l.bytes
+	q.lent -= l.bytes
+	q.forgetIdle(c)
 }
 
 // setRef accounts for a ref written with its closure. The push that
@@ -136,56 +558,56 @@ func (q *quota) use(d digest.Digest, now time.Time) {
 func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.setRefLocked(refKey{kind, ref}, closure, now)
-	for _, d := range closure {
-		if o := q.objects[d]; o != nil {
-			o.uploaded = time.Time{}
-		}
+	idx := q.indexes(closure, true)
+	for _, i := range idx {
+		q.objs[i].upload = 0
+		q.disown(i)
 	}
+	q.setRecord(refKey{kind, ref}, idx, q.at(now))
 }
 
-func (q *quota) setRefLocked(k refKey, closure []digest.Digest, now time.Time) {
-	if old := q.refs[k]; old != nil {
-		q.release(old.closure)
+// setRecord records a ref's closure (each object once) and last use.
+func (q *quota) setRecord(k refKey, closure []uint32, used stamp) {
+	if old, ok := q.refs[k]; ok {
+		q.release(old.closure, needs)
 	}
-	seen := make(map[digest.Digest]bool, len(closure))
-	var own []digest.Digest
-	for _, d := range closure {
-		if o := q.objects[d]; o != nil && !seen[d] {
-			seen[d] = true
-			o.needs++
-			own = append(own, d)
-		}
+	for _, i := range closure {
+		q.objs[i].needs++
 	}
-	q.refs[k] = &refRecord{closure: own, used: now}
+	q.refs[k] = refRecord{closure: closure, used: used}
 }
 
 // useRef marks a ref as read now.
 func (q *quota) useRef(kind cache.Kind, ref string, now time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if r := q.refs[refKey{kind, ref}]; r != nil {
-		r.used = now
+	k := refKey{kind, ref}
+	if r, ok := q.refs[k]; ok {
+		r.used = q.at(now)
+		q.refs[k] = r
+	} else if !q.known {
+		q.pending[k] = q.at(now)
 	}
 }
 
-func (q *quota) release(closure []digest.Digest) {
-	for _, d := range closure {
-		if o := q.objects[d]; o != nil && o.needs > 0 {
-			o.needs--
+// release counts one less of what count points at in each of objs.
+func (q *quota) release(objs []uint32, count func(*object) *int32) {
+	for _, i := range objs {
+		if n := count(&q.objs[i]); *n > 0 {
+			*n--
 		}
 	}
 }
 
-// usedBytes is what the objects take.
-func (q *quota) usedBytes() int64 {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.used
-}
+// needs and lent point at an object's counts.
+func needs(o *object) *int32 { return &o.needs }
+func lent(o *object) *int32  { return &o.lent }
 
 func (q *quota) kickIfOver() {
-	if q.usedBytes() > q.limit {
+	q.mu.Lock()
+	over := q.known && q.used > q.limit
+	q.mu.Unlock()
+	if over {
 		select {
 		case q.kick <- struct{}{}:
 		default:
@@ -205,122 +627,130 @@ func (q *quota) loop() {
 		case <-q.quit:
 			return
 		case <-q.kick:
-			if n, freed, err := q.evict(time.Now()); err != nil {
-				q.s.logf("eviction failed: %v", err)
-			} else if n > 0 || freed > 0 {
-				q.s.logf("quota: evicted %d refs, freed %d bytes; %d of %d bytes used", n, freed, q.usedBytes(), q.limit)
-			}
+			q.evict(time.Now(), 0)
 		}
 	}
 }
 
-// evict brings the store down to 90% of the limit (see quota). Index
-// writes wait meanwhile (refsMu), so a ref is never written over blobs
-// being removed; the plan itself is made in memory.
-func (q *quota) evict(now time.Time) (refs int, freed int64, err error) {
+// evict makes room bytes under the limit, if there are not, and says
+// what it did.
+func (q *quota) evict(now time.Time, room int64) {
+	if refs, freed := q.evictPass(now, room); refs > 0 || freed > 0 {
+		q.mu.Lock()
+		used := q.used
+		q.mu.Unlock()
+		q.s.logf("quota: evicted %d refs, freed %d bytes; %d of %d bytes used", refs, freed, used, q.limit)
+	}
+}
+
+// evictPass brings the store down to 90% of the limit, less room (see
+// quota). Index writes wait meanwhile (refsMu), so a ref is never written
+// over blobs being removed; the plan itself is made in memory.
+func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 	s := q.s
 	s.refsMu.Lock()
 	defer s.refsMu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.used <= q.limit {
-		return 0, 0, nil
+	if !q.known || q.used+room <= q.limit {
+		return 0, 0
 	}
-	target := q.limit / 10 * 9
-	remove := func(d digest.Digest) {
-		if d == emptyDigest || q.objects[d] == nil {
+	target := max(q.limit/10*9-room, 0)
+	n := q.at(now)
+	for _, c := range q.owners {
+		q.expire(c, n)
+	}
+	empty, _ := key(emptyDigest)
+	remove := func(i uint32) {
+		o := &q.objs[i]
+		if o.size < 0 || o.hash == empty {
 			return
 		}
+		d := digest.Digest{Hash: hex.EncodeToString(o.hash[:]), Size: o.size}
 		if err := s.store.RemoveObject(d); err != nil {
 			s.logf("quota: removing %s: %v", d, err)
 			return
 		}
-		delete(q.objects, d)
-		q.used -= d.Size
-		freed += d.Size
+		freed += o.size
+		q.drop(i)
 	}
-	leased := func(o *object) bool { return now.Sub(o.leasedAt()) < q.lease }
 
-	// Unreferenced objects past their lease, oldest first.
-	for _, d := range q.loose(func(o *object) bool { return !leased(o) }) {
-		if q.used <= target {
-			return refs, freed, nil
+	// Objects no ref needs whose leases ran out, least recently used
+	// first.
+	var loose []uint32
+	for i := range q.objs {
+		if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) {
+			loose = append(loose, uint32(i))
 		}
-		remove(d)
+	}
+	sort.Slice(loose, func(a, b int) bool { return q.objs[loose[a]].used < q.objs[loose[b]].used })
+	for _, i := range loose {
+		if q.used <= target {
+			return refs, freed
+		}
+		remove(i)
 	}
 	// Whole refs, least recently used first.
 	keys := make([]refKey, 0, len(q.refs))
 	for k := range q.refs {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return q.refs[keys[i]].used.Before(q.refs[keys[j]].used) })
+	sort.Slice(keys, func(i, j int) bool { return q.refs[keys[i]].used < q.refs[keys[j]].used })
 	for _, k := range keys {
 		if q.used <= target {
-			return refs, freed, nil
+			return refs, freed
 		}
-		if !q.frees(q.refs[k], leased) {
+		r := q.refs[k]
+		if !q.frees(r, n) {
 			continue // its blobs are in use: deleting it would free nothing now
 		}
 		if err := s.store.DeleteRef(k.kind, k.ref); err != nil && !errors.Is(err, cache.ErrNotFound) {
 			s.logf("quota: removing %s ref %s: %v", k.kind, k.ref, err)
 			continue
 		}
-		r := q.refs[k]
 		delete(q.refs, k)
 		refs++
-		q.release(r.closure)
-		for _, d := range r.closure {
-			if o := q.objects[d]; o != nil && o.needs == 0 && !leased(o) {
-				remove(d)
+		q.release(r.closure, needs)
+		for _, i := range r.closure {
+			if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) {
+				remove(i)
 			}
 		}
 	}
 	if q.used > q.limit {
-		s.logf("quota: still %d bytes over the limit of %d: blobs clients are using (their lease runs %s)", q.used-q.limit, q.limit, q.lease)
+		s.logf("quota: still %d bytes over the limit of %d: blobs clients are using (leases of %s, %s to read)", q.used-q.limit, q.limit, q.lease, q.readLease)
 	}
-	return refs, freed, nil
+	return refs, freed
 }
 
-// admit refuses a new upload of n bytes once the store is at its hard cap
-// (half the limit past it), so leased blobs cannot grow it without bound.
+// admit makes room for a new upload of n bytes when it would take the
+// store past its hard cap (a twentieth of the limit past it), and refuses
+// it when leases leave no room, so leased blobs cannot grow the store
+// without bound. Before the store is measured, every upload is admitted.
 func (q *quota) admit(n int64) error {
-	hard := q.limit + q.limit/2
-	if used := q.usedBytes(); used+n > hard {
-		q.kickIfOver()
-		return status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes of a %d-byte quota, all in use by clients): try again shortly", used, q.limit)
+	fits := func() (bool, int64) {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return !q.known || q.used+n <= q.limit+q.limit/20, q.used
 	}
-	return nil
+	if ok, _ := fits(); ok {
+		return nil
+	}
+	q.evict(time.Now(), n)
+	ok, used := fits()
+	if ok {
+		return nil
+	}
+	return status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes of a %d-byte quota, all in use by clients): try again shortly", used, q.limit)
 }
 
 // frees says whether deleting r would free an object now: one only r
-// needs, whose lease ran out.
-func (q *quota) frees(r *refRecord, leased func(*object) bool) bool {
-	for _, d := range r.closure {
-		if o := q.objects[d]; o != nil && o.needs == 1 && !leased(o) {
+// needs, whose leases ran out.
+func (q *quota) frees(r refRecord, now stamp) bool {
+	for _, i := range r.closure {
+		if o := &q.objs[i]; o.needs == 1 && !o.leased(now) {
 			return true
 		}
 	}
 	return false
-}
-
-// loose lists the objects no ref needs that keep selects, oldest first.
-func (q *quota) loose(keep func(*object) bool) []digest.Digest {
-	var out []digest.Digest
-	for d, o := range q.objects {
-		if o.needs == 0 && keep(o) {
-			out = append(out, d)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return q.objects[out[i]].leasedAt().Before(q.objects[out[j]].leasedAt()) })
-	return out
-}
-
-// refClosure lists every digest a ref keeps alive, optional trees included.
-func (s *Server) refClosure(kind cache.Kind, ref string) ([]digest.Digest, error) {
-	r, err := s.resolve(entry{kind: kind, ref: ref}, true)
-	if err != nil {
-		return nil, err
-	}
-	all, _, err := s.store.ClosureOf(r.roots)
-	return all, err
 }

@@ -6,13 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/bst-cache/bst-cache/buildstream"
+	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -119,5 +127,157 @@ func TestQuotaKeepsBlobsAnotherClientWasToldOf(t *testing.T) {
 	}
 	if err := b.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + "demo/third/1"}, root); err != nil {
 		t.Errorf("b names the blob it was told is present: %v", err)
+	}
+}
+
+// The quota's account is built in the background: while the walk is held
+// up (a Directory it must read is a FIFO nobody writes yet) the server
+// answers, takes pushes past the quota and serves refs; once the walk ends
+// the log gives the store's figures, pushes made meanwhile included, and
+// the quota is enforced from then on.
+func TestQuotaAccountBuiltInBackground(t *testing.T) {
+	const quota = 200 << 10
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	artifact := func(name string, fill byte, fifo bool) digest.Digest {
+		t.Helper()
+		root, blobs := artifactTree(map[string][]byte{"own": bytes.Repeat([]byte{fill}, 30<<10)})
+		for d, b := range blobs {
+			if d == root && fifo {
+				p := store.ObjectPath(d)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := unix.Mkfifo(p, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			if err := store.PutBytes(d, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := store.SetRef(cache.KindBst1Artifact, name, buildstream.V1RefContent(root)); err != nil {
+			t.Fatal(err)
+		}
+		return root
+	}
+	for i := range 3 {
+		artifact(fmt.Sprintf("demo/old/%d", i), byte('a'+i), false)
+	}
+	slowRoot, slowBlobs := artifactTree(map[string][]byte{"own": bytes.Repeat([]byte{'s'}, 30<<10)})
+	artifact("demo/slow/1", 's', true)
+	release := sync.OnceFunc(func() {
+		// Opening the FIFO for writing blocks until the walk reads it.
+		if f, err := os.OpenFile(store.ObjectPath(slowRoot), os.O_WRONLY, 0); err == nil {
+			f.Write(slowBlobs[slowRoot])
+			f.Close()
+		}
+	})
+	t.Cleanup(release)
+
+	var logMu sync.Mutex
+	var log strings.Builder
+	logf := func(format string, args ...any) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		fmt.Fprintf(&log, format+"\n", args...)
+	}
+	logged := func() string {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return log.String()
+	}
+	made := make(chan *server.Server, 1)
+	go func() {
+		srv, err := server.New(server.Options{Store: store, AllowWrites: true, Quota: quota, Lease: time.Second, ReadLease: time.Second, Logf: logf})
+		if err != nil {
+			t.Error(err)
+		}
+		made <- srv
+	}()
+	var srv *server.Server
+	select {
+	case srv = <-made:
+	case <-time.After(5 * time.Second):
+		release()
+		t.Fatal("server.New did not return while the store was being measured: serve would not listen until the walk ends")
+	}
+	if srv == nil {
+		return
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := server.NewGRPC(srv, server.GRPCOptions{})
+	go g.Serve(l)
+	t.Cleanup(func() { g.Stop(); srv.Close() })
+	r := dialRemote(t, l.Addr().String())
+	ctx := context.Background()
+
+	// Meanwhile: reads and writes as usual, past the quota.
+	if _, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+"demo/old/0"); err != nil {
+		t.Errorf("reading a ref while the store is measured: %v", err)
+	}
+	push := func(name string, fill byte) {
+		t.Helper()
+		root, blobs := artifactTree(map[string][]byte{"own": bytes.Repeat([]byte{fill}, 30<<10)})
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + name}, root); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 6 {
+		push(fmt.Sprintf("demo/during/%d", i), byte('A'+i))
+	}
+	size := func() (objects int, bytes int64) {
+		store.WalkObjects(func(o cache.ObjectInfo) error { objects++; bytes += o.Digest.Size; return nil })
+		return objects, bytes
+	}
+	if _, used := size(); used <= quota {
+		t.Fatalf("the store holds %d bytes: the pushes should have taken it past the quota of %d", used, quota)
+	}
+	if strings.Contains(logged(), "store measured") || strings.Contains(logged(), "evicted") {
+		t.Fatalf("the walk ended or evicted while held up:\n%s", logged())
+	}
+
+	// The walk ends: its figures are the store's, pushes made meanwhile
+	// included (the FIFO is no object to the walk).
+	wantObjects, wantBytes := size()
+	release()
+	var line string
+	for deadline := time.Now().Add(10 * time.Second); line == ""; time.Sleep(20 * time.Millisecond) {
+		if m := regexp.MustCompile(`store measured in \S+: (\d+ objects, \d+ bytes) \(\d+% of the quota\), (\d+ refs)`).FindStringSubmatch(logged()); m != nil {
+			line = m[1] + ", " + m[2]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no figures logged once the walk could end:\n%s", logged())
+		}
+	}
+	if want := fmt.Sprintf("%d objects, %d bytes, %d refs", wantObjects, wantBytes, 3+1+6); line != want {
+		t.Errorf("measured %s; want %s", line, want)
+	}
+	// Enforced from then on: once the leases ran out, the store goes under
+	// its quota, keeping the ref used last whole.
+	if err := store.PutBytes(slowRoot, slowBlobs[slowRoot]); err != nil { // a file again, for reads
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	push("demo/last/1", 'z')
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, used := size(); used <= quota {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, used := size()
+			t.Fatalf("the store still holds %d bytes for a quota of %d:\n%s", used, quota, logged())
+		}
+	}
+	if err := readBack(ctx, r, "demo/last/1"); err != nil {
+		t.Errorf("the last push after eviction: %v", err)
 	}
 }

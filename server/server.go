@@ -42,7 +42,8 @@ type Options struct {
 	// Empty means only the empty instance name.
 	InstanceNames []string
 	// Quota, when positive, bounds the bytes of objects kept; the least
-	// recently used refs are evicted first.
+	// recently used refs are evicted first. It is enforced once the store
+	// is measured, in the background: the server serves meanwhile.
 	Quota int64
 	// MaxMessageBytes is the gRPC message limit (DefaultMaxMessageBytes when
 	// zero); batch calls are limited to fit in it.
@@ -60,6 +61,9 @@ type Options struct {
 	// Lease is how long a blob reported present or uploaded is kept from
 	// eviction (DefaultLease when zero).
 	Lease time.Duration
+	// ReadLease is how long the blobs of a ref a client was given, and a
+	// blob it reads, are kept from eviction (DefaultReadLease when zero).
+	ReadLease time.Duration
 }
 
 // Server serves one store over the REAPI CAS, ByteStream, Capabilities,
@@ -144,15 +148,14 @@ func New(opts Options) (*Server, error) {
 		s.maxBatch = m - framingMargin
 	}
 	if opts.Quota > 0 {
-		lease := opts.Lease
+		lease, readLease := opts.Lease, opts.ReadLease
 		if lease <= 0 {
 			lease = DefaultLease
 		}
-		q, err := newQuota(s, opts.Quota, lease)
-		if err != nil {
-			return nil, err
+		if readLease <= 0 {
+			readLease = DefaultReadLease
 		}
-		s.quota = q
+		s.quota = newQuota(s, opts.Quota, lease, readLease)
 	}
 	return s, nil
 }
@@ -217,10 +220,19 @@ func parseDigest(d *repb.Digest) (digest.Digest, error) {
 	return dg, nil
 }
 
-// stored records a blob newly written, for the quota.
-func (s *Server) stored(d digest.Digest) {
+// stored records a blob newly written by client (clientOf; "" for the
+// server's own fills), for the quota.
+func (s *Server) stored(d digest.Digest, client string) {
 	if s.quota != nil {
-		s.quota.stored(d, time.Now())
+		s.quota.stored(d, client, time.Now())
+	}
+}
+
+// lend keeps blobs client (clientOf) is about to read from eviction for a
+// while (the quota's read lease).
+func (s *Server) lend(client string, ds ...digest.Digest) {
+	if s.quota != nil {
+		s.quota.lend(ds, client, time.Now())
 	}
 }
 

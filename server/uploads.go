@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/bst-cache/bst-cache/cache"
@@ -85,6 +87,16 @@ func peerOf(addr net.Addr) string {
 		return host
 	}
 	return addr.String()
+}
+
+// clientOf names the client of a call by its connection (address and
+// port): a gRPC client keeps one, so the quota bounds each client's loose
+// uploads by it.
+func clientOf(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 // start finds or creates the upload for a resource name and makes it

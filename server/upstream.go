@@ -89,7 +89,7 @@ func (s *Server) adopt(e entry, closure []digest.Digest) {
 	}
 	now := time.Now()
 	for _, d := range closure {
-		s.quota.stored(d, now)
+		s.quota.stored(d, "", now)
 	}
 	s.quota.setRef(e.kind, e.ref, closure, now)
 }
@@ -101,7 +101,7 @@ func (s *Server) filled(ds []digest.Digest) {
 	}
 	for _, d := range ds {
 		if ok, _ := s.store.Has(d); ok {
-			s.stored(d)
+			s.stored(d, "")
 		}
 	}
 }
