@@ -45,7 +45,8 @@ const DefaultReadLease = 2 * time.Minute
 //
 // The account is compact (well under 200 bytes an object or ref): objects
 // live in one slice, found by their binary hash; times are eighths of a
-// second since the account's start in 32 bits; a ref's closure is the
+// second since the account's start in 32 bits (a ref's last use, in the
+// room its record has, in nanoseconds); a ref's closure is the
 // slice indexes of its objects, shared by the refs the walk finds naming
 // the same roots.
 //
@@ -65,21 +66,23 @@ const DefaultReadLease = 2 * time.Minute
 // abandoned pushes, or clients that upload and never name) hold at most
 // half the quota, all clients together: past it, the client holding the
 // most loses its oldest first. Read leases hold at most a quarter of the
-// quota the same way. Each client keeps its newest lease of each kind. So one client's
+// quota the same way. The lease just taken is kept. So one client's
 // leases cannot starve another's: a client loses a lease only while it
-// holds more than any other: the clients that upload most and name least
-// lose theirs first, a push or a pull of less than any of them keeps its.
+// holds more than any other, and the clients that upload most and name
+// least lose theirs first, while a push or a pull smaller than what they
+// hold keeps its own.
 //
 // Eviction, down to 90% of the limit: first objects no ref needs whose
 // leases ran out, least recently used first; then whole refs, least
 // recently used first, with the objects no remaining ref needs unless a
 // lease holds them (a ref that would free nothing now stays). A leased
-// object is never removed, so a push never fails for eviction and a pull
-// never finds holes. The store may pass its limit by what clients hold
-// in leases, up to a hard cap (a twentieth of the limit past it) past
-// which new uploads are refused with RESOURCE_EXHAUSTED until leases run
-// out; with loose uploads bounded, that takes told and read leases on
-// nearly the whole quota.
+// object is never removed: a push does not lose what it uploaded before it
+// names it, nor a pull the blobs of the ref it was given. The store may
+// pass its limit by what clients hold in leases, up to a hard cap (a
+// twentieth of the limit past it), where an upload first evicts to make
+// room, and is refused with RESOURCE_EXHAUSTED when leases leave none;
+// with loose uploads and read leases bounded, that takes told leases on
+// a quarter of the quota.
 //
 // bazel-remote and Buildbarn have no leases: bazel-remote evicts blobs by
 // LRU as it writes, Buildbarn's local storage by FIFO over blocks, so a
@@ -108,7 +111,7 @@ type quota struct {
 	refs  map[refKey]refRecord
 	used  int64 // bytes of objects
 	// pending keeps the uses of refs the start-up walk has not reached.
-	pending map[refKey]stamp
+	pending map[refKey]int64
 	// clients hold upload leases on loose objects and read leases, by
 	// connection and by id.
 	clients map[string]*client
@@ -164,7 +167,10 @@ type refKey struct {
 
 type refRecord struct {
 	closure []uint32 // indexes in objs; shared, never changed in place
-	used    stamp
+	// used is when it was last written or read, in Unix nanoseconds: the
+	// padding a stamp would leave, and refs written one after the other
+	// stay in order.
+	used int64
 }
 
 // client is one connection holding upload leases on loose objects or
@@ -195,14 +201,19 @@ type queued struct {
 }
 
 func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
-	q := &quota{s: s, limit: limit, lease: lease, readLease: readLease, epoch: time.Now(),
-		kick: make(chan struct{}, 1), quit: make(chan struct{}),
-		index: map[[32]byte]uint32{}, refs: map[refKey]refRecord{}, pending: map[refKey]stamp{},
-		clients: map[string]*client{}, owners: map[uint32]*client{}}
+	q := newAccount()
+	q.s, q.limit, q.lease, q.readLease = s, limit, lease, readLease
 	q.wg.Add(2)
 	go q.build()
 	go q.loop()
 	return q
+}
+
+// newAccount is an empty account, its epoch now.
+func newAccount() *quota {
+	return &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}),
+		index: map[[32]byte]uint32{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
+		clients: map[string]*client{}, owners: map[uint32]*client{}}
 }
 
 // errStopped ends the start-up walk when the server stops.
@@ -287,7 +298,7 @@ func (q *quota) measure() error {
 				closures[rootsKey(r.roots)] = closure
 			}
 			if _, written := q.refs[k]; !written { // else written since: that closure holds
-				q.setRecord(k, closure, max(q.at(info.Accessed), q.pending[k]))
+				q.setRecord(k, closure, max(info.Accessed.UnixNano(), q.pending[k]))
 			}
 			q.mu.Unlock()
 		}
@@ -387,7 +398,7 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 		c := q.client(who)
 		q.own(i, c)
 		for q.loose > q.limit/2 {
-			b := q.biggest(q.at(now), func(b *client) bool { return b.held > 1 }, func(b *client) int64 { return b.bytes })
+			b := q.biggest(q.at(now), func(b *client) bool { return b != c || b.held > 1 }, func(b *client) int64 { return b.bytes })
 			if b == nil || !q.dropOldest(b) {
 				break
 			}
@@ -465,7 +476,7 @@ func (q *quota) dropOldest(c *client) bool {
 }
 
 // biggest is the client for which size is largest among those that can
-// yield a lease (each keeps its newest), once the leases that ran out are
+// yield a lease (not the one just taken), once the leases that ran out are
 // taken out of every client's account.
 func (q *quota) biggest(now stamp, canYield func(*client) bool, size func(*client) int64) *client {
 	var top *client
@@ -531,7 +542,7 @@ func (q *quota) lend(ds []digest.Digest, who string, now time.Time) {
 	c.lent += l.bytes
 	q.lent += l.bytes
 	for q.lent > q.limit/4 {
-		b := q.biggest(n, func(b *client) bool { return len(b.lends) > 1 }, func(b *client) int64 { return b.lent })
+		b := q.biggest(n, func(b *client) bool { return b != c || len(b.lends) > 1 }, func(b *client) int64 { return b.lent })
 		if b == nil {
 			break
 		}
@@ -563,11 +574,11 @@ func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now
 		q.objs[i].upload = 0
 		q.disown(i)
 	}
-	q.setRecord(refKey{kind, ref}, idx, q.at(now))
+	q.setRecord(refKey{kind, ref}, idx, now.UnixNano())
 }
 
 // setRecord records a ref's closure (each object once) and last use.
-func (q *quota) setRecord(k refKey, closure []uint32, used stamp) {
+func (q *quota) setRecord(k refKey, closure []uint32, used int64) {
 	if old, ok := q.refs[k]; ok {
 		q.release(old.closure, needs)
 	}
@@ -583,10 +594,10 @@ func (q *quota) useRef(kind cache.Kind, ref string, now time.Time) {
 	defer q.mu.Unlock()
 	k := refKey{kind, ref}
 	if r, ok := q.refs[k]; ok {
-		r.used = q.at(now)
+		r.used = now.UnixNano()
 		q.refs[k] = r
 	} else if !q.known {
-		q.pending[k] = q.at(now)
+		q.pending[k] = now.UnixNano()
 	}
 }
 

@@ -1,0 +1,60 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// accountBytes builds an account shaped like a BuildStream 1 store of n
+// artifacts (two refs, strong and weak key, naming one tree of 8 objects,
+// as the start-up walk finds them) and returns the heap it holds per
+// object and ref: what the heap loses when it is dropped.
+func accountBytes(n int) float64 {
+	q := newAccount()
+	for a := range n {
+		ds := make([]digest.Digest, 8)
+		for i := range ds {
+			var seed [8]byte
+			binary.LittleEndian.PutUint64(seed[:], uint64(a*8+i))
+			h := sha256.Sum256(seed[:])
+			ds[i] = digest.Digest{Hash: hex.EncodeToString(h[:]), Size: int64(1000 + i)}
+			q.add(ds[i])
+		}
+		closure := q.indexes(ds, false)
+		for _, key := range []string{"strong", "weak"} {
+			q.setRecord(refKey{cache.KindBst1Artifact, fmt.Sprintf("project/element-%06d/%s-%056x", a, key, a)}, closure, int64(a))
+		}
+	}
+	var with, without runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&with)
+	runtime.KeepAlive(q)
+	runtime.GC()
+	runtime.ReadMemStats(&without)
+	return (float64(with.HeapAlloc) - float64(without.HeapAlloc)) / float64(n*(8+2))
+}
+
+// The account costs at most 200 bytes an object or ref.
+func TestQuotaAccountSize(t *testing.T) {
+	if per := accountBytes(25_000); per > 200 {
+		t.Errorf("the account holds %.0f bytes per object and ref: want at most 200", per)
+	} else {
+		t.Logf("%.0f bytes per object and ref", per)
+	}
+}
+
+// The account of 800,000 objects and 200,000 refs (go test -bench
+// QuotaAccount -run ^$ ./server/).
+func BenchmarkQuotaAccount(b *testing.B) {
+	for range b.N {
+		b.ReportMetric(accountBytes(100_000), "bytes/entry")
+	}
+}
