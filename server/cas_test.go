@@ -31,18 +31,24 @@ func startServer(t *testing.T, opts server.Options) (string, *cache.Store, *serv
 		}
 		opts.Store = store
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := server.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(opts)
+	return serveOn(t, srv), opts.Store, srv
+}
+
+// serveOn serves srv on loopback until the test ends, and returns where.
+func serveOn(t *testing.T, srv *server.Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := server.NewGRPC(srv, server.GRPCOptions{})
 	go g.Serve(l)
 	t.Cleanup(func() { g.Stop(); srv.Close() })
-	return l.Addr().String(), opts.Store, srv
+	return l.Addr().String()
 }
 
 // startCAS serves a fresh store with writes enabled or not.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -209,14 +208,7 @@ func TestQuotaAccountBuiltInBackground(t *testing.T) {
 	if srv == nil {
 		return
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := server.NewGRPC(srv, server.GRPCOptions{})
-	go g.Serve(l)
-	t.Cleanup(func() { g.Stop(); srv.Close() })
-	r := dialRemote(t, l.Addr().String())
+	r := dialRemote(t, serveOn(t, srv))
 	ctx := context.Background()
 
 	// Meanwhile: reads and writes as usual, past the quota.
