@@ -48,6 +48,7 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "instance-name", Usage: "instance name to serve (repeatable); all share the one store (default: only the empty name)"},
 			&cli.StringSliceFlag{Name: "upstream", Usage: "on a local miss, fill the store from this configured cache (repeatable, in priority order): a read-through mirror"},
 			&cli.StringSliceFlag{Name: "replicate-to", Usage: "forward every artifact and source clients write to this configured cache (repeatable), through a journal in DIR/replication that survives restarts"},
+			&cli.IntFlag{Name: "replicate-journal", Value: transfer.DefaultJournalBound, Usage: "most refs the journal holds per --replicate-to cache; past it the oldest are dropped, with a warning (a `bst-cache sync` recovers them)"},
 			&cli.StringFlag{Name: "replicate-policy", Value: "any", Usage: "when a client's write succeeds: 'any' once stored and journaled here, 'all' once every --replicate-to cache took it too"},
 			&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, how long in-flight calls may take to finish"},
 		},
@@ -233,6 +234,10 @@ func replicas(c *cli.Context, e *env, store *cache.Store, logf func(string, ...a
 	if policy != "any" && policy != "all" {
 		return nil, usageError("--replicate-policy %q: want any or all", policy)
 	}
+	bound := c.Int("replicate-journal")
+	if bound <= 0 {
+		return nil, usageError("--replicate-journal %d: want a positive number of refs", bound)
+	}
 	cfgs, err := namedCaches(c, e, "replicate-to")
 	if err != nil || len(cfgs) == 0 {
 		return nil, err
@@ -245,7 +250,7 @@ func replicas(c *cli.Context, e *env, store *cache.Store, logf func(string, ...a
 		ev.OnInfo = func(msg string) { logf("replication: %s", msg) }
 	}
 	return transfer.NewReplicator(store, transfer.NewCaches(cfgs, e.cfg.Bwlimit), transfer.ReplicatorOptions{
-		Dir: replicationDir(store.Root()), All: policy == "all", Jobs: e.cfg.Jobs, Events: ev,
+		Dir: replicationDir(store.Root()), All: policy == "all", Jobs: e.cfg.Jobs, Bound: bound, Events: ev,
 	})
 }
 
@@ -257,12 +262,11 @@ func closeReplicas(e *env, r *transfer.Replicator, logf func(string, ...any)) {
 		return
 	}
 	for _, st := range r.Stats() {
-		line := fmt.Sprintf("replica %s (%s): %s replicated, %s failed, %s dropped, %s queued in the journal",
-			st.Name, st.URL, words.Plural(st.Done, "ref"), words.Plural(st.Failed, "attempt"), words.Plural(st.Dropped, "ref"), words.Plural(st.Queued, "ref"))
 		if st.Queued > 0 {
-			line += fmt.Sprintf(" (oldest %s ago): the next start replays them", time.Since(st.Oldest).Round(time.Second))
+			logf("%s: the next start replays the journal", st)
+		} else {
+			logf("%s", st)
 		}
-		logf("%s", line)
 	}
 }
 

@@ -47,6 +47,8 @@ type journalItem struct {
 	added time.Time
 	taken bool // being moved
 	again bool // queued again while being moved
+	// readded is when it was queued again.
+	readded time.Time
 }
 
 type queued struct {
@@ -121,8 +123,8 @@ func (j *journal) add(ws []work) (dropped []work, err error) {
 	wrote := false
 	for _, w := range ws {
 		if it, ok := j.items[w]; ok {
-			if it.taken {
-				it.again = true // its file stays until it moved again
+			if it.taken && !it.again {
+				it.again, it.readded = true, time.Now() // its file stays until it moved again
 			}
 			continue
 		}
@@ -214,20 +216,23 @@ func (j *journal) take(n int) []work {
 }
 
 // finish ends taken work that is done (or can never be): its file goes,
-// unless it was queued again meanwhile, when it waits again.
-func (j *journal) finish(w work) {
+// unless it was queued again meanwhile, when it waits again. It returns
+// when the work done was queued.
+func (j *journal) finish(w work) (added time.Time) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	it, ok := j.items[w]
 	if !ok {
-		return
+		return time.Now()
 	}
+	added = it.added
 	if it.again {
-		it.taken, it.again = false, false
+		it.taken, it.again, it.added = false, false, it.readded
 		j.fifo = append(j.fifo, queued{w, it.seq})
-		return
+		return added
 	}
 	j.remove(w)
+	return added
 }
 
 // retry gives taken work back to the queue, at its end.

@@ -41,6 +41,8 @@ type replica struct {
 	wake chan struct{}
 
 	done, failed, dropped atomic.Int64
+	// lag is how long the last entry replicated waited, in nanoseconds.
+	lag atomic.Int64
 }
 
 // ReplicatorOptions configure a Replicator.
@@ -86,8 +88,11 @@ func NewReplicator(store *cache.Store, replicas []*Cache, o ReplicatorOptions) (
 	}
 	o.Events.OnPlan = nil // a replicator has no end to plan for
 	r := &Replicator{all: o.All, ev: o.Events, engines: map[cache.Kind]*Engine{}}
+	// An index-only replica's readers take blobs from the replicas with
+	// storage: its entries wait until those hold every blob.
+	storage := filter(replicas, hasStorage)
 	for _, k := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource} {
-		r.engines[k] = &Engine{Store: store, Kind: k, Jobs: o.Jobs, Events: o.Events}
+		r.engines[k] = &Engine{Store: store, Kind: k, Storage: storage, Jobs: o.Jobs, Events: o.Events}
 	}
 	for _, c := range replicas {
 		j, err := openJournal(filepath.Join(o.Dir, c.Name()), o.Bound)
@@ -153,13 +158,15 @@ func landed(s Status) bool {
 	return s == StatusDone || s == StatusSkipped || s == StatusRepaired
 }
 
-// dropped says what the bound dropped from rp's journal.
+// dropped says, in one line, what the bound dropped from rp's journal
+// for one write.
 func (r *Replicator) dropped(rp *replica, ws []work) {
-	for _, w := range ws {
-		rp.dropped.Add(1)
-		r.ev.Warn(fmt.Sprintf("replica %s: journal full (%d entries): dropped the oldest, %s %s; `bst-cache sync` to %s recovers it",
-			rp.c.Name(), rp.j.bound, w.kind, w.ref, rp.c.Name()))
+	if len(ws) == 0 {
+		return
 	}
+	total := rp.dropped.Add(int64(len(ws)))
+	r.ev.Warn(fmt.Sprintf("replica %s: journal full (bound %s): dropped the oldest %s (%s first), %d dropped since the start; a `bst-cache sync` from this cache to %s recovers them",
+		rp.c.Name(), words.Plural(rp.j.bound, "ref"), words.Plural(len(ws), "ref"), ws[0], total, rp.c.Name()))
 }
 
 // work moves rp's journal to it until ctx ends.
@@ -225,11 +232,11 @@ func (r *Replicator) push(ctx context.Context, rp *replica, batch []work) bool {
 		eng.Events = ev
 		eng.Push(ctx, refs, []*Cache{rp.c}, PushOptions{})
 	}
-	n, oldest := rp.j.depth()
-	if n > 0 {
-		r.ev.info(fmt.Sprintf("replica %s: journal holds %s, the oldest queued %s ago", rp.c.Name(), words.Plural(n, "ref"), time.Since(oldest).Round(time.Second)))
+	st := r.stats(rp)
+	if st.Queued == 0 {
+		r.ev.info(fmt.Sprintf("%s: caught up", st))
 	} else {
-		r.ev.info(fmt.Sprintf("replica %s: caught up, journal empty", rp.c.Name()))
+		r.ev.info(st.String())
 	}
 	return ok
 }
@@ -241,7 +248,7 @@ func (r *Replicator) push(ctx context.Context, rp *replica, batch []work) bool {
 func (r *Replicator) landedOn(rp *replica, w work, res Result) bool {
 	switch {
 	case landed(res.Status):
-		rp.j.finish(w)
+		rp.lag.Store(int64(time.Since(rp.j.finish(w))))
 		rp.done.Add(1)
 		r.ev.info(fmt.Sprintf("replica %s: %s %s", rp.c.Name(), res.Ref, res.Status))
 	case res.Status == StatusMissing, res.Status == StatusConflict:
@@ -266,7 +273,8 @@ func (r *Replicator) Replicas() []*Cache {
 	return out
 }
 
-// ReplicaStats are one replica's counters.
+// ReplicaStats are one replica's counters, since the server started
+// (the journal's, since it was first written).
 type ReplicaStats struct {
 	Name string
 	URL  string
@@ -278,17 +286,43 @@ type ReplicaStats struct {
 	// queued (zero when it is empty).
 	Queued int
 	Oldest time.Time
+	// Lag is how long the last entry the replica took waited for it, from
+	// the client's write (zero before the first).
+	Lag time.Duration
+	// Blobs and Bytes are what was sent to the replica.
+	Blobs, Bytes int64
+}
+
+// String says it all in one line, for logs.
+func (s ReplicaStats) String() string {
+	queued := words.Plural(s.Queued, "ref") + " queued"
+	if s.Queued > 0 {
+		queued += fmt.Sprintf(" (the oldest %s ago)", time.Since(s.Oldest).Round(time.Second))
+	}
+	line := fmt.Sprintf("replica %s (%s): %s replicated, %s failed, %s dropped, %s; %s (%s) sent",
+		s.Name, s.URL, words.Plural(s.Done, "ref"), words.Plural(s.Failed, "attempt"), words.Plural(s.Dropped, "ref"),
+		queued, words.Plural(s.Blobs, "blob"), words.Plural(s.Bytes, "byte"))
+	if s.Done > 0 {
+		line += fmt.Sprintf("; lag %s", s.Lag.Round(time.Millisecond))
+	}
+	return line
 }
 
 // Stats are the counters of every replica, in order.
 func (r *Replicator) Stats() []ReplicaStats {
 	var out []ReplicaStats
 	for _, rp := range r.replicas {
-		n, oldest := rp.j.depth()
-		out = append(out, ReplicaStats{Name: rp.c.Name(), URL: rp.c.Config.URL, Done: rp.done.Load(),
-			Failed: rp.failed.Load(), Dropped: rp.dropped.Load(), Queued: n, Oldest: oldest})
+		out = append(out, r.stats(rp))
 	}
 	return out
+}
+
+func (r *Replicator) stats(rp *replica) ReplicaStats {
+	n, oldest := rp.j.depth()
+	use := rp.c.Usage()
+	return ReplicaStats{Name: rp.c.Name(), URL: rp.c.Config.URL, Done: rp.done.Load(), Failed: rp.failed.Load(),
+		Dropped: rp.dropped.Load(), Queued: n, Oldest: oldest, Lag: time.Duration(rp.lag.Load()),
+		Blobs: use.Blobs, Bytes: use.Bytes}
 }
 
 // Close stops the workers; what they did not move stays journaled for the

@@ -65,6 +65,17 @@ func (a *AssetIndex) Len() int {
 	return len(a.entries)
 }
 
+// Entries are what the index records, URI by URI: a copy.
+func (a *AssetIndex) Entries() map[string]*repb.Digest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make(map[string]*repb.Digest, len(a.entries))
+	for u, d := range a.entries {
+		out[u] = d
+	}
+	return out
+}
+
 func (a *AssetIndex) get(uris []string) (*repb.Digest, error) {
 	if len(uris) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "no uris")
