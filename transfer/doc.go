@@ -84,8 +84,12 @@
 //     a journal per replica, fsynced before the client's write is
 //     acknowledged, replayed after a restart or a kill, removed once the
 //     replica took it; a ref queued twice moves once, the journal's bound
-//     drops the oldest with a warning, and a replica that fails is skipped
-//     by the breaker (at most 5 s at a time for a replica) and retried.
+//     drops the oldest with a warning saying how many, and a replica that
+//     fails is skipped by the breaker (at most 5 s at a time for a
+//     replica) and retried. An index-only replica's entry is written once
+//     the replicas with storage hold every blob it names. Stats are each
+//     replica's counters (done, failed, dropped, queued and the oldest
+//     entry, the lag, bytes sent) for logs and metrics.
 //   - A large blob cut short (Ctrl-C, a kill, a failed cache) resumes in
 //     the next run: a download from the bytes the local store kept, an
 //     upload from what the target holds, under an upload name derived from
