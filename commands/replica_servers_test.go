@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -112,7 +111,7 @@ func pollIndexComplete(t *testing.T, index *testenv.AssetIndex, addr, origin str
 	}
 	t.Cleanup(func() { conn.Close() })
 	cas := repb.NewContentAddressableStorageClient(conn)
-	checked := map[string]bool{} // entries found whole once stay whole
+	checked := map[string]bool{} // each entry is checked when it appears
 	check := func() {
 		for uri, d := range index.Entries() {
 			root := digest.NewFromProtoUnvalidated(d)
@@ -133,34 +132,17 @@ func pollIndexComplete(t *testing.T, index *testenv.AssetIndex, addr, origin str
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			resp, err := cas.FindMissingBlobs(ctx, req)
 			cancel()
-			switch {
-			case err != nil:
+			checked[root.String()] = true
+			if err != nil {
 				t.Errorf("FindMissingBlobs on bazel-remote: %v", err)
-			case len(resp.GetMissingBlobDigests()) > 0:
-				t.Errorf("the index names %s for %s while bazel-remote lacks %d of its %d blobs", root, uri, len(resp.GetMissingBlobDigests()), len(req.BlobDigests))
-			default:
-				checked[root.String()] = true
+			} else if n := len(resp.GetMissingBlobDigests()); n > 0 {
+				t.Errorf("the index names %s for %s while bazel-remote lacks %d of its %d blobs", root, uri, n, len(req.BlobDigests))
 			}
 		}
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			check()
-			select {
-			case <-done:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
+	stop = poll(check)
 	return func() {
-		close(done)
-		wg.Wait()
-		check()
+		stop()
 		if len(checked) == 0 {
 			t.Errorf("the index names nothing")
 		}

@@ -55,13 +55,19 @@ func pushTo(t *testing.T, url, local string, refs ...string) (int, string) {
 // the returned stop is called: no ref may ever name a blob it lacks.
 func pollComplete(t *testing.T, dir string) (stop func()) {
 	t.Helper()
+	return poll(func() { checkRefsComplete(t, dir) })
+}
+
+// poll runs check every few milliseconds until the returned stop is
+// called, which runs it once more.
+func poll(check func()) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
-			checkRefsComplete(t, dir)
+			check()
 			select {
 			case <-done:
 				return
@@ -69,7 +75,7 @@ func pollComplete(t *testing.T, dir string) (stop func()) {
 			}
 		}
 	}()
-	return func() { close(done); wg.Wait(); checkRefsComplete(t, dir) }
+	return func() { close(done); wg.Wait(); check() }
 }
 
 // waitRefs waits up to limit until the store in dir holds every ref, and
