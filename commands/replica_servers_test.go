@@ -140,9 +140,9 @@ func pollIndexComplete(t *testing.T, index *testenv.AssetIndex, addr, origin str
 			}
 		}
 	}
-	stop = poll(check)
+	stopPoll := poll(check)
 	return func() {
-		stop()
+		stopPoll()
 		if len(checked) == 0 {
 			t.Errorf("the index names nothing")
 		}
