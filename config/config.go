@@ -131,6 +131,9 @@ type Auth struct {
 	ClientCert      string
 	ClientKey       string
 	AccessTokenFile string
+	// CredentialHelper is a program run as "PATH get" for the headers
+	// every call carries (Bazel's credential helper protocol).
+	CredentialHelper string
 }
 
 // Connection holds timeouts and retry policy.

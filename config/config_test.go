@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,7 +91,7 @@ url = "grpc://10.0.0.1"
 }
 
 func TestLoadErrors(t *testing.T) {
-	files := map[string]string{"ca.pem": "x", "client.crt": "x", "client.key": "x"}
+	files := map[string]string{"ca.pem": "x", "client.crt": "x", "client.key": "x", "helper.sh": "#!/bin/sh\n"}
 	tests := []struct {
 		name     string
 		toml     string
@@ -124,6 +125,9 @@ func TestLoadErrors(t *testing.T) {
 		{"client cert without key", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\nserver-cert = \"ca.pem\"\nclient-cert = \"client.crt\"\n", 6, "cache \"a\": auth.client-key", "client-key must be too"},
 		{"client key without cert", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\nclient-key = \"client.key\"\n", 5, "cache \"a\": auth.client-cert", "client-cert must be too"},
 		{"TLS file with plaintext url", "[[cache]]\nname = \"a\"\nurl = \"http://h:1\"\n[cache.auth]\nserver-cert = \"ca.pem\"\n", 5, "cache \"a\": auth.server-cert", "needs a TLS url"},
+		{"helper not executable", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\ncredential-helper = \"helper.sh\"\n", 5, "cache \"a\": auth.credential-helper", "helper.sh is not executable"},
+		{"missing helper", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\ncredential-helper = \"nope.sh\"\n", 5, "cache \"a\": auth.credential-helper", "nope.sh not found"},
+		{"helper and token", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\naccess-token = \"ca.pem\"\ncredential-helper = \"helper.sh\"\n", 6, "cache \"a\": auth.credential-helper", "access-token or credential-helper, not both"},
 		{"dotted key", "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\nauth.client-key = \"client.key\"\n", 4, "cache \"a\": auth.client-cert", "client-cert must be too"},
 	}
 	for _, tc := range tests {
@@ -231,6 +235,40 @@ func TestUserAndProjectFiles(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"project@" + proj + ":3"}, names(cfg)); diff != "" {
 		t.Errorf("--config caches (-want +got):\n%s", diff)
+	}
+}
+
+// A credential helper's path is relative to the config file, and printing
+// the configuration names it without running it.
+func TestCredentialHelperLoaded(t *testing.T) {
+	dir := testenv.WriteFiles(t, map[string]string{
+		"c.toml": "[[cache]]\nname = \"a\"\nurl = \"https://h:1\"\n[cache.auth]\ncredential-helper = \"bin/helper\"\n",
+	})
+	ran := filepath.Join(dir, "ran")
+	helper := filepath.Join(dir, "bin", "helper")
+	os.MkdirAll(filepath.Dir(helper), 0o755)
+	if err := os.WriteFile(helper, []byte("#!/bin/sh\ntouch "+ran+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(Options{File: filepath.Join(dir, "c.toml")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Caches[0].Auth.CredentialHelper; got != helper {
+		t.Errorf("helper %q, want %q", got, helper)
+	}
+	var b strings.Builder
+	if err := cfg.WriteTOML(&b); err != nil {
+		t.Fatal(err)
+	}
+	if want := "credential-helper = " + strconv.Quote(helper); !strings.Contains(b.String(), want) {
+		t.Errorf("WriteTOML does not show %s:\n%s", want, b.String())
+	}
+	if got := cfg.View().Caches[0].Auth.CredentialHelper; got != helper {
+		t.Errorf("View: helper %q, want %q", got, helper)
+	}
+	if _, err := os.Stat(ran); err == nil {
+		t.Error("loading or printing the configuration ran the helper")
 	}
 }
 

@@ -242,6 +242,9 @@ type rawCache struct {
 		ClientCert  string `toml:"client-cert"`
 		ClientKey   string `toml:"client-key"`
 		AccessToken string `toml:"access-token"`
+		// CredentialHelper is a program speaking Bazel's credential
+		// helper protocol.
+		CredentialHelper string `toml:"credential-helper"`
 	} `toml:"auth"`
 	Connection struct {
 		ConnectTimeout *string `toml:"connect-timeout"`
@@ -523,6 +526,10 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 		{"client-cert", a.ClientCert, &c.Auth.ClientCert, true},
 		{"client-key", a.ClientKey, &c.Auth.ClientKey, true},
 		{"access-token", a.AccessToken, &c.Auth.AccessTokenFile, false},
+		{"credential-helper", a.CredentialHelper, &c.Auth.CredentialHelper, false},
+	}
+	if a.AccessToken != "" && a.CredentialHelper != "" {
+		return c, v.errorf(key("auth.credential-helper"), named("auth.credential-helper"), "give access-token or credential-helper, not both")
 	}
 	for _, f := range files {
 		if f.raw == "" {
@@ -533,12 +540,16 @@ func (v *validator) cache(i int, rc rawCache) (Cache, error) {
 			return c, v.errorf(key(k), named(k), "needs a TLS url (https:// or grpcs://), not %q", rc.URL)
 		}
 		p := v.path(f.raw)
-		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+		st, err := os.Stat(p)
+		if err != nil || !st.Mode().IsRegular() {
 			if f.name == "access-token" {
 				// Never echo the value: it may be a token pasted in by mistake.
 				return c, v.errorf(key(k), named(k), "token file not found (the value must be the path of a file holding the token)")
 			}
 			return c, v.errorf(key(k), named(k), "file %s not found", p)
+		}
+		if f.name == "credential-helper" && st.Mode().Perm()&0o111 == 0 {
+			return c, v.errorf(key(k), named(k), "%s is not executable (chmod +x it)", p)
 		}
 		*f.dst = p
 	}

@@ -47,6 +47,9 @@ type AuthView struct {
 	ClientKey       string `json:"client_key,omitempty"`
 	AccessToken     string `json:"access_token,omitempty"`
 	AccessTokenFile string `json:"access_token_file,omitempty"`
+	// CredentialHelper is the helper's path: configured, never run to
+	// print.
+	CredentialHelper string `json:"credential_helper,omitempty"`
 }
 
 // View returns the printable form.
@@ -63,6 +66,7 @@ func (c *Config) View() View {
 			Auth: AuthView{
 				ServerCert: cc.Auth.ServerCert, ClientCert: cc.Auth.ClientCert,
 				ClientKey: cc.Auth.ClientKey, AccessTokenFile: cc.Auth.AccessTokenFile,
+				CredentialHelper: cc.Auth.CredentialHelper,
 			},
 			ConnectTimeout: cc.Connection.ConnectTimeout.String(),
 			RequestTimeout: cc.Connection.RequestTimeout.String(),
@@ -113,6 +117,9 @@ func (c *Config) WriteTOML(w io.Writer) error {
 			}
 			if a.AccessTokenFile != "" {
 				fmt.Fprintf(&b, "access-token = %s  # token read from %s\n", quote(a.AccessToken), a.AccessTokenFile)
+			}
+			if a.CredentialHelper != "" {
+				fmt.Fprintf(&b, "credential-helper = %s  # run as \"PATH get\" when a call needs headers\n", quote(a.CredentialHelper))
 			}
 		}
 		fmt.Fprintf(&b, "[cache.connection]\nconnect-timeout = %s\nrequest-timeout = %s\nretry-limit = %d\nretry-delay = %s\nstall-timeout = %s\n",
