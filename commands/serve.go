@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/tokenfile"
 	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/server"
 	"github.com/bst-cache/bst-cache/transfer"
@@ -42,7 +45,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "server-key", Usage: "TLS private key (PEM)", TakesFile: true},
 			&cli.StringFlag{Name: "server-cert", Usage: "TLS certificate (PEM)", TakesFile: true},
 			&cli.StringFlag{Name: "client-certs", Usage: "require client certificates signed by (or equal to) these certificates (PEM)", TakesFile: true},
-			&cli.StringFlag{Name: "access-token", Usage: "require 'authorization: Bearer TOKEN' with the token in this file", TakesFile: true},
+			&cli.StringFlag{Name: "access-token", Usage: "require 'authorization: Bearer TOKEN' with the token in this file (read again when it changes: the old token stops working)", TakesFile: true},
+			&cli.StringFlag{Name: "access-log", Usage: "write one JSON line per call to this file ('-': standard output); reopened on SIGHUP", TakesFile: true},
 			&cli.StringFlag{Name: "quota", Usage: "keep objects under SIZE (e.g. 50G, 500MiB), evicting least recently used refs"},
 			&cli.IntFlag{Name: "max-message-bytes", Value: server.DefaultMaxMessageBytes, Usage: "gRPC message size limit; batch calls are limited to fit"},
 			&cli.StringSliceFlag{Name: "instance-name", Usage: "instance name to serve (repeatable); all share the one store (default: only the empty name)"},
@@ -82,10 +86,11 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	token := ""
+	logf := func(format string, args ...any) { fmt.Fprintf(e.stderr, "bst-cache serve: "+format+"\n", args...) }
+	var token *tokenfile.File
 	if f := c.String("access-token"); f != "" {
-		if token, err = readTokenFile(f); err != nil {
-			return err
+		if token, err = tokenfile.Open(f, tokenfile.WithOnError(func(err error) { logf("--access-token: %v", err) })); err != nil {
+			return fmt.Errorf("--access-token: %w", err)
 		}
 	}
 
@@ -101,7 +106,6 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	logf := func(format string, args ...any) { fmt.Fprintf(e.stderr, "bst-cache serve: "+format+"\n", args...) }
 	mirror, err := upstreams(c, e, store, quota, logf)
 	if err != nil {
 		return err
@@ -129,7 +133,21 @@ func runServe(c *cli.Context) error {
 	defer srv.Close()
 	gopts := server.GRPCOptions{TLS: tlsConfig, Token: token, MaxMessageBytes: c.Int("max-message-bytes")}
 	if e.verbose {
-		gopts.LogCall = func(line string) { logf("%s", line) }
+		gopts.OnCall = append(gopts.OnCall, func(call *server.Call) { logf("%s", server.CallLine(call)) })
+	}
+	if path := c.String("access-log"); path != "" {
+		alog, err := server.OpenAccessLog(path)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := alog.Close(); err != nil {
+				logf("%v", err)
+			}
+		}()
+		gopts.OnCall = append(gopts.OnCall, alog.Log)
+		stop := reopenOnHangup(alog, logf)
+		defer stop()
 	}
 	g := server.NewGRPC(srv, gopts)
 
@@ -146,7 +164,7 @@ func runServe(c *cli.Context) error {
 		if store.Layout() == cache.KindArtifact {
 			layout = "new: the layout of the first artifact written"
 		}
-		logf("serving %s (%s) on %s%s", dir, layout, where, describeServe(c, tlsConfig != nil, token != "", quota))
+		logf("serving %s (%s) on %s%s", dir, layout, where, describeServe(c, tlsConfig != nil, token != nil, quota))
 		if mirror != nil {
 			logf("mirroring %s: a local miss is filled from there", describeUpstreams(mirror.Upstreams(), ", then "))
 			go func() {
@@ -168,7 +186,7 @@ func runServe(c *cli.Context) error {
 			}
 		}
 	}
-	if openPush(l.Addr(), c.Bool("enable-push"), c.String("client-certs") != "", token != "") {
+	if openPush(l.Addr(), c.Bool("enable-push"), c.String("client-certs") != "", token != nil) {
 		logf("warning: anyone who can reach %s can push: add --client-certs or --access-token", l.Addr())
 	}
 	served := make(chan error, 1)
@@ -347,17 +365,25 @@ func serverTLS(keyFile, certFile, clientCerts string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// readTokenFile reads a token file. Errors name the file, never the content.
-func readTokenFile(path string) (string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("--access-token: %w", err)
-	}
-	tok := strings.TrimSpace(string(data))
-	if tok == "" || strings.ContainsAny(tok, "\r\n") {
-		return "", fmt.Errorf("--access-token %s: want one non-empty line", path)
-	}
-	return tok, nil
+// reopenOnHangup reopens the access log on each SIGHUP, as logrotate
+// expects after it renamed the file. The returned function stops it.
+func reopenOnHangup(alog *server.AccessLog, logf func(string, ...any)) func() {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-hup:
+				if err := alog.Reopen(); err != nil {
+					logf("access log: %v", err)
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); close(done) }
 }
 
 // isLoopback says whether an address is reachable from this host only.
