@@ -9,7 +9,10 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/uuid"
+
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // Exit codes shared by every command.
@@ -33,6 +36,8 @@ func Main(ctx context.Context, version string, args []string, stdout, stderr io.
 		}
 		return ExitOK
 	}
+	// Every call names this run to the caches (REAPI RequestMetadata).
+	ctx = remotes.WithTool(ctx, remotes.Tool{Name: "bst-cache", Version: version, Invocation: uuid.NewString()})
 	err := app.RunContext(ctx, reorder(app, args))
 	code := ExitCode(err)
 	if code == ExitInterrupted && errors.Is(context.Cause(ctx), ErrTerminated) {

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
@@ -14,9 +12,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/status"
 
 	"github.com/bst-cache/bst-cache/config"
 )
@@ -105,6 +101,11 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		uploadKey: o.uploadKey,
 	}
 	r.chunk.Store(writeChunk)
+	creds, err := newCreds(c)
+	if err != nil {
+		return nil, r.wrap("reading access token", err)
+	}
+	r.creds = creds
 
 	params := client.DialParams{
 		Service:           c.Endpoint.Target,
@@ -129,13 +130,10 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 	if len(o.limiters) > 0 {
 		params.DialOpts = append(params.DialOpts, limitedDialer(c.Endpoint.Target, o.limiters))
 	}
-	if c.Auth.AccessTokenFile != "" {
-		tok, err := readToken(c.Auth.AccessTokenFile)
-		if err != nil {
-			return nil, r.wrap("reading access token", err)
-		}
-		params.DialOpts = append(params.DialOpts, grpc.WithPerRPCCredentials(bearer(tok)))
+	if creds != nil {
+		params.DialOpts = append(params.DialOpts, grpc.WithPerRPCCredentials(r.creds))
 	}
+	params.DialOpts = append(params.DialOpts, withRequestMetadata(requestMetadata(ctx))...)
 	dialOpts, _, err := client.OptsFromParams(ctx, params)
 	if err != nil {
 		return nil, r.wrap("preparing connection", err)
@@ -151,7 +149,7 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		client.RPCTimeouts{"default": c.Connection.RequestTimeout},
 		&client.Retrier{
 			Backoff:     retry.ExponentialBackoff(c.Connection.RetryDelay, 30*c.Connection.RetryDelay, retry.Attempts(c.Connection.RetryLimit+1)),
-			ShouldRetry: func(err error) bool { return shouldRetry(err, true) },
+			ShouldRetry: func(err error) bool { return shouldRetry(err, true) || r.reauth(ctx, err) },
 		},
 	)
 	if err != nil {
@@ -162,32 +160,12 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 	return r, nil
 }
 
-// readToken reads a bearer token file. The error never includes the token.
-func readToken(path string) (string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", status.Errorf(codes.FailedPrecondition, "cannot read the access-token file %s", path)
-	}
-	tok := strings.TrimSpace(string(data))
-	if tok == "" || strings.ContainsAny(tok, "\r\n") {
-		return "", status.Errorf(codes.FailedPrecondition, "the access-token file %s must hold one token on one line", path)
-	}
-	return tok, nil
+// reauth says, after a call failed, whether the cache refused the
+// credentials and they were got again (the token file read, the helper
+// run), so that one more attempt may pass.
+func (r *Remote) reauth(ctx context.Context, err error) bool {
+	return r.creds != nil && authRefused(err) && r.creds.refresh(ctx)
 }
-
-// bearer sends "authorization: Bearer <token>" with every call.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-
-// RequireTransportSecurity is false so tokens also work with plaintext
-// caches on trusted networks; with TLS they are encrypted as usual.
-func (b bearer) RequireTransportSecurity() bool { return false }
-
-// String keeps the token out of anything that formats the credentials.
-func (b bearer) String() string { return config.Redacted }
 
 // call runs one RPC under the concurrency limit and the request timeout,
 // retrying retryable codes with exponential backoff and jitter.
@@ -209,6 +187,7 @@ func (r *Remote) retry(ctx context.Context, op string, idempotent bool, perAttem
 	defer func() { <-r.sem }()
 
 	delay := r.conn.RetryDelay
+	reauthed := false
 	for attempt := 0; ; attempt++ {
 		cctx, cancel := ctx, context.CancelFunc(func() {})
 		if perAttempt > 0 {
@@ -227,6 +206,13 @@ func (r *Remote) retry(ctx context.Context, op string, idempotent bool, perAttem
 			// The caller gave up (Ctrl-C, its deadline): gRPC's
 			// CANCELLED status does not say so to errors.Is.
 			return r.wrap(op, ctx.Err())
+		}
+		if !reauthed && r.reauth(ctx, err) {
+			// The credentials were refused: got again, they are tried
+			// once more at once, whatever the retry limit.
+			reauthed = true
+			attempt--
+			continue
 		}
 		if attempt >= r.conn.RetryLimit || !shouldRetry(err, idempotent) {
 			return r.wrap(op, err)

@@ -89,7 +89,7 @@ func describe(c codes.Code, err error) string {
 	case codes.DeadlineExceeded:
 		return "timed out: " + msg
 	case codes.Unauthenticated:
-		return "not authenticated (check access-token): " + msg
+		return "not authenticated (check the cache's access-token or credential-helper): " + msg
 	case codes.PermissionDenied:
 		return "permission denied: " + msg
 	case codes.Unimplemented:

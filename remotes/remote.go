@@ -42,6 +42,8 @@ type Remote struct {
 	sem                 chan struct{}
 	// uploadKey, when set, names uploads so the next run finds them.
 	uploadKey string
+	// creds are the per-RPC credentials (a token file, a helper), if any.
+	creds creds
 	// noQueryWrite: the server answered QueryWriteStatus UNIMPLEMENTED.
 	noQueryWrite atomic.Bool
 
