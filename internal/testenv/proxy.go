@@ -83,6 +83,9 @@ type ProxyFaults struct {
 	// message and then reads nothing more, as a server that stopped
 	// taking bytes.
 	StallWrite bool
+	// OnCall, when set, hears the full method of every call the proxy
+	// takes, before anything else: a count of what a client asked.
+	OnCall func(method string)
 }
 
 // rawCodec passes messages through as bytes.
@@ -150,6 +153,9 @@ func (p *proxy) conn(method string) *grpc.ClientConn {
 
 func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(ss)
+	if p.faults.OnCall != nil {
+		p.faults.OnCall(method)
+	}
 	if takeOne(p.faults.Unavailable) {
 		return status.Error(codes.Unavailable, "down (test proxy)")
 	}
