@@ -27,9 +27,10 @@ import (
 // creds are a cache's per-RPC credentials.
 type creds interface {
 	credentials.PerRPCCredentials
-	// refresh gets the credentials again after the cache refused them
-	// (UNAUTHENTICATED) and says whether one more attempt may pass.
-	refresh(ctx context.Context) bool
+	// refresh gets the credentials again after the cache refused those of
+	// a call started at since (UNAUTHENTICATED), unless they were got
+	// again after it started, and says whether one more attempt may pass.
+	refresh(ctx context.Context, since time.Time) bool
 }
 
 // newCreds builds the credentials a cache's auth settings name: nil for
@@ -63,7 +64,7 @@ func (tokenCreds) RequireTransportSecurity() bool { return false }
 
 // refresh looks at the file now: the token may have been rotated within
 // the last second. A retry with an unchanged token costs one call.
-func (t tokenCreds) refresh(context.Context) bool {
+func (t tokenCreds) refresh(context.Context, time.Time) bool {
 	t.f.Fresh(0)
 	return true
 }
@@ -79,9 +80,6 @@ const (
 	helperTimeout   = 10 * time.Second
 	helperMaxOutput = 64 << 10
 	helperNoExpiry  = 30 * time.Minute
-	// helperRecent: a refresh asked for this soon after a run (another
-	// call refused at the same moment) uses that run's headers.
-	helperRecent = time.Second
 	// helperFailedFor: after a failed run, calls fail with its error for
 	// this long before the helper is run again.
 	helperFailedFor = 5 * time.Second
@@ -131,10 +129,11 @@ func (h *helperCreds) GetRequestMetadata(ctx context.Context, _ ...string) (map[
 
 func (*helperCreds) RequireTransportSecurity() bool { return false }
 
-func (h *helperCreds) refresh(ctx context.Context) bool {
+func (h *helperCreds) refresh(ctx context.Context, since time.Time) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if time.Since(h.ran) < helperRecent {
+	if h.ran.After(since) {
+		// Another call refused at the same time ran the helper already.
 		return h.err == nil
 	}
 	return h.run(ctx) == nil

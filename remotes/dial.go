@@ -148,8 +148,12 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 		client.CASConcurrency(o.concurrency),
 		client.RPCTimeouts{"default": c.Connection.RequestTimeout},
 		&client.Retrier{
-			Backoff:     retry.ExponentialBackoff(c.Connection.RetryDelay, 30*c.Connection.RetryDelay, retry.Attempts(c.Connection.RetryLimit+1)),
-			ShouldRetry: func(err error) bool { return shouldRetry(err, true) || r.reauth(ctx, err) },
+			Backoff: retry.ExponentialBackoff(c.Connection.RetryDelay, 30*c.Connection.RetryDelay, retry.Attempts(c.Connection.RetryLimit+1)),
+			// The sdk does not say when the refused attempt began: a
+			// second is as far back as calls refused together reach.
+			ShouldRetry: func(err error) bool {
+				return shouldRetry(err, true) || r.reauth(ctx, err, time.Now().Add(-time.Second))
+			},
 		},
 	)
 	if err != nil {
@@ -161,10 +165,11 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 }
 
 // reauth says, after a call failed, whether the cache refused the
-// credentials and they were got again (the token file read, the helper
-// run), so that one more attempt may pass.
-func (r *Remote) reauth(ctx context.Context, err error) bool {
-	return r.creds != nil && authRefused(err) && r.creds.refresh(ctx)
+// credentials of an attempt started at since and they were got again
+// (the token file read, the helper run), so that one more attempt may
+// pass.
+func (r *Remote) reauth(ctx context.Context, err error, since time.Time) bool {
+	return r.creds != nil && authRefused(err) && r.creds.refresh(ctx, since)
 }
 
 // call runs one RPC under the concurrency limit and the request timeout,
@@ -193,6 +198,7 @@ func (r *Remote) retry(ctx context.Context, op string, idempotent bool, perAttem
 		if perAttempt > 0 {
 			cctx, cancel = context.WithTimeout(ctx, perAttempt)
 		}
+		began := time.Now()
 		err := f(cctx)
 		cancel()
 		if err == nil {
@@ -207,7 +213,7 @@ func (r *Remote) retry(ctx context.Context, op string, idempotent bool, perAttem
 			// CANCELLED status does not say so to errors.Is.
 			return r.wrap(op, ctx.Err())
 		}
-		if !reauthed && r.reauth(ctx, err) {
+		if !reauthed && r.reauth(ctx, err, began) {
 			// The credentials were refused: got again, they are tried
 			// once more at once, whatever the retry limit.
 			reauthed = true
