@@ -35,6 +35,7 @@ func TestServeFlagErrors(t *testing.T) {
 		{[]string{"--client-certs", certs.CA}, 2, "needs --server-key"},
 		{[]string{"--server-key", certs.ServerKey, "--server-cert", filepath.Join(dir, "absent.pem")}, 1, "absent.pem"},
 		{[]string{"--access-token", filepath.Join(dir, "no-token")}, 1, "no-token"},
+		{[]string{"--access-log", filepath.Join(dir, "no-dir", "access.log")}, 1, "access log"},
 		{[]string{"--max-message-bytes", "1000"}, 1, "too small"},
 		{[]string{"--listen", "256.0.0.1:1"}, 1, "listening on 256.0.0.1:1"},
 		{[]string{dir, "extra"}, 2, "at most one DIR"},

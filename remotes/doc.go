@@ -11,6 +11,14 @@
 // of its own calls' retries and size refusals through the Hooks its
 // context carries (WithHooks), whoever dialled the Remote.
 //
+// Credentials: an access-token file is read again when it changes (at
+// most once a second); a credential-helper (Bazel's protocol: "PATH get",
+// {"uri"} in, {"headers", "expires"} out) is run when the headers it gave
+// are about to expire. A call the cache refuses with UNAUTHENTICATED gets
+// the credentials again (unless a call refused at the same time just did)
+// and is tried once more. Every call carries REAPI's RequestMetadata
+// naming the tool, its version and the run (WithTool).
+//
 // Streams: a ByteStream read or write is bounded by its progress, not by
 // the request timeout: it fails when no byte moves for the cache's
 // stall-timeout, and as a whole past twice that plus its size at 100 KiB/s.

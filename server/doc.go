@@ -18,6 +18,14 @@
 // fails with UNAVAILABLE when the replicator cannot journal it, or, with
 // policy all, when a replica cannot take it now (the store keeps it).
 //
+// Every call, refused ones included, ends in a Call record (method, peer,
+// instance, status, message bytes in and out, duration, the refs or URIs
+// an index call named, FindMissingBlobs' digests asked and missing, the
+// client's REAPI RequestMetadata) handed to each GRPCOptions.OnCall: the
+// AccessLog (serve --access-log) is one, serve -v's lines another, and
+// counters can sit beside them. With GRPCOptions.Token every call needs
+// the token file's current token; the file is read again when it changes.
+//
 // zstd (package zstdwire): the store keeps blobs uncompressed, in
 // BuildStream's layout; compressed-blobs reads and batch answers are
 // compressed on the way out (raw zstd blocks for content that does not
