@@ -170,7 +170,7 @@ func (h *helperCreds) get(ctx context.Context) (map[string]string, time.Time, er
 	start := time.Now()
 	err := cmd.Run()
 	said := ""
-	if s := strings.TrimSpace(stderr.String()); s != "" {
+	if s := strings.TrimSpace(stderr.buf.String()); s != "" {
 		said = fmt.Sprintf("; it said %q", truncate(s, 500))
 	}
 	switch {
@@ -186,8 +186,8 @@ func (h *helperCreds) get(ctx context.Context) (map[string]string, time.Time, er
 		Expires string              `json:"expires"`
 	}
 	// The output is never quoted in an error: it holds secrets.
-	if err := json.Unmarshal(stdout.Bytes(), &resp); err != nil {
-		return fail("its output is not the JSON object the credential helper protocol asks for (%d bytes)", stdout.Len())
+	if err := json.Unmarshal(stdout.buf.Bytes(), &resp); err != nil {
+		return fail("its output is not the JSON object the credential helper protocol asks for (%d bytes)", stdout.buf.Len())
 	}
 	headers := map[string]string{}
 	for k, vs := range resp.Headers {
@@ -240,20 +240,20 @@ func truncate(s string, n int) string {
 }
 
 // capped is a buffer that keeps at most max bytes and says whether more
-// came.
+// came. (It has no ReadFrom, which would read past the cap.)
 type capped struct {
-	bytes.Buffer
+	buf  bytes.Buffer
 	max  int
 	over bool
 }
 
 func (c *capped) Write(p []byte) (int, error) {
-	if room := c.max - c.Len(); len(p) > room {
+	if room := c.max - c.buf.Len(); len(p) > room {
 		c.over = true
-		p = p[:max(room, 0)]
+		c.buf.Write(p[:max(room, 0)])
+		return len(p), nil // keep reading, so the helper is not blocked on a full pipe
 	}
-	c.Buffer.Write(p)
-	return len(p), nil
+	return c.buf.Write(p)
 }
 
 // Tool identifies the program behind the calls, sent with each one as
