@@ -14,20 +14,6 @@ import (
 	"github.com/bst-cache/bst-cache/internal/testenv"
 )
 
-// writeAtomic replaces path's content by a rename, as a secret manager
-// rotating a file does.
-func writeAtomic(t *testing.T, path, content string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
-		t.Error(err)
-		return
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Error(err)
-	}
-}
-
 // startPull runs the bst-cache binary's pull in the background.
 func startPull(t *testing.T, cfg, local string, args ...string) (wait func() (int, string)) {
 	t.Helper()
@@ -62,7 +48,7 @@ func TestAccessTokenRotatedDuringPull(t *testing.T) {
 	dir := t.TempDir()
 	serverTok, clientTok, oldTok := filepath.Join(dir, "server"), filepath.Join(dir, "client"), filepath.Join(dir, "old")
 	for _, p := range []string{serverTok, clientTok, oldTok} {
-		writeAtomic(t, p, "token-before-rotation\n")
+		testenv.ReplaceFile(t, p, "token-before-rotation\n")
 	}
 	store, refs := served(t, 8)
 	logPath := filepath.Join(dir, "access.log")
@@ -76,8 +62,8 @@ func TestAccessTokenRotatedDuringPull(t *testing.T) {
 	rotated := time.Now()
 	// The server first, as an admin would: a client that still sends the
 	// old token is refused, reads its file again and goes on.
-	writeAtomic(t, serverTok, "token-after-rotation\n")
-	writeAtomic(t, clientTok, "token-after-rotation\n")
+	testenv.ReplaceFile(t, serverTok, "token-after-rotation\n")
+	testenv.ReplaceFile(t, clientTok, "token-after-rotation\n")
 	code, out := wait()
 	if code != 0 {
 		t.Fatalf("pull across a token rotation: exit %d\n%s\nserve:\n%s", code, out, srv.Log())
@@ -133,9 +119,9 @@ func TestCredentialHelperExpiring(t *testing.T) {
 	const period = 2
 	issue := func(now time.Time) int64 {
 		n := now.Unix() / period
-		writeAtomic(t, serverTok, fmt.Sprintf("token-%d\n", n))
+		testenv.ReplaceFile(t, serverTok, fmt.Sprintf("token-%d\n", n))
 		expires := time.Unix((n+1)*period+1, 0).UTC().Format(time.RFC3339)
-		writeAtomic(t, response, fmt.Sprintf(`{"headers": {"Authorization": ["Bearer token-%d"]}, "expires": %q}`, n, expires))
+		testenv.ReplaceFile(t, response, fmt.Sprintf(`{"headers": {"Authorization": ["Bearer token-%d"]}, "expires": %q}`, n, expires))
 		return n
 	}
 	issued := issue(time.Now())
@@ -199,7 +185,7 @@ func TestCredentialHelperExpiring(t *testing.T) {
 func TestCredentialHelperFails(t *testing.T) {
 	dir := t.TempDir()
 	srvTok := filepath.Join(dir, "token")
-	writeAtomic(t, srvTok, "the-token\n")
+	testenv.ReplaceFile(t, srvTok, "the-token\n")
 	srv := testenv.StartServe(t, testenv.ServeOptions{Args: []string{"--access-token", srvTok}})
 	for _, tc := range []struct{ name, script, want string }{
 		{"fails", "echo '{\"headers\": {\"Authorization\": [\"Bearer SECRET-ON-STDOUT\"]}}'\necho 'no credentials for this host' >&2\nexit 1\n", `exit status 1; it said "no credentials for this host"`},

@@ -202,6 +202,21 @@ func run(t testing.TB, dir string, env []string, name string, args ...string) st
 	return string(out)
 }
 
+// ReplaceFile gives path a new content by a rename over it, as a secret
+// manager rotating a file does. It may be called from any goroutine (it
+// reports with t.Error).
+func ReplaceFile(t testing.TB, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Error(err)
+		return
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Error(err)
+	}
+}
+
 // WriteFiles writes files (a relative path to its content) under a new
 // directory and returns it.
 func WriteFiles(t testing.TB, files map[string]string) string {

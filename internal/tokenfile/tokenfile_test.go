@@ -7,25 +7,16 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-func write(t *testing.T, path, content string) {
-	t.Helper()
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
+	"github.com/bst-cache/bst-cache/internal/testenv"
+)
 
 // A rotated file is read again once the interval passed (not before); a
 // file that turns bad keeps the last good token and is reported once; the
 // token never shows in an error.
 func TestRotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "token")
-	write(t, path, "first\n")
+	testenv.ReplaceFile(t, path, "first\n")
 	var errs []error
 	f, err := Open(path, WithInterval(time.Hour), WithOnError(func(err error) { errs = append(errs, err) }))
 	if err != nil {
@@ -34,7 +25,7 @@ func TestRotation(t *testing.T) {
 	if got := f.Token(); got != "first" {
 		t.Fatalf("token %q, want first", got)
 	}
-	write(t, path, "second")
+	testenv.ReplaceFile(t, path, "second")
 	if got := f.Token(); got != "first" {
 		t.Fatalf("within the interval: token %q, want first (not looked at again)", got)
 	}
@@ -49,8 +40,8 @@ func TestRotation(t *testing.T) {
 	if got := f.Fresh(0); got != "third!" {
 		t.Fatalf("after an in-place write: token %q, want third!", got)
 	}
-	write(t, path, "")
-	write(t, path, "two\nlines")
+	testenv.ReplaceFile(t, path, "")
+	testenv.ReplaceFile(t, path, "two\nlines")
 	for range 3 {
 		if got := f.Fresh(0); got != "third!" {
 			t.Fatalf("a bad file: token %q, want the last good one, third!", got)
@@ -63,11 +54,11 @@ func TestRotation(t *testing.T) {
 	if len(errs) != 1 || strings.Contains(errs[0].Error(), "two") || !strings.Contains(errs[0].Error(), path) {
 		t.Fatalf("errors %v: want one, naming the file and not its content", errs)
 	}
-	write(t, path, "fourth")
+	testenv.ReplaceFile(t, path, "fourth")
 	if got := f.Fresh(0); got != "fourth" {
 		t.Fatalf("token %q, want fourth", got)
 	}
-	write(t, path, "")
+	testenv.ReplaceFile(t, path, "")
 	f.Fresh(0)
 	if len(errs) != 2 {
 		t.Fatalf("a bad file after a good one: %d errors, want 2", len(errs))
@@ -80,7 +71,7 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("a missing file: %v", err)
 	}
 	path := filepath.Join(dir, "token")
-	write(t, path, "secret\nmore")
+	testenv.ReplaceFile(t, path, "secret\nmore")
 	if _, err := Open(path); err == nil || strings.Contains(err.Error(), "secret") {
 		t.Errorf("two lines: %v", err)
 	}
