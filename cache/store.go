@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -57,6 +58,9 @@ type Store struct {
 	lockCtx     context.Context
 	lockWaiting func()
 	lockFile    *os.File
+
+	// index is the object index IndexObjects keeps, nil without one.
+	index atomic.Pointer[objectIndex]
 }
 
 // Open opens the store at root for reading and writing. Nothing is
@@ -222,17 +226,13 @@ func (s *Store) Layout() Kind {
 
 // ObjectPath is where the blob with digest d lives.
 func (s *Store) ObjectPath(d digest.Digest) string {
-	return filepath.Join(s.objects(), d.Hash[:2], d.Hash[2:])
+	// Concatenated, not joined: objectsDir is clean and the hash checked,
+	// and lookups of many digests a call make this a hot path.
+	return s.objects() + "/" + d.Hash[:2] + "/" + d.Hash[2:]
 }
 
-// checkDigest rejects digests that cannot name an object: a bad hash would
-// otherwise become a path.
-func checkDigest(d digest.Digest) error {
-	if err := d.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", ErrDigestMismatch, err)
-	}
-	return nil
-}
+// checkDigest is CheckDigest.
+func checkDigest(d digest.Digest) error { return CheckDigest(d) }
 
 // Has reports whether the blob is present with the right size. Contents are
 // not rehashed; Verify does that.
@@ -240,14 +240,21 @@ func (s *Store) Has(d digest.Digest) (bool, error) {
 	if err := checkDigest(d); err != nil {
 		return false, err
 	}
-	st, err := os.Stat(s.ObjectPath(d))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+	x := s.index.Load()
+	var gen uint64
+	if x != nil {
+		gen = x.generation()
 	}
-	if err != nil {
+	st, err := os.Stat(s.ObjectPath(d))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, err
 	}
-	return st.Mode().IsRegular() && st.Size() == d.Size, nil
+	ok := err == nil && st.Mode().IsRegular() && st.Size() == d.Size
+	if x != nil {
+		// What the disk says corrects the index.
+		x.saw(d, ok, gen)
+	}
+	return ok, nil
 }
 
 // Missing returns the digests of ds that the store does not have, in order,
@@ -278,10 +285,17 @@ func (s *Store) Open(d digest.Digest) (*os.File, error) {
 	}
 	f, err := os.Open(s.ObjectPath(d))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+		return nil, missingBlob{d}
 	}
 	return f, err
 }
+
+// missingBlob is Open's ErrNotFound, formatted only if printed: a server
+// answers many a lookup of blobs it lacks.
+type missingBlob struct{ d digest.Digest }
+
+func (e missingBlob) Error() string { return "blob " + e.d.String() + ": " + ErrNotFound.Error() }
+func (e missingBlob) Unwrap() error { return ErrNotFound }
 
 // ReadBlob reads a whole blob into memory and checks it against its digest.
 // Meant for small blobs such as Directory messages.
@@ -532,6 +546,8 @@ func (w *BlobWriter) Commit() (err error) {
 	defer func() {
 		if err != nil {
 			w.Abort()
+		} else if x := w.s.index.Load(); x != nil {
+			x.add(w.want)
 		}
 	}()
 	if w.n != w.want.Size {
@@ -676,7 +692,7 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 			return nil
 		}
 		dg := digest.Digest{Hash: hash, Size: info.Size()}
-		if dg.Validate() != nil {
+		if !validHash(hash) {
 			return nil
 		}
 		return fn(ObjectInfo{Digest: dg, Modified: info.ModTime()})
@@ -688,6 +704,11 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 func (s *Store) RemoveObject(d digest.Digest) error {
 	if err := checkDigest(d); err != nil {
 		return err
+	}
+	if x := s.index.Load(); x != nil {
+		// Out of the index first: between the two, the object reads as
+		// absent, which costs an upload at most.
+		x.remove(d)
 	}
 	if err := os.Remove(s.ObjectPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -143,34 +144,46 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	h := sha256.New()
 	send, finish := sender(stream, res.compressed)
 	defer finish(false)
-	buf := make([]byte, min(readChunk, max(end-off, 1)))
+	buf := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(buf)
 	for pos := off; pos < end; {
-		n, err := f.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
+		n, err := f.ReadAt((*buf)[:min(int64(len(*buf)), end-pos)], pos)
 		if n == 0 && err != nil {
 			if errors.Is(err, io.EOF) {
 				return status.Errorf(codes.DataLoss, "blob %s is truncated on the server", d)
 			}
 			return status.Errorf(codes.Internal, "reading %s: %v", d, err)
 		}
+		pos += int64(n)
 		if whole {
-			h.Write(buf[:n])
+			h.Write((*buf)[:n])
+			// The last bytes go only once the whole blob proved good: a
+			// client never gets all of a corrupt blob, whatever it makes
+			// of the status that ends the stream.
+			if pos == end && hex.EncodeToString(h.Sum(nil)) != d.Hash {
+				b.logf("corrupt object %s in the store", d)
+				return status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", d)
+			}
 		}
-		if err := send(buf[:n]); err != nil {
+		if err := send((*buf)[:n]); err != nil {
 			return err
 		}
-		pos += int64(n)
-	}
-	if whole && hex.EncodeToString(h.Sum(nil)) != d.Hash {
-		b.logf("corrupt object %s in the store", d)
-		return status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", d)
 	}
 	return finish(true)
 }
 
+// readBuffers hold what a read takes from a file before it is sent: gRPC
+// marshals a message within Send (the proto codec copies its bytes), so a
+// buffer serves a whole read, then the next one.
+var readBuffers = sync.Pool{New: func() any {
+	b := make([]byte, readChunk)
+	return &b
+}}
+
 // sender is how a read's bytes go out: as they are, or (compressed-blobs)
 // through zstd, since the store keeps blobs as BuildStream does,
 // uncompressed. end(true) ends the stream's content; end(false), after a
-// failure, drops what is left.
+// failure, drops what is left; it is called last in any case.
 func sender(stream bsgrpc.ByteStream_ReadServer, compressed bool) (send func([]byte) error, end func(ok bool) error) {
 	send = func(p []byte) error { return stream.Send(&bsgrpc.ReadResponse{Data: p}) }
 	if !compressed {
@@ -182,6 +195,7 @@ func sender(stream bsgrpc.ByteStream_ReadServer, compressed bool) (send func([]b
 			return z.close()
 		}
 		z.abandon()
+		z.out.release()
 		return nil
 	}
 }
@@ -192,6 +206,7 @@ func (b byteStream) readThrough(stream bsgrpc.ByteStream_ReadServer, d digest.Di
 	send, end := sender(stream, compressed)
 	defer end(false)
 	out := &messages{send: send}
+	defer out.release()
 	if err := b.fill(stream.Context(), d, out); err != nil {
 		return err
 	}
@@ -275,11 +290,12 @@ func (z *compressedSend) abandon() {
 var errAbandoned = errors.New("read abandoned")
 
 // messages gathers what a zstd writer produces into ReadResponses of
-// readChunk bytes, each in a buffer of its own (gRPC may hold a message's
-// bytes after Send); the first error sticks.
+// readChunk bytes, in one buffer from readBuffers (Send copies what it
+// sends; see readBuffers) until release; the first error sticks.
 type messages struct {
 	send func([]byte) error
-	buf  []byte
+	buf  *[]byte
+	n    int
 	err  error
 }
 
@@ -287,12 +303,12 @@ func (m *messages) Write(p []byte) (int, error) {
 	total := len(p)
 	for len(p) > 0 && m.err == nil {
 		if m.buf == nil {
-			m.buf = make([]byte, 0, readChunk)
+			m.buf = readBuffers.Get().(*[]byte)
 		}
-		k := min(len(p), readChunk-len(m.buf))
-		m.buf = append(m.buf, p[:k]...)
+		k := copy((*m.buf)[m.n:], p)
+		m.n += k
 		p = p[k:]
-		if len(m.buf) == readChunk {
+		if m.n == len(*m.buf) {
 			m.flush()
 		}
 	}
@@ -304,11 +320,19 @@ func (m *messages) Write(p []byte) (int, error) {
 
 // flush sends what is gathered.
 func (m *messages) flush() error {
-	if len(m.buf) > 0 && m.err == nil {
-		m.err = m.send(m.buf)
+	if m.n > 0 && m.err == nil {
+		m.err = m.send((*m.buf)[:m.n])
 	}
-	m.buf = nil
+	m.n = 0
 	return m.err
+}
+
+// release returns the buffer; the messages must not be written after.
+func (m *messages) release() {
+	if m.buf != nil {
+		readBuffers.Put(m.buf)
+		m.buf = nil
+	}
 }
 
 // Write receives a blob, possibly over several streams (a client resumes at

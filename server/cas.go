@@ -46,18 +46,25 @@ func (s *Server) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlob
 	if err := s.checkInstance(req.GetInstanceName()); err != nil {
 		return nil, err
 	}
-	var missing []digest.Digest
-	for _, d := range req.GetBlobDigests() {
+	ds := make([]digest.Digest, len(req.GetBlobDigests()))
+	for i, d := range req.GetBlobDigests() {
 		dg, err := parseDigest(d)
 		if err != nil {
 			return nil, err
 		}
-		ok, err := s.store.Has(dg)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "checking %s: %v", dg, err)
-		}
-		if !ok {
+		ds[i] = dg
+	}
+	present, err := s.store.Present(ds)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "checking blobs: %v", err)
+	}
+	var missing []digest.Digest
+	resp := &repb.FindMissingBlobsResponse{}
+	for i, dg := range ds {
+		if !present[i] {
 			missing = append(missing, dg)
+			// The client's own digest, as it came: no copy per blob.
+			resp.MissingBlobDigests = append(resp.MissingBlobDigests, req.GetBlobDigests()[i])
 		} else {
 			s.touch(dg)
 		}
@@ -67,10 +74,10 @@ func (s *Server) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlob
 		if missing, err = up.Missing(uctx, missing); err != nil {
 			return nil, status.FromContextError(err).Err()
 		}
-	}
-	resp := &repb.FindMissingBlobsResponse{}
-	for _, d := range missing {
-		resp.MissingBlobDigests = append(resp.MissingBlobDigests, d.ToProto())
+		resp.MissingBlobDigests = resp.MissingBlobDigests[:0]
+		for _, d := range missing {
+			resp.MissingBlobDigests = append(resp.MissingBlobDigests, d.ToProto())
+		}
 	}
 	return resp, nil
 }
@@ -118,7 +125,12 @@ func (s *Server) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsReq
 				r.Data, r.Compressor = z, repb.Compressor_ZSTD
 			}
 		}
-		r.Status = blobStatus(err)
+		if errors.Is(err, cache.ErrNotFound) {
+			// The entry names the digest: no message formatted per blob.
+			r.Status = &spb.Status{Code: int32(codes.NotFound), Message: "not found on the server"}
+		} else {
+			r.Status = blobStatus(err)
+		}
 		resp.Responses = append(resp.Responses, r)
 	}
 	return resp, nil

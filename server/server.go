@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
 	"strings"
@@ -93,6 +94,8 @@ type Server struct {
 	quota  *quota
 	// empty stores the empty blob once the store has a layout.
 	empty sync.Once
+	// stopIndex ends the walk that fills the store's object index.
+	stopIndex context.CancelFunc
 }
 
 // emptyDigest is the empty blob's: REAPI treats it as always present.
@@ -157,6 +160,18 @@ func New(opts Options) (*Server, error) {
 		}
 		s.quota = newQuota(s, opts.Quota, lease, readLease)
 	}
+	// FindMissingBlobs answers from memory (cache.Store.Present).
+	var ictx context.Context
+	ictx, s.stopIndex = context.WithCancel(context.Background())
+	start := time.Now()
+	s.store.IndexObjects(ictx, func(err error) {
+		switch {
+		case err == nil:
+			s.logf("object index: built in %s", time.Since(start).Round(time.Millisecond))
+		case ictx.Err() == nil:
+			s.logf("object index: %v (lookups ask the disk)", err)
+		}
+	})
 	return s, nil
 }
 
@@ -182,6 +197,7 @@ func (s *Server) Register(g *grpc.Server) {
 
 // Close aborts unfinished uploads and stops background work.
 func (s *Server) Close() {
+	s.stopIndex()
 	s.uploads.closeAll()
 	if s.quota != nil {
 		s.quota.stop()
@@ -213,9 +229,9 @@ func parseDigest(d *repb.Digest) (digest.Digest, error) {
 	if d == nil {
 		return digest.Digest{}, status.Error(codes.InvalidArgument, "missing digest")
 	}
-	dg, err := digest.NewFromProto(d)
-	if err != nil {
-		return digest.Digest{}, status.Errorf(codes.InvalidArgument, "invalid digest %s/%d: %v", d.GetHash(), d.GetSizeBytes(), err)
+	dg := digest.NewFromProtoUnvalidated(d)
+	if cache.CheckDigest(dg) != nil {
+		return digest.Digest{}, status.Errorf(codes.InvalidArgument, "invalid digest %s/%d: %v", d.GetHash(), d.GetSizeBytes(), dg.Validate())
 	}
 	return dg, nil
 }
