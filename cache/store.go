@@ -420,7 +420,17 @@ type BlobWriter struct {
 	trusted bool
 	// partial: f is a ResumableWriter's, named after the digest.
 	partial bool
+	// readable: f was created 0644 already (the umask took nothing off).
+	readable bool
 }
+
+// umask is the process's, read once at start: Umask can only be read by
+// setting it, which is safe before any file is created.
+var umask = func() int {
+	u := unix.Umask(0)
+	unix.Umask(u)
+	return u
+}()
 
 // NewWriter starts writing the blob d, for callers that receive it in pieces.
 func (s *Store) NewWriter(d digest.Digest) (*BlobWriter, error) {
@@ -438,7 +448,7 @@ func (s *Store) newWriter(d digest.Digest) (*BlobWriter, error) {
 	// directory operation instead of create and rename, and a writer that
 	// dies leaves nothing behind. Other file systems get a named temporary.
 	if f, err := os.OpenFile(s.tmp, os.O_RDWR|unix.O_TMPFILE, 0o644); err == nil {
-		return &BlobWriter{s: s, want: d, f: f, h: sha256.New()}, nil
+		return &BlobWriter{s: s, want: d, f: f, h: sha256.New(), readable: umask&0o644 == 0}, nil
 	}
 	f, err := os.CreateTemp(s.tmp, "obj-")
 	if err != nil {
@@ -559,8 +569,10 @@ func (w *BlobWriter) Commit() (err error) {
 		}
 	}
 	// BuildStream checks out objects by hard link: keep them world-readable.
-	if err := w.f.Chmod(0o644); err != nil {
-		return err
+	if !w.readable {
+		if err := w.f.Chmod(0o644); err != nil {
+			return err
+		}
 	}
 	// Objects are not synced one by one: SetRef syncs the file system
 	// before it writes a ref, which makes every object it names durable
