@@ -24,4 +24,12 @@
 // any temporary file, once they are older than an hour when a store is
 // opened, or older than --grace by gc. DIR/tmp/.id is the store's random
 // ID (ID), which names resumable uploads.
+//
+// A long-lived process may keep an index of the objects in memory
+// (IndexObjects, for Present and Absent): 30 to 60 bytes an object (a
+// 16-byte hash prefix and a size in a map), filled by a walk in the
+// background and kept exact across processes by inotify on the objects
+// directories; where it cannot be exact (the walk not done, a lost watch)
+// the disk answers. Has and everything that decides whether a ref may be
+// written ask the disk.
 package cache

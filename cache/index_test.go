@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"github.com/google/go-cmp/cmp"
@@ -57,10 +59,9 @@ func present(t *testing.T, s *Store, ds ...digest.Digest) []bool {
 	return got
 }
 
-// Present answers from the index: what the walk found and what this Store
-// writes is present, what it removes is not; what another process does
-// behind its back is seen as Present documents, and Has (which every ref
-// write's closure check uses) corrects it.
+// Present and Absent answer from the index: what the walk found and what
+// this Store writes is present, what it removes is not, and so for what
+// another process writes or removes.
 func TestPresentFromIndex(t *testing.T) {
 	dir := t.TempDir()
 	other, err := Open(dir, KindBst1Artifact) // another process on the same store
@@ -89,26 +90,72 @@ func TestPresentFromIndex(t *testing.T) {
 		t.Error("an object this store removed is present")
 	}
 
-	// Behind its back: an object another process writes reads as absent
-	// (an upload too many), one it removes as present until Has looks.
+	// Another process's writes and removals are seen at once (inotify),
+	// in a prefix directory that exists or one it makes.
 	late, err := other.Add([]byte("written by another process after the walk"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if present(t, s, late)[0] {
-		t.Error("an object written behind the index's back is present: the index is not what answers")
+	var newPrefix digest.Digest
+	for i := 0; ; i++ {
+		data := fmt.Appendf(nil, "in a new prefix %d", i)
+		d := digest.NewFromBlob(data)
+		if _, err := os.Stat(filepath.Dir(s.ObjectPath(d))); err != nil {
+			if _, err := other.Add(data); err != nil {
+				t.Fatal(err)
+			}
+			newPrefix = d
+			break
+		}
 	}
-	if ok, _ := s.Has(late); !ok || !present(t, s, late)[0] {
-		t.Error("Has found the late object, but the index still lacks it")
+	if diff := cmp.Diff([]bool{true, true}, present(t, s, late, newPrefix)); diff != "" {
+		t.Errorf("objects another process wrote: present (-want +got):\n%s", diff)
 	}
-	if err := os.Remove(s.ObjectPath(before)); err != nil {
+	if diff := cmp.Diff([]bool{false, false, true}, s.Absent([]digest.Digest{late, newPrefix, absent})); diff != "" {
+		t.Errorf("Absent (-want +got):\n%s", diff)
+	}
+	if err := other.RemoveObject(before); err != nil {
 		t.Fatal(err)
 	}
-	if !present(t, s, before)[0] {
-		t.Error("an object removed behind the index's back is absent at once: the index is not what answers")
+	if present(t, s, before)[0] || !s.Absent([]digest.Digest{before})[0] {
+		t.Error("an object another process removed is still present")
 	}
-	if ok, _ := s.Has(before); ok || present(t, s, before)[0] {
-		t.Error("Has found the object gone, but the index still has it")
+}
+
+// A store made after IndexObjects is watched from its first write.
+func TestAbsentInNewStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.IndexObjects(context.Background(), nil)
+	mine, err := s.Add([]byte("first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Open(dir, KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var theirs digest.Digest
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Until the late walk is done, Absent says nothing for sure.
+		theirs, err = other.Add(fmt.Appendf(nil, "theirs %v", time.Now()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Absent([]digest.Digest{digest.NewFromBlob([]byte("nowhere"))})[0] || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !s.Absent([]digest.Digest{digest.NewFromBlob([]byte("nowhere"))})[0] {
+		t.Fatal("the new store's index never followed the disk")
+	}
+	if got := s.Absent([]digest.Digest{mine, theirs}); got[0] || got[1] {
+		t.Errorf("Absent of objects in the store: %v", got)
 	}
 }
 

@@ -191,6 +191,9 @@ func (s *Store) create() error {
 		return err
 	}
 	s.made = true
+	if x := s.index.Load(); x != nil {
+		x.created(s)
+	}
 	return nil
 }
 

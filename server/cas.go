@@ -109,11 +109,22 @@ func (s *Server) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsReq
 		return nil, err
 	}
 	zstd := slices.Contains(req.GetAcceptableCompressors(), repb.Compressor_ZSTD)
-	resp := &repb.BatchReadBlobsResponse{}
-	for _, d := range req.GetDigests() {
+	ds := make([]digest.Digest, len(req.GetDigests()))
+	errs := make([]error, len(ds))
+	for i, d := range req.GetDigests() {
+		ds[i], errs[i] = parseDigest(d)
+	}
+	// What the store surely lacks is answered without opening a file.
+	absent := s.store.Absent(ds)
+	resp := &repb.BatchReadBlobsResponse{Responses: make([]*repb.BatchReadBlobsResponse_Response, len(ds))}
+	for i, d := range req.GetDigests() {
 		r := &repb.BatchReadBlobsResponse_Response{Digest: d}
-		dg, err := parseDigest(d)
-		if err == nil {
+		dg, err := ds[i], errs[i]
+		switch {
+		case err != nil:
+		case absent[i]:
+			err = cache.ErrNotFound
+		default:
 			r.Data, err = s.store.ReadBlob(dg)
 			if errors.Is(err, cache.ErrDigestMismatch) {
 				s.logf("corrupt object %s in the store: %v", dg, err)
@@ -131,7 +142,7 @@ func (s *Server) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsReq
 		} else {
 			r.Status = blobStatus(err)
 		}
-		resp.Responses = append(resp.Responses, r)
+		resp.Responses[i] = r
 	}
 	return resp, nil
 }

@@ -26,6 +26,21 @@
 // counters can sit beside them. With GRPCOptions.Token every call needs
 // the token file's current token; the file is read again when it changes.
 //
+// Lookups and corruption: the store keeps an index of its objects in
+// memory (cache.Store.IndexObjects: a walk at start-up in the background,
+// then inotify for what any process links or removes), so that
+// FindMissingBlobs and a batch read of blobs the store lacks cost no
+// system call per digest. Reads never trust it for content: every blob a
+// batch read returns is hashed before it is sent, and every whole-blob
+// ByteStream read is hashed as it streams, its last bytes (or the end of
+// its zstd frame) held back until the hash matched, so a bit that rots on
+// disk is caught at the next read of the object, whenever it rotted, and
+// a client never receives all of a corrupt blob: it gets DATA_LOSS, and
+// the server logs the object. Nothing is verified once and trusted
+// afterwards (ranged reads, which cannot be checked whole, excepted).
+// A ref is written only after its closure was found on disk, never on
+// the index's word.
+//
 // zstd (package zstdwire): the store keeps blobs uncompressed, in
 // BuildStream's layout; compressed-blobs reads and batch answers are
 // compressed on the way out (raw zstd blocks for content that does not
