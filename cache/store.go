@@ -321,7 +321,7 @@ func (s *Store) readUnchecked(d digest.Digest) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, d.Size+1))
+	data, err := readUpTo(f, d.Size+1)
 	if err != nil {
 		return nil, fmt.Errorf("reading blob %s: %w", d, err)
 	}
@@ -329,6 +329,28 @@ func (s *Store) readUnchecked(d digest.Digest) ([]byte, error) {
 		return nil, fmt.Errorf("blob %s in the local store: %w (%d bytes)", d, ErrDigestMismatch, len(data))
 	}
 	return data, nil
+}
+
+// preallocated bounds the buffer readUpTo sizes from what it is told
+// before it has seen the bytes.
+const preallocated = 16 << 20
+
+// readUpTo reads at most n bytes of r, into one buffer of the right size
+// when r holds what it should (io.ReadAll would grow one through a dozen
+// copies).
+func readUpTo(r io.Reader, n int64) ([]byte, error) {
+	buf := make([]byte, min(n, preallocated))
+	k, err := io.ReadFull(r, buf)
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return buf[:k], nil
+	case err != nil:
+		return nil, err
+	case int64(k) == n:
+		return buf, nil
+	}
+	rest, err := io.ReadAll(io.LimitReader(r, n-int64(k)))
+	return append(buf, rest...), err
 }
 
 // Verify rehashes a stored blob.
