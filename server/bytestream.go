@@ -146,6 +146,11 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	defer finish(false)
 	buf := readBuffers.Get().(*[]byte)
 	defer readBuffers.Put(buf)
+	if whole && end == 0 && d.Hash != emptyDigest.Hash {
+		// No bytes to hash on the way: an empty file named as another.
+		b.logf("corrupt object %s in the store", d)
+		return status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", d)
+	}
 	for pos := off; pos < end; {
 		n, err := f.ReadAt((*buf)[:min(int64(len(*buf)), end-pos)], pos)
 		if n == 0 && err != nil {

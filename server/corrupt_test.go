@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -120,6 +121,31 @@ func TestCorruptObjectNeverServedAsGood(t *testing.T) {
 			if r := batch(); codes.Code(r.GetStatus().GetCode()) != codes.DataLoss || len(r.GetData()) > 0 {
 				t.Errorf("%d bytes: batch read of the corrupt object: %v with %d bytes, want DATA_LOSS and none", size, r.GetStatus(), len(r.GetData()))
 			}
+		}
+	}
+}
+
+// An empty file under a hash that is not the empty blob's is corrupt too,
+// though no byte of it goes through the hash on the way out.
+func TestEmptyFileUnderAnotherHash(t *testing.T) {
+	addr, store, _ := startServer(t, server.Options{})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	d := digest.Digest{Hash: digest.NewFromBlob([]byte("not empty")).Hash, Size: 0}
+	p := store.ObjectPath(d)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"blobs", "compressed-blobs/zstd"} {
+		_, err := readAll(t, bsgrpc.NewByteStreamClient(conn), fmt.Sprintf("%s/%s/0", kind, d.Hash))
+		if status.Code(err) != codes.DataLoss {
+			t.Errorf("%s read of an empty file under another hash: %v, want DATA_LOSS", kind, err)
 		}
 	}
 }
