@@ -48,14 +48,15 @@ func (s *Server) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlob
 	}
 	ds := make([]digest.Digest, len(req.GetBlobDigests()))
 	for i, d := range req.GetBlobDigests() {
-		dg, err := parseDigest(d)
-		if err != nil {
-			return nil, err
-		}
-		ds[i] = dg
+		ds[i] = digest.NewFromProtoUnvalidated(d) // Present checks them
 	}
 	present, err := s.store.Present(ds)
 	if err != nil {
+		for _, d := range req.GetBlobDigests() {
+			if _, err := parseDigest(d); err != nil {
+				return nil, err // which digest, and why
+			}
+		}
 		return nil, status.Errorf(codes.Internal, "checking blobs: %v", err)
 	}
 	var missing []digest.Digest
