@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -170,65 +169,56 @@ type RefInfo struct {
 // when pattern is empty), sorted by name; for KindArtifact, the artifacts
 // of both BuildStreams, whatever the store's layout. In patterns, '*'
 // matches any run of characters including '/', '?' one character, and
-// [...] a class.
+// [...] a class. Only the directory of the pattern's literal leading
+// components is walked.
 func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
-	var match *regexp.Regexp
-	if pattern != "" {
-		var err error
-		if match, err = CompileGlob(pattern); err != nil {
-			return nil, err
-		}
-	}
-	var refs []RefInfo
-	for _, k := range kind.Kinds() {
-		more, err := s.listRefs(k, match)
-		if err != nil {
-			return nil, err
-		}
-		refs = append(refs, more...)
-	}
-	sort.SliceStable(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
-	return refs, nil
-}
-
-// listRefs lists the refs of one kind that match.
-func (s *Store) listRefs(kind Kind, match *regexp.Regexp) ([]RefInfo, error) {
-	dir, err := s.refDir(kind)
+	c, match, err := s.MatchRefs(kind, pattern)
 	if err != nil {
 		return nil, err
 	}
 	var refs []RefInfo
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	for c.Next() {
+		if match != nil && !match.MatchString(c.Name()) {
+			continue
+		}
+		p, err := s.RefPath(c.Kind(), c.Name())
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && p == dir {
-				return filepath.SkipDir
-			}
-			return err
+			return nil, err
 		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
+		info, err := os.Lstat(p)
 		if err != nil {
-			return err
+			continue // removed while we walked
 		}
-		name := filepath.ToSlash(rel)
-		if ValidateRef(name) != nil || (match != nil && !match.MatchString(name)) {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil // removed while we walked
-		}
-		r := refInfo(name, info)
-		r.Kind = kind
+		r := refInfo(c.Name(), info)
+		r.Kind = c.Kind()
 		refs = append(refs, r)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listing refs: %w", err)
+	}
+	if err := c.Err(); err != nil {
+		return nil, err
 	}
 	return refs, nil
+}
+
+// MatchRefs starts a walk of the refs of a kind that a pattern (as
+// ListRefs reads it; "": all) may match, in name order: the refs under
+// the pattern's literal leading directories. Those it names still need
+// checking against match (nil for "").
+func (s *Store) MatchRefs(kind Kind, pattern string) (*RefCursor, *regexp.Regexp, error) {
+	if pattern == "" {
+		return s.Refs(kind, "", ""), nil, nil
+	}
+	match, err := CompileGlob(pattern)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.Refs(kind, GlobDir(pattern), ""), match, nil
+}
+
+// GlobDir is the literal leading directory of a ref glob: "a/b" for
+// "a/b/c*", "" for "a*".
+func GlobDir(pattern string) string {
+	lit := pattern[:strings.IndexAny(pattern+"*", "*?[")]
+	return strings.TrimSuffix(lit[:strings.LastIndex(lit, "/")+1], "/")
 }
 
 // CompileGlob turns a ref glob into an anchored regular expression.

@@ -7,7 +7,6 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strings"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
@@ -369,8 +368,7 @@ func (e *Engine) listed(ctx context.Context, r remote, glob string) ([]string, e
 		if re, err = cache.CompileGlob(glob); err != nil {
 			return nil, err
 		}
-		prefix = glob[:strings.IndexAny(glob+"*", "*?[")]
-		prefix = strings.TrimSuffix(prefix[:strings.LastIndex(prefix, "/")+1], "/")
+		prefix = cache.GlobDir(glob)
 	}
 	var out []string
 	for _, k := range e.Kind.Kinds() {
