@@ -192,7 +192,7 @@ func (s *Server) Register(g *grpc.Server) {
 	assetpb.RegisterFetchServer(g, fetch{s})
 	assetpb.RegisterPushServer(g, push{s})
 	bspb.RegisterReferenceStorageServer(g, s)
-	lspb.RegisterRefListingServer(g, listing{Server: s})
+	lspb.RegisterRefListingServer(g, &listing{Server: s, cursors: newListCursors()})
 }
 
 // Close aborts unfinished uploads and stops background work.
