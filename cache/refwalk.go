@@ -176,13 +176,17 @@ func (w *kindWalk) next() (string, bool, error) {
 // readDir lists the entries of the directory rel that the walk goes
 // into, in order.
 func (w *kindWalk) readDir(rel string) ([]string, error) {
-	f, err := os.Open(filepath.Join(w.dir, filepath.FromSlash(rel)))
+	p := filepath.Join(w.dir, filepath.FromSlash(rel))
+	// Not os.Open: a directory is never polled, and a walk of a big
+	// store opens one per artifact.
+	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil // no refs yet, or removed while we walked
 	}
 	if err != nil {
-		return nil, fmt.Errorf("listing refs: %w", err)
+		return nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "open", Path: p, Err: err})
 	}
+	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
 	entries, err := f.ReadDir(-1)
 	if err != nil {

@@ -1,9 +1,9 @@
 package commands
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -54,15 +54,25 @@ func lsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, err := s.ListRefs(kind, prefixPattern(c.Args().First()))
+			refs, match, err := s.MatchRefs(kind, prefixPattern(c.Args().First()))
 			if err != nil {
 				return err
 			}
-			entries := make([]lsEntry, 0, len(refs))
-			for _, r := range refs {
-				entries = append(entries, describeRef(s, r))
+			p := newRefPrinter(c, e)
+			for refs.Next() {
+				if match != nil && !match.MatchString(refs.Name()) {
+					continue
+				}
+				en := lsEntry{Ref: refs.Name()}
+				if p.details {
+					en = describeRef(s, refs.Kind(), refs.Name())
+				}
+				p.print(en)
 			}
-			return printRefs(c, e, entries)
+			if err := refs.Err(); err != nil {
+				return err
+			}
+			return p.done()
 		},
 	}
 }
@@ -74,16 +84,20 @@ type lsEntry struct {
 	Error    string    `json:"error,omitempty"`
 }
 
-// describeRef reads the digest a ref names. A ref that cannot be read is
-// still listed, with the reason.
-func describeRef(s *cache.Store, r cache.RefInfo) lsEntry {
-	en := lsEntry{Ref: r.Name, Modified: r.Modified.UTC()}
-	data, err := s.GetRef(r.Kind, r.Name)
+// describeRef reads the digest a ref names and when it was written. A ref
+// that cannot be read is still listed, with the reason.
+func describeRef(s *cache.Store, kind cache.Kind, name string) lsEntry {
+	en := lsEntry{Ref: name}
+	info, err := s.RefInfo(kind, name)
+	if err == nil {
+		en.Modified = info.Modified.UTC()
+	}
+	data, err := s.GetRef(kind, name)
 	if err != nil {
 		en.Digest, en.Error = "-", err.Error()
 		return en
 	}
-	d, err := buildstream.RefDigest(r.Kind == cache.KindBst1Artifact, data)
+	d, err := buildstream.RefDigest(kind == cache.KindBst1Artifact, data)
 	if err != nil {
 		en.Digest, en.Error = "-", fmt.Sprintf("unreadable ref: %v", err)
 		return en
@@ -120,39 +134,79 @@ func lsRemote(c *cli.Context, e *env, name string, kind cache.Kind) error {
 		return err
 	}
 	defer r.Close()
-	var entries []lsEntry
+	kinds := []string{}
 	for _, k := range kind.Kinds() {
-		refs, err := r.ListRefs(c.Context, string(k), prefix)
-		if errors.Is(err, remotes.ErrCannotList) {
-			return fmt.Errorf("%w; a bst-artifact-server or BuildStream cache directory can be listed where it lies: bst-cache --local DIR ls", err)
-		}
-		if err != nil {
-			return err
-		}
-		for _, ref := range refs {
-			entries = append(entries, lsEntry{Ref: ref.Name, Digest: ref.Digest, Modified: ref.Modified})
-		}
+		kinds = append(kinds, string(k))
 	}
-	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Ref < entries[j].Ref })
-	return printRefs(c, e, entries)
+	p := newRefPrinter(c, e)
+	err = r.WalkRefs(c.Context, kinds, prefix, func(ref remotes.ListedRef) error {
+		p.print(lsEntry{Ref: ref.Name, Digest: ref.Digest, Modified: ref.Modified})
+		return nil
+	})
+	if errors.Is(err, remotes.ErrCannotList) {
+		return fmt.Errorf("%w; a bst-artifact-server or BuildStream cache directory can be listed where it lies: bst-cache --local DIR ls", err)
+	}
+	if err != nil {
+		return err
+	}
+	return p.done()
 }
 
-// printRefs prints refs one per line, with -l their digest and date, or
-// as JSON.
-func printRefs(c *cli.Context, e *env, entries []lsEntry) error {
+// refPrinter prints refs as they come, one per line, with -l their
+// digest and date (aligned a page of lsPage at a time), or gathers them
+// for the JSON document.
+type refPrinter struct {
+	e       *env
+	long    bool
+	details bool
+	w       *bufio.Writer
+	tw      *tabwriter.Writer
+	lines   int
+	entries []lsEntry
+}
+
+// lsPage is how many lines of ls -l are aligned together.
+const lsPage = 1000
+
+func newRefPrinter(c *cli.Context, e *env) *refPrinter {
+	p := &refPrinter{e: e, long: c.Bool("long"), details: c.Bool("long") || e.json, w: bufio.NewWriter(e.stdout)}
+	if p.long {
+		p.tw = tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
+	}
 	if e.json {
-		writeJSON(e, entries, map[string]int{"refs": len(entries)})
-		return nil
+		p.entries = []lsEntry{}
 	}
-	if !c.Bool("long") {
-		for _, en := range entries {
-			fmt.Fprintln(e.stdout, en.Ref)
+	return p
+}
+
+func (p *refPrinter) print(en lsEntry) {
+	switch {
+	case p.e.json:
+		p.entries = append(p.entries, en)
+	case p.long:
+		fmt.Fprintf(p.tw, "%s\t%s\t%s\n", en.Ref, en.Digest, en.Modified.Format(time.RFC3339))
+	default:
+		fmt.Fprintln(p.w, en.Ref)
+	}
+	if p.lines++; p.lines%lsPage == 0 {
+		p.flush()
+	}
+}
+
+func (p *refPrinter) flush() error {
+	if p.long {
+		if err := p.tw.Flush(); err != nil {
+			return err
 		}
+	}
+	return p.w.Flush()
+}
+
+// done prints what is left.
+func (p *refPrinter) done() error {
+	if p.e.json {
+		writeJSON(p.e, p.entries, map[string]int{"refs": len(p.entries)})
 		return nil
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	for _, en := range entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", en.Ref, en.Digest, en.Modified.Format(time.RFC3339))
-	}
-	return tw.Flush()
+	return p.flush()
 }

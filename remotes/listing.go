@@ -27,38 +27,88 @@ type ListedRef struct {
 }
 
 // ListRefs asks a bst-cache serve for its refs of kind ("bst1-artifact",
-// "bst2-artifact", "source") under prefix, following pages. Pages must
-// advance (a token at or before the last one is an error) and the whole
-// listing is bounded.
+// "bst2-artifact", "source") under prefix, following pages (WalkRefs).
 func (r *Remote) ListRefs(ctx context.Context, kind, prefix string) ([]ListedRef, error) {
-	client := lspb.NewRefListingClient(r.cc)
 	var out []ListedRef
-	token := ""
+	err := r.WalkRefs(ctx, []string{kind}, prefix, func(ref ListedRef) error {
+		out = append(out, ref)
+		return nil
+	})
+	return out, err
+}
+
+// WalkRefs hands fn, in name order, the refs of kinds (each asked for as
+// ListRefs asks) under prefix that a bst-cache serve holds, each page as
+// it arrives: the listings of the kinds are merged, a name held in two
+// coming once for each, in the order of kinds. Pages must advance (a
+// token at or before the last one is an error) and each listing is
+// bounded. An error fn returns ends the walk.
+func (r *Remote) WalkRefs(ctx context.Context, kinds []string, prefix string, fn func(ListedRef) error) error {
+	pagers := make([]*refPager, len(kinds))
+	for i, k := range kinds {
+		pagers[i] = &refPager{r: r, client: lspb.NewRefListingClient(r.cc), kind: k, prefix: prefix}
+	}
 	for {
+		var first *refPager
+		for _, p := range pagers {
+			if err := p.fill(ctx); err != nil {
+				return err
+			}
+			if len(p.page) > 0 && (first == nil || p.page[0].Name < first.page[0].Name) {
+				first = p
+			}
+		}
+		if first == nil {
+			return nil
+		}
+		ref := first.page[0]
+		first.page = first.page[1:]
+		if err := fn(ref); err != nil {
+			return err
+		}
+	}
+}
+
+// refPager follows the pages of one kind's listing.
+type refPager struct {
+	r            *Remote
+	client       lspb.RefListingClient
+	kind, prefix string
+	token        string
+	page         []ListedRef
+	listed       int
+	done         bool
+}
+
+// fill asks for the next page once the last is used up.
+func (p *refPager) fill(ctx context.Context) error {
+	for len(p.page) == 0 && !p.done {
 		var resp *lspb.ListRefsResponse
-		err := r.call(ctx, "ListRefs", true, func(ctx context.Context) (err error) {
-			resp, err = client.ListRefs(ctx, &lspb.ListRefsRequest{InstanceName: r.instance, Kind: kind, Prefix: prefix, PageToken: token})
+		err := p.r.call(ctx, "ListRefs", true, func(ctx context.Context) (err error) {
+			resp, err = p.client.ListRefs(ctx, &lspb.ListRefsRequest{InstanceName: p.r.instance, Kind: p.kind, Prefix: p.prefix, PageToken: p.token})
 			return err
 		})
 		var re *Error
 		if errors.As(err, &re) && re.Code == codes.Unimplemented {
-			return nil, fmt.Errorf("cache %s (%s): %w", r.name, r.url, ErrCannotList)
+			return fmt.Errorf("cache %s (%s): %w", p.r.name, p.r.url, ErrCannotList)
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, ref := range resp.GetRefs() {
-			out = append(out, ListedRef{Name: ref.GetName(), Digest: ref.GetDigest(), Modified: time.Unix(ref.GetModified(), 0).UTC()})
+			p.page = append(p.page, ListedRef{Name: ref.GetName(), Digest: ref.GetDigest(), Modified: time.Unix(ref.GetModified(), 0).UTC()})
 		}
+		p.listed += len(resp.GetRefs())
 		next := resp.GetNextPageToken()
 		switch {
 		case next == "":
-			return out, nil
-		case next <= token || len(resp.GetRefs()) == 0:
-			return nil, r.wrap("ListRefs", fmt.Errorf("the server's page token does not advance (%q after %q)", next, token))
-		case len(out) > maxListed:
-			return nil, r.wrap("ListRefs", fmt.Errorf("more than %d refs", maxListed))
+			p.done = true
+		case next <= p.token || len(resp.GetRefs()) == 0:
+			return p.r.wrap("ListRefs", fmt.Errorf("the server's page token does not advance (%q after %q)", next, p.token))
+		case p.listed > maxListed:
+			return p.r.wrap("ListRefs", fmt.Errorf("more than %d refs", maxListed))
 		}
-		token = next
+		p.token = next
 	}
+	return nil
 }
