@@ -3,6 +3,7 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -81,22 +82,51 @@ func (s *Store) RefPath(kind Kind, ref string) (string, error) {
 
 // GetRef returns a ref's content; a missing ref is ErrNotFound.
 func (s *Store) GetRef(kind Kind, ref string) ([]byte, error) {
+	data, _, err := s.ReadRef(kind, ref)
+	return data, err
+}
+
+// maxRefSize bounds what a ref file may hold: refs are a Digest or an
+// Artifact message of digests and names.
+const maxRefSize = 16 << 20
+
+// ReadRef returns a ref's content and what GetRef and RefInfo say of it,
+// from one open of its file (listings read many); a missing ref is
+// ErrNotFound.
+func (s *Store) ReadRef(kind Kind, ref string) ([]byte, RefInfo, error) {
 	p, err := s.RefPath(kind, ref)
 	if err != nil {
-		return nil, err
+		return nil, RefInfo{}, err
 	}
-	data, err := os.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
+	// Not os.ReadFile: a ref file is never polled, and the fewer system
+	// calls the better when a listing reads thousands.
+	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil, RefInfo{}, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
 	}
 	if err != nil {
-		// A ref that is a directory of other refs is not itself a ref.
-		if st, serr := os.Stat(p); serr == nil && st.IsDir() {
-			return nil, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
-		}
-		return nil, fmt.Errorf("reading ref %s: %w", ref, err)
+		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, err)
 	}
-	return data, nil
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, err)
+	}
+	if info.IsDir() {
+		// A ref that is a directory of other refs is not itself a ref.
+		return nil, RefInfo{}, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
+	}
+	if info.Size() > maxRefSize {
+		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %d bytes, more than a ref holds", ref, info.Size())
+	}
+	data := make([]byte, info.Size())
+	if _, err := io.ReadFull(f, data); err != nil {
+		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, err)
+	}
+	r := refInfo(ref, info)
+	r.Kind = s.RefKind(kind)
+	return data, r, nil
 }
 
 // SetRef writes a ref atomically and durably. Callers write a ref only once

@@ -87,12 +87,8 @@ type lsEntry struct {
 // describeRef reads the digest a ref names and when it was written. A ref
 // that cannot be read is still listed, with the reason.
 func describeRef(s *cache.Store, kind cache.Kind, name string) lsEntry {
-	en := lsEntry{Ref: name}
-	info, err := s.RefInfo(kind, name)
-	if err == nil {
-		en.Modified = info.Modified.UTC()
-	}
-	data, err := s.GetRef(kind, name)
+	data, info, err := s.ReadRef(kind, name)
+	en := lsEntry{Ref: name, Modified: info.Modified.UTC()}
 	if err != nil {
 		en.Digest, en.Error = "-", err.Error()
 		return en

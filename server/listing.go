@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -58,44 +59,58 @@ func (l *listing) ListRefs(_ context.Context, req *lspb.ListRefsRequest) (*lspb.
 	if cur == nil {
 		cur = &listCursor{refs: l.store.Refs(kind, key.prefix, key.after)}
 	}
+	var names []string
 	resp := &lspb.ListRefsResponse{}
 	for cur.next() {
-		if len(resp.Refs) == size {
+		if len(names) == size {
 			// cur's ref is the next page's first.
 			cur.pending = true
-			key.after = resp.Refs[size-1].Name
+			key.after = names[size-1]
 			resp.NextPageToken = key.after
 			l.cursors.put(key, cur)
 			break
 		}
-		if ref, ok := l.listed(kind, cur.refs.Name()); ok {
-			resp.Refs = append(resp.Refs, ref)
-		}
+		names = append(names, cur.refs.Name())
 	}
 	if err := cur.refs.Err(); err != nil {
 		return nil, status.Errorf(codes.Internal, "listing refs: %v", err)
 	}
+	// The page's refs are read a few at a time: each is a file of its own.
+	refs := make([]*lspb.Ref, len(names))
+	var g errgroup.Group
+	g.SetLimit(listReaders)
+	for i, name := range names {
+		g.Go(func() error {
+			refs[i] = l.listed(kind, name)
+			return nil
+		})
+	}
+	g.Wait()
+	for _, ref := range refs {
+		if ref != nil {
+			resp.Refs = append(resp.Refs, ref)
+		}
+	}
 	return resp, nil
 }
 
-// listed reads one ref for a listing: not there when it was removed
+// listReaders is how many refs of a page are read at once.
+const listReaders = 4
+
+// listed reads one ref for a listing: nil when it was removed
 // since the walk saw it; without a digest when it cannot be read.
-func (l *listing) listed(kind cache.Kind, name string) (*lspb.Ref, bool) {
-	info, err := l.store.RefInfo(kind, name)
-	if err != nil {
-		return nil, false
+func (l *listing) listed(kind cache.Kind, name string) *lspb.Ref {
+	data, info, err := l.store.ReadRef(kind, name)
+	if errors.Is(err, cache.ErrNotFound) {
+		return nil
 	}
 	ref := &lspb.Ref{Name: name, Modified: info.Modified.Unix()}
-	data, err := l.store.GetRef(kind, name)
-	if errors.Is(err, cache.ErrNotFound) {
-		return nil, false
-	}
 	if err == nil {
 		if d, err := buildstream.RefDigest(kind == cache.KindBst1Artifact, data); err == nil {
 			ref.Digest = d.String()
 		}
 	}
-	return ref, true
+	return ref
 }
 
 // listCursor is a listing's walk; pending when its current ref is not

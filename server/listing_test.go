@@ -108,9 +108,14 @@ func listAll(ctx context.Context, client lspb.RefListingClient, pageSize int32) 
 			}
 			got = append(got, r.GetName())
 		}
-		if token = resp.GetNextPageToken(); token == "" {
+		next := resp.GetNextPageToken()
+		switch {
+		case next == "":
 			return got, nil
+		case next <= token || len(resp.GetRefs()) == 0:
+			return got, fmt.Errorf("page token %q after %q", next, token)
 		}
+		token = next
 	}
 }
 
