@@ -84,12 +84,9 @@ func refsOrAll(c *cli.Context, e *env, kind cache.Kind) (refs []string, all bool
 	if err != nil {
 		return nil, false, err
 	}
-	infos, err := store.ListRefs(kind, "")
-	if err != nil {
-		return nil, false, err
+	names := store.Refs(kind, "", "")
+	for names.Next() {
+		refs = append(refs, names.Name())
 	}
-	for _, i := range infos {
-		refs = append(refs, i.Name)
-	}
-	return refs, true, nil
+	return refs, true, names.Err()
 }

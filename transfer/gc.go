@@ -1,9 +1,13 @@
 package transfer
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -70,31 +74,31 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	}
 	now := time.Now()
 
-	objects := map[digest.Digest]time.Time{}
+	// Every digest gc meets is numbered once (a big store has a million):
+	// what it knows of each sits in slices by that number.
+	t := &digestTable{}
 	var total int64
 	if err := e.Store.WalkObjects(func(oi cache.ObjectInfo) error {
-		objects[oi.Digest] = oi.Modified
+		t.objects = append(t.objects, tableObject{cache.KeyOf(oi.Digest), oi.Modified.UnixNano()})
 		total += oi.Digest.Size
 		return nil
 	}); err != nil {
 		return rep, err
 	}
-	arts, needs, err := e.artifacts(ctx)
+	t.seal()
+	arts, err := e.artifacts(ctx, t)
 	if err != nil {
 		return rep, err
 	}
 	reached := int64(0)
-	for d, n := range needs {
-		if n > 0 {
-			reached += d.Size
-		}
-	}
 	// Only objects no ref reached are a lock-free writer's fresh work:
 	// the grace period is for them.
-	unreached := map[digest.Digest]bool{}
-	for d := range objects {
-		if needs[d] == 0 {
-			unreached[d] = true
+	unreached := make([]bool, len(t.needs))
+	for i, n := range t.needs {
+		if n > 0 {
+			reached += t.size(i)
+		} else {
+			unreached[i] = true
 		}
 	}
 	// Refs to remove: unused for OlderThan, then least recently used
@@ -106,9 +110,9 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		if !old && !big {
 			continue
 		}
-		for _, d := range a.closure {
-			if needs[d]--; needs[d] == 0 {
-				reached -= d.Size
+		for _, i := range a.closure {
+			if t.needs[i]--; t.needs[i] == 0 {
+				reached -= t.size(int(i))
 			}
 		}
 		rep.Refs = append(rep.Refs, a.refs...)
@@ -120,23 +124,25 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 			}
 		}
 	}
-	empty := digest.NewFromBlob(nil)
-	for d, mtime := range objects {
-		if needs[d] > 0 || d == empty {
+	empty := cache.KeyOf(digest.NewFromBlob(nil))
+	for i, obj := range t.objects {
+		k := obj.key
+		if t.needs[i] > 0 || k == empty {
 			continue
 		}
-		if unreached[d] && grace > 0 && now.Sub(mtime) < grace {
+		size := t.size(i)
+		if unreached[i] && grace > 0 && now.Sub(time.Unix(0, obj.modified)) < grace {
 			rep.GraceKept++
-			rep.GraceKeptBytes += d.Size
+			rep.GraceKeptBytes += size
 			continue
 		}
 		if !o.DryRun {
-			if err := e.Store.RemoveObject(d); err != nil {
+			if err := e.Store.RemoveObject(digest.Digest{Hash: hex.EncodeToString(k.Hash[:]), Size: size}); err != nil {
 				return rep, err
 			}
 		}
 		rep.Objects++
-		rep.Freed += d.Size
+		rep.Freed += size
 	}
 	rep.Left = total - rep.Freed
 	if !o.DryRun {
@@ -145,51 +151,113 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	return rep, nil
 }
 
+// digestTable numbers the digests gc meets: the objects of the store
+// (sorted, so that a million of them take no map), then those refs need
+// that the store lacks.
+type digestTable struct {
+	objects []tableObject
+	lacking map[cache.DigestKey]int32
+	lackKey []cache.DigestKey
+	// needs is how many artifacts need each.
+	needs []int32
+}
+
+// tableObject is an object of the store, written at modified (Unix ns).
+type tableObject struct {
+	key      cache.DigestKey
+	modified int64
+}
+
+func compareKeys(a, b cache.DigestKey) int {
+	if c := bytes.Compare(a.Hash[:], b.Hash[:]); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Size, b.Size)
+}
+
+// seal sorts the objects once they are all there, before any number is
+// asked for.
+func (t *digestTable) seal() {
+	slices.SortFunc(t.objects, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
+	t.objects = slices.Clip(t.objects)
+	t.needs = make([]int32, len(t.objects))
+	t.lacking = map[cache.DigestKey]int32{}
+}
+
+// number is d's number.
+func (t *digestTable) number(d digest.Digest) int32 {
+	k := cache.KeyOf(d)
+	if i, ok := slices.BinarySearchFunc(t.objects, k, func(o tableObject, k cache.DigestKey) int { return compareKeys(o.key, k) }); ok {
+		return int32(i)
+	}
+	if i, ok := t.lacking[k]; ok {
+		return i
+	}
+	i := int32(len(t.needs))
+	t.lacking[k] = i
+	t.lackKey = append(t.lackKey, k)
+	t.needs = append(t.needs, 0)
+	return i
+}
+
+// size is digest i's size.
+func (t *digestTable) size(i int) int64 {
+	var k cache.DigestKey
+	if i < len(t.objects) {
+		k = t.objects[i].key
+	} else {
+		k = t.lackKey[i-len(t.objects)]
+	}
+	if k.Size >= 0 {
+		return k.Size
+	}
+	return -1 - k.Size
+}
+
 // localArtifact is one local artifact (or source): all its refs and what they
-// reach.
+// reach (numbers of a digestTable).
 type localArtifact struct {
 	kind    cache.Kind
 	refs    []string
 	used    time.Time
-	closure []digest.Digest
+	closure []int32
 }
 
 // artifacts lists the local artifacts and sources of both BuildStream
 // formats, whatever the store's layout (each once, with all its refs), and
-// how many of them need each object. A store holding refs gc does not read
-// (Remote Asset records of serve) is refused: their objects would look
-// unreachable.
-func (e *Engine) artifacts(ctx context.Context) ([]localArtifact, map[digest.Digest]int, error) {
+// counts in t how many of them need each object. A store holding refs gc
+// does not read (Remote Asset records of serve) is refused: their objects
+// would look unreachable.
+func (e *Engine) artifacts(ctx context.Context, t *digestTable) ([]localArtifact, error) {
 	kinds := []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource}
 	if infos, err := e.Store.ListRefs(cache.KindAsset, ""); err == nil && len(infos) > 0 {
-		return nil, nil, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), cache.KindAsset)
+		return nil, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), cache.KindAsset)
 	}
-	needs := map[digest.Digest]int{}
 	var out []localArtifact
 	for _, k := range kinds {
-		arts, err := e.kindArtifacts(ctx, k, needs)
+		arts, err := e.kindArtifacts(ctx, k, t)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		out = append(out, arts...)
 	}
-	return out, needs, nil
+	return out, nil
 }
 
 // kindArtifacts lists the local artifacts of one kind, counting needs.
-func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, needs map[digest.Digest]int) ([]localArtifact, error) {
+func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, t *digestTable) ([]localArtifact, error) {
 	infos, err := e.Store.ListRefs(k, "")
 	if err != nil {
 		return nil, err
 	}
-	byName := map[string]cache.RefInfo{}
-	for _, i := range infos {
-		byName[i.Name] = i
+	byName := make(map[string]int, len(infos))
+	for i, info := range infos {
+		byName[info.Name] = i
 	}
-	done := map[string]bool{}
+	done := make([]bool, len(infos))
 	var out []localArtifact
-	for _, info := range infos {
-		if done[info.Name] {
+	for n, info := range infos {
+		if done[n] {
 			continue
 		}
 		en, err := localEntry(e.Store, k, info.Name)
@@ -198,10 +266,10 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, needs map[dige
 		}
 		a := localArtifact{kind: k}
 		for _, r := range e.allRefs(ctx, info.Name, en) {
-			if ri, ok := byName[r]; ok && !done[r] {
-				done[r] = true
+			if i, ok := byName[r]; ok && !done[i] {
+				done[i] = true
 				a.refs = append(a.refs, r)
-				a.used = latest(a.used, ri.Accessed, ri.Modified)
+				a.used = latest(a.used, infos[i].Accessed, infos[i].Modified)
 			}
 		}
 		roots := en.roots
@@ -210,9 +278,10 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, needs map[dige
 		if err != nil {
 			return nil, fmt.Errorf("ref %s: %w (bst-cache verify --repair mends it)", info.Name, err)
 		}
-		a.closure = all
-		for _, d := range all {
-			needs[d]++
+		a.closure = make([]int32, len(all))
+		for j, d := range all {
+			a.closure[j] = t.number(d)
+			t.needs[a.closure[j]]++
 		}
 		out = append(out, a)
 	}

@@ -92,16 +92,28 @@ func (e *Engine) Usage(refs []string) ([]RefUsage, StoreUsage, error) {
 	}); err != nil {
 		return nil, st, err
 	}
-	seen := map[digest.Digest]bool{}
+	seen := map[cache.DigestKey]struct{}{}
 	out := make([]RefUsage, 0, len(refs))
+	// The refs of one artifact (strong and weak key) name one tree and
+	// come one after the other: its closure is walked once.
+	var last struct {
+		roots        string
+		all, missing []digest.Digest
+	}
 	for _, ref := range refs {
 		u := RefUsage{Ref: ref}
 		en, err := localEntry(e.Store, e.Kind, ref)
 		if err == nil {
 			roots := en.roots
 			roots.Add(en.optional)
-			var all, missing []digest.Digest
-			if all, missing, err = e.Store.ClosureOf(roots); err == nil {
+			if key := fmt.Sprint(roots); key != last.roots {
+				last.roots = ""
+				if last.all, last.missing, err = e.Store.ClosureOf(roots); err == nil {
+					last.roots = key
+				}
+			}
+			if err == nil {
+				all, missing := last.all, last.missing
 				absent := setOf(missing)
 				for _, d := range all {
 					if absent[d] {
@@ -109,8 +121,8 @@ func (e *Engine) Usage(refs []string) ([]RefUsage, StoreUsage, error) {
 					}
 					u.Bytes += d.Size
 					u.Blobs++
-					if !seen[d] {
-						seen[d] = true
+					if k := cache.KeyOf(d); !has(seen, k) {
+						seen[k] = struct{}{}
 						st.UniqueBytes += d.Size
 					}
 				}
@@ -123,6 +135,11 @@ func (e *Engine) Usage(refs []string) ([]RefUsage, StoreUsage, error) {
 		out = append(out, u)
 	}
 	return out, st, nil
+}
+
+func has[K comparable](m map[K]struct{}, k K) bool {
+	_, ok := m[k]
+	return ok
 }
 
 // Problem is one object verify found wrong, and the refs it breaks.
