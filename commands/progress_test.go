@@ -4,9 +4,29 @@ import (
 	"bytes"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
+
+// lockedBuffer is written by the bar's own render goroutine while the test
+// reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // The bar's time left comes from a settled total: while trees are still
 // being read (the total grows) it shows none, since remaining/rate over a
@@ -15,7 +35,7 @@ import (
 func TestTimeLeftFromSettledTotal(t *testing.T) {
 	clock := time.Unix(1e9, 0)
 	tick := func(d time.Duration) { clock = clock.Add(d) }
-	var out bytes.Buffer
+	var out lockedBuffer
 	p := newBar(&out, "pull", func() time.Time { return clock })
 	p.expect(2)
 	const mib = 1 << 20
