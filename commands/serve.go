@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/internal/tokenfile"
 	"github.com/bst-cache/bst-cache/internal/words"
+	"github.com/bst-cache/bst-cache/metrics"
 	"github.com/bst-cache/bst-cache/server"
 	"github.com/bst-cache/bst-cache/transfer"
 )
@@ -54,6 +56,7 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "replicate-to", Usage: "forward every artifact and source clients write to this configured cache (repeatable), through a journal in DIR/replication that survives restarts"},
 			&cli.IntFlag{Name: "replicate-journal", Value: transfer.DefaultJournalBound, Usage: "most refs the journal holds per --replicate-to cache; past it the oldest are dropped, with a warning (a `bst-cache sync` recovers them)"},
 			&cli.StringFlag{Name: "replicate-policy", Value: "any", Usage: "when a client's write succeeds: 'any' once stored and journaled here, 'all' once every --replicate-to cache took it too"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at /metrics and the health check at /healthz over HTTP on this address (HOST:PORT)"},
 			&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, how long in-flight calls may take to finish"},
 		},
 		Action: runServe,
@@ -131,7 +134,9 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	defer srv.Close()
-	gopts := server.GRPCOptions{TLS: tlsConfig, Token: token, MaxMessageBytes: c.Int("max-message-bytes")}
+	health := server.NewHealth(srv, 0)
+	defer health.Close()
+	gopts := server.GRPCOptions{TLS: tlsConfig, Token: token, MaxMessageBytes: c.Int("max-message-bytes"), Health: health}
 	if e.verbose {
 		gopts.OnCall = append(gopts.OnCall, func(call *server.Call) { logf("%s", server.CallLine(call)) })
 	}
@@ -149,11 +154,31 @@ func runServe(c *cli.Context) error {
 		stop := reopenOnHangup(alog, logf)
 		defer stop()
 	}
+	var m *metrics.Metrics
+	if c.String("metrics-listen") != "" {
+		m = metrics.New()
+		gopts.OnCall = append(gopts.OnCall, m.ObserveCall)
+	}
 	g := server.NewGRPC(srv, gopts)
 
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", listen, err)
+	}
+	if m != nil {
+		m.WatchGRPC(g)
+		m.WatchServer(srv, health)
+		if mirror != nil {
+			m.WatchUpstreams(mirror.Upstreams())
+		}
+		if repl != nil {
+			m.WatchReplicator(repl)
+		}
+		stop, err := serveMetrics(c.String("metrics-listen"), m.NewHTTPServer(health), logf, e.quiet)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	if !e.quiet {
 		where := l.Addr().String()
@@ -199,6 +224,7 @@ func runServe(c *cli.Context) error {
 	if !e.quiet {
 		logf("stopping: finishing calls in flight (up to %s)", c.Duration("grace"))
 	}
+	health.Close() // NOT_SERVING from now: load balancers turn away
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
 	select {
@@ -208,6 +234,23 @@ func runServe(c *cli.Context) error {
 		g.Stop()
 	}
 	return nil
+}
+
+// serveMetrics serves the metrics listener hs on addr; stop closes it.
+func serveMetrics(addr string, hs *http.Server, logf func(string, ...any), quiet bool) (stop func(), err error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
+	}
+	go hs.Serve(l)
+	if !quiet {
+		where := l.Addr().String()
+		if !isLoopback(l.Addr()) {
+			where += " (every interface: other hosts can read them)"
+		}
+		logf("metrics at http://%s/metrics, health at /healthz", where)
+	}
+	return func() { hs.Close() }, nil
 }
 
 // namedCaches are the configured caches a repeatable flag names, in the

@@ -98,7 +98,14 @@ func parseResource(name string, write bool) (resource, error) {
 // Read streams a blob from read_offset, at most read_limit bytes (0: to the
 // end). A whole-blob read is hashed on the way and ends in DATA_LOSS if the
 // stored object turns out corrupt.
-func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadServer) error {
+func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadServer) (err error) {
+	defer func() {
+		// A read served is a hit, NOT_FOUND a miss; a bad request, a
+		// corrupt blob, a client gone count as neither.
+		if code := status.Code(err); code == codes.OK || code == codes.NotFound {
+			b.count.looked(LookupBlob, code == codes.OK)
+		}
+	}()
 	res, err := parseResource(req.GetResourceName(), false)
 	if err != nil {
 		return err
@@ -142,7 +149,7 @@ func (b byteStream) Read(req *bsgrpc.ReadRequest, stream bsgrpc.ByteStream_ReadS
 	}
 	whole := off == 0 && end == d.Size
 	h := sha256.New()
-	send, finish := sender(stream, res.compressed)
+	send, finish := sender(stream, res.compressed, &b.count)
 	defer finish(false)
 	buf := readBuffers.Get().(*[]byte)
 	defer readBuffers.Put(buf)
@@ -188,13 +195,23 @@ var readBuffers = sync.Pool{New: func() any {
 // sender is how a read's bytes go out: as they are, or (compressed-blobs)
 // through zstd, since the store keeps blobs as BuildStream does,
 // uncompressed. end(true) ends the stream's content; end(false), after a
-// failure, drops what is left; it is called last in any case.
-func sender(stream bsgrpc.ByteStream_ReadServer, compressed bool) (send func([]byte) error, end func(ok bool) error) {
-	send = func(p []byte) error { return stream.Send(&bsgrpc.ReadResponse{Data: p}) }
-	if !compressed {
-		return send, func(bool) error { return nil }
+// failure, drops what is left; it is called last in any case. What is
+// sent is counted in c.
+func sender(stream bsgrpc.ByteStream_ReadServer, compressed bool, c *counters) (send func([]byte) error, end func(ok bool) error) {
+	// raw sends a message and counts its bytes on the wire.
+	raw := func(p []byte) error {
+		err := stream.Send(&bsgrpc.ReadResponse{Data: p})
+		if err == nil && compressed {
+			c.moved(Out, Zstd, 0, int64(len(p)))
+		} else if err == nil {
+			c.moved(Out, Identity, int64(len(p)), int64(len(p)))
+		}
+		return err
 	}
-	z := &compressedSend{out: &messages{send: send}}
+	if !compressed {
+		return raw, func(bool) error { return nil }
+	}
+	z := &compressedSend{out: &messages{send: raw}, count: c}
 	return z.send, func(ok bool) error {
 		if ok {
 			return z.close()
@@ -208,7 +225,7 @@ func sender(stream bsgrpc.ByteStream_ReadServer, compressed bool) (send func([]b
 // readThrough serves a whole blob the store lacks from the upstreams as it
 // arrives (fill), in messages of at most readChunk bytes.
 func (b byteStream) readThrough(stream bsgrpc.ByteStream_ReadServer, d digest.Digest, compressed bool) error {
-	send, end := sender(stream, compressed)
+	send, end := sender(stream, compressed, &b.count)
 	defer end(false)
 	out := &messages{send: send}
 	defer out.release()
@@ -257,15 +274,17 @@ func (b byteStream) fill(ctx context.Context, d digest.Digest, w io.Writer) erro
 // in raw blocks as the first chunk shows the blob deserves: content that
 // does not compress costs a copy, not an encoder's search.
 type compressedSend struct {
-	out *messages
-	zw  *zstdwire.Writer
+	out   *messages
+	zw    *zstdwire.Writer
+	count *counters // counts the blob bytes compressed
 }
 
 func (z *compressedSend) send(p []byte) error {
 	if z.zw == nil {
 		z.zw = zstdwire.NewWriterFor(z.out, p)
 	}
-	_, err := z.zw.Write(p)
+	n, err := z.zw.Write(p)
+	z.count.moved(Out, Zstd, int64(n), 0)
 	return err
 }
 
@@ -399,6 +418,7 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 			b.uploads.end(name, u, true)
 			return grpcError(fmt.Errorf("storing %s: %w", d, err))
 		}
+		b.count.moved(In, Identity, int64(len(req.GetData())), int64(len(req.GetData())))
 		u.committed.Store(u.w.Written())
 		if req.GetFinishWrite() {
 			return b.finishUpload(stream, name, u, d, d.Size)
@@ -420,7 +440,8 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 // any server that cannot resume one.
 func (b byteStream) writeCompressed(stream bsgrpc.ByteStream_WriteServer, first *bsgrpc.WriteRequest, name string, u *upload, d digest.Digest) error {
 	src := &writeRequests{stream: stream, next: first}
-	_, err := zstdwire.Copy(u.w, src, d.Size)
+	n, err := zstdwire.Copy(u.w, src, d.Size)
+	b.count.moved(In, Zstd, n, src.off)
 	if err == nil && !src.finished {
 		err = status.Errorf(codes.InvalidArgument, "the zstd frame for %s ended before finish_write", d)
 	}

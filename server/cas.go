@@ -132,10 +132,17 @@ func (s *Server) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsReq
 				err = status.Errorf(codes.DataLoss, "blob %s is corrupt on the server", dg)
 			}
 		}
-		if err == nil && zstd {
-			if z, ok := zstdwire.CompressEntry(r.Data); ok {
-				r.Data, r.Compressor = z, repb.Compressor_ZSTD
+		if err == nil || errors.Is(err, cache.ErrNotFound) {
+			s.count.looked(LookupBlob, err == nil)
+		}
+		if err == nil {
+			n, enc := int64(len(r.Data)), Identity
+			if zstd {
+				if z, ok := zstdwire.CompressEntry(r.Data); ok {
+					r.Data, r.Compressor, enc = z, repb.Compressor_ZSTD, Zstd
+				}
 			}
+			s.count.moved(Out, enc, n, int64(len(r.Data)))
 		}
 		if errors.Is(err, cache.ErrNotFound) {
 			// The entry names the digest: no message formatted per blob.
@@ -176,11 +183,22 @@ func (s *Server) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlob
 			data, err = inflate(r, dg)
 		}
 		if err == nil {
+			s.count.moved(In, encodingOf(r.GetCompressor()), int64(len(data)), int64(len(r.GetData())))
+		}
+		if err == nil {
 			err = s.putBytes(dg, data, clientOf(ctx))
 		}
 		resp.Responses = append(resp.Responses, &repb.BatchUpdateBlobsResponse_Response{Digest: r.GetDigest(), Status: blobStatus(err)})
 	}
 	return resp, nil
+}
+
+// encodingOf is the Encoding a batch entry's compressor names.
+func encodingOf(c repb.Compressor_Value) Encoding {
+	if c == repb.Compressor_ZSTD {
+		return Zstd
+	}
+	return Identity
 }
 
 // inflate is the data of one BatchUpdateBlobs entry, decompressed when the

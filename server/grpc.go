@@ -41,6 +41,8 @@ type GRPCOptions struct {
 	// runs on the call's goroutine, before the client has the answer's
 	// status: keep them quick.
 	OnCall []func(*Call)
+	// Health, when set, is served as grpc.health.v1.Health.
+	Health *Health
 }
 
 // Call is what the server knows of one RPC once it ended.
@@ -98,6 +100,9 @@ func NewGRPC(s *Server, o GRPCOptions) *grpc.Server {
 	}
 	g := grpc.NewServer(opts...)
 	s.Register(g)
+	if o.Health != nil {
+		o.Health.register(g)
+	}
 	return g
 }
 

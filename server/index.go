@@ -212,10 +212,14 @@ func (s *Server) lookup(ctx context.Context, typ assetType, uris []string, quali
 		return "", digest.Digest{}, status.Error(codes.InvalidArgument, "no uris in the request")
 	}
 	var why []string
-	for _, uri := range uris {
+	var first entry // the miss counts under the kind of the first URI
+	for i, uri := range uris {
 		e, err := entryFor(typ, uri, qualifiers)
 		if err != nil {
 			return "", digest.Digest{}, err
+		}
+		if i == 0 {
+			first = e
 		}
 		s.settle(e, false)
 		s.refsMu.RLock() // no eviction between the check and the lease
@@ -235,12 +239,14 @@ func (s *Server) lookup(ctx context.Context, typ assetType, uris []string, quali
 			}
 		}
 		if whyNot == "" {
+			s.count.looked(lookupOf(e), true)
 			return uri, d, nil
 		}
 		if whyNot != noEntry {
 			why = append(why, whyNot)
 		}
 	}
+	s.count.looked(lookupOf(first), false)
 	msg := "not found: " + strings.Join(uris, ", ")
 	if len(why) > 0 {
 		msg += " (" + strings.Join(why, "; ") + ")"

@@ -119,6 +119,8 @@ type quota struct {
 	lastID  uint32
 	loose   int64 // bytes of loose objects under an upload lease
 	lent    int64 // bytes under read leases (counted once a lease)
+	// evicted counts what eviction removed, for Stats.
+	evicted struct{ refs, objects, bytes int64 }
 }
 
 // stamp is a time in the account: eighths of a second since its epoch.
@@ -683,6 +685,8 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 			return
 		}
 		freed += o.size
+		q.evicted.objects++
+		q.evicted.bytes += o.size
 		q.drop(i)
 	}
 
@@ -721,6 +725,7 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 		}
 		delete(q.refs, k)
 		refs++
+		q.evicted.refs++
 		q.release(r.closure, needs)
 		for _, i := range r.closure {
 			if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) {
@@ -760,6 +765,39 @@ func (q *quota) admit(n int64) error {
 func (q *quota) frees(r refRecord, now stamp) bool {
 	for _, i := range r.closure {
 		if o := &q.objs[i]; o.needs == 1 && !o.leased(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// stats reads the account.
+func (q *quota) stats() QuotaStats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return QuotaStats{Known: q.known, Limit: q.limit, Bytes: q.used, Objects: int64(len(q.objs) - len(q.free)),
+		Refs: int64(len(q.refs)), EvictedRefs: q.evicted.refs, EvictedObjects: q.evicted.objects, EvictedBytes: q.evicted.bytes,
+		UploadLeased: q.loose, ReadLeased: q.lent, LeaseClients: len(q.clients)}
+}
+
+// writable says whether the quota can take a write now: the store is
+// under its hard cap (see admit), or eviction can make room (an object
+// no ref needs and no lease holds, or a ref that would free one). Before
+// the account is known every write is admitted.
+func (q *quota) writable(now time.Time) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.known || q.used < q.limit+q.limit/20 {
+		return true
+	}
+	n := q.at(now)
+	for i := range q.objs {
+		if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) {
+			return true
+		}
+	}
+	for _, r := range q.refs {
+		if q.frees(r, n) {
 			return true
 		}
 	}

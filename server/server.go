@@ -96,6 +96,8 @@ type Server struct {
 	empty sync.Once
 	// stopIndex ends the walk that fills the store's object index.
 	stopIndex context.CancelFunc
+	// count holds the counters Stats reads.
+	count counters
 }
 
 // emptyDigest is the empty blob's: REAPI treats it as always present.

@@ -185,6 +185,14 @@ func (t *uploadTable) parkedSize() int64 {
 	return t.parkedBytes
 }
 
+// counts are the uploads active and parked, and the bytes parked ones
+// hold.
+func (t *uploadTable) counts() (active, parked int, parkedBytes int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.nActive, t.nParked, t.parkedBytes
+}
+
 // committed is how much of an upload the server holds; ok is false when
 // there is none.
 func (t *uploadTable) committed(name string) (int64, bool) {

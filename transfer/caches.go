@@ -51,6 +51,7 @@ type Cache struct {
 type usage struct {
 	blobs, bytes, errors int64
 	hits, misses         int64
+	corrupt              int64
 	first, last          time.Time
 }
 
@@ -63,6 +64,9 @@ type CacheUsage struct {
 	// Hits and Misses count the index lookups the cache answered.
 	Hits   int64 `json:"hits"`
 	Misses int64 `json:"misses"`
+	// Corrupt counts answers refused because their bytes did not match
+	// their digests (each counts in Errors too).
+	Corrupt int64 `json:"corrupt,omitempty"`
 	// Seconds runs from the first request to the cache to its last answer.
 	Seconds float64 `json:"seconds"`
 }
@@ -72,7 +76,15 @@ func (c *Cache) Usage() CacheUsage {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return CacheUsage{Name: c.Name(), Blobs: c.use.blobs, Bytes: c.use.bytes, Errors: c.use.errors,
-		Hits: c.use.hits, Misses: c.use.misses, Seconds: c.use.last.Sub(c.use.first).Seconds()}
+		Hits: c.use.hits, Misses: c.use.misses, Corrupt: c.use.corrupt, Seconds: c.use.last.Sub(c.use.first).Seconds()}
+}
+
+// Down says whether the cache is skipped now: its breaker is open since a
+// call failed, until a probe finds it answers again.
+func (c *Cache) Down() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dead != nil
 }
 
 // count records blobs moved from or to the cache, errors it gave, and
@@ -97,6 +109,14 @@ func (c *Cache) asked(err error) {
 		errs = 1
 	}
 	c.count(0, 0, errs)
+}
+
+// refused records an answer the cache sent corrupt (err), refused.
+func (c *Cache) refused(err error) {
+	c.asked(err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.use.corrupt++
 }
 
 // answered records an index lookup the cache answered: a hit or a miss.

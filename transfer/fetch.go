@@ -480,7 +480,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 	}
 	defer release()
 	if errors.Is(err, remotes.ErrCorrupt) {
-		c.asked(err)
+		c.refused(err)
 		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
 		return 0, nil
 	}
@@ -524,7 +524,7 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, remotes.ErrCorrupt):
 		// Caught on the way in (a bad zstd stream, too many bytes) or
 		// when the hash is checked: never stored, the next cache is asked.
-		c.asked(err)
+		c.refused(err)
 		f.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data, not stored: %v", c.Name(), c.Config.URL, err))
 		return true, nil
 	case errors.Is(err, cache.ErrNoSpace):

@@ -403,7 +403,7 @@ func (m *Mirror) streamFrom(ctx context.Context, c *Cache, r remote, d digest.Di
 		c.asked(nil)
 		return false, nil
 	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, remotes.ErrCorrupt):
-		c.asked(err)
+		c.refused(err)
 		m.ev.Warn(fmt.Sprintf("cache %s (%s) sent corrupt data for %s, not stored: %v", c.Name(), c.Config.URL, d, err))
 		m.spoil(d, c)
 		if !errors.Is(err, cache.ErrDigestMismatch) {
