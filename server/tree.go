@@ -78,7 +78,7 @@ func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressabl
 				continue
 			}
 			if len(page) == pageSize || pageBytes+int64(len(data)) > s.maxBatch {
-				if err := stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: strconv.Itoa(pos - 1)}); err != nil {
+				if err := s.sendTree(stream, page, pageBytes, strconv.Itoa(pos-1)); err != nil {
 					return err
 				}
 				page, pageBytes = nil, 0
@@ -87,5 +87,15 @@ func (s *Server) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddressabl
 			pageBytes += int64(len(data))
 		}
 	}
-	return stream.Send(&repb.GetTreeResponse{Directories: page})
+	return s.sendTree(stream, page, pageBytes, "")
+}
+
+// sendTree sends a page of Directories (bytes of them, as stored) and
+// counts them as blob bytes sent.
+func (s *Server) sendTree(stream repb.ContentAddressableStorage_GetTreeServer, page []*repb.Directory, bytes int64, next string) error {
+	if err := stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: next}); err != nil {
+		return err
+	}
+	s.count.moved(Out, Identity, bytes, bytes)
+	return nil
 }

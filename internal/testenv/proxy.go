@@ -86,6 +86,10 @@ type ProxyFaults struct {
 	// OnCall, when set, hears the full method of every call the proxy
 	// takes, before anything else: a count of what a client asked.
 	OnCall func(method string)
+	// OnEnd, when set, hears of every call the proxy took once it ended,
+	// with the status code its client got: what a client asked and was
+	// answered, counted on the wire.
+	OnEnd func(method string, code codes.Code)
 }
 
 // rawCodec passes messages through as bytes.
@@ -122,7 +126,16 @@ func StartProxy(t testing.TB, backend string, faults ProxyFaults) string {
 		p.routes[prefix] = rc
 		t.Cleanup(func() { rc.Close() })
 	}
-	opts := []grpc.ServerOption{grpc.ForceServerCodec(rawCodec{}), grpc.UnknownServiceHandler(p.handle)}
+	handle := p.handle
+	if faults.OnEnd != nil {
+		handle = func(srv any, ss grpc.ServerStream) error {
+			err := p.handle(srv, ss)
+			method, _ := grpc.MethodFromServerStream(ss)
+			faults.OnEnd(method, status.Code(err))
+			return err
+		}
+	}
+	opts := []grpc.ServerOption{grpc.ForceServerCodec(rawCodec{}), grpc.UnknownServiceHandler(handle)}
 	if faults.MaxRecvMsgSize > 0 {
 		opts = append(opts, grpc.MaxRecvMsgSize(faults.MaxRecvMsgSize))
 	}
