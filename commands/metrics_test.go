@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/linksim"
 	"github.com/bst-cache/bst-cache/internal/testenv"
 	bspb "github.com/bst-cache/bst-cache/protos/buildstream/v2"
 )
@@ -506,5 +508,118 @@ func TestServeHealthFlips(t *testing.T) {
 	}
 	if !strings.Contains(srv.Log(), "health: NOT_SERVING") {
 		t.Errorf("the server did not say it stopped serving:\n%s", srv.Log())
+	}
+}
+
+// waitMetric scrapes url until ok accepts what it finds, for up to
+// limit, and returns the last scrape.
+func waitMetric(t *testing.T, url string, limit time.Duration, what string, ok func(testenv.Samples) bool) testenv.Samples {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		s := testenv.Scrape(t, url)
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", limit, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestServeMetricsMirror pulls through `serve --upstream` from an
+// upstream that is down, one that corrupts two blobs and a good one, and
+// checks each upstream's series: the bytes received add up to what the
+// mirror stored, the corrupt answers are counted against the liar, the
+// down one is down.
+func TestServeMetricsMirror(t *testing.T) {
+	origin := t.TempDir()
+	bst1Artifact(t, origin, "proj/big/k", 20, 8<<10, 3<<20)
+	good := testenv.StartServe(t, testenv.ServeOptions{Dir: origin})
+	big, small := largestObject(t, origin), objectOfSize(t, origin, 8<<10)
+	liar := testenv.StartProxy(t, good.Addr, testenv.ProxyFaults{Corrupt: map[string]bool{big: true, small: true}})
+	var outage atomic.Int64
+	outage.Store(1 << 40)
+	down := testenv.StartProxy(t, good.Addr, testenv.ProxyFaults{Unavailable: &outage})
+	cfg := upstreamTOML("down", "http://"+down, "") + upstreamTOML("liar", "http://"+liar, "") + upstreamTOML("good", good.URL(), "")
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	m := startMirror(t, cfg, []string{"--metrics-listen", addr}, "down", "liar", "good")
+	client := writeConfig(t, "format = \"bst1\"\n"+cacheTOML("mirror", m.URL(), false))
+	pullDone(t, client, t.TempDir(), "proj/big/k")
+	pullMissing(t, client, "proj/none/k")
+
+	s := testenv.Scrape(t, "http://"+addr+"/metrics")
+	get := func(name, upstream string) float64 { return s.Get(name, "upstream", upstream) }
+	stored := objectBytes(t, m.Dir)
+	var received float64
+	for _, u := range []string{"down", "liar", "good"} {
+		received += get("bst_cache_upstream_received_bytes_total", u)
+	}
+	if received != stored {
+		t.Errorf("the upstreams sent %v bytes of blobs, the mirror stored %v", received, stored)
+	}
+	if get("bst_cache_upstream_received_bytes_total", "good") < 3<<20 {
+		t.Errorf("good sent %v bytes: not the big blob the liar corrupted", get("bst_cache_upstream_received_bytes_total", "good"))
+	}
+	if c := get("bst_cache_upstream_corrupt_total", "liar"); c < 1 || get("bst_cache_upstream_errors_total", "liar") < c {
+		t.Errorf("liar: %v corrupt answers, %v errors; want at least one, counted as errors too", c, get("bst_cache_upstream_errors_total", "liar"))
+	}
+	if get("bst_cache_upstream_corrupt_total", "good") != 0 || get("bst_cache_upstream_errors_total", "good") != 0 {
+		t.Errorf("good: errors counted against it:\n%v", s)
+	}
+	if get("bst_cache_upstream_down", "down") != 1 || get("bst_cache_upstream_errors_total", "down") < 1 || get("bst_cache_upstream_down", "good") != 0 {
+		t.Errorf("down: down=%v errors=%v, good down=%v; want the down one down", get("bst_cache_upstream_down", "down"), get("bst_cache_upstream_errors_total", "down"), get("bst_cache_upstream_down", "good"))
+	}
+	// The found ref was found at liar, the first that answered; the
+	// missing one missed at liar and at good.
+	if get("bst_cache_upstream_hits_total", "liar") != 1 || get("bst_cache_upstream_misses_total", "liar") < 1 || get("bst_cache_upstream_misses_total", "good") < 1 {
+		t.Errorf("upstream lookups: liar %v hits %v misses, good %v misses; want 1, at least 1, at least 1",
+			get("bst_cache_upstream_hits_total", "liar"), get("bst_cache_upstream_misses_total", "liar"), get("bst_cache_upstream_misses_total", "good"))
+	}
+	if h, miss := s.Get("bst_cache_hits_total", "kind", "bst1_ref"), s.Get("bst_cache_misses_total", "kind", "bst1_ref"); h != 1 || miss < 1 {
+		t.Errorf("the mirror's own lookups: %v hits, %v misses; want 1 and at least 1", h, miss)
+	}
+}
+
+// TestServeMetricsReplica pushes to `serve --replicate-to b` while b is
+// down, checks the journal's series (depth, age, b down), then brings b
+// up and checks that they say it caught up: every entry replicated, the
+// bytes sent those b holds.
+func TestServeMetricsReplica(t *testing.T) {
+	port, _, cfg, rdir := replicaSetup(t, "bst1", linksim.Profile{})
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	primary := startPrimary(t, cfg, "", "--metrics-listen", addr)
+	url := "http://" + addr + "/metrics"
+	local := t.TempDir()
+	refs := bst1Artifacts(t, local, "proj/r%d/k", 3, 4, 4<<10, 64<<10, 7)
+	if code, stderr := pushTo(t, primary.URL(), local, refs...); code != 0 {
+		t.Fatalf("push with the replica down: exit %d\n%s", code, stderr)
+	}
+	get := func(s testenv.Samples, name string) float64 { return s.Get(name, "replica", "b") }
+	s := waitMetric(t, url, 20*time.Second, "the replica is not seen down", func(s testenv.Samples) bool {
+		return get(s, "bst_cache_replica_down") == 1 && get(s, "bst_cache_replica_failures_total") >= 1
+	})
+	if d := get(s, "bst_cache_replica_journal_entries"); d != float64(len(refs)) {
+		t.Errorf("journal depth %v with the replica down, want %d", d, len(refs))
+	}
+	if age := get(s, "bst_cache_replica_journal_oldest_age_seconds"); age <= 0 {
+		t.Errorf("oldest entry %v s old, want > 0", age)
+	}
+	if get(s, "bst_cache_replica_replicated_total") != 0 || get(s, "bst_cache_replica_sent_bytes_total") != 0 {
+		t.Errorf("replicated %v, sent %v bytes to a replica that is down", get(s, "bst_cache_replica_replicated_total"), get(s, "bst_cache_replica_sent_bytes_total"))
+	}
+
+	testenv.StartServe(t, testenv.ServeOptions{Push: true, Dir: rdir, Port: port})
+	waitRefs(t, rdir, refs, 30*time.Second, primary.Log)
+	s = waitMetric(t, url, 20*time.Second, "the journal does not empty", func(s testenv.Samples) bool {
+		return get(s, "bst_cache_replica_journal_entries") == 0
+	})
+	if get(s, "bst_cache_replica_replicated_total") != float64(len(refs)) || get(s, "bst_cache_replica_journal_oldest_age_seconds") != 0 || get(s, "bst_cache_replica_down") != 0 {
+		t.Errorf("caught up: replicated %v (want %d), oldest %v s, down %v", get(s, "bst_cache_replica_replicated_total"), len(refs),
+			get(s, "bst_cache_replica_journal_oldest_age_seconds"), get(s, "bst_cache_replica_down"))
+	}
+	if sent, held := get(s, "bst_cache_replica_sent_bytes_total"), objectBytes(t, rdir); sent != held {
+		t.Errorf("%v bytes sent to the replica, it holds %v", sent, held)
 	}
 }
