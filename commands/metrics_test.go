@@ -244,22 +244,28 @@ func TestServeMetricsCountAWorkload(t *testing.T) {
 	if err != nil || zr.Responses[0].Compressor != repb.Compressor_ZSTD {
 		t.Fatalf("compressed batch read: %v, %v", err, zr)
 	}
-	stream, err := bs.Read(ctx, &bsgrpc.ReadRequest{ResourceName: fmt.Sprintf("compressed-blobs/zstd/%s/%d", dPackedIn.Hash, dPackedIn.Size)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var streamed int
-	for {
-		r, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
+	read := func(resource string) (n int) {
+		t.Helper()
+		stream, err := bs.Read(ctx, &bsgrpc.ReadRequest{ResourceName: resource})
 		if err != nil {
 			t.Fatal(err)
 		}
-		streamed += len(r.Data)
+		for {
+			r, err := stream.Recv()
+			if err == io.EOF {
+				return n
+			}
+			if err != nil {
+				t.Fatalf("read %s: %v", resource, err)
+			}
+			n += len(r.Data)
+		}
 	}
-	stream, err = bs.Read(ctx, &bsgrpc.ReadRequest{ResourceName: fmt.Sprintf("blobs/%s/%d", absent.Hash, absent.Size)})
+	streamed := read(fmt.Sprintf("compressed-blobs/zstd/%s/%d", dPackedIn.Hash, dPackedIn.Size))
+	if n := read(fmt.Sprintf("blobs/%s/%d", dPlain.Hash, dPlain.Size)); n != len(plain) {
+		t.Fatalf("read %d bytes of %s", n, dPlain)
+	}
+	stream, err := bs.Read(ctx, &bsgrpc.ReadRequest{ResourceName: fmt.Sprintf("blobs/%s/%d", absent.Hash, absent.Size)})
 	if err == nil {
 		_, err = stream.Recv()
 	}
@@ -308,16 +314,16 @@ func TestServeMetricsCountAWorkload(t *testing.T) {
 	}
 	wantCalls := map[string]float64{
 		req(casSvc, "BatchUpdateBlobs", "OK"): 1, req(casSvc, "BatchReadBlobs", "OK"): 2,
-		req(bsSvc, "Read", "OK"): 1, req(bsSvc, "Read", "NotFound"): 1,
+		req(bsSvc, "Read", "OK"): 2, req(bsSvc, "Read", "NotFound"): 1,
 		req(pushSvc, "PushBlob", "OK"): 3, req(fetchSvc, "FetchBlob", "OK"): 3, req(fetchSvc, "FetchBlob", "NotFound"): 3,
 		req("buildstream.v2.ReferenceStorage", "GetReference", "InvalidArgument"): 1,
 	}
 	want = map[string]float64{
-		hits("blob"): 4, misses("blob"): 2, // batch 2+1, compressed batch 1, stream 1 + 1 missing
+		hits("blob"): 5, misses("blob"): 2, // batch 2+1, compressed batch 1, streams 2 + 1 missing
 		hits("bst2_artifact"): 1, misses("bst2_artifact"): 1, hits("source"): 1, misses("source"): 1, hits("asset"): 1, misses("asset"): 1,
 		blobBytes("in", "identity"): size(dPlain, dPacked, dArtifact, dSource), wireBytes("in", "identity"): size(dPlain, dPacked, dArtifact, dSource),
 		blobBytes("in", "zstd"): size(dPackedIn), wireBytes("in", "zstd"): zIn,
-		blobBytes("out", "identity"): size(dPlain, dArtifact), wireBytes("out", "identity"): size(dPlain, dArtifact),
+		blobBytes("out", "identity"): size(dPlain, dArtifact, dPlain), wireBytes("out", "identity"): size(dPlain, dArtifact, dPlain),
 		blobBytes("out", "zstd"): size(dPacked, dPackedIn), wireBytes("out", "zstd"): zOut + float64(streamed),
 	}
 	phase("scripted", before, after, wantCalls, want)
@@ -618,6 +624,9 @@ func TestServeMetricsReplica(t *testing.T) {
 	if get(s, "bst_cache_replica_replicated_total") != float64(len(refs)) || get(s, "bst_cache_replica_journal_oldest_age_seconds") != 0 || get(s, "bst_cache_replica_down") != 0 {
 		t.Errorf("caught up: replicated %v (want %d), oldest %v s, down %v", get(s, "bst_cache_replica_replicated_total"), len(refs),
 			get(s, "bst_cache_replica_journal_oldest_age_seconds"), get(s, "bst_cache_replica_down"))
+	}
+	if lag := get(s, "bst_cache_replica_last_lag_seconds"); lag <= 0 {
+		t.Errorf("the last entry's lag is %v s, want > 0: it waited for the replica", lag)
 	}
 	if sent, held := get(s, "bst_cache_replica_sent_bytes_total"), objectBytes(t, rdir); sent != held {
 		t.Errorf("%v bytes sent to the replica, it holds %v", sent, held)

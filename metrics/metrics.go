@@ -247,6 +247,7 @@ var (
 	repErrorsDesc  = desc("bst_cache_replica_errors_total", "Calls to a replica that failed.", "replica")
 	repBlobsDesc   = desc("bst_cache_replica_sent_blobs_total", "Blobs sent to a replica.", "replica")
 	repBytesDesc   = desc("bst_cache_replica_sent_bytes_total", "Bytes of blobs sent to a replica.", "replica")
+	repLagDesc     = desc("bst_cache_replica_last_lag_seconds", "How long the last entry a replica took waited for it, from the client's write (0 before the first).", "replica")
 	repDownDesc    = desc("bst_cache_replica_down", "1 while a replica is skipped (its breaker open after a failure, until a probe finds it answers), else 0.", "replica")
 )
 
@@ -254,23 +255,23 @@ var (
 type replicaCollector struct{ r *transfer.Replicator }
 
 func (c *replicaCollector) Describe(ch chan<- *prometheus.Desc) {
-	describe(ch, repDepthDesc, repOldestDesc, repDoneDesc, repFailedDesc, repDroppedDesc, repErrorsDesc, repBlobsDesc, repBytesDesc, repDownDesc)
+	describe(ch, repDepthDesc, repOldestDesc, repDoneDesc, repFailedDesc, repDroppedDesc, repErrorsDesc, repBlobsDesc, repBytesDesc, repLagDesc, repDownDesc)
 }
 
 func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 	caches := c.r.Replicas()
 	now := time.Now()
 	for i, st := range c.r.Stats() {
-		use := caches[i].Usage()
 		age := 0.0
 		if !st.Oldest.IsZero() {
 			age = now.Sub(st.Oldest).Seconds()
 		}
 		ch <- prometheus.MustNewConstMetric(repDepthDesc, prometheus.GaugeValue, float64(st.Queued), st.Name)
 		ch <- prometheus.MustNewConstMetric(repOldestDesc, prometheus.GaugeValue, age, st.Name)
+		ch <- prometheus.MustNewConstMetric(repLagDesc, prometheus.GaugeValue, st.Lag.Seconds(), st.Name)
 		ch <- prometheus.MustNewConstMetric(repDownDesc, prometheus.GaugeValue, boolValue(caches[i].Down()), st.Name)
 		for d, v := range map[*prometheus.Desc]int64{repDoneDesc: st.Done, repFailedDesc: st.Failed, repDroppedDesc: st.Dropped,
-			repErrorsDesc: use.Errors, repBlobsDesc: use.Blobs, repBytesDesc: use.Bytes} {
+			repErrorsDesc: caches[i].Usage().Errors, repBlobsDesc: st.Blobs, repBytesDesc: st.Bytes} {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), st.Name)
 		}
 	}
