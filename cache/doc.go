@@ -23,7 +23,8 @@
 // still checked. Partial files are locked while written and removed, as
 // any temporary file, once they are older than an hour when a store is
 // opened, or older than --grace by gc. DIR/tmp/.id is the store's random
-// ID (ID), which names resumable uploads.
+// ID (ID), which names resumable uploads; DIR/tmp/.health-probe is what
+// a health check (Probe) writes, syncs, reads back and removes.
 //
 // A long-lived process may keep an index of the objects in memory
 // (IndexObjects, for Present and Absent): 30 to 60 bytes an object (a

@@ -24,7 +24,6 @@ import (
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -198,11 +197,7 @@ func TestServeMetricsCountAWorkload(t *testing.T) {
 	phase("pull", before, after, calls, want)
 
 	// A scripted workload, straight to the server, each call's answer known.
-	cc, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialPlain(t, srv.Addr)
 	ctx := context.Background()
 	cas, bs := repb.NewContentAddressableStorageClient(cc), bsgrpc.NewByteStreamClient(cc)
 	fetch, push := assetpb.NewFetchClient(cc), assetpb.NewPushClient(cc)
@@ -347,11 +342,7 @@ func TestServeMetricsCountAWorkload(t *testing.T) {
 // requests) and checks that the series stay few and name none of them.
 func TestServeMetricsSeriesBounded(t *testing.T) {
 	srv, metricsURL := startMetricsServe(t, testenv.ServeOptions{Push: true, Args: []string{"--quota", "100M", "--instance-name", "", "--instance-name", "a"}})
-	cc, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialPlain(t, srv.Addr)
 	ctx := context.Background()
 	cas, bs := repb.NewContentAddressableStorageClient(cc), bsgrpc.NewByteStreamClient(cc)
 	fetch, refStorage := assetpb.NewFetchClient(cc), bspb.NewReferenceStorageClient(cc)
@@ -433,11 +424,7 @@ func TestServeMetricsSeriesBounded(t *testing.T) {
 // NOT_SERVING, then SERVING once the path is free again.
 func TestServeHealthFlips(t *testing.T) {
 	srv, metricsURL := startMetricsServe(t, testenv.ServeOptions{Push: true})
-	cc, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialPlain(t, srv.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// A first write makes the store (and its tmp directory).
@@ -630,5 +617,32 @@ func TestServeMetricsReplica(t *testing.T) {
 	}
 	if sent, held := get(s, "bst_cache_replica_sent_bytes_total"), objectBytes(t, rdir); sent != held {
 		t.Errorf("%v bytes sent to the replica, it holds %v", sent, held)
+	}
+}
+
+// A load balancer's health probe carries no token: gRPC health answers
+// without one on a server that requires one, and only health does.
+func TestServeHealthNeedsNoToken(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true, Args: []string{"--access-token", tokenFile}})
+	cc := dialPlain(t, srv.Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+	if err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health Check without a token: %v, %v; want SERVING", r, err)
+	}
+	w, err := healthpb.NewHealthClient(cc).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	if err != nil {
+		t.Errorf("health Watch without a token: %v", err)
+	}
+	if _, err := repb.NewCapabilitiesClient(cc).GetCapabilities(ctx, &repb.GetCapabilitiesRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("GetCapabilities without a token: %v, want UNAUTHENTICATED", err)
 	}
 }

@@ -22,8 +22,8 @@
 // instance, status, message bytes in and out, duration, the refs or URIs
 // an index call named, FindMissingBlobs' digests asked and missing, the
 // client's REAPI RequestMetadata) handed to each GRPCOptions.OnCall: the
-// AccessLog (serve --access-log) is one, serve -v's lines another, and
-// counters can sit beside them. With GRPCOptions.Token every call needs
+// AccessLog (serve --access-log) is one, serve -v's lines another, the
+// metrics' per-call series (package metrics) a third. With GRPCOptions.Token every call needs
 // the token file's current token; the file is read again when it changes.
 //
 // Lookups and corruption: the store keeps an index of its objects in
@@ -40,6 +40,15 @@
 // afterwards (ranged reads, which cannot be checked whole, excepted).
 // A ref is written only after its closure was found on disk, never on
 // the index's word.
+//
+// Counters and health: Stats reads what a server counted since it
+// started (hits and misses by what was asked, blob bytes in and out by
+// encoding, uploads in progress, the quota's account), kept as calls go,
+// so reading it costs nothing per object; package metrics exports it.
+// Health (GRPCOptions.Health) checks the store (cache.Store.Probe: a read,
+// and for a server with writes a write, fsync and read back) and the
+// quota every second and serves grpc.health.v1.Health, which needs no
+// token.
 //
 // zstd (package zstdwire): the store keeps blobs uncompressed, in
 // BuildStream's layout; compressed-blobs reads and batch answers are

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
@@ -141,8 +142,15 @@ func bearerMatches(sent []string, token string) bool {
 	return false
 }
 
+// healthMethods, gRPC's health service, need no token: a load balancer's
+// probe carries none, and they tell only whether the server serves.
+var healthMethods = "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
+
 func unaryAuth(f *tokenfile.File) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if strings.HasPrefix(info.FullMethod, healthMethods) {
+			return h(ctx, req)
+		}
 		if err := checkToken(ctx, f); err != nil {
 			return nil, err
 		}
@@ -151,7 +159,10 @@ func unaryAuth(f *tokenfile.File) grpc.UnaryServerInterceptor {
 }
 
 func streamAuth(f *tokenfile.File) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if strings.HasPrefix(info.FullMethod, healthMethods) {
+			return h(srv, ss)
+		}
 		if err := checkToken(ss.Context(), f); err != nil {
 			return err
 		}
