@@ -507,18 +507,31 @@ func (q *quota) expire(c *client, now stamp) {
 
 // use renews an object's told lease: it was reported present or uploaded
 // again.
-func (q *quota) use(d digest.Digest, now time.Time) {
-	until := q.until(now, q.lease)
+//
+// It says whether the object's last use on disk (its modification time,
+// which a restart's account starts from) is worth moving: the account held
+// no use of it within persistEvery. A client asking about the same blobs
+// again and again then costs no system call each time.
+func (q *quota) use(d digest.Digest, now time.Time) (persist bool) {
+	until, n := q.until(now, q.lease), q.at(now)
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if i, ok := q.find(d); ok || !q.known {
-		if !ok {
-			i = q.add(d)
-		}
-		o := &q.objs[i]
-		o.used, o.told = q.at(now), max(o.told, until)
+	i, ok := q.find(d)
+	if !ok && q.known {
+		return false
 	}
+	if !ok {
+		i = q.add(d)
+	}
+	o := &q.objs[i]
+	persist = !ok || n-o.used >= q.at(q.epoch.Add(persistEvery))
+	o.used, o.told = n, max(o.told, until)
+	return persist
 }
+
+// persistEvery is how stale an object's last use on disk may be: a restart
+// orders by it which unnamed objects go first, where a minute is nothing.
+const persistEvery = time.Minute
 
 // lend gives who (a client's connection) a read lease on objects: it was
 // given a ref needing them, or reads them. Read leases are bounded (see

@@ -274,3 +274,65 @@ func TestQuotaAccountBuiltInBackground(t *testing.T) {
 		t.Errorf("the last push after eviction: %v", err)
 	}
 }
+
+// A client asking about the same blobs again and again moves their last
+// use in the account each time but on disk (a system call per blob) at
+// most once a minute: the disk's time is what a restart starts from, and
+// a restart's account, finding it old, moves it at the next use.
+func TestQuotaUsePersistedOncePerMinute(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *cache.Store {
+		s, err := cache.Open(dir, cache.KindBst1Artifact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	ctx := context.Background()
+	blob := bytes.Repeat([]byte("used"), 1<<10)
+	d := digest.NewFromBlob(blob)
+	store := open()
+	old := time.Now().Add(-2 * time.Hour)
+	mtime := func() time.Time {
+		t.Helper()
+		info, err := os.Stat(store.ObjectPath(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.ModTime()
+	}
+	ask := func(addr string) {
+		t.Helper()
+		if missing, err := dialRemote(t, addr).FindMissing(ctx, []digest.Digest{d}); err != nil || len(missing) > 0 {
+			t.Fatalf("FindMissing: %v, %v", missing, err)
+		}
+	}
+
+	addr, _, _ := startServer(t, server.Options{Store: store, AllowWrites: true, Quota: 1 << 30})
+	if err := dialRemote(t, addr).BatchUpdate(ctx, map[digest.Digest][]byte{d: blob}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(store.ObjectPath(d), old, old); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		ask(addr)
+	}
+	if got := mtime(); !got.Equal(old) {
+		t.Errorf("a blob uploaded just now, asked about 3 times: its time on disk moved to %v; want it left (the account knows its use)", got)
+	}
+
+	// A new server's account starts from the disk's time: two hours ago.
+	addr2, _, srv := startServer(t, server.Options{Store: open(), AllowWrites: true, Quota: 1 << 30})
+	deadline := time.Now().Add(10 * time.Second)
+	for !srv.Stats().Quota.Known {
+		if time.Now().After(deadline) {
+			t.Fatal("the account was not built within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ask(addr2)
+	if got := mtime(); time.Since(got) > time.Minute {
+		t.Errorf("after a restart, a blob last used two hours ago and asked about now: time on disk %v; want now", got)
+	}
+}

@@ -256,8 +256,7 @@ func (s *Server) lend(client string, ds ...digest.Digest) {
 
 // touch marks a blob as recently used when a quota is in force.
 func (s *Server) touch(d digest.Digest) {
-	if s.quota != nil {
+	if s.quota != nil && s.quota.use(d, time.Now()) {
 		s.store.Touch(d)
-		s.quota.use(d, time.Now())
 	}
 }
