@@ -61,6 +61,12 @@ type GCReport struct {
 // that do not take the lock; what the removed refs reached goes at once.
 func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	var rep GCReport
+	if _, ok := cache.DetectLayout(e.Store.Root()); !ok {
+		// Nothing to remove. Had gc gone on, a transfer making the store
+		// meanwhile (its lock is taken by its first write) could see the
+		// objects it wrote and has not named yet removed under it.
+		return rep, nil
+	}
 	if !o.DryRun {
 		unlock, err := e.Store.Lock(ctx, true, o.Waiting)
 		if err != nil {
