@@ -96,6 +96,8 @@ type Server struct {
 	empty sync.Once
 	// stopIndex ends the walk that fills the store's object index.
 	stopIndex context.CancelFunc
+	// indexed is closed once that walk has ended and said so.
+	indexed chan struct{}
 	// count holds the counters Stats reads.
 	count counters
 }
@@ -166,7 +168,10 @@ func New(opts Options) (*Server, error) {
 	var ictx context.Context
 	ictx, s.stopIndex = context.WithCancel(context.Background())
 	start := time.Now()
+	indexed := make(chan struct{})
+	s.indexed = indexed
 	s.store.IndexObjects(ictx, func(err error) {
+		defer close(indexed)
 		switch {
 		case err == nil:
 			s.logf("object index: built in %s", time.Since(start).Round(time.Millisecond))
@@ -200,6 +205,7 @@ func (s *Server) Register(g *grpc.Server) {
 // Close aborts unfinished uploads and stops background work.
 func (s *Server) Close() {
 	s.stopIndex()
+	<-s.indexed // the walk stops at once; it logs nothing after Close
 	s.uploads.closeAll()
 	if s.quota != nil {
 		s.quota.stop()
