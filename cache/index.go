@@ -195,15 +195,13 @@ func (x *objectIndex) created(s *Store) {
 }
 
 // Present says for each digest of ds whether the store holds it, as Has
-// does, but from the index IndexObjects keeps where it can: without one,
-// or for what an index still being built lacks, it asks the disk. It may
-// be wrong in two ways: an object another process wrote since the walk
-// reads as absent (a client uploads it again, which finds it there), and
-// one another process removed behind this Store's back (gc while serve
-// runs; a prefix collision, see objectIndex) reads as present until Has
-// looks at the disk, which it does for every ref written (ClosureOf): the
-// ref is refused, the index corrected. So Present answers "what need I
-// upload", never "may I name this in a ref".
+// does. The index IndexObjects keeps answers absence (once its walk is
+// done); whatever it holds, the disk confirms, so an object removed behind
+// its back (gc while serve runs, a file deleted by hand) never reads as
+// present. It may be wrong one way: an object another process wrote and
+// the watch has not reported yet reads as absent (a client uploads it
+// again, which finds it there). So Present answers "what need I upload",
+// never "may I name this in a ref".
 func (s *Store) Present(ds []digest.Digest) ([]bool, error) {
 	for _, d := range ds {
 		if err := checkDigest(d); err != nil {
@@ -224,13 +222,10 @@ func (s *Store) Present(ds []digest.Digest) ([]bool, error) {
 		}
 		x.mu.RLock()
 		for i, d := range ds {
-			size, ok := x.m[key(d.Hash)]
-			switch {
-			case ok && size == d.Size:
-				out[i] = true
-			case !x.complete || ok:
-				// Not known, or known with another size (a prefix
-				// shared with another object): the disk says.
+			// Only absence is answered from memory: a "present" that
+			// is wrong (an object removed behind the index's back)
+			// makes a client skip an upload, so the disk confirms it.
+			if _, ok := x.m[key(d.Hash)]; ok || !x.complete {
 				ask = append(ask, i)
 			}
 		}
