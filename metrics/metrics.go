@@ -64,9 +64,6 @@ func (m *Metrics) WatchGRPC(g *grpc.Server) {
 	}
 }
 
-// Registry is where the series are registered.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
 // ObserveCall counts a call that ended: a server.GRPCOptions.OnCall hook.
 func (m *Metrics) ObserveCall(c *server.Call) {
 	sm, ok := m.methods[c.Method]
