@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 )
 
 // ValidateRef checks that a ref is a relative path of plain components:
@@ -98,35 +100,52 @@ func (s *Store) ReadRef(kind Kind, ref string) ([]byte, RefInfo, error) {
 	if err != nil {
 		return nil, RefInfo{}, err
 	}
-	// Not os.ReadFile: a ref file is never polled, and the fewer system
-	// calls the better when a listing reads thousands.
-	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+	data, r, err := readRefAt(unix.AT_FDCWD, p, ref)
+	if err != nil {
+		return nil, RefInfo{}, err
+	}
+	r.Kind = s.RefKind(kind)
+	return data, r, nil
+}
+
+// readRefAt reads the ref file at name (relative to the directory dirfd)
+// as ReadRef does, but for its Kind. Not os.ReadFile: a ref file is never
+// polled, and the fewer system calls the better when a listing reads
+// thousands.
+func readRefAt(dirfd int, name, ref string) ([]byte, RefInfo, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
 		return nil, RefInfo{}, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
 	}
 	if err != nil {
 		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, err)
 	}
-	f := os.NewFile(uintptr(fd), p)
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, err)
 	}
-	if info.IsDir() {
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		// A ref that is a directory of other refs is not itself a ref.
 		return nil, RefInfo{}, fmt.Errorf("ref %s: %w", ref, ErrNotFound)
 	}
-	if info.Size() > maxRefSize {
-		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %d bytes, more than a ref holds", ref, info.Size())
+	if st.Size > maxRefSize {
+		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %d bytes, more than a ref holds", ref, st.Size)
 	}
-	data := make([]byte, info.Size())
-	if _, err := io.ReadFull(f, data); err != nil {
-		return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, err)
+	data := make([]byte, st.Size)
+	for n := 0; n < len(data); {
+		m, err := unix.Read(fd, data[n:])
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, err)
+		case m == 0:
+			return nil, RefInfo{}, fmt.Errorf("reading ref %s: %w", ref, io.ErrUnexpectedEOF)
+		}
+		n += m
 	}
-	r := refInfo(ref, info)
-	r.Kind = s.RefKind(kind)
-	return data, r, nil
+	return data, newRefInfo(ref, st.Size, time.Unix(st.Mtim.Unix()), time.Unix(st.Atim.Unix())), nil
 }
 
 // SetRef writes a ref atomically and durably. Callers write a ref only once
@@ -202,15 +221,12 @@ type RefInfo struct {
 // [...] a class. Only the directory of the pattern's literal leading
 // components is walked.
 func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
-	c, match, err := s.MatchRefs(kind, pattern)
+	c, err := s.MatchRefs(kind, pattern)
 	if err != nil {
 		return nil, err
 	}
 	var refs []RefInfo
 	for c.Next() {
-		if match != nil && !match.MatchString(c.Name()) {
-			continue
-		}
 		p, err := s.RefPath(c.Kind(), c.Name())
 		if err != nil {
 			return nil, err
@@ -229,19 +245,18 @@ func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
 	return refs, nil
 }
 
-// MatchRefs starts a walk of the refs of a kind that a pattern (as
-// ListRefs reads it; "": all) may match, in name order: the refs under
-// the pattern's literal leading directories. Those it names still need
-// checking against match (nil for "").
-func (s *Store) MatchRefs(kind Kind, pattern string) (*RefCursor, *regexp.Regexp, error) {
+// MatchRefs starts a walk of the refs of a kind whose names match a
+// pattern (as ListRefs reads it; "": all), in name order: only the
+// directory of the pattern's literal leading components is walked.
+func (s *Store) MatchRefs(kind Kind, pattern string, opts ...RefsOption) (*RefCursor, error) {
 	if pattern == "" {
-		return s.Refs(kind, "", ""), nil, nil
+		return s.Refs(kind, "", "", opts...), nil
 	}
 	match, err := CompileGlob(pattern)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return s.Refs(kind, GlobDir(pattern), ""), match, nil
+	return s.Refs(kind, GlobDir(pattern), "", append(opts, func(w *kindWalk) { w.match = match })...), nil
 }
 
 // GlobDir is the literal leading directory of a ref glob: "a/b" for
@@ -304,11 +319,19 @@ func (s *Store) RefInfo(kind Kind, ref string) (RefInfo, error) {
 
 // refInfo fills a RefInfo from a file's metadata.
 func refInfo(name string, info fs.FileInfo) RefInfo {
-	r := RefInfo{Name: name, Size: info.Size(), Modified: info.ModTime(), Accessed: info.ModTime()}
+	accessed := info.ModTime()
 	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		if at := time.Unix(st.Atim.Sec, st.Atim.Nsec); at.After(r.Accessed) {
-			r.Accessed = at
-		}
+		accessed = time.Unix(st.Atim.Sec, st.Atim.Nsec)
 	}
-	return r
+	return newRefInfo(name, info.Size(), info.ModTime(), accessed)
+}
+
+// newRefInfo is a RefInfo of a file written at modified and read at
+// accessed: it was accessed when last read or written, whichever came
+// last.
+func newRefInfo(name string, size int64, modified, accessed time.Time) RefInfo {
+	if accessed.Before(modified) {
+		accessed = modified
+	}
+	return RefInfo{Name: name, Size: size, Modified: modified, Accessed: accessed}
 }

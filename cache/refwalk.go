@@ -1,45 +1,78 @@
 package cache
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path"
+	"os"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"slices"
 	"strings"
-	"syscall"
+	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // RefCursor walks refs in name order (byte order of the whole name, as
-// sort.Strings has it), reading their directories one at a time as it
-// comes to them: a walk that stops after n refs has read the directories
-// on the way to them, not every ref. Use it as a bufio.Scanner:
+// sort.Strings has it), reading their directories as it comes to them: a
+// walk that stops after n refs has read the directories on the way to
+// them, and a few beyond (readAhead of them, walkReaders at once, so a
+// walk of a big store uses more than one core), not every ref. Use it as
+// a bufio.Scanner:
 //
 //	c := s.Refs(KindArtifact, "", "")
 //	for c.Next() { use(c.Name(), c.Kind()) }
 //	if err := c.Err(); err != nil { … }
 //
-// Each directory is read when the walk enters it, so a ref that stays
-// throughout a walk is named exactly once; one written or removed meanwhile
-// may or may not be. A cursor may be kept and resumed later (serve does,
-// between listing pages); it is not safe for concurrent use.
+// Each directory is read once, so a ref that stays throughout a walk is
+// named exactly once; one written or removed meanwhile may or may not be.
+// A cursor may be kept and resumed later (serve does, between listing
+// pages), and dropped at any point: it holds no open file between calls.
+// It is not safe for concurrent use.
 type RefCursor struct {
 	walks []*kindWalk
 	cur   *kindWalk
 	err   error
 }
 
+// RefsOption changes what a walk of refs reads.
+type RefsOption func(*kindWalk)
+
+// WithRefData has the walk read each ref as it lists it (Data): its
+// content and what RefInfo says of it, from one open of the file beside
+// the directory it was listed from, which costs less than a ReadRef of
+// each. The default is names only.
+func WithRefData() RefsOption {
+	return func(w *kindWalk) { w.data = true }
+}
+
+// Directories ahead of the walk are read in the background: those of the
+// next readAhead entries of the directory it is in, walkReaders at once.
+const (
+	readAhead   = 32
+	walkReaders = 4
+)
+
 // kindWalk walks one kind's ref directory.
 type kindWalk struct {
 	kind  Kind
 	dir   string
 	after string
-	stack []refFrame
+	data  bool
+	// match, when set, is what the names of the refs walked match.
+	match *regexp.Regexp
+	// readers bounds the directory reads in flight.
+	readers chan struct{}
+	stack   []refFrame
 	// head is the next ref, read ahead to merge kinds in order.
-	head    string
-	hasHead bool
+	head     refEntry
+	headName string
+	hasHead  bool
 }
 
 // refFrame is a directory the walk is in.
@@ -47,17 +80,49 @@ type refFrame struct {
 	// rel is the directory's path under the kind's ref directory: "" or
 	// ending in "/".
 	rel string
-	// keys are its entries still to walk, in order: subdirectories with
-	// a trailing "/", which puts each directory's refs where their full
-	// names sort.
-	keys []string
+	// entries are those still to walk, in order; the reads of the
+	// subdirectories among the first started of them are under way.
+	entries []refEntry
+	started int
+	// dir is the directory, open while its subdirectories are read
+	// (opened from it: no path looked up again); nil in the first
+	// frame, whose subdirectories are opened by their whole path.
+	dir *os.File
+}
+
+// refEntry is one entry of a directory the walk goes into.
+type refEntry struct {
+	// key is its name, with a trailing "/" for a subdirectory, which
+	// puts each directory's refs where their full names sort.
+	key string
+	// sub is a subdirectory's read, once started.
+	sub *dirRead
+	// ref is a ref's file, read WithRefData.
+	ref *refRead
+}
+
+// refRead is what a walk WithRefData read of a ref: its content and
+// RefInfo, or why they could not be read.
+type refRead struct {
+	data []byte
+	info RefInfo
+	err  error
+}
+
+// dirRead is the read of one directory, done when done is closed.
+type dirRead struct {
+	done    chan struct{}
+	entries []refEntry
+	err     error
+	// dir is the directory, kept open when it has subdirectories.
+	dir *os.File
 }
 
 // Refs starts a walk of the refs of a kind (for KindArtifact, those of
 // both BuildStreams, merged in name order; a name held in both comes
 // twice, BuildStream 1's first) named after `after` ("": from the first)
 // and under prefix ("": all; "a/b": the ref a/b and those under a/b/).
-func (s *Store) Refs(kind Kind, prefix, after string) *RefCursor {
+func (s *Store) Refs(kind Kind, prefix, after string, opts ...RefsOption) *RefCursor {
 	c := &RefCursor{}
 	prefix = strings.Trim(prefix, "/")
 	for _, k := range kind.Kinds() {
@@ -66,9 +131,12 @@ func (s *Store) Refs(kind Kind, prefix, after string) *RefCursor {
 			c.err = err
 			return c
 		}
-		w := &kindWalk{kind: k, dir: dir, after: after}
+		w := &kindWalk{kind: k, dir: dir, after: after, readers: make(chan struct{}, walkReaders)}
+		for _, o := range opts {
+			o(w)
+		}
 		if prefix == "" {
-			w.stack = []refFrame{{keys: []string{""}}}
+			w.stack = []refFrame{{entries: []refEntry{{key: ""}}}}
 		} else if err := w.startAt(prefix); err != nil {
 			c.err = err
 			return c
@@ -84,22 +152,34 @@ func (w *kindWalk) startAt(prefix string) error {
 	if ValidateRef(prefix) != nil {
 		return nil // names no ref
 	}
-	st, err := os.Lstat(filepath.Join(w.dir, filepath.FromSlash(prefix)))
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrInvalid) || errors.Is(err, syscall.ENOTDIR) {
+	p := filepath.Join(w.dir, filepath.FromSlash(prefix))
+	var st unix.Stat_t
+	err := unix.Lstat(p, &st)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTDIR) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("listing refs under %s: %w", prefix, err)
+		return fmt.Errorf("listing refs under %s: %w", prefix, &fs.PathError{Op: "lstat", Path: p, Err: err})
 	}
 	parent, base := path.Split(prefix)
-	key := base
-	if st.IsDir() {
-		key += "/"
-	} else if !st.Mode().IsRegular() {
+	e := refEntry{key: base}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		e.key += "/"
+	case unix.S_IFREG:
+		if !w.named(prefix) {
+			return nil
+		}
+		if w.data {
+			if e.ref = readRef(unix.AT_FDCWD, p, prefix); e.ref == nil {
+				return nil
+			}
+		}
+	default:
 		return nil
 	}
-	if w.keep(parent + key) {
-		w.stack = []refFrame{{rel: parent, keys: []string{key}}}
+	if w.keep(parent + e.key) {
+		w.stack = []refFrame{{rel: parent, entries: []refEntry{e}}}
 	}
 	return nil
 }
@@ -110,6 +190,11 @@ func (w *kindWalk) keep(full string) bool {
 	return full > w.after || strings.HasSuffix(full, "/") && strings.HasPrefix(w.after, full)
 }
 
+// named says whether the walk names the ref of that full name.
+func (w *kindWalk) named(full string) bool {
+	return ValidateRef(full) == nil && (w.match == nil || w.match.MatchString(full))
+}
+
 // Next moves to the next ref; false at the end or on an error (Err).
 func (c *RefCursor) Next() bool {
 	if c.err != nil {
@@ -118,14 +203,14 @@ func (c *RefCursor) Next() bool {
 	c.cur = nil
 	for _, w := range c.walks {
 		if !w.hasHead {
-			name, ok, err := w.next()
+			ok, err := w.next()
 			if err != nil {
 				c.err = err
 				return false
 			}
-			w.head, w.hasHead = name, ok
+			w.hasHead = ok
 		}
-		if w.hasHead && (c.cur == nil || w.head < c.cur.head) {
+		if w.hasHead && (c.cur == nil || w.headName < c.cur.headName) {
 			c.cur = w
 		}
 	}
@@ -137,74 +222,205 @@ func (c *RefCursor) Next() bool {
 }
 
 // Name is the ref Next moved to.
-func (c *RefCursor) Name() string { return c.cur.head }
+func (c *RefCursor) Name() string { return c.cur.headName }
 
 // Kind is where the ref Next moved to is kept: never KindArtifact.
 func (c *RefCursor) Kind() Kind { return c.cur.kind }
 
+// Data is what a walk WithRefData read of the ref Next moved to, as
+// ReadRef returns it; the error says why it could not be read (never
+// ErrNotFound: a ref removed before it was read is not named).
+func (c *RefCursor) Data() ([]byte, RefInfo, error) {
+	r := c.cur.head.ref
+	if r == nil {
+		return nil, RefInfo{}, errors.New("refs walked without WithRefData")
+	}
+	return r.data, r.info, r.err
+}
+
 // Err is the error that ended the walk, if any.
 func (c *RefCursor) Err() error { return c.err }
 
-// next is the walk's next ref.
-func (w *kindWalk) next() (string, bool, error) {
+// next moves the walk to its next ref (head); false at its end.
+func (w *kindWalk) next() (bool, error) {
 	for len(w.stack) > 0 {
 		top := &w.stack[len(w.stack)-1]
-		if len(top.keys) == 0 {
+		if len(top.entries) == 0 {
+			if top.dir != nil {
+				top.dir.Close()
+			}
 			w.stack = w.stack[:len(w.stack)-1]
 			continue
 		}
-		key := top.keys[0]
-		top.keys = top.keys[1:]
-		full := top.rel + key
-		if full == "" || strings.HasSuffix(full, "/") {
-			keys, err := w.readDir(full)
-			if err != nil {
-				return "", false, err
+		w.readAhead(top)
+		e := top.entries[0]
+		top.entries[0] = refEntry{} // what it read is not kept once walked
+		top.entries = top.entries[1:]
+		top.started--
+		full := top.rel + e.key
+		if e.sub != nil {
+			<-e.sub.done
+			if e.sub.err != nil {
+				return false, e.sub.err
 			}
-			if len(keys) > 0 {
-				w.stack = append(w.stack, refFrame{rel: full, keys: keys})
+			if len(e.sub.entries) > 0 {
+				w.stack = append(w.stack, refFrame{rel: full, entries: e.sub.entries, dir: e.sub.dir})
 			}
 			continue
 		}
-		if ValidateRef(full) == nil {
-			return full, true, nil
-		}
+		w.head, w.headName = e, full
+		return true, nil
 	}
-	return "", false, nil
+	return false, nil
 }
 
+// readAhead starts the reads of the subdirectories among the next
+// readAhead entries of a directory, the first included.
+func (w *kindWalk) readAhead(f *refFrame) {
+	for ; f.started < min(len(f.entries), readAhead); f.started++ {
+		e := &f.entries[f.started]
+		if e.key == "" || strings.HasSuffix(e.key, "/") {
+			e.sub = w.startRead(f.dir, f.rel, e.key)
+		}
+	}
+}
+
+// startRead reads the subdirectory key of the directory rel (open as
+// parent, if it is) in the background, once one of the walk's readers is
+// free.
+func (w *kindWalk) startRead(parent *os.File, rel, key string) *dirRead {
+	r := &dirRead{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		w.readers <- struct{}{}
+		defer func() { <-w.readers }()
+		r.entries, r.dir, r.err = w.readDir(parent, rel+key)
+	}()
+	return r
+}
+
+// direntBufs are the buffers directories are read into.
+var direntBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // readDir lists the entries of the directory rel that the walk goes
-// into, in order.
-func (w *kindWalk) readDir(rel string) ([]string, error) {
-	p := filepath.Join(w.dir, filepath.FromSlash(rel))
-	// Not os.Open: a directory is never polled, and a walk of a big
-	// store opens one per artifact.
-	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+// into, in order: subdirectories and the refs it names, each read
+// WithRefData.
+func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.File, err error) {
+	dirPath := func() string { return filepath.Join(w.dir, filepath.FromSlash(rel)) }
+	// Not os.Open and ReadDir: a directory is never polled, and a walk
+	// of a big store reads one per artifact; the entries' types come
+	// with their names (one Lstat where the file system does not say).
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+	var fd int
+	if parent == nil {
+		fd, err = unix.Open(dirPath(), flags, 0)
+	} else {
+		fd, err = unix.Openat(int(parent.Fd()), filepath.Base(rel), flags, 0)
+		runtime.KeepAlive(parent)
+	}
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil // no refs yet, or removed while we walked
+		return nil, nil, nil // no refs yet, or removed while we walked
 	}
 	if err != nil {
-		return nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "open", Path: p, Err: err})
+		return nil, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "open", Path: dirPath(), Err: err})
 	}
-	f := os.NewFile(uintptr(fd), p)
-	defer f.Close()
-	entries, err := f.ReadDir(-1)
-	if err != nil {
-		return nil, fmt.Errorf("listing refs in %s: %w", f.Name(), err)
-	}
-	keys := make([]string, 0, len(entries))
-	for _, e := range entries {
-		key := e.Name()
-		switch {
-		case e.IsDir():
-			key += "/"
-		case !e.Type().IsRegular():
+	keep := false
+	defer func() {
+		if !keep {
+			unix.Close(fd)
+		}
+	}()
+	buf := direntBufs.Get().(*[]byte)
+	defer direntBufs.Put(buf)
+	var entries []refEntry
+	for {
+		n, err := unix.Getdents(fd, *buf)
+		if errors.Is(err, unix.EINTR) {
 			continue
 		}
-		if w.keep(rel + key) {
-			keys = append(keys, key)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "getdents", Path: dirPath(), Err: err})
+		}
+		if n == 0 {
+			break
+		}
+		for b := (*buf)[:n]; len(b) > 0; {
+			// A linux_dirent64: inode, offset, record length, type, name.
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			typ, name := b[18], b[19:reclen]
+			b = b[reclen:]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if string(name) == "." || string(name) == ".." {
+				continue
+			}
+			if typ == unix.DT_UNKNOWN {
+				if typ, err = direntType(fd, string(name)); err != nil {
+					return nil, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "lstat", Path: filepath.Join(dirPath(), string(name)), Err: err})
+				}
+			}
+			key := string(name)
+			switch typ {
+			case unix.DT_DIR:
+				key += "/"
+			case unix.DT_REG:
+				if !w.named(rel + key) {
+					continue
+				}
+			default:
+				continue
+			}
+			if w.keep(rel + key) {
+				entries = append(entries, refEntry{key: key})
+			}
 		}
 	}
-	slices.Sort(keys)
-	return slices.Clip(keys), nil
+	slices.SortFunc(entries, func(a, b refEntry) int { return strings.Compare(a.key, b.key) })
+	var dir *os.File
+	if slices.ContainsFunc(entries, func(e refEntry) bool { return strings.HasSuffix(e.key, "/") }) {
+		dir, keep = os.NewFile(uintptr(fd), dirPath()), true
+	}
+	if !w.data {
+		return slices.Clip(entries), dir, nil
+	}
+	kept := entries[:0]
+	for _, e := range entries {
+		if !strings.HasSuffix(e.key, "/") {
+			if e.ref = readRef(fd, e.key, rel+e.key); e.ref == nil {
+				continue // removed while we walked
+			}
+		}
+		kept = append(kept, e)
+	}
+	return slices.Clip(kept), dir, nil
+}
+
+// readRef reads a ref for a walk WithRefData: nil when it is gone.
+func readRef(dirfd int, name, ref string) *refRead {
+	data, info, err := readRefAt(dirfd, name, ref)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return &refRead{data: data, info: info, err: err}
+}
+
+// direntType is the type of a directory's entry, as a dirent has it, for
+// file systems whose dirents do not say: DT_UNKNOWN when it is gone.
+func direntType(dirfd int, name string) (byte, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, fs.ErrNotExist) {
+		return unix.DT_UNKNOWN, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return unix.DT_DIR, nil
+	case unix.S_IFREG:
+		return unix.DT_REG, nil
+	}
+	return unix.DT_UNKNOWN, nil
 }

@@ -54,18 +54,19 @@ func lsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, match, err := s.MatchRefs(kind, prefixPattern(c.Args().First()))
+			p := newRefPrinter(c, e)
+			var opts []cache.RefsOption
+			if p.details {
+				opts = append(opts, cache.WithRefData())
+			}
+			refs, err := s.MatchRefs(kind, prefixPattern(c.Args().First()), opts...)
 			if err != nil {
 				return err
 			}
-			p := newRefPrinter(c, e)
 			for refs.Next() {
-				if match != nil && !match.MatchString(refs.Name()) {
-					continue
-				}
 				en := lsEntry{Ref: refs.Name()}
 				if p.details {
-					en = describeRef(s, refs.Kind(), refs.Name())
+					en = describeRef(refs)
 				}
 				p.print(en)
 			}
@@ -84,11 +85,13 @@ type lsEntry struct {
 	Error    string    `json:"error,omitempty"`
 }
 
-// describeRef reads the digest a ref names and when it was written. A ref
-// that cannot be read is still listed, with the reason.
-func describeRef(s *cache.Store, kind cache.Kind, name string) lsEntry {
-	data, info, err := s.ReadRef(kind, name)
-	en := lsEntry{Ref: name, Modified: info.Modified.UTC()}
+// describeRef is the digest the ref a walk WithRefData is at names, and
+// when it was written. A ref that cannot be read is still listed, with
+// the reason.
+func describeRef(refs *cache.RefCursor) lsEntry {
+	data, info, err := refs.Data()
+	kind := refs.Kind()
+	en := lsEntry{Ref: refs.Name(), Modified: info.Modified.UTC()}
 	if err != nil {
 		en.Digest, en.Error = "-", err.Error()
 		return en

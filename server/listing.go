@@ -2,12 +2,10 @@ package server
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -57,54 +55,33 @@ func (l *listing) ListRefs(_ context.Context, req *lspb.ListRefsRequest) (*lspb.
 	key := cursorKey{kind: kind, prefix: strings.Trim(req.GetPrefix(), "/"), after: req.GetPageToken()}
 	cur := l.cursors.take(key)
 	if cur == nil {
-		cur = &listCursor{refs: l.store.Refs(kind, key.prefix, key.after)}
+		// The walk reads each ref as it lists it, a few directories
+		// ahead in the background.
+		cur = &listCursor{refs: l.store.Refs(kind, key.prefix, key.after, cache.WithRefData())}
 	}
-	var names []string
 	resp := &lspb.ListRefsResponse{}
 	for cur.next() {
-		if len(names) == size {
+		if len(resp.Refs) == size {
 			// cur's ref is the next page's first.
 			cur.pending = true
-			key.after = names[size-1]
+			key.after = resp.Refs[size-1].Name
 			resp.NextPageToken = key.after
 			l.cursors.put(key, cur)
 			break
 		}
-		names = append(names, cur.refs.Name())
+		resp.Refs = append(resp.Refs, listed(kind, cur.refs))
 	}
 	if err := cur.refs.Err(); err != nil {
 		return nil, status.Errorf(codes.Internal, "listing refs: %v", err)
 	}
-	// The page's refs are read a few at a time: each is a file of its own.
-	refs := make([]*lspb.Ref, len(names))
-	var g errgroup.Group
-	g.SetLimit(listReaders)
-	for i, name := range names {
-		g.Go(func() error {
-			refs[i] = l.listed(kind, name)
-			return nil
-		})
-	}
-	g.Wait()
-	for _, ref := range refs {
-		if ref != nil {
-			resp.Refs = append(resp.Refs, ref)
-		}
-	}
 	return resp, nil
 }
 
-// listReaders is how many refs of a page are read at once.
-const listReaders = 4
-
-// listed reads one ref for a listing: nil when it was removed
-// since the walk saw it; without a digest when it cannot be read.
-func (l *listing) listed(kind cache.Kind, name string) *lspb.Ref {
-	data, info, err := l.store.ReadRef(kind, name)
-	if errors.Is(err, cache.ErrNotFound) {
-		return nil
-	}
-	ref := &lspb.Ref{Name: name, Modified: info.Modified.Unix()}
+// listed is the ref a walk is at, for a listing: without a digest when
+// it cannot be read.
+func listed(kind cache.Kind, refs *cache.RefCursor) *lspb.Ref {
+	data, info, err := refs.Data()
+	ref := &lspb.Ref{Name: refs.Name(), Modified: info.Modified.Unix()}
 	if err == nil {
 		if d, err := buildstream.RefDigest(kind == cache.KindBst1Artifact, data); err == nil {
 			ref.Digest = d.String()
