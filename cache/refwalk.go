@@ -54,7 +54,7 @@ func WithRefData() RefsOption {
 // Directories ahead of the walk are read in the background: those of the
 // next readAhead entries of the directory it is in, walkReaders at once.
 const (
-	readAhead   = 32
+	readAhead   = 256
 	walkReaders = 4
 )
 
@@ -66,8 +66,12 @@ type kindWalk struct {
 	data  bool
 	// match, when set, is what the names of the refs walked match.
 	match *regexp.Regexp
-	// readers bounds the directory reads in flight.
-	readers chan struct{}
+	// queue holds the directory reads started and not yet taken by one
+	// of the walk's readers (at most walkReaders goroutines, which end
+	// when it is empty: a walk dropped halfway leaves nothing behind).
+	mu      sync.Mutex
+	queue   []*dirRead
+	readers int
 	stack   []refFrame
 	// head is the next ref, read ahead to merge kinds in order.
 	head     refEntry
@@ -111,6 +115,9 @@ type refRead struct {
 
 // dirRead is the read of one directory, done when done is closed.
 type dirRead struct {
+	// parent, rel: what to read (readDir).
+	parent  *os.File
+	rel     string
 	done    chan struct{}
 	entries []refEntry
 	err     error
@@ -131,7 +138,7 @@ func (s *Store) Refs(kind Kind, prefix, after string, opts ...RefsOption) *RefCu
 			c.err = err
 			return c
 		}
-		w := &kindWalk{kind: k, dir: dir, after: after, readers: make(chan struct{}, walkReaders)}
+		w := &kindWalk{kind: k, dir: dir, after: after}
 		for _, o := range opts {
 			o(w)
 		}
@@ -285,18 +292,38 @@ func (w *kindWalk) readAhead(f *refFrame) {
 	}
 }
 
-// startRead reads the subdirectory key of the directory rel (open as
-// parent, if it is) in the background, once one of the walk's readers is
-// free.
+// startRead queues the read of the subdirectory key of the directory
+// rel (open as parent, if it is) for the walk's readers.
 func (w *kindWalk) startRead(parent *os.File, rel, key string) *dirRead {
-	r := &dirRead{done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		w.readers <- struct{}{}
-		defer func() { <-w.readers }()
-		r.entries, r.dir, r.err = w.readDir(parent, rel+key)
-	}()
+	r := &dirRead{parent: parent, rel: rel + key, done: make(chan struct{})}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.queue = append(w.queue, r)
+	if w.readers < walkReaders {
+		w.readers++
+		go w.read()
+	}
 	return r
+}
+
+// read is one of the walk's readers: it reads the directories queued, in
+// order, until there are none.
+func (w *kindWalk) read() {
+	for {
+		w.mu.Lock()
+		if len(w.queue) == 0 {
+			w.readers--
+			w.mu.Unlock()
+			return
+		}
+		r := w.queue[0]
+		w.queue[0] = nil
+		w.queue = w.queue[1:]
+		w.mu.Unlock()
+		r.entries, r.dir, r.err = w.readDir(r.parent, r.rel)
+		r.parent = nil
+		close(r.done)
+	}
 }
 
 // direntBufs are the buffers directories are read into.
