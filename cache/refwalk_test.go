@@ -1,9 +1,14 @@
 package cache
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -76,3 +81,141 @@ var cmpEmpty = cmp.Transformer("empty", func(s []string) []string {
 	}
 	return s
 })
+
+// A walk WithRefData gives each ref as ReadRef reads it, whether it
+// starts at the top, at a prefix that is a directory or one that is a
+// ref, and only the refs a glob matches.
+func TestRefsWithRefData(t *testing.T) {
+	s := openTemp(t, KindBst1Artifact)
+	refs := []string{"a/b", "a/bc/1", "a/bc/2", "a/bd/c", "p/q/1", "p/q/r/2"}
+	for i, r := range refs {
+		if err := s.SetRef(KindBst1Artifact, r, []byte(strings.Repeat("x", i+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(c *RefCursor) []string {
+		t.Helper()
+		var got []string
+		for c.Next() {
+			data, info, err := c.Data()
+			if err != nil {
+				t.Fatalf("%s: %v", c.Name(), err)
+			}
+			want, wantInfo, err := s.ReadRef(c.Kind(), c.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Not Accessed: reading a ref may move it.
+			wantInfo.Kind, wantInfo.Accessed, info.Accessed = "", time.Time{}, time.Time{}
+			if string(data) != string(want) || info != wantInfo {
+				t.Errorf("%s: walked %q %+v, ReadRef %q %+v", c.Name(), data, info, want, wantInfo)
+			}
+			got = append(got, c.Name())
+		}
+		if err := c.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	for _, tc := range []struct {
+		prefix string
+		want   []string
+	}{
+		{"", refs},
+		{"a/b", []string{"a/b"}},
+		{"a/bc", []string{"a/bc/1", "a/bc/2"}},
+		{"p", []string{"p/q/1", "p/q/r/2"}},
+	} {
+		if diff := cmp.Diff(tc.want, read(s.Refs(KindArtifact, tc.prefix, "", WithRefData()))); diff != "" {
+			t.Errorf("under %q (-want +got):\n%s", tc.prefix, diff)
+		}
+	}
+	c, err := s.MatchRefs(KindArtifact, "a/*c*", WithRefData())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"a/bc/1", "a/bc/2", "a/bd/c"}, read(c)); diff != "" {
+		t.Errorf("a/*c* (-want +got):\n%s", diff)
+	}
+}
+
+// A walk dropped halfway leaves nothing behind: its readers end and the
+// directories it held open are closed once it is collected.
+func TestRefsDroppedWalk(t *testing.T) {
+	s := openTemp(t, KindBst1Artifact)
+	writeRefFiles(t, s, 2*readAhead)
+	fds := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip(err)
+		}
+		return len(entries)
+	}
+	goroutines, open := runtime.NumGoroutine(), fds()
+	c := s.Refs(KindArtifact, "", "", WithRefData())
+	for range 3 {
+		if !c.Next() {
+			t.Fatal(c.Err())
+		}
+	}
+	c = nil
+	deadline := time.Now().Add(30 * time.Second)
+	for runtime.NumGoroutine() > goroutines || fds() > open {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines and %d files open, %d and %d before the walk", runtime.NumGoroutine(), fds(), goroutines, open)
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchmarkRefsWalk walks 20,000 refs (2 an artifact, as BuildStream keeps
+// them) by name and WithRefData.
+func BenchmarkRefsWalk(b *testing.B) {
+	s, err := Open(b.TempDir(), KindBst1Artifact)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const artifacts = 10_000
+	writeRefFiles(b, s, artifacts)
+	for _, bc := range []struct {
+		name string
+		opts []RefsOption
+	}{{"names", nil}, {"data", []RefsOption{WithRefData()}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				c := s.Refs(KindArtifact, "", "", bc.opts...)
+				n := 0
+				for c.Next() {
+					n++
+				}
+				if c.Err() != nil || n != 2*artifacts {
+					b.Fatalf("%d refs walked: %v", n, c.Err())
+				}
+			}
+		})
+	}
+}
+
+// writeRefFiles writes the refs of n artifacts, strong and weak
+// (bench/eNNNNN/KEY, as BuildStream and scripts/genrefs keep them),
+// straight into a store's ref directory: a walk reads refs, not what they
+// name.
+func writeRefFiles(t testing.TB, s *Store, n int) {
+	t.Helper()
+	root, err := s.refDir(KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		dir := filepath.Join(root, "bench", fmt.Sprintf("e%05d", i))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{fmt.Sprintf("%064x", 2*i), fmt.Sprintf("%064x", 2*i+1)} {
+			if err := os.WriteFile(filepath.Join(dir, key), []byte("a ref"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
