@@ -39,15 +39,23 @@ func (r *Remote) ListRefs(ctx context.Context, kind, prefix string) ([]ListedRef
 
 // WalkRefs hands fn, in name order, the refs of kinds (each asked for as
 // ListRefs asks) under prefix that a bst-cache serve holds, each page as
-// it arrives: the listings of the kinds are merged, a name held in two
-// coming once for each, in the order of kinds. Pages must advance (a
-// token at or before the last one is an error) and each listing is
-// bounded. An error fn returns ends the walk.
+// it arrives, the next already asked for: the listings of the kinds are
+// merged, a name held in two coming once for each, in the order of kinds.
+// Pages must advance (a token at or before the last one is an error) and
+// each listing is bounded. An error fn returns ends the walk.
 func (r *Remote) WalkRefs(ctx context.Context, kinds []string, prefix string, fn func(ListedRef) error) error {
+	ctx, cancel := context.WithCancel(ctx)
 	pagers := make([]*refPager, len(kinds))
 	for i, k := range kinds {
 		pagers[i] = &refPager{r: r, client: lspb.NewRefListingClient(r.cc), kind: k, prefix: prefix}
 	}
+	defer func() {
+		// A page asked for and not wanted is not waited for.
+		cancel()
+		for _, p := range pagers {
+			p.wait()
+		}
+	}()
 	for {
 		var first *refPager
 		for _, p := range pagers {
@@ -78,16 +86,49 @@ type refPager struct {
 	page         []ListedRef
 	listed       int
 	done         bool
+	// ahead brings the page after token, asked for as soon as token came
+	// (the server finds it while the last page is handed out).
+	ahead chan pageAnswer
+}
+
+// pageAnswer is the server's answer to one ListRefs.
+type pageAnswer struct {
+	resp *lspb.ListRefsResponse
+	err  error
+}
+
+// ask asks for the page after token, in the background.
+func (p *refPager) ask(ctx context.Context) {
+	ahead := make(chan pageAnswer, 1)
+	p.ahead = ahead
+	req := &lspb.ListRefsRequest{InstanceName: p.r.instance, Kind: p.kind, Prefix: p.prefix, PageToken: p.token}
+	go func() {
+		var a pageAnswer
+		a.err = p.r.call(ctx, "ListRefs", true, func(ctx context.Context) (err error) {
+			a.resp, err = p.client.ListRefs(ctx, req)
+			return err
+		})
+		ahead <- a
+	}()
+}
+
+// wait waits for the page asked for, if any, and drops it.
+func (p *refPager) wait() {
+	if p.ahead != nil {
+		<-p.ahead
+		p.ahead = nil
+	}
 }
 
 // fill asks for the next page once the last is used up.
 func (p *refPager) fill(ctx context.Context) error {
 	for len(p.page) == 0 && !p.done {
-		var resp *lspb.ListRefsResponse
-		err := p.r.call(ctx, "ListRefs", true, func(ctx context.Context) (err error) {
-			resp, err = p.client.ListRefs(ctx, &lspb.ListRefsRequest{InstanceName: p.r.instance, Kind: p.kind, Prefix: p.prefix, PageToken: p.token})
-			return err
-		})
+		if p.ahead == nil {
+			p.ask(ctx)
+		}
+		a := <-p.ahead
+		p.ahead = nil
+		resp, err := a.resp, a.err
 		var re *Error
 		if errors.As(err, &re) && re.Code == codes.Unimplemented {
 			return fmt.Errorf("cache %s (%s): %w", p.r.name, p.r.url, ErrCannotList)
@@ -109,6 +150,9 @@ func (p *refPager) fill(ctx context.Context) error {
 			return p.r.wrap("ListRefs", fmt.Errorf("more than %d refs", maxListed))
 		}
 		p.token = next
+		if !p.done {
+			p.ask(ctx)
+		}
 	}
 	return nil
 }
