@@ -109,7 +109,7 @@ func (s *Store) ReadRef(kind Kind, ref string) ([]byte, RefInfo, error) {
 }
 
 // readRefAt reads the ref file at name (relative to the directory dirfd)
-// as ReadRef does, but for its Kind. Not os.ReadFile: a ref file is never
+// as ReadRef does, without its Kind. Not os.ReadFile: a ref file is never
 // polled, and the fewer system calls the better when a listing reads
 // thousands.
 func readRefAt(dirfd int, name, ref string) ([]byte, RefInfo, error) {

@@ -32,8 +32,10 @@ import (
 // Each directory is read once, so a ref that stays throughout a walk is
 // named exactly once; one written or removed meanwhile may or may not be.
 // A cursor may be kept and resumed later (serve does, between listing
-// pages), and dropped at any point: it holds no open file between calls.
-// It is not safe for concurrent use.
+// pages), and dropped at any point: its readers end once the reads queued
+// are done, and the directories it holds open (one a level, while their
+// subdirectories are read) are closed when it is collected. It is not
+// safe for concurrent use.
 type RefCursor struct {
 	walks []*kindWalk
 	cur   *kindWalk
@@ -44,9 +46,9 @@ type RefCursor struct {
 type RefsOption func(*kindWalk)
 
 // WithRefData has the walk read each ref as it lists it (Data): its
-// content and what RefInfo says of it, from one open of the file beside
-// the directory it was listed from, which costs less than a ReadRef of
-// each. The default is names only.
+// content and what RefInfo says of it, opened from the directory it was
+// listed from, which costs less than a ReadRef of each (no path looked up
+// again) and is done by the walk's readers. The default is names only.
 func WithRefData() RefsOption {
 	return func(w *kindWalk) { w.data = true }
 }
@@ -351,9 +353,9 @@ func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.Fil
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "open", Path: dirPath(), Err: err})
 	}
-	keep := false
+	handed := false // to the *os.File returned, which closes it
 	defer func() {
-		if !keep {
+		if !handed {
 			unix.Close(fd)
 		}
 	}()
@@ -373,7 +375,13 @@ func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.Fil
 		}
 		for b := (*buf)[:n]; len(b) > 0; {
 			// A linux_dirent64: inode, offset, record length, type, name.
-			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			reclen := 0
+			if len(b) >= 19 {
+				reclen = int(binary.NativeEndian.Uint16(b[16:18]))
+			}
+			if reclen < 19 || reclen > len(b) {
+				return nil, nil, fmt.Errorf("listing refs: %s: a directory entry cut short", dirPath())
+			}
 			typ, name := b[18], b[19:reclen]
 			b = b[reclen:]
 			if i := bytes.IndexByte(name, 0); i >= 0 {
@@ -406,7 +414,7 @@ func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.Fil
 	slices.SortFunc(entries, func(a, b refEntry) int { return strings.Compare(a.key, b.key) })
 	var dir *os.File
 	if slices.ContainsFunc(entries, func(e refEntry) bool { return strings.HasSuffix(e.key, "/") }) {
-		dir, keep = os.NewFile(uintptr(fd), dirPath()), true
+		dir, handed = os.NewFile(uintptr(fd), dirPath()), true
 	}
 	if !w.data {
 		return slices.Clip(entries), dir, nil
