@@ -3,16 +3,15 @@ package remotes_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
-	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/internal/testenv"
@@ -52,8 +51,8 @@ func TestWalkRefsAsksAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != n || got[0] != "demo/e0000/key" || got[n-1] != fmt.Sprintf("demo/e%04d/key", n-1) {
-		t.Errorf("%d refs listed, from %v", len(got), got[:min(len(got), 3)])
+	if len(got) != n || !slices.IsSorted(got) {
+		t.Errorf("%d refs listed, from %v; want %d in order", len(got), got[:min(len(got), 3)], n)
 	}
 }
 
@@ -76,9 +75,7 @@ func TestWalkRefsEndsEarly(t *testing.T) {
 	}
 }
 
-// storeWithRefs is a store of n BuildStream 1 refs (demo/eNNNN/key, each
-// naming the empty Directory), written straight into its ref directory: a
-// listing reads refs, not what they name.
+// storeWithRefs is a store of n BuildStream 1 refs.
 func storeWithRefs(t *testing.T, n int) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
@@ -86,18 +83,6 @@ func storeWithRefs(t *testing.T, n int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	content := buildstream.V1RefContent(digest.Empty)
-	for i := range n {
-		p, err := store.RefPath(cache.KindBst1Artifact, fmt.Sprintf("demo/e%04d/key", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, content, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testenv.WriteRefs(t, store, n/2)
 	return dir
 }

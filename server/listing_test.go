@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/testenv"
 	lspb "github.com/bst-cache/bst-cache/protos/bstcache/v1"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -65,33 +63,6 @@ func TestListRefsPages(t *testing.T) {
 	}
 }
 
-// writeRefs writes n artifacts' refs (strong and weak, as bst and
-// scripts/genrefs keep them: PROJECT/ELEMENT/KEY) straight into a store's
-// ref directory: a listing reads refs, not what they name.
-func writeRefs(t testing.TB, store *cache.Store, n int) []string {
-	t.Helper()
-	content := buildstream.V1RefContent(digest.Empty)
-	var refs []string
-	for i := range n {
-		for _, key := range []string{fmt.Sprintf("%064x", i*2+1), fmt.Sprintf("%064x", i*2)} {
-			ref := fmt.Sprintf("bench/e%05d/%s", i, key)
-			p, err := store.RefPath(cache.KindBst1Artifact, ref)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, content, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			refs = append(refs, ref)
-		}
-	}
-	sort.Strings(refs)
-	return refs
-}
-
 // listAll lists every bst1 ref through the listing service, pageSize at a
 // time, checking that names ascend across pages.
 func listAll(ctx context.Context, client lspb.RefListingClient, pageSize int32) ([]string, error) {
@@ -127,7 +98,7 @@ func TestListRefsPageCostsItsSize(t *testing.T) {
 	list := func(n int, runs int, budget time.Duration) time.Duration {
 		addr, store, _ := startServer(t, server.Options{})
 		start := time.Now()
-		want := writeRefs(t, store, n/2)
+		want := testenv.WriteRefs(t, store, n/2)
 		t.Logf("%d refs written in %v", n, time.Since(start))
 		client := lspb.NewRefListingClient(connect(t, addr).conn)
 		best := time.Duration(math.MaxInt64)
@@ -157,7 +128,7 @@ func TestListRefsPageCostsItsSize(t *testing.T) {
 // listing's kept walk or walks again from its token.
 func TestListRefsPagesAcrossChanges(t *testing.T) {
 	addr, store, _ := startServer(t, server.Options{})
-	stay := writeRefs(t, store, 1500)
+	stay := testenv.WriteRefs(t, store, 1500)
 	content := buildstream.V1RefContent(digest.Empty)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
