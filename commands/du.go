@@ -34,7 +34,7 @@ func duCommand() *cli.Command {
 				return err
 			}
 			eng := &transfer.Engine{Store: store, Kind: kind}
-			usage, total, err := eng.Usage(refs)
+			usage, total, err := eng.Usage(c.Context, refs)
 			if err != nil {
 				return err
 			}

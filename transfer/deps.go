@@ -135,28 +135,38 @@ func (e *Engine) metaFile(ctx context.Context, root digest.Digest, name string) 
 }
 
 // allRefs are every ref a local artifact is stored under: the one given
-// and its others (strong and weak), from keys.yaml (BuildStream 1) or the
-// Artifact (BuildStream 2). Sources have one.
+// and its others (strong and weak), from its keys. Sources have one.
 func (e *Engine) allRefs(ctx context.Context, ref string, en entry) []string {
-	var keys buildstream.Keys
+	return refsOf(ref, e.artifactKeys(ctx, en))
+}
+
+// artifactKeys are a local artifact's keys, from keys.yaml (BuildStream
+// 1) or the Artifact (BuildStream 2); none for a source, or when they
+// cannot be read.
+func (e *Engine) artifactKeys(ctx context.Context, en entry) buildstream.Keys {
 	switch en.kind {
 	case cache.KindBst1Artifact:
 		data, err := e.metaFile(ctx, en.digest, buildstream.KeysFile)
 		if err != nil {
-			return []string{ref}
+			return buildstream.Keys{}
 		}
-		if keys, err = buildstream.ParseKeys(data); err != nil {
-			return []string{ref}
+		keys, err := buildstream.ParseKeys(data)
+		if err != nil {
+			return buildstream.Keys{}
 		}
+		return keys
 	case cache.KindBst2Artifact:
 		art, err := buildstream.ParseArtifact(en.content)
 		if err != nil {
-			return []string{ref}
+			return buildstream.Keys{}
 		}
-		keys = buildstream.ArtifactKeys(art)
-	default:
-		return []string{ref}
+		return buildstream.ArtifactKeys(art)
 	}
+	return buildstream.Keys{}
+}
+
+// refsOf is ref, then ref under each other of keys.
+func refsOf(ref string, keys buildstream.Keys) []string {
 	out := []string{ref}
 	for _, k := range keys.All() {
 		if other := buildstream.WithKey(ref, k); other != ref && k != "" {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,7 +11,9 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 )
 
@@ -82,16 +83,10 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 
 	// Every digest gc meets is numbered once (a big store has a million):
 	// what it knows of each sits in slices by that number.
-	t := &digestTable{}
-	var total int64
-	if err := e.Store.WalkObjects(func(oi cache.ObjectInfo) error {
-		t.objects = append(t.objects, tableObject{cache.KeyOf(oi.Digest), oi.Modified.UnixNano()})
-		total += oi.Digest.Size
-		return nil
-	}); err != nil {
+	t, total, err := e.objectTable()
+	if err != nil {
 		return rep, err
 	}
-	t.seal()
 	arts, err := e.artifacts(ctx, t)
 	if err != nil {
 		return rep, err
@@ -132,8 +127,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	}
 	empty := cache.KeyOf(digest.NewFromBlob(nil))
 	for i, obj := range t.objects {
-		k := obj.key
-		if t.needs[i] > 0 || k == empty {
+		if t.needs[i] > 0 || obj.key == empty {
 			continue
 		}
 		size := t.size(i)
@@ -143,7 +137,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 			continue
 		}
 		if !o.DryRun {
-			if err := e.Store.RemoveObject(digest.Digest{Hash: hex.EncodeToString(k.Hash[:]), Size: size}); err != nil {
+			if err := e.Store.RemoveObject(t.digest(i)); err != nil {
 				return rep, err
 			}
 		}
@@ -181,13 +175,22 @@ func compareKeys(a, b cache.DigestKey) int {
 	return cmp.Compare(a.Size, b.Size)
 }
 
-// seal sorts the objects once they are all there, before any number is
-// asked for.
-func (t *digestTable) seal() {
+// objectTable numbers the objects of the local store, and sums their
+// sizes.
+func (e *Engine) objectTable() (t *digestTable, total int64, err error) {
+	t = &digestTable{}
+	if err := e.Store.WalkObjects(func(oi cache.ObjectInfo) error {
+		t.objects = append(t.objects, tableObject{cache.KeyOf(oi.Digest), oi.Modified.UnixNano()})
+		total += oi.Digest.Size
+		return nil
+	}); err != nil {
+		return nil, 0, err
+	}
 	slices.SortFunc(t.objects, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
 	t.objects = slices.Clip(t.objects)
 	t.needs = make([]int32, len(t.objects))
 	t.lacking = map[cache.DigestKey]int32{}
+	return t, total, nil
 }
 
 // number is d's number.
@@ -206,14 +209,17 @@ func (t *digestTable) number(d digest.Digest) int32 {
 	return i
 }
 
+// key is digest i's key.
+func (t *digestTable) key(i int) cache.DigestKey {
+	if i < len(t.objects) {
+		return t.objects[i].key
+	}
+	return t.lackKey[i-len(t.objects)]
+}
+
 // size is digest i's size.
 func (t *digestTable) size(i int) int64 {
-	var k cache.DigestKey
-	if i < len(t.objects) {
-		k = t.objects[i].key
-	} else {
-		k = t.lackKey[i-len(t.objects)]
-	}
+	k := t.key(i)
 	if k.Size >= 0 {
 		return k.Size
 	}
@@ -240,8 +246,9 @@ func (e *Engine) artifacts(ctx context.Context, t *digestTable) ([]localArtifact
 		return nil, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), cache.KindAsset)
 	}
 	var out []localArtifact
+	lt := newLocalTrees(e.Store, t)
 	for _, k := range kinds {
-		arts, err := e.kindArtifacts(ctx, k, t)
+		arts, err := e.kindArtifacts(ctx, k, lt)
 		if err != nil {
 			return nil, err
 		}
@@ -251,7 +258,9 @@ func (e *Engine) artifacts(ctx context.Context, t *digestTable) ([]localArtifact
 }
 
 // kindArtifacts lists the local artifacts of one kind, counting needs.
-func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, t *digestTable) ([]localArtifact, error) {
+// The refs are read refBatch at a time, and the Directories under each
+// batch's artifacts together (each once across all of them).
+func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees) ([]localArtifact, error) {
 	infos, err := e.Store.ListRefs(k, "")
 	if err != nil {
 		return nil, err
@@ -262,36 +271,103 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, t *digestTable
 	}
 	done := make([]bool, len(infos))
 	var out []localArtifact
-	for n, info := range infos {
-		if done[n] {
-			continue
-		}
-		en, err := localEntry(e.Store, k, info.Name)
-		if err != nil {
-			return nil, fmt.Errorf("ref %s: %w", info.Name, err)
-		}
-		a := localArtifact{kind: k}
-		for _, r := range e.allRefs(ctx, info.Name, en) {
-			if i, ok := byName[r]; ok && !done[i] {
-				done[i] = true
-				a.refs = append(a.refs, r)
-				a.used = latest(a.used, infos[i].Accessed, infos[i].Modified)
+	for start := 0; start < len(infos); start += refBatch {
+		// The refs not done when the batch begins; those an earlier one
+		// turns out to name are passed over below, as they would be one
+		// by one.
+		var names []string
+		var at []int
+		for n := start; n < min(start+refBatch, len(infos)); n++ {
+			if !done[n] {
+				names = append(names, infos[n].Name)
+				at = append(at, n)
 			}
 		}
-		roots := en.roots
-		roots.Add(en.optional)
-		all, _, err := e.Store.ClosureOf(roots)
-		if err != nil {
-			return nil, fmt.Errorf("ref %s: %w (bst-cache verify --repair mends it)", info.Name, err)
+		ens, errs := e.localEntries(ctx, k, names)
+		keys := e.batchKeys(ctx, ens, errs)
+		// In ref order, the artifacts found, up to the first ref that
+		// cannot be read.
+		type step struct {
+			a     localArtifact
+			name  string
+			roots numRoots
+			// err is the ref's (a is then unset) or its roots'.
+			err error
 		}
-		a.closure = make([]int32, len(all))
-		for j, d := range all {
-			a.closure[j] = t.number(d)
-			t.needs[a.closure[j]]++
+		var steps []step
+		for j, n := range at {
+			if done[n] {
+				continue
+			}
+			s := step{a: localArtifact{kind: k}, name: names[j], err: errs[j]}
+			if s.err == nil {
+				for _, r := range refsOf(names[j], keys[ens[j].digest]) {
+					if i, ok := byName[r]; ok && !done[i] {
+						done[i] = true
+						s.a.refs = append(s.a.refs, r)
+						s.a.used = latest(s.a.used, infos[i].Accessed, infos[i].Modified)
+					}
+				}
+				if s.roots, s.err = lt.rootsOf(ens[j]); s.err != nil {
+					s.err = fmt.Errorf("%w (bst-cache verify --repair mends it)", s.err)
+				}
+			}
+			steps = append(steps, s)
+			if s.err != nil {
+				break
+			}
 		}
-		out = append(out, a)
+		roots := make([]numRoots, len(steps))
+		for i, s := range steps {
+			roots[i] = s.roots
+		}
+		if err := lt.load(ctx, roots); err != nil {
+			return nil, err
+		}
+		for _, s := range steps {
+			if s.err == nil {
+				if err := lt.closure(s.roots, func(n int32, _ bool) {
+					s.a.closure = append(s.a.closure, n)
+					lt.t.needs[n]++
+				}); err != nil {
+					s.err = fmt.Errorf("%w (bst-cache verify --repair mends it)", err)
+				}
+			}
+			if s.err != nil {
+				return nil, fmt.Errorf("ref %s: %w", s.name, s.err)
+			}
+			out = append(out, s.a)
+		}
 	}
 	return out, nil
+}
+
+// batchKeys reads the keys of a batch's artifacts (those whose entry was
+// read), each once, treeReaders at a time.
+func (e *Engine) batchKeys(ctx context.Context, ens []entry, errs []error) map[digest.Digest]buildstream.Keys {
+	var ds []digest.Digest
+	at := map[digest.Digest]int{}
+	for i, en := range ens {
+		if _, ok := at[en.digest]; !ok && errs[i] == nil {
+			at[en.digest] = i
+			ds = append(ds, en.digest)
+		}
+	}
+	keys := make([]buildstream.Keys, len(ds))
+	var g errgroup.Group
+	g.SetLimit(treeReaders)
+	for i, d := range ds {
+		g.Go(func() error {
+			keys[i] = e.artifactKeys(ctx, ens[at[d]])
+			return nil
+		})
+	}
+	g.Wait()
+	out := make(map[digest.Digest]buildstream.Keys, len(ds))
+	for i, d := range ds {
+		out[d] = keys[i]
+	}
+	return out
 }
 
 func latest(ts ...time.Time) time.Time {

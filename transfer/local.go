@@ -82,64 +82,63 @@ type StoreUsage struct {
 }
 
 // Usage measures refs' closures in the local store (optional trees it
-// holds included) and the store as a whole.
-func (e *Engine) Usage(refs []string) ([]RefUsage, StoreUsage, error) {
+// holds included) and the store as a whole. The refs are read refBatch at
+// a time, and each batch's Directories together (each once across all
+// refs); a file counts as present if it was in the store when Usage
+// began.
+func (e *Engine) Usage(ctx context.Context, refs []string) ([]RefUsage, StoreUsage, error) {
 	var st StoreUsage
-	if err := e.Store.WalkObjects(func(o cache.ObjectInfo) error {
-		st.Bytes += o.Digest.Size
-		st.Objects++
-		return nil
-	}); err != nil {
+	t, total, err := e.objectTable()
+	if err != nil {
 		return nil, st, err
 	}
-	seen := map[cache.DigestKey]struct{}{}
+	st.Bytes, st.Objects = total, len(t.objects)
+	lt := newLocalTrees(e.Store, t)
 	out := make([]RefUsage, 0, len(refs))
-	// The refs of one artifact (strong and weak key) name one tree and
-	// come one after the other: its closure is walked once.
-	var last struct {
-		roots        string
-		all, missing []digest.Digest
-	}
-	for _, ref := range refs {
-		u := RefUsage{Ref: ref}
-		en, err := localEntry(e.Store, e.Kind, ref)
-		if err == nil {
-			roots := en.roots
-			roots.Add(en.optional)
-			if key := fmt.Sprint(roots); key != last.roots {
-				last.roots = ""
-				if last.all, last.missing, err = e.Store.ClosureOf(roots); err == nil {
-					last.roots = key
-				}
+	var reached []int32
+	for len(refs) > 0 {
+		batch := refs[:min(refBatch, len(refs))]
+		refs = refs[len(batch):]
+		ens, errs := e.localEntries(ctx, e.Kind, batch)
+		roots := make([]numRoots, len(batch))
+		for i, en := range ens {
+			if errs[i] == nil {
+				roots[i], errs[i] = lt.rootsOf(en)
 			}
+		}
+		if err := lt.load(ctx, roots); err != nil {
+			return nil, st, err
+		}
+		for i, ref := range batch {
+			u := RefUsage{Ref: ref}
+			reached = reached[:0]
+			err := errs[i]
 			if err == nil {
-				all, missing := last.all, last.missing
-				absent := setOf(missing)
-				for _, d := range all {
-					if absent[d] {
-						continue
+				err = lt.closure(roots[i], func(n int32, lacks bool) {
+					if lacks {
+						u.Missing++
+					} else {
+						reached = append(reached, n)
 					}
-					u.Bytes += d.Size
-					u.Blobs++
-					if k := cache.KeyOf(d); !has(seen, k) {
-						seen[k] = struct{}{}
-						st.UniqueBytes += d.Size
-					}
-				}
-				u.Missing = len(missing)
+				})
 			}
+			if err != nil {
+				out = append(out, RefUsage{Ref: ref, Error: err.Error()})
+				continue
+			}
+			for _, n := range reached {
+				size := t.size(int(n))
+				u.Bytes += size
+				u.Blobs++
+				// needs counts the refs that reached each digest.
+				if t.needs[n]++; t.needs[n] == 1 {
+					st.UniqueBytes += size
+				}
+			}
+			out = append(out, u)
 		}
-		if err != nil {
-			u.Error = err.Error()
-		}
-		out = append(out, u)
 	}
 	return out, st, nil
-}
-
-func has[K comparable](m map[K]struct{}, k K) bool {
-	_, ok := m[k]
-	return ok
 }
 
 // Problem is one object verify found wrong, and the refs it breaks.
