@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -740,35 +739,97 @@ type ObjectInfo struct {
 	Modified time.Time
 }
 
+// objectWalkers is how many fan-out directories WalkObjects reads at a
+// time, ahead of its caller.
+const objectWalkers = 4
+
 // WalkObjects calls fn for every object in the store, in no particular
-// order. Files whose names are not object names are skipped.
+// order, from one goroutine at a time. Files whose names are not object
+// names are skipped.
 func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 	objects := s.objects()
-	return filepath.WalkDir(objects, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil // removed while we walked
+	fans, err := os.ReadDir(objects)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	type fanOut struct {
+		objects []ObjectInfo
+		err     error
+	}
+	found := make([]chan fanOut, len(fans))
+	for i := range found {
+		found[i] = make(chan fanOut, 1)
+	}
+	running := make(chan struct{}, objectWalkers)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i, f := range fans {
+			select {
+			case running <- struct{}{}:
+			case <-stop:
+				return
 			}
-			return err
+			go func() {
+				var r fanOut
+				if f.IsDir() {
+					r.objects, r.err = readFanOut(objects, f.Name())
+				}
+				found[i] <- r
+			}()
 		}
-		if !d.Type().IsRegular() {
-			return nil
+	}()
+	for i := range fans {
+		r := <-found[i]
+		<-running
+		if r.err != nil {
+			return r.err
 		}
-		rel, err := filepath.Rel(objects, p)
-		if err != nil {
-			return err
+		for _, o := range r.objects {
+			if err := fn(o); err != nil {
+				return err
+			}
 		}
-		hash := strings.Replace(filepath.ToSlash(rel), "/", "", 1)
-		info, err := d.Info()
-		if err != nil {
-			return nil
+	}
+	return nil
+}
+
+// readFanOut lists the objects in one fan-out directory (named by their
+// hashes' first two digits): each looked up from the directory, not
+// from the root (a big store has a million).
+func readFanOut(objects, fan string) ([]ObjectInfo, error) {
+	dir, err := os.Open(filepath.Join(objects, fan))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // removed while we walked
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	entries, err := dir.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	fd := int(dir.Fd())
+	out := make([]ObjectInfo, 0, len(entries))
+	for _, e := range entries {
+		hash := fan + e.Name()
+		if !e.Type().IsRegular() || !validHash(hash) {
+			continue
 		}
-		dg := digest.Digest{Hash: hash, Size: info.Size()}
-		if !validHash(hash) {
-			return nil
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue // removed while we walked
 		}
-		return fn(ObjectInfo{Digest: dg, Modified: info.ModTime()})
-	})
+		out = append(out, ObjectInfo{
+			Digest:   digest.Digest{Hash: hash, Size: st.Size},
+			Modified: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
+		})
+	}
+	return out, nil
 }
 
 // RemoveObject deletes a blob; a missing blob is not an error. Callers make

@@ -1,8 +1,8 @@
 package commands
 
 import (
+	"bufio"
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
@@ -49,7 +49,15 @@ func duCommand() *cli.Command {
 				}{usage, total}, map[string]int{"refs": len(usage), "objects": total.Objects, "blobs_missing": missing})
 				return nil
 			}
-			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+			// A line a write would be a system call a ref. The columns
+			// are right-aligned to their widest cell (as a tabwriter
+			// would, without keeping a line a ref).
+			out := bufio.NewWriter(e.stdout)
+			width := [2]int{}
+			for _, u := range usage {
+				width[0] = max(width[0], len(humanBytes(u.Bytes)))
+				width[1] = max(width[1], len(words.Plural(u.Blobs, "blob")))
+			}
 			for _, u := range usage {
 				note := ""
 				switch {
@@ -58,14 +66,11 @@ func duCommand() *cli.Command {
 				case u.Missing > 0:
 					note = fmt.Sprintf("  (%s missing)", words.Plural(u.Missing, "blob"))
 				}
-				// The ref is not a cell (it would be right-aligned): it
-				// needs its own separator.
-				fmt.Fprintf(tw, "%s\t%s\t  %s%s\n", humanBytes(u.Bytes), words.Plural(u.Blobs, "blob"), u.Ref, note)
+				fmt.Fprintf(out, "  %*s  %*s  %s%s\n", width[0], humanBytes(u.Bytes), width[1], words.Plural(u.Blobs, "blob"), u.Ref, note)
 			}
-			tw.Flush()
-			fmt.Fprintf(e.stdout, "store: %s in %s; the refs listed reach %s (shared blobs once)\n",
+			fmt.Fprintf(out, "store: %s in %s; the refs listed reach %s (shared blobs once)\n",
 				humanBytes(total.Bytes), words.Plural(total.Objects, "object"), humanBytes(total.UniqueBytes))
-			return nil
+			return out.Flush()
 		},
 	}
 }

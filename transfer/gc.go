@@ -187,7 +187,8 @@ func (e *Engine) objectTable() (t *digestTable, total int64, err error) {
 		return nil, 0, err
 	}
 	slices.SortFunc(t.objects, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
-	t.objects = slices.Clip(t.objects)
+	// Without the room append left (a quarter more, for the whole run).
+	t.objects = slices.Clone(t.objects)
 	t.needs = make([]int32, len(t.objects))
 	t.lacking = map[cache.DigestKey]int32{}
 	return t, total, nil
