@@ -273,6 +273,9 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 	done := make([]bool, len(infos))
 	var out []localArtifact
 	for start := 0; start < len(infos); start += refBatch {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		// The refs not done when the batch begins; those an earlier one
 		// turns out to name are passed over below, as they would be one
 		// by one.

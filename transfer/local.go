@@ -97,6 +97,9 @@ func (e *Engine) Usage(ctx context.Context, refs []string) ([]RefUsage, StoreUsa
 	out := make([]RefUsage, 0, len(refs))
 	var reached []int32
 	for len(refs) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, st, err
+		}
 		batch := refs[:min(refBatch, len(refs))]
 		refs = refs[len(batch):]
 		ens, errs := e.localEntries(ctx, e.Kind, batch)

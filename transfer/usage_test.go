@@ -1,0 +1,176 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bst-cache/bst-cache/buildstream"
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// Usage says of each ref what its closure in the store (Store.ClosureOf,
+// one ref at a time) says, though it reads each Directory once across
+// refs, several at a time, over batches of refs: trees shared by refs, a
+// Directory and a file the store lacks, a corrupt Directory, the empty
+// blob as a file and as a Directory, refs that cannot be read.
+func TestUsageIsEachClosure(t *testing.T) {
+	s, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(data []byte) digest.Digest {
+		t.Helper()
+		d, err := s.Add(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	dir := func(d *repb.Directory) digest.Digest {
+		data, _ := proto.Marshal(d)
+		return put(data)
+	}
+	node := func(name string, d digest.Digest) *repb.DirectoryNode {
+		return &repb.DirectoryNode{Name: name, Digest: d.ToProto()}
+	}
+	file := func(name string, d digest.Digest) *repb.FileNode {
+		return &repb.FileNode{Name: name, Digest: d.ToProto()}
+	}
+	empty := put(nil) // also the empty Directory
+	shared := dir(&repb.Directory{Files: []*repb.FileNode{file("a", put([]byte("shared a"))), file("e", empty)}})
+	lostFile := digest.NewFromBlob([]byte("never stored"))
+	lostDir, _ := proto.Marshal(&repb.Directory{Files: []*repb.FileNode{file("x", put([]byte("under a lost dir")))}})
+	corrupt := dir(&repb.Directory{Files: []*repb.FileNode{file("c", put([]byte("under a corrupt dir")))}})
+	path := s.ObjectPath(corrupt)
+	os.Chmod(path, 0o644)
+	if err := os.WriteFile(path, []byte(strings.Repeat("!", int(corrupt.Size))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// More refs than a batch: every artifact under a strong and a weak ref.
+	var refs []string
+	for i := range refBatch/2 + 20 {
+		files := []*repb.FileNode{file("own", put(fmt.Appendf(nil, "artifact %d", i))), file("e", empty)}
+		dirs := []*repb.DirectoryNode{node("logs", empty), node("shared", shared)}
+		switch i % 5 {
+		case 1:
+			files = append(files, file("lost", lostFile))
+		case 2:
+			dirs = append(dirs, node("lost", digest.NewFromBlob(lostDir)))
+		case 3:
+			dirs = append(dirs, node("corrupt", corrupt))
+		case 4:
+			dirs = append(dirs, node("again", shared))
+		}
+		root := dir(&repb.Directory{Files: files, Directories: dirs})
+		for _, key := range []string{"strong", "weak"} {
+			ref := fmt.Sprintf("p/e%04d/%s", i, key)
+			if err := s.SetRef(cache.KindBst1Artifact, ref, buildstream.V1RefContent(root)); err != nil {
+				t.Fatal(err)
+			}
+			refs = append(refs, ref)
+		}
+	}
+	if err := s.SetRef(cache.KindBst1Artifact, "p/bad/ref", []byte("not a digest")); err != nil {
+		t.Fatal(err)
+	}
+	refs = append(refs, "p/bad/ref", "p/no/such-ref", refs[3])
+
+	// What one ClosureOf a ref says.
+	want := make([]RefUsage, len(refs))
+	var st StoreUsage
+	reached := map[digest.Digest]bool{}
+	for i, ref := range refs {
+		want[i].Ref = ref
+		en, err := localEntry(s, cache.KindBst1Artifact, ref)
+		if err != nil {
+			want[i].Error = err.Error()
+			continue
+		}
+		roots := en.roots
+		roots.Add(en.optional)
+		all, missing, err := s.ClosureOf(roots)
+		if err != nil {
+			want[i].Error = err.Error()
+			continue
+		}
+		want[i].Missing = len(missing)
+		for _, d := range all {
+			if !setOf(missing)[d] {
+				want[i].Bytes += d.Size
+				want[i].Blobs++
+				if !reached[d] {
+					reached[d] = true
+					st.UniqueBytes += d.Size
+				}
+			}
+		}
+	}
+	s.WalkObjects(func(o cache.ObjectInfo) error {
+		st.Bytes += o.Digest.Size
+		st.Objects++
+		return nil
+	})
+
+	e := &Engine{Store: s, Kind: cache.KindBst1Artifact}
+	got, gotSt, err := e.Usage(context.Background(), refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Usage (-ClosureOf +got):\n%s", diff)
+	}
+	if gotSt != st {
+		t.Errorf("store: got %+v, want %+v", gotSt, st)
+	}
+	kinds := map[string]int{}
+	for _, u := range got {
+		switch {
+		case u.Error != "":
+			kinds["error"]++
+		case u.Missing > 0:
+			kinds["missing"]++
+		}
+	}
+	if kinds["error"] < 2+2*(refBatch/10) || kinds["missing"] < 4*(refBatch/10) {
+		t.Errorf("the store was meant to hold broken refs: %v", kinds)
+	}
+}
+
+// du of 3,000 artifacts (6,000 refs, 21,000 objects) made by
+// scripts/genrefs, as bst 1 stores them.
+func BenchmarkUsage(b *testing.B) {
+	dir := b.TempDir()
+	gen := exec.Command("go", "run", "../scripts/genrefs", "-n", "3000", dir)
+	if out, err := gen.CombinedOutput(); err != nil {
+		b.Fatalf("genrefs: %v\n%.2000s", err, out)
+	}
+	s, err := cache.OpenReadOnly(dir, cache.KindBst1Artifact)
+	if err != nil {
+		b.Fatal(err)
+	}
+	infos, err := s.ListRefs(cache.KindBst1Artifact, "")
+	if err != nil || len(infos) != 6000 {
+		b.Fatal(err, len(infos))
+	}
+	var refs []string
+	for _, i := range infos {
+		refs = append(refs, i.Name)
+	}
+	e := &Engine{Store: s, Kind: cache.KindBst1Artifact}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, st, err := e.Usage(context.Background(), refs); err != nil || st.Objects != 21001 {
+			b.Fatal(err, st)
+		}
+	}
+}
