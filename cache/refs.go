@@ -221,15 +221,27 @@ type RefInfo struct {
 // [...] a class. Only the directory of the pattern's literal leading
 // components is walked.
 func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
-	c, err := s.MatchRefs(kind, pattern)
-	if err != nil {
+	var refs []RefInfo
+	if err := s.WalkRefs(kind, pattern, func(r RefInfo) error {
+		refs = append(refs, r)
+		return nil
+	}); err != nil {
 		return nil, err
 	}
-	var refs []RefInfo
+	return refs, nil
+}
+
+// WalkRefs calls fn with each ref ListRefs lists, in its order, without
+// holding them all.
+func (s *Store) WalkRefs(kind Kind, pattern string, fn func(RefInfo) error) error {
+	c, err := s.MatchRefs(kind, pattern)
+	if err != nil {
+		return err
+	}
 	for c.Next() {
 		p, err := s.RefPath(c.Kind(), c.Name())
 		if err != nil {
-			return nil, err
+			return err
 		}
 		info, err := os.Lstat(p)
 		if err != nil {
@@ -237,12 +249,11 @@ func (s *Store) ListRefs(kind Kind, pattern string) ([]RefInfo, error) {
 		}
 		r := refInfo(c.Name(), info)
 		r.Kind = c.Kind()
-		refs = append(refs, r)
+		if err := fn(r); err != nil {
+			return err
+		}
 	}
-	if err := c.Err(); err != nil {
-		return nil, err
-	}
-	return refs, nil
+	return c.Err()
 }
 
 // MatchRefs starts a walk of the refs of a kind whose names match a

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -262,13 +263,31 @@ func (e *Engine) artifacts(ctx context.Context, t *digestTable) ([]localArtifact
 // The refs are read refBatch at a time, and the Directories under each
 // batch's artifacts together (each once across all of them).
 func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees) ([]localArtifact, error) {
-	infos, err := e.Store.ListRefs(k, "")
-	if err != nil {
+	// Each ref's name and when it was last used, in ListRefs' order, and
+	// their numbers in name order to find one (not a map: a big store has
+	// a million).
+	type localRef struct {
+		name string
+		used time.Time
+	}
+	var infos []localRef
+	if err := e.Store.WalkRefs(k, "", func(r cache.RefInfo) error {
+		infos = append(infos, localRef{r.Name, latest(r.Accessed, r.Modified)})
+		return nil
+	}); err != nil {
 		return nil, err
 	}
-	byName := make(map[string]int, len(infos))
-	for i, info := range infos {
-		byName[info.Name] = i
+	byName := make([]int32, len(infos))
+	for i := range byName {
+		byName[i] = int32(i)
+	}
+	slices.SortFunc(byName, func(a, b int32) int { return strings.Compare(infos[a].name, infos[b].name) })
+	find := func(name string) (int, bool) {
+		at, ok := slices.BinarySearchFunc(byName, name, func(i int32, name string) int { return strings.Compare(infos[i].name, name) })
+		if !ok {
+			return 0, false
+		}
+		return int(byName[at]), true
 	}
 	done := make([]bool, len(infos))
 	var out []localArtifact
@@ -283,7 +302,7 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 		var at []int
 		for n := start; n < min(start+refBatch, len(infos)); n++ {
 			if !done[n] {
-				names = append(names, infos[n].Name)
+				names = append(names, infos[n].name)
 				at = append(at, n)
 			}
 		}
@@ -306,10 +325,10 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 			s := step{a: localArtifact{kind: k}, name: names[j], err: errs[j]}
 			if s.err == nil {
 				for _, r := range refsOf(names[j], keys[ens[j].digest]) {
-					if i, ok := byName[r]; ok && !done[i] {
+					if i, ok := find(r); ok && !done[i] {
 						done[i] = true
 						s.a.refs = append(s.a.refs, r)
-						s.a.used = latest(s.a.used, infos[i].Accessed, infos[i].Modified)
+						s.a.used = latest(s.a.used, infos[i].used)
 					}
 				}
 				if s.roots, s.err = lt.rootsOf(ens[j]); s.err != nil {
