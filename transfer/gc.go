@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/buildstream"
@@ -307,7 +308,18 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 			}
 		}
 		ens, errs := e.localEntries(ctx, k, names)
-		keys := e.batchKeys(ctx, ens, errs)
+		roots := make([]numRoots, len(names))
+		rootErrs := make([]error, len(names))
+		for j, en := range ens {
+			if errs[j] == nil {
+				roots[j], rootErrs[j] = lt.rootsOf(en)
+			}
+		}
+		found := newKeysFinder(lt, k, ens, errs)
+		if err := lt.load(ctx, roots, found.saw); err != nil {
+			return nil, err
+		}
+		keys := e.batchKeys(ctx, ens, errs, found)
 		// In ref order, the artifacts found, up to the first ref that
 		// cannot be read.
 		type step struct {
@@ -331,7 +343,7 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 						s.a.used = latest(s.a.used, infos[i].used)
 					}
 				}
-				if s.roots, s.err = lt.rootsOf(ens[j]); s.err != nil {
+				if s.roots, s.err = roots[j], rootErrs[j]; s.err != nil {
 					s.err = fmt.Errorf("%w (bst-cache verify --repair mends it)", s.err)
 				}
 			}
@@ -339,13 +351,6 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 			if s.err != nil {
 				break
 			}
-		}
-		roots := make([]numRoots, len(steps))
-		for i, s := range steps {
-			roots[i] = s.roots
-		}
-		if err := lt.load(ctx, roots); err != nil {
-			return nil, err
 		}
 		for _, s := range steps {
 			if s.err == nil {
@@ -365,9 +370,49 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 	return out, nil
 }
 
+// keysFinder notes, as a batch's trees are read, where the keys.yaml of
+// each BuildStream 1 artifact is (its root's meta/keys.yaml, as metaFile
+// finds it): reading the keys then takes one read, not three.
+type keysFinder struct {
+	lt    *localTrees
+	roots map[int32]bool
+	// meta are the roots of each meta/ Directory met.
+	meta map[int32][]int32
+	// keys is each root's keys.yaml.
+	keys map[int32]digest.Digest
+}
+
+func newKeysFinder(lt *localTrees, k cache.Kind, ens []entry, errs []error) *keysFinder {
+	f := &keysFinder{lt: lt, roots: map[int32]bool{}, meta: map[int32][]int32{}, keys: map[int32]digest.Digest{}}
+	for i, en := range ens {
+		if k == cache.KindBst1Artifact && errs[i] == nil && cache.CheckDigest(en.digest) == nil {
+			f.roots[lt.t.number(en.digest)] = true
+		}
+	}
+	return f
+}
+
+// saw is told of each Directory read, a Directory before those under it.
+func (f *keysFinder) saw(n int32, dir *repb.Directory) {
+	if f.roots[n] {
+		if d, ok := childDigest(dir, buildstream.MetaDir); ok {
+			m := f.lt.t.number(d)
+			f.meta[m] = append(f.meta[m], n)
+		}
+	}
+	if roots := f.meta[n]; len(roots) > 0 {
+		if d, ok := childDigest(dir, buildstream.KeysFile); ok {
+			for _, r := range roots {
+				f.keys[r] = d
+			}
+		}
+	}
+}
+
 // batchKeys reads the keys of a batch's artifacts (those whose entry was
-// read), each once, treeReaders at a time.
-func (e *Engine) batchKeys(ctx context.Context, ens []entry, errs []error) map[digest.Digest]buildstream.Keys {
+// read), each once, treeReaders at a time: from the keys.yaml found when
+// that was read in the local store, as artifactKeys otherwise.
+func (e *Engine) batchKeys(ctx context.Context, ens []entry, errs []error, found *keysFinder) map[digest.Digest]buildstream.Keys {
 	var ds []digest.Digest
 	at := map[digest.Digest]int{}
 	for i, en := range ens {
@@ -380,7 +425,14 @@ func (e *Engine) batchKeys(ctx context.Context, ens []entry, errs []error) map[d
 	var g errgroup.Group
 	g.SetLimit(treeReaders)
 	for i, d := range ds {
+		file, ok := found.keys[found.lt.t.number(d)]
 		g.Go(func() error {
+			if ok {
+				if data, err := e.Store.ReadBlob(file); err == nil {
+					keys[i], _ = buildstream.ParseKeys(data)
+					return nil
+				}
+			}
 			keys[i] = e.artifactKeys(ctx, ens[at[d]])
 			return nil
 		})

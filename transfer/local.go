@@ -109,7 +109,7 @@ func (e *Engine) Usage(ctx context.Context, refs []string) ([]RefUsage, StoreUsa
 				roots[i], errs[i] = lt.rootsOf(en)
 			}
 		}
-		if err := lt.load(ctx, roots); err != nil {
+		if err := lt.load(ctx, roots, nil); err != nil {
 			return nil, st, err
 		}
 		for i, ref := range batch {

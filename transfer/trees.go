@@ -104,8 +104,8 @@ func (lt *localTrees) grow() {
 }
 
 // load reads the Directories under roots that are not read yet, level by
-// level.
-func (lt *localTrees) load(ctx context.Context, roots []numRoots) error {
+// level, and tells saw (when not nil) of each one read.
+func (lt *localTrees) load(ctx context.Context, roots []numRoots, saw func(int32, *repb.Directory)) error {
 	lt.grow()
 	queued := map[int32]bool{}
 	var level []int32
@@ -147,10 +147,11 @@ func (lt *localTrees) load(ctx context.Context, roots []numRoots) error {
 		this := level
 		level = nil
 		for i, n := range this {
-			if err := lt.keep(n, read[i], errs[i]); err != nil {
-				return err
-			}
+			lt.keep(n, read[i], errs[i])
 			lt.grow()
+			if saw != nil && read[i] != nil {
+				saw(n, read[i])
+			}
 			off := lt.at[n] - 1
 			if off < 0 {
 				continue
@@ -165,15 +166,15 @@ func (lt *localTrees) load(ctx context.Context, roots []numRoots) error {
 }
 
 // keep records what reading Directory n found.
-func (lt *localTrees) keep(n int32, dir *repb.Directory, err error) error {
+func (lt *localTrees) keep(n int32, dir *repb.Directory, err error) {
 	switch {
 	case errors.Is(err, cache.ErrNotFound):
 		lt.at[n] = dirMissing
-		return nil
+		return
 	case err != nil:
 		lt.at[n] = dirFailed
 		lt.failed[n] = err
-		return nil
+		return
 	}
 	off := int32(len(lt.entries))
 	lt.entries = append(lt.entries, int32(len(dir.GetFiles())), int32(len(dir.GetDirectories())))
@@ -184,7 +185,6 @@ func (lt *localTrees) keep(n int32, dir *repb.Directory, err error) error {
 		lt.entries = append(lt.entries, lt.t.number(digest.NewFromProtoUnvalidated(sub.GetDigest())))
 	}
 	lt.at[n] = off + 1
-	return nil
 }
 
 // closure walks the closure of roots (numbers; their Directories loaded)
