@@ -128,7 +128,8 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		}
 	}
 	empty := cache.KeyOf(digest.NewFromBlob(nil))
-	for i, obj := range t.objects {
+	for i := range t.count() {
+		obj := t.object(i)
 		if t.needs[i] > 0 || obj.key == empty {
 			continue
 		}
@@ -157,7 +158,11 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 // (sorted, so that a million of them take no map), then those refs need
 // that the store lacks.
 type digestTable struct {
-	objects []tableObject
+	// runs are the objects by their hash's first byte, each run sorted
+	// (not one slice: appending to it would need it twice over); start
+	// is each run's first number, and then how many objects there are.
+	runs    [256][]tableObject
+	start   [257]int32
 	lacking map[cache.DigestKey]int32
 	lackKey []cache.DigestKey
 	// needs is how many artifacts need each.
@@ -182,25 +187,37 @@ func compareKeys(a, b cache.DigestKey) int {
 func (e *Engine) objectTable() (t *digestTable, total int64, err error) {
 	t = &digestTable{}
 	if err := e.Store.WalkObjects(func(oi cache.ObjectInfo) error {
-		t.objects = append(t.objects, tableObject{cache.KeyOf(oi.Digest), oi.Modified.UnixNano()})
+		k := cache.KeyOf(oi.Digest)
+		t.runs[k.Hash[0]] = append(t.runs[k.Hash[0]], tableObject{k, oi.Modified.UnixNano()})
 		total += oi.Digest.Size
 		return nil
 	}); err != nil {
 		return nil, 0, err
 	}
-	slices.SortFunc(t.objects, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
-	// Without the room append left (a quarter more, for the whole run).
-	t.objects = slices.Clone(t.objects)
-	t.needs = make([]int32, len(t.objects))
+	for b, run := range t.runs {
+		slices.SortFunc(run, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
+		t.start[b+1] = t.start[b] + int32(len(run))
+	}
+	t.needs = make([]int32, t.count())
 	t.lacking = map[cache.DigestKey]int32{}
 	return t, total, nil
+}
+
+// count is how many objects the store held.
+func (t *digestTable) count() int { return int(t.start[len(t.runs)]) }
+
+// object is object i.
+func (t *digestTable) object(i int) tableObject {
+	b := sort.Search(len(t.runs), func(b int) bool { return int(t.start[b+1]) > i })
+	return t.runs[b][i-int(t.start[b])]
 }
 
 // number is d's number.
 func (t *digestTable) number(d digest.Digest) int32 {
 	k := cache.KeyOf(d)
-	if i, ok := slices.BinarySearchFunc(t.objects, k, func(o tableObject, k cache.DigestKey) int { return compareKeys(o.key, k) }); ok {
-		return int32(i)
+	run := t.runs[k.Hash[0]]
+	if i, ok := slices.BinarySearchFunc(run, k, func(o tableObject, k cache.DigestKey) int { return compareKeys(o.key, k) }); ok {
+		return t.start[k.Hash[0]] + int32(i)
 	}
 	if i, ok := t.lacking[k]; ok {
 		return i
@@ -214,10 +231,10 @@ func (t *digestTable) number(d digest.Digest) int32 {
 
 // key is digest i's key.
 func (t *digestTable) key(i int) cache.DigestKey {
-	if i < len(t.objects) {
-		return t.objects[i].key
+	if i < t.count() {
+		return t.object(i).key
 	}
-	return t.lackKey[i-len(t.objects)]
+	return t.lackKey[i-t.count()]
 }
 
 // size is digest i's size.

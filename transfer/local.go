@@ -92,7 +92,7 @@ func (e *Engine) Usage(ctx context.Context, refs []string) ([]RefUsage, StoreUsa
 	if err != nil {
 		return nil, st, err
 	}
-	st.Bytes, st.Objects = total, len(t.objects)
+	st.Bytes, st.Objects = total, t.count()
 	lt := newLocalTrees(e.Store, t)
 	out := make([]RefUsage, 0, len(refs))
 	var reached []int32

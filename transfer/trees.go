@@ -236,7 +236,7 @@ func (lt *localTrees) closure(r numRoots, fn func(n int32, missing bool)) error 
 		level, next = next, level[:0]
 	}
 	for _, n := range files {
-		fn(n, int(n) >= len(lt.t.objects))
+		fn(n, int(n) >= lt.t.count())
 	}
 	return nil
 }
