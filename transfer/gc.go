@@ -309,6 +309,7 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 	}
 	done := make([]bool, len(infos))
 	var out []localArtifact
+	var reached []int32
 	for start := 0; start < len(infos); start += refBatch {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -356,7 +357,8 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 				for _, r := range refsOf(names[j], keys[ens[j].digest]) {
 					if i, ok := find(r); ok && !done[i] {
 						done[i] = true
-						s.a.refs = append(s.a.refs, r)
+						// The listing's string, not a copy of it.
+						s.a.refs = append(s.a.refs, infos[i].name)
 						s.a.used = latest(s.a.used, infos[i].used)
 					}
 				}
@@ -371,12 +373,14 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 		}
 		for _, s := range steps {
 			if s.err == nil {
+				reached = reached[:0]
 				if err := lt.closure(s.roots, func(n int32, _ bool) {
-					s.a.closure = append(s.a.closure, n)
+					reached = append(reached, n)
 					lt.t.needs[n]++
 				}); err != nil {
 					s.err = fmt.Errorf("%w (bst-cache verify --repair mends it)", err)
 				}
+				s.a.closure = slices.Clone(reached)
 			}
 			if s.err != nil {
 				return nil, fmt.Errorf("ref %s: %w", s.name, s.err)
