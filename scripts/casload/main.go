@@ -14,6 +14,13 @@
 // the run rather than winning it. It prints, per phase, each target's
 // median rate and the ratio of the first target to the second beside the
 // target ratio (>= 1.0x).
+//
+// With -loose D it measures nothing: for D it is one client writing blobs
+// that no ref will ever name (scripts/bench-load runs 16 of them against
+// serve --quota), each a fresh random blob of 4 KiB to -large-size bytes,
+// asked about with FindMissingBlobs and then uploaded as the REAPI
+// clients do (BatchUpdateBlobs up to 256 KiB, ByteStream Write above),
+// one after the other, and prints what went in and what was refused.
 package main
 
 import (
@@ -39,6 +46,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 type targets []target
@@ -60,6 +68,7 @@ type config struct {
 	workers, runs                      int
 	findBatch, readBatch, calls        int
 	only                               string
+	loose                              time.Duration
 }
 
 func main() {
@@ -76,12 +85,17 @@ func main() {
 	flag.IntVar(&c.readBatch, "read-batch", 100, "digests per BatchReadBlobs call")
 	flag.IntVar(&c.calls, "calls", 2000, "FindMissingBlobs and missing-blob BatchReadBlobs calls per phase")
 	flag.StringVar(&c.only, "only", "", "measure only the phases whose names contain this (the upload always runs), for profiling")
+	flag.DurationVar(&c.loose, "loose", 0, "measure nothing: for this long, upload blobs no ref names to the one -target, as one client")
 	flag.Parse()
-	if len(ts) == 0 {
-		fmt.Fprintln(os.Stderr, "casload: no -target")
+	if len(ts) == 0 || c.loose > 0 && len(ts) != 1 {
+		fmt.Fprintln(os.Stderr, "casload: no -target, or -loose with more than one")
 		os.Exit(2)
 	}
-	if err := run(ts, c); err != nil {
+	do := run
+	if c.loose > 0 {
+		do = writeLoose
+	}
+	if err := do(ts, c); err != nil {
 		fmt.Fprintln(os.Stderr, "casload:", err)
 		os.Exit(1)
 	}
@@ -112,17 +126,26 @@ var phases = []phase{
 	}},
 }
 
+// dial connects a client to t: one connection, as a REAPI client keeps.
+func dial(t target, c config) (*client, func() error, error) {
+	conn, err := grpc.NewClient(t.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, nil, err
+	}
+	return &client{cas: repb.NewContentAddressableStorageClient(conn), bs: bsgrpc.NewByteStreamClient(conn), c: c}, conn.Close, nil
+}
+
 func run(ts targets, c config) error {
 	ctx := context.Background()
 	clients := make([]*client, len(ts))
 	for i, t := range ts {
-		conn, err := grpc.NewClient(t.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+		cl, closeConn, err := dial(t, c)
 		if err != nil {
 			return err
 		}
-		defer conn.Close()
-		clients[i] = &client{cas: repb.NewContentAddressableStorageClient(conn), bs: bsgrpc.NewByteStreamClient(conn), c: c}
+		defer closeConn()
+		clients[i] = cl
 	}
 	// rates[phase][target] over runs
 	rates := make([][][]float64, len(phases))
@@ -182,6 +205,66 @@ func run(ts targets, c config) error {
 			fmt.Printf(" %8.2fx %7s %s", ratio, ">=1.0x", met)
 		}
 		fmt.Println()
+	}
+	return nil
+}
+
+// writeLoose is -loose: one client uploading blobs no ref names until
+// c.loose has passed, then one line on stdout: "loose: N blobs, B bytes,
+// R refused, F failed" (refused: RESOURCE_EXHAUSTED, the server is full).
+// A failed upload is logged on stderr and the client goes on.
+func writeLoose(ts targets, c config) error {
+	cl, closeConn, err := dial(ts[0], c)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
+	var blobs, bytes, refused, failed int64
+	for end := time.Now().Add(c.loose); time.Now().Before(end); {
+		b := make([]byte, 4<<10+rng.IntN(max(c.largeSize-4<<10, 1)))
+		for i := 0; i+8 <= len(b); i += 8 {
+			v := rng.Uint64()
+			for k := range 8 {
+				b[i+k] = byte(v >> (8 * k))
+			}
+		}
+		err := cl.uploadOne(ctx, b)
+		switch {
+		case err == nil:
+			blobs++
+			bytes += int64(len(b))
+		case status.Code(err) == codes.ResourceExhausted:
+			refused++
+		default:
+			failed++
+			fmt.Fprintln(os.Stderr, "casload: loose upload:", err)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	fmt.Printf("loose: %d blobs, %d bytes, %d refused, %d failed\n", blobs, bytes, refused, failed)
+	return nil
+}
+
+// uploadOne asks whether the server lacks b and uploads it if it does.
+func (cl *client) uploadOne(ctx context.Context, b []byte) error {
+	d := digestOf(b)
+	resp, err := cl.cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{BlobDigests: []*repb.Digest{d}})
+	if err != nil || len(resp.GetMissingBlobDigests()) == 0 {
+		return err
+	}
+	if len(b) > 256<<10 {
+		return cl.write(ctx, b)
+	}
+	up, err := cl.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: d, Data: b}}})
+	if err != nil {
+		return err
+	}
+	for _, r := range up.GetResponses() {
+		if r.GetStatus().GetCode() != 0 {
+			return status.ErrorProto(r.GetStatus())
+		}
 	}
 	return nil
 }

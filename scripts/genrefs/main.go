@@ -5,11 +5,14 @@
 //
 //	genrefs -n 1000 -project bench DIR
 //	genrefs -n 40 -files 60 -size 100000 DIR   # 40 artifacts of 6 MB
+//	genrefs -n 1 -first 7000 -files 3 -size 1048576 DIR   # artifact 7000 alone
 //
 // Each artifact is files/ (-files files of -size bytes of its own random
 // content; by default three small ones of text), meta/
 // with keys.yaml (strong and weak key) and logs/, stored under its strong
-// and its weak ref, as bst stores one. It prints the strong refs, one per
+// and its weak ref, as bst stores one. Artifact i (numbered from -first)
+// is the same whatever else a run makes: runs with -first apart make
+// different artifacts (scripts/bench-load's pushers each make fresh ones). It prints the strong refs, one per
 // line.
 package main
 
@@ -32,23 +35,24 @@ func main() {
 	project := flag.String("project", "bench", "the project name in the refs")
 	files := flag.Int("files", 0, "files per artifact, of -size random bytes each (0: three small text files)")
 	size := flag.Int("size", 65536, "bytes per file with -files")
+	first := flag.Int("first", 0, "the number of the first artifact")
 	flag.Parse()
-	if flag.NArg() != 1 || *n < 1 || *n > 1_000_000 {
-		fmt.Fprintln(os.Stderr, "usage: genrefs [-n N] [-project NAME] DIR")
+	if flag.NArg() != 1 || *n < 1 || *n > 1_000_000 || *first < 0 {
+		fmt.Fprintln(os.Stderr, "usage: genrefs [-n N] [-first I] [-project NAME] [-files N -size BYTES] DIR")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *project, *n, *files, *size); err != nil {
+	if err := run(flag.Arg(0), *project, *first, *n, *files, *size); err != nil {
 		fmt.Fprintln(os.Stderr, "genrefs:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, project string, n, files, size int) error {
+func run(dir, project string, first, n, files, size int) error {
 	s, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
 		return err
 	}
-	for i := range n {
+	for i := first; i < first+n; i++ {
 		ref, err := artifact(s, project, i, contents(i, files, size))
 		if err != nil {
 			return err
