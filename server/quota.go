@@ -64,18 +64,22 @@ const DefaultReadLease = 2 * time.Minute
 // Leases are bounded per client, a client being its connection (a gRPC
 // client keeps one). Upload leases on objects no ref names (loose:
 // abandoned pushes, or clients that upload and never name) hold at most
-// half the quota, all clients together: past it, the client holding the
-// most loses its oldest first. Read leases hold at most a quarter of the
-// quota the same way. The lease just taken is kept. So one client's
-// leases cannot starve another's: a client loses a lease only while it
-// holds more than any other, and the clients that upload most and name
-// least lose theirs first, while a push or a pull smaller than what they
-// hold keeps its own.
+// half the quota, all clients together: past it, the client that left the
+// most unnamed loses its oldest first, unnamed being what it uploaded over
+// its connection that no ref has named since, leases it lost included.
+// Read leases hold at most a quarter of the quota, the client holding the
+// most losing its oldest first. The lease just taken is kept. So one
+// client's leases cannot starve another's: a client that uploads and never
+// names piles up what it left unnamed and loses its leases first, however
+// little it holds at a time, while a push, whose ref names what it
+// uploaded, keeps its own.
 //
 // Eviction, down to 90% of the limit: first objects no ref needs whose
 // leases ran out, least recently used first; then whole refs, least
 // recently used first, with the objects no remaining ref needs unless a
-// lease holds them (a ref that would free nothing now stays). A leased
+// lease holds them (a ref that would free nothing now stays, while refs
+// that free blobs together, as an artifact's strong and weak key do, go
+// together). A leased
 // object is never removed: a push does not lose what it uploaded before it
 // names it, nor a pull the blobs of the ref it was given. The store may
 // pass its limit by what clients hold in leases, up to a hard cap (a
@@ -182,6 +186,12 @@ type client struct {
 	name  string
 	bytes int64 // of loose objects it holds an upload lease on
 	held  int   // how many
+	// unnamed is what it left loose: bytes it uploaded that no ref named
+	// since, leases it lost included; a ref naming them takes them off.
+	unnamed int64
+	// seen is when it last uploaded. A client holding no lease is
+	// forgotten once it left nothing unnamed, or was not seen for a lease.
+	seen stamp
 	// queue lists its uploads, oldest first; entries whose object it no
 	// longer holds, or holds by a later upload, are skipped.
 	queue []queued
@@ -398,9 +408,10 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 	o.upload = q.until(now, q.lease)
 	if o.needs == 0 && who != "" {
 		c := q.client(who)
+		c.seen = o.used
 		q.own(i, c)
 		for q.loose > q.limit/2 {
-			b := q.biggest(q.at(now), func(b *client) bool { return b != c || b.held > 1 }, func(b *client) int64 { return b.bytes })
+			b := q.biggest(q.at(now), func(b *client) bool { return b.held > 0 && (b != c || b.held > 1) }, func(b *client) int64 { return b.unnamed })
 			if b == nil || !q.dropOldest(b) {
 				break
 			}
@@ -426,6 +437,7 @@ func (q *quota) own(i uint32, c *client) {
 	o := &q.objs[i]
 	o.owner = c.id
 	c.bytes += o.size
+	c.unnamed += o.size
 	c.held++
 	q.loose += o.size
 	c.queue = append(c.queue, queued{i, o.upload})
@@ -448,12 +460,17 @@ func (q *quota) disown(i uint32) {
 	q.forgetIdle(c)
 }
 
-// forgetIdle forgets a client that holds no lease.
+// forgetIdle forgets a client that holds no lease and left nothing
+// unnamed.
 func (q *quota) forgetIdle(c *client) {
-	if c.held == 0 && len(c.lends) == 0 {
-		delete(q.clients, c.name)
-		delete(q.owners, c.id)
+	if c.held == 0 && len(c.lends) == 0 && c.unnamed <= 0 {
+		q.forget(c)
 	}
+}
+
+func (q *quota) forget(c *client) {
+	delete(q.clients, c.name)
+	delete(q.owners, c.id)
 }
 
 // holds says whether a queue entry of c's is still an upload c holds.
@@ -482,8 +499,13 @@ func (q *quota) dropOldest(c *client) bool {
 // taken out of every client's account.
 func (q *quota) biggest(now stamp, canYield func(*client) bool, size func(*client) int64) *client {
 	var top *client
+	lease := stamp(q.lease * stampsPerSecond / time.Second)
 	for _, c := range q.owners {
 		q.expire(c, now)
+		if c.held == 0 && len(c.lends) == 0 && now-c.seen > lease {
+			q.forget(c) // what it left unnamed was long ago
+			continue
+		}
 		if canYield(c) && (top == nil || size(c) > size(top)) {
 			top = c
 		}
@@ -586,6 +608,9 @@ func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now
 	defer q.mu.Unlock()
 	idx := q.indexes(closure, true)
 	for _, i := range idx {
+		if c := q.owners[q.objs[i].owner]; c != nil {
+			c.unnamed -= q.objs[i].size
+		}
 		q.objs[i].upload = 0
 		q.disown(i)
 	}
@@ -718,32 +743,61 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 		}
 		remove(i)
 	}
-	// Whole refs, least recently used first.
+	// Whole refs, least recently used first: each is let go in turn (the
+	// needs of its closure counted down) and what then no ref needs and no
+	// lease holds is to be removed, until that is enough. A ref let go goes
+	// only if an object it names goes, and before it; one whose objects all
+	// stay (a ref kept needs them, or a lease holds them) stays: deleting it
+	// would free nothing. So the refs naming one artifact (BuildStream's
+	// strong and weak key) go together, where neither alone frees anything.
 	keys := make([]refKey, 0, len(q.refs))
 	for k := range q.refs {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return q.refs[keys[i]].used < q.refs[keys[j]].used })
+	var let []refKey
+	var doomed []uint32
+	marked := map[uint32]bool{}
+	planned := int64(0)
 	for _, k := range keys {
-		if q.used <= target {
-			return refs, freed
+		if q.used-planned <= target {
+			break
 		}
 		r := q.refs[k]
-		if !q.frees(r, n) {
-			continue // its blobs are in use: deleting it would free nothing now
+		q.release(r.closure, needs)
+		let = append(let, k)
+		for _, i := range r.closure {
+			if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) && !marked[i] {
+				marked[i] = true
+				doomed = append(doomed, i)
+				planned += o.size
+			}
+		}
+	}
+	keep := func(r refRecord) {
+		for _, i := range r.closure {
+			q.objs[i].needs++
+			delete(marked, i)
+		}
+	}
+	for _, k := range let {
+		r := q.refs[k]
+		if !slices.ContainsFunc(r.closure, func(i uint32) bool { return marked[i] }) {
+			keep(r)
+			continue
 		}
 		if err := s.store.DeleteRef(k.kind, k.ref); err != nil && !errors.Is(err, cache.ErrNotFound) {
 			s.logf("quota: removing %s ref %s: %v", k.kind, k.ref, err)
+			keep(r)
 			continue
 		}
 		delete(q.refs, k)
 		refs++
 		q.evicted.refs++
-		q.release(r.closure, needs)
-		for _, i := range r.closure {
-			if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) {
-				remove(i)
-			}
+	}
+	for _, i := range doomed {
+		if marked[i] {
+			remove(i)
 		}
 	}
 	if q.used > q.limit {
@@ -773,17 +827,6 @@ func (q *quota) admit(n int64) error {
 	return status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes of a %d-byte quota, all in use by clients): try again shortly", used, q.limit)
 }
 
-// frees says whether deleting r would free an object now: one only r
-// needs, whose leases ran out.
-func (q *quota) frees(r refRecord, now stamp) bool {
-	for _, i := range r.closure {
-		if o := &q.objs[i]; o.needs == 1 && !o.leased(now) {
-			return true
-		}
-	}
-	return false
-}
-
 // stats reads the account.
 func (q *quota) stats() QuotaStats {
 	q.mu.Lock()
@@ -794,9 +837,9 @@ func (q *quota) stats() QuotaStats {
 }
 
 // writable says whether the quota can take a write now: the store is
-// under its hard cap (see admit), or eviction can make room (an object
-// no ref needs and no lease holds, or a ref that would free one). Before
-// the account is known every write is admitted.
+// under its hard cap (see admit), or eviction can make room (an object no
+// lease holds: letting go of the refs that need it frees it). Before the
+// account is known every write is admitted.
 func (q *quota) writable(now time.Time) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -805,12 +848,7 @@ func (q *quota) writable(now time.Time) bool {
 	}
 	n := q.at(now)
 	for i := range q.objs {
-		if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) {
-			return true
-		}
-	}
-	for _, r := range q.refs {
-		if q.frees(r, n) {
+		if o := &q.objs[i]; o.size > 0 && !o.leased(n) {
 			return true
 		}
 	}

@@ -79,6 +79,132 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 	}
 }
 
+// BuildStream stores an artifact under two refs, its strong and its weak
+// key, naming the same tree: neither alone frees a blob when evicted, but
+// the two together do. Over its quota the server evicts the least recently
+// used artifact's refs together, with its blobs, and keeps the others
+// whole. (serve --quota evicted nothing under load once every ref had its
+// pair, and refused every push with "the server is full".)
+func TestQuotaEvictsAnArtifactsRefsTogether(t *testing.T) {
+	addr, store, _ := startServer(t, server.Options{AllowWrites: true, Quota: 80 << 10, Lease: 300 * time.Millisecond})
+	r := dialRemote(t, addr)
+	ctx := context.Background()
+	roots := map[string]digest.Digest{}
+	unique := map[string]digest.Digest{}
+	refs := func(name string) []string { return []string{"demo/" + name + "/strong", "demo/" + name + "/weak"} }
+	push := func(name string, fill byte) {
+		t.Helper()
+		own := bytes.Repeat([]byte{fill}, 30<<10)
+		root, blobs := artifactTree(map[string][]byte{"own": own})
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+			t.Fatal(err)
+		}
+		var uris []string
+		for _, ref := range refs(name) {
+			uris = append(uris, buildstream.URNBst1Artifact+ref)
+		}
+		if err := r.PushDirectory(ctx, uris, root); err != nil {
+			t.Fatal(err)
+		}
+		roots[name], unique[name] = root, digest.NewFromBlob(own)
+	}
+	push("a", 'a')
+	push("b", 'b')
+	time.Sleep(500 * time.Millisecond) // past the lease of a's and b's blobs, longer than a push
+	for _, ref := range refs("a") {    // a is now more recent than b
+		if _, err := r.FetchDirectory(ctx, buildstream.URNBst1Artifact+ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	push("c", 'c')
+
+	// Polled in the store: a read through the server would lend it.
+	for _, ref := range refs("b") {
+		deadline := time.Now().Add(10 * time.Second)
+		for _, err := store.GetRef(cache.KindBst1Artifact, ref); !errors.Is(err, cache.ErrNotFound); _, err = store.GetRef(cache.KindBst1Artifact, ref) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s was not evicted: %v", ref, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if ok, _ := store.Has(unique["b"]); ok {
+		t.Error("the evicted artifact's blob is still stored")
+	}
+	for _, name := range []string{"a", "c"} {
+		for _, ref := range refs(name) {
+			if got, err := store.GetRef(cache.KindBst1Artifact, ref); err != nil || !bytes.Equal(got, buildstream.V1RefContent(roots[name])) {
+				t.Errorf("%s after eviction: %v", ref, err)
+			}
+		}
+		if _, missing, err := store.Closure(roots[name]); err != nil || len(missing) > 0 {
+			t.Errorf("%s lost blobs to eviction: %v %v", name, missing, err)
+		}
+	}
+}
+
+// A client that uploads and never names loses its upload leases before a
+// push in progress loses any, even when it holds less than the push at
+// that moment: under the load of the issue (serve --quota with clients
+// writing blobs no ref names beside clients pushing artifacts of a few
+// MiB), the pushes lost the blobs they had uploaded before they could name
+// them, their largest holder losing first, and most of them failed.
+func TestQuotaLooseWriterLosesLeasesBeforeAPush(t *testing.T) {
+	const quota = 200 << 10
+	addr, store, srv := startServer(t, server.Options{AllowWrites: true, Quota: quota, Lease: time.Hour})
+	loose, pusher := dialRemote(t, addr), dialRemote(t, addr) // a connection each
+	ctx := context.Background()
+	n := 0
+	blob := func() map[digest.Digest][]byte {
+		n++
+		b := bytes.Repeat([]byte(fmt.Sprintf("blob %d ", n)), 10<<10/8)
+		return map[digest.Digest][]byte{digest.NewFromBlob(b): b}
+	}
+	upload := func(r *remotes.Remote, blobs map[digest.Digest][]byte) {
+		t.Helper()
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The loose writer has uploaded 80 KiB; then a push uploads 60 KiB,
+	// one blob at a time, and the loose writer goes on with 200 KiB more:
+	// past the bound on loose leases (half the quota) and past the quota.
+	for range 8 {
+		upload(loose, blob())
+	}
+	time.Sleep(300 * time.Millisecond) // eviction orders by use, in eighths of a second
+	files := map[string][]byte{}
+	for f := range 6 {
+		for _, b := range blob() {
+			files[fmt.Sprint("f", f)] = b
+		}
+	}
+	root, blobs := artifactTree(files)
+	for d, b := range blobs {
+		upload(pusher, map[digest.Digest][]byte{d: b})
+	}
+	time.Sleep(300 * time.Millisecond)
+	for range 20 {
+		upload(loose, blob())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for st := srv.Stats().Quota; st.Bytes > quota; st = srv.Stats().Quota {
+		if time.Now().After(deadline) {
+			t.Fatalf("the store stayed at %d bytes, over its %d-byte quota", st.Bytes, quota)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := srv.Stats().Quota; st.UploadLeased > quota/2 {
+		t.Errorf("%d bytes under upload leases: want at most half the quota", st.UploadLeased)
+	}
+	if err := pusher.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + "demo/pushed/1"}, root); err != nil {
+		t.Fatalf("the push lost blobs it had uploaded: %v", err)
+	}
+	if _, missing, err := store.Closure(root); err != nil || len(missing) > 0 {
+		t.Errorf("the pushed ref lacks %v (%v)", missing, err)
+	}
+}
+
 // A client told a blob is present may name it after another client's push
 // that names it too has ended: that push must not end the first client's
 // lease. (A blob every push shares was evicted between one client's
