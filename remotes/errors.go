@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -13,6 +14,31 @@ import (
 // ErrNotFound is what a miss wraps: the ref or blob is not on the cache.
 // It is the only error that moves a priority walk on quietly.
 var ErrNotFound = errors.New("not found")
+
+// ErrBlobsMissing is wrapped when the cache refused an index write because
+// it lacks blobs the entry names: FAILED_PRECONDITION with a REAPI
+// PreconditionFailure of type MISSING. A cache under a quota may have
+// evicted blobs a push sent before the push named them; sending them
+// again and writing the entry again can succeed.
+var ErrBlobsMissing = errors.New("the cache lacks blobs the entry names")
+
+// blobsMissing tells a refusal for missing blobs from other failed
+// preconditions.
+func blobsMissing(err error) bool {
+	if status.Code(err) != codes.FailedPrecondition {
+		return false
+	}
+	for _, d := range status.Convert(err).Details() {
+		if pf, ok := d.(*errdetails.PreconditionFailure); ok {
+			for _, v := range pf.GetViolations() {
+				if v.GetType() == "MISSING" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
 
 // ErrTooLarge is wrapped when the peer refused a message as larger than its
 // receive limit (RESOURCE_EXHAUSTED "larger than max"). It is not
@@ -49,13 +75,15 @@ func (e *Error) Error() string {
 }
 
 // Unwrap returns the underlying error; a NOT_FOUND code also matches
-// ErrNotFound.
+// ErrNotFound, a refusal for missing blobs ErrBlobsMissing.
 func (e *Error) Unwrap() []error {
 	switch {
 	case e.Code == codes.NotFound:
 		return []error{e.Err, ErrNotFound}
 	case tooLarge(e.Err):
 		return []error{e.Err, ErrTooLarge}
+	case blobsMissing(e.Err):
+		return []error{e.Err, ErrBlobsMissing}
 	}
 	return []error{e.Err}
 }

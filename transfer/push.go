@@ -322,7 +322,13 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		// A repair rewrites the entry too: a bst2 entry then names the
 		// trees just added.
 		if err := e.writeEntry(ctx, r, t, p, o); err != nil {
-			return failed(res, err)
+			resent, n, err := e.resend(ctx, r, t, p, o, err)
+			t.count(resent, n, 0)
+			run.blobs.Add(int64(resent))
+			run.bytes.Add(n)
+			if err != nil {
+				return failed(res, err)
+			}
 		}
 	}
 	res.Status = StatusDone
@@ -330,6 +336,39 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		res.Status, res.Reason = StatusRepaired, fmt.Sprintf("the target named it but lacked %s (%s), now sent", words.Plural(len(moved), "blob"), words.Plural(bytes, "byte"))
 	}
 	return res
+}
+
+// maxResends bounds how many times a push sends blobs again that the
+// target lost before the entry named them.
+const maxResends = 3
+
+// resend answers an index write that failed with err: when the target
+// refused it for lacking blobs the entry names (a server under a quota
+// evicted what this push had sent before the push could name it), it
+// sends what the target lacks again and writes the entry again, at most
+// maxResends times. It says how many blobs and bytes it sent, and the
+// error that ends it (nil once the entry is written).
+func (e *Engine) resend(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions, err error) (blobs int, bytes int64, _ error) {
+	for range maxResends {
+		if !errors.Is(err, remotes.ErrBlobsMissing) {
+			return blobs, bytes, err
+		}
+		e.Events.info(fmt.Sprintf("%s: cache %s lost blobs before the ref named them: sending them again", p.ref, t.Name()))
+		lost, ferr := r.FindMissing(ctx, p.all)
+		if ferr != nil {
+			return blobs, bytes, ferr
+		}
+		e.Events.plan(sizeOf(lost))
+		n, serr := r.Send(ctx, lost, e.openCounted, t.Config.MaxConcurrency)
+		blobs, bytes = blobs+len(lost), bytes+n
+		if serr != nil {
+			return blobs, bytes, serr
+		}
+		if err = e.writeEntry(ctx, r, t, p, o); err == nil {
+			return blobs, bytes, nil
+		}
+	}
+	return blobs, bytes, err
 }
 
 // writeEntry writes the ref's index entry on t, in one call under the ref
@@ -375,13 +414,7 @@ func (e *Engine) entryRefs(ctx context.Context, r remote, t *Cache, p pushing, o
 // and bytes this ref sent. A blob another ref of the run is sending to t
 // is waited for instead, and sent only if that upload failed.
 func (e *Engine) send(ctx context.Context, r remote, t *Cache, moved []digest.Digest, run *pushRun) (int, int64, error) {
-	open := func(d digest.Digest) (io.ReadCloser, error) {
-		rc, err := e.Store.Open(d)
-		if err != nil {
-			return nil, err
-		}
-		return countingFile{rc, e.Events.bytes}, nil
-	}
+	open := e.openCounted
 	mine, theirs := run.claim(t, moved)
 	e.Events.plan(sizeOf(mine))
 	bytes, err := r.Send(ctx, mine, open, t.Config.MaxConcurrency)
@@ -405,6 +438,15 @@ func (e *Engine) send(ctx context.Context, r remote, t *Cache, moved []digest.Di
 	e.Events.plan(sizeOf(rest))
 	more, err := r.Send(ctx, rest, open, t.Config.MaxConcurrency)
 	return len(mine) + len(rest), bytes + more, err
+}
+
+// openCounted opens a local blob to send, its bytes counted as progress.
+func (e *Engine) openCounted(d digest.Digest) (io.ReadCloser, error) {
+	rc, err := e.Store.Open(d)
+	if err != nil {
+		return nil, err
+	}
+	return countingFile{rc, e.Events.bytes}, nil
 }
 
 // wouldMove is a dry run's verdict for a target that lacks missing.
