@@ -338,22 +338,26 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 	return res
 }
 
-// maxResends bounds how many times a push sends blobs again that the
-// target lost before the entry named them.
-const maxResends = 3
-
 // resend answers an index write that failed with err: when the target
 // refused it for lacking blobs the entry names (a server under a quota
 // evicted what this push had sent before the push could name it), it
-// sends what the target lacks again and writes the entry again, at most
-// maxResends times. It says how many blobs and bytes it sent, and the
-// error that ends it (nil once the entry is written).
+// waits, sends what the target lacks again and writes the entry again, as
+// many times as the cache's retry-limit, waiting its retry-delay, doubled
+// each time. It says how many blobs and bytes it sent, and the error that
+// ends it (nil once the entry is written).
 func (e *Engine) resend(ctx context.Context, r remote, t *Cache, p pushing, o PushOptions, err error) (blobs int, bytes int64, _ error) {
-	for range maxResends {
+	wait := t.Config.Connection.RetryDelay
+	for range t.Config.Connection.RetryLimit {
 		if !errors.Is(err, remotes.ErrBlobsMissing) {
 			return blobs, bytes, err
 		}
-		e.Events.info(fmt.Sprintf("%s: cache %s lost blobs before the ref named them: sending them again", p.ref, t.Name()))
+		e.Events.info(fmt.Sprintf("%s: cache %s lost blobs before the ref named them: sending them again in %s", p.ref, t.Name(), wait))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return blobs, bytes, ctx.Err()
+		}
+		wait *= 2
 		lost, ferr := r.FindMissing(ctx, p.all)
 		if ferr != nil {
 			return blobs, bytes, ferr
