@@ -21,6 +21,7 @@ func duCommand() *cli.Command {
 			"blobs counted once.",
 		Flags: refFlags(),
 		Action: func(c *cli.Context) error {
+			tableHeap()
 			e, kind, err := localEnv(c)
 			if err != nil {
 				return err
