@@ -28,9 +28,11 @@
 //
 // A long-lived process may keep an index of the objects in memory
 // (IndexObjects, for Present and Absent): 30 to 60 bytes an object (a
-// 16-byte hash prefix and a size in a map), filled by a walk in the
-// background and kept exact across processes by inotify on the objects
-// directories; where it cannot be exact (the walk not done, a lost watch)
-// the disk answers. Has and everything that decides whether a ref may be
-// written ask the disk.
+// 16-byte hash prefix and a size in a map per prefix directory), filled by
+// a walk in the background and kept exact across processes by inotify on
+// the objects directories, from what the disk says alone (the walk, the
+// events, a listing of each directory made after the watch began); where
+// it cannot be exact (the walk not done, inotify unavailable, an
+// overflowed queue, after which it is built again) the disk answers. Has
+// and everything that decides whether a ref may be written ask the disk.
 package cache

@@ -3,6 +3,9 @@ package cache
 import (
 	"context"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,38 +19,61 @@ import (
 //
 // Each object is 24 bytes of map entry: the first 16 bytes of its hash
 // and its size (two objects of a store sharing 128 bits of SHA-256 are
-// not a chance worth a byte).
+// not a chance worth a byte). The maps are one per prefix directory, so
+// that a directory listed anew replaces what the index held of it.
+//
+// What the index holds comes from the disk alone, in the order the disk
+// changed: the start-up walk, then the watch's events and the listings of
+// directories it starts watching. Nothing this process observed on its own
+// (a write it committed, a stat) is added, since an observation made
+// before a removal the watch reports later, or never (a directory not yet
+// watched), would put back an object that is gone.
 type objectIndex struct {
 	mu sync.RWMutex
-	m  map[objectKey]int64
-	// complete: the start-up walk finished, so that what the index lacks
-	// the store lacks too, unless another process wrote it since.
+	m  [256]map[objectKey]int64
+	// listed counts, per prefix directory, the listings that replaced
+	// what the index held of it: the walk adds what it listed of a
+	// directory only if no newer listing came since.
+	listed [256]uint64
+	// complete: the walk finished, so that what the index lacks the store
+	// lacks too, as of the watch's last drain.
 	complete bool
 	// gone holds what was removed while the walk ran, which the walk must
 	// not put back from a directory it listed before the removal.
 	gone map[objectKey]struct{}
-	// removals counts removals, so that what a stat found is not put back
-	// when the object was removed since the stat.
-	removals uint64
-	// w follows what other processes do to the objects, once started.
+	// w follows what every process does to the objects, once started.
 	w   atomic.Pointer[watcher]
 	ctx context.Context
+	// building: one build (watch and walk) at a time.
+	building sync.Mutex
 	// late: created started a second build, once.
 	late atomic.Bool
+	// lost is IndexOptions.Lost.
+	lost func(error)
 }
 
-func (x *objectIndex) hasKey(k objectKey) bool {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	_, ok := x.m[k]
-	return ok
+func newObjectIndex(ctx context.Context, lost func(error)) *objectIndex {
+	if lost == nil {
+		lost = func(error) {}
+	}
+	x := &objectIndex{ctx: ctx, lost: lost, gone: map[objectKey]struct{}{}}
+	for i := range x.m {
+		x.m[i] = map[objectKey]int64{}
+	}
+	return x
+}
+
+// following drains the watch and says whether the index follows the disk:
+// it has a watch and the watch missed nothing.
+func (x *objectIndex) following() bool {
+	w := x.w.Load()
+	return w != nil && w.drain(x) == nil
 }
 
 // exact says whether the index lacks exactly what the disk lacks: its
-// walk is done and its watcher, drained now, missed nothing.
+// walk is done and its watch, drained now, missed nothing.
 func (x *objectIndex) exact() bool {
-	w := x.w.Load()
-	if w == nil || !w.drain(x) {
+	if !x.following() {
 		return false
 	}
 	x.mu.RLock()
@@ -70,115 +96,173 @@ func key(hash string) (k objectKey) {
 }
 
 func (x *objectIndex) add(d digest.Digest) {
+	k := key(d.Hash)
 	x.mu.Lock()
-	x.m[key(d.Hash)] = d.Size
+	x.m[k[0]][k] = d.Size
 	x.mu.Unlock()
 }
 
-// found records what the walk found, unless it was removed meanwhile.
-func (x *objectIndex) found(d digest.Digest) {
+// found records what the walk found in a directory it listed when the
+// directory's listings were at count listed, unless it was removed or the
+// directory listed anew since.
+func (x *objectIndex) found(d digest.Digest, listed uint64) {
 	k := key(d.Hash)
 	x.mu.Lock()
-	if _, ok := x.gone[k]; !ok {
-		x.m[k] = d.Size
+	if _, ok := x.gone[k]; !ok && x.listed[k[0]] == listed {
+		x.m[k[0]][k] = d.Size
 	}
 	x.mu.Unlock()
 }
 
-// generation is what saw needs to know that nothing was removed since.
-func (x *objectIndex) generation() uint64 {
+// listing is how many listings replaced what the index held of the prefix
+// directory prefix (0 for a directory that is none).
+func (x *objectIndex) listing(prefix string) uint64 {
+	if !isPrefix(prefix) {
+		return 0
+	}
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return x.removals
+	return x.listed[prefixByte(prefix)]
 }
 
-// saw corrects the index with what the disk said of d, when the index
-// was at generation gen: an object found is added unless something was
-// removed since (it may have been d), one not found is removed.
-func (x *objectIndex) saw(d digest.Digest, present bool, gen uint64) {
-	k := key(d.Hash)
-	x.mu.RLock()
-	size, ok := x.m[k]
-	x.mu.RUnlock()
-	switch {
-	case present && (!ok || size != d.Size):
-		x.mu.Lock()
-		if x.removals == gen {
-			x.m[k] = d.Size
-		}
-		x.mu.Unlock()
-	case !present && ok && size == d.Size:
-		x.remove(d)
-	}
+// relist replaces what the index holds of the prefix directory p with
+// what a listing of it found.
+func (x *objectIndex) relist(p byte, objects map[objectKey]int64) {
+	x.mu.Lock()
+	x.m[p] = objects
+	x.listed[p]++
+	x.mu.Unlock()
 }
 
 func (x *objectIndex) remove(d digest.Digest) { x.removeKey(key(d.Hash)) }
 
 func (x *objectIndex) removeKey(k objectKey) {
 	x.mu.Lock()
-	delete(x.m, k)
-	x.removals++
+	delete(x.m[k[0]], k)
 	if !x.complete {
 		x.gone[k] = struct{}{}
 	}
 	x.mu.Unlock()
 }
 
+// IndexOptions are what IndexObjects tells its caller.
+type IndexOptions struct {
+	// Visit, when set, is called for each object the start-up walk
+	// finds, so that a caller needing a walk of its own (serve's quota
+	// account) shares this one.
+	Visit func(ObjectInfo)
+	// Done, when set, receives the start-up walk's error once it ends.
+	Done func(error)
+	// Lost, when set, is told why the index stopped following the disk
+	// (inotify unavailable, its queue overflowed): lookups ask the disk
+	// until a new watch and walk, started at once, are done.
+	Lost func(error)
+}
+
 // IndexObjects makes the store keep an index of its objects in memory, for
-// Present and Absent: objects are added as this Store writes them or
-// finds them on disk and removed as it removes them; a walk of the store,
-// started now in the background, adds those already there, and inotify
-// reports what other processes link or remove. It returns at once; done,
-// when not nil, receives the walk's error once it ends. Until the walk is
-// done, and whenever the watch is lost (an overflowed queue), the disk
-// answers what the index cannot. The watch ends with ctx. Meant for a
-// long-lived process (serve); a store created after this call (no objects
-// directory yet) is walked and watched once its first write makes one.
-func (s *Store) IndexObjects(ctx context.Context, done func(error)) {
-	x := &objectIndex{m: map[objectKey]int64{}, gone: map[objectKey]struct{}{}, ctx: ctx}
+// Present and Absent: a walk of the store, started now in the background,
+// adds those already there, and inotify reports what any process, this
+// one included, links or removes. It returns at once. Until the walk is
+// done, and whenever the watch is lost (an overflowed queue: the index is
+// then built again), the disk answers what the index cannot. The watch
+// ends with ctx. Meant for a long-lived process (serve); a store created
+// after this call (no objects directory yet) is walked and watched once
+// its first write makes one.
+func (s *Store) IndexObjects(ctx context.Context, o IndexOptions) {
+	x := newObjectIndex(ctx, o.Lost)
 	s.index.Store(x)
 	go func() {
-		err := x.build(s)
-		if done != nil {
-			done(err)
-		}
-		t := time.NewTicker(drainPeriod)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				if w := x.w.Load(); w != nil {
-					w.close()
-				}
-				return
-			case <-t.C:
-				if w := x.w.Load(); w != nil {
-					w.drain(x)
-				}
-			}
+		err := x.build(s, o.Visit)
+		if o.Done != nil {
+			o.Done(err)
 		}
 	}()
+	go s.follow(ctx, o.Lost)
+}
+
+// follow drains the index's watch every drainPeriod until ctx ends, and
+// replaces an index whose watch missed events (an overflowed queue) with a
+// new one, built in the background: what it held may be gone.
+func (s *Store) follow(ctx context.Context, lost func(error)) {
+	t := time.NewTicker(drainPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if w := s.index.Load().w.Load(); w != nil {
+				w.close()
+			}
+			return
+		case <-t.C:
+		}
+		x := s.index.Load()
+		w := x.w.Load()
+		if w == nil {
+			continue
+		}
+		if err := w.drain(x); err != nil && ctx.Err() == nil {
+			x.lost(fmt.Errorf("the object index missed changes, lookups ask the disk while it is built again: %w", err))
+			w.close()
+			x = newObjectIndex(ctx, lost)
+			s.index.Store(x)
+			go x.build(s, nil)
+		}
+	}
 }
 
 // build watches the objects directory, then walks it: what is linked
-// between the two is seen twice, which is harmless; nothing is missed.
-func (x *objectIndex) build(s *Store) error {
-	if w, err := watch(s.objects()); err == nil && !x.w.CompareAndSwap(nil, w) {
-		w.close() // the other build's watch came first
+// between the two is seen twice, which is harmless; nothing is missed. A
+// watch that cannot be set up is told to x.lost (the walk still visits
+// every object, for visit); an objects directory that does not exist yet
+// is not lost, only late (created).
+func (x *objectIndex) build(s *Store, visit func(ObjectInfo)) error {
+	x.building.Lock()
+	defer x.building.Unlock()
+	x.mu.Lock()
+	x.complete, x.gone = false, map[objectKey]struct{}{}
+	x.mu.Unlock()
+	objects := s.objects()
+	if x.w.Load() == nil {
+		w, err := watch(objects)
+		switch {
+		case err == nil:
+			x.w.Store(w)
+			if x.ctx.Err() != nil { // follow may have closed the watch it had
+				w.close()
+			}
+		case !errors.Is(err, fs.ErrNotExist) && x.ctx.Err() == nil:
+			x.lost(fmt.Errorf("the object index cannot follow the store, lookups ask the disk: %w", err))
+		}
 	}
-	err := s.WalkObjects(func(o ObjectInfo) error {
+	err := walkObjects(objects, x.listing, func(o ObjectInfo, listed uint64) error {
 		if err := x.ctx.Err(); err != nil {
 			return err
 		}
-		x.found(o.Digest)
+		x.found(o.Digest, listed)
+		if visit != nil {
+			visit(o)
+		}
 		return nil
 	})
-	if err == nil {
-		x.mu.Lock()
-		x.complete, x.gone = true, nil
-		x.mu.Unlock()
+	if err != nil {
+		return err
 	}
-	return err
+	x.mu.Lock()
+	x.complete, x.gone = true, nil
+	x.mu.Unlock()
+	return nil
+}
+
+// isPrefix says whether name is a prefix directory's: two hex digits.
+func isPrefix(name string) bool {
+	return len(name) == 2 && lowerHex[name[0]] && lowerHex[name[1]]
+}
+
+// prefixByte is the first byte of the hashes under a prefix directory.
+func prefixByte(prefix string) byte {
+	var b [1]byte
+	hex.Decode(b[:], []byte(prefix))
+	return b[0]
 }
 
 // created is told that the store just made its objects directory: an
@@ -188,20 +272,19 @@ func (x *objectIndex) created(s *Store) {
 	if x.w.Load() != nil || x.ctx.Err() != nil || !x.late.CompareAndSwap(false, true) {
 		return
 	}
-	x.mu.Lock()
-	x.complete, x.gone = false, map[objectKey]struct{}{}
-	x.mu.Unlock()
-	go x.build(s)
+	go x.build(s, nil)
 }
 
 // Present says for each digest of ds whether the store holds it, as Has
-// does. The index IndexObjects keeps answers absence (once its walk is
-// done); whatever it holds, the disk confirms, so an object removed behind
-// its back (gc while serve runs, a file deleted by hand) never reads as
-// present. It may be wrong one way: an object another process wrote and
-// the watch has not reported yet reads as absent (a client uploads it
-// again, which finds it there). So Present answers "what need I upload",
-// never "may I name this in a ref".
+// does. The index IndexObjects keeps answers while it follows the disk
+// (its watch drained now, nothing missed): what it holds with the size
+// asked is present, what it lacks once its walk is done is absent; the
+// disk answers the rest, and everything without an index or with a lost
+// watch. An object another process removed is never present: its removal
+// was queued by the system call that made it, before this drain. Contents
+// are not checked (as Has): a corrupt object is caught when it is read
+// (every whole-blob read is hashed) and what decides whether a ref may be
+// written asks the disk.
 func (s *Store) Present(ds []digest.Digest) ([]bool, error) {
 	for _, d := range ds {
 		if err := checkDigest(d); err != nil {
@@ -211,21 +294,22 @@ func (s *Store) Present(ds []digest.Digest) ([]bool, error) {
 	out := make([]bool, len(ds))
 	x := s.index.Load()
 	var ask []int // what the index cannot answer
-	if x == nil {
+	if x == nil || !x.following() {
 		ask = make([]int, len(ds))
 		for i := range ask {
 			ask[i] = i
 		}
 	} else {
-		if w := x.w.Load(); w != nil {
-			w.drain(x)
-		}
 		x.mu.RLock()
 		for i, d := range ds {
-			// Only absence is answered from memory: a "present" that
-			// is wrong (an object removed behind the index's back)
-			// makes a client skip an upload, so the disk confirms it.
-			if _, ok := x.m[key(d.Hash)]; ok || !x.complete {
+			k := key(d.Hash)
+			size, ok := x.m[k[0]][k]
+			switch {
+			case ok && size == d.Size:
+				out[i] = true
+			case ok || !x.complete:
+				// Not walked yet, or held with another size (a
+				// prefix shared with another object): the disk says.
 				ask = append(ask, i)
 			}
 		}
@@ -258,8 +342,20 @@ func (s *Store) Absent(ds []digest.Digest) []bool {
 		if !validHash(d.Hash) {
 			continue
 		}
-		_, ok := x.m[key(d.Hash)]
+		k := key(d.Hash)
+		_, ok := x.m[k[0]][k]
 		out[i] = !ok
 	}
 	return out
+}
+
+// listPrefix reads what a prefix directory holds, for a watch just added
+// to it: objects by key and size.
+func listPrefix(objects, prefix string) (map[objectKey]int64, error) {
+	found, err := readFanOut(objects, prefix)
+	m := make(map[objectKey]int64, len(found))
+	for _, o := range found {
+		m[key(o.Digest.Hash)] = o.Digest.Size
+	}
+	return m, err
 }

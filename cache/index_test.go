@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -43,7 +44,7 @@ func indexed(t *testing.T, dir string) *Store {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	s.IndexObjects(context.Background(), func(err error) { done <- err })
+	s.IndexObjects(context.Background(), IndexOptions{Done: func(err error) { done <- err }})
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func TestAbsentInNewStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.IndexObjects(context.Background(), nil)
+	s.IndexObjects(context.Background(), IndexOptions{})
 	mine, err := s.Add([]byte("first"))
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +177,7 @@ func TestPresentWhileIndexing(t *testing.T) {
 		ds = append(ds, d)
 	}
 	done := make(chan error, 1)
-	s.IndexObjects(context.Background(), func(err error) { done <- err })
+	s.IndexObjects(context.Background(), IndexOptions{Done: func(err error) { done <- err }})
 	gone := ds[:100]
 	for _, d := range gone {
 		if err := s.RemoveObject(d); err != nil {
@@ -192,6 +193,149 @@ func TestPresentWhileIndexing(t *testing.T) {
 		want := i >= len(gone)
 		if got[i] != want || after[i] != want {
 			t.Errorf("object %d: present %v during the walk, %v after; want %v", i, got[i], after[i], want)
+		}
+	}
+}
+
+// waitExact waits until the index of s follows the disk exactly.
+func waitExact(t *testing.T, s *Store) {
+	t.Helper()
+	nowhere := []digest.Digest{digest.NewFromBlob([]byte("nowhere"))}
+	for deadline := time.Now().Add(20 * time.Second); !s.Absent(nowhere)[0]; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the index never followed the disk")
+		}
+	}
+}
+
+// An object linked into a prefix directory the watch does not know yet,
+// then removed by another process before the watch is drained (serve
+// drains every 100 ms, or when asked): no event says so, since the
+// directory is watched only once its creation is drained. The index must
+// not keep it (a push once skipped a blob a target had lost,
+// TestPushRepairsAndDoesNotClobber): once drained, it is absent.
+func TestRemovalInNewPrefix(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s.IndexObjects(ctx, IndexOptions{})
+	if _, err := s.Add([]byte("makes the store")); err != nil {
+		t.Fatal(err)
+	}
+	waitExact(t, s)
+	var ds []digest.Digest
+	// No drain between the write and the removal, as between two of
+	// serve's: the watcher's lock held.
+	w := s.index.Load().w.Load()
+	w.mu.Lock()
+	for i := 0; len(ds) < 5; i++ {
+		data := fmt.Appendf(nil, "in a new prefix %d", i)
+		d := digest.NewFromBlob(data)
+		if _, err := os.Stat(filepath.Dir(s.ObjectPath(d))); err == nil {
+			continue
+		}
+		if _, err := s.Add(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(s.ObjectPath(d)); err != nil { // another process
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	w.mu.Unlock()
+	// Absent first: on its own, Present asks the disk where it has no
+	// answer, and that may have corrected the index.
+	if diff := cmp.Diff([]bool{true, true, true, true, true}, s.Absent(ds)); diff != "" {
+		t.Errorf("Absent of objects removed (-want +got):\n%s", diff)
+	}
+	got, err := s.Present(ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(make([]bool, len(ds)), got); diff != "" {
+		t.Errorf("Present of objects removed (-want +got):\n%s", diff)
+	}
+}
+
+// When the kernel's event queue overflows (more changes between two
+// drains than fs.inotify.max_queued_events), the index says so, lets the
+// disk answer, and is built again: exact once more, a removal it missed
+// not present.
+func TestIndexRebuiltAfterOverflow(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_queued_events")
+	if err != nil {
+		t.Skip(err)
+	}
+	var queue int
+	if _, err := fmt.Sscan(string(b), &queue); err != nil || queue > 40000 {
+		t.Skipf("max_queued_events %q: too many events to make", b)
+	}
+	dir := t.TempDir()
+	other, err := Open(dir, KindBst1Artifact) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := other.Add([]byte("removed while the queue overflowed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every prefix directory there, and so watched: each write is an
+	// event.
+	objects := filepath.Dir(filepath.Dir(other.ObjectPath(gone)))
+	for i := range 256 {
+		if err := os.MkdirAll(filepath.Join(objects, fmt.Sprintf("%02x", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(dir, KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lost := make(chan error, 10)
+	s.IndexObjects(ctx, IndexOptions{Lost: func(err error) { lost <- err }})
+	waitExact(t, s)
+
+	w := s.index.Load().w.Load()
+	w.mu.Lock() // no drain until the queue overflowed
+	var written []digest.Digest
+	for i := range queue + 10 {
+		d, err := other.Add(fmt.Appendf(nil, "object %d", i))
+		if err != nil {
+			w.mu.Unlock()
+			t.Fatal(err)
+		}
+		written = append(written, d)
+	}
+	if err := other.RemoveObject(gone); err != nil {
+		w.mu.Unlock()
+		t.Fatal(err)
+	}
+	w.mu.Unlock()
+
+	if got := present(t, s, gone, written[len(written)-1]); got[0] || !got[1] {
+		t.Errorf("Present after the overflow: %v, want [false true]", got)
+	}
+	select {
+	case err := <-lost:
+		if !errors.Is(err, errOverflow) {
+			t.Errorf("lost: %v, want the overflow", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the overflow was not told")
+	}
+	waitExact(t, s)
+	if !s.Absent([]digest.Digest{gone})[0] {
+		t.Error("rebuilt, the index still holds an object removed during the overflow")
+	}
+	for _, d := range written {
+		if s.Absent([]digest.Digest{d})[0] {
+			t.Fatalf("rebuilt, the index lacks %s", d)
 		}
 	}
 }

@@ -243,21 +243,11 @@ func (s *Store) Has(d digest.Digest) (bool, error) {
 	if err := checkDigest(d); err != nil {
 		return false, err
 	}
-	x := s.index.Load()
-	var gen uint64
-	if x != nil {
-		gen = x.generation()
-	}
 	st, err := os.Stat(s.ObjectPath(d))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, err
 	}
-	ok := err == nil && st.Mode().IsRegular() && st.Size() == d.Size
-	if x != nil {
-		// What the disk says corrects the index.
-		x.saw(d, ok, gen)
-	}
-	return ok, nil
+	return err == nil && st.Mode().IsRegular() && st.Size() == d.Size, nil
 }
 
 // Missing returns the digests of ds that the store does not have, in order,
@@ -615,8 +605,6 @@ func (w *BlobWriter) Commit() (err error) {
 	defer func() {
 		if err != nil {
 			w.Abort()
-		} else if x := w.s.index.Load(); x != nil {
-			x.add(w.want)
 		}
 	}()
 	if w.n != w.want.Size {
@@ -747,7 +735,13 @@ const objectWalkers = 4
 // order, from one goroutine at a time. Files whose names are not object
 // names are skipped.
 func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
-	objects := s.objects()
+	return walkObjects(s.objects(), nil, func(o ObjectInfo, _ uint64) error { return fn(o) })
+}
+
+// walkObjects is WalkObjects of the objects directory objects. With
+// listing, each fan-out directory's listing(fan) is taken just before it is
+// read and passed on with its objects.
+func walkObjects(objects string, listing func(fan string) uint64, fn func(o ObjectInfo, listed uint64) error) error {
 	fans, err := os.ReadDir(objects)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -757,6 +751,7 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 	}
 	type fanOut struct {
 		objects []ObjectInfo
+		listed  uint64
 		err     error
 	}
 	found := make([]chan fanOut, len(fans))
@@ -776,6 +771,9 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 			go func() {
 				var r fanOut
 				if f.IsDir() {
+					if listing != nil {
+						r.listed = listing(f.Name())
+					}
 					r.objects, r.err = readFanOut(objects, f.Name())
 				}
 				found[i] <- r
@@ -789,7 +787,7 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 			return r.err
 		}
 		for _, o := range r.objects {
-			if err := fn(o); err != nil {
+			if err := fn(o, r.listed); err != nil {
 				return err
 			}
 		}

@@ -18,6 +18,12 @@ import (
 // the system call that made the change, before it returns, so draining
 // the queue before an answer makes the index as current as the disk was
 // at that moment.
+//
+// A prefix directory made after the watch started is not watched until
+// its creation is drained: what is linked into it and removed again
+// meanwhile raises no event. So a new directory's watch is added, then
+// the directory listed, and the listing replaces whatever the index held
+// of it (objectIndex.relist).
 type watcher struct {
 	mu      sync.Mutex // one drain at a time
 	fd      int
@@ -26,35 +32,39 @@ type watcher struct {
 	// objects directory itself).
 	prefixes map[int32]string
 	buf      []byte
-	// lost: the queue overflowed, or a watch could not be added: events
-	// were missed and the index can no longer answer "absent" alone.
-	lost bool
+	// lost says why events were missed (the queue overflowed, a watch
+	// could not be added): the index can no longer answer alone.
+	lost error
 }
 
 const (
-	dirEvents    = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_ONLYDIR
+	dirEvents = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_DELETE | unix.IN_MOVED_FROM |
+		unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
 	prefixEvents = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_DELETE | unix.IN_MOVED_FROM
 )
+
+// errOverflow: the kernel's event queue overflowed.
+var errOverflow = errors.New("inotify's event queue overflowed (fs.inotify.max_queued_events)")
 
 // watch starts watching objects and every prefix directory in it.
 func watch(objects string) (*watcher, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
-		return nil, fmt.Errorf("watching the store: %w", err)
+		return nil, fmt.Errorf("watching the store (fs.inotify.max_user_instances): %w", err)
 	}
 	w := &watcher{fd: fd, objects: objects, prefixes: map[int32]string{}, buf: make([]byte, 64<<10)}
 	if err := w.add("", dirEvents); err != nil {
 		w.close()
 		return nil, err
 	}
-	entries, err := os.ReadDir(objects)
+	fans, err := os.ReadDir(objects)
 	if err != nil {
 		w.close()
 		return nil, err
 	}
-	for _, e := range entries {
-		if e.IsDir() && len(e.Name()) == 2 {
-			if err := w.add(e.Name(), prefixEvents); err != nil {
+	for _, f := range fans {
+		if f.IsDir() && isPrefix(f.Name()) {
+			if err := w.add(f.Name(), prefixEvents); err != nil {
 				w.close()
 				return nil, err
 			}
@@ -66,7 +76,7 @@ func watch(objects string) (*watcher, error) {
 func (w *watcher) add(prefix string, mask uint32) error {
 	wd, err := unix.InotifyAddWatch(w.fd, filepath.Join(w.objects, prefix), mask)
 	if err != nil {
-		return fmt.Errorf("watching %s: %w", filepath.Join(w.objects, prefix), err)
+		return fmt.Errorf("watching %s (fs.inotify.max_user_watches): %w", filepath.Join(w.objects, prefix), err)
 	}
 	w.prefixes[int32(wd)] = prefix
 	return nil
@@ -81,14 +91,18 @@ func (w *watcher) close() {
 	}
 }
 
-// drain applies every queued event to x. It reports whether the index
-// still follows the disk exactly.
-func (w *watcher) drain(x *objectIndex) bool {
+// drain applies every queued event to x. It says why, if the index no
+// longer follows the disk.
+func (w *watcher) drain(x *objectIndex) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for w.fd >= 0 && !w.lost {
+	for w.fd >= 0 && w.lost == nil {
 		n, err := unix.Read(w.fd, w.buf)
-		if errors.Is(err, unix.EAGAIN) || n <= 0 {
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil || n <= 0 {
+			w.lost = fmt.Errorf("reading the store's events: %w", err)
 			break
 		}
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {
@@ -105,13 +119,19 @@ func (w *watcher) drain(x *objectIndex) bool {
 			w.apply(x, ev.Wd, ev.Mask, name)
 		}
 	}
-	return w.fd >= 0 && !w.lost
+	switch {
+	case w.lost != nil:
+		return w.lost
+	case w.fd < 0:
+		return errors.New("the store's watch is closed")
+	}
+	return nil
 }
 
 // apply is one event. w.mu is held.
 func (w *watcher) apply(x *objectIndex, wd int32, mask uint32, name string) {
 	if mask&unix.IN_Q_OVERFLOW != 0 {
-		w.lost = true
+		w.lost = errOverflow
 		return
 	}
 	prefix, ok := w.prefixes[wd]
@@ -125,18 +145,7 @@ func (w *watcher) apply(x *objectIndex, wd int32, mask uint32, name string) {
 		return
 	}
 	if prefix == "" {
-		if mask&unix.IN_ISDIR != 0 && len(name) == 2 {
-			// A new prefix directory: watch it, then take in what was
-			// linked into it before the watch.
-			if err := w.add(name, prefixEvents); err != nil {
-				w.lost = true
-				return
-			}
-			entries, _ := os.ReadDir(filepath.Join(w.objects, name))
-			for _, e := range entries {
-				w.created(x, name, e.Name())
-			}
-		}
+		w.applyDir(x, mask, name)
 		return
 	}
 	switch {
@@ -149,14 +158,48 @@ func (w *watcher) apply(x *objectIndex, wd int32, mask uint32, name string) {
 	}
 }
 
-// created indexes an object another process (or this one) put in place.
+// applyDir is an event on the objects directory itself.
+func (w *watcher) applyDir(x *objectIndex, mask uint32, name string) {
+	if mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
+		w.lost = errors.New("the objects directory was removed or moved")
+		return
+	}
+	if mask&unix.IN_ISDIR == 0 || !isPrefix(name) {
+		return
+	}
+	p := prefixByte(name)
+	if mask&(unix.IN_DELETE|unix.IN_MOVED_FROM) != 0 {
+		// Removed (empty) or moved away with what it held: its
+		// watch, if it had one, must not speak for the name any more.
+		for wd, pr := range w.prefixes {
+			if pr == name {
+				unix.InotifyRmWatch(w.fd, uint32(wd))
+				delete(w.prefixes, wd)
+			}
+		}
+		x.relist(p, map[objectKey]int64{})
+		return
+	}
+	// A new prefix directory: watch it, then list it. Its listing is
+	// what it holds now; what the index held of it may have been
+	// removed before the watch.
+	if err := w.add(name, prefixEvents); err != nil {
+		w.lost = err
+		return
+	}
+	objects, err := listPrefix(w.objects, name)
+	if err != nil {
+		w.lost = fmt.Errorf("listing %s: %w", filepath.Join(w.objects, name), err)
+		return
+	}
+	x.relist(p, objects)
+}
+
+// created indexes an object any process (this one too) put in place.
 func (w *watcher) created(x *objectIndex, prefix, name string) {
 	h := prefix + name
 	if !validHash(h) {
 		return // a repair's side name, or another file
-	}
-	if x.hasKey(key(h)) {
-		return // this process wrote it, and indexed it then
 	}
 	var st unix.Stat_t
 	if err := unix.Lstat(filepath.Join(w.objects, prefix, name), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {

@@ -28,11 +28,12 @@
 //
 // Lookups and corruption: the store keeps an index of its objects in
 // memory (cache.Store.IndexObjects: a walk at start-up in the background,
-// then inotify for what any process links or removes), so that
-// FindMissingBlobs and a batch read of blobs the store lacks cost no
-// system call per digest. Reads never trust it for content: every blob a
-// batch read returns is hashed before it is sent, and every whole-blob
-// ByteStream read is hashed as it streams, its last bytes (or the end of
+// then inotify for what any process links or removes), so that FindMissingBlobs and a batch read of
+// blobs the store lacks cost no system call per digest; while it cannot
+// follow the disk (inotify unavailable, its queue overflowed: logged, and
+// the index is built again) the disk answers. Reads never trust it for
+// content: every blob a batch read returns is hashed before it is sent,
+// and every whole-blob ByteStream read is hashed as it streams, its last bytes (or the end of
 // its zstd frame) held back until the hash matched, so a bit that rots on
 // disk is caught at the next read of the object, whenever it rotted, and
 // a client never receives all of a corrupt blob: it gets DATA_LOSS, and

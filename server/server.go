@@ -170,15 +170,23 @@ func New(opts Options) (*Server, error) {
 	start := time.Now()
 	indexed := make(chan struct{})
 	s.indexed = indexed
-	s.store.IndexObjects(ictx, func(err error) {
-		defer close(indexed)
-		switch {
-		case err == nil:
-			s.logf("object index: built in %s", time.Since(start).Round(time.Millisecond))
-		case ictx.Err() == nil:
-			s.logf("object index: %v (lookups ask the disk)", err)
-		}
-	})
+	o := cache.IndexOptions{
+		Done: func(err error) {
+			defer close(indexed)
+			switch {
+			case err == nil:
+				s.logf("object index: built in %s", time.Since(start).Round(time.Millisecond))
+			case ictx.Err() == nil:
+				s.logf("object index: %v (lookups ask the disk)", err)
+			}
+		},
+		Lost: func(err error) {
+			if ictx.Err() == nil {
+				s.logf("object index: %v", err)
+			}
+		},
+	}
+	s.store.IndexObjects(ictx, o)
 	return s, nil
 }
 
