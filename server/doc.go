@@ -28,7 +28,8 @@
 //
 // Lookups and corruption: the store keeps an index of its objects in
 // memory (cache.Store.IndexObjects: a walk at start-up in the background,
-// then inotify for what any process links or removes), so that FindMissingBlobs and a batch read of
+// the same walk that fills the quota's account, then inotify for what any
+// process links or removes), so that FindMissingBlobs and a batch read of
 // blobs the store lacks cost no system call per digest; while it cannot
 // follow the disk (inotify unavailable, its queue overflowed: logged, and
 // the index is built again) the disk answers. Reads never trust it for

@@ -105,6 +105,9 @@ type quota struct {
 	kick  chan struct{}
 	quit  chan struct{}
 	wg    sync.WaitGroup
+	// walked receives the end of the store's start-up walk, which feeds
+	// the account its objects (object) as it feeds the object index.
+	walked chan error
 
 	mu sync.Mutex
 	// known: the start-up walk is done and the quota is enforced.
@@ -223,7 +226,7 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 
 // newAccount is an empty account, its epoch now.
 func newAccount() *quota {
-	return &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}),
+	return &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
 		index: map[[32]byte]uint32{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
 		clients: map[string]*client{}, owners: map[uint32]*client{}}
 }
@@ -251,9 +254,10 @@ func (q *quota) build() {
 	q.kickIfOver()
 }
 
-// measure adds every object and every ref's closure to the account.
-// Directories are read without being hashed again: a corrupt one is found
-// when it is served, and the account only needs to know what refs name.
+// measure adds every ref's closure to the account, once the store's walk
+// (object) has added every object. Directories are read without being
+// hashed again: a corrupt one is found when it is served, and the account
+// only needs to know what refs name.
 func (q *quota) measure() error {
 	stopped := func() bool {
 		select {
@@ -263,21 +267,13 @@ func (q *quota) measure() error {
 			return false
 		}
 	}
-	err := q.s.store.WalkObjects(func(o cache.ObjectInfo) error {
-		if stopped() {
-			return errStopped
+	select {
+	case err := <-q.walked:
+		if err != nil {
+			return err
 		}
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		if _, ok := q.find(o.Digest); !ok {
-			i := q.add(o.Digest)
-			q.objs[i].used = q.at(o.Modified)
-			q.objs[i].told = q.until(o.Modified, q.lease)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
+	case <-q.quit:
+		return errStopped
 	}
 	// Refs naming the same roots (a strong and a weak key) share one
 	// closure, read once.
@@ -316,6 +312,17 @@ func (q *quota) measure() error {
 		}
 	}
 	return nil
+}
+
+// object adds an object the store's start-up walk found.
+func (q *quota) object(o cache.ObjectInfo) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.find(o.Digest); !ok {
+		i := q.add(o.Digest)
+		q.objs[i].used = q.at(o.Modified)
+		q.objs[i].told = q.until(o.Modified, q.lease)
+	}
 }
 
 // rootsKey names a set of roots.

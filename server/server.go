@@ -164,7 +164,8 @@ func New(opts Options) (*Server, error) {
 		}
 		s.quota = newQuota(s, opts.Quota, lease, readLease)
 	}
-	// FindMissingBlobs answers from memory (cache.Store.Present).
+	// FindMissingBlobs answers from memory (cache.Store.Present). One
+	// walk of the store fills the index and the quota's account.
 	var ictx context.Context
 	ictx, s.stopIndex = context.WithCancel(context.Background())
 	start := time.Now()
@@ -173,6 +174,13 @@ func New(opts Options) (*Server, error) {
 	o := cache.IndexOptions{
 		Done: func(err error) {
 			defer close(indexed)
+			if s.quota != nil {
+				qerr := err
+				if ictx.Err() != nil {
+					qerr = errStopped
+				}
+				s.quota.walked <- qerr
+			}
 			switch {
 			case err == nil:
 				s.logf("object index: built in %s", time.Since(start).Round(time.Millisecond))
@@ -185,6 +193,9 @@ func New(opts Options) (*Server, error) {
 				s.logf("object index: %v", err)
 			}
 		},
+	}
+	if s.quota != nil {
+		o.Visit = s.quota.object
 	}
 	s.store.IndexObjects(ictx, o)
 	return s, nil
