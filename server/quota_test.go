@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"golang.org/x/sys/unix"
@@ -460,5 +461,89 @@ func TestQuotaUsePersistedOncePerMinute(t *testing.T) {
 	ask(addr2)
 	if got := mtime(); time.Since(got) > time.Minute {
 		t.Errorf("after a restart, a blob last used two hours ago and asked about now: time on disk %v; want now", got)
+	}
+}
+
+// serve walks the store once at start-up: the quota's account and the
+// object index are filled by the same walk (on a big store, two walks
+// made listings during start-up take three times as long). Each prefix
+// directory is opened once, as inotify (IN_OPEN) counts.
+func TestQuotaAndIndexShareOneWalk(t *testing.T) {
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		root, blobs := artifactTree(map[string][]byte{"own": bytes.Repeat([]byte{byte('a' + i)}, 1<<10)})
+		for d, b := range blobs {
+			if err := store.PutBytes(d, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := store.SetRef(cache.KindBst1Artifact, fmt.Sprintf("demo/one/%d", i), buildstream.V1RefContent(root)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer unix.Close(fd)
+	prefixes := map[int32]string{}
+	objects := filepath.Dir(filepath.Dir(store.ObjectPath(digest.NewFromBlob(nil))))
+	entries, err := os.ReadDir(objects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		wd, err := unix.InotifyAddWatch(fd, filepath.Join(objects, e.Name()), unix.IN_OPEN|unix.IN_ONLYDIR)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefixes[int32(wd)] = e.Name()
+	}
+
+	var logMu sync.Mutex
+	var log strings.Builder
+	logf := func(format string, args ...any) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		fmt.Fprintf(&log, format+"\n", args...)
+	}
+	srv, err := server.New(server.Options{Store: store, Quota: 1 << 30, Logf: logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		logMu.Lock()
+		l := log.String()
+		logMu.Unlock()
+		if strings.Contains(l, "store measured") && strings.Contains(l, "object index: built") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the account and the index were not built:\n%s", l)
+		}
+	}
+	opened := map[string]int{}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(fd, buf)
+		if n <= 0 || err != nil {
+			break
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			if ev.Mask&unix.IN_ISDIR != 0 && ev.Len == 0 { // the directory itself
+				opened[prefixes[ev.Wd]]++
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+	for _, p := range prefixes {
+		if opened[p] != 1 {
+			t.Errorf("prefix directory %s opened %d times during start-up, want once", p, opened[p])
+		}
 	}
 }
