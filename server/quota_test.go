@@ -305,18 +305,7 @@ func TestQuotaAccountBuiltInBackground(t *testing.T) {
 	})
 	t.Cleanup(release)
 
-	var logMu sync.Mutex
-	var log strings.Builder
-	logf := func(format string, args ...any) {
-		logMu.Lock()
-		defer logMu.Unlock()
-		fmt.Fprintf(&log, format+"\n", args...)
-	}
-	logged := func() string {
-		logMu.Lock()
-		defer logMu.Unlock()
-		return log.String()
-	}
+	logf, logged := serverLog()
 	made := make(chan *server.Server, 1)
 	go func() {
 		srv, err := server.New(server.Options{Store: store, AllowWrites: true, Quota: quota, Lease: time.Second, ReadLease: time.Second, Logf: logf})
@@ -464,6 +453,23 @@ func TestQuotaUsePersistedOncePerMinute(t *testing.T) {
 	}
 }
 
+// serverLog is a server's Logf and what it logged so far.
+func serverLog() (logf func(string, ...any), logged func() string) {
+	var mu sync.Mutex
+	var log strings.Builder
+	logf = func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(&log, format+"\n", args...)
+	}
+	logged = func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return log.String()
+	}
+	return logf, logged
+}
+
 // serve walks the store once at start-up: the quota's account and the
 // object index are filled by the same walk (on a big store, two walks
 // made listings during start-up take three times as long). Each prefix
@@ -503,22 +509,14 @@ func TestQuotaAndIndexShareOneWalk(t *testing.T) {
 		prefixes[int32(wd)] = e.Name()
 	}
 
-	var logMu sync.Mutex
-	var log strings.Builder
-	logf := func(format string, args ...any) {
-		logMu.Lock()
-		defer logMu.Unlock()
-		fmt.Fprintf(&log, format+"\n", args...)
-	}
+	logf, logged := serverLog()
 	srv, err := server.New(server.Options{Store: store, Quota: 1 << 30, Logf: logf})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Close()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		logMu.Lock()
-		l := log.String()
-		logMu.Unlock()
+		l := logged()
 		if strings.Contains(l, "store measured") && strings.Contains(l, "object index: built") {
 			break
 		}
