@@ -6,9 +6,11 @@
 //	genrefs -n 1000 -project bench DIR
 //	genrefs -n 40 -files 60 -size 100000 DIR   # 40 artifacts of 6 MB
 //	genrefs -n 1 -first 7000 -files 3 -size 1048576 DIR   # artifact 7000 alone
+//	genrefs -n 40 -files 60 -mixed DIR         # 40 artifacts as a build's
 //
 // Each artifact is files/ (-files files of -size bytes of its own random
-// content; by default three small ones of text), meta/
+// content; by default three small ones of text; with -mixed, sizes as a
+// build's outputs: three of 1-2 MiB, the rest of 512 bytes to 64 KiB), meta/
 // with keys.yaml (strong and weak key) and logs/, stored under its strong
 // and its weak ref, as bst stores one. Artifact i (numbered from -first)
 // is the same whatever else a run makes: runs with -first apart make
@@ -36,9 +38,13 @@ func main() {
 	files := flag.Int("files", 0, "files per artifact, of -size random bytes each (0: three small text files)")
 	size := flag.Int("size", 65536, "bytes per file with -files")
 	first := flag.Int("first", 0, "the number of the first artifact")
+	mixed := flag.Bool("mixed", false, "with -files: sizes as a build's outputs (three of 1-2 MiB, the rest 512 bytes to 64 KiB) instead of -size")
 	flag.Parse()
+	if *mixed {
+		*size = 0
+	}
 	if flag.NArg() != 1 || *n < 1 || *n > 1_000_000 || *first < 0 {
-		fmt.Fprintln(os.Stderr, "usage: genrefs [-n N] [-first I] [-project NAME] [-files N -size BYTES] DIR")
+		fmt.Fprintln(os.Stderr, "usage: genrefs [-n N] [-first I] [-project NAME] [-files N [-size BYTES | -mixed]] DIR")
 		os.Exit(2)
 	}
 	if err := run(flag.Arg(0), *project, *first, *n, *files, *size); err != nil {
@@ -69,7 +75,7 @@ func key(parts ...any) string {
 }
 
 // contents are the files of artifact i: three small ones of text, or
-// files of size random bytes.
+// files of size random bytes (size 0: of mixed sizes).
 func contents(i, files, size int) [][]byte {
 	var out [][]byte
 	if files == 0 {
@@ -83,8 +89,16 @@ func contents(i, files, size int) [][]byte {
 		return out
 	}
 	rng := rand.New(rand.NewPCG(uint64(i), 1))
-	for range files {
-		b := make([]byte, size)
+	for j := range files {
+		n := size
+		switch {
+		case size > 0:
+		case j < 3:
+			n = 1<<20 + rng.IntN(1<<20)
+		default:
+			n = 512 + rng.IntN(64<<10-512)
+		}
+		b := make([]byte, n)
 		for k := range b {
 			b[k] = byte(rng.Uint32())
 		}
