@@ -122,6 +122,7 @@ func Dial(ctx context.Context, c config.Cache, opts ...Option) (*Remote, error) 
 				Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
 			}),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+			withDownloadCodec(),
 		},
 	}
 	if c.Bandwidth > 0 {

@@ -1,0 +1,138 @@
+package remotes
+
+import (
+	"bytes"
+	"testing"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// frames cuts b into buffers of 16 KiB, as HTTP/2 frames bring a message.
+func frames(b []byte) mem.BufferSlice {
+	var s mem.BufferSlice
+	for len(b) > 0 {
+		n := min(len(b), 16<<10)
+		s = append(s, mem.SliceBuffer(bytes.Clone(b[:n])))
+		b = b[n:]
+	}
+	return s
+}
+
+func blob(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7)
+	}
+	return b
+}
+
+// The download codec decodes both answers that carry blobs as protobuf
+// does, merged digests included, unknown fields dropped; anything else
+// goes to protobuf itself.
+func TestDownloadCodecDecodesAsProtobuf(t *testing.T) {
+	codec := downloadCodec{encoding.GetCodecV2("proto")}
+	batch := &repb.BatchReadBlobsResponse{Responses: []*repb.BatchReadBlobsResponse_Response{
+		{Digest: &repb.Digest{Hash: "aa", SizeBytes: 40000}, Data: blob(40000, 1), Status: &statuspb.Status{}},
+		{Digest: &repb.Digest{Hash: "bb", SizeBytes: 3}, Status: &statuspb.Status{Code: int32(codes.NotFound), Message: "gone"}},
+		{Digest: &repb.Digest{Hash: "cc", SizeBytes: 9}, Data: blob(5, 2), Compressor: repb.Compressor_ZSTD},
+	}}
+	wire, err := proto.Marshal(batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An unknown field, and a digest sent in two parts (merged).
+	wire = protowire.AppendTag(wire, 99, protowire.VarintType)
+	wire = protowire.AppendVarint(wire, 7)
+	extra, _ := proto.Marshal(&repb.BatchReadBlobsResponse_Response{Digest: &repb.Digest{Hash: "dd"}})
+	more, _ := proto.Marshal(&repb.BatchReadBlobsResponse_Response{Digest: &repb.Digest{SizeBytes: 4}, Data: []byte("abcd")})
+	wire = protowire.AppendTag(wire, 1, protowire.BytesType)
+	wire = protowire.AppendBytes(wire, append(extra, more...))
+
+	for _, c := range []struct {
+		name string
+		wire []byte
+		got  proto.Message
+		want proto.Message
+	}{
+		{"BatchReadBlobsResponse", wire, &repb.BatchReadBlobsResponse{}, &repb.BatchReadBlobsResponse{}},
+		{"ReadResponse", mustMarshal(t, &bspb.ReadResponse{Data: blob(100000, 3)}), &bspb.ReadResponse{}, &bspb.ReadResponse{}},
+		{"empty ReadResponse", nil, &bspb.ReadResponse{Data: []byte("stale")}, &bspb.ReadResponse{}},
+		{"another message", mustMarshal(t, &repb.Digest{Hash: "ee", SizeBytes: 1}), &repb.Digest{}, &repb.Digest{}},
+	} {
+		// Unknown fields are dropped: nothing reads them.
+		if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(c.wire, c.want); err != nil {
+			t.Fatal(err)
+		}
+		if err := codec.Unmarshal(frames(c.wire), c.got); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if !proto.Equal(c.got, c.want) {
+			t.Errorf("%s: decoded differently from protobuf", c.name)
+		}
+	}
+	truncated := mustMarshal(t, &bspb.ReadResponse{Data: blob(1000, 4)})[:500]
+	if err := codec.Unmarshal(frames(truncated), &bspb.ReadResponse{}); err == nil {
+		t.Error("a truncated ReadResponse decoded")
+	}
+	truncated = wire[:len(wire)-3]
+	if err := codec.Unmarshal(frames(truncated), &repb.BatchReadBlobsResponse{}); err == nil {
+		t.Error("a truncated BatchReadBlobsResponse decoded")
+	}
+}
+
+// A batch's blobs are not copied out of the gathered message: each
+// entry's data is a view into it (protobuf would give each a copy of its
+// own), so a download's bytes are copied once on their way to the file.
+func TestDownloadCodecKeepsBlobsInPlace(t *testing.T) {
+	codec := downloadCodec{encoding.GetCodecV2("proto")}
+	a, b := blob(30000, 5), blob(20000, 6)
+	wire := mustMarshal(t, &repb.BatchReadBlobsResponse{Responses: []*repb.BatchReadBlobsResponse_Response{
+		{Digest: &repb.Digest{Hash: "aa", SizeBytes: 30000}, Data: a},
+		{Digest: &repb.Digest{Hash: "bb", SizeBytes: 20000}, Data: b},
+	}})
+	var got repb.BatchReadBlobsResponse
+	if err := codec.Unmarshal(frames(wire), &got); err != nil {
+		t.Fatal(err)
+	}
+	first := got.Responses[0].GetData()
+	if !bytes.Equal(first, a) || !bytes.Equal(got.Responses[1].GetData(), b) {
+		t.Fatal("wrong data")
+	}
+	if !bytes.Contains(first[:cap(first)], b) {
+		t.Error("the first blob's data is a copy of its own, not a view into the message that holds the second")
+	}
+}
+
+func mustMarshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func BenchmarkDecodeReadResponse(b *testing.B) {
+	wire, _ := proto.Marshal(&bspb.ReadResponse{Data: blob(1<<20, 7)})
+	for _, c := range []struct {
+		name  string
+		codec encoding.CodecV2
+	}{{"protobuf", encoding.GetCodecV2("proto")}, {"download", downloadCodec{encoding.GetCodecV2("proto")}}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(wire)))
+			for b.Loop() {
+				var m bspb.ReadResponse
+				if err := c.codec.Unmarshal(frames(wire), &m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
