@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -151,20 +152,57 @@ func readRefAt(dirfd int, name, ref string) ([]byte, RefInfo, error) {
 // SetRef writes a ref atomically and durably. Callers write a ref only once
 // everything it names is in the store; SetRef first syncs the file system,
 // so those objects are on disk before the ref that names them.
-func (s *Store) SetRef(kind Kind, ref string, data []byte) (err error) {
+func (s *Store) SetRef(kind Kind, ref string, data []byte) error {
+	return s.SetRefs(kind, []string{ref}, data)
+}
+
+// SetRefs writes refs that name the same content, each as SetRef does,
+// after one sync of the file system for all of them (an artifact's strong
+// and weak refs). Each ref is renamed into place only once its file is
+// synced, and each directory the refs were renamed into is synced before
+// SetRefs returns; a ref that failed, and every ref after it, is left as
+// it was.
+func (s *Store) SetRefs(kind Kind, refs []string, data []byte) error {
+	if len(refs) == 0 {
+		return nil
+	}
 	if err := s.ensure(); err != nil {
 		return err
 	}
-	p, err := s.RefPath(kind, ref)
-	if err != nil {
-		return err
+	paths := make([]string, len(refs))
+	for i, ref := range refs {
+		p, err := s.RefPath(kind, ref)
+		if err != nil {
+			return err
+		}
+		paths[i] = p
 	}
 	if err := s.Sync(); err != nil {
 		return err
 	}
+	var dirs []string
+	for i, ref := range refs {
+		if err := s.writeRef(paths[i], data); err != nil {
+			return fmt.Errorf("writing ref %s: %w", ref, err)
+		}
+		if dir := filepath.Dir(paths[i]); !slices.Contains(dirs, dir) {
+			dirs = append(dirs, dir)
+		}
+	}
+	for _, dir := range dirs {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeRef writes data to a synced temporary file and renames it to p;
+// the rename is durable once p's directory is synced.
+func (s *Store) writeRef(p string, data []byte) (err error) {
 	f, err := os.CreateTemp(s.tmp, "ref-")
 	if err != nil {
-		return fmt.Errorf("writing ref %s: %w", ref, err)
+		return err
 	}
 	defer func() {
 		if err != nil {
@@ -173,21 +211,18 @@ func (s *Store) SetRef(kind Kind, ref string, data []byte) (err error) {
 		}
 	}()
 	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("writing ref %s: %w", ref, err)
+		return err
 	}
 	if err = f.Chmod(0o644); err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {
-		return fmt.Errorf("writing ref %s: %w", ref, err)
+		return err
 	}
 	if err = f.Close(); err != nil {
 		return err
 	}
-	if err = s.install(f.Name(), p, true); err != nil {
-		return fmt.Errorf("writing ref %s: %w", ref, err)
-	}
-	return nil
+	return s.install(f.Name(), p, false)
 }
 
 // DeleteRef removes a ref; removing a missing ref is ErrNotFound.

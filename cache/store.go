@@ -425,16 +425,16 @@ func (s *Store) PutBytes(d digest.Digest, data []byte) error {
 // PutVerified stores a blob held in memory that the caller has already
 // checked against d (remotes.BatchRead does, and a digest computed from the
 // data is right by construction). Only the size is checked again: hashing
-// the same bytes twice costs a pull as much as the network does.
+// the same bytes twice costs a pull as much as the network does. It does
+// not ask first whether the blob is present, as its callers just did: one
+// that is (another writer's) is found when the new file is linked, and
+// left as it is.
 func (s *Store) PutVerified(d digest.Digest, data []byte) error {
 	if err := checkDigest(d); err != nil {
 		return err
 	}
 	if int64(len(data)) != d.Size {
 		return fmt.Errorf("blob %s: %w: %d bytes", d, ErrDigestMismatch, len(data))
-	}
-	if ok, err := s.Has(d); err == nil && ok {
-		return nil
 	}
 	w, err := s.newWriter(d)
 	if err != nil {

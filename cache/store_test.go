@@ -351,3 +351,60 @@ func TestStoreRepairs(t *testing.T) {
 		t.Error("a fresh temporary file (a writer at work) was removed")
 	}
 }
+
+// SetRefs writes an artifact's refs after one sync; one that cannot be
+// written fails the call and leaves no partial ref, under its own name or
+// in the temporary directory, while those before it are whole.
+func TestSetRefsStopsWhole(t *testing.T) {
+	s := openTemp(t, KindBst1Artifact)
+	data := []byte("a serialized digest")
+	if err := s.SetRefs(KindArtifact, nil, data); err != nil {
+		t.Fatal(err)
+	}
+	// A file where the second ref's directory would be.
+	if err := s.SetRef(KindArtifact, "p/blocked", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	refs := []string{"p/e/strong", "p/blocked/weak", "p/e/other"}
+	if err := s.SetRefs(KindArtifact, refs, data); err == nil {
+		t.Fatal("SetRefs wrote a ref under a file")
+	}
+	if got, err := s.GetRef(KindArtifact, "p/e/strong"); err != nil || string(got) != string(data) {
+		t.Errorf("the ref before the failure: %q, %v", got, err)
+	}
+	for _, ref := range refs[1:] {
+		if _, err := s.GetRef(KindArtifact, ref); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s after the failure: %v, want not found", ref, err)
+		}
+	}
+	if left := tmpEntries(t, s); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	if err := s.SetRefs(KindArtifact, []string{"p/e/strong", "p/e/weak"}, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"p/e/strong", "p/e/weak"} {
+		if got, err := s.GetRef(KindArtifact, ref); err != nil || string(got) != "new" {
+			t.Errorf("%s: %q, %v", ref, got, err)
+		}
+	}
+}
+
+// PutVerified of a blob another writer stored in the meantime leaves it
+// as it is, and nothing behind.
+func TestPutVerifiedPresent(t *testing.T) {
+	s := openTemp(t, KindBst1Artifact)
+	data := []byte("stored twice")
+	d := digest.NewFromBlob(data)
+	for range 2 {
+		if err := s.PutVerified(d, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Verify(d); err != nil {
+		t.Fatal(err)
+	}
+	if left := tmpEntries(t, s); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}

@@ -12,7 +12,7 @@ import (
 // dependency changed locally still comes from a cache. A weak ref the
 // local store already holds is skipped, as bst does not pull an element
 // it has by its weak key. The artifact's strong ref is written beside it
-// (linkRefs), as bst links it. The result stands in the strict ref's
+// (writeRefs), as bst links it. The result stands in the strict ref's
 // place; a weak ref no cache has either leaves the strict ref missing.
 func (e *Engine) pullWeak(ctx context.Context, results []Result, st Stats, o PullOptions) ([]Result, Stats) {
 	var at []int

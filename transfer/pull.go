@@ -223,7 +223,7 @@ func (e *Engine) localHit(ref string) (Result, entry, bool) {
 func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence bool, s *slot) Result {
 	if !evidence {
 		if res, en, ok := e.localHit(ref); ok {
-			if err := e.linkRefs(ctx, ref, en); err != nil {
+			if err := e.writeRefs(ctx, ref, en, false); err != nil {
 				return failed(res, err)
 			}
 			e.Events.info(ref + ": complete in the local store: skipped")
@@ -367,37 +367,29 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 			return missing, err
 		}
 	}
-	if err := e.setRef(ref, en, w.slot.moved()); err != nil {
-		return nil, err
-	}
-	return nil, e.linkRefs(ctx, ref, en)
+	return nil, e.writeRefs(ctx, ref, en, w.slot.moved())
 }
 
-// setRef writes the local ref for en. A ref that already names the same
-// content is left as it is when nothing was downloaded for it: a run
-// that moves nothing writes nothing, and costs no sync of the store.
-func (e *Engine) setRef(ref string, en entry, downloaded bool) error {
-	if !downloaded {
-		if cur, err := e.Store.GetRef(en.kind, ref); err == nil && bytes.Equal(cur, en.content) {
-			return nil
-		}
-	}
-	return e.Store.SetRef(en.kind, ref, en.content)
-}
-
-// linkRefs writes the artifact's other refs (its weak key's, or its strong
-// key's when ref is the weak one) locally, as BuildStream stores an
-// artifact under both: non-strict builds look it up by the weak key.
-func (e *Engine) linkRefs(ctx context.Context, ref string, en entry) error {
-	for _, other := range e.allRefs(ctx, ref, en)[1:] {
-		if cur, err := e.Store.GetRef(en.kind, other); err == nil && bytes.Equal(cur, en.content) {
+// writeRefs writes the local ref for en and the artifact's other refs (its
+// weak key's, or its strong key's when ref is the weak one), as BuildStream
+// stores an artifact under both: non-strict builds look it up by the weak
+// key. A ref that already names the same content is left as it is, ref
+// itself only when nothing was downloaded for it: a run that moves nothing
+// writes nothing, and costs no sync of the store. The refs to write are
+// written together, after one sync.
+func (e *Engine) writeRefs(ctx context.Context, ref string, en entry, downloaded bool) error {
+	var write []string
+	for i, r := range e.allRefs(ctx, ref, en) {
+		if i == 0 && downloaded {
+			write = append(write, r)
 			continue
 		}
-		if err := e.Store.SetRef(en.kind, other, en.content); err != nil {
-			return err
+		if cur, err := e.Store.GetRef(en.kind, r); err == nil && bytes.Equal(cur, en.content) {
+			continue
 		}
+		write = append(write, r)
 	}
-	return nil
+	return e.Store.SetRefs(en.kind, write, en.content)
 }
 
 func failed(res Result, err error) Result {
