@@ -15,12 +15,13 @@ import (
 )
 
 // downloadCodec is the client's gRPC codec: protobuf, as the default one,
-// except that the two answers that carry blobs (ByteStream's ReadResponse
-// and BatchReadBlobsResponse) keep their data where the message was
-// gathered instead of copying it out (protobuf's Unmarshal copies every
-// bytes field). A download's bytes are copied once between the
-// connection's buffers and the file, not twice; the rest of each message
-// is decoded by protobuf itself.
+// except for the two answers that carry blobs, which are asked for as
+// heldBatch and heldRead. Those keep their data where the message was
+// gathered, in a buffer of gRPC's pool that the caller gives back once
+// the data is stored, instead of copying it out (protobuf's Unmarshal
+// copies every bytes field into new memory). A download's bytes are
+// copied once between the connection and the file, and no memory is
+// allocated per message: fresh memory costs a page fault per page.
 type downloadCodec struct{ proto encoding.CodecV2 }
 
 // withDownloadCodec makes the connection's calls use downloadCodec.
@@ -36,15 +37,47 @@ func (c downloadCodec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.
 
 func (c downloadCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	switch m := v.(type) {
-	case *bspb.ReadResponse:
-		// Materialize gathers the message into memory of its own (gRPC
-		// frees data's buffers once this returns), which the data field
-		// may then keep.
-		return decodeReadResponse(data.Materialize(), m)
-	case *repb.BatchReadBlobsResponse:
-		return decodeBatchRead(data.Materialize(), m)
+	case *heldBatch:
+		return decodeBatchRead(m.hold(data), &m.BatchReadBlobsResponse)
+	case *heldRead:
+		return decodeReadResponse(m.hold(data), &m.ReadResponse)
 	}
 	return c.proto.Unmarshal(data, v)
+}
+
+// held is the buffer a download answer was decoded in: its data fields
+// are valid until free.
+type held struct{ buf mem.Buffer }
+
+// hold keeps data's bytes in one buffer of gRPC's pool (gRPC frees data
+// itself once Unmarshal returns) and returns them; what it held before is
+// given back.
+func (h *held) hold(data mem.BufferSlice) []byte {
+	h.free()
+	h.buf = data.MaterializeToBuffer(mem.DefaultBufferPool())
+	return h.buf.ReadOnlyData()
+}
+
+// free gives the buffer back to the pool; the answer's data must not be
+// used after.
+func (h *held) free() {
+	if h.buf != nil {
+		h.buf.Free()
+		h.buf = nil
+	}
+}
+
+// heldBatch is a BatchReadBlobsResponse whose entries' data live in its
+// buffer.
+type heldBatch struct {
+	repb.BatchReadBlobsResponse
+	held
+}
+
+// heldRead is a ByteStream ReadResponse whose data lives in its buffer.
+type heldRead struct {
+	bspb.ReadResponse
+	held
 }
 
 // errWire is a message that is not valid protobuf.

@@ -55,16 +55,19 @@ func TestDownloadCodecDecodesAsProtobuf(t *testing.T) {
 	wire = protowire.AppendTag(wire, 1, protowire.BytesType)
 	wire = protowire.AppendBytes(wire, append(extra, more...))
 
+	stale := &heldRead{}
+	stale.Data = []byte("stale")
 	for _, c := range []struct {
 		name string
 		wire []byte
-		got  proto.Message
+		got  any
+		msg  func() proto.Message
 		want proto.Message
 	}{
-		{"BatchReadBlobsResponse", wire, &repb.BatchReadBlobsResponse{}, &repb.BatchReadBlobsResponse{}},
-		{"ReadResponse", mustMarshal(t, &bspb.ReadResponse{Data: blob(100000, 3)}), &bspb.ReadResponse{}, &bspb.ReadResponse{}},
-		{"empty ReadResponse", nil, &bspb.ReadResponse{Data: []byte("stale")}, &bspb.ReadResponse{}},
-		{"another message", mustMarshal(t, &repb.Digest{Hash: "ee", SizeBytes: 1}), &repb.Digest{}, &repb.Digest{}},
+		{"BatchReadBlobsResponse", wire, &heldBatch{}, nil, &repb.BatchReadBlobsResponse{}},
+		{"ReadResponse", mustMarshal(t, &bspb.ReadResponse{Data: blob(100000, 3)}), &heldRead{}, nil, &bspb.ReadResponse{}},
+		{"empty ReadResponse", nil, stale, nil, &bspb.ReadResponse{}},
+		{"another message", mustMarshal(t, &repb.Digest{Hash: "ee", SizeBytes: 1}), &repb.Digest{}, nil, &repb.Digest{}},
 	} {
 		// Unknown fields are dropped: nothing reads them.
 		if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(c.wire, c.want); err != nil {
@@ -73,23 +76,34 @@ func TestDownloadCodecDecodesAsProtobuf(t *testing.T) {
 		if err := codec.Unmarshal(frames(c.wire), c.got); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		if !proto.Equal(c.got, c.want) {
+		var got proto.Message
+		switch m := c.got.(type) {
+		case *heldBatch:
+			got = &m.BatchReadBlobsResponse
+			defer m.free()
+		case *heldRead:
+			got = &m.ReadResponse
+			defer m.free()
+		default:
+			got = m.(proto.Message)
+		}
+		if !proto.Equal(got, c.want) {
 			t.Errorf("%s: decoded differently from protobuf", c.name)
 		}
 	}
 	truncated := mustMarshal(t, &bspb.ReadResponse{Data: blob(1000, 4)})[:500]
-	if err := codec.Unmarshal(frames(truncated), &bspb.ReadResponse{}); err == nil {
+	if err := codec.Unmarshal(frames(truncated), &heldRead{}); err == nil {
 		t.Error("a truncated ReadResponse decoded")
 	}
 	truncated = wire[:len(wire)-3]
-	if err := codec.Unmarshal(frames(truncated), &repb.BatchReadBlobsResponse{}); err == nil {
+	if err := codec.Unmarshal(frames(truncated), &heldBatch{}); err == nil {
 		t.Error("a truncated BatchReadBlobsResponse decoded")
 	}
 }
 
 // A batch's blobs are not copied out of the gathered message: each
 // entry's data is a view into it (protobuf would give each a copy of its
-// own), so a download's bytes are copied once on their way to the file.
+// own), and a message that came in one buffer is not copied at all.
 func TestDownloadCodecKeepsBlobsInPlace(t *testing.T) {
 	codec := downloadCodec{encoding.GetCodecV2("proto")}
 	a, b := blob(30000, 5), blob(20000, 6)
@@ -97,7 +111,7 @@ func TestDownloadCodecKeepsBlobsInPlace(t *testing.T) {
 		{Digest: &repb.Digest{Hash: "aa", SizeBytes: 30000}, Data: a},
 		{Digest: &repb.Digest{Hash: "bb", SizeBytes: 20000}, Data: b},
 	}})
-	var got repb.BatchReadBlobsResponse
+	var got heldBatch
 	if err := codec.Unmarshal(frames(wire), &got); err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +121,17 @@ func TestDownloadCodecKeepsBlobsInPlace(t *testing.T) {
 	}
 	if !bytes.Contains(first[:cap(first)], b) {
 		t.Error("the first blob's data is a copy of its own, not a view into the message that holds the second")
+	}
+	got.free()
+
+	one := mustMarshal(t, &bspb.ReadResponse{Data: blob(4000, 8)})
+	var read heldRead
+	if err := codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(one)}, &read); err != nil {
+		t.Fatal(err)
+	}
+	defer read.free()
+	if data := read.GetData(); len(data) != 4000 || &data[len(data)-1] != &one[len(one)-1] {
+		t.Error("a message in one buffer was copied")
 	}
 }
 
@@ -128,10 +153,11 @@ func BenchmarkDecodeReadResponse(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(wire)))
 			for b.Loop() {
-				var m bspb.ReadResponse
+				var m heldRead
 				if err := c.codec.Unmarshal(frames(wire), &m); err != nil {
 					b.Fatal(err)
 				}
+				m.free()
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package remotes
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -143,34 +144,54 @@ func (r *Remote) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.
 	return missing, err
 }
 
-// BatchRead reads small blobs in one call whose total size must fit
-// MaxBatchBytes. Every blob is checked against its digest: found holds
-// only verified data, missing the digests the server said it lacks. A blob
-// that fails verification makes the whole call fail with ErrCorrupt.
-//
-// A batch the cache refuses as too large is split in two and the cache's
-// batch limit halved for the rest of the run; a single blob still too
-// large fails with ErrTooLarge (stream it instead).
+// BatchRead reads small blobs in one call as BatchReadEach does, into
+// memory of their own: found holds only verified data, missing the
+// digests the server said it lacks.
 func (r *Remote) BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error) {
-	limit := r.MaxBatchBytes()
-	found, missing, err = r.batchRead(ctx, ds)
-	if !errors.Is(err, ErrTooLarge) || len(ds) < 2 || !r.shrink(ctx, &r.maxRead, limit, "batch") {
-		return found, missing, err
-	}
-	found = map[digest.Digest][]byte{}
-	missing = nil
-	for _, half := range [][]digest.Digest{ds[:len(ds)/2], ds[len(ds)/2:]} {
-		f, m, err := r.BatchRead(ctx, half)
-		if err != nil {
-			return nil, nil, err
-		}
-		maps.Copy(found, f)
-		missing = append(missing, m...)
+	found = make(map[digest.Digest][]byte, len(ds))
+	missing, err = r.BatchReadEach(ctx, ds, func(d digest.Digest, data []byte) error {
+		found[d] = bytes.Clone(data)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	return found, missing, nil
 }
 
-func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error) {
+// BatchReadEach reads small blobs in one call whose total size must fit
+// MaxBatchBytes and hands each blob found to fn, in no particular order;
+// data is valid only until fn returns (it lives in a buffer the next
+// download reuses), and an error of fn ends the call with it. Every blob
+// is checked against its digest before any is handed on: one that fails
+// verification makes the whole call fail with ErrCorrupt. It returns the
+// digests the server said it lacks.
+//
+// A batch the cache refuses as too large is split in two and the cache's
+// batch limit halved for the rest of the run; a single blob still too
+// large fails with ErrTooLarge (stream it instead).
+func (r *Remote) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(d digest.Digest, data []byte) error) (missing []digest.Digest, err error) {
+	limit := r.MaxBatchBytes()
+	missing, err = r.batchRead(ctx, ds, fn)
+	if !errors.Is(err, ErrTooLarge) || len(ds) < 2 || !r.shrink(ctx, &r.maxRead, limit, "batch") {
+		return missing, err
+	}
+	missing = nil
+	for _, half := range [][]digest.Digest{ds[:len(ds)/2], ds[len(ds)/2:]} {
+		m, err := r.BatchReadEach(ctx, half, fn)
+		if err != nil {
+			return nil, err
+		}
+		missing = append(missing, m...)
+	}
+	return missing, nil
+}
+
+// batchReadMethod is what the generated client calls: it is called here
+// directly, for its answer to be a heldBatch.
+const batchReadMethod = "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs"
+
+func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, []byte) error) (missing []digest.Digest, err error) {
 	req := &repb.BatchReadBlobsRequest{InstanceName: r.instance}
 	for _, d := range ds {
 		req.Digests = append(req.Digests, d.ToProto())
@@ -178,15 +199,19 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 	if r.zstd.streams {
 		req.AcceptableCompressors = []repb.Compressor_Value{repb.Compressor_ZSTD}
 	}
-	var resp *repb.BatchReadBlobsResponse
+	resp := &heldBatch{}
+	defer resp.free()
 	err = r.call(ctx, "BatchReadBlobs", true, func(ctx context.Context) (err error) {
-		resp, err = r.cas.BatchReadBlobs(ctx, req)
-		return err
+		return r.cc.Invoke(ctx, batchReadMethod, req, resp)
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	found = make(map[digest.Digest][]byte, len(ds))
+	type blob struct {
+		d    digest.Digest
+		data []byte
+	}
+	var found []blob
 	asked := setOf(ds)
 	answered := make(map[digest.Digest]bool, len(ds))
 	for _, br := range resp.GetResponses() {
@@ -199,16 +224,21 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 		case codes.OK:
 			data, err := batchEntry(br, d)
 			if err != nil {
-				return nil, nil, r.wrap("BatchReadBlobs", err)
+				return nil, r.wrap("BatchReadBlobs", err)
 			}
 			if got := digest.NewFromBlob(data); got != d {
-				return nil, nil, r.wrap("BatchReadBlobs", fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, got.Size, got.Hash))
+				return nil, r.wrap("BatchReadBlobs", fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, got.Size, got.Hash))
 			}
-			found[d] = data
+			found = append(found, blob{d, data})
 		case codes.NotFound:
 			missing = append(missing, d)
 		default:
-			return nil, nil, r.wrap("BatchReadBlobs", status.ErrorProto(br.GetStatus()))
+			return nil, r.wrap("BatchReadBlobs", status.ErrorProto(br.GetStatus()))
+		}
+	}
+	for _, b := range found {
+		if err := fn(b.d, b.data); err != nil {
+			return nil, err
 		}
 	}
 	for _, d := range ds {
@@ -217,7 +247,7 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest) (found map[d
 			missing = append(missing, d)
 		}
 	}
-	return found, missing, nil
+	return missing, nil
 }
 
 // A stream's overall deadline is twice the cache's stall-timeout plus its
@@ -289,11 +319,18 @@ func (r *Remote) readFrom(ctx context.Context, name string, d digest.Digest, w i
 	defer cancel(nil)
 	timer := time.AfterFunc(stall, func() { cancel(ErrStalled) })
 	defer timer.Stop()
-	stream, err := bsgrpc.NewByteStreamClient(r.cc).Read(sctx, &bsgrpc.ReadRequest{ResourceName: name, ReadOffset: *off})
+	stream, err := r.cc.NewStream(sctx, &grpc.StreamDesc{ServerStreams: true}, readMethod)
 	if err != nil {
 		return err
 	}
+	if err := stream.SendMsg(&bsgrpc.ReadRequest{ResourceName: name, ReadOffset: *off}); err != nil {
+		return err
+	}
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
 	src := &recvReader{stream: stream, progress: func() { timer.Reset(stall) }}
+	defer src.msg.free()
 	dst := boundedWriter{w: w, off: off, limit: d.Size}
 	if r.zstd.streams {
 		_, err = zstdwire.Copy(dst, src, d.Size-*off)
@@ -318,21 +355,27 @@ func (r *Remote) readFrom(ctx context.Context, name string, d digest.Digest, w i
 	return nil
 }
 
+// readMethod is what the generated client calls: it is called here
+// directly, for its answers to be heldReads.
+const readMethod = "/google.bytestream.ByteStream/Read"
+
 // recvReader reads a ByteStream Read's messages as one stream of bytes.
-// Every message with data counts as progress; empty ones do not.
+// Every message with data counts as progress; empty ones do not. Each
+// message is decoded in place into msg, whose buffer the next one reuses:
+// the caller frees msg once done.
 type recvReader struct {
-	stream   bsgrpc.ByteStream_ReadClient
+	stream   grpc.ClientStream
+	msg      heldRead
 	buf      []byte
 	progress func()
 }
 
 func (s *recvReader) Read(p []byte) (int, error) {
 	for len(s.buf) == 0 {
-		resp, err := s.stream.Recv()
-		if err != nil {
+		if err := s.stream.RecvMsg(&s.msg); err != nil {
 			return 0, err // io.EOF at the end
 		}
-		s.buf = resp.GetData()
+		s.buf = s.msg.GetData()
 		if len(s.buf) > 0 {
 			s.progress()
 		}

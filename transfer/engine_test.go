@@ -127,6 +127,19 @@ func (f *fakeCache) BatchRead(ctx context.Context, ds []digest.Digest) (map[dige
 	return found, missing, nil
 }
 
+func (f *fakeCache) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, []byte) error) ([]digest.Digest, error) {
+	found, missing, err := f.BatchRead(ctx, ds)
+	if err != nil {
+		return nil, err
+	}
+	for d, b := range found {
+		if err := fn(d, b); err != nil {
+			return nil, err
+		}
+	}
+	return missing, nil
+}
+
 func (f *fakeCache) ReadBlobFrom(ctx context.Context, d digest.Digest, off int64, w io.Writer) error {
 	if err := ctx.Err(); err != nil {
 		return err

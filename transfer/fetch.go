@@ -453,21 +453,38 @@ func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remo
 	}
 }
 
-// batch reads small blobs in one call (BatchRead verifies each) and returns
+// batch reads small blobs in one call (BatchReadEach verifies each) and returns
 // how many the cache lacks.
 func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Digest) (int, error) {
 	release, err := f.reserve(ctx, sizeOf(ds))
 	if err != nil {
 		return 0, err
 	}
-	found, missing, err := r.BatchRead(ctx, ds)
+	var blobs, bytes int64
+	missing, err := r.BatchReadEach(ctx, ds, func(d digest.Digest, data []byte) error {
+		// BatchReadEach checked each blob against its digest.
+		if err := f.store.PutVerified(d, data); err != nil {
+			return err
+		}
+		f.moved(d)
+		f.ev.bytes(d.Size)
+		blobs++
+		bytes += d.Size
+		return nil
+	})
 	if errors.Is(err, remotes.ErrTooLarge) {
 		// A blob too large for any batch the cache takes: stream it.
 		// Each stream takes its own share of the budget: this one is
-		// given back first, or they could wait for it for ever.
+		// given back first, or they could wait for it for ever. Halves
+		// of the batch that fit are stored already.
 		release()
 		lacks := 0
 		for _, d := range ds {
+			if local, err := f.store.Has(d); err != nil {
+				return lacks, err
+			} else if local {
+				continue
+			}
 			ok, err := f.stream(ctx, c, r, d)
 			if err != nil {
 				return lacks, err
@@ -487,17 +504,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 	if err != nil {
 		return 0, err
 	}
-	var bytes int64
-	for d, data := range found {
-		// BatchRead checked each blob against its digest.
-		if err := f.store.PutVerified(d, data); err != nil {
-			return 0, err
-		}
-		f.moved(d)
-		f.ev.bytes(d.Size)
-		bytes += d.Size
-	}
-	c.count(len(found), bytes, 0)
+	c.count(int(blobs), bytes, 0)
 	return len(missing), nil
 }
 

@@ -40,7 +40,7 @@ func (p *pacedCache) FetchDirectory(ctx context.Context, uri string) (digest.Dig
 	return p.fakeCache.FetchDirectory(ctx, uri)
 }
 
-func (p *pacedCache) BatchRead(ctx context.Context, ds []digest.Digest) (map[digest.Digest][]byte, []digest.Digest, error) {
+func (p *pacedCache) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, []byte) error) ([]digest.Digest, error) {
 	refs := map[string]bool{}
 	for _, d := range ds {
 		if r := p.owner[d]; r != "" {
@@ -63,7 +63,7 @@ func (p *pacedCache) BatchRead(ctx context.Context, ds []digest.Digest) (map[dig
 		}
 		p.mu.Unlock()
 	}()
-	return p.fakeCache.BatchRead(ctx, ds)
+	return p.fakeCache.BatchReadEach(ctx, ds, fn)
 }
 
 // --jobs bounds the refs that move bytes, not the refs being asked about:
