@@ -13,9 +13,13 @@
 // artifact, as bst-artifact-server keeps it.
 //
 // Every write goes to a temporary file under DIR/tmp, is checked against its
-// digest while it is written, is fsynced and then renamed into place, so a
-// crash never leaves a partial object or ref under its final name, and any
-// number of processes may share one store.
+// digest while it is written, and is then renamed (or linked) into place,
+// so a crash never leaves a partial object or ref under its final name,
+// and any number of processes may share one store. Objects are not synced
+// one by one: writing refs (SetRefs) syncs the file system once, after the
+// refs' temporary files are written and before they are renamed, which
+// makes the refs and every object they name durable before any ref names
+// them; the refs' directories are synced after.
 //
 // A download that may be resumed (ResumableWriter) keeps its bytes under
 // DIR/tmp/partial-{hash}-{size} when it is cut short; the next writer of

@@ -150,19 +150,21 @@ func readRefAt(dirfd int, name, ref string) ([]byte, RefInfo, error) {
 }
 
 // SetRef writes a ref atomically and durably. Callers write a ref only once
-// everything it names is in the store; SetRef first syncs the file system,
-// so those objects are on disk before the ref that names them.
+// everything it names is in the store; SetRef syncs the file system before
+// the ref gets its name, so those objects are on disk before the ref that
+// names them.
 func (s *Store) SetRef(kind Kind, ref string, data []byte) error {
 	return s.SetRefs(kind, []string{ref}, data)
 }
 
-// SetRefs writes refs that name the same content, each as SetRef does,
-// after one sync of the file system for all of them (an artifact's strong
-// and weak refs). Each ref is renamed into place only once its file is
-// synced, and each directory the refs were renamed into is synced before
-// SetRefs returns; a ref that failed, and every ref after it, is left as
-// it was.
-func (s *Store) SetRefs(kind Kind, refs []string, data []byte) error {
+// SetRefs writes refs that name the same content, each as SetRef does
+// (an artifact's strong and weak refs), with one sync of the file system
+// for all: each ref is written to a temporary file, the sync makes those
+// and every object they name durable, and only then is each renamed into
+// place; each directory a ref was renamed into is synced before SetRefs
+// returns. A ref that could not be renamed fails the call and is left as
+// it was, as is every ref after it, and no temporary file is left.
+func (s *Store) SetRefs(kind Kind, refs []string, data []byte) (err error) {
 	if len(refs) == 0 {
 		return nil
 	}
@@ -177,14 +179,28 @@ func (s *Store) SetRefs(kind Kind, refs []string, data []byte) error {
 		}
 		paths[i] = p
 	}
+	var tmps []string
+	defer func() {
+		for _, t := range tmps {
+			os.Remove(t) // those not renamed
+		}
+	}()
+	for _, ref := range refs {
+		t, err := s.writeRefTemp(data)
+		if err != nil {
+			return fmt.Errorf("writing ref %s: %w", ref, err)
+		}
+		tmps = append(tmps, t)
+	}
 	if err := s.Sync(); err != nil {
 		return err
 	}
 	var dirs []string
 	for i, ref := range refs {
-		if err := s.writeRef(paths[i], data); err != nil {
+		if err := s.install(tmps[0], paths[i], false); err != nil {
 			return fmt.Errorf("writing ref %s: %w", ref, err)
 		}
+		tmps = tmps[1:]
 		if dir := filepath.Dir(paths[i]); !slices.Contains(dirs, dir) {
 			dirs = append(dirs, dir)
 		}
@@ -197,12 +213,12 @@ func (s *Store) SetRefs(kind Kind, refs []string, data []byte) error {
 	return nil
 }
 
-// writeRef writes data to a synced temporary file and renames it to p;
-// the rename is durable once p's directory is synced.
-func (s *Store) writeRef(p string, data []byte) (err error) {
+// writeRefTemp writes data to a new temporary file, not synced, and
+// returns its name.
+func (s *Store) writeRefTemp(data []byte) (name string, err error) {
 	f, err := os.CreateTemp(s.tmp, "ref-")
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer func() {
 		if err != nil {
@@ -211,18 +227,12 @@ func (s *Store) writeRef(p string, data []byte) (err error) {
 		}
 	}()
 	if _, err = f.Write(data); err != nil {
-		return err
+		return "", err
 	}
 	if err = f.Chmod(0o644); err != nil {
-		return err
+		return "", err
 	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return s.install(f.Name(), p, false)
+	return f.Name(), f.Close()
 }
 
 // DeleteRef removes a ref; removing a missing ref is ErrNotFound.

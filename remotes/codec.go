@@ -17,11 +17,11 @@ import (
 // downloadCodec is the client's gRPC codec: protobuf, as the default one,
 // except for the two answers that carry blobs, which are asked for as
 // heldBatch and heldRead. Those keep their data where the message was
-// gathered, in a buffer of gRPC's pool that the caller gives back once
+// gathered, in a buffer of downloadPool that the caller gives back once
 // the data is stored, instead of copying it out (protobuf's Unmarshal
 // copies every bytes field into new memory). A download's bytes are
-// copied once between the connection and the file, and no memory is
-// allocated per message: fresh memory costs a page fault per page.
+// copied once between the connection and the file, into memory used
+// again and again: fresh memory costs a page fault per page.
 type downloadCodec struct{ proto encoding.CodecV2 }
 
 // withDownloadCodec makes the connection's calls use downloadCodec.
@@ -49,12 +49,12 @@ func (c downloadCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // are valid until free.
 type held struct{ buf mem.Buffer }
 
-// hold keeps data's bytes in one buffer of gRPC's pool (gRPC frees data
+// hold keeps data's bytes in one buffer of downloadPool (gRPC frees data
 // itself once Unmarshal returns) and returns them; what it held before is
 // given back.
 func (h *held) hold(data mem.BufferSlice) []byte {
 	h.free()
-	h.buf = data.MaterializeToBuffer(mem.DefaultBufferPool())
+	h.buf = data.MaterializeToBuffer(downloadPool)
 	return h.buf.ReadOnlyData()
 }
 
