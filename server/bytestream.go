@@ -388,9 +388,11 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 		}
 		return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: committed})
 	}
-	if err := b.checkSpace(d); err != nil {
+	release, err := b.checkSpace(d, clientOf(stream.Context()))
+	if err != nil {
 		return err
 	}
+	defer release() // once stored (accounted), parked (counted as parked) or failed
 	var from net.Addr
 	if p, ok := peer.FromContext(stream.Context()); ok {
 		from = p.Addr
@@ -514,24 +516,24 @@ func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name stri
 	return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: committed})
 }
 
-// checkSpace refuses a blob larger than the quota or the free disk space.
-func (b byteStream) checkSpace(d digest.Digest) error {
+// checkSpace refuses a blob larger than the quota or the free disk space,
+// and reserves its room under the quota for who's upload until release.
+func (b byteStream) checkSpace(d digest.Digest, who string) (release func(), err error) {
+	release = func() {}
 	if b.quota != nil && d.Size > b.quota.limit {
-		return status.Errorf(codes.ResourceExhausted, "blob %s is larger than the server's quota (%d bytes)", d, b.quota.limit)
-	}
-	if b.quota != nil {
-		// Parked uploads are disk too: they count against the quota.
-		if err := b.quota.admit(d.Size + b.uploads.parkedSize()); err != nil {
-			return err
-		}
+		return nil, status.Errorf(codes.ResourceExhausted, "blob %s is larger than the server's quota (%d bytes)", d, b.quota.limit)
 	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(b.store.Root(), &st); err == nil {
 		if free := int64(st.Bavail) * int64(st.Bsize); d.Size > free {
-			return status.Errorf(codes.ResourceExhausted, "blob %s does not fit: %d bytes free on the server", d, free)
+			return nil, status.Errorf(codes.ResourceExhausted, "blob %s does not fit: %d bytes free on the server", d, free)
 		}
 	}
-	return nil
+	if b.quota != nil {
+		// Parked uploads are disk too: they count against the quota.
+		return b.quota.admit(d.Size, b.uploads.parkedSize(), who)
+	}
+	return release, nil
 }
 
 // QueryWriteStatus reports how much of an upload the server holds.

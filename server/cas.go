@@ -222,9 +222,11 @@ func (s *Server) putBytes(d digest.Digest, data []byte, client string) error {
 		return nil
 	}
 	if s.quota != nil {
-		if err := s.quota.admit(d.Size); err != nil {
+		release, err := s.quota.admit(d.Size, 0, client)
+		if err != nil {
 			return err
 		}
+		defer release() // once stored (accounted) or failed
 	}
 	if err := s.store.PutBytes(d, data); err != nil {
 		return err

@@ -125,7 +125,9 @@ type quota struct {
 	owners  map[uint32]*client
 	lastID  uint32
 	loose   int64 // bytes of loose objects under an upload lease
-	lent    int64 // bytes under read leases (counted once a lease)
+	// reserved is the bytes of uploads admitted and not yet stored.
+	reserved int64
+	lent     int64 // bytes under read leases (counted once a lease)
 	// evicted counts what eviction removed, for Stats.
 	evicted struct{ refs, objects, bytes int64 }
 }
@@ -419,7 +421,10 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 		q.own(i, c)
 		for q.loose > q.limit/2 {
 			b := q.biggest(q.at(now), func(b *client) bool { return b.held > 0 && (b != c || b.held > 1) }, func(b *client) int64 { return b.unnamed })
-			if b == nil || !q.dropOldest(b) {
+			if b == nil {
+				break
+			}
+			if _, ok := q.dropOldest(b); !ok {
 				break
 			}
 		}
@@ -486,19 +491,19 @@ func (q *quota) holds(c *client, e queued) bool {
 	return o.owner == c.id && o.upload == e.until
 }
 
-// dropOldest ends c's oldest upload lease on a loose object; false when
-// it holds none.
-func (q *quota) dropOldest(c *client) bool {
+// dropOldest ends c's oldest upload lease on a loose object and says
+// which; false when it holds none.
+func (q *quota) dropOldest(c *client) (uint32, bool) {
 	for len(c.queue) > 0 {
 		e := c.queue[0]
 		c.queue = c.queue[1:]
 		if q.holds(c, e) {
 			q.objs[e.obj].upload = 0
 			q.disown(e.obj)
-			return true
+			return e.obj, true
 		}
 	}
-	return false
+	return 0, false
 }
 
 // biggest is the client for which size is largest among those that can
@@ -701,8 +706,8 @@ func (q *quota) evict(now time.Time, room int64) {
 	}
 }
 
-// evictPass brings the store down to 90% of the limit, less room (see
-// quota). Index writes wait meanwhile (refsMu), so a ref is never written
+// evictPass brings the store down to 90% of the limit, less room and the
+// uploads admitted and not yet stored (see quota). Index writes wait meanwhile (refsMu), so a ref is never written
 // over blobs being removed; the plan itself is made in memory.
 func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 	s := q.s
@@ -710,6 +715,7 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 	defer s.refsMu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	room += q.reserved
 	if !q.known || q.used+room <= q.limit {
 		return 0, 0
 	}
@@ -813,29 +819,74 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 	return refs, freed
 }
 
-// admit makes room for a new upload of n bytes when it would take the
-// store past its hard cap (a twentieth of the limit past it), and refuses
-// it when leases leave no room, so leased blobs cannot grow the store
-// without bound. Before the store is measured, every upload is admitted.
-// Each upload is admitted on the account as it stands: uploads admitted
-// at once can together take the store past the cap by what they carry
-// (scripts/bench-load saw the account at 116% of a 96 MiB quota, with 40
-// clients uploading at once).
-func (q *quota) admit(n int64) error {
-	fits := func() (bool, int64) {
+// admit reserves room for a new upload of n bytes by who (a client's
+// connection), to be released once it is stored (or failed): release. It
+// counts the uploads admitted and not yet stored with the store, so that
+// uploads admitted at once cannot together take it past its hard cap (a
+// twentieth of the limit past it). When the upload would, it evicts to
+// make room; when leases leave none, it ends upload leases on unnamed
+// objects (see trim), whoever uploads, and evicts again: loose uploads
+// are the most expendable, a push names what it uploaded within seconds.
+// It refuses the upload only when the leases left leave no room, so
+// leased blobs cannot grow the store without bound. Before the store is
+// measured, every upload is admitted.
+//
+// aside is what else the store holds outside the account (parked uploads):
+// it counts, but is not reserved.
+func (q *quota) admit(n, aside int64, who string) (release func(), err error) {
+	// reserve reserves n bytes if they fit, else says by how much they
+	// do not.
+	reserve := func() (over int64) {
 		q.mu.Lock()
 		defer q.mu.Unlock()
-		return !q.known || q.used+n <= q.limit+q.limit/20, q.used
+		if over = q.used + q.reserved + n + aside - (q.limit + q.limit/20); q.known && over > 0 {
+			return over
+		}
+		q.reserved += n
+		return 0
 	}
-	if ok, _ := fits(); ok {
-		return nil
+	release = func() {
+		q.mu.Lock()
+		q.reserved -= n
+		q.mu.Unlock()
 	}
-	q.evict(time.Now(), n)
-	ok, used := fits()
-	if ok {
-		return nil
+	for step := 0; ; step++ {
+		over := reserve()
+		switch {
+		case over <= 0:
+			return release, nil
+		case step == 1: // eviction was not enough: unnamed uploads go
+			q.mu.Lock()
+			q.trim(over, who, q.at(time.Now()))
+			q.mu.Unlock()
+		case step == 2:
+			return nil, status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes more than its hard cap, of a %d-byte quota, stored or being uploaded, all in use by clients): try again shortly", over, q.limit)
+		}
+		q.evict(time.Now(), n+aside)
 	}
-	return status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes of a %d-byte quota, all in use by clients): try again shortly", used, q.limit)
+}
+
+// trim ends upload leases on unnamed objects until need bytes more can be
+// evicted: the client that left the most unnamed loses its oldest first,
+// however little it holds (below the bound on loose uploads too); not
+// who, whose upload this makes room for. A client that uploads and never
+// names piles up what it left unnamed and goes first; a push in progress,
+// whose refs named what it uploaded before, comes last.
+func (q *quota) trim(need int64, who string, now stamp) {
+	self := q.clients[who]
+	for freed := int64(0); freed < need; {
+		c := q.biggest(now, func(c *client) bool { return c.held > 0 && c != self }, func(c *client) int64 { return c.unnamed })
+		if c == nil {
+			return
+		}
+		i, ok := q.dropOldest(c)
+		if !ok {
+			return
+		}
+		if o := &q.objs[i]; o.needs == 0 && !o.leased(now) {
+			freed += o.size
+		}
+	}
 }
 
 // stats reads the account.
