@@ -420,7 +420,7 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 		c.seen = o.used
 		q.own(i, c)
 		for q.loose > q.limit/2 {
-			b := q.biggest(q.at(now), func(b *client) bool { return b.held > 0 && (b != c || b.held > 1) }, func(b *client) int64 { return b.unnamed })
+			b := q.biggest(q.at(now), func(b *client) bool { return b.held > 0 && (b != c || b.held > 1) }, leftUnnamed)
 			if b == nil {
 				break
 			}
@@ -431,6 +431,17 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 	}
 	q.mu.Unlock()
 	q.kickIfOver()
+}
+
+// leftUnnamed orders the clients whose upload leases go first: those that
+// left something unnamed (lost or let run out a lease on a blob no ref of
+// theirs named since: loose writers), then the others (pushes in
+// progress), each by what they left unnamed, most first.
+func leftUnnamed(c *client) int64 {
+	if c.unnamed > c.bytes {
+		return c.unnamed + 1<<48
+	}
+	return c.unnamed
 }
 
 // client is the account of a connection's loose uploads.
@@ -875,7 +886,7 @@ func (q *quota) admit(n, aside int64, who string) (release func(), err error) {
 func (q *quota) trim(need int64, who string, now stamp) {
 	self := q.clients[who]
 	for freed := int64(0); freed < need; {
-		c := q.biggest(now, func(c *client) bool { return c.held > 0 && c != self }, func(c *client) int64 { return c.unnamed })
+		c := q.biggest(now, func(c *client) bool { return c.held > 0 && c != self }, leftUnnamed)
 		if c == nil {
 			return
 		}
