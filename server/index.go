@@ -383,6 +383,9 @@ func (s *Server) setEntries(uris []string, entries []entry, roots cache.Roots, r
 	if err != nil {
 		return status.Errorf(codes.Internal, "checking the pushed content: %v", err)
 	}
+	if s.quota != nil && len(missing) == 0 { // found, but eviction is removing them
+		missing = s.quota.beingRemoved(all)
+	}
 	if len(missing) > 0 {
 		return missingError(strings.Join(uris, ", "), missing)
 	}

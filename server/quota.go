@@ -64,9 +64,11 @@ const DefaultReadLease = 2 * time.Minute
 // Leases are bounded per client, a client being its connection (a gRPC
 // client keeps one). Upload leases on objects no ref names (loose:
 // abandoned pushes, or clients that upload and never name) hold at most
-// half the quota, all clients together: past it, the client that left the
-// most unnamed loses its oldest first, unnamed being what it uploaded over
-// its connection that no ref has named since, leases it lost included.
+// half the quota, all clients together: past it, a client that left
+// something unnamed loses its oldest first, the one that left the most
+// first, unnamed being what it uploaded over its connection that no ref
+// has named since, leases it lost included; only when none holds a lease
+// do the others (pushes in progress) lose theirs, in the same order.
 // Read leases hold at most a quarter of the quota, the client holding the
 // most losing its oldest first. The lease just taken is kept. So one
 // client's leases cannot starve another's: a client that uploads and never
@@ -81,12 +83,19 @@ const DefaultReadLease = 2 * time.Minute
 // that free blobs together, as an artifact's strong and weak key do, go
 // together). A leased object is never removed: a push does not lose what
 // it uploaded before it names it, nor a pull the blobs of the ref it was
-// given. The store may
-// pass its limit by what clients hold in leases, up to a hard cap (a
-// twentieth of the limit past it), where an upload first evicts to make
-// room, and is refused with RESOURCE_EXHAUSTED when leases leave none;
-// with loose uploads and read leases bounded, that takes told leases on
-// a quarter of the quota.
+// given. The plan is made and the refs deleted while index writes and
+// lookups wait; the files go after, while an index write naming one of
+// them finds it missing.
+//
+// The store may pass its limit by what clients hold in leases, up to a
+// hard cap (a twentieth of the limit past it). An upload is admitted
+// against the account and the uploads admitted before it and not yet
+// stored (their room reserved until then), so uploads at once cannot
+// together pass the cap. Past it an upload first evicts to make room,
+// then ends upload leases on unnamed objects, in the order above, below
+// their bound too (loose uploads are the most expendable: a push names
+// its blobs within seconds), and evicts again; it is refused with
+// RESOURCE_EXHAUSTED only when the leases left leave no room.
 //
 // bazel-remote and Buildbarn have no leases: bazel-remote evicts blobs by
 // LRU as it writes, Buildbarn's local storage by FIFO over blocks, so a
@@ -117,6 +126,9 @@ type quota struct {
 	free  []uint32 // slots of objs removed, to reuse
 	refs  map[refKey]refRecord
 	used  int64 // bytes of objects
+	// removing holds the objects an eviction pass took out of the account
+	// whose files it has not removed yet.
+	removing map[[32]byte]struct{}
 	// pending keeps the uses of refs the start-up walk has not reached.
 	pending map[refKey]int64
 	// clients hold upload leases on loose objects and read leases, by
@@ -229,7 +241,7 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 // newAccount is an empty account, its epoch now.
 func newAccount() *quota {
 	return &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
-		index: map[[32]byte]uint32{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
+		index: map[[32]byte]uint32{}, removing: map[[32]byte]struct{}{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
 		clients: map[string]*client{}, owners: map[uint32]*client{}}
 }
 
@@ -709,7 +721,9 @@ func (q *quota) loop() {
 // evict makes room bytes under the limit, if there are not, and says
 // what it did.
 func (q *quota) evict(now time.Time, room int64) {
-	if refs, freed := q.evictPass(now, room); refs > 0 || freed > 0 {
+	refs, gone := q.evictPass(now, room)
+	freed := q.removeFiles(gone)
+	if refs > 0 || freed > 0 {
 		q.mu.Lock()
 		used := q.used
 		q.mu.Unlock()
@@ -717,10 +731,16 @@ func (q *quota) evict(now time.Time, room int64) {
 	}
 }
 
-// evictPass brings the store down to 90% of the limit, less room and the
-// uploads admitted and not yet stored (see quota). Index writes wait meanwhile (refsMu), so a ref is never written
-// over blobs being removed; the plan itself is made in memory.
-func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
+// evictPass brings the account down to 90% of the limit, less room and
+// the uploads admitted and not yet stored (see quota), and says which
+// objects to remove. Index writes and lookups wait meanwhile (refsMu), so
+// a ref is never written or given over the blobs planned for removal; the
+// plan is made in memory, and the refs to evict are deleted before it
+// ends. Their objects are out of the account from then on, and named in
+// removing until their files are gone (removeFiles): they are removed
+// once neither lock is held, and an index write naming one of them
+// meanwhile finds it missing.
+func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Digest) {
 	s := q.s
 	s.refsMu.Lock()
 	defer s.refsMu.Unlock()
@@ -728,7 +748,7 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 	defer q.mu.Unlock()
 	room += q.reserved
 	if !q.known || q.used+room <= q.limit {
-		return 0, 0
+		return 0, nil
 	}
 	target := max(q.limit/10*9-room, 0)
 	n := q.at(now)
@@ -741,14 +761,8 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 		if o.size < 0 || o.hash == empty {
 			return
 		}
-		d := digest.Digest{Hash: hex.EncodeToString(o.hash[:]), Size: o.size}
-		if err := s.store.RemoveObject(d); err != nil {
-			s.logf("quota: removing %s: %v", d, err)
-			return
-		}
-		freed += o.size
-		q.evicted.objects++
-		q.evicted.bytes += o.size
+		gone = append(gone, digest.Digest{Hash: hex.EncodeToString(o.hash[:]), Size: o.size})
+		q.removing[o.hash] = struct{}{}
 		q.drop(i)
 	}
 
@@ -763,7 +777,7 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 	sort.Slice(loose, func(a, b int) bool { return q.objs[loose[a]].used < q.objs[loose[b]].used })
 	for _, i := range loose {
 		if q.used <= target {
-			return refs, freed
+			return refs, gone
 		}
 		remove(i)
 	}
@@ -827,7 +841,54 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, freed int64) {
 	if q.used > q.limit {
 		s.logf("quota: still %d bytes over the limit of %d: blobs clients are using (leases of %s, %s to read)", q.used-q.limit, q.limit, q.lease, q.readLease)
 	}
-	return refs, freed
+	return refs, gone
+}
+
+// removeFiles removes the objects an eviction pass planned to, holding no
+// lock while it does, and says how many bytes it freed. An object stored
+// again since (an upload put it back in the account) stays.
+func (q *quota) removeFiles(gone []digest.Digest) (freed int64) {
+	for _, d := range gone {
+		k, _ := key(d)
+		q.mu.Lock()
+		_, back := q.index[k]
+		q.mu.Unlock()
+		var err error
+		if !back {
+			err = q.s.store.RemoveObject(d)
+		}
+		q.mu.Lock()
+		delete(q.removing, k)
+		if !back && err == nil {
+			freed += d.Size
+			q.evicted.objects++
+			q.evicted.bytes += d.Size
+		}
+		q.mu.Unlock()
+		if err != nil {
+			q.s.logf("quota: removing %s: %v", d, err)
+		}
+	}
+	return freed
+}
+
+// beingRemoved are those of ds an eviction pass is removing: missing to
+// an index write.
+func (q *quota) beingRemoved(ds []digest.Digest) []digest.Digest {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []digest.Digest
+	if len(q.removing) == 0 {
+		return nil
+	}
+	for _, d := range ds {
+		if k, ok := key(d); ok {
+			if _, ok := q.removing[k]; ok {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
 }
 
 // admit reserves room for a new upload of n bytes by who (a client's
