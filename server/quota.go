@@ -89,13 +89,15 @@ const DefaultReadLease = 2 * time.Minute
 //
 // The store may pass its limit by what clients hold in leases, up to a
 // hard cap (a twentieth of the limit past it). An upload is admitted
-// against the account and the uploads admitted before it and not yet
-// stored (their room reserved until then), so uploads at once cannot
-// together pass the cap. Past it an upload first evicts to make room,
+// against the account, the uploads admitted before it and not yet stored
+// (their room reserved until then) and the files eviction is removing
+// (waiting for them when they make the room), so uploads at once cannot
+// together pass the cap, on disk either. Past it an upload first evicts to make room,
 // then ends upload leases on unnamed objects, in the order above, below
 // their bound too (loose uploads are the most expendable: a push names
-// its blobs within seconds), and evicts again; it is refused with
-// RESOURCE_EXHAUSTED only when the leases left leave no room.
+// its blobs within seconds), and evicts again; then it waits for room a
+// while (admitWait: uploads in progress end, pushes name theirs), and is
+// refused with RESOURCE_EXHAUSTED only when the leases left leave none.
 //
 // bazel-remote and Buildbarn have no leases: bazel-remote evicts blobs by
 // LRU as it writes, Buildbarn's local storage by FIFO over blocks, so a
@@ -129,6 +131,11 @@ type quota struct {
 	// removing holds the objects an eviction pass took out of the account
 	// whose files it has not removed yet.
 	removing map[[32]byte]struct{}
+	// unlinking is the bytes of those.
+	unlinking int64
+	// changed signals what may make room for an upload waiting for it: a
+	// file removed, an upload stored or failed, a ref written.
+	changed *sync.Cond
 	// pending keeps the uses of refs the start-up walk has not reached.
 	pending map[refKey]int64
 	// clients hold upload leases on loose objects and read leases, by
@@ -240,9 +247,11 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 
 // newAccount is an empty account, its epoch now.
 func newAccount() *quota {
-	return &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
+	q := &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
 		index: map[[32]byte]uint32{}, removing: map[[32]byte]struct{}{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
 		clients: map[string]*client{}, owners: map[uint32]*client{}}
+	q.changed = sync.NewCond(&q.mu)
+	return q
 }
 
 // errStopped ends the start-up walk when the server stops.
@@ -650,6 +659,7 @@ func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now
 		q.disown(i)
 	}
 	q.setRecord(refKey{kind, ref}, idx, now.UnixNano())
+	q.changed.Broadcast()
 }
 
 // setRecord records a ref's closure (each object once) and last use.
@@ -763,6 +773,7 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 		}
 		gone = append(gone, digest.Digest{Hash: hex.EncodeToString(o.hash[:]), Size: o.size})
 		q.removing[o.hash] = struct{}{}
+		q.unlinking += o.size
 		q.drop(i)
 	}
 
@@ -859,6 +870,8 @@ func (q *quota) removeFiles(gone []digest.Digest) (freed int64) {
 		}
 		q.mu.Lock()
 		delete(q.removing, k)
+		q.unlinking -= d.Size
+		q.changed.Broadcast()
 		if !back && err == nil {
 			freed += d.Size
 			q.evicted.objects++
@@ -899,44 +912,74 @@ func (q *quota) beingRemoved(ds []digest.Digest) []digest.Digest {
 // make room; when leases leave none, it ends upload leases on unnamed
 // objects (see trim), whoever uploads, and evicts again: loose uploads
 // are the most expendable, a push names what it uploaded within seconds.
-// It refuses the upload only when the leases left leave no room, so
-// leased blobs cannot grow the store without bound. Before the store is
+// Then it waits for room, for admitWait at most, and refuses the upload
+// only when the leases left leave none, so leased blobs cannot grow the
+// store without bound. Before the store is
 // measured, every upload is admitted.
 //
 // aside is what else the store holds outside the account (parked uploads):
 // it counts, but is not reserved.
 func (q *quota) admit(n, aside int64, who string) (release func(), err error) {
 	// reserve reserves n bytes if they fit, else says by how much they
-	// do not.
+	// do not. Files an eviction pass is removing count until they are
+	// gone: it waits for them when they are enough.
 	reserve := func() (over int64) {
 		q.mu.Lock()
 		defer q.mu.Unlock()
-		if over = q.used + q.reserved + n + aside - (q.limit + q.limit/20); q.known && over > 0 {
-			return over
+		for {
+			over = q.used + q.reserved + q.unlinking + n + aside - (q.limit + q.limit/20)
+			if !q.known || over <= 0 {
+				q.reserved += n
+				return 0
+			}
+			if q.unlinking < over {
+				return over - q.unlinking
+			}
+			q.changed.Wait()
 		}
-		q.reserved += n
-		return 0
 	}
 	release = func() {
 		q.mu.Lock()
 		q.reserved -= n
+		q.changed.Broadcast()
 		q.mu.Unlock()
 	}
+	var deadline time.Time
 	for step := 0; ; step++ {
 		over := reserve()
-		switch {
-		case over <= 0:
+		if over <= 0 {
 			return release, nil
-		case step == 1: // eviction was not enough: unnamed uploads go
+		}
+		if step >= 2 { // wait for room, a while
+			if deadline.IsZero() {
+				deadline = time.Now().Add(admitWait)
+				wake := time.AfterFunc(admitWait, func() {
+					q.mu.Lock()
+					q.changed.Broadcast()
+					q.mu.Unlock()
+				})
+				defer wake.Stop()
+			}
+			if !time.Now().Before(deadline) {
+				return nil, status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes more than its hard cap, of a %d-byte quota, stored or being uploaded, all in use by clients, after %s): try again shortly", over, q.limit, admitWait)
+			}
+			q.mu.Lock()
+			q.changed.Wait()
+			q.mu.Unlock()
+		}
+		if step >= 1 { // eviction was not enough: unnamed uploads go
 			q.mu.Lock()
 			q.trim(over, who, q.at(time.Now()))
 			q.mu.Unlock()
-		case step == 2:
-			return nil, status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes more than its hard cap, of a %d-byte quota, stored or being uploaded, all in use by clients): try again shortly", over, q.limit)
 		}
 		q.evict(time.Now(), n+aside)
 	}
 }
+
+// admitWait is how long an upload waits for room when leases leave none:
+// uploads in progress end and pushes name what they uploaded within
+// seconds, and a client's retry would come later.
+const admitWait = 5 * time.Second
 
 // trim ends upload leases on unnamed objects until need bytes more can be
 // evicted: the client that left the most unnamed loses its oldest first,
