@@ -40,6 +40,7 @@ func TestQuotaIndexWriteDuringRemovalFindsBlobsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
+	<-srv.indexed // the server's own walk is over: it reads srv.quota
 	// An account of its own, without the loop that evicts on its own: a
 	// 4 KiB quota, and leases that ran out.
 	q := newAccount()
