@@ -741,8 +741,9 @@ func (q *quota) evict(now time.Time, room int64) {
 	}
 }
 
-// evictPass brings the account down to 90% of the limit, less room and
-// the uploads admitted and not yet stored (see quota), and says which
+// evictPass brings the account down to 90% of the limit, less room, and
+// further when the uploads admitted and not yet stored need it to stay
+// under the hard cap (see quota), and says which
 // objects to remove. Index writes and lookups wait meanwhile (refsMu), so
 // a ref is never written or given over the blobs planned for removal; the
 // plan is made in memory, and the refs to evict are deleted before it
@@ -756,11 +757,11 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 	defer s.refsMu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	room += q.reserved
-	if !q.known || q.used+room <= q.limit {
+	hard := q.limit + q.limit/20
+	if !q.known || q.used+room <= q.limit && q.used+q.reserved+room <= hard {
 		return 0, nil
 	}
-	target := max(q.limit/10*9-room, 0)
+	target := max(min(q.limit/10*9-room, hard-q.reserved-room), 0)
 	n := q.at(now)
 	for _, c := range q.owners {
 		q.expire(c, n)
