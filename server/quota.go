@@ -964,8 +964,14 @@ func (q *quota) admit(n, aside int64, who string) (release func(), err error) {
 			if !time.Now().Before(deadline) {
 				return nil, status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes more than its hard cap, of a %d-byte quota, stored or being uploaded, all in use by clients, after %s): try again shortly", over, q.limit, admitWait)
 			}
+			// The deadline is read again under the lock the timer's
+			// broadcast takes: read before it, the broadcast could
+			// come between the read and the wait, which would then
+			// last until something else changed.
 			q.mu.Lock()
-			q.changed.Wait()
+			if time.Now().Before(deadline) {
+				q.changed.Wait()
+			}
 			q.mu.Unlock()
 		}
 		if step >= 1 { // eviction was not enough: unnamed uploads go
