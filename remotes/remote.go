@@ -428,25 +428,36 @@ func (r *Remote) BatchUpdate(ctx context.Context, blobs map[digest.Digest][]byte
 	return nil
 }
 
+// batchUpdate uploads blobs in one call. A blob the server refuses for a
+// reason worth another attempt (RESOURCE_EXHAUSTED: a server under a quota
+// that is full for now; UNAVAILABLE) is sent again, alone with the others
+// so refused, under the same retry policy as a failed call: the call
+// succeeded, but the blob was not stored.
 func (r *Remote) batchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
-	req := &repb.BatchUpdateBlobsRequest{InstanceName: r.instance}
+	pending := make(map[digest.Digest]*repb.BatchUpdateBlobsRequest_Request, len(blobs))
 	for d, data := range blobs {
-		req.Requests = append(req.Requests, r.updateEntry(d, data))
+		pending[d] = r.updateEntry(d, data)
 	}
-	var resp *repb.BatchUpdateBlobsResponse
-	err := r.call(ctx, "BatchUpdateBlobs", true, func(ctx context.Context) (err error) {
-		resp, err = r.cas.BatchUpdateBlobs(ctx, req)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	for _, br := range resp.GetResponses() {
-		if br.GetStatus().GetCode() != int32(codes.OK) {
-			return r.wrap("BatchUpdateBlobs", status.ErrorProto(br.GetStatus()))
+	return r.call(ctx, "BatchUpdateBlobs", true, func(ctx context.Context) error {
+		req := &repb.BatchUpdateBlobsRequest{InstanceName: r.instance, Requests: slices.Collect(maps.Values(pending))}
+		resp, err := r.cas.BatchUpdateBlobs(ctx, req)
+		if err != nil {
+			return err
 		}
-	}
-	return nil
+		var again error
+		for _, br := range resp.GetResponses() {
+			err := status.ErrorProto(br.GetStatus())
+			switch {
+			case err == nil:
+				delete(pending, digest.NewFromProtoUnvalidated(br.GetDigest()))
+			case !shouldRetry(err, true):
+				return err
+			case again == nil:
+				again = err
+			}
+		}
+		return again
+	})
 }
 
 // Bounds on what one GetTree may bring, whatever the server says: no real
