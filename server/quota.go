@@ -146,7 +146,13 @@ type quota struct {
 	loose   int64 // bytes of loose objects under an upload lease
 	// reserved is the bytes of uploads admitted and not yet stored.
 	reserved int64
-	lent     int64 // bytes under read leases (counted once a lease)
+	// lost remembers, for objects evicted while counted in a client's
+	// unnamed total, that client (and when, in lostOrder, oldest first):
+	// a push sending such a blob again counts it once. At most maxLost.
+	lost      map[[32]byte]lostBy
+	lostOrder []lostEntry
+	lostSeq   uint64
+	lent      int64 // bytes under read leases (counted once a lease)
 	// evicted counts what eviction removed, for Stats.
 	evicted struct{ refs, objects, bytes int64 }
 }
@@ -185,7 +191,11 @@ type object struct {
 	// owner is the client whose loose share its upload lease counts in
 	// (0: none).
 	owner uint32
-	lent  int32 // read leases on it
+	// left is the client whose unnamed total counts it (0: none): the
+	// last to upload it while no ref needed it, until a ref names it. It
+	// outlives the upload lease: a lease lost still counts as left.
+	left uint32
+	lent int32 // read leases on it
 }
 
 func (o *object) leased(now stamp) bool { return o.upload > now || o.told > now || o.lent > 0 }
@@ -236,6 +246,23 @@ type queued struct {
 	until stamp
 }
 
+// lostBy is the client whose unnamed total counts an evicted object, and
+// the entry of lostOrder that remembers it.
+type lostBy struct {
+	client uint32
+	seq    uint64
+}
+
+type lostEntry struct {
+	hash [32]byte
+	seq  uint64
+}
+
+// maxLost bounds what the account remembers of evicted objects clients
+// left unnamed (about 100 bytes each): the oldest are forgotten first,
+// and a blob sent again after that counts again.
+const maxLost = 1 << 15
+
 func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 	q := newAccount()
 	q.s, q.limit, q.lease, q.readLease = s, limit, lease, readLease
@@ -248,7 +275,7 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 // newAccount is an empty account, its epoch now.
 func newAccount() *quota {
 	q := &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
-		index: map[[32]byte]uint32{}, removing: map[[32]byte]struct{}{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
+		index: map[[32]byte]uint32{}, removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
 		clients: map[string]*client{}, owners: map[uint32]*client{}}
 	q.changed = sync.NewCond(&q.mu)
 	return q
@@ -399,6 +426,9 @@ func (q *quota) add(d digest.Digest) uint32 {
 func (q *quota) drop(i uint32) {
 	q.disown(i)
 	o := &q.objs[i]
+	if q.owners[o.left] != nil {
+		q.lose(o.hash, o.left)
+	}
 	delete(q.index, o.hash)
 	q.used -= o.size
 	*o = object{size: -1}
@@ -476,15 +506,67 @@ func (q *quota) client(name string) *client {
 	return c
 }
 
-// own counts object i's upload lease in c's loose share.
+// own counts object i's upload lease in c's loose share, and the object
+// in what c left unnamed (see leave).
 func (q *quota) own(i uint32, c *client) {
 	o := &q.objs[i]
 	o.owner = c.id
 	c.bytes += o.size
-	c.unnamed += o.size
 	c.held++
 	q.loose += o.size
 	c.queue = append(c.queue, queued{i, o.upload})
+	q.leave(i, c)
+}
+
+// leave counts object i, which c just uploaded, in what c left unnamed,
+// once: an object counts in one client's total at a time, the last
+// uploader's, and one eviction removed while counted in a client's is
+// taken out of that one's when it comes back. So a push sending again a
+// blob it lost (see lose) counts it once, and the ref naming it takes it
+// off.
+func (q *quota) leave(i uint32, c *client) {
+	o := &q.objs[i]
+	if o.left == c.id {
+		return
+	}
+	q.unleave(i)
+	if l, ok := q.lost[o.hash]; ok {
+		delete(q.lost, o.hash)
+		if prev := q.owners[l.client]; prev != nil {
+			prev.unnamed -= o.size
+			q.forgetIdle(prev)
+		}
+	}
+	o.left = c.id
+	c.unnamed += o.size
+}
+
+// unleave takes object i out of what the client that left it unnamed
+// left: a ref named it, or another client uploaded it since.
+func (q *quota) unleave(i uint32) {
+	o := &q.objs[i]
+	if c := q.owners[o.left]; c != nil {
+		c.unnamed -= o.size
+		q.forgetIdle(c)
+	}
+	o.left = 0
+}
+
+// lose remembers that an object the client left unnamed was evicted: it
+// still counts in that client's total (a lease lost counts as left), and
+// is taken out of it when the object is uploaded again (see leave). Past
+// maxLost, the oldest is forgotten.
+func (q *quota) lose(h [32]byte, client uint32) {
+	q.lostSeq++
+	q.lost[h] = lostBy{client, q.lostSeq}
+	q.lostOrder = append(q.lostOrder, lostEntry{h, q.lostSeq})
+	for len(q.lostOrder) > maxLost {
+		e := q.lostOrder[0]
+		q.lostOrder = q.lostOrder[1:]
+		if l := q.lost[e.hash]; l.seq == e.seq {
+			delete(q.lost, e.hash)
+		}
+	}
 }
 
 // disown takes object i's upload lease out of its client's share.
@@ -652,9 +734,7 @@ func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now
 	defer q.mu.Unlock()
 	idx := q.indexes(closure, true)
 	for _, i := range idx {
-		if c := q.owners[q.objs[i].owner]; c != nil {
-			c.unnamed -= q.objs[i].size
-		}
+		q.unleave(i)
 		q.objs[i].upload = 0
 		q.disown(i)
 	}
