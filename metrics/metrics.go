@@ -159,6 +159,9 @@ var (
 	evBytesDesc    = desc("bst_cache_store_evicted_bytes_total", "Bytes freed by eviction.")
 	leasedDesc     = desc("bst_cache_store_leased_bytes", "Bytes kept from eviction by clients' leases: upload (objects uploaded that no ref names yet), read (refs given out, blobs read).", "lease")
 	leaseCliDesc   = desc("bst_cache_store_lease_clients", "Client connections holding upload or read leases.")
+	reservedDesc   = desc("bst_cache_store_reserved_bytes", "Bytes of uploads admitted and not yet stored: room kept for them under the quota's hard cap (not in bst_cache_store_bytes).")
+	waitingDesc    = desc("bst_cache_store_waiting_bytes", "Bytes of uploads waiting for room under the quota's hard cap (admitted once eviction or clients make it, refused after a while).")
+	removingDesc   = desc("bst_cache_store_removing_bytes", "Bytes of objects eviction took out of the account whose files it is still removing: on disk until then (not in bst_cache_store_bytes).")
 )
 
 // serverCollector reads a Server's Stats at each scrape.
@@ -166,7 +169,7 @@ type serverCollector struct{ s *server.Server }
 
 func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
 	describe(ch, hitsDesc, missesDesc, blobBytesDesc, wireBytesDesc, uploadsDesc, parkedDesc, builtDesc, quotaDesc,
-		storeBytesDesc, objectsDesc, refsDesc, evRefsDesc, evObjsDesc, evBytesDesc, leasedDesc, leaseCliDesc)
+		storeBytesDesc, objectsDesc, refsDesc, evRefsDesc, evObjsDesc, evBytesDesc, leasedDesc, leaseCliDesc, reservedDesc, waitingDesc, removingDesc)
 }
 
 func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
@@ -205,6 +208,9 @@ func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(leasedDesc, q.UploadLeased, "upload")
 	gauge(leasedDesc, q.ReadLeased, "read")
 	gauge(leaseCliDesc, int64(q.LeaseClients))
+	gauge(reservedDesc, q.Reserved)
+	gauge(waitingDesc, q.Waiting)
+	gauge(removingDesc, q.Removing)
 }
 
 var (

@@ -388,7 +388,7 @@ func (b byteStream) Write(stream bsgrpc.ByteStream_WriteServer) error {
 		}
 		return stream.SendAndClose(&bsgrpc.WriteResponse{CommittedSize: committed})
 	}
-	release, err := b.checkSpace(d, clientOf(stream.Context()))
+	release, err := b.checkSpace(stream.Context(), d)
 	if err != nil {
 		return err
 	}
@@ -517,8 +517,9 @@ func (b byteStream) finishUpload(stream bsgrpc.ByteStream_WriteServer, name stri
 }
 
 // checkSpace refuses a blob larger than the quota or the free disk space,
-// and reserves its room under the quota for who's upload until release.
-func (b byteStream) checkSpace(d digest.Digest, who string) (release func(), err error) {
+// and reserves its room under the quota for the upload of the client ctx
+// is a call of until release (waiting for it while ctx lasts).
+func (b byteStream) checkSpace(ctx context.Context, d digest.Digest) (release func(), err error) {
 	release = func() {}
 	if b.quota != nil && d.Size > b.quota.limit {
 		return nil, status.Errorf(codes.ResourceExhausted, "blob %s is larger than the server's quota (%d bytes)", d, b.quota.limit)
@@ -531,7 +532,7 @@ func (b byteStream) checkSpace(d digest.Digest, who string) (release func(), err
 	}
 	if b.quota != nil {
 		// Parked uploads are disk too: they count against the quota.
-		return b.quota.admit(d.Size, b.uploads.parkedSize(), who)
+		return b.quota.admit(ctx, d.Size, b.uploads.parkedSize(), clientOf(ctx))
 	}
 	return release, nil
 }

@@ -186,7 +186,7 @@ func (s *Server) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlob
 			s.count.moved(In, encodingOf(r.GetCompressor()), int64(len(data)), int64(len(r.GetData())))
 		}
 		if err == nil {
-			err = s.putBytes(dg, data, clientOf(ctx))
+			err = s.putBytes(ctx, dg, data)
 		}
 		resp.Responses = append(resp.Responses, &repb.BatchUpdateBlobsResponse_Response{Digest: r.GetDigest(), Status: blobStatus(err)})
 	}
@@ -211,8 +211,10 @@ func inflate(r *repb.BatchUpdateBlobsRequest_Request, d digest.Digest) ([]byte, 
 	return data, nil
 }
 
-// putBytes stores a verified blob and accounts for it as client's upload.
-func (s *Server) putBytes(d digest.Digest, data []byte, client string) error {
+// putBytes stores a verified blob and accounts for it as the upload of
+// the client ctx is a call of.
+func (s *Server) putBytes(ctx context.Context, d digest.Digest, data []byte) error {
+	client := clientOf(ctx)
 	// Wrong data is wrong whether or not the server has the blob.
 	if got := digest.NewFromBlob(data); got != d {
 		return status.Errorf(codes.InvalidArgument, "data for %s hashes to %s", d, got)
@@ -222,7 +224,7 @@ func (s *Server) putBytes(d digest.Digest, data []byte, client string) error {
 		return nil
 	}
 	if s.quota != nil {
-		release, err := s.quota.admit(d.Size, 0, client)
+		release, err := s.quota.admit(ctx, d.Size, 0, client)
 		if err != nil {
 			return err
 		}

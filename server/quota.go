@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"math"
@@ -146,6 +147,10 @@ type quota struct {
 	loose   int64 // bytes of loose objects under an upload lease
 	// reserved is the bytes of uploads admitted and not yet stored.
 	reserved int64
+	// waiting is the bytes of uploads waiting for room, waitingFirst
+	// those of clients that left nothing unnamed: room kept for them
+	// (see admit).
+	waiting, waitingFirst int64
 	// lost remembers, for objects evicted while counted in a client's
 	// unnamed total, that client (and when, in lostOrder, oldest first):
 	// a push sending such a blob again counts it once. At most maxLost.
@@ -489,11 +494,15 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 // theirs named since: loose writers), then the others (pushes in
 // progress), each by what they left unnamed, most first.
 func leftUnnamed(c *client) int64 {
-	if c.unnamed > c.bytes {
+	if leftSome(c) {
 		return c.unnamed + 1<<48
 	}
 	return c.unnamed
 }
+
+// leftSome says whether c left blobs unnamed: it lost, or let run out, an
+// upload lease on a blob no ref named since.
+func leftSome(c *client) bool { return c.unnamed > c.bytes }
 
 // client is the account of a connection's loose uploads.
 func (q *quota) client(name string) *client {
@@ -991,76 +1000,118 @@ func (q *quota) beingRemoved(ds []digest.Digest) []digest.Digest {
 // uploads admitted at once cannot together take it past its hard cap (a
 // twentieth of the limit past it). When the upload would, it evicts to
 // make room; when leases leave none, it ends upload leases on unnamed
-// objects (see trim), whoever uploads, and evicts again: loose uploads
-// are the most expendable, a push names what it uploaded within seconds.
-// Then it waits for room, for admitWait at most, and refuses the upload
-// only when the leases left leave none, so leased blobs cannot grow the
-// store without bound. Before the store is
+// objects (see trim), and evicts again: loose uploads are the most
+// expendable, a push names what it uploaded within seconds. Then it waits
+// for room, for admitWait at most or until ctx ends (the client gave up),
+// and refuses the upload only when the leases left leave none, so leased
+// blobs cannot grow the store without bound. Before the store is
 // measured, every upload is admitted.
+//
+// Uploads of clients that left blobs unnamed (loose writers: see
+// leftUnnamed) come after the others: the room the others' uploads
+// waiting for it need is kept for them, so a loose writer arriving as
+// room frees cannot take it from a push that waited, and such an upload
+// ends only the leases of clients that left blobs unnamed too.
 //
 // aside is what else the store holds outside the account (parked uploads):
 // it counts, but is not reserved.
-func (q *quota) admit(n, aside int64, who string) (release func(), err error) {
+func (q *quota) admit(ctx context.Context, n, aside int64, who string) (release func(), err error) {
+	// A client that gives up stops the wait at once.
+	stop := context.AfterFunc(ctx, q.wake)
+	defer stop()
+	q.mu.Lock()
+	last := q.clients[who] != nil && leftSome(q.clients[who])
+	q.mu.Unlock()
+	waited := false // counted in waiting (and in waitingFirst unless last)
 	// reserve reserves n bytes if they fit, else says by how much they
 	// do not. Files an eviction pass is removing count until they are
 	// gone: it waits for them when they are enough.
-	reserve := func() (over int64) {
+	reserve := func() (over int64, err error) {
 		q.mu.Lock()
 		defer q.mu.Unlock()
 		for {
+			if err := ctx.Err(); err != nil {
+				return 0, status.FromContextError(err).Err()
+			}
 			over = q.used + q.reserved + q.unlinking + n + aside - (q.limit + q.limit/20)
+			if last {
+				over += q.waitingFirst
+			}
 			if !q.known || over <= 0 {
 				q.reserved += n
-				return 0
+				return 0, nil
 			}
 			if q.unlinking < over {
-				return over - q.unlinking
+				return over - q.unlinking, nil
 			}
 			q.changed.Wait()
 		}
 	}
-	release = func() {
-		q.mu.Lock()
-		q.reserved -= n
-		q.changed.Broadcast()
-		q.mu.Unlock()
-	}
+	defer func() {
+		if waited {
+			q.mu.Lock()
+			q.waiting -= n
+			if !last {
+				q.waitingFirst -= n
+			}
+			q.changed.Broadcast() // the room kept for it is free
+			q.mu.Unlock()
+		}
+	}()
 	var deadline time.Time
 	for step := 0; ; step++ {
-		over := reserve()
+		over, err := reserve()
+		if err != nil {
+			return nil, err
+		}
 		if over <= 0 {
-			return release, nil
+			return func() {
+				q.mu.Lock()
+				q.reserved -= n
+				q.changed.Broadcast()
+				q.mu.Unlock()
+			}, nil
 		}
 		if step >= 2 { // wait for room, a while
 			if deadline.IsZero() {
 				deadline = time.Now().Add(admitWait)
-				wake := time.AfterFunc(admitWait, func() {
-					q.mu.Lock()
-					q.changed.Broadcast()
-					q.mu.Unlock()
-				})
+				wake := time.AfterFunc(admitWait, q.wake)
 				defer wake.Stop()
+				q.mu.Lock()
+				waited = true
+				q.waiting += n
+				if !last {
+					q.waitingFirst += n
+				}
+				q.mu.Unlock()
 			}
 			if !time.Now().Before(deadline) {
 				return nil, status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes more than its hard cap, of a %d-byte quota, stored or being uploaded, all in use by clients, after %s): try again shortly", over, q.limit, admitWait)
 			}
-			// The deadline is read again under the lock the timer's
-			// broadcast takes: read before it, the broadcast could
-			// come between the read and the wait, which would then
-			// last until something else changed.
+			// The deadline and ctx are read again under the lock their
+			// broadcasts take: read before it, a broadcast could come
+			// between the read and the wait, which would then last until
+			// something else changed.
 			q.mu.Lock()
-			if time.Now().Before(deadline) {
+			if time.Now().Before(deadline) && ctx.Err() == nil {
 				q.changed.Wait()
 			}
 			q.mu.Unlock()
 		}
 		if step >= 1 { // eviction was not enough: unnamed uploads go
 			q.mu.Lock()
-			q.trim(over, who, q.at(time.Now()))
+			q.trim(over, who, last, q.at(time.Now()))
 			q.mu.Unlock()
 		}
 		q.evict(time.Now(), n+aside)
 	}
+}
+
+// wake wakes the uploads waiting for room, to look again.
+func (q *quota) wake() {
+	q.mu.Lock()
+	q.changed.Broadcast()
+	q.mu.Unlock()
 }
 
 // admitWait is how long an upload waits for room when leases leave none:
@@ -1071,13 +1122,14 @@ const admitWait = 5 * time.Second
 // trim ends upload leases on unnamed objects until need bytes more can be
 // evicted: the client that left the most unnamed loses its oldest first,
 // however little it holds (below the bound on loose uploads too); not
-// who, whose upload this makes room for. A client that uploads and never
-// names piles up what it left unnamed and goes first; a push in progress,
-// whose refs named what it uploaded before, comes last.
-func (q *quota) trim(need int64, who string, now stamp) {
+// who, whose upload this makes room for, and, when who left blobs unnamed
+// itself (last), only clients that did too. A client that uploads and
+// never names piles up what it left unnamed and goes first; a push in
+// progress, whose refs named what it uploaded before, comes last.
+func (q *quota) trim(need int64, who string, last bool, now stamp) {
 	self := q.clients[who]
 	for freed := int64(0); freed < need; {
-		c := q.biggest(now, func(c *client) bool { return c.held > 0 && c != self }, leftUnnamed)
+		c := q.biggest(now, func(c *client) bool { return c.held > 0 && c != self && (!last || leftSome(c)) }, leftUnnamed)
 		if c == nil {
 			return
 		}
@@ -1097,7 +1149,7 @@ func (q *quota) stats() QuotaStats {
 	defer q.mu.Unlock()
 	return QuotaStats{Known: q.known, Limit: q.limit, Bytes: q.used, Objects: int64(len(q.objs) - len(q.free)),
 		Refs: int64(len(q.refs)), EvictedRefs: q.evicted.refs, EvictedObjects: q.evicted.objects, EvictedBytes: q.evicted.bytes,
-		UploadLeased: q.loose, ReadLeased: q.lent, LeaseClients: len(q.clients)}
+		UploadLeased: q.loose, ReadLeased: q.lent, LeaseClients: len(q.clients), Reserved: q.reserved, Removing: q.unlinking, Waiting: q.waiting}
 }
 
 // writable says whether the quota can take a write now: the store is

@@ -3,12 +3,14 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -84,5 +86,57 @@ func TestQuotaRefusedBatchBlobSentAgain(t *testing.T) {
 	}
 	if st := srv.Stats().Quota; st.Bytes > st.Limit+st.Limit/20 {
 		t.Errorf("the store holds %d bytes, past its hard cap", st.Bytes)
+	}
+}
+
+// An upload waiting for room gives up as soon as its client does: its
+// call ends at once (not after the wait's 5 s) and the room it waited for
+// is no longer counted.
+func TestQuotaCancelledUploadStopsWaiting(t *testing.T) {
+	srv, err := server.New(server.Options{Store: fullStore(t), AllowWrites: true, Quota: 200 << 10, Lease: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan time.Duration, 1)
+	g := server.NewGRPC(srv, server.GRPCOptions{OnCall: []func(*server.Call){func(c *server.Call) {
+		if strings.HasSuffix(c.Method, "ByteStream/Write") {
+			ended <- c.Duration
+		}
+	}}})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(l)
+	defer func() { g.Stop(); srv.Close() }()
+	waitKnown(t, srv)
+	c := connect(t, l.Addr().String())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	data := make([]byte, 10<<10)
+	d := digest.NewFromBlob(data)
+	s, err := c.bs.Write(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&bsgrpc.WriteRequest{ResourceName: fmt.Sprintf("uploads/w/blobs/%s/%d", d.Hash, d.Size), Data: data[:100]}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(4 * time.Second); srv.Stats().Quota.Waiting != d.Size; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the upload is not waiting for room: %+v", srv.Stats().Quota)
+		}
+	}
+	cancel()
+	cancelled := time.Now()
+	select {
+	case took := <-ended:
+		t.Logf("the call ended %s after the client cancelled it (%s in all)", time.Since(cancelled).Round(time.Millisecond), took.Round(time.Millisecond))
+	case <-time.After(2 * time.Second):
+		t.Fatal("the upload still waits for room 2 s after its client cancelled it")
+	}
+	if st := srv.Stats().Quota; st.Waiting != 0 || st.Reserved != 0 {
+		t.Errorf("after the cancelled upload: %d bytes waiting, %d reserved; want none", st.Waiting, st.Reserved)
 	}
 }

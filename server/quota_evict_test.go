@@ -20,7 +20,8 @@ import (
 // writes wait on; meanwhile an index write naming an object it is
 // removing finds it missing (the client sends it again), though its file
 // is still there: never a ref whose blobs are gone. The pass is run here
-// in its two steps, plan then removal, to stand between them.
+// in its two steps, plan then removal, to stand between them. Meanwhile
+// the stats count the files' bytes as being removed.
 func TestQuotaIndexWriteDuringRemovalFindsBlobsMissing(t *testing.T) {
 	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
@@ -67,6 +68,9 @@ func TestQuotaIndexWriteDuringRemovalFindsBlobsMissing(t *testing.T) {
 	if ok, _ := store.Has(fd); !ok {
 		t.Fatal("the file went before the pass removed it")
 	}
+	if st := srv.Stats().Quota; st.Removing != fd.Size+root.Size || st.Bytes != 0 {
+		t.Errorf("while the files are removed the stats say %d bytes removing, %d stored; want %d, 0", st.Removing, st.Bytes, fd.Size+root.Size)
+	}
 	_, err = srv.UpdateReference(context.Background(), &bspb.UpdateReferenceRequest{Keys: []string{"demo/a/1"}, Digest: root.ToProto()})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("a ref naming blobs being removed: %v, want FAILED_PRECONDITION", err)
@@ -76,6 +80,9 @@ func TestQuotaIndexWriteDuringRemovalFindsBlobsMissing(t *testing.T) {
 	}
 	if ok, _ := store.Has(fd); ok {
 		t.Error("the file is still stored")
+	}
+	if st := srv.Stats().Quota; st.Removing != 0 {
+		t.Errorf("once the files are removed the stats say %d bytes removing", st.Removing)
 	}
 	if _, err := store.GetRef(cache.KindBst1Artifact, "demo/a/1"); err == nil {
 		t.Error("a ref was written over blobs since removed")

@@ -112,6 +112,13 @@ type QuotaStats struct {
 	// lease, ReadLeased those under a read lease, held by LeaseClients.
 	UploadLeased, ReadLeased int64
 	LeaseClients             int
+	// Reserved is the bytes of uploads admitted and not yet stored (their
+	// room kept under the hard cap), Removing those of objects eviction
+	// took out of the account whose files it is still removing (on disk
+	// until then). Neither is in Bytes.
+	Reserved, Removing int64
+	// Waiting is the bytes of uploads waiting for room.
+	Waiting int64
 }
 
 // counters are the server's own counters, updated as calls go.
