@@ -1,0 +1,106 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// Room freed while a push's upload waits for it goes to that upload, not
+// to the upload of a loose writer (a client that left blobs unnamed)
+// arriving as it frees: under scripts/bench-load, loose writers uploading
+// all the time took room pushes had waited for.
+func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Options{Store: store, AllowWrites: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	<-srv.indexed
+	// An account of its own, without the loop that evicts on its own: a
+	// 200 KiB quota (210 KiB hard cap), leases for the hour.
+	q := newAccount()
+	q.s, q.limit, q.lease, q.readLease = srv, 200<<10, time.Hour, time.Hour
+	q.walked <- nil
+	if err := q.measure(); err != nil {
+		t.Fatal(err)
+	}
+	q.known = true
+	srv.quota = q
+	n := 0
+	put := func(who string) (digest.Digest, uint32) {
+		t.Helper()
+		n++
+		b := make([]byte, 10<<10)
+		copy(b, fmt.Sprint("blob ", n))
+		d := digest.NewFromBlob(b)
+		if err := store.PutBytes(d, b); err != nil {
+			t.Fatal(err)
+		}
+		q.stored(d, who, time.Now())
+		i, _ := q.find(d)
+		return d, i
+	}
+	// The loose writer lost the lease on a blob it never named, and
+	// eviction removed it.
+	const loose, push = "127.0.0.1:1", "127.0.0.1:2"
+	d, i := put(loose)
+	q.mu.Lock()
+	q.dropOldest(q.clients[loose])
+	q.drop(i)
+	q.mu.Unlock()
+	if err := store.RemoveObject(d); err != nil {
+		t.Fatal(err)
+	}
+	// The store at its hard cap, every object leased.
+	var last uint32
+	for range 21 {
+		_, last = put("")
+	}
+
+	// The push's upload holds the room it is given until the end.
+	type admitted struct {
+		release func()
+		err     error
+	}
+	pushed := make(chan admitted, 1)
+	go func() {
+		release, err := q.admit(context.Background(), 10<<10, 0, push)
+		pushed <- admitted{release, err}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); q.stats().Waiting == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the push's upload does not wait for room")
+		}
+	}
+	// Room for one upload: a lease ends; the loose writer comes.
+	q.mu.Lock()
+	q.objs[last].upload = 0
+	q.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	release, err := q.admit(ctx, 10<<10, 0, loose)
+	if err == nil {
+		release()
+		t.Error("the loose writer's upload took the room the push's waited for")
+	}
+	select {
+	case a := <-pushed:
+		if a.err != nil {
+			t.Errorf("the push's upload: %v", a.err)
+		} else {
+			a.release()
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push's upload still waits")
+	}
+}
