@@ -97,8 +97,13 @@ const DefaultReadLease = 2 * time.Minute
 // then ends upload leases on unnamed objects, in the order above, below
 // their bound too (loose uploads are the most expendable: a push names
 // its blobs within seconds), and evicts again; then it waits for room a
-// while (admitWait: uploads in progress end, pushes name theirs), and is
-// refused with RESOURCE_EXHAUSTED only when the leases left leave none.
+// while (admitWait: uploads in progress end, pushes name theirs; less if
+// its client gives up), and is refused with RESOURCE_EXHAUSTED only when
+// the leases left leave none. Uploads of clients that left blobs unnamed
+// come last: they leave the room the others' waiting uploads need to
+// them, and end only the leases of clients that left blobs unnamed too.
+// A client refused (a whole call, or a blob of a batch) tries again after
+// its retry-delay.
 //
 // bazel-remote and Buildbarn have no leases: bazel-remote evicts blobs by
 // LRU as it writes, Buildbarn's local storage by FIFO over blocks, so a
