@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
-
-	"github.com/bst-cache/bst-cache/cache"
 )
 
 // Room freed while a push's upload waits for it goes to that upload, not
@@ -16,26 +14,8 @@ import (
 // arriving as it frees: under scripts/bench-load, loose writers uploading
 // all the time took room pushes had waited for.
 func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
-	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Options{Store: store, AllowWrites: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	<-srv.indexed
-	// An account of its own, without the loop that evicts on its own: a
-	// 200 KiB quota (210 KiB hard cap), leases for the hour.
-	q := newAccount()
-	q.s, q.limit, q.lease, q.readLease = srv, 200<<10, time.Hour, time.Hour
-	q.walked <- nil
-	if err := q.measure(); err != nil {
-		t.Fatal(err)
-	}
-	q.known = true
-	srv.quota = q
+	// A 200 KiB quota (210 KiB hard cap), leases for the hour.
+	q, store := testAccount(t, 200<<10, time.Hour)
 	n := 0
 	put := func(who string) (digest.Digest, uint32) {
 		t.Helper()

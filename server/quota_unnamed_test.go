@@ -18,26 +18,8 @@ import (
 // twice would rank among the loose writers, whose leases go first, for
 // as long as its connection lasts.
 func TestQuotaBlobSentAgainCountsOnce(t *testing.T) {
-	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Options{Store: store, AllowWrites: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	<-srv.indexed
-	// An account of its own, without the loop that evicts on its own:
-	// a 4 KiB quota, and leases that run out at once.
-	q := newAccount()
-	q.s, q.limit, q.lease, q.readLease = srv, 4<<10, time.Millisecond, time.Millisecond
-	q.walked <- nil
-	if err := q.measure(); err != nil {
-		t.Fatal(err)
-	}
-	q.known = true
-	srv.quota = q
+	// A 4 KiB quota, and leases that run out at once.
+	q, store := testAccount(t, 4<<10, time.Millisecond)
 	const push = "127.0.0.1:1234"
 	upload := func(b []byte) digest.Digest {
 		t.Helper()
@@ -87,4 +69,30 @@ func TestQuotaBlobSentAgainCountsOnce(t *testing.T) {
 	if got := unnamed(); got != 0 {
 		t.Errorf("after its ref named a blob whose lease ran out the push left %d bytes unnamed, want 0", got)
 	}
+}
+
+// testAccount is a server's quota account over an empty store, known, of
+// limit bytes with leases of lease: the account alone, without the loop
+// that evicts on its own.
+func testAccount(t *testing.T, limit int64, lease time.Duration) (*quota, *cache.Store) {
+	t.Helper()
+	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Options{Store: store, AllowWrites: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	<-srv.indexed
+	q := newAccount()
+	q.s, q.limit, q.lease, q.readLease = srv, limit, lease, lease
+	q.walked <- nil
+	if err := q.measure(); err != nil {
+		t.Fatal(err)
+	}
+	q.known = true
+	srv.quota = q
+	return q, store
 }
