@@ -34,7 +34,7 @@ func startPushServer(t *testing.T, kind string) *testenv.Server {
 
 // cacheTOML is one [[cache]] entry.
 func cacheTOML(name, url string, push bool) string {
-	return fmt.Sprintf("[[cache]]\nname = %q\nurl = %q\npush = %v\n[cache.connection]\nretry-limit = 1\nconnect-timeout = \"3s\"\n\n", name, url, push)
+	return fmt.Sprintf("[[cache]]\nname = %q\nurl = %q\npush = %v\n[cache.connection]\nretry-limit = 1\nconnect-timeout = \"10s\"\n\n", name, url, push)
 }
 
 type pullReport struct {

@@ -185,8 +185,14 @@ func NewCaches(cfgs []config.Cache, bwlimit int64) []*Cache {
 // Name is the configured name.
 func (c *Cache) Name() string { return c.Config.Name }
 
-// probeTimeout bounds each probe of a cache.
-const probeTimeout = 10 * time.Second
+// probeBound is how long a probe of the cache may take, connecting
+// included: its connect-timeout, config.DefaultConnectTimeout when unset.
+func probeBound(cfg config.Cache) time.Duration {
+	if d := cfg.Connection.ConnectTimeout; d > 0 {
+		return d
+	}
+	return config.DefaultConnectTimeout
+}
 
 // connect returns the cache's remote, dialling and probing it first when
 // no probe has answered yet, or when the cache is dead and its wait is

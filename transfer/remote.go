@@ -70,10 +70,10 @@ var _ remote = (*remotes.Remote)(nil)
 // returns old. A cache that fails is skipped for a while.
 type dialer func(ctx context.Context, cfg config.Cache, old remote, opts ...remotes.Option) (remote, remotes.Capabilities, error)
 
-// dialRemote is the dialer of real caches: gRPC, then a probe within
-// probeTimeout.
+// dialRemote is the dialer of real caches: gRPC, then a probe within the
+// cache's connect-timeout.
 func dialRemote(ctx context.Context, cfg config.Cache, old remote, opts ...remotes.Option) (remote, remotes.Capabilities, error) {
-	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	pctx, cancel := context.WithTimeout(ctx, probeBound(cfg))
 	defer cancel()
 	if old != nil {
 		// Callers may be using old: a full probe would reset what they
