@@ -53,7 +53,11 @@ func checkoutCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			strict := append(args.plain, args.resolved...)[0]
+			refs, err := args.plain.all()
+			if err != nil {
+				return err
+			}
+			strict := append(refs, args.resolved...)[0]
 			ref, err := checkoutRef(c, e, eng, strict, args.weak[strict])
 			if err != nil {
 				return err

@@ -37,7 +37,7 @@ func copyCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return runCopy(c, e, kind, sources, targets, args, args.expand)
+			return runCopy(c, e, kind, sources, targets, args, args.each)
 		},
 	}
 }
@@ -65,9 +65,11 @@ func copyEnds(c *cli.Context, e *env, from []string) (sources, targets []config.
 	return sources, targets, err
 }
 
-// runCopy copies from sources to targets the refs that refs gives once the
-// engine is built (copy, sync), and reports them with args' element names.
-func runCopy(c *cli.Context, e *env, kind cache.Kind, sources, targets []config.Cache, args refArgs, refs func(*cli.Context, *transfer.Engine) ([]string, error)) error {
+// runCopy copies from sources to targets the refs that each hands out, a
+// batch at a time, once the engine is built (copy, sync), and reports them
+// with args' element names.
+func runCopy(c *cli.Context, e *env, kind cache.Kind, sources, targets []config.Cache, args refArgs,
+	each func(*cli.Context, *transfer.Engine, func([]string) error) error) error {
 	p := newProgress(c, e, c.Command.Name)
 	pl := newPool(e.cfg)
 	defer pl.close()
@@ -94,17 +96,23 @@ func runCopy(c *cli.Context, e *env, kind cache.Kind, sources, targets []config.
 		defer probed.Done()
 		transfer.Connect(ctx, pl.named(names(targets)), eng.Events)
 	}()
-	list, err := refs(c, eng)
+	r, err := newReport(c, e, p, c.Command.Name, len(args.elements) > 0)
 	if err != nil {
 		return err
 	}
-	p.expect(len(list) * len(targets))
-	results, stats := eng.Copy(c.Context, list, pl.named(names(targets)), transfer.CopyOptions{
-		PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
-		IncludeFailed: c.Bool("include-failed"),
+	err = each(c, eng, func(refs []string) error {
+		p.expect(args.total() * len(targets))
+		results, stats := eng.Copy(c.Context, refs, pl.named(names(targets)), transfer.CopyOptions{
+			PushOptions:   transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")},
+			IncludeFailed: c.Bool("include-failed"),
+		})
+		args.labelResults(results)
+		return r.add(results, stats)
 	})
-	args.labelResults(results)
-	err = finishRun(c, e, p, c.Command.Name, results, stats, pl.all)
+	if err != nil {
+		return err
+	}
+	err = r.finish(pl.all)
 	if gerr := autoGC(c, e, eng, pl); err == nil {
 		err = gerr
 	}

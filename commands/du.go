@@ -84,7 +84,8 @@ func refsOrAll(c *cli.Context, e *env, kind cache.Kind) (refs []string, all bool
 		if err != nil {
 			return nil, false, err
 		}
-		return append(args.plain, args.resolved...), false, nil
+		refs, err := args.plain.all()
+		return append(refs, args.resolved...), false, err
 	}
 	store, err := e.readStore()
 	if err != nil {

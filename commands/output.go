@@ -1,7 +1,10 @@
 package commands
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"sync"
 
@@ -30,6 +33,17 @@ type output struct {
 	result   any
 	counts   map[string]int
 	warnings []string
+	// streamed, once a command streams an array of its result (stream):
+	// the document is written up to it, and write writes the rest.
+	streamed *jsonStream
+}
+
+// jsonStream is an array of the JSON document written as it comes.
+type jsonStream struct {
+	w      *bufio.Writer
+	key    string // of the array
+	indent string // of the array's key
+	items  int
 }
 
 const outputKey = "output"
@@ -44,6 +58,44 @@ func (o *output) setResult(result any, counts map[string]int) {
 	o.result, o.counts = result, counts
 }
 
+// stream starts writing the document on w up to the array named key in
+// result (its shape: that array empty, and first in the document after
+// the command). Items follow as they come (item), and write writes the
+// rest once the command has returned: the same document, byte for byte,
+// without holding the array. A command's result of a million refs then
+// costs no memory.
+func (o *output) stream(w io.Writer, key string, result any) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.result = result
+	doc, at, err := o.document(nil, 0, key)
+	if err != nil {
+		return err
+	}
+	line := bytes.LastIndexByte(doc[:at], '\n') + 1
+	o.streamed = &jsonStream{w: bufio.NewWriter(w), key: key, indent: string(doc[line:at])}
+	_, err = o.streamed.w.Write(doc[:at+len(fmt.Sprintf("%q: [", key))])
+	return err
+}
+
+// item writes the next item of the streamed array.
+func (o *output) item(v any) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := o.streamed
+	b, err := json.MarshalIndent(v, s.indent+"  ", "  ")
+	if err != nil {
+		return err
+	}
+	if s.items > 0 {
+		s.w.WriteByte(',')
+	}
+	s.items++
+	s.w.WriteString("\n" + s.indent + "  ")
+	_, err = s.w.Write(b)
+	return err
+}
+
 func (o *output) warn(msg string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -52,13 +104,38 @@ func (o *output) warn(msg string) {
 
 // write prints the document when --json was given and the command has a
 // result or failed; commands without results (serve, completion) print
-// none on success.
+// none on success. A streamed document gets what follows its array.
 func (o *output) write(w io.Writer, err error, code int) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if !o.json || o.result == nil && err == nil {
 		return nil
 	}
+	if s := o.streamed; s != nil {
+		doc, at, derr := o.document(err, code, s.key)
+		if derr != nil {
+			return derr
+		}
+		rest := doc[at+len(fmt.Sprintf("%q: []", s.key)):]
+		if s.items > 0 {
+			s.w.WriteString("\n" + s.indent + "]")
+		} else {
+			s.w.WriteString("]")
+		}
+		s.w.Write(rest)
+		return s.w.Flush()
+	}
+	doc, _, derr := o.document(err, code, "")
+	if derr != nil {
+		return derr
+	}
+	_, werr := w.Write(doc)
+	return werr
+}
+
+// document is the JSON document, and where in it the array named key
+// begins (its key's quote).
+func (o *output) document(err error, code int, key string) ([]byte, int, error) {
 	doc := envelope{Command: o.command, Result: o.result, Counts: o.counts, Warnings: o.warnings, ExitCode: code}
 	if doc.Counts == nil {
 		doc.Counts = map[string]int{}
@@ -69,9 +146,16 @@ func (o *output) write(w io.Writer, err error, code int) error {
 	if err != nil {
 		doc.Error = err.Error()
 	}
-	enc := json.NewEncoder(w)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(doc)
+	if err := enc.Encode(doc); err != nil {
+		return nil, 0, err
+	}
+	if key == "" {
+		return b.Bytes(), 0, nil
+	}
+	return b.Bytes(), bytes.Index(b.Bytes(), []byte(fmt.Sprintf("%q: [", key))), nil
 }
 
 // writeJSON makes result and counts the command's JSON document, which

@@ -24,14 +24,20 @@ func pullCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, err := args.expand(c, eng)
+			r, err := newReport(c, e, p, "pull", len(args.elements) > 0)
 			if err != nil {
 				return err
 			}
-			p.expect(len(refs))
-			results, stats := eng.Pull(c.Context, refs, transfer.PullOptions{DryRun: c.Bool("dry-run"), Weak: args.weak})
-			args.labelResults(results)
-			err = finishRun(c, e, p, "pull", results, stats, pl.all)
+			err = args.each(c, eng, func(refs []string) error {
+				p.expect(args.total())
+				results, stats := eng.Pull(c.Context, refs, transfer.PullOptions{DryRun: c.Bool("dry-run"), Weak: args.weak})
+				args.labelResults(results)
+				return r.add(results, stats)
+			})
+			if err != nil {
+				return err
+			}
+			err = r.finish(pl.all)
 			if gerr := autoGC(c, e, eng, pl); err == nil {
 				err = gerr
 			}

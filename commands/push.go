@@ -47,14 +47,20 @@ func pushCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, err := args.expand(c, eng)
+			r, err := newReport(c, e, p, "push", len(args.elements) > 0)
 			if err != nil {
 				return err
 			}
-			p.expect(len(refs) * len(targets))
-			results, stats := eng.Push(c.Context, refs, pl.named(names(targets)), transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
-			args.labelResults(results)
-			return finishRun(c, e, p, "push", results, stats, pl.all)
+			err = args.each(c, eng, func(refs []string) error {
+				p.expect(args.total() * len(targets))
+				results, stats := eng.Push(c.Context, refs, pl.named(names(targets)), transfer.PushOptions{Force: c.Bool("force"), DryRun: c.Bool("dry-run")})
+				args.labelResults(results)
+				return r.add(results, stats)
+			})
+			if err != nil {
+				return err
+			}
+			return r.finish(pl.all)
 		},
 	}
 }
@@ -139,7 +145,9 @@ func expandGlobs(c *cli.Context, e *env, kind cache.Kind) (refArgs, error) {
 			return refArgs{}, usageError("%q matches no ref in the local store (%s)", g, store.Root())
 		}
 		for _, i := range infos {
-			args.plain = append(args.plain, i.Name)
+			if err := args.plain.add(i.Name); err != nil {
+				return refArgs{}, err
+			}
 		}
 	}
 	return args, nil

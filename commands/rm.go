@@ -37,7 +37,14 @@ func rmCommand() *cli.Command {
 			}
 			results := eng.Remove(c.Context, refs, c.Bool("dry-run"))
 			args.labelResults(results)
-			return finishRun(c, e, &progress{}, "rm", results, transfer.Stats{}, nil)
+			r, err := newReport(c, e, &progress{}, "rm", len(args.elements) > 0)
+			if err != nil {
+				return err
+			}
+			if err := r.add(results, transfer.Stats{}); err != nil {
+				return err
+			}
+			return r.finish(nil)
 		},
 	}
 }

@@ -50,26 +50,30 @@ func syncCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				return runCopy(c, e, kind, sources, targets, args, args.expand)
+				return runCopy(c, e, kind, sources, targets, args, args.each)
 			}
 			args, err := readRefsFrom(c, nil) // --deps
 			if err != nil {
 				return err
 			}
 			glob := prefixPattern(arg)
-			listed := func(c *cli.Context, eng *transfer.Engine) ([]string, error) {
+			listed := func(c *cli.Context, eng *transfer.Engine, fn func([]string) error) error {
 				refs, err := eng.List(c.Context, eng.Caches[0], glob)
 				if errors.Is(err, remotes.ErrCannotList) {
-					return nil, fmt.Errorf("%w; give sync the list of what %s holds with --refs-from FILE (or - for stdin), for a bst-artifact-server from bst-cache --local DIR ls where its directory lies", err, from)
+					return fmt.Errorf("%w; give sync the list of what %s holds with --refs-from FILE (or - for stdin), for a bst-artifact-server from bst-cache --local DIR ls where its directory lies", err, from)
 				}
 				if err != nil {
-					return nil, fmt.Errorf("listing %s: %w", from, err)
+					return fmt.Errorf("listing %s: %w", from, err)
 				}
 				if len(refs) == 0 {
 					e.warnf("%s holds no refs%s", from, under(arg))
 				}
-				args.plain = refs
-				return args.expand(c, eng)
+				for _, r := range refs {
+					if err := args.plain.add(r); err != nil {
+						return err
+					}
+				}
+				return args.each(c, eng, fn)
 			}
 			return runCopy(c, e, kind, sources, targets, args, listed)
 		},

@@ -96,8 +96,9 @@ func readRefsFrom(c *cli.Context, args []string) (refArgs, error) {
 // refArgs are the refs a command was given: plain refs, and the refs bst
 // resolved from element names (their dependencies included).
 type refArgs struct {
-	plain, resolved []string
-	deps            buildstream.Deps
+	plain    *refList
+	resolved []string
+	deps     buildstream.Deps
 	// globs match refs in the local store and in caches that can list.
 	globs []string
 	// elements names the element of each resolved ref (and weak ref).
@@ -114,37 +115,73 @@ func (a refArgs) labelResults(results []transfer.Result) {
 }
 
 // count is how many refs were named (before --deps on plain refs).
-func (a refArgs) count() int { return len(a.plain) + len(a.resolved) + len(a.globs) }
+func (a refArgs) count() int { return a.plain.len() + len(a.resolved) + len(a.globs) }
 
-// expand gives every ref: plain refs with their recorded dependencies as
-// --deps selects, then the resolved ones, each once.
-func (a refArgs) expand(c *cli.Context, eng *transfer.Engine) ([]string, error) {
+// total is how many refs each has handed out or will: those named, and
+// those --deps added so far.
+func (a refArgs) total() int { return a.plain.len() + a.plain.extra }
+
+// each hands fn every ref, a batch at a time (refBatch): plain refs with
+// their recorded dependencies as --deps selects, then the resolved ones,
+// each once. Only a batch is in memory at a time, with a hash of each ref
+// named or added (refList).
+func (a refArgs) each(c *cli.Context, eng *transfer.Engine, fn func([]string) error) error {
 	for _, g := range a.globs {
 		matched, err := eng.Match(c.Context, g)
 		if err != nil {
-			return nil, usageError("%q: %v", g, err)
+			return usageError("%q: %v", g, err)
 		}
 		if len(matched) == 0 {
-			return nil, usageError("%q matches no ref in the local store or in a cache that can list", g)
+			return usageError("%q matches no ref in the local store or in a cache that can list", g)
 		}
-		a.plain = append(a.plain, matched...)
+		for _, r := range matched {
+			if err := a.plain.add(r); err != nil {
+				return err
+			}
+		}
 	}
-	plain, err := eng.Expand(c.Context, a.plain, a.deps)
-	if errors.Is(err, transfer.ErrRunDeps) {
-		return nil, usageError("%v", err)
+	// Resolved refs come last, but count from the start; a plain ref
+	// or a dependency that is one of them waits for it.
+	var resolved []string
+	for _, r := range a.resolved {
+		if a.plain.admit(r) {
+			resolved = append(resolved, r)
+		}
 	}
-	if err != nil {
-		return nil, err
+	err := a.plain.each(refBatch, func(batch []string) error {
+		refs, err := eng.Expand(c.Context, batch, a.deps)
+		if errors.Is(err, transfer.ErrRunDeps) {
+			return usageError("%v", err)
+		}
+		if err != nil {
+			return err
+		}
+		if len(refs) > len(batch) {
+			// Dependencies named or added before (or to come, named
+			// later in the list) are left to their turn.
+			own := make(map[string]bool, len(batch))
+			for _, r := range batch {
+				own[r] = true
+			}
+			refs = slices.DeleteFunc(refs, func(r string) bool { return !own[r] && !a.plain.admit(r) })
+		}
+		return fn(refs)
+	})
+	if err != nil || len(resolved) == 0 {
+		return err
 	}
-	seen := map[string]bool{}
+	return fn(resolved)
+}
+
+// expand is every ref each hands out, at once, for the commands that need
+// them together.
+func (a refArgs) expand(c *cli.Context, eng *transfer.Engine) ([]string, error) {
 	var out []string
-	for _, r := range append(plain, a.resolved...) {
-		if !seen[r] {
-			seen[r] = true
-			out = append(out, r)
-		}
-	}
-	return out, nil
+	err := a.each(c, eng, func(refs []string) error {
+		out = append(out, refs...)
+		return nil
+	})
+	return out, err
 }
 
 // readRefList reads refs and element names from args and --refs-from;
@@ -154,9 +191,8 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required, weak 
 	if err != nil {
 		return refArgs{}, usageError("%v", err)
 	}
-	var refs, elements []string
-	seen := map[string]bool{}
-	var globs []string
+	var elements, globs []string
+	refs := newRefList()
 	add := func(ref string) error {
 		if buildstream.IsElement(ref) {
 			elements = append(elements, ref)
@@ -169,11 +205,7 @@ func readRefList(c *cli.Context, stdin io.Reader, args []string, required, weak 
 		if err := cache.ValidateRef(ref); err != nil {
 			return usageError("%v", err)
 		}
-		if !seen[ref] {
-			seen[ref] = true
-			refs = append(refs, ref)
-		}
-		return nil
+		return refs.add(ref)
 	}
 	readLines := func(r io.Reader, name string) error {
 		sc := bufio.NewScanner(r)
@@ -457,14 +489,16 @@ type cacheUse struct {
 	Refs int `json:"refs"`
 }
 
-// cacheUses sums up what each cache did for results.
-func cacheUses(caches []*transfer.Cache, results []transfer.Result) []cacheUse {
-	served := map[string]map[string]bool{}
+// servedBy counts the refs each cache served (as a source) or took (as a
+// target) in results.
+func servedBy(results []transfer.Result) map[string]int {
+	seen := map[[2]string]bool{}
+	out := map[string]int{}
 	add := func(cache, ref string) {
-		if served[cache] == nil {
-			served[cache] = map[string]bool{}
+		if k := [2]string{cache, ref}; !seen[k] {
+			seen[k] = true
+			out[cache]++
 		}
-		served[cache][ref] = true
 	}
 	for _, r := range results {
 		if r.Status != transfer.StatusDone && r.Status != transfer.StatusRepaired {
@@ -474,10 +508,6 @@ func cacheUses(caches []*transfer.Cache, results []transfer.Result) []cacheUse {
 		if r.Target != "" {
 			add(r.Target, r.Ref)
 		}
-	}
-	out := []cacheUse{}
-	for _, c := range caches {
-		out = append(out, cacheUse{CacheUsage: c.Usage(), Refs: len(served[c.Name()])})
 	}
 	return out
 }
@@ -492,62 +522,110 @@ func writeCacheTable(w io.Writer, uses []cacheUse) {
 	tw.Flush()
 }
 
-// finishRun ends a transfer: it takes the progress bar down, prints the
-// summary (stderr, or JSON on stdout) and chooses the error: refs missing
-// everywhere (exit 3) only when nothing else failed.
-func finishRun(c *cli.Context, e *env, p *progress, command string, results []transfer.Result, stats transfer.Stats, caches []*transfer.Cache) error {
-	p.finish()
-	uses := cacheUses(caches, results)
-	counts := map[string]int{}
+// runReport is a transfer's report as it goes: each batch of results is
+// printed on stdout (or streamed into the JSON document) and counted, then
+// forgotten, so a run of a million refs holds a batch of results at a
+// time. Refs come in batches once each (refArgs.each): what a cache served
+// adds up across them.
+type runReport struct {
+	c       *cli.Context
+	e       *env
+	p       *progress
+	command string
+	// named: the user named elements, shown beside their refs.
+	named   bool
+	counts  map[string]int
+	results int
+	stats   transfer.Stats
+	served  map[string]int
+}
+
+// newReport starts the report of a run; named says whether elements were
+// named.
+func newReport(c *cli.Context, e *env, p *progress, command string, named bool) (*runReport, error) {
+	r := &runReport{c: c, e: e, p: p, command: command, named: named, counts: map[string]int{}, served: map[string]int{}}
 	for _, s := range []transfer.Status{transfer.StatusDone, transfer.StatusSkipped, transfer.StatusMissing, transfer.StatusFailed, transfer.StatusConflict} {
-		counts[string(s)] = 0 // the usual counts, zeros included
-	}
-	for s, n := range transfer.Summary(results) {
-		counts[string(s)] = n
+		r.counts[string(s)] = 0 // the usual counts, zeros included
 	}
 	if e.json {
-		writeJSON(e, report{Refs: results, Stats: stats, Caches: uses}, counts)
-	} else {
-		// Results on stdout (pull 2>/dev/null still prints them); the
-		// totals, like progress and warnings, on stderr.
-		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		named := slices.ContainsFunc(results, func(r transfer.Result) bool { return r.Element != "" })
-		for _, r := range results {
-			if e.quiet && (r.Status == transfer.StatusDone || r.Status == transfer.StatusSkipped) {
-				continue
+		return r, e.out.stream(e.stdout, "refs", report{Refs: []transfer.Result{}, Caches: []cacheUse{}})
+	}
+	return r, nil
+}
+
+// add reports a batch of results, and what moving them cost.
+func (r *runReport) add(results []transfer.Result, st transfer.Stats) error {
+	r.results += len(results)
+	r.stats.Add(st)
+	for s, n := range transfer.Summary(results) {
+		r.counts[string(s)] += n
+	}
+	for c, n := range servedBy(results) {
+		r.served[c] += n
+	}
+	if r.e.json {
+		for _, res := range results {
+			if err := r.e.out.item(res); err != nil {
+				return err
 			}
-			where := r.Cache
-			if r.Target != "" {
-				where = strings.TrimPrefix(where+" -> "+r.Target, " -> ")
-			}
-			if named {
-				// The element beside its ref, when the user named elements.
-				fmt.Fprintf(tw, "%s\t%s\t", r.Status, dash(r.Element))
-			} else {
-				fmt.Fprintf(tw, "%s\t", r.Status)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Ref, dash(where), r.Reason)
 		}
-		tw.Flush()
-		if !e.quiet {
-			line := countLine(command, counts)
-			if command != "rm" {
-				line += "; " + movedLine(command, stats)
-			}
-			if command == "sync" && counts["skipped"] == len(results) {
-				// A second run says that it had nothing to do.
-				line = "in step, nothing to move: " + line
-			}
-			fmt.Fprintf(e.stderr, "%s: %s; %.1fs\n", command, line, stats.Seconds)
-			if e.verbose && len(uses) > 0 {
-				writeCacheTable(e.stderr, uses)
-			}
+		return nil
+	}
+	// Results on stdout (pull 2>/dev/null still prints them); the
+	// totals, like progress and warnings, on stderr. Columns line up
+	// within a batch.
+	tw := tabwriter.NewWriter(r.e.stdout, 0, 4, 2, ' ', 0)
+	for _, res := range results {
+		if r.e.quiet && (res.Status == transfer.StatusDone || res.Status == transfer.StatusSkipped) {
+			continue
+		}
+		where := res.Cache
+		if res.Target != "" {
+			where = strings.TrimPrefix(where+" -> "+res.Target, " -> ")
+		}
+		if r.named {
+			// The element beside its ref, when the user named elements.
+			fmt.Fprintf(tw, "%s\t%s\t", res.Status, dash(res.Element))
+		} else {
+			fmt.Fprintf(tw, "%s\t", res.Status)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", res.Ref, dash(where), res.Reason)
+	}
+	return tw.Flush()
+}
+
+// finish ends a transfer: it takes the progress bar down, prints the
+// summary (stderr, or JSON on stdout) with what each of caches did, and
+// chooses the error: refs missing everywhere (exit 3) only when nothing
+// else failed.
+func (r *runReport) finish(caches []*transfer.Cache) error {
+	c, e, command, counts := r.c, r.e, r.command, r.counts
+	r.p.finish()
+	uses := []cacheUse{}
+	for _, cc := range caches {
+		uses = append(uses, cacheUse{CacheUsage: cc.Usage(), Refs: r.served[cc.Name()]})
+	}
+	if e.json {
+		writeJSON(e, report{Refs: []transfer.Result{}, Stats: r.stats, Caches: uses}, counts)
+	} else if !e.quiet {
+		line := countLine(command, counts)
+		if command != "rm" {
+			line += "; " + movedLine(command, r.stats)
+		}
+		if command == "sync" && counts["skipped"] == r.results {
+			// A second run says that it had nothing to do.
+			line = "in step, nothing to move: " + line
+		}
+		fmt.Fprintf(e.stderr, "%s: %s; %.1fs\n", command, line, r.stats.Seconds)
+		if e.verbose && len(uses) > 0 {
+			writeCacheTable(e.stderr, uses)
 		}
 	}
 	switch {
 	case c.Context.Err() != nil:
-		return &worded{fmt.Sprintf("%s interrupted: %s done, %s not", command, words.Plural(counts["done"]+counts["skipped"]+counts["repaired"], "ref"),
-			words.Plural(len(results)-counts["done"]-counts["skipped"]-counts["repaired"], "ref")), c.Context.Err()}
+		done := counts["done"] + counts["skipped"] + counts["repaired"]
+		return &worded{fmt.Sprintf("%s interrupted: %s done, %s not", command, words.Plural(done, "ref"),
+			words.Plural(r.results-done, "ref")), c.Context.Err()}
 	case counts["failed"]+counts["conflict"] > 0:
 		var parts []string
 		if n := counts["failed"]; n > 0 {

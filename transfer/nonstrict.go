@@ -44,12 +44,7 @@ func (e *Engine) pullWeak(ctx context.Context, results []Result, st Stats, o Pul
 		r.Reason = reason
 		results[i] = r
 	}
-	st.Pulled.Blobs += wst.Pulled.Blobs
-	st.Pulled.Bytes += wst.Pulled.Bytes
-	st.BlobsPresent += wst.BlobsPresent
-	st.WouldBlobs += wst.WouldBlobs
-	st.WouldBytes += wst.WouldBytes
-	st.Seconds += wst.Seconds
+	st.Add(wst)
 	return results, st
 }
 

@@ -98,6 +98,18 @@ type Stats struct {
 	Seconds    float64 `json:"seconds"`
 }
 
+// Add adds the totals of another run (a later batch of refs) to s.
+func (s *Stats) Add(o Stats) {
+	s.Pulled.Blobs += o.Pulled.Blobs
+	s.Pulled.Bytes += o.Pulled.Bytes
+	s.Pushed.Blobs += o.Pushed.Blobs
+	s.Pushed.Bytes += o.Pushed.Bytes
+	s.BlobsPresent += o.BlobsPresent
+	s.WouldBlobs += o.WouldBlobs
+	s.WouldBytes += o.WouldBytes
+	s.Seconds += o.Seconds
+}
+
 // Flow is what moved one way.
 type Flow struct {
 	Blobs int64 `json:"blobs"`
