@@ -152,8 +152,8 @@ func lsRemote(c *cli.Context, e *env, name string, kind cache.Kind) error {
 }
 
 // refPrinter prints refs as they come, one per line, with -l their
-// digest and date (aligned a page of lsPage at a time), or gathers them
-// for the JSON document.
+// digest and date (aligned a page of lsPage at a time), or streams them
+// into the JSON document: a listing costs no memory by the refs listed.
 type refPrinter struct {
 	e       *env
 	long    bool
@@ -161,7 +161,7 @@ type refPrinter struct {
 	w       *bufio.Writer
 	tw      *tabwriter.Writer
 	lines   int
-	entries []lsEntry
+	err     error // of the JSON stream
 }
 
 // lsPage is how many lines of ls -l are aligned together.
@@ -173,7 +173,7 @@ func newRefPrinter(c *cli.Context, e *env) *refPrinter {
 		p.tw = tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
 	}
 	if e.json {
-		p.entries = []lsEntry{}
+		p.err = e.out.stream(e.stdout, "result", []lsEntry{})
 	}
 	return p
 }
@@ -181,7 +181,9 @@ func newRefPrinter(c *cli.Context, e *env) *refPrinter {
 func (p *refPrinter) print(en lsEntry) {
 	switch {
 	case p.e.json:
-		p.entries = append(p.entries, en)
+		if p.err == nil {
+			p.err = p.e.out.item(en)
+		}
 	case p.long:
 		fmt.Fprintf(p.tw, "%s\t%s\t%s\n", en.Ref, en.Digest, en.Modified.Format(time.RFC3339))
 	default:
@@ -204,8 +206,8 @@ func (p *refPrinter) flush() error {
 // done prints what is left.
 func (p *refPrinter) done() error {
 	if p.e.json {
-		writeJSON(p.e, p.entries, map[string]int{"refs": len(p.entries)})
-		return nil
+		writeJSON(p.e, []lsEntry{}, map[string]int{"refs": p.lines})
+		return p.err
 	}
 	return p.flush()
 }
