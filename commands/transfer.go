@@ -149,6 +149,10 @@ func (a refArgs) each(c *cli.Context, eng *transfer.Engine, fn func([]string) er
 		}
 	}
 	err := a.plain.each(refBatch, func(batch []string) error {
+		if c.Context.Err() != nil {
+			// Interrupted: the rest are reported so, unexpanded.
+			return fn(batch)
+		}
 		refs, err := eng.Expand(c.Context, batch, a.deps)
 		if errors.Is(err, transfer.ErrRunDeps) {
 			return usageError("%v", err)
