@@ -30,7 +30,7 @@ func (c *lineCounter) Write(p []byte) (int, error) {
 // A pull's memory does not grow with the refs it is given: 200,000 refs
 // from stdin cost little more than 20,000, in text and in --json. Before,
 // every ref, its copies and its result were held to the end (about 1 KB a
-// ref: 968 MB for a million); now a batch is, and a 16-byte hash of each
+// ref: 945 MiB for a million); now a batch is, and a 16-byte hash of each
 // ref for the duplicates. The only cache (a real serve) is a storage cache:
 // no index to ask, so each ref fails at once, without a round trip, and
 // what is measured is what the command keeps for each ref. Every ref is
@@ -106,7 +106,7 @@ func highWater(pid int) int64 {
 
 // ls --json streams its entries into the document: 60,000 refs cost
 // little more than 10,000 (before, every entry was gathered, then the whole
-// document encoded at once: over 1 KB a ref, 368 MB for 200,000). Text
+// document encoded at once: over 1 KB a ref, 359 MiB for 200,000). Text
 // listings already streamed.
 func TestLsJSONMemoryDoesNotGrowWithRefs(t *testing.T) {
 	bin := testenv.BstCacheBinary(t)
