@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -738,6 +739,49 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 	return walkObjects(s.objects(), nil, func(o ObjectInfo, _ uint64) error { return fn(o) })
 }
 
+// WalkObjectsFrom calls fn, as WalkObjects does, for the objects whose
+// hashes begin with the byte from or a greater one, a fan-out directory
+// (the objects of one first byte) after another in order, until enough
+// says so after one: it returns where the next walk begins (the first
+// byte not walked), 256 once every one was. Walks from 0 to 256 meet every
+// object once, as one WalkObjects would, with a part of them at a time.
+func (s *Store) WalkObjectsFrom(from int, enough func() bool, fn func(ObjectInfo) error) (next int, err error) {
+	objects := s.objects()
+	fans, err := os.ReadDir(objects)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 256, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	// Fan-out directories are two hex digits; anything else holds no
+	// object names.
+	fans = slices.DeleteFunc(fans, func(f fs.DirEntry) bool {
+		b, ok := fanByte(f.Name())
+		return !ok || b < from
+	})
+	next = 256
+	err = walkFans(objects, fans, nil, func(o ObjectInfo, _ uint64) error { return fn(o) }, func(i int) bool {
+		if i+1 < len(fans) && enough() {
+			next, _ = fanByte(fans[i+1].Name())
+			return true
+		}
+		return false
+	})
+	return next, err
+}
+
+// fanByte is the first byte of the hashes a fan-out directory named name
+// holds.
+func fanByte(name string) (int, bool) {
+	var b [1]byte
+	if len(name) != 2 || !lowerHex[name[0]] || !lowerHex[name[1]] {
+		return 0, false
+	}
+	hex.Decode(b[:], []byte(name))
+	return int(b[0]), true
+}
+
 // walkObjects is WalkObjects of the objects directory objects. With
 // listing, each fan-out directory's listing(fan) is taken just before it is
 // read and passed on with its objects.
@@ -749,6 +793,12 @@ func walkObjects(objects string, listing func(fan string) uint64, fn func(o Obje
 	if err != nil {
 		return err
 	}
+	return walkFans(objects, fans, listing, fn, func(int) bool { return false })
+}
+
+// walkFans is walkObjects of the fan-out directories fans, in their
+// order, objectWalkers read ahead, until stop(i) says to stop after fans[i].
+func walkFans(objects string, fans []fs.DirEntry, listing func(fan string) uint64, fn func(o ObjectInfo, listed uint64) error, stop func(i int) bool) error {
 	type fanOut struct {
 		objects []ObjectInfo
 		listed  uint64
@@ -759,13 +809,13 @@ func walkObjects(objects string, listing func(fan string) uint64, fn func(o Obje
 		found[i] = make(chan fanOut, 1)
 	}
 	running := make(chan struct{}, objectWalkers)
-	stop := make(chan struct{})
-	defer close(stop)
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
 		for i, f := range fans {
 			select {
 			case running <- struct{}{}:
-			case <-stop:
+			case <-done:
 				return
 			}
 			go func() {
@@ -790,6 +840,9 @@ func walkObjects(objects string, listing func(fan string) uint64, fn func(o Obje
 			if err := fn(o, r.listed); err != nil {
 				return err
 			}
+		}
+		if stop(i) {
+			return nil
 		}
 	}
 	return nil

@@ -26,40 +26,56 @@ func duCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, _, err := refsOrAll(c, e, kind)
-			if err != nil {
-				return err
-			}
 			store, err := e.readStore()
 			if err != nil {
 				return err
 			}
 			eng := &transfer.Engine{Store: store, Kind: kind}
-			usage, total, err := eng.Usage(c.Context, refs)
-			if err != nil {
+			var usage *transfer.Usages
+			if c.NArg() > 0 || c.String("refs-from") != "" {
+				args, err := expandGlobs(c, e, kind)
+				if err != nil {
+					return err
+				}
+				usage, err = eng.Usage(c.Context, append(args.plain, args.resolved...))
+				if err != nil {
+					return err
+				}
+			} else if usage, err = eng.UsageAll(c.Context); err != nil {
 				return err
 			}
+			defer usage.Close()
+			total := usage.Store
 			if e.json {
 				missing := 0
-				for _, u := range usage {
+				refs := make([]transfer.RefUsage, 0, usage.Len())
+				if err := usage.Each(func(u transfer.RefUsage) error {
 					missing += u.Missing
+					refs = append(refs, u)
+					return nil
+				}); err != nil {
+					return err
 				}
 				writeJSON(e, struct {
 					Refs  []transfer.RefUsage `json:"refs"`
 					Store transfer.StoreUsage `json:"store"`
-				}{usage, total}, map[string]int{"refs": len(usage), "objects": total.Objects, "blobs_missing": missing})
+				}{refs, total}, map[string]int{"refs": len(refs), "objects": total.Objects, "blobs_missing": missing})
 				return nil
 			}
 			// A line a write would be a system call a ref. The columns
 			// are right-aligned to their widest cell (as a tabwriter
-			// would, without keeping a line a ref).
+			// would, without keeping a line a ref): the refs are gone
+			// through twice.
 			out := bufio.NewWriter(e.stdout)
 			width := [2]int{}
-			for _, u := range usage {
+			if err := usage.Each(func(u transfer.RefUsage) error {
 				width[0] = max(width[0], len(humanBytes(u.Bytes)))
 				width[1] = max(width[1], len(words.Plural(u.Blobs, "blob")))
+				return nil
+			}); err != nil {
+				return err
 			}
-			for _, u := range usage {
+			if err := usage.Each(func(u transfer.RefUsage) error {
 				note := ""
 				switch {
 				case u.Error != "":
@@ -67,7 +83,10 @@ func duCommand() *cli.Command {
 				case u.Missing > 0:
 					note = fmt.Sprintf("  (%s missing)", words.Plural(u.Missing, "blob"))
 				}
-				fmt.Fprintf(out, "  %*s  %*s  %s%s\n", width[0], humanBytes(u.Bytes), width[1], words.Plural(u.Blobs, "blob"), u.Ref, note)
+				_, err := fmt.Fprintf(out, "  %*s  %*s  %s%s\n", width[0], humanBytes(u.Bytes), width[1], words.Plural(u.Blobs, "blob"), u.Ref, note)
+				return err
+			}); err != nil {
+				return err
 			}
 			fmt.Fprintf(out, "store: %s in %s; the refs listed reach %s (shared blobs once)\n",
 				humanBytes(total.Bytes), words.Plural(total.Objects, "object"), humanBytes(total.UniqueBytes))

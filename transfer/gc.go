@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -85,7 +86,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 
 	// Every digest gc meets is numbered once (a big store has a million):
 	// what it knows of each sits in slices by that number.
-	t, total, err := e.objectTable()
+	t, total, err := e.objectTable(0, math.MaxInt)
 	if err != nil {
 		return rep, err
 	}
@@ -140,7 +141,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 			continue
 		}
 		if !o.DryRun {
-			if err := e.Store.RemoveObject(t.digest(i)); err != nil {
+			if err := e.Store.RemoveObject(keyDigest(obj.key)); err != nil {
 				return rep, err
 			}
 		}
@@ -154,10 +155,11 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	return rep, nil
 }
 
-// digestTable numbers the digests gc meets: the objects of the store
-// (sorted, so that a million of them take no map), then those refs need
-// that the store lacks.
+// digestTable numbers the digests gc and du meet: the objects of the
+// store whose hashes' first byte is in [lo, hi) (sorted, so that a
+// million of them take no map), then those refs need that the store lacks.
 type digestTable struct {
+	lo, hi int
 	// runs are the objects by their hash's first byte, each run sorted
 	// (not one slice: appending to it would need it twice over); start
 	// is each run's first number, and then how many objects there are.
@@ -182,14 +184,24 @@ func compareKeys(a, b cache.DigestKey) int {
 	return cmp.Compare(a.Size, b.Size)
 }
 
-// objectTable numbers the objects of the local store, and sums their
-// sizes.
-func (e *Engine) objectTable() (t *digestTable, total int64, err error) {
-	t = &digestTable{}
-	if err := e.Store.WalkObjects(func(oi cache.ObjectInfo) error {
+// objectsPerPass is about how many objects du holds at a time (about 50
+// bytes each): a store with more is measured in passes, each over the
+// objects of a range of first bytes of their hashes, which reads every
+// ref's trees again. A million keeps du under 200 MB whatever the store's
+// size, and measures a store of 200,000 refs (700,000 objects) in one pass.
+var objectsPerPass = 1 << 20
+
+// objectTable numbers the objects of the local store whose hashes' first
+// byte is from or more, whole fan-out directories until it holds at least
+// max of them (math.MaxInt: every one), and sums their sizes.
+func (e *Engine) objectTable(from, max int) (t *digestTable, total int64, err error) {
+	t = &digestTable{lo: from}
+	n := 0
+	if t.hi, err = e.Store.WalkObjectsFrom(from, func() bool { return n >= max }, func(oi cache.ObjectInfo) error {
 		k := cache.KeyOf(oi.Digest)
 		t.runs[k.Hash[0]] = append(t.runs[k.Hash[0]], tableObject{k, oi.Modified.UnixNano()})
 		total += oi.Digest.Size
+		n++
 		return nil
 	}); err != nil {
 		return nil, 0, err
@@ -203,6 +215,19 @@ func (e *Engine) objectTable() (t *digestTable, total int64, err error) {
 	return t, total, nil
 }
 
+// holds says whether k's first byte is in the table's range: whether the
+// table is the one to say if the store has k.
+func (t *digestTable) holds(k cache.DigestKey) bool {
+	return int(k.Hash[0]) >= t.lo && int(k.Hash[0]) < t.hi
+}
+
+// has says whether the store held k when the table was made.
+func (t *digestTable) has(k cache.DigestKey) (int32, bool) {
+	run := t.runs[k.Hash[0]]
+	i, ok := slices.BinarySearchFunc(run, k, func(o tableObject, k cache.DigestKey) int { return compareKeys(o.key, k) })
+	return t.start[k.Hash[0]] + int32(i), ok
+}
+
 // count is how many objects the store held.
 func (t *digestTable) count() int { return int(t.start[len(t.runs)]) }
 
@@ -212,12 +237,10 @@ func (t *digestTable) object(i int) tableObject {
 	return t.runs[b][i-int(t.start[b])]
 }
 
-// number is d's number.
-func (t *digestTable) number(d digest.Digest) int32 {
-	k := cache.KeyOf(d)
-	run := t.runs[k.Hash[0]]
-	if i, ok := slices.BinarySearchFunc(run, k, func(o tableObject, k cache.DigestKey) int { return compareKeys(o.key, k) }); ok {
-		return t.start[k.Hash[0]] + int32(i)
+// number is k's number.
+func (t *digestTable) number(k cache.DigestKey) int32 {
+	if i, ok := t.has(k); ok {
+		return i
 	}
 	if i, ok := t.lacking[k]; ok {
 		return i
@@ -238,13 +261,7 @@ func (t *digestTable) key(i int) cache.DigestKey {
 }
 
 // size is digest i's size.
-func (t *digestTable) size(i int) int64 {
-	k := t.key(i)
-	if k.Size >= 0 {
-		return k.Size
-	}
-	return -1 - k.Size
-}
+func (t *digestTable) size(i int) int64 { return keyDigest(t.key(i)).Size }
 
 // localArtifact is one local artifact (or source): all its refs and what they
 // reach (numbers of a digestTable).
@@ -266,9 +283,9 @@ func (e *Engine) artifacts(ctx context.Context, t *digestTable) ([]localArtifact
 		return nil, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), cache.KindAsset)
 	}
 	var out []localArtifact
-	lt := newLocalTrees(e.Store, t)
+	lt := newLocalTrees(e.Store)
 	for _, k := range kinds {
-		arts, err := e.kindArtifacts(ctx, k, lt)
+		arts, err := e.kindArtifacts(ctx, k, t, lt)
 		if err != nil {
 			return nil, err
 		}
@@ -280,7 +297,7 @@ func (e *Engine) artifacts(ctx context.Context, t *digestTable) ([]localArtifact
 // kindArtifacts lists the local artifacts of one kind, counting needs.
 // The refs are read refBatch at a time, and the Directories under each
 // batch's artifacts together (each once across all of them).
-func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees) ([]localArtifact, error) {
+func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, t *digestTable, lt *localTrees) ([]localArtifact, error) {
 	// Each ref's name and when it was last used, in ListRefs' order, and
 	// their numbers in name order to find one (not a map: a big store has
 	// a million).
@@ -326,6 +343,7 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 			}
 		}
 		ens, errs := e.localEntries(ctx, k, names)
+		lt.reset()
 		roots := make([]numRoots, len(names))
 		rootErrs := make([]error, len(names))
 		for j, en := range ens {
@@ -374,9 +392,12 @@ func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, lt *localTrees
 		for _, s := range steps {
 			if s.err == nil {
 				reached = reached[:0]
-				if err := lt.closure(s.roots, func(n int32, _ bool) {
+				if err := lt.closure(s.roots, func(k cache.DigestKey, _ reach) {
+					// Missing digests too: what the refs reach counts
+					// toward MaxSize as a whole.
+					n := t.number(k)
 					reached = append(reached, n)
-					lt.t.needs[n]++
+					t.needs[n]++
 				}); err != nil {
 					s.err = fmt.Errorf("%w (bst-cache verify --repair mends it)", err)
 				}
@@ -407,7 +428,7 @@ func newKeysFinder(lt *localTrees, k cache.Kind, ens []entry, errs []error) *key
 	f := &keysFinder{lt: lt, roots: map[int32]bool{}, meta: map[int32][]int32{}, keys: map[int32]digest.Digest{}}
 	for i, en := range ens {
 		if k == cache.KindBst1Artifact && errs[i] == nil && cache.CheckDigest(en.digest) == nil {
-			f.roots[lt.t.number(en.digest)] = true
+			f.roots[lt.number(en.digest)] = true
 		}
 	}
 	return f
@@ -417,7 +438,7 @@ func newKeysFinder(lt *localTrees, k cache.Kind, ens []entry, errs []error) *key
 func (f *keysFinder) saw(n int32, dir *repb.Directory) {
 	if f.roots[n] {
 		if d, ok := childDigest(dir, buildstream.MetaDir); ok {
-			m := f.lt.t.number(d)
+			m := f.lt.number(d)
 			f.meta[m] = append(f.meta[m], n)
 		}
 	}
@@ -446,7 +467,7 @@ func (e *Engine) batchKeys(ctx context.Context, ens []entry, errs []error, found
 	var g errgroup.Group
 	g.SetLimit(treeReaders)
 	for i, d := range ds {
-		file, ok := found.keys[found.lt.t.number(d)]
+		file, ok := found.keys[found.lt.number(d)]
 		g.Go(func() error {
 			if ok {
 				if data, err := e.Store.ReadBlob(file); err == nil {

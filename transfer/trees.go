@@ -18,16 +18,18 @@ import (
 // reads wait on system calls more than on the processor.
 const treeReaders = 8
 
-// localTrees answers closures of many roots in the local store, as
+// localTrees answers closures of a batch of roots in the local store, as
 // cache.Store.ClosureOf does (a Directory the store lacks is missing and
 // nothing below it is known; one that cannot be read or parsed is an
 // error), from Directories read once across all of them, treeReaders at a
-// time, and kept as numbers of a digestTable: what a Directory holds takes
-// 4 bytes per entry. A file is present if it was among the objects when
-// the table was made.
+// time, and kept as numbers local to the batch: what a Directory holds
+// takes 4 bytes per entry. Whether a file is present is the caller's
+// business (its object table). reset forgets the batch, so what it holds
+// is a batch's, whatever the store's size.
 type localTrees struct {
 	store *cache.Store
-	t     *digestTable
+	num   map[cache.DigestKey]int32
+	keys  []cache.DigestKey
 	// at is, by number, what reading a Directory found: 0 not read yet,
 	// dirMissing, dirFailed (the error in failed), or 1 + the offset in
 	// entries of its files' count, its subdirectories' count and their
@@ -45,9 +47,33 @@ const (
 	dirFailed  = -2
 )
 
-func newLocalTrees(s *cache.Store, t *digestTable) *localTrees {
-	return &localTrees{store: s, t: t, failed: map[int32]error{}}
+func newLocalTrees(s *cache.Store) *localTrees {
+	return &localTrees{store: s, num: map[cache.DigestKey]int32{}, failed: map[int32]error{}}
 }
+
+// reset forgets every number, for the next batch.
+func (lt *localTrees) reset() {
+	clear(lt.num)
+	clear(lt.failed)
+	lt.keys, lt.at, lt.entries, lt.seen, lt.walk = lt.keys[:0], lt.at[:0], lt.entries[:0], lt.seen[:0], 0
+}
+
+// number is d's number in this batch.
+func (lt *localTrees) number(d digest.Digest) int32 {
+	k := cache.KeyOf(d)
+	if n, ok := lt.num[k]; ok {
+		return n
+	}
+	n := int32(len(lt.keys))
+	lt.num[k] = n
+	lt.keys = append(lt.keys, k)
+	lt.at = append(lt.at, 0)
+	lt.seen = append(lt.seen, 0)
+	return n
+}
+
+// digest is number n's digest.
+func (lt *localTrees) digest(n int32) digest.Digest { return keyDigest(lt.keys[n]) }
 
 // refBatch is how many refs are read at a time (treeReaders at a time)
 // before the Directories under them are.
@@ -84,7 +110,7 @@ func (lt *localTrees) rootsOf(en entry) (numRoots, error) {
 			if err := cache.CheckDigest(d); err != nil {
 				return nil, err
 			}
-			out = append(out, lt.t.number(d))
+			out = append(out, lt.number(d))
 		}
 		return out, nil
 	}
@@ -96,17 +122,9 @@ func (lt *localTrees) rootsOf(en entry) (numRoots, error) {
 	return numRoots{dirs, blobs}, err
 }
 
-func (lt *localTrees) grow() {
-	for len(lt.at) < len(lt.t.needs) {
-		lt.at = append(lt.at, 0)
-		lt.seen = append(lt.seen, 0)
-	}
-}
-
 // load reads the Directories under roots that are not read yet, level by
 // level, and tells saw (when not nil) of each one read.
 func (lt *localTrees) load(ctx context.Context, roots []numRoots, saw func(int32, *repb.Directory)) error {
-	lt.grow()
 	queued := map[int32]bool{}
 	var level []int32
 	queue := func(n int32) {
@@ -130,7 +148,7 @@ func (lt *localTrees) load(ctx context.Context, roots []numRoots, saw func(int32
 				if err := gctx.Err(); err != nil {
 					return err
 				}
-				d := lt.t.digest(int(n))
+				d := lt.digest(n)
 				data, err := lt.store.ReadBlob(d)
 				if err == nil {
 					if read[i], err = cache.ParseDirectory(data); err != nil {
@@ -148,7 +166,6 @@ func (lt *localTrees) load(ctx context.Context, roots []numRoots, saw func(int32
 		level = nil
 		for i, n := range this {
 			lt.keep(n, read[i], errs[i])
-			lt.grow()
 			if saw != nil && read[i] != nil {
 				saw(n, read[i])
 			}
@@ -179,20 +196,31 @@ func (lt *localTrees) keep(n int32, dir *repb.Directory, err error) {
 	off := int32(len(lt.entries))
 	lt.entries = append(lt.entries, int32(len(dir.GetFiles())), int32(len(dir.GetDirectories())))
 	for _, f := range dir.GetFiles() {
-		lt.entries = append(lt.entries, lt.t.number(digest.NewFromProtoUnvalidated(f.GetDigest())))
+		lt.entries = append(lt.entries, lt.number(digest.NewFromProtoUnvalidated(f.GetDigest())))
 	}
 	for _, sub := range dir.GetDirectories() {
-		lt.entries = append(lt.entries, lt.t.number(digest.NewFromProtoUnvalidated(sub.GetDigest())))
+		lt.entries = append(lt.entries, lt.number(digest.NewFromProtoUnvalidated(sub.GetDigest())))
 	}
 	lt.at[n] = off + 1
 }
 
-// closure walks the closure of roots (numbers; their Directories loaded)
-// in memory, breadth first as cache.Walk does, and calls fn for each
-// digest once, saying whether the store lacks it. The first Directory
-// that could not be read ends the walk with its error.
-func (lt *localTrees) closure(r numRoots, fn func(n int32, missing bool)) error {
-	lt.grow()
+// reach is what a closure knows of a digest it met.
+type reach int8
+
+const (
+	// reachFile is a file: present if the caller's object table holds it.
+	reachFile reach = iota
+	// reachDir is a Directory read from the store.
+	reachDir
+	// reachLost is a Directory the store lacks.
+	reachLost
+)
+
+// closure walks the closure of roots (their Directories loaded) in
+// memory, breadth first as cache.Walk does, and calls fn for each digest
+// once with what it knows of it. The first Directory that could not be
+// read ends the walk with its error.
+func (lt *localTrees) closure(r numRoots, fn func(k cache.DigestKey, r reach)) error {
 	lt.walk++
 	if lt.walk == 0 { // wrapped: clear the marks of 4 billion walks ago
 		clear(lt.seen)
@@ -215,13 +243,13 @@ func (lt *localTrees) closure(r numRoots, fn func(n int32, missing bool)) error 
 		for _, n := range level {
 			switch at := lt.at[n]; at {
 			case 0:
-				return fmt.Errorf("directory %s was not loaded", lt.t.digest(int(n)))
+				return fmt.Errorf("directory %s was not loaded", lt.digest(n))
 			case dirMissing:
-				fn(n, true)
+				fn(lt.keys[n], reachLost)
 			case dirFailed:
 				return lt.failed[n]
 			default:
-				fn(n, false)
+				fn(lt.keys[n], reachDir)
 				nf := lt.entries[at-1]
 				list := lt.entries[at+1 : at+1+nf+lt.entries[at]]
 				for i, sub := range list {
@@ -236,13 +264,16 @@ func (lt *localTrees) closure(r numRoots, fn func(n int32, missing bool)) error 
 		level, next = next, level[:0]
 	}
 	for _, n := range files {
-		fn(n, int(n) >= lt.t.count())
+		fn(lt.keys[n], reachFile)
 	}
 	return nil
 }
 
-// digest is digest i's digest.
-func (t *digestTable) digest(i int) digest.Digest {
-	k := t.key(i)
-	return digest.Digest{Hash: hex.EncodeToString(k.Hash[:]), Size: t.size(i)}
+// keyDigest is the digest of key k.
+func keyDigest(k cache.DigestKey) digest.Digest {
+	size := k.Size
+	if size < 0 {
+		size = -1 - size
+	}
+	return digest.Digest{Hash: hex.EncodeToString(k.Hash[:]), Size: size}
 }

@@ -1,0 +1,260 @@
+package transfer
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+
+	"github.com/bst-cache/bst-cache/cache"
+)
+
+// RefUsage is what one local ref's closure takes.
+type RefUsage struct {
+	Ref   string `json:"ref"`
+	Bytes int64  `json:"bytes"`
+	Blobs int    `json:"blobs"`
+	// Missing is how many blobs of the closure the store lacks.
+	Missing int    `json:"missing,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// StoreUsage sums a store up.
+type StoreUsage struct {
+	// Bytes and Objects are every object in the store.
+	Bytes   int64 `json:"bytes"`
+	Objects int   `json:"objects"`
+	// UniqueBytes is what the refs asked about reach, each blob once.
+	UniqueBytes int64 `json:"unique_bytes"`
+}
+
+// Usages is what Usage measured: each ref's closure, in the order of the
+// refs, and the store. It holds 16 bytes a ref; Close it once done.
+type Usages struct {
+	Store StoreUsage
+	names refNames
+	refs  []refUsage
+	// errs are the refs that could not be measured, by their place.
+	errs map[int]string
+}
+
+// refUsage is a RefUsage without its ref.
+type refUsage struct {
+	bytes          int64
+	blobs, missing int32
+}
+
+// Len is how many refs were measured.
+func (u *Usages) Len() int { return len(u.refs) }
+
+// Each calls fn with each ref's usage, in the order of the refs, until fn
+// fails.
+func (u *Usages) Each(fn func(RefUsage) error) error {
+	return u.names.each(func(i int, ref string) error {
+		if msg, ok := u.errs[i]; ok {
+			return fn(RefUsage{Ref: ref, Error: msg})
+		}
+		r := u.refs[i]
+		return fn(RefUsage{Ref: ref, Bytes: r.bytes, Blobs: int(r.blobs), Missing: int(r.missing)})
+	})
+}
+
+// Close lets go of what Usages keeps.
+func (u *Usages) Close() error { return u.names.close() }
+
+// Usage measures refs' closures in the local store (optional trees it
+// holds included) and the store as a whole. The refs are read refBatch at
+// a time, and each batch's Directories together (each once in a batch); a
+// file counts as present if it was in the store when Usage looked at its
+// part of the objects. A store of more than objectsPerPass objects is
+// measured in passes, each over the objects of a range of first bytes of
+// their hashes (every ref's trees read again in each), so that what it
+// holds is bounded whatever the store's size.
+func (e *Engine) Usage(ctx context.Context, refs []string) (*Usages, error) {
+	return e.usage(ctx, refList(refs), len(refs))
+}
+
+// UsageAll is Usage of every local ref of the engine's kind, in name
+// order. Their names wait in a temporary file between passes, not in
+// memory: it has no name, so nothing is left of it however the run ends.
+func (e *Engine) UsageAll(ctx context.Context) (*Usages, error) {
+	names, err := spillRefs(e.Store.Refs(e.Kind, "", ""))
+	if err != nil {
+		return nil, fmt.Errorf("listing the local refs: %w", err)
+	}
+	u, err := e.usage(ctx, names, names.n)
+	if err != nil {
+		names.close()
+	}
+	return u, err
+}
+
+func (e *Engine) usage(ctx context.Context, names refNames, n int) (*Usages, error) {
+	u := &Usages{names: names, refs: make([]refUsage, n), errs: map[int]string{}}
+	lt := newLocalTrees(e.Store)
+	var batch []string
+	var at []int
+	var hits []int32
+	for from := 0; from < 256; {
+		t, total, err := e.objectTable(from, objectsPerPass)
+		if err != nil {
+			return nil, err
+		}
+		u.Store.Bytes += total
+		u.Store.Objects += t.count()
+		// measure adds the part of the batch's closures t holds.
+		measure := func() error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			ens, errs := e.localEntries(ctx, e.Kind, batch)
+			lt.reset()
+			roots := make([]numRoots, len(batch))
+			for i, en := range ens {
+				if errs[i] == nil {
+					roots[i], errs[i] = lt.rootsOf(en)
+				}
+			}
+			if err := lt.load(ctx, roots, nil); err != nil {
+				return err
+			}
+			for j, i := range at {
+				var r refUsage
+				hits = hits[:0]
+				err := errs[j]
+				if err == nil {
+					err = lt.closure(roots[j], func(k cache.DigestKey, how reach) {
+						if !t.holds(k) {
+							return
+						}
+						n, ok := t.has(k)
+						switch {
+						case how == reachLost || how == reachFile && !ok:
+							r.missing++
+							return
+						case !ok: // a Directory written since the walk
+							n = t.number(k)
+						}
+						r.bytes += keyDigest(k).Size
+						r.blobs++
+						hits = append(hits, n)
+					})
+				}
+				if err != nil {
+					u.errs[i] = err.Error()
+					continue
+				}
+				// needs counts the refs that reached each digest.
+				for _, n := range hits {
+					if t.needs[n]++; t.needs[n] == 1 {
+						u.Store.UniqueBytes += t.size(int(n))
+					}
+				}
+				u.refs[i].bytes += r.bytes
+				u.refs[i].blobs += r.blobs
+				u.refs[i].missing += r.missing
+			}
+			batch, at = batch[:0], at[:0]
+			return nil
+		}
+		if err := names.each(func(i int, ref string) error {
+			if _, failed := u.errs[i]; failed {
+				return nil
+			}
+			batch = append(batch, ref)
+			at = append(at, i)
+			if len(batch) < refBatch {
+				return nil
+			}
+			return measure()
+		}); err != nil {
+			return nil, err
+		}
+		if err := measure(); err != nil {
+			return nil, err
+		}
+		from = t.hi
+	}
+	return u, nil
+}
+
+// refNames are refs to go through in order, as many times as needed.
+type refNames interface {
+	each(fn func(i int, ref string) error) error
+	close() error
+}
+
+// refList is a list of refs in memory.
+type refList []string
+
+func (l refList) each(fn func(i int, ref string) error) error {
+	for i, ref := range l {
+		if err := fn(i, ref); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (refList) close() error { return nil }
+
+// spilledRefs are refs in a temporary file that has no name: each one's
+// length, then its bytes.
+type spilledRefs struct {
+	f *os.File
+	n int
+}
+
+// spillRefs writes the refs a cursor lists to a new spilledRefs.
+func spillRefs(c *cache.RefCursor) (*spilledRefs, error) {
+	f, err := os.CreateTemp("", "bst-cache-refs-")
+	if err != nil {
+		return nil, err
+	}
+	// Unnamed at once: its space goes back when the process ends, however.
+	os.Remove(f.Name())
+	s := &spilledRefs{f: f}
+	w := bufio.NewWriter(f)
+	var size [binary.MaxVarintLen64]byte
+	for c.Next() {
+		w.Write(size[:binary.PutUvarint(size[:], uint64(len(c.Name())))])
+		w.WriteString(c.Name())
+		s.n++
+	}
+	err = c.Err()
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *spilledRefs) each(fn func(i int, ref string) error) error {
+	if _, err := s.f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	r := bufio.NewReader(s.f)
+	var name []byte
+	for i := range s.n {
+		size, err := binary.ReadUvarint(r)
+		if err != nil {
+			return fmt.Errorf("reading back the refs listed: %w", err)
+		}
+		name = slices.Grow(name[:0], int(size))[:size]
+		if _, err := io.ReadFull(r, name); err != nil {
+			return fmt.Errorf("reading back the refs listed: %w", err)
+		}
+		if err := fn(i, string(name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *spilledRefs) close() error { return s.f.Close() }
