@@ -408,3 +408,59 @@ func TestPutVerifiedPresent(t *testing.T) {
 		t.Errorf("temporary files left: %v", left)
 	}
 }
+
+// Walks from byte 0 to 256 in parts meet every object once, as one
+// WalkObjects does, each part whole fan-out directories in order: with
+// parts of at least 1, 50 and every object, in both layouts, with a
+// directory that is not a fan-out one among them.
+func TestWalkObjectsFromInParts(t *testing.T) {
+	for _, layout := range []Kind{KindBst1Artifact, KindBst2Artifact} {
+		s := openTemp(t, layout)
+		want := map[string]bool{}
+		for i := range 300 {
+			d, err := s.Add(fmt.Appendf(nil, "object %d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[d.Hash] = true
+		}
+		if err := os.MkdirAll(filepath.Join(s.objects(), "zz"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, part := range []int{1, 50, 1 << 30} {
+			got := map[string]bool{}
+			walks := 0
+			for from := 0; from < 256; walks++ {
+				n := 0
+				next, err := s.WalkObjectsFrom(from, func() bool { return n >= part }, func(o ObjectInfo) error {
+					if b := int(hexValue(o.Digest.Hash[0]))<<4 | int(hexValue(o.Digest.Hash[1])); b < from || got[o.Digest.Hash] {
+						t.Errorf("%s, parts of %d: %s met again or before %d", layout, part, o.Digest.Hash, from)
+					}
+					got[o.Digest.Hash] = true
+					n++
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if next <= from {
+					t.Fatalf("%s, parts of %d: walk from %d goes on at %d", layout, part, from, next)
+				}
+				from = next
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("%s, parts of %d (-want +got):\n%s", layout, part, diff)
+			}
+			if part == 1<<30 && walks != 1 || part == 50 && (walks < 6 || walks > 7) {
+				t.Errorf("%s: parts of %d took %d walks", layout, part, walks)
+			}
+		}
+	}
+}
+
+func hexValue(c byte) byte {
+	if c >= 'a' {
+		return c - 'a' + 10
+	}
+	return c - '0'
+}

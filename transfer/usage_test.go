@@ -288,12 +288,18 @@ func TestUsageMemoryIsBounded(t *testing.T) {
 	}
 	setObjectsPerPass(t, 1000)
 	e := &Engine{Store: s, Kind: cache.KindBst1Artifact}
+	// The names' temporary file has no name even while du runs.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
 	var st StoreUsage
 	n := 0
 	peak := peakLive(t, func() {
 		u, err := e.UsageAll(context.Background())
 		if err != nil {
 			t.Fatal(err)
+		}
+		if left, _ := os.ReadDir(tmp); len(left) > 0 {
+			t.Errorf("du left %s in the temporary directory", left[0].Name())
 		}
 		n, st = u.Len(), u.Store
 		u.Close()
