@@ -131,7 +131,7 @@ func TestUsageIsEachClosure(t *testing.T) {
 	var got []RefUsage
 	// In one pass over the objects, and in passes of a few fan-out
 	// directories each (the store holds about 2,200 objects).
-	for _, perPass := range []int{objectsPerPass, 200, 1} {
+	for _, perPass := range []int{objectsPerPass, 200} {
 		objectsPerPass := setObjectsPerPass(t, perPass)
 		u, err := e.Usage(context.Background(), refs)
 		if err != nil {
