@@ -86,7 +86,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 
 	// Every digest gc meets is numbered once (a big store has a million):
 	// what it knows of each sits in slices by that number.
-	t, total, err := e.objectTable(0, math.MaxInt)
+	t, total, err := e.objectTable(0, math.MaxInt, true)
 	if err != nil {
 		return rep, err
 	}
@@ -163,10 +163,13 @@ type digestTable struct {
 	// runs are the objects by their hash's first byte, each run sorted
 	// (not one slice: appending to it would need it twice over); start
 	// is each run's first number, and then how many objects there are.
-	runs    [256][]tableObject
-	start   [257]int32
-	lacking map[cache.DigestKey]int32
-	lackKey []cache.DigestKey
+	runs  [256][]cache.DigestKey
+	start [257]int32
+	// modified is, beside each run, when its objects were written (Unix
+	// ns), for gc only.
+	modified [256][]int64
+	lacking  map[cache.DigestKey]int32
+	lackKey  []cache.DigestKey
 	// needs is how many artifacts need each.
 	needs []int32
 }
@@ -184,8 +187,8 @@ func compareKeys(a, b cache.DigestKey) int {
 	return cmp.Compare(a.Size, b.Size)
 }
 
-// objectsPerPass is about how many objects du holds at a time (about 50
-// bytes each): a store with more is measured in passes, each over the
+// objectsPerPass is about how many objects du holds at a time (44 bytes
+// each): a store with more is measured in passes, each over the
 // objects of a range of first bytes of their hashes, which reads every
 // ref's trees again. A million keeps du under 200 MB whatever the store's
 // size, and measures a store of 200,000 refs (700,000 objects) in one pass.
@@ -193,22 +196,38 @@ var objectsPerPass = 1 << 20
 
 // objectTable numbers the objects of the local store whose hashes' first
 // byte is from or more, whole fan-out directories until it holds at least
-// max of them (math.MaxInt: every one), and sums their sizes.
-func (e *Engine) objectTable(from, max int) (t *digestTable, total int64, err error) {
+// max of them (math.MaxInt: every one), and sums their sizes; with times,
+// it keeps when each was written.
+func (e *Engine) objectTable(from, max int, times bool) (t *digestTable, total int64, err error) {
 	t = &digestTable{lo: from}
+	var timed [256][]tableObject
 	n := 0
 	if t.hi, err = e.Store.WalkObjectsFrom(from, func() bool { return n >= max }, func(oi cache.ObjectInfo) error {
 		k := cache.KeyOf(oi.Digest)
-		t.runs[k.Hash[0]] = append(t.runs[k.Hash[0]], tableObject{k, oi.Modified.UnixNano()})
+		if b := k.Hash[0]; times {
+			timed[b] = append(timed[b], tableObject{k, oi.Modified.UnixNano()})
+		} else {
+			t.runs[b] = append(t.runs[b], k)
+		}
 		total += oi.Digest.Size
 		n++
 		return nil
 	}); err != nil {
 		return nil, 0, err
 	}
-	for b, run := range t.runs {
-		slices.SortFunc(run, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
-		t.start[b+1] = t.start[b] + int32(len(run))
+	for b := range t.runs {
+		if times {
+			run := timed[b]
+			slices.SortFunc(run, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
+			t.runs[b], t.modified[b] = make([]cache.DigestKey, len(run)), make([]int64, len(run))
+			for i, o := range run {
+				t.runs[b][i], t.modified[b][i] = o.key, o.modified
+			}
+			timed[b] = nil
+		} else {
+			slices.SortFunc(t.runs[b], compareKeys)
+		}
+		t.start[b+1] = t.start[b] + int32(len(t.runs[b]))
 	}
 	t.needs = make([]int32, t.count())
 	t.lacking = map[cache.DigestKey]int32{}
@@ -223,18 +242,21 @@ func (t *digestTable) holds(k cache.DigestKey) bool {
 
 // has says whether the store held k when the table was made.
 func (t *digestTable) has(k cache.DigestKey) (int32, bool) {
-	run := t.runs[k.Hash[0]]
-	i, ok := slices.BinarySearchFunc(run, k, func(o tableObject, k cache.DigestKey) int { return compareKeys(o.key, k) })
+	i, ok := slices.BinarySearchFunc(t.runs[k.Hash[0]], k, compareKeys)
 	return t.start[k.Hash[0]] + int32(i), ok
 }
 
 // count is how many objects the store held.
 func (t *digestTable) count() int { return int(t.start[len(t.runs)]) }
 
-// object is object i.
+// object is object i; its time is known if the table was made with times.
 func (t *digestTable) object(i int) tableObject {
 	b := sort.Search(len(t.runs), func(b int) bool { return int(t.start[b+1]) > i })
-	return t.runs[b][i-int(t.start[b])]
+	o := tableObject{key: t.runs[b][i-int(t.start[b])]}
+	if t.modified[b] != nil {
+		o.modified = t.modified[b][i-int(t.start[b])]
+	}
+	return o
 }
 
 // number is k's number.

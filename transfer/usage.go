@@ -99,7 +99,7 @@ func (e *Engine) usage(ctx context.Context, names refNames, n int) (*Usages, err
 	var at []int
 	var hits []int32
 	for from := 0; from < 256; {
-		t, total, err := e.objectTable(from, objectsPerPass)
+		t, total, err := e.objectTable(from, objectsPerPass, false)
 		if err != nil {
 			return nil, err
 		}
