@@ -37,8 +37,11 @@ func duCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				usage, err = eng.Usage(c.Context, append(args.plain, args.resolved...))
+				refs, err := args.plain.all()
 				if err != nil {
+					return err
+				}
+				if usage, err = eng.Usage(c.Context, append(refs, args.resolved...)); err != nil {
 					return err
 				}
 			} else if usage, err = eng.UsageAll(c.Context); err != nil {
