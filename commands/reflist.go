@@ -1,64 +1,40 @@
 package commands
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"fmt"
-	"io"
-	"os"
+
+	"github.com/bst-cache/bst-cache/internal/spool"
 )
 
 // refList is the refs a command was named plainly (arguments, stdin,
 // --refs-from, glob matches), each once, in the order named. Their text is
-// spooled: in memory up to refSpoolMemory bytes, then in an unnamed
-// temporary file, read back a batch at a time. So a list of a million refs
-// (pull - of a whole cache's refs) costs a hash of each in memory (refSet,
-// for the duplicates), not the refs, their copies and their results.
+// spooled (internal/spool: in memory up to a MiB, then in an unnamed
+// temporary file) and read back a batch at a time. So a list of a million
+// refs (pull - of a whole cache's refs) costs a hash of each in memory
+// (refSet, for the duplicates), not the refs, their copies and their
+// results.
 type refList struct {
 	seen refSet
-	// n are the refs listed; extra those admitted beside them (--deps,
-	// element names).
-	n, extra int
-	mem      []byte
-	file     *os.File // once mem passed refSpoolMemory
-	w        *bufio.Writer
+	text *spool.Strings
+	// extra are the refs admitted beside the list (--deps, element names).
+	extra int
 }
 
-// refSpoolMemory is how much ref text a list keeps in memory before it
-// spools to a temporary file.
-const refSpoolMemory = 1 << 20
-
-func newRefList() *refList { return &refList{seen: refSet{}} }
+func newRefList() *refList { return &refList{seen: refSet{}, text: spool.New(0)} }
 
 // add appends ref unless the list has it.
 func (l *refList) add(ref string) error {
 	if !l.seen.add(ref) {
 		return nil
 	}
-	l.n++
-	if l.w != nil {
-		_, err := l.w.WriteString(ref + "\n")
-		return err
-	}
-	l.mem = append(append(l.mem, ref...), '\n')
-	if len(l.mem) <= refSpoolMemory {
-		return nil
-	}
-	// The file has no name: nothing is left behind, however the run ends,
-	// and it is closed with the list (an os.File closes once unreachable).
-	f, err := os.CreateTemp("", "bst-cache-refs-*")
-	if err != nil {
+	if err := l.text.Add(ref); err != nil {
 		return fmt.Errorf("spooling the refs: %w", err)
 	}
-	os.Remove(f.Name())
-	l.file, l.w = f, bufio.NewWriter(f)
-	_, err = l.w.Write(l.mem)
-	l.mem = nil
-	return err
+	return nil
 }
 
-func (l *refList) len() int { return l.n }
+func (l *refList) len() int { return l.text.Len() }
 
 // admit says whether a ref a run adds beside the list (a dependency, an
 // element's) is new: neither listed nor admitted before.
@@ -72,29 +48,16 @@ func (l *refList) admit(ref string) bool {
 
 // each hands fn the refs in order, up to n at a time.
 func (l *refList) each(n int, fn func([]string) error) error {
-	var r io.Reader = bytes.NewReader(l.mem)
-	if l.file != nil {
-		if err := l.w.Flush(); err != nil {
-			return fmt.Errorf("spooling the refs: %w", err)
+	batch := make([]string, 0, min(n, l.len()))
+	if err := l.text.Each(func(_ int, ref string) error {
+		if batch = append(batch, ref); len(batch) < n {
+			return nil
 		}
-		if _, err := l.file.Seek(0, io.SeekStart); err != nil {
-			return fmt.Errorf("reading the spooled refs: %w", err)
-		}
-		r = l.file
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	batch := make([]string, 0, min(n, l.n))
-	for sc.Scan() {
-		if batch = append(batch, sc.Text()); len(batch) == n {
-			if err := fn(batch); err != nil {
-				return err
-			}
-			batch = batch[:0]
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("reading the spooled refs: %w", err)
+		err := fn(batch)
+		batch = batch[:0]
+		return err
+	}); err != nil {
+		return err
 	}
 	if len(batch) > 0 {
 		return fn(batch)
@@ -104,7 +67,7 @@ func (l *refList) each(n int, fn func([]string) error) error {
 
 // all is every ref of the list, for the commands that need them at once.
 func (l *refList) all() ([]string, error) {
-	out := make([]string, 0, l.n)
+	out := make([]string, 0, l.len())
 	err := l.each(refBatch, func(b []string) error {
 		out = append(out, b...)
 		return nil

@@ -1,15 +1,11 @@
 package transfer
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
-	"io"
-	"os"
-	"slices"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/spool"
 )
 
 // RefUsage is what one local ref's closure takes.
@@ -35,7 +31,7 @@ type StoreUsage struct {
 // refs, and the store. It holds 16 bytes a ref; Close it once done.
 type Usages struct {
 	Store StoreUsage
-	names refNames
+	names *spool.Strings
 	refs  []refUsage
 	// errs are the refs that could not be measured, by their place.
 	errs map[int]string
@@ -53,7 +49,7 @@ func (u *Usages) Len() int { return len(u.refs) }
 // Each calls fn with each ref's usage, in the order of the refs, until fn
 // fails.
 func (u *Usages) Each(fn func(RefUsage) error) error {
-	return u.names.each(func(i int, ref string) error {
+	return u.names.Each(func(i int, ref string) error {
 		if msg, ok := u.errs[i]; ok {
 			return fn(RefUsage{Ref: ref, Error: msg})
 		}
@@ -63,7 +59,7 @@ func (u *Usages) Each(fn func(RefUsage) error) error {
 }
 
 // Close lets go of what Usages keeps.
-func (u *Usages) Close() error { return u.names.close() }
+func (u *Usages) Close() error { return u.names.Close() }
 
 // Usage measures refs' closures in the local store (optional trees it
 // holds included) and the store as a whole. The refs are read refBatch at
@@ -74,26 +70,46 @@ func (u *Usages) Close() error { return u.names.close() }
 // their hashes (every ref's trees read again in each), so that what it
 // holds is bounded whatever the store's size.
 func (e *Engine) Usage(ctx context.Context, refs []string) (*Usages, error) {
-	return e.usage(ctx, refList(refs), len(refs))
+	names := spool.New(0)
+	for _, ref := range refs {
+		if err := names.Add(ref); err != nil {
+			names.Close()
+			return nil, err
+		}
+	}
+	return e.usage(ctx, names)
 }
 
 // UsageAll is Usage of every local ref of the engine's kind, in name
 // order. Their names wait in a temporary file between passes, not in
 // memory: it has no name, so nothing is left of it however the run ends.
 func (e *Engine) UsageAll(ctx context.Context) (*Usages, error) {
-	names, err := spillRefs(e.Store.Refs(e.Kind, "", ""))
+	// Every ref of a store is many: in a file almost at once.
+	names := spool.New(64 << 10)
+	c := e.Store.Refs(e.Kind, "", "")
+	var err error
+	for c.Next() && err == nil {
+		err = names.Add(c.Name())
+	}
+	if err == nil {
+		err = c.Err()
+	}
 	if err != nil {
+		names.Close()
 		return nil, fmt.Errorf("listing the local refs: %w", err)
 	}
-	u, err := e.usage(ctx, names, names.n)
-	if err != nil {
-		names.close()
-	}
-	return u, err
+	return e.usage(ctx, names)
 }
 
-func (e *Engine) usage(ctx context.Context, names refNames, n int) (*Usages, error) {
-	u := &Usages{names: names, refs: make([]refUsage, n), errs: map[int]string{}}
+// usage measures the refs in names, and closes names unless it returns
+// them in Usages.
+func (e *Engine) usage(ctx context.Context, names *spool.Strings) (_ *Usages, err error) {
+	defer func() {
+		if err != nil {
+			names.Close()
+		}
+	}()
+	u := &Usages{names: names, refs: make([]refUsage, names.Len()), errs: map[int]string{}}
 	lt := newLocalTrees(e.Store)
 	var batch []string
 	var at []int
@@ -160,7 +176,7 @@ func (e *Engine) usage(ctx context.Context, names refNames, n int) (*Usages, err
 			batch, at = batch[:0], at[:0]
 			return nil
 		}
-		if err := names.each(func(i int, ref string) error {
+		if err := names.Each(func(i int, ref string) error {
 			if _, failed := u.errs[i]; failed {
 				return nil
 			}
@@ -180,81 +196,3 @@ func (e *Engine) usage(ctx context.Context, names refNames, n int) (*Usages, err
 	}
 	return u, nil
 }
-
-// refNames are refs to go through in order, as many times as needed.
-type refNames interface {
-	each(fn func(i int, ref string) error) error
-	close() error
-}
-
-// refList is a list of refs in memory.
-type refList []string
-
-func (l refList) each(fn func(i int, ref string) error) error {
-	for i, ref := range l {
-		if err := fn(i, ref); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (refList) close() error { return nil }
-
-// spilledRefs are refs in a temporary file that has no name: each one's
-// length, then its bytes.
-type spilledRefs struct {
-	f *os.File
-	n int
-}
-
-// spillRefs writes the refs a cursor lists to a new spilledRefs.
-func spillRefs(c *cache.RefCursor) (*spilledRefs, error) {
-	f, err := os.CreateTemp("", "bst-cache-refs-")
-	if err != nil {
-		return nil, err
-	}
-	// Unnamed at once: its space goes back when the process ends, however.
-	os.Remove(f.Name())
-	s := &spilledRefs{f: f}
-	w := bufio.NewWriter(f)
-	var size [binary.MaxVarintLen64]byte
-	for c.Next() {
-		w.Write(size[:binary.PutUvarint(size[:], uint64(len(c.Name())))])
-		w.WriteString(c.Name())
-		s.n++
-	}
-	err = c.Err()
-	if err == nil {
-		err = w.Flush()
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return s, nil
-}
-
-func (s *spilledRefs) each(fn func(i int, ref string) error) error {
-	if _, err := s.f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	r := bufio.NewReader(s.f)
-	var name []byte
-	for i := range s.n {
-		size, err := binary.ReadUvarint(r)
-		if err != nil {
-			return fmt.Errorf("reading back the refs listed: %w", err)
-		}
-		name = slices.Grow(name[:0], int(size))[:size]
-		if _, err := io.ReadFull(r, name); err != nil {
-			return fmt.Errorf("reading back the refs listed: %w", err)
-		}
-		if err := fn(i, string(name)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (s *spilledRefs) close() error { return s.f.Close() }
