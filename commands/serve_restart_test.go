@@ -79,7 +79,7 @@ func TestServeRestartUnderWrites(t *testing.T) {
 				blobs[root] = data
 				ref := fmt.Sprintf("demo/w%d/%d", i, n)
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 2)
+				_, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 2)
 				if err == nil {
 					err = r.UpdateReference(ctx, []string{ref}, root)
 				}

@@ -78,7 +78,7 @@ func TestUploadChangedContent(t *testing.T) {
 		short := map[digest.Digest][]byte{want: make([]byte, n-1)}
 		long := map[digest.Digest][]byte{want: make([]byte, n+1)}
 		for name, blobs := range map[string]map[digest.Digest][]byte{"shorter": short, "longer": long} {
-			_, _, err := r.Upload(context.Background(), []digest.Digest{want}, remotes.MemoryOpener(blobs), 1)
+			_, _, err := r.Upload(context.Background(), []digest.Digest{want}, testenv.MemoryOpener(blobs), 1)
 			if err == nil || !strings.Contains(err.Error(), want.Hash) {
 				t.Errorf("%d-byte blob read %s: %v; want an error naming it", n, name, err)
 			}

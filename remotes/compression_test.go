@@ -13,7 +13,6 @@ import (
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/internal/linksim"
 	"github.com/bst-cache/bst-cache/internal/testenv"
-	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // compressible is test content that zstd shrinks as it does build output:
@@ -68,7 +67,7 @@ func TestZstdAgainstBazelRemote(t *testing.T) {
 			ds = append(ds, d)
 		}
 		up0, _ := link.Bytes()
-		if _, _, err := r.Upload(ctx, ds, remotes.MemoryOpener(blobs), 4); err != nil {
+		if _, _, err := r.Upload(ctx, ds, testenv.MemoryOpener(blobs), 4); err != nil {
 			t.Fatalf("compression %s: upload: %v", mode, err)
 		}
 		up1, down0 := link.Bytes()

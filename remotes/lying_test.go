@@ -25,7 +25,7 @@ func lying(t *testing.T, faults testenv.ProxyFaults, blobs ...[]byte) *remotes.R
 	for _, b := range blobs {
 		m[digest.NewFromBlob(b)] = b
 	}
-	if _, _, err := direct.Upload(context.Background(), digestsOf(m), remotes.MemoryOpener(m), 4); err != nil {
+	if _, _, err := direct.Upload(context.Background(), digestsOf(m), testenv.MemoryOpener(m), 4); err != nil {
 		t.Fatal(err)
 	}
 	c := cacheConfig("liar", "http://"+testenv.StartProxy(t, srv.Addr, faults), config.TypeAll)

@@ -124,14 +124,14 @@ func upload(t *testing.T, r *remotes.Remote, blobs map[digest.Digest][]byte) {
 		all = append(all, d)
 		size += d.Size
 	}
-	sent, n, err := r.Upload(context.Background(), all, remotes.MemoryOpener(blobs), 4)
+	sent, n, err := r.Upload(context.Background(), all, testenv.MemoryOpener(blobs), 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(sent) != len(all) || n != size {
 		t.Errorf("Upload sent %d blobs, %d bytes; want %d, %d", len(sent), n, len(all), size)
 	}
-	if sent, n, err := r.Upload(context.Background(), all, remotes.MemoryOpener(blobs), 4); err != nil || len(sent) != 0 || n != 0 {
+	if sent, n, err := r.Upload(context.Background(), all, testenv.MemoryOpener(blobs), 4); err != nil || len(sent) != 0 || n != 0 {
 		t.Errorf("second Upload sent %d blobs, %d bytes (%v); want nothing", len(sent), n, err)
 	}
 }

@@ -391,21 +391,3 @@ func (s *sender) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
-// MemoryOpener serves blobs held in memory, for uploads of content that is
-// not in a store.
-func MemoryOpener(blobs map[digest.Digest][]byte) Opener {
-	return func(d digest.Digest) (io.ReadCloser, error) {
-		b, ok := blobs[d]
-		if !ok {
-			return nil, fmt.Errorf("blob %s: not in memory", d)
-		}
-		return memoryBlob{bytes.NewReader(b)}, nil
-	}
-}
-
-// memoryBlob is a blob in memory; it seeks, so a resumed upload skips
-// what the server holds without reading it.
-type memoryBlob struct{ *bytes.Reader }
-
-func (memoryBlob) Close() error { return nil }

@@ -43,7 +43,7 @@ func TestCutWriteResumes(t *testing.T) {
 			r := dial(t, cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			if _, err := r.WriteBlob(ctx, d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data})); err != nil {
+			if _, err := r.WriteBlob(ctx, d, testenv.MemoryOpener(map[digest.Digest][]byte{d: data})); err != nil {
 				t.Fatal(err)
 			}
 			up, _ := link.Bytes()
@@ -72,7 +72,7 @@ func TestStalledWriteFails(t *testing.T) {
 	data := make([]byte, 16<<20)
 	d := digest.NewFromBlob(data)
 	start := time.Now()
-	_, err := r.WriteBlob(context.Background(), d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data}))
+	_, err := r.WriteBlob(context.Background(), d, testenv.MemoryOpener(map[digest.Digest][]byte{d: data}))
 	took := time.Since(start)
 	t.Logf("a stalled write failed after %s: %v", took.Round(time.Millisecond), err)
 	if !errors.Is(err, remotes.ErrStalled) || took > 30*time.Second {
@@ -93,7 +93,7 @@ func TestInterruptedWriteIsCanceled(t *testing.T) {
 	d := digest.NewFromBlob(data)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(500*time.Millisecond, cancel)
-	_, err := r.WriteBlob(ctx, d, remotes.MemoryOpener(map[digest.Digest][]byte{d: data}))
+	_, err := r.WriteBlob(ctx, d, testenv.MemoryOpener(map[digest.Digest][]byte{d: data}))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("a write whose caller gave up: %v; want context.Canceled", err)
 	}

@@ -88,7 +88,7 @@ func BenchmarkUpload(b *testing.B) {
 				blobs, total := benchData(uint64(i) + 100)
 				b.SetBytes(total)
 				b.StartTimer()
-				if _, _, err := r.Upload(context.Background(), digests(blobs), remotes.MemoryOpener(blobs), 8); err != nil {
+				if _, _, err := r.Upload(context.Background(), digests(blobs), testenv.MemoryOpener(blobs), 8); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -105,7 +105,7 @@ func BenchmarkDownload(b *testing.B) {
 			r := benchRemote(b, s.start(b))
 			blobs, total := benchData(1)
 			ctx := context.Background()
-			if _, _, err := r.Upload(ctx, digests(blobs), remotes.MemoryOpener(blobs), 8); err != nil {
+			if _, _, err := r.Upload(ctx, digests(blobs), testenv.MemoryOpener(blobs), 8); err != nil {
 				b.Fatal(err)
 			}
 			// Batches and streams go out 8 at a time, as a pull does.

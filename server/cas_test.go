@@ -17,6 +17,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
+	"github.com/bst-cache/bst-cache/internal/testenv"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -86,7 +87,7 @@ func TestCASThroughRemotes(t *testing.T) {
 		byDigest[digest.NewFromBlob(b)] = b
 		ds = append(ds, digest.NewFromBlob(b))
 	}
-	if _, _, err := r.Upload(ctx, ds, remotes.MemoryOpener(byDigest), 4); err != nil {
+	if _, _, err := r.Upload(ctx, ds, testenv.MemoryOpener(byDigest), 4); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range ds {
@@ -144,7 +145,7 @@ func TestCASRejectsBadInput(t *testing.T) {
 	// Small blobs go in a batch, one larger than any batch through ByteStream.
 	for _, blob := range [][]byte{[]byte("x"), bytes.Repeat([]byte("y"), 2*server.DefaultMaxBatchBytes)} {
 		d := digest.NewFromBlob(blob)
-		_, _, err = r.Upload(ctx, []digest.Digest{d}, remotes.MemoryOpener(map[digest.Digest][]byte{d: blob}), 1)
+		_, _, err = r.Upload(ctx, []digest.Digest{d}, testenv.MemoryOpener(map[digest.Digest][]byte{d: blob}), 1)
 		var re *remotes.Error
 		if !errors.As(err, &re) || re.Code != codes.PermissionDenied {
 			t.Errorf("upload of %d bytes to a read-only server: %v; want PERMISSION_DENIED", len(blob), err)

@@ -16,7 +16,6 @@ import (
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/internal/testenv"
-	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
 
@@ -80,7 +79,7 @@ func concurrentClients(t *testing.T, addr, dir string) {
 					files[k] = v
 				}
 				root, blobs := artifactTree(files)
-				if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+				if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 4); err != nil {
 					return fmt.Errorf("client %d upload: %w", i, err)
 				}
 				// Everyone names the same shared ref (last writer wins, all

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/testenv"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -49,7 +50,7 @@ func TestNewServeDirBst2AskDecidesNothing(t *testing.T) {
 	for d := range blobs {
 		ds = append(ds, d)
 	}
-	if _, _, err := r.Upload(ctx, ds, remotes.MemoryOpener(blobs), 2); err != nil {
+	if _, _, err := r.Upload(ctx, ds, testenv.MemoryOpener(blobs), 2); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + ref}, digest.NewFromBlob(rootData)); err != nil {

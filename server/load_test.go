@@ -19,6 +19,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/testenv"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -133,7 +134,7 @@ func TestLoadUnderQuota(t *testing.T) {
 					root, blobs := artifactTree(files)
 					ref := fmt.Sprintf("demo/c%d-%d/strong", i, n)
 					weak := fmt.Sprintf("demo/c%d-%d/weak", i, n)
-					_, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4)
+					_, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 4)
 					if err == nil {
 						err = r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + ref, buildstream.URNBst1Artifact + weak}, root)
 					}
@@ -171,7 +172,7 @@ func TestLoadUnderQuota(t *testing.T) {
 				default: // a blob nobody will name
 					b := random(4<<10 + rng.IntN(60<<10))
 					d := digest.NewFromBlob(b)
-					if _, _, err := r.Upload(ctx, []digest.Digest{d}, remotes.MemoryOpener(map[digest.Digest][]byte{d: b}), 1); err == nil {
+					if _, _, err := r.Upload(ctx, []digest.Digest{d}, testenv.MemoryOpener(map[digest.Digest][]byte{d: b}), 1); err == nil {
 						c.looseWrites.Add(1)
 					}
 				}

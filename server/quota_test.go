@@ -24,6 +24,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/testenv"
 	"github.com/bst-cache/bst-cache/remotes"
 	"github.com/bst-cache/bst-cache/server"
 )
@@ -41,7 +42,7 @@ func TestQuotaEvictsLeastRecentlyUsedRef(t *testing.T) {
 		t.Helper()
 		own := bytes.Repeat([]byte{fill}, 30<<10)
 		root, blobs := artifactTree(map[string][]byte{"own": own, "shared": shared})
-		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 4); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + name}, root); err != nil {
@@ -100,7 +101,7 @@ func TestQuotaEvictsAnArtifactsRefsTogether(t *testing.T) {
 		t.Helper()
 		own := bytes.Repeat([]byte{fill}, 30<<10)
 		root, blobs := artifactTree(map[string][]byte{"own": own})
-		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 4); err != nil {
 			t.Fatal(err)
 		}
 		var uris []string
@@ -166,7 +167,7 @@ func TestQuotaLooseWriterLosesLeasesBeforeAPush(t *testing.T) {
 	}
 	upload := func(r *remotes.Remote, blobs map[digest.Digest][]byte) {
 		t.Helper()
-		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 1); err != nil {
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 1); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -221,7 +222,7 @@ func TestQuotaKeepsBlobsAnotherClientWasToldOf(t *testing.T) {
 	push := func(name string, files map[string][]byte) {
 		t.Helper()
 		root, blobs := artifactTree(files)
-		if _, _, err := a.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+		if _, _, err := a.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 4); err != nil {
 			t.Fatal(err)
 		}
 		if err := a.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + name}, root); err != nil {
@@ -337,7 +338,7 @@ func TestQuotaAccountBuiltInBackground(t *testing.T) {
 	push := func(name string, fill byte) {
 		t.Helper()
 		root, blobs := artifactTree(map[string][]byte{"own": bytes.Repeat([]byte{fill}, 30<<10)})
-		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), remotes.MemoryOpener(blobs), 4); err != nil {
+		if _, _, err := r.Upload(ctx, slices.Collect(maps.Keys(blobs)), testenv.MemoryOpener(blobs), 4); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.PushDirectory(ctx, []string{buildstream.URNBst1Artifact + name}, root); err != nil {
@@ -586,7 +587,7 @@ func TestQuotaPushTakesRoomFromLooseUploads(t *testing.T) {
 	ctx := context.Background()
 	upload := func(r *remotes.Remote, blobs map[digest.Digest][]byte) error {
 		for d, b := range blobs { // one at a time
-			if _, _, err := r.Upload(ctx, []digest.Digest{d}, remotes.MemoryOpener(map[digest.Digest][]byte{d: b}), 1); err != nil {
+			if _, _, err := r.Upload(ctx, []digest.Digest{d}, testenv.MemoryOpener(map[digest.Digest][]byte{d: b}), 1); err != nil {
 				return fmt.Errorf("uploading %s: %w (quota: %+v)", d, err, srv.Stats().Quota)
 			}
 		}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
-	"github.com/bst-cache/bst-cache/remotes"
+	"github.com/bst-cache/bst-cache/internal/testenv"
 	"github.com/bst-cache/bst-cache/server"
 )
 
@@ -99,7 +99,7 @@ func TestAbandonedUploadsAreBounded(t *testing.T) {
 	// A real push: a Directory and its file through the remotes layer.
 	r := dialRemote(t, addr)
 	root, blobs := artifactTree(map[string][]byte{"f": []byte("real content")})
-	if _, _, err := r.Upload(context.Background(), digestsOfMap(blobs), remotes.MemoryOpener(blobs), 4); err != nil {
+	if _, _, err := r.Upload(context.Background(), digestsOfMap(blobs), testenv.MemoryOpener(blobs), 4); err != nil {
 		t.Fatalf("upload after the abandoned ones: %v", err)
 	}
 	if err := r.PushDirectory(context.Background(), []string{buildstream.URNBst1Artifact + "demo/real/key"}, root); err != nil {

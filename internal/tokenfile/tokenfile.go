@@ -44,10 +44,6 @@ type File struct {
 // Option configures Open.
 type Option func(*File)
 
-// WithInterval sets how often the file is looked at. The default is
-// Interval.
-func WithInterval(d time.Duration) Option { return func(f *File) { f.every = d } }
-
 // WithOnError is called once when the file changed and holds no token
 // (the last good one stays in use), and again only after a good token
 // was read in between. The default ignores it.

@@ -18,7 +18,7 @@ func TestRotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "token")
 	testenv.ReplaceFile(t, path, "first\n")
 	var errs []error
-	f, err := Open(path, WithInterval(time.Hour), WithOnError(func(err error) { errs = append(errs, err) }))
+	f, err := Open(path, func(f *File) { f.every = time.Hour }, WithOnError(func(err error) { errs = append(errs, err) }))
 	if err != nil {
 		t.Fatal(err)
 	}
