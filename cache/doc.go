@@ -16,10 +16,11 @@
 // digest while it is written, and is then renamed (or linked) into place,
 // so a crash never leaves a partial object or ref under its final name,
 // and any number of processes may share one store. Objects are not synced
-// one by one: writing refs (SetRefs) syncs the file system once, after the
+// one by one: writing refs (SetRefs) syncs the file system once after the
 // refs' temporary files are written and before they are renamed, which
 // makes the refs and every object they name durable before any ref names
-// them; the refs' directories are synced after.
+// them, and once more after the renames. Refs written at once share their
+// syncs: a sync serves every writer that was waiting when it began.
 //
 // A download that may be resumed (ResumableWriter) keeps its bytes under
 // DIR/tmp/partial-{hash}-{size} when it is cut short; the next writer of

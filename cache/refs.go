@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -158,12 +157,14 @@ func (s *Store) SetRef(kind Kind, ref string, data []byte) error {
 }
 
 // SetRefs writes refs that name the same content, each as SetRef does
-// (an artifact's strong and weak refs), with one sync of the file system
-// for all: each ref is written to a temporary file, the sync makes those
-// and every object they name durable, and only then is each renamed into
-// place; each directory a ref was renamed into is synced before SetRefs
-// returns. A ref that could not be renamed fails the call and is left as
-// it was, as is every ref after it, and no temporary file is left.
+// (an artifact's strong and weak refs): each ref is written to a
+// temporary file, a sync of the file system makes those and every object
+// they name durable, and only then is each renamed into place; a second
+// sync makes the renames durable before SetRefs returns. Calls at once
+// share their syncs (Sync): the refs of artifacts finishing together cost
+// two syncs in all, and one call's second sync is the next one's first.
+// A ref that could not be renamed fails the call and is left as it was,
+// as is every ref after it, and no temporary file is left.
 func (s *Store) SetRefs(kind Kind, refs []string, data []byte) (err error) {
 	if len(refs) == 0 {
 		return nil
@@ -195,22 +196,13 @@ func (s *Store) SetRefs(kind Kind, refs []string, data []byte) (err error) {
 	if err := s.Sync(); err != nil {
 		return err
 	}
-	var dirs []string
 	for i, ref := range refs {
-		if err := s.install(tmps[0], paths[i], false); err != nil {
+		if err := s.install(tmps[0], paths[i]); err != nil {
 			return fmt.Errorf("writing ref %s: %w", ref, err)
 		}
 		tmps = tmps[1:]
-		if dir := filepath.Dir(paths[i]); !slices.Contains(dirs, dir) {
-			dirs = append(dirs, dir)
-		}
 	}
-	for _, dir := range dirs {
-		if err := syncDir(dir); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.Sync()
 }
 
 // writeRefTemp writes data to a new temporary file, not synced, and

@@ -62,6 +62,8 @@ type Store struct {
 
 	// index is the object index IndexObjects keeps, nil without one.
 	index atomic.Pointer[objectIndex]
+	// syncs shares syncs of the file system between writers of refs.
+	syncs syncer
 }
 
 // Open opens the store at root for reading and writing. Nothing is
@@ -622,14 +624,14 @@ func (w *BlobWriter) Commit() (err error) {
 			return err
 		}
 	}
-	// Objects are not synced one by one: SetRef syncs the file system
-	// before it writes a ref, which makes every object it names durable
-	// first, at the cost of one syncfs per ref rather than one fsync per
-	// object.
+	// Objects are not synced one by one: SetRefs syncs the file system
+	// before it writes refs, which makes every object they name durable
+	// first, at the cost of a syncfs shared by the refs written at once
+	// rather than an fsync per object.
 	if w.partial {
 		// Renamed while still locked, so no other writer takes the
 		// finished file for a partial one of its own.
-		err := w.s.install(w.f.Name(), w.s.ObjectPath(w.want), false)
+		err := w.s.install(w.f.Name(), w.s.ObjectPath(w.want))
 		w.f.Close()
 		return err
 	}
@@ -637,7 +639,7 @@ func (w *BlobWriter) Commit() (err error) {
 		if err := w.f.Close(); err != nil {
 			return err
 		}
-		return w.s.install(w.f.Name(), w.s.ObjectPath(w.want), false)
+		return w.s.install(w.f.Name(), w.s.ObjectPath(w.want))
 	}
 	defer w.f.Close()
 	return w.s.link(w.f, w.s.ObjectPath(w.want), w.want.Size)
@@ -675,49 +677,18 @@ func (s *Store) link(f *os.File, final string, size int64) error {
 }
 
 // install renames a finished temporary file to its final path, creating the
-// directory; with sync it also syncs the directory, so that the rename
-// itself is durable.
-func (s *Store) install(tmp, final string, sync bool) error {
-	dir := filepath.Dir(final)
+// directory.
+func (s *Store) install(tmp, final string) error {
 	if err := os.Rename(tmp, final); err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("installing %s: %w", final, err)
 		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 			return err
 		}
 		if err := os.Rename(tmp, final); err != nil {
 			return fmt.Errorf("installing %s: %w", final, err)
 		}
-	}
-	if !sync {
-		return nil
-	}
-	return syncDir(dir)
-}
-
-// Sync makes everything written to the store's file system durable
-// (syncfs), objects written without their own fsync included.
-func (s *Store) Sync() error {
-	d, err := os.Open(s.root)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
-		return fmt.Errorf("syncing the store: %w", err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
 	}
 	return nil
 }

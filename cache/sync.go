@@ -1,0 +1,71 @@
+package cache
+
+import (
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sync makes everything written to the store's file system before the
+// call durable (syncfs), objects written without their own fsync
+// included. Callers at once share syncs: a sync already running when
+// Sync is called may have missed what the caller wrote, so the caller
+// waits for the next one, which serves every caller waiting by then.
+func (s *Store) Sync() error {
+	return s.syncs.sync(func() error {
+		d, err := os.Open(s.root)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if err := syncfs(int(d.Fd())); err != nil {
+			return fmt.Errorf("syncing the store: %w", err)
+		}
+		return nil
+	})
+}
+
+// syncfs is unix.Syncfs; tests count the calls.
+var syncfs = unix.Syncfs
+
+// syncer runs a sync for callers that each need one begun after they
+// asked: one caller runs it, and every caller that asked while another
+// sync was running waits for that one to end and shares the next.
+type syncer struct {
+	mu sync.Mutex
+	// started and ended count the syncs begun and over.
+	started, ended uint64
+	// running is closed when the sync running ends; nil when none runs.
+	running chan struct{}
+	// err is how the last sync over ended.
+	err error
+}
+
+// sync returns once a sync begun after the call has ended, with its
+// error (or a later one's).
+func (y *syncer) sync(run func() error) error {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	want := y.started + 1
+	for y.ended < want {
+		if wait := y.running; wait != nil {
+			y.mu.Unlock()
+			<-wait
+			y.mu.Lock()
+			continue
+		}
+		done := make(chan struct{})
+		y.running = done
+		y.started++
+		n := y.started
+		y.mu.Unlock()
+		err := run()
+		y.mu.Lock()
+		y.running = nil
+		y.ended, y.err = n, err
+		close(done)
+	}
+	return y.err
+}
