@@ -75,7 +75,7 @@ func (e *Engine) dependencies(ctx context.Context, ref string) ([]buildstream.De
 		}
 		return buildstream.ArtifactDependencies(art), nil
 	}
-	data, err := e.metaFile(ctx, en.digest, buildstream.DependenciesFile)
+	data, err := e.metaFile(ctx, en, buildstream.DependenciesFile)
 	if err != nil {
 		return nil, err
 	}
@@ -106,16 +106,19 @@ func (e *Engine) findEntry(ctx context.Context, ref string) (entry, error) {
 	return *found, nil
 }
 
-// metaFile reads a BuildStream 1 artifact's meta/NAME from the local store
-// or the storage caches.
-func (e *Engine) metaFile(ctx context.Context, root digest.Digest, name string) ([]byte, error) {
+// metaFile reads a BuildStream 1 artifact's meta/NAME from what was read
+// of it already (en.read), the local store or the storage caches.
+func (e *Engine) metaFile(ctx context.Context, en entry, name string) ([]byte, error) {
 	read := func(d digest.Digest) ([]byte, error) {
+		if data, ok := en.read[d]; ok {
+			return data, nil
+		}
 		if data, err := e.Store.ReadBlob(d); err == nil {
 			return data, nil
 		}
 		return readFirst(ctx, e, e.storage(), d)
 	}
-	d := root
+	d := en.digest
 	for _, part := range []string{buildstream.MetaDir, name} {
 		data, err := read(d)
 		if err != nil {
@@ -146,7 +149,7 @@ func (e *Engine) allRefs(ctx context.Context, ref string, en entry) []string {
 func (e *Engine) artifactKeys(ctx context.Context, en entry) buildstream.Keys {
 	switch en.kind {
 	case cache.KindBst1Artifact:
-		data, err := e.metaFile(ctx, en.digest, buildstream.KeysFile)
+		data, err := e.metaFile(ctx, en, buildstream.KeysFile)
 		if err != nil {
 			return buildstream.Keys{}
 		}

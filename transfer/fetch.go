@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -89,12 +90,14 @@ func (w *watch) lacked(c *Cache, n int) {
 }
 
 // closure makes every digest under roots local and returns those no cache
-// had. Directories are fetched level by level, so each level's files and
+// had. With tops, the bytes of the roots' Directories and of their
+// children are kept there, for a caller that reads them next (a
+// BuildStream 1 artifact's meta/). Directories are fetched level by level, so each level's files and
 // subdirectories are known before they are asked for; GetTree, where a
 // cache has it, brings a whole tree in one call. A level's files are
 // fetched while the walk goes on to the next level, so the walk's round
 // trips overlap the bulk of the bytes instead of coming before them.
-func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (missing []digest.Digest, err error) {
+func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch, tops *kept) (missing []digest.Digest, err error) {
 	files, fctx := errgroup.WithContext(ctx)
 	var mu sync.Mutex
 	fetchFiles := func(ds []digest.Digest) {
@@ -102,14 +105,14 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 			return
 		}
 		files.Go(func() error {
-			miss, err := f.fetch(fctx, ds, w)
+			miss, err := f.fetch(fctx, ds, w, nil)
 			mu.Lock()
 			missing = append(missing, miss...)
 			mu.Unlock()
 			return err
 		})
 	}
-	walkErr := f.walk(fctx, roots, w, fetchFiles, func(miss []digest.Digest) {
+	walkErr := f.walk(fctx, roots, w, tops, fetchFiles, func(miss []digest.Digest) {
 		mu.Lock()
 		missing = append(missing, miss...)
 		mu.Unlock()
@@ -125,8 +128,11 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch) (mis
 
 // walk fetches the Directories under roots level by level and hands each
 // level's new files to files as soon as the level is read; Directories no
-// cache had go to lost.
-func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, files func([]digest.Digest), lost func([]digest.Digest)) error {
+// cache had go to lost. A Directory this walk stored is read from the
+// bytes it downloaded (they were checked against their digest), not read
+// back and hashed again; one the store held already is read from it.
+// The first two levels' Directories go to tops, when not nil.
+func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops *kept, files func([]digest.Digest), lost func([]digest.Digest)) error {
 	t := cache.NewWalk(roots)
 	seenFiles := 0
 	level := t.Next()
@@ -134,9 +140,10 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, files f
 	if err != nil {
 		return err
 	}
-	for len(level) > 0 {
+	for depth := 0; len(level) > 0; depth++ {
 		files(t.Files[seenFiles:])
 		seenFiles = len(t.Files)
+		stored := newKept()
 		var rest []digest.Digest
 		for _, d := range level {
 			data, ok := trees[d]
@@ -153,13 +160,14 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, files f
 				if err := f.store.PutVerified(d, data); err != nil {
 					return err
 				}
+				stored.data[d] = data
 				f.plan(d)
 				f.moved(d)
 				f.ev.bytes(d.Size)
 				from.count(1, d.Size, 0)
 			}
 		}
-		miss, err := f.fetch(ctx, rest, w)
+		miss, err := f.fetch(ctx, rest, w, stored)
 		if err != nil {
 			return err
 		}
@@ -169,18 +177,45 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, files f
 			if missSet[d] {
 				continue
 			}
-			data, err := f.localDir(ctx, d, w)
-			if err != nil {
-				return err
+			data, ok := stored.data[d]
+			if !ok {
+				if data, err = f.localDir(ctx, d, w); err != nil {
+					return err
+				}
 			}
 			if _, err := t.Add(d, data); err != nil {
 				return err
+			}
+			if tops != nil && depth < 2 {
+				tops.data[d] = data
 			}
 		}
 		level = t.Next()
 	}
 	files(t.Files[seenFiles:])
 	return nil
+}
+
+// kept is what a fetch stored of the blobs it was asked for, for a caller
+// that reads them next: bytes downloaded and checked against their
+// digest. Blobs another ref downloaded, or streamed to disk, are not in
+// it. It is safe for concurrent use.
+type kept struct {
+	mu   sync.Mutex
+	data map[digest.Digest][]byte
+}
+
+func newKept() *kept { return &kept{data: map[digest.Digest][]byte{}} }
+
+// add keeps a copy of data, which the caller may reuse; a nil kept keeps
+// nothing.
+func (k *kept) add(d digest.Digest, data []byte) {
+	if k == nil {
+		return
+	}
+	k.mu.Lock()
+	k.data[d] = bytes.Clone(data)
+	k.mu.Unlock()
 }
 
 // localDir reads a Directory the store holds. One that does not match its
@@ -195,7 +230,7 @@ func (f *fetcher) localDir(ctx context.Context, d digest.Digest, w *watch) ([]by
 	if err := f.store.RemoveObject(d); err != nil {
 		return nil, err
 	}
-	miss, err := f.fetch(ctx, []digest.Digest{d}, w)
+	miss, err := f.fetch(ctx, []digest.Digest{d}, w, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -254,8 +289,9 @@ func keepDirs(out map[digest.Digest][]byte, dirs []*repb.Directory) {
 	}
 }
 
-// fetch makes the given blobs local and returns those no cache had.
-func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) (missing []digest.Digest, err error) {
+// fetch makes the given blobs local and returns those no cache had. What
+// it downloads in batches it also keeps in keep, when not nil.
+func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch, keep *kept) (missing []digest.Digest, err error) {
 	need, held, err := f.notLocal(ds)
 	if err != nil {
 		return nil, err
@@ -281,7 +317,7 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch) (miss
 			}
 			continue
 		}
-		lacks, err := f.fetchFrom(ctx, c, r, need)
+		lacks, err := f.fetchFrom(ctx, c, r, need, keep)
 		w.lacked(c, lacks)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -366,7 +402,7 @@ func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err 
 // batch), both held only by requests in flight. Only once all of its own
 // downloads are started does a fetchFrom wait for other refs' claims, so
 // no one it waits for ever waits for it: the waits form no cycle.
-func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []digest.Digest) (int, error) {
+func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []digest.Digest, keep *kept) (int, error) {
 	var lacks atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	// Requests in flight are bounded by the cache's max-concurrency inside
@@ -375,7 +411,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []dige
 	waitErr := func() error {
 		for len(need) > 0 {
 			mine, theirs := f.claimAll(need)
-			f.start(gctx, g, c, r, mine, &lacks)
+			f.start(gctx, g, c, r, mine, &lacks, keep)
 			// Another ref is fetching each of theirs, maybe from another
 			// cache. Once it is done, the blob is local, or that cache
 			// lacked it and this one is asked: it is claimed again.
@@ -430,8 +466,8 @@ func (f *fetcher) claimAll(need []digest.Digest) (mine []digest.Digest, theirs [
 }
 
 // start downloads the claimed blobs mine in g, each released when its
-// download is through.
-func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remote, mine []digest.Digest, lacks *atomic.Int64) {
+// download is through; batches keep what they store in keep.
+func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remote, mine []digest.Digest, lacks *atomic.Int64, keep *kept) {
 	batches, streamed := r.Plan(mine)
 	for _, d := range streamed {
 		g.Go(func() error {
@@ -446,16 +482,16 @@ func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remo
 	for _, b := range batches {
 		g.Go(func() error {
 			defer f.flights.release(b...)
-			missing, err := f.batch(ctx, c, r, b)
+			missing, err := f.batch(ctx, c, r, b, keep)
 			lacks.Add(int64(missing))
 			return err
 		})
 	}
 }
 
-// batch reads small blobs in one call (BatchReadEach verifies each) and returns
-// how many the cache lacks.
-func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Digest) (int, error) {
+// batch reads small blobs in one call (BatchReadEach verifies each), keeps
+// those it stores in keep, and returns how many the cache lacks.
+func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Digest, keep *kept) (int, error) {
 	release, err := f.reserve(ctx, sizeOf(ds))
 	if err != nil {
 		return 0, err
@@ -466,6 +502,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		if err := f.store.PutVerified(d, data); err != nil {
 			return err
 		}
+		keep.add(d, data)
 		f.moved(d)
 		f.ev.bytes(d.Size)
 		blobs++

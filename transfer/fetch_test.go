@@ -73,7 +73,7 @@ func TestWaiterFetchesAfterAFailedClaim(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		missing, err := f.fetch(context.Background(), want, nil)
+		missing, err := f.fetch(context.Background(), want, nil, nil)
 		done <- result{missing, err}
 	}()
 	// The other ref gives up on its cache without storing anything.
@@ -140,7 +140,7 @@ func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
 	errs := make(chan error, 2)
 	for _, order := range [][]digest.Digest{orderA, orderB} {
 		go func() {
-			missing, err := f.fetch(ctx, order, nil)
+			missing, err := f.fetch(ctx, order, nil, nil)
 			if err == nil && len(missing) > 0 {
 				err = fmt.Errorf("%d blobs missing", len(missing))
 			}
@@ -196,7 +196,7 @@ func TestTooLargeBatchStreamsWithinTheBudget(t *testing.T) {
 	f := newFetcher(local, cacheOf(fake), false, Events{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	missing, err := f.fetch(ctx, want, nil)
+	missing, err := f.fetch(ctx, want, nil, nil)
 	if err != nil || len(missing) > 0 {
 		t.Fatalf("fetch: %d missing, %v (a deadline here is the batch waiting for its own share)", len(missing), err)
 	}

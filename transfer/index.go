@@ -114,6 +114,9 @@ type entry struct {
 	failed bool
 	// virtual: the proto blob is only in the ref file (a read-only store).
 	virtual bool
+	// read are Directories of the artifact read already, checked against
+	// their digests (a pull's walk: its top two levels), for metaFile.
+	read map[digest.Digest][]byte
 }
 
 // entryFor turns what an index named into an entry; for bst2 the proto

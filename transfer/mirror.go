@@ -213,13 +213,13 @@ func (m *Mirror) FillRef(ctx context.Context, k cache.Kind, ref string) (found b
 // FillBlobs makes ds local from the upstreams, each blob from the first
 // that has it, and returns those none had.
 func (m *Mirror) FillBlobs(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
-	return m.f.fetch(ctx, ds, nil)
+	return m.f.fetch(ctx, ds, nil, nil)
 }
 
 // FillTrees makes the Directories under roots local (not their files):
 // what GetTree answers with.
 func (m *Mirror) FillTrees(ctx context.Context, roots []digest.Digest) (lost []digest.Digest, err error) {
-	err = m.f.walk(ctx, cache.Roots{Dirs: roots}, nil, func([]digest.Digest) {}, func(miss []digest.Digest) {
+	err = m.f.walk(ctx, cache.Roots{Dirs: roots}, nil, nil, func([]digest.Digest) {}, func(miss []digest.Digest) {
 		lost = append(lost, miss...)
 	})
 	return lost, err

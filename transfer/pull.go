@@ -358,19 +358,25 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 	e.Store.Settle(k.Layout())
 	var protoData []byte
 	if k != cache.KindBst1Artifact {
-		miss, err := f.fetch(ctx, []digest.Digest{d}, w)
+		stored := newKept()
+		miss, err := f.fetch(ctx, []digest.Digest{d}, w, stored)
 		if err != nil || len(miss) > 0 {
 			return miss, err
 		}
-		if protoData, err = e.Store.ReadBlob(d); err != nil {
-			return nil, err
+		// Read back only when another ref stored it, or it was here.
+		var ok bool
+		if protoData, ok = stored.data[d]; !ok {
+			if protoData, err = e.Store.ReadBlob(d); err != nil {
+				return nil, err
+			}
 		}
 	}
 	en, err := entryFor(k, d, protoData)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
-	missing, err := f.closure(ctx, e.wanted(en), w)
+	tops := newKept()
+	missing, err := f.closure(ctx, e.wanted(en), w, tops)
 	if err != nil || len(missing) > 0 {
 		return missing, err
 	}
@@ -379,6 +385,7 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 			return missing, err
 		}
 	}
+	en.read = tops.data
 	return nil, e.writeRefs(ctx, ref, en, w.slot.moved())
 }
 
