@@ -97,7 +97,7 @@ func (w *watch) lacked(c *Cache, n int) {
 // cache has it, brings a whole tree in one call. A level's files are
 // fetched while the walk goes on to the next level, so the walk's round
 // trips overlap the bulk of the bytes instead of coming before them.
-func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch, tops *kept) (missing []digest.Digest, err error) {
+func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch, tops map[digest.Digest][]byte) (missing []digest.Digest, err error) {
 	files, fctx := errgroup.WithContext(ctx)
 	var mu sync.Mutex
 	fetchFiles := func(ds []digest.Digest) {
@@ -132,7 +132,7 @@ func (f *fetcher) closure(ctx context.Context, roots cache.Roots, w *watch, tops
 // bytes it downloaded (they were checked against their digest), not read
 // back and hashed again; one the store held already is read from it.
 // The first two levels' Directories go to tops, when not nil.
-func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops *kept, files func([]digest.Digest), lost func([]digest.Digest)) error {
+func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops map[digest.Digest][]byte, files func([]digest.Digest), lost func([]digest.Digest)) error {
 	t := cache.NewWalk(roots)
 	seenFiles := 0
 	level := t.Next()
@@ -143,7 +143,7 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops *k
 	for depth := 0; len(level) > 0; depth++ {
 		files(t.Files[seenFiles:])
 		seenFiles = len(t.Files)
-		stored := newKept()
+		got := newStored(true)
 		var rest []digest.Digest
 		for _, d := range level {
 			data, ok := trees[d]
@@ -160,14 +160,14 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops *k
 				if err := f.store.PutVerified(d, data); err != nil {
 					return err
 				}
-				stored.data[d] = data
+				got.data[d] = data
 				f.plan(d)
 				f.moved(d)
 				f.ev.bytes(d.Size)
 				from.count(1, d.Size, 0)
 			}
 		}
-		miss, err := f.fetch(ctx, rest, w, stored)
+		miss, err := f.fetch(ctx, rest, w, got)
 		if err != nil {
 			return err
 		}
@@ -177,7 +177,7 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops *k
 			if missSet[d] {
 				continue
 			}
-			data, ok := stored.data[d]
+			data, ok := got.data[d]
 			if !ok {
 				if data, err = f.localDir(ctx, d, w); err != nil {
 					return err
@@ -187,7 +187,7 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops *k
 				return err
 			}
 			if tops != nil && depth < 2 {
-				tops.data[d] = data
+				tops[d] = data
 			}
 		}
 		level = t.Next()
@@ -196,26 +196,47 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops *k
 	return nil
 }
 
-// kept is what a fetch stored of the blobs it was asked for, for a caller
-// that reads them next: bytes downloaded and checked against their
-// digest. Blobs another ref downloaded, or streamed to disk, are not in
-// it. It is safe for concurrent use.
-type kept struct {
-	mu   sync.Mutex
+// stored is what a fetch made local of the blobs it was asked for and,
+// when it keeps data, the bytes of those it downloaded in batches
+// (checked against their digests), for a caller that reads them next.
+// It is safe for concurrent use.
+type stored struct {
+	mu    sync.Mutex
+	local map[digest.Digest]bool
+	// data keeps the bytes; nil keeps none.
 	data map[digest.Digest][]byte
 }
 
-func newKept() *kept { return &kept{data: map[digest.Digest][]byte{}} }
-
-// add keeps a copy of data, which the caller may reuse; a nil kept keeps
-// nothing.
-func (k *kept) add(d digest.Digest, data []byte) {
-	if k == nil {
-		return
+func newStored(keepData bool) *stored {
+	s := &stored{local: map[digest.Digest]bool{}}
+	if keepData {
+		s.data = map[digest.Digest][]byte{}
 	}
-	k.mu.Lock()
-	k.data[d] = bytes.Clone(data)
-	k.mu.Unlock()
+	return s
+}
+
+// add records d as local, with a copy of its bytes when they are kept
+// (data is the caller's to reuse) and given.
+func (s *stored) add(d digest.Digest, data []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.local[d] = true
+	if s.data != nil && data != nil {
+		s.data[d] = bytes.Clone(data)
+	}
+}
+
+// without returns the blobs of ds not recorded as local.
+func (s *stored) without(ds []digest.Digest) []digest.Digest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []digest.Digest
+	for _, d := range ds {
+		if !s.local[d] {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // localDir reads a Directory the store holds. One that does not match its
@@ -290,8 +311,11 @@ func keepDirs(out map[digest.Digest][]byte, dirs []*repb.Directory) {
 }
 
 // fetch makes the given blobs local and returns those no cache had. What
-// it downloads in batches it also keeps in keep, when not nil.
-func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch, keep *kept) (missing []digest.Digest, err error) {
+// it stores it records in got, when not nil. Each blob is looked up in the
+// store once before it is claimed and once when claimed (another ref may
+// have stored it between); what the downloads stored is known without
+// asking the store again.
+func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch, got *stored) (missing []digest.Digest, err error) {
 	need, held, err := f.notLocal(ds)
 	if err != nil {
 		return nil, err
@@ -306,6 +330,9 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch, keep 
 		}
 	}
 	f.plan(need...)
+	if got == nil {
+		got = newStored(false)
+	}
 	for _, c := range f.caches {
 		if len(need) == 0 {
 			break
@@ -317,7 +344,7 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch, keep 
 			}
 			continue
 		}
-		lacks, err := f.fetchFrom(ctx, c, r, need, keep)
+		lacks, err := f.fetchFrom(ctx, c, r, need, got)
 		w.lacked(c, lacks)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -335,11 +362,14 @@ func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch, keep 
 			}
 			c.failed(err, f.ev)
 		}
-		if need, _, err = f.notLocal(need); err != nil {
-			return nil, err
-		}
+		need = got.without(need)
 	}
-	return need, nil
+	if len(need) == 0 {
+		return nil, nil
+	}
+	// Another process may have stored some since they were claimed.
+	need, _, err = f.notLocal(need)
+	return need, err
 }
 
 // kept splits need into the blobs this store keeps and those larger than
@@ -391,7 +421,8 @@ func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err 
 // in batches within its limit, large ones streamed to disk. Nothing asks
 // first what the cache has: a batch answers NOT_FOUND per blob and a stream
 // as a whole, which costs the server less than FindMissingBlobs and saves
-// a round trip per tree level. It returns how many of need the cache lacks.
+// a round trip per tree level. It records in got what it made local, and
+// returns how many of need the cache lacks.
 //
 // Refs fetching the same blobs at once cannot deadlock, by construction:
 // a blob is claimed without waiting (claimAll), and a claim is held only
@@ -402,7 +433,7 @@ func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err 
 // batch), both held only by requests in flight. Only once all of its own
 // downloads are started does a fetchFrom wait for other refs' claims, so
 // no one it waits for ever waits for it: the waits form no cycle.
-func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []digest.Digest, keep *kept) (int, error) {
+func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []digest.Digest, got *stored) (int, error) {
 	var lacks atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	// Requests in flight are bounded by the cache's max-concurrency inside
@@ -410,8 +441,8 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []dige
 	g.SetLimit(max(c.Config.MaxConcurrency, 1))
 	waitErr := func() error {
 		for len(need) > 0 {
-			mine, theirs := f.claimAll(need)
-			f.start(gctx, g, c, r, mine, &lacks, keep)
+			mine, theirs := f.claimAll(need, got)
+			f.start(gctx, g, c, r, mine, &lacks, got)
 			// Another ref is fetching each of theirs, maybe from another
 			// cache. Once it is done, the blob is local, or that cache
 			// lacked it and this one is asked: it is claimed again.
@@ -426,7 +457,9 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []dige
 				if err != nil {
 					return err
 				}
-				if !local {
+				if local {
+					got.add(t.d, nil)
+				} else {
 					need = append(need, t.d)
 				}
 			}
@@ -447,8 +480,9 @@ type flight struct {
 }
 
 // claimAll claims every blob of need nobody is downloading, without
-// waiting, and returns them (mine) and the flights of the others.
-func (f *fetcher) claimAll(need []digest.Digest) (mine []digest.Digest, theirs []flight) {
+// waiting, and returns them (mine) and the flights of the others; those
+// found local once claimed go to got.
+func (f *fetcher) claimAll(need []digest.Digest, got *stored) (mine []digest.Digest, theirs []flight) {
 	for _, d := range need {
 		ok, wait := f.flights.claim(d)
 		if !ok {
@@ -458,6 +492,7 @@ func (f *fetcher) claimAll(need []digest.Digest) (mine []digest.Digest, theirs [
 		// Another ref may have stored d since need was made.
 		if local, err := f.store.Has(d); err == nil && local {
 			f.flights.release(d)
+			got.add(d, nil)
 			continue
 		}
 		mine = append(mine, d)
@@ -466,13 +501,13 @@ func (f *fetcher) claimAll(need []digest.Digest) (mine []digest.Digest, theirs [
 }
 
 // start downloads the claimed blobs mine in g, each released when its
-// download is through; batches keep what they store in keep.
-func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remote, mine []digest.Digest, lacks *atomic.Int64, keep *kept) {
+// download is through, recording in got what they store.
+func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remote, mine []digest.Digest, lacks *atomic.Int64, got *stored) {
 	batches, streamed := r.Plan(mine)
 	for _, d := range streamed {
 		g.Go(func() error {
 			defer f.flights.release(d)
-			found, err := f.stream(ctx, c, r, d)
+			found, err := f.stream(ctx, c, r, d, got)
 			if !found {
 				lacks.Add(1)
 			}
@@ -482,16 +517,16 @@ func (f *fetcher) start(ctx context.Context, g *errgroup.Group, c *Cache, r remo
 	for _, b := range batches {
 		g.Go(func() error {
 			defer f.flights.release(b...)
-			missing, err := f.batch(ctx, c, r, b, keep)
+			missing, err := f.batch(ctx, c, r, b, got)
 			lacks.Add(int64(missing))
 			return err
 		})
 	}
 }
 
-// batch reads small blobs in one call (BatchReadEach verifies each), keeps
-// those it stores in keep, and returns how many the cache lacks.
-func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Digest, keep *kept) (int, error) {
+// batch reads small blobs in one call (BatchReadEach verifies each),
+// records those it stores in got, and returns how many the cache lacks.
+func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Digest, got *stored) (int, error) {
 	release, err := f.reserve(ctx, sizeOf(ds))
 	if err != nil {
 		return 0, err
@@ -502,7 +537,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		if err := f.store.PutVerified(d, data); err != nil {
 			return err
 		}
-		keep.add(d, data)
+		got.add(d, data)
 		f.moved(d)
 		f.ev.bytes(d.Size)
 		blobs++
@@ -520,9 +555,10 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 			if local, err := f.store.Has(d); err != nil {
 				return lacks, err
 			} else if local {
+				got.add(d, nil)
 				continue
 			}
-			ok, err := f.stream(ctx, c, r, d)
+			ok, err := f.stream(ctx, c, r, d, got)
 			if err != nil {
 				return lacks, err
 			}
@@ -545,12 +581,13 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 	return len(missing), nil
 }
 
-// stream reads one large blob into the store's verifying writer. found is
-// false when the cache does not have it. A download cut short (an
+// stream reads one large blob into the store's verifying writer, and
+// records it in got once stored. found is false when the cache does not
+// have it. A download cut short (an
 // interruption, a failed cache) keeps its bytes in the store's temporary
 // directory, and the next download of the blob, in this run or the next,
 // reads only the rest (read_offset).
-func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Digest) (found bool, err error) {
+func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Digest, got *stored) (found bool, err error) {
 	release, err := f.reserve(ctx, min(d.Size, streamWeight))
 	if err != nil {
 		return true, err
@@ -576,6 +613,7 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	default:
 		return true, err
 	}
+	got.add(d, nil)
 	// Bytes kept from an earlier download did not move in this one.
 	f.blobs.Add(1)
 	f.bytes.Add(d.Size - kept)

@@ -358,14 +358,14 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 	e.Store.Settle(k.Layout())
 	var protoData []byte
 	if k != cache.KindBst1Artifact {
-		stored := newKept()
-		miss, err := f.fetch(ctx, []digest.Digest{d}, w, stored)
+		got := newStored(true)
+		miss, err := f.fetch(ctx, []digest.Digest{d}, w, got)
 		if err != nil || len(miss) > 0 {
 			return miss, err
 		}
 		// Read back only when another ref stored it, or it was here.
 		var ok bool
-		if protoData, ok = stored.data[d]; !ok {
+		if protoData, ok = got.data[d]; !ok {
 			if protoData, err = e.Store.ReadBlob(d); err != nil {
 				return nil, err
 			}
@@ -375,7 +375,7 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
-	tops := newKept()
+	tops := map[digest.Digest][]byte{}
 	missing, err := f.closure(ctx, e.wanted(en), w, tops)
 	if err != nil || len(missing) > 0 {
 		return missing, err
@@ -385,7 +385,7 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 			return missing, err
 		}
 	}
-	en.read = tops.data
+	en.read = tops
 	return nil, e.writeRefs(ctx, ref, en, w.slot.moved())
 }
 
