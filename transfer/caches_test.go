@@ -52,6 +52,23 @@ func (r *recorder) count(lines *[]string, s string) int {
 // wait before a dead cache is probed again is backoff.
 func downableServe(t *testing.T, ref string, a art, backoff time.Duration) (*Cache, *atomic.Int64) {
 	t.Helper()
+	srv := testenv.StartServe(t, testenv.ServeOptions{Dir: storeHolding(t, ref, a)})
+	fail := &atomic.Int64{}
+	addr := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{Unavailable: fail})
+	c := NewCaches([]config.Cache{{
+		Name: "serve", URL: "http://" + addr, Type: config.TypeAll, MaxConcurrency: 4,
+		Endpoint:   config.Endpoint{Target: addr},
+		Connection: config.Connection{ConnectTimeout: 5 * time.Second, RequestTimeout: 30 * time.Second, RetryDelay: 20 * time.Millisecond, RetryLimit: 2},
+	}}, 0)[0]
+	c.backoff = backoff
+	t.Cleanup(func() { Close([]*Cache{c}) })
+	return c, fail
+}
+
+// storeHolding makes a BuildStream 1 store holding a under ref, for a
+// server to serve, and returns its directory.
+func storeHolding(t *testing.T, ref string, a art) string {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
 	store, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
@@ -65,17 +82,7 @@ func downableServe(t *testing.T, ref string, a art, backoff time.Duration) (*Cac
 	if err := store.SetRef(cache.KindBst1Artifact, ref, buildstream.V1RefContent(a.root)); err != nil {
 		t.Fatal(err)
 	}
-	srv := testenv.StartServe(t, testenv.ServeOptions{Dir: dir})
-	fail := &atomic.Int64{}
-	addr := testenv.StartProxy(t, srv.Addr, testenv.ProxyFaults{Unavailable: fail})
-	c := NewCaches([]config.Cache{{
-		Name: "serve", URL: "http://" + addr, Type: config.TypeAll, MaxConcurrency: 4,
-		Endpoint:   config.Endpoint{Target: addr},
-		Connection: config.Connection{ConnectTimeout: 5 * time.Second, RequestTimeout: 30 * time.Second, RetryDelay: 20 * time.Millisecond, RetryLimit: 2},
-	}}, 0)[0]
-	c.backoff = backoff
-	t.Cleanup(func() { Close([]*Cache{c}) })
-	return c, fail
+	return dir
 }
 
 // down is as many failing calls as a test makes: the server is down.

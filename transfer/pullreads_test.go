@@ -14,7 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
 	"github.com/bst-cache/bst-cache/internal/testenv"
@@ -31,19 +30,7 @@ func TestPullReadsNoDirectoryBack(t *testing.T) {
 	a := artifact("one", "two", "three")
 	for _, server := range []string{"serve", "bst-artifact-server"} {
 		t.Run(server, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "repo")
-			src, err := cache.Open(dir, cache.KindBst1Artifact)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, b := range a.blobs {
-				if _, err := src.Add(b); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := src.SetRef(cache.KindBst1Artifact, ref, buildstream.V1RefContent(a.root)); err != nil {
-				t.Fatal(err)
-			}
+			dir := storeHolding(t, ref, a)
 			var srv *testenv.Server
 			if server == "serve" {
 				srv = testenv.StartServe(t, testenv.ServeOptions{Dir: dir})
