@@ -19,8 +19,9 @@
 // one by one: writing refs (SetRefs) syncs the file system once after the
 // refs' temporary files are written and before they are renamed, which
 // makes the refs and every object they name durable before any ref names
-// them, and once more after the renames. Refs written at once share their
-// syncs: a sync serves every writer that was waiting when it began.
+// them; the refs' directories are synced after. Refs written at once
+// share the sync of the file system: one serves every writer that was
+// waiting when it began.
 //
 // A download that may be resumed (ResumableWriter) keeps its bytes under
 // DIR/tmp/partial-{hash}-{size} when it is cut short; the next writer of

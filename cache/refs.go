@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -159,12 +160,12 @@ func (s *Store) SetRef(kind Kind, ref string, data []byte) error {
 // SetRefs writes refs that name the same content, each as SetRef does
 // (an artifact's strong and weak refs): each ref is written to a
 // temporary file, a sync of the file system makes those and every object
-// they name durable, and only then is each renamed into place; a second
-// sync makes the renames durable before SetRefs returns. Calls at once
-// share their syncs (Sync): the refs of artifacts finishing together cost
-// two syncs in all, and one call's second sync is the next one's first.
-// A ref that could not be renamed fails the call and is left as it was,
-// as is every ref after it, and no temporary file is left.
+// they name durable, and only then is each renamed into place; each
+// directory a ref was renamed into is synced before SetRefs returns.
+// Calls at once share the sync of the file system (Sync): the refs of
+// artifacts finishing together wait for one. A ref that could not be
+// renamed fails the call and is left as it was, as is every ref after it,
+// and no temporary file is left.
 func (s *Store) SetRefs(kind Kind, refs []string, data []byte) (err error) {
 	if len(refs) == 0 {
 		return nil
@@ -196,13 +197,24 @@ func (s *Store) SetRefs(kind Kind, refs []string, data []byte) (err error) {
 	if err := s.Sync(); err != nil {
 		return err
 	}
+	// The directories, not the file system again: a sync of the file
+	// system costs what every process sharing it left unsynced.
+	var dirs []string
 	for i, ref := range refs {
 		if err := s.install(tmps[0], paths[i]); err != nil {
 			return fmt.Errorf("writing ref %s: %w", ref, err)
 		}
 		tmps = tmps[1:]
+		if dir := filepath.Dir(paths[i]); !slices.Contains(dirs, dir) {
+			dirs = append(dirs, dir)
+		}
 	}
-	return s.Sync()
+	for _, dir := range dirs {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeRefTemp writes data to a new temporary file, not synced, and

@@ -27,6 +27,18 @@ func (s *Store) Sync() error {
 	})
 }
 
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
 // syncfs is unix.Syncfs; tests count the calls.
 var syncfs = unix.Syncfs
 

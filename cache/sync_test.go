@@ -28,10 +28,10 @@ func countSyncs(t *testing.T, before func(n int64), fail error) *atomic.Int64 {
 	return &calls
 }
 
-// Artifacts whose refs are written at once share their syncs (issue 21:
-// a pull's CPU per GB): the first sync is held until every writer has
-// written its refs' temporary files and waits for one, and then the
-// writers need two more in all, not one or two each.
+// Artifacts whose refs are written at once share the sync of the file
+// system (issue 21: a pull's CPU per GB): the first sync is held until
+// every writer has written its refs' temporary files and waits for one,
+// and then the writers need one more in all, not one each.
 func TestRefsWrittenAtOnceShareSyncs(t *testing.T) {
 	const writers = 16
 	s := openTemp(t, KindBst1Artifact)
