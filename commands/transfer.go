@@ -471,6 +471,18 @@ func (p *progress) warn(e *env, msg string) {
 	e.warnf("%s", msg)
 }
 
+// above runs print, which writes lines to the terminal, with the bar off
+// its line: the lines start at the line's beginning and the bar, drawn
+// again at its next move, stays below them.
+func (p *progress) above(print func() error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		p.bar.Clear()
+	}
+	return print()
+}
+
 func (p *progress) finish() {
 	if p.bar != nil {
 		p.bar.Finish()
@@ -578,6 +590,11 @@ func (r *runReport) add(results []transfer.Result, st transfer.Stats) error {
 	// Results on stdout (pull 2>/dev/null still prints them); the
 	// totals, like progress and warnings, on stderr. Columns line up
 	// within a batch.
+	return r.p.above(func() error { return r.print(results) })
+}
+
+// print writes a batch's result lines.
+func (r *runReport) print(results []transfer.Result) error {
 	tw := tabwriter.NewWriter(r.e.stdout, 0, 4, 2, ' ', 0)
 	for _, res := range results {
 		if r.e.quiet && (res.Status == transfer.StatusDone || res.Status == transfer.StatusSkipped) {
