@@ -50,19 +50,23 @@ func duCommand() *cli.Command {
 			defer usage.Close()
 			total := usage.Store
 			if e.json {
+				// Each ref's line goes out as it is read: the document
+				// does not hold every ref.
+				result := struct {
+					Refs  []transfer.RefUsage `json:"refs"`
+					Store transfer.StoreUsage `json:"store"`
+				}{[]transfer.RefUsage{}, total}
+				if err := e.out.stream(e.stdout, "refs", result); err != nil {
+					return err
+				}
 				missing := 0
-				refs := make([]transfer.RefUsage, 0, usage.Len())
 				if err := usage.Each(func(u transfer.RefUsage) error {
 					missing += u.Missing
-					refs = append(refs, u)
-					return nil
+					return e.out.item(u)
 				}); err != nil {
 					return err
 				}
-				writeJSON(e, struct {
-					Refs  []transfer.RefUsage `json:"refs"`
-					Store transfer.StoreUsage `json:"store"`
-				}{refs, total}, map[string]int{"refs": len(refs), "objects": total.Objects, "blobs_missing": missing})
+				writeJSON(e, result, map[string]int{"refs": usage.Len(), "objects": total.Objects, "blobs_missing": missing})
 				return nil
 			}
 			// A line a write would be a system call a ref. The columns

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bst-cache/bst-cache/cache"
@@ -104,11 +103,11 @@ func highWater(pid int) int64 {
 	}
 }
 
-// ls --json streams its entries into the document: 60,000 refs cost
-// little more than 10,000 (before, every entry was gathered, then the whole
-// document encoded at once: over 1 KB a ref, 359 MiB for 200,000). Text
-// listings already streamed.
-func TestLsJSONMemoryDoesNotGrowWithRefs(t *testing.T) {
+// ls --json and du --json stream their entries into the document: 60,000
+// refs cost little more than 10,000 (before, every entry was gathered, then
+// the whole document encoded at once: over 1 KB a ref, 359 MiB for
+// 200,000 with ls and 186 MB with du). Text listings already streamed.
+func TestJSONListingsMemoryDoesNotGrowWithRefs(t *testing.T) {
 	bin := testenv.BstCacheBinary(t)
 	dir := t.TempDir()
 	s, err := cache.Open(dir, cache.KindBst1Artifact)
@@ -116,8 +115,11 @@ func TestLsJSONMemoryDoesNotGrowWithRefs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// refs n writes refs up to n, two an element as BuildStream's strong
-	// and weak keys (ref files only: ls reads what they name, not the
-	// objects).
+	// and weak keys, each naming the one (empty) Directory stored.
+	root, err := s.Add(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	written := 0
 	refs := func(n int) {
 		for ; written < n; written++ {
@@ -127,16 +129,16 @@ func TestLsJSONMemoryDoesNotGrowWithRefs(t *testing.T) {
 				t.Fatal(err)
 			}
 			os.MkdirAll(filepath.Dir(p), 0o755)
-			data, _ := proto.Marshal(digest.NewFromBlob([]byte(ref)).ToProto())
+			data, _ := proto.Marshal(root.ToProto())
 			if err := os.WriteFile(p, data, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	maxRSS := func(n int) int64 {
+	maxRSS := func(command string, n int) int64 {
 		t.Helper()
 		refs(n)
-		cmd := exec.Command(bin, "--json", "--format", "bst1", "--local", dir, "ls")
+		cmd := exec.Command(bin, "--json", "--format", "bst1", "--local", dir, command)
 		cmd.Env = append(os.Environ(), "BST_CACHE_CONFIG=/dev/null", "HOME="+t.TempDir())
 		var out, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &stderr
@@ -146,21 +148,43 @@ func TestLsJSONMemoryDoesNotGrowWithRefs(t *testing.T) {
 		peak := make(chan int64)
 		go func() { peak <- highWater(cmd.Process.Pid) }()
 		if err := cmd.Wait(); err != nil {
-			t.Fatalf("ls --json of %d refs: %v\n%s", n, err, stderr.String())
+			t.Fatalf("%s --json of %d refs: %v\n%s", command, n, err, stderr.String())
 		}
+		var entries []struct{ Ref, Digest, Error string }
 		var doc struct {
-			Result []struct{ Ref, Digest string }
+			Result json.RawMessage
 			Counts map[string]int
 		}
-		if err := json.Unmarshal(out.Bytes(), &doc); err != nil || len(doc.Result) != n || doc.Counts["refs"] != n || doc.Result[0].Digest == "" {
-			t.Fatalf("ls --json of %d refs: %d entries, counts %v, %v", n, len(doc.Result), doc.Counts, err)
+		err := json.Unmarshal(out.Bytes(), &doc)
+		if err == nil && command == "du" {
+			var du struct {
+				Refs  json.RawMessage
+				Store struct{ Objects int }
+			}
+			if err = json.Unmarshal(doc.Result, &du); err == nil && du.Store.Objects != 1 {
+				err = fmt.Errorf("the store's objects: %d, want 1", du.Store.Objects)
+			}
+			doc.Result = du.Refs
+		}
+		if err == nil {
+			err = json.Unmarshal(doc.Result, &entries)
+		}
+		if err != nil || len(entries) != n || doc.Counts["refs"] != n || entries[0].Ref == "" || entries[n-1].Error != "" {
+			t.Fatalf("%s --json of %d refs: %d entries, counts %v, %v", command, n, len(entries), doc.Counts, err)
 		}
 		return <-peak
 	}
-	small, big := maxRSS(10_000), maxRSS(60_000)
-	per := (big - small) / 50_000
-	t.Logf("max RSS %d MiB for 10,000 refs, %d MiB for 60,000: %d bytes a ref more", small>>20, big>>20, per)
-	if per > 300 {
-		t.Errorf("ls --json's memory grows by %d bytes a ref (%d MiB for 10,000 refs, %d MiB for 60,000); want at most 300", per, small>>20, big>>20)
+	commands := []string{"ls", "du"}
+	small := map[string]int64{}
+	for _, command := range commands {
+		small[command] = maxRSS(command, 10_000)
+	}
+	for _, command := range commands {
+		small, big := small[command], maxRSS(command, 60_000)
+		per := (big - small) / 50_000
+		t.Logf("%s: max RSS %d MiB for 10,000 refs, %d MiB for 60,000: %d bytes a ref more", command, small>>20, big>>20, per)
+		if per > 300 {
+			t.Errorf("%s --json's memory grows by %d bytes a ref (%d MiB for 10,000 refs, %d MiB for 60,000); want at most 300", command, per, small>>20, big>>20)
+		}
 	}
 }
