@@ -163,9 +163,10 @@ func (r *Remote) notFound(op, msg string) error {
 }
 
 // shouldRetry says whether err is worth another attempt: a retryable code
-// that is not a message-size refusal.
+// that is not a message-size refusal, or a batch answer that did not
+// account for a blob.
 func shouldRetry(err error, idempotent bool) bool {
-	return retryable(status.Code(err), idempotent) && !tooLarge(err)
+	return errors.Is(err, errUnanswered) || retryable(status.Code(err), idempotent) && !tooLarge(err)
 }
 
 // retryable says which codes are worth another attempt. DEADLINE_EXCEEDED is

@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,8 +23,16 @@ import (
 // serve that holds blobs, and dials it with a 1 s stall window.
 func lying(t *testing.T, faults testenv.ProxyFaults, blobs ...[]byte) *remotes.Remote {
 	t.Helper()
+	liar, _ := lyingAndDirect(t, faults, blobs...)
+	return liar
+}
+
+// lyingAndDirect is lying, with a connection to the serve behind the
+// proxy too: what it holds, whatever the proxy said.
+func lyingAndDirect(t *testing.T, faults testenv.ProxyFaults, blobs ...[]byte) (liar, direct *remotes.Remote) {
+	t.Helper()
 	srv := testenv.StartServe(t, testenv.ServeOptions{Push: true})
-	direct := dial(t, cacheConfig("serve", srv.URL(), config.TypeAll))
+	direct = dial(t, cacheConfig("serve", srv.URL(), config.TypeAll))
 	m := map[digest.Digest][]byte{}
 	for _, b := range blobs {
 		m[digest.NewFromBlob(b)] = b
@@ -30,7 +42,7 @@ func lying(t *testing.T, faults testenv.ProxyFaults, blobs ...[]byte) *remotes.R
 	}
 	c := cacheConfig("liar", "http://"+testenv.StartProxy(t, srv.Addr, faults), config.TypeAll)
 	c.Connection.StallTimeout = time.Second
-	return dial(t, c)
+	return dial(t, c), direct
 }
 
 func digestsOf(m map[digest.Digest][]byte) []digest.Digest {
@@ -121,5 +133,103 @@ func TestBatchReadDropsUnaskedBlobs(t *testing.T) {
 	}
 	if _, ok := found[digest.NewFromBlob(extra)]; ok {
 		t.Error("a blob nobody asked for was returned")
+	}
+}
+
+// countCalls counts the calls of method a proxy takes (its OnCall).
+func countCalls(method string) (*atomic.Int32, func(string)) {
+	var n atomic.Int32
+	return &n, func(m string) {
+		if strings.HasSuffix(m, "/"+method) {
+			n.Add(1)
+		}
+	}
+}
+
+// A BatchUpdateBlobs answer that does not account for a blob sent, as a
+// server that lost track of part of a batch: it leaves the blob out, says
+// OK twice for another blob in its place, or OK for a digest not sent.
+// The blob is not taken as stored (the server behind does not hold it):
+// it is sent again under the retry policy, then the upload fails naming
+// the cache, its URL and the blob.
+func TestBatchUpdateToALyingServer(t *testing.T) {
+	kept, lost := []byte("a blob the server stores"), []byte("a blob the server loses")
+	dk, dl := digest.NewFromBlob(kept), digest.NewFromBlob(lost)
+	for _, answer := range []string{"", "twice", "other"} {
+		t.Run("answer="+answer, func(t *testing.T) {
+			calls, onCall := countCalls("BatchUpdateBlobs")
+			liar, direct := lyingAndDirect(t, testenv.ProxyFaults{Unanswered: map[string]bool{dl.Hash: true}, Answer: answer, OnCall: onCall})
+			err := liar.BatchUpdate(context.Background(), map[digest.Digest][]byte{dk: kept, dl: lost})
+			var re *remotes.Error
+			if !errors.As(err, &re) || re.Cache != "liar" || !strings.Contains(err.Error(), re.URL) || !strings.Contains(err.Error(), dl.String()) {
+				t.Fatalf("BatchUpdate of a blob the answer does not account for: %v; want an error naming the cache, its URL and %s", err, dl)
+			}
+			t.Logf("%v", err)
+			if n := calls.Load(); n != 2 {
+				t.Errorf("%d BatchUpdateBlobs calls; want 2 (retry-limit 1)", n)
+			}
+			if missing, err := direct.FindMissing(context.Background(), []digest.Digest{dk, dl}); err != nil || !slices.Equal(missing, []digest.Digest{dl}) {
+				t.Errorf("the server behind the proxy lacks %v (%v); want only the lost blob", missing, err)
+			}
+		})
+	}
+}
+
+// A blob a batch answer left out once is sent again, alone, and stored.
+func TestBatchUpdateSendsUnansweredBlobAgain(t *testing.T) {
+	kept, lost := []byte("a blob the server stores"), []byte("a blob the server loses once")
+	dk, dl := digest.NewFromBlob(kept), digest.NewFromBlob(lost)
+	liar, direct := lyingAndDirect(t, testenv.ProxyFaults{Unanswered: map[string]bool{dl.Hash: true}, UnansweredCalls: 1})
+	if err := liar.BatchUpdate(context.Background(), map[digest.Digest][]byte{dk: kept, dl: lost}); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := direct.FindMissing(context.Background(), []digest.Digest{dk, dl}); err != nil || len(missing) > 0 {
+		t.Errorf("after the upload the server lacks %v (%v)", missing, err)
+	}
+}
+
+// A BatchReadBlobs answer that leaves a blob out, as a server that lost
+// track of part of a batch: the blob is neither given nor taken as
+// missing (a miss moves a pull on to the next cache quietly, or reports
+// a hole). It is asked for again, and the read fails naming it when the
+// server never answers for it.
+func TestBatchReadFromALyingServer(t *testing.T) {
+	kept, lost := []byte("a blob the server answers for"), []byte("a blob the answer leaves out")
+	dk, dl := digest.NewFromBlob(kept), digest.NewFromBlob(lost)
+	for _, times := range []int64{1, 0} { // once, then for ever
+		t.Run(fmt.Sprintf("calls=%d", times), func(t *testing.T) {
+			calls, onCall := countCalls("BatchReadBlobs")
+			liar := lying(t, testenv.ProxyFaults{Unanswered: map[string]bool{dl.Hash: true}, UnansweredCalls: times, OnCall: onCall}, kept, lost)
+			found, missing, err := liar.BatchRead(context.Background(), []digest.Digest{dk, dl})
+			if times == 0 {
+				if err == nil || !strings.Contains(err.Error(), dl.String()) || !strings.Contains(err.Error(), "liar") {
+					t.Errorf("BatchRead from a server that never answers for %s: %d found, missing %v, %v; want an error naming the cache and the blob", dl, len(found), missing, err)
+				}
+			} else if err != nil || len(missing) > 0 || !bytes.Equal(found[dl], lost) || !bytes.Equal(found[dk], kept) {
+				t.Errorf("BatchRead from a server that left a blob out once: %d found, missing %v, %v; want both found", len(found), missing, err)
+			}
+			if n := calls.Load(); n != 2 {
+				t.Errorf("%d BatchReadBlobs calls; want 2", n)
+			}
+		})
+	}
+}
+
+// A FindMissingBlobs answer naming a missing blob twice and one nobody
+// asked about (a server merging its backends' answers carelessly): the
+// caller hears of each missing blob it asked about once, and an upload
+// sends only that, once.
+func TestFindMissingFromALyingServer(t *testing.T) {
+	held, lacked := []byte("a blob the server holds"), []byte("a blob the server lacks")
+	dh, dl := digest.NewFromBlob(held), digest.NewFromBlob(lacked)
+	liar := lying(t, testenv.ProxyFaults{MissingLies: true}, held)
+	missing, err := liar.FindMissing(context.Background(), []digest.Digest{dh, dl})
+	if err != nil || !slices.Equal(missing, []digest.Digest{dl}) {
+		t.Errorf("FindMissing: %v, %v; want only %s", missing, err, dl)
+	}
+	blobs := map[digest.Digest][]byte{dh: held, dl: lacked}
+	sent, bytes, err := liar.Upload(context.Background(), []digest.Digest{dh, dl}, testenv.MemoryOpener(blobs), 4)
+	if err != nil || !slices.Equal(sent, []digest.Digest{dl}) || bytes != dl.Size {
+		t.Errorf("Upload: sent %v, %d bytes, %v; want %s once", sent, bytes, err, dl)
 	}
 }

@@ -130,8 +130,10 @@ func (r *Remote) Capabilities(ctx context.Context) (*repb.ServerCapabilities, er
 	return resp, err
 }
 
-// FindMissing returns the digests the cache does not have. Large queries
-// are split so no message passes the gRPC size limit.
+// FindMissing returns the digests the cache does not have, each once and
+// in the order asked. Large queries are split so no message passes the
+// gRPC size limit. A digest the answer names that was not asked about is
+// dropped: it is nothing the caller lacks or has to send.
 func (r *Remote) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
 	if len(ds) == 0 {
 		return nil, nil
@@ -141,8 +143,36 @@ func (r *Remote) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.
 		missing, err = r.sdk.MissingBlobs(ctx, ds)
 		return err
 	})
-	return missing, err
+	if err != nil {
+		return nil, err
+	}
+	return onlyAsked(ds, missing), nil
 }
+
+// onlyAsked keeps those of answer that ds holds, each once, in ds's order.
+func onlyAsked(ds, answer []digest.Digest) []digest.Digest {
+	if len(answer) == 0 {
+		return nil
+	}
+	named := make(map[digest.Digest]bool, len(answer))
+	for _, d := range answer {
+		named[d] = true
+	}
+	out := answer[:0] // named holds the answer now
+	for _, d := range ds {
+		if named[d] {
+			out = append(out, d)
+			delete(named, d)
+		}
+	}
+	return out
+}
+
+// errUnanswered is wrapped when a batch answer says nothing of a blob the
+// call sent or asked for, or answers for it more than once: the server
+// did not say that it stored it, or what it holds. Like a blob refused for
+// now, it is asked again under the retry policy.
+var errUnanswered = errors.New("the server's answer does not account for it")
 
 // BatchRead reads small blobs in one call as BatchReadEach does, into
 // memory of their own: found holds only verified data, missing the
@@ -165,7 +195,9 @@ func (r *Remote) BatchRead(ctx context.Context, ds []digest.Digest) (found map[d
 // download reuses), and an error of fn ends the call with it. Every blob
 // is checked against its digest before any is handed on: one that fails
 // verification makes the whole call fail with ErrCorrupt. It returns the
-// digests the server said it lacks.
+// digests the server said it lacks. An answer that leaves a blob out is
+// asked for again under the retry policy, then fails naming the blob; one
+// for a blob not asked for, or a second one for a blob, is dropped.
 //
 // A batch the cache refuses as too large is split in two and the cache's
 // batch limit halved for the rest of the run; a single blob still too
@@ -201,50 +233,54 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 	}
 	resp := &heldBatch{}
 	defer resp.free()
-	err = r.call(ctx, "BatchReadBlobs", true, func(ctx context.Context) (err error) {
-		return r.cc.Invoke(ctx, batchReadMethod, req, resp)
-	})
-	if err != nil {
-		return nil, err
-	}
 	type blob struct {
 		d    digest.Digest
 		data []byte
 	}
 	var found []blob
 	asked := setOf(ds)
-	answered := make(map[digest.Digest]bool, len(ds))
-	for _, br := range resp.GetResponses() {
-		d := digest.NewFromProtoUnvalidated(br.GetDigest())
-		if !asked[d] || answered[d] {
-			continue // a blob nobody asked for, or sent twice, is dropped
+	err = r.call(ctx, "BatchReadBlobs", true, func(ctx context.Context) error {
+		found, missing = found[:0], missing[:0]
+		if err := r.cc.Invoke(ctx, batchReadMethod, req, resp); err != nil {
+			return err
 		}
-		answered[d] = true
-		switch c := codes.Code(br.GetStatus().GetCode()); c {
-		case codes.OK:
-			data, err := batchEntry(br, d)
-			if err != nil {
-				return nil, r.wrap("BatchReadBlobs", err)
+		answered := make(map[digest.Digest]bool, len(ds))
+		for _, br := range resp.GetResponses() {
+			d := digest.NewFromProtoUnvalidated(br.GetDigest())
+			if !asked[d] || answered[d] {
+				continue // a blob nobody asked for, or sent twice, is dropped
 			}
-			if got := digest.NewFromBlob(data); got != d {
-				return nil, r.wrap("BatchReadBlobs", fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, got.Size, got.Hash))
+			answered[d] = true
+			switch c := codes.Code(br.GetStatus().GetCode()); c {
+			case codes.OK:
+				data, err := batchEntry(br, d)
+				if err != nil {
+					return err
+				}
+				if got := digest.NewFromBlob(data); got != d {
+					return fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, got.Size, got.Hash)
+				}
+				found = append(found, blob{d, data})
+			case codes.NotFound:
+				missing = append(missing, d)
+			default:
+				return fmt.Errorf("blob %s: %w", d, status.ErrorProto(br.GetStatus()))
 			}
-			found = append(found, blob{d, data})
-		case codes.NotFound:
-			missing = append(missing, d)
-		default:
-			return nil, r.wrap("BatchReadBlobs", status.ErrorProto(br.GetStatus()))
 		}
+		for _, d := range ds {
+			if !answered[d] {
+				// Left out, it is neither given nor said to be missing.
+				return fmt.Errorf("blob %s: %w", d, errUnanswered)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	for _, b := range found {
 		if err := fn(b.d, b.data); err != nil {
 			return nil, err
-		}
-	}
-	for _, d := range ds {
-		if !answered[d] {
-			// A server that leaves a blob out has not given it to us.
-			missing = append(missing, d)
 		}
 	}
 	return missing, nil
@@ -432,7 +468,11 @@ func (r *Remote) BatchUpdate(ctx context.Context, blobs map[digest.Digest][]byte
 // reason worth another attempt (RESOURCE_EXHAUSTED: a server under a quota
 // that is full for now; UNAVAILABLE) is sent again, alone with the others
 // so refused, under the same retry policy as a failed call: the call
-// succeeded, but the blob was not stored.
+// succeeded, but the blob was not stored. So is a blob the answer does not
+// account for (left out, perhaps with a second answer for another blob or
+// one for a digest not sent in its place, or answered twice in ways that
+// disagree): nothing says it was stored.
+// Once the attempts are spent, the error names the blob.
 func (r *Remote) batchUpdate(ctx context.Context, blobs map[digest.Digest][]byte) error {
 	pending := make(map[digest.Digest]*repb.BatchUpdateBlobsRequest_Request, len(blobs))
 	for d, data := range blobs {
@@ -444,15 +484,33 @@ func (r *Remote) batchUpdate(ctx context.Context, blobs map[digest.Digest][]byte
 		if err != nil {
 			return err
 		}
-		var again error
+		answers := make(map[digest.Digest]error, len(pending))
 		for _, br := range resp.GetResponses() {
+			d := digest.NewFromProtoUnvalidated(br.GetDigest())
+			if _, sent := pending[d]; !sent {
+				continue // says nothing of the blobs sent
+			}
 			err := status.ErrorProto(br.GetStatus())
+			if prev, twice := answers[d]; twice && (errors.Is(prev, errUnanswered) || status.Code(prev) != status.Code(err)) {
+				err = errUnanswered // answers that disagree: which holds?
+			}
+			answers[d] = err
+		}
+		var again error
+		for d := range pending {
+			err, answered := answers[d]
 			switch {
+			case !answered:
+				err = errUnanswered
 			case err == nil:
-				delete(pending, digest.NewFromProtoUnvalidated(br.GetDigest()))
-			case !shouldRetry(err, true):
+				delete(pending, d)
+				continue
+			}
+			err = fmt.Errorf("blob %s: %w", d, err)
+			if !shouldRetry(err, true) {
 				return err
-			case again == nil:
+			}
+			if again == nil {
 				again = err
 			}
 		}

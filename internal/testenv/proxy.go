@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,23 @@ type ProxyFaults struct {
 	// BatchExtra adds to every BatchReadBlobs answer a blob nobody asked
 	// for.
 	BatchExtra []byte
+	// Unanswered names blobs, by hash, that batch answers do not account
+	// for, as a server that loses track of part of a batch: a
+	// BatchUpdateBlobs request goes on without them (the backend never
+	// stores them) and its answer stands for them as Answer says; a
+	// BatchReadBlobs answer leaves them out.
+	Unanswered map[string]bool
+	// Answer is what a BatchUpdateBlobs answer says in place of the
+	// blobs it does not account for: "" nothing, "twice" a second OK for
+	// another blob of the batch, "other" an OK for a digest not sent.
+	Answer string
+	// UnansweredCalls, when more than 0, is how many batch calls lose
+	// blobs (Unanswered); the calls after answer for every blob.
+	UnansweredCalls int64
+	// MissingLies makes FindMissingBlobs answers name each missing digest
+	// twice and one more that nobody asked about, as a server merging
+	// the answers of several backends carelessly.
+	MissingLies bool
 	// UnavailableFetches answers the first N FetchDirectory calls that name
 	// a URI (not the probe's) with UNAVAILABLE, as a server restarting.
 	UnavailableFetches int64
@@ -151,6 +169,7 @@ type proxy struct {
 	routes map[string]*grpc.ClientConn
 	pages  atomic.Int64
 	failed atomic.Int64
+	lost   atomic.Int64 // batch calls that lost blobs
 	cut    atomic.Bool
 }
 
@@ -195,6 +214,7 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 		return err
 	}
 	firstc := make(chan []byte, 1) // the first request, for answers that depend on it
+	lose := p.loses(method)
 	errc := make(chan error, 1)
 	cutting := method == "/google.bytestream.ByteStream/Write" && p.faults.CutWrite > 0
 	go func() {
@@ -215,6 +235,9 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 					errc <- err
 					cancel()
 					return
+				}
+				if lose {
+					msg = p.withoutLost(msg)
 				}
 			}
 			carried += int64(len(msg))
@@ -252,6 +275,9 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 			}
 		}
 		msg = p.alter(method, first, msg, n)
+		if lose {
+			msg = p.unanswer(method, first, msg)
+		}
 		if err := ss.SendMsg(&msg); err != nil {
 			return err
 		}
@@ -295,6 +321,74 @@ func (p *proxy) refuse(method string, req []byte) error {
 	return nil
 }
 
+// loses says whether this call is a batch call that loses the blobs
+// named in Unanswered.
+func (p *proxy) loses(method string) bool {
+	if len(p.faults.Unanswered) == 0 || method != batchUpdateMethod && method != batchReadMethod {
+		return false
+	}
+	return p.faults.UnansweredCalls <= 0 || p.lost.Add(1) <= p.faults.UnansweredCalls
+}
+
+const (
+	batchUpdateMethod = "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs"
+	batchReadMethod   = "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs"
+)
+
+// withoutLost is a BatchUpdateBlobs request without the blobs it loses.
+func (p *proxy) withoutLost(req []byte) []byte {
+	var q repb.BatchUpdateBlobsRequest
+	if proto.Unmarshal(req, &q) != nil {
+		return req
+	}
+	q.Requests = slices.DeleteFunc(q.Requests, func(r *repb.BatchUpdateBlobsRequest_Request) bool {
+		return p.faults.Unanswered[r.GetDigest().GetHash()]
+	})
+	out, _ := proto.Marshal(&q)
+	return out
+}
+
+// unanswer makes a batch answer say nothing true of the blobs lost: a
+// read's answer leaves them out, an update's stands for them as Answer
+// says.
+func (p *proxy) unanswer(method string, req, resp []byte) []byte {
+	if method == batchReadMethod {
+		var r repb.BatchReadBlobsResponse
+		if proto.Unmarshal(resp, &r) != nil {
+			return resp
+		}
+		r.Responses = slices.DeleteFunc(r.Responses, func(e *repb.BatchReadBlobsResponse_Response) bool {
+			return p.faults.Unanswered[e.GetDigest().GetHash()]
+		})
+		out, _ := proto.Marshal(&r)
+		return out
+	}
+	var q repb.BatchUpdateBlobsRequest
+	var r repb.BatchUpdateBlobsResponse
+	if proto.Unmarshal(req, &q) != nil || proto.Unmarshal(resp, &r) != nil {
+		return resp
+	}
+	for _, e := range q.GetRequests() {
+		h := e.GetDigest().GetHash()
+		if !p.faults.Unanswered[h] {
+			continue
+		}
+		switch p.faults.Answer {
+		case "twice":
+			if len(r.Responses) > 0 {
+				r.Responses = append(r.Responses, proto.Clone(r.Responses[0]).(*repb.BatchUpdateBlobsResponse_Response))
+			}
+		case "other":
+			other := sha256.Sum256([]byte(h))
+			r.Responses = append(r.Responses, &repb.BatchUpdateBlobsResponse_Response{
+				Digest: &repb.Digest{Hash: hex.EncodeToString(other[:]), SizeBytes: e.GetDigest().GetSizeBytes()}, Status: &spb.Status{},
+			})
+		}
+	}
+	out, _ := proto.Marshal(&r)
+	return out
+}
+
 // alter applies the faults to one response.
 func (p *proxy) alter(method string, req, resp []byte, n int) []byte {
 	switch method {
@@ -308,6 +402,11 @@ func (p *proxy) alter(method string, req, resp []byte, n int) []byte {
 			if p.faults.Hide[d.GetHash()] {
 				r.MissingBlobDigests = append(r.MissingBlobDigests, d)
 			}
+		}
+		if p.faults.MissingLies {
+			unasked := sha256.Sum256(req)
+			r.MissingBlobDigests = append(append(r.MissingBlobDigests, r.MissingBlobDigests...),
+				&repb.Digest{Hash: hex.EncodeToString(unasked[:]), SizeBytes: 1})
 		}
 		out, _ := proto.Marshal(&r)
 		return out
