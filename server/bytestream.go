@@ -532,7 +532,11 @@ func (b byteStream) checkSpace(ctx context.Context, d digest.Digest) (release fu
 	}
 	if b.quota != nil {
 		// Parked uploads are disk too: they count against the quota.
-		return b.quota.admit(ctx, d.Size, b.uploads.parkedSize(), clientOf(ctx))
+		res, err := b.quota.admit(ctx, d.Size, b.uploads.parkedSize(), clientOf(ctx), new(time.Time))
+		if err != nil {
+			return nil, err
+		}
+		return res.release, nil
 	}
 	return release, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -156,6 +157,8 @@ func (s *Server) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsReq
 }
 
 // BatchUpdateBlobs stores small blobs whose data matches their digests.
+// Those the store lacks are admitted under the quota together (putBatch):
+// a batch waits for room once, not once a blob.
 func (s *Server) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlobsRequest) (*repb.BatchUpdateBlobsResponse, error) {
 	if err := s.checkWrite(); err != nil {
 		return nil, err
@@ -175,22 +178,95 @@ func (s *Server) BatchUpdateBlobs(ctx context.Context, req *repb.BatchUpdateBlob
 	if err := s.checkBatch(max(total, inflated)); err != nil {
 		return nil, err
 	}
-	resp := &repb.BatchUpdateBlobsResponse{}
-	for _, r := range req.GetRequests() {
-		dg, err := parseDigest(r.GetDigest())
-		data := r.GetData()
-		if err == nil {
-			data, err = inflate(r, dg)
+	reqs := req.GetRequests()
+	blobs := make([]batchBlob, len(reqs))
+	firstOf := make(map[digest.Digest]int, len(reqs))
+	var fresh []int
+	for i, r := range reqs {
+		b := &blobs[i]
+		b.first = i
+		b.d, b.err = parseDigest(r.GetDigest())
+		if b.err == nil {
+			b.data, b.err = inflate(r, b.d)
 		}
-		if err == nil {
-			s.count.moved(In, encodingOf(r.GetCompressor()), int64(len(data)), int64(len(r.GetData())))
+		if b.err != nil {
+			continue
 		}
-		if err == nil {
-			err = s.putBytes(ctx, dg, data)
+		s.count.moved(In, encodingOf(r.GetCompressor()), int64(len(b.data)), int64(len(r.GetData())))
+		// Wrong data is wrong whether or not the server has the blob.
+		if got := digest.NewFromBlob(b.data); got != b.d {
+			b.err = status.Errorf(codes.InvalidArgument, "data for %s hashes to %s", b.d, got)
+			continue
 		}
-		resp.Responses = append(resp.Responses, &repb.BatchUpdateBlobsResponse_Response{Digest: r.GetDigest(), Status: blobStatus(err)})
+		if j, ok := firstOf[b.d]; ok {
+			b.first = j // sent twice: stored once
+			continue
+		}
+		firstOf[b.d] = i
+		if ok, err := s.store.Has(b.d); err == nil && ok {
+			s.touch(b.d)
+			continue
+		}
+		fresh = append(fresh, i)
+	}
+	s.putBatch(ctx, blobs, fresh)
+	resp := &repb.BatchUpdateBlobsResponse{Responses: make([]*repb.BatchUpdateBlobsResponse_Response, len(reqs))}
+	for i, r := range reqs {
+		err := blobs[i].err
+		if err == nil {
+			err = blobs[blobs[i].first].err
+		}
+		resp.Responses[i] = &repb.BatchUpdateBlobsResponse_Response{Digest: r.GetDigest(), Status: blobStatus(err)}
 	}
 	return resp, nil
+}
+
+// batchBlob is one entry of a batch upload: its blob, checked, and what
+// became of it.
+type batchBlob struct {
+	d     digest.Digest
+	data  []byte
+	err   error
+	first int // the entry that came first with the same digest (its own index if none)
+}
+
+// putBatch stores the blobs of a batch upload the store lacks (fresh,
+// indexes in blobs), setting the err of those it could not, and accounts
+// for them as uploads of the client ctx is a call of. Under a quota they
+// are admitted together, as one reservation (in parts of at most a tenth
+// of the quota, the room eviction leaves below the limit, so that no part
+// is too large ever to fit), and the parts share one wait for room: a
+// batch on a full store waits admitWait once, not once a blob.
+func (s *Server) putBatch(ctx context.Context, blobs []batchBlob, fresh []int) {
+	client := clientOf(ctx)
+	var until time.Time
+	for len(fresh) > 0 {
+		n, size := 1, blobs[fresh[0]].d.Size
+		for ; n < len(fresh) && (s.quota == nil || size+blobs[fresh[n]].d.Size <= s.quota.limit/10); n++ {
+			size += blobs[fresh[n]].d.Size
+		}
+		part := fresh[:n]
+		fresh = fresh[n:]
+		var res *reservation
+		if s.quota != nil {
+			var err error
+			if res, err = s.quota.admit(ctx, size, 0, client, &until); err != nil {
+				for _, i := range part {
+					blobs[i].err = err
+				}
+				continue
+			}
+		}
+		for _, i := range part {
+			b := &blobs[i]
+			if b.err = s.store.PutBytes(b.d, b.data); b.err == nil {
+				s.stored(b.d, client)
+			}
+			if res != nil {
+				res.settle(b.d.Size) // stored (accounted) or failed
+			}
+		}
+	}
 }
 
 // encodingOf is the Encoding a batch entry's compressor names.
@@ -209,32 +285,6 @@ func inflate(r *repb.BatchUpdateBlobsRequest_Request, d digest.Digest) ([]byte, 
 		return nil, status.Errorf(codes.InvalidArgument, "blob %s: %v (supported_batch_update_compressors: ZSTD)", d, err)
 	}
 	return data, nil
-}
-
-// putBytes stores a verified blob and accounts for it as the upload of
-// the client ctx is a call of.
-func (s *Server) putBytes(ctx context.Context, d digest.Digest, data []byte) error {
-	client := clientOf(ctx)
-	// Wrong data is wrong whether or not the server has the blob.
-	if got := digest.NewFromBlob(data); got != d {
-		return status.Errorf(codes.InvalidArgument, "data for %s hashes to %s", d, got)
-	}
-	if ok, err := s.store.Has(d); err == nil && ok {
-		s.touch(d)
-		return nil
-	}
-	if s.quota != nil {
-		release, err := s.quota.admit(ctx, d.Size, 0, client)
-		if err != nil {
-			return err
-		}
-		defer release() // once stored (accounted) or failed
-	}
-	if err := s.store.PutBytes(d, data); err != nil {
-		return err
-	}
-	s.stored(d, client)
-	return nil
 }
 
 // blobStatus maps an error to a per-blob status.

@@ -1019,8 +1019,10 @@ func (q *quota) beingRemoved(ds []digest.Digest) []digest.Digest {
 // ends only the leases of clients that left blobs unnamed too.
 //
 // aside is what else the store holds outside the account (parked uploads):
-// it counts, but is not reserved.
-func (q *quota) admit(ctx context.Context, n, aside int64, who string) (release func(), err error) {
+// it counts, but is not reserved. until is when the wait for room ends:
+// zero until a wait begins, which sets it admitWait later. Uploads that
+// share it (the parts of one batch: see admitBatch) wait once in all.
+func (q *quota) admit(ctx context.Context, n, aside int64, who string, until *time.Time) (*reservation, error) {
 	// A client that gives up stops the wait at once.
 	stop := context.AfterFunc(ctx, q.wake)
 	defer stop()
@@ -1063,24 +1065,24 @@ func (q *quota) admit(ctx context.Context, n, aside int64, who string) (release 
 			q.mu.Unlock()
 		}
 	}()
-	var deadline time.Time
 	for step := 0; ; step++ {
 		over, err := reserve()
 		if err != nil {
 			return nil, err
 		}
 		if over <= 0 {
-			return func() {
-				q.mu.Lock()
-				q.reserved -= n
-				q.changed.Broadcast()
-				q.mu.Unlock()
-			}, nil
+			return &reservation{q: q, n: n}, nil
 		}
 		if step >= 2 { // wait for room, a while
-			if deadline.IsZero() {
-				deadline = time.Now().Add(admitWait)
-				wake := time.AfterFunc(admitWait, q.wake)
+			if until.IsZero() {
+				*until = time.Now().Add(admitWait)
+			}
+			deadline := *until
+			if !time.Now().Before(deadline) {
+				return nil, status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes more than its hard cap, of a %d-byte quota, stored or being uploaded, all in use by clients, after %s): try again shortly", over, q.limit, admitWait)
+			}
+			if !waited {
+				wake := time.AfterFunc(time.Until(deadline), q.wake)
 				defer wake.Stop()
 				q.mu.Lock()
 				waited = true
@@ -1089,9 +1091,6 @@ func (q *quota) admit(ctx context.Context, n, aside int64, who string) (release 
 					q.waitingFirst += n
 				}
 				q.mu.Unlock()
-			}
-			if !time.Now().Before(deadline) {
-				return nil, status.Errorf(codes.ResourceExhausted, "the server is full (%d bytes more than its hard cap, of a %d-byte quota, stored or being uploaded, all in use by clients, after %s): try again shortly", over, q.limit, admitWait)
 			}
 			// The deadline and ctx are read again under the lock their
 			// broadcasts take: read before it, a broadcast could come
@@ -1111,6 +1110,28 @@ func (q *quota) admit(ctx context.Context, n, aside int64, who string) (release 
 		q.evict(time.Now(), n+aside)
 	}
 }
+
+// reservation is room admit reserved for uploads not stored yet. Its
+// methods are for the one goroutine that stores them.
+type reservation struct {
+	q *quota
+	n int64 // bytes still reserved
+}
+
+// settle gives back the room of n bytes of it: an upload it was for is
+// stored (and in the account now) or failed.
+func (r *reservation) settle(n int64) {
+	q := r.q
+	q.mu.Lock()
+	n = min(n, r.n)
+	r.n -= n
+	q.reserved -= n
+	q.changed.Broadcast()
+	q.mu.Unlock()
+}
+
+// release gives back what is left of it.
+func (r *reservation) release() { r.settle(r.n) }
 
 // wake wakes the uploads waiting for room, to look again.
 func (q *quota) wake() {

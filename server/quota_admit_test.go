@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -138,5 +139,58 @@ func TestQuotaCancelledUploadStopsWaiting(t *testing.T) {
 	}
 	if st := srv.Stats().Quota; st.Waiting != 0 || st.Reserved != 0 {
 		t.Errorf("after the cancelled upload: %d bytes waiting, %d reserved; want none", st.Waiting, st.Reserved)
+	}
+}
+
+// A batch upload on a full store is admitted as one reservation and waits
+// for room once (serve's admitWait, 5 s), not once a blob: a batch of 30
+// blobs whose leases hold every object is refused whole after one wait
+// (it waited 5 s a blob, 150 s, before), even when it is larger than a
+// tenth of the quota and admitted in parts; one that room frees for
+// during the wait is stored whole. Either way no room stays reserved.
+func TestQuotaBatchWaitsOnce(t *testing.T) {
+	const admitWait = 5 * time.Second
+	for _, c := range []struct {
+		name  string
+		lease time.Duration
+		want  codes.Code
+	}{
+		{"refused", time.Hour, codes.ResourceExhausted},
+		{"admitted", 2 * time.Second, codes.OK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			addr, _, srv := startServer(t, server.Options{Store: fullStore(t), AllowWrites: true, Quota: 200 << 10, Lease: c.lease})
+			waitKnown(t, srv)
+			req := &repb.BatchUpdateBlobsRequest{}
+			for i := range 30 { // 30 KiB: two parts of at most 20 KiB
+				b := make([]byte, 1<<10)
+				copy(b, fmt.Sprint("batch blob ", i))
+				req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: digest.NewFromBlob(b).ToProto(), Data: b})
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 4*admitWait)
+			defer cancel()
+			start := time.Now()
+			resp, err := connect(t, addr).cas.BatchUpdateBlobs(ctx, req)
+			took := time.Since(start)
+			if err != nil {
+				t.Fatalf("BatchUpdateBlobs: %v after %s", err, took.Round(time.Millisecond))
+			}
+			t.Logf("a batch of %d blobs on a full store answered after %s", len(req.Requests), took.Round(time.Millisecond))
+			if took > 2*admitWait {
+				t.Errorf("the batch took %s: more than one wait for room (%s)", took.Round(time.Millisecond), admitWait)
+			}
+			for i, r := range resp.GetResponses() {
+				if got := codes.Code(r.GetStatus().GetCode()); got != c.want {
+					t.Errorf("blob %d: %s %q; want %s", i, got, r.GetStatus().GetMessage(), c.want)
+				}
+			}
+			st := srv.Stats().Quota
+			if st.Reserved != 0 || st.Waiting != 0 {
+				t.Errorf("after the batch: %d bytes reserved, %d waiting; want none", st.Reserved, st.Waiting)
+			}
+			if st.Bytes > st.Limit+st.Limit/20 {
+				t.Errorf("the store holds %d bytes, past its hard cap", st.Bytes)
+			}
+		})
 	}
 }

@@ -49,13 +49,13 @@ func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
 
 	// The push's upload holds the room it is given until the end.
 	type admitted struct {
-		release func()
-		err     error
+		res *reservation
+		err error
 	}
 	pushed := make(chan admitted, 1)
 	go func() {
-		release, err := q.admit(context.Background(), 10<<10, 0, push)
-		pushed <- admitted{release, err}
+		res, err := q.admit(context.Background(), 10<<10, 0, push, new(time.Time))
+		pushed <- admitted{res, err}
 	}()
 	for deadline := time.Now().Add(5 * time.Second); q.stats().Waiting == 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -68,9 +68,9 @@ func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
 	q.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	release, err := q.admit(ctx, 10<<10, 0, loose)
+	res, err := q.admit(ctx, 10<<10, 0, loose, new(time.Time))
 	if err == nil {
-		release()
+		res.release()
 		t.Error("the loose writer's upload took the room the push's waited for")
 	}
 	select {
@@ -78,7 +78,7 @@ func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
 		if a.err != nil {
 			t.Errorf("the push's upload: %v", a.err)
 		} else {
-			a.release()
+			a.res.release()
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the push's upload still waits")
