@@ -236,8 +236,9 @@ func (p *proxy) handle(_ any, ss grpc.ServerStream) error {
 					cancel()
 					return
 				}
-				if lose {
-					msg = p.withoutLost(msg)
+				if lose && method == batchUpdateMethod {
+					var q repb.BatchUpdateBlobsRequest
+					msg = withoutLost(p, msg, &q, &q.Requests)
 				}
 			}
 			carried += int64(len(msg))
@@ -335,16 +336,14 @@ const (
 	batchReadMethod   = "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs"
 )
 
-// withoutLost is a BatchUpdateBlobs request without the blobs it loses.
-func (p *proxy) withoutLost(req []byte) []byte {
-	var q repb.BatchUpdateBlobsRequest
-	if proto.Unmarshal(req, &q) != nil {
-		return req
+// withoutLost is msg, decoded into m, without the entries of *entries
+// (a list in m) for the blobs batch calls lose.
+func withoutLost[E interface{ GetDigest() *repb.Digest }](p *proxy, msg []byte, m proto.Message, entries *[]E) []byte {
+	if proto.Unmarshal(msg, m) != nil {
+		return msg
 	}
-	q.Requests = slices.DeleteFunc(q.Requests, func(r *repb.BatchUpdateBlobsRequest_Request) bool {
-		return p.faults.Unanswered[r.GetDigest().GetHash()]
-	})
-	out, _ := proto.Marshal(&q)
+	*entries = slices.DeleteFunc(*entries, func(e E) bool { return p.faults.Unanswered[e.GetDigest().GetHash()] })
+	out, _ := proto.Marshal(m)
 	return out
 }
 
@@ -354,14 +353,7 @@ func (p *proxy) withoutLost(req []byte) []byte {
 func (p *proxy) unanswer(method string, req, resp []byte) []byte {
 	if method == batchReadMethod {
 		var r repb.BatchReadBlobsResponse
-		if proto.Unmarshal(resp, &r) != nil {
-			return resp
-		}
-		r.Responses = slices.DeleteFunc(r.Responses, func(e *repb.BatchReadBlobsResponse_Response) bool {
-			return p.faults.Unanswered[e.GetDigest().GetHash()]
-		})
-		out, _ := proto.Marshal(&r)
-		return out
+		return withoutLost(p, resp, &r, &r.Responses)
 	}
 	var q repb.BatchUpdateBlobsRequest
 	var r repb.BatchUpdateBlobsResponse
