@@ -99,11 +99,12 @@ const DefaultReadLease = 2 * time.Minute
 // its blobs within seconds), and evicts again; then it waits for room a
 // while (admitWait: uploads in progress end, pushes name theirs; less if
 // its client gives up), and is refused with RESOURCE_EXHAUSTED only when
-// the leases left leave none. Uploads of clients that left blobs unnamed
-// come last: they leave the room the others' waiting uploads need to
-// them, and end only the leases of clients that left blobs unnamed too.
-// A client refused (a whole call, or a blob of a batch) tries again after
-// its retry-delay.
+// the leases left leave none. A batch upload's blobs are admitted
+// together, as one reservation, and wait once (see putBatch). Uploads of
+// clients that left blobs unnamed come last: they leave the room the
+// others' waiting uploads need to them, and end only the leases of
+// clients that left blobs unnamed too. A client refused (a whole call, or
+// the blobs of a batch) tries again after its retry-delay.
 //
 // bazel-remote and Buildbarn have no leases: bazel-remote evicts blobs by
 // LRU as it writes, Buildbarn's local storage by FIFO over blocks, so a

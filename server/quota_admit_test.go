@@ -143,11 +143,11 @@ func TestQuotaCancelledUploadStopsWaiting(t *testing.T) {
 }
 
 // A batch upload on a full store is admitted as one reservation and waits
-// for room once (serve's admitWait, 5 s), not once a blob: a batch of 30
-// blobs whose leases hold every object is refused whole after one wait
-// (it waited 5 s a blob, 150 s, before), even when it is larger than a
-// tenth of the quota and admitted in parts; one that room frees for
-// during the wait is stored whole. Either way no room stays reserved.
+// for room once (serve's admitWait, 5 s), not once a blob: a batch of 50
+// blobs on a store whose leases hold every object is refused whole after
+// one wait (it waited 5 s a blob, 250 s, before), even when it is larger
+// than a tenth of the quota and admitted in parts; one that room frees
+// for during the wait is stored whole. Either way no room stays reserved.
 func TestQuotaBatchWaitsOnce(t *testing.T) {
 	const admitWait = 5 * time.Second
 	for _, c := range []struct {
@@ -162,7 +162,7 @@ func TestQuotaBatchWaitsOnce(t *testing.T) {
 			addr, _, srv := startServer(t, server.Options{Store: fullStore(t), AllowWrites: true, Quota: 200 << 10, Lease: c.lease})
 			waitKnown(t, srv)
 			req := &repb.BatchUpdateBlobsRequest{}
-			for i := range 30 { // 30 KiB: two parts of at most 20 KiB
+			for i := range 50 { // 50 KiB: three parts of at most 20 KiB
 				b := make([]byte, 1<<10)
 				copy(b, fmt.Sprint("batch blob ", i))
 				req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: digest.NewFromBlob(b).ToProto(), Data: b})
