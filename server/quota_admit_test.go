@@ -194,3 +194,40 @@ func TestQuotaBatchWaitsOnce(t *testing.T) {
 		})
 	}
 }
+
+// A batch upload waiting for room waits for all its blobs at once (one
+// reservation: the room series shows the whole part waiting, not one
+// blob), and gives the room up as soon as its client cancels the call.
+func TestQuotaBatchWaitsAsOne(t *testing.T) {
+	addr, _, srv := startServer(t, server.Options{Store: fullStore(t), AllowWrites: true, Quota: 200 << 10, Lease: time.Hour})
+	waitKnown(t, srv)
+	req := &repb.BatchUpdateBlobsRequest{}
+	for i := range 30 { // a first part of 20 KiB (a tenth of the quota), then 10 KiB
+		b := make([]byte, 1<<10)
+		copy(b, fmt.Sprint("waiting blob ", i))
+		req.Requests = append(req.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: digest.NewFromBlob(b).ToProto(), Data: b})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := connect(t, addr).cas.BatchUpdateBlobs(ctx, req)
+		done <- err
+	}()
+	for deadline := time.Now().Add(4 * time.Second); srv.Stats().Quota.Waiting != 20<<10; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the batch's first part does not wait as one: %+v", srv.Stats().Quota)
+		}
+	}
+	cancel()
+	<-done
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		st := srv.Stats().Quota
+		if st.Waiting == 0 && st.Reserved == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2 s after its client cancelled it the batch holds %d bytes waiting, %d reserved", st.Waiting, st.Reserved)
+		}
+	}
+}
