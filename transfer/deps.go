@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
@@ -22,6 +23,11 @@ var ErrRunDeps = errors.New("for refs, --deps follows the build dependencies art
 // does not say), BuildStream 2's Artifact.build_deps. Metadata comes from
 // the local store, else from the caches (read, not stored). A ref whose
 // metadata is nowhere stays in the list and the transfer reports it.
+//
+// The refs come breadth first, as a queue would hand them out, and the
+// metadata of each level is read lookahead() refs at a time: the round
+// trips of a level overlap, so a slow link costs a few round trips a
+// level, not a few a ref. The first error in that order is returned.
 func (e *Engine) Expand(ctx context.Context, refs []string, deps buildstream.Deps) ([]string, error) {
 	ctx = e.Events.bind(ctx)
 	switch deps {
@@ -32,28 +38,42 @@ func (e *Engine) Expand(ctx context.Context, refs []string, deps buildstream.Dep
 	}
 	seen := map[string]bool{}
 	var out []string
-	queue := append([]string(nil), refs...)
-	for len(queue) > 0 {
-		ref := queue[0]
-		queue = queue[1:]
-		if seen[ref] {
-			continue
+	for level := refs; len(level) > 0; {
+		// Each ref once, where it first comes.
+		var todo []string
+		for _, ref := range level {
+			if !seen[ref] {
+				seen[ref] = true
+				todo = append(todo, ref)
+			}
 		}
-		seen[ref] = true
-		out = append(out, ref)
-		ds, err := e.dependencies(ctx, ref)
-		if errors.Is(err, errNoMeta) {
-			continue
+		found := make([][]buildstream.Dependency, len(todo))
+		errs := make([]error, len(todo))
+		var g errgroup.Group
+		g.SetLimit(e.lookahead())
+		for i, ref := range todo {
+			g.Go(func() error {
+				found[i], errs[i] = e.dependencies(ctx, ref)
+				return nil
+			})
 		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: reading its dependencies: %w", ref, err)
-		}
-		project, _, _, err := buildstream.SplitRef(ref)
-		if err != nil {
-			return nil, err
-		}
-		for _, d := range ds {
-			queue = append(queue, d.Ref(project))
+		g.Wait()
+		level = nil
+		for i, ref := range todo {
+			out = append(out, ref)
+			if errors.Is(errs[i], errNoMeta) {
+				continue
+			}
+			if errs[i] != nil {
+				return nil, fmt.Errorf("%s: reading its dependencies: %w", ref, errs[i])
+			}
+			project, _, _, err := buildstream.SplitRef(ref)
+			if err != nil {
+				return nil, err
+			}
+			for _, d := range found[i] {
+				level = append(level, d.Ref(project))
+			}
 		}
 	}
 	return out, nil

@@ -81,9 +81,17 @@ func (e *Engine) which(ctx context.Context, refs []string) []Location {
 		}
 	}
 	g.Wait()
+	// Each ref's others are read from its metadata: round trips, asked
+	// for as many refs at once as its state was.
 	for i := range out {
 		out[i].Status = verdict(out[i].Caches)
-		out[i].Refs = e.refsOf(ctx, out[i])
+		g.Go(func() error {
+			out[i].Refs = e.refsOf(ctx, out[i])
+			return nil
+		})
+	}
+	g.Wait()
+	for i := range out {
 		digests := map[string][]string{}
 		var order []string
 		for _, s := range out[i].Caches {
