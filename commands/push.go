@@ -137,17 +137,23 @@ func expandGlobs(c *cli.Context, e *env, kind cache.Kind) (refArgs, error) {
 		return refArgs{}, err
 	}
 	for _, g := range globs {
-		infos, err := store.ListRefs(kind, g)
+		// Walked, not listed: the names go to the spool (refList) as
+		// they come.
+		refs, err := store.MatchRefs(kind, g)
 		if err != nil {
 			return refArgs{}, usageError("%v", err)
 		}
-		if len(infos) == 0 {
-			return refArgs{}, usageError("%q matches no ref in the local store (%s)", g, store.Root())
-		}
-		for _, i := range infos {
-			if err := args.plain.add(i.Name); err != nil {
+		matched := 0
+		for ; refs.Next(); matched++ {
+			if err := args.plain.add(refs.Name()); err != nil {
 				return refArgs{}, err
 			}
+		}
+		if err := refs.Err(); err != nil {
+			return refArgs{}, usageError("%v", err)
+		}
+		if matched == 0 {
+			return refArgs{}, usageError("%q matches no ref in the local store (%s)", g, store.Root())
 		}
 	}
 	return args, nil

@@ -1,7 +1,6 @@
 package commands
 
 import (
-	"crypto/sha256"
 	"fmt"
 
 	"github.com/bst-cache/bst-cache/internal/spool"
@@ -12,20 +11,20 @@ import (
 // spooled (internal/spool: in memory up to a MiB, then in an unnamed
 // temporary file) and read back a batch at a time. So a list of a million
 // refs (pull - of a whole cache's refs) costs a hash of each in memory
-// (refSet, for the duplicates), not the refs, their copies and their
+// (spool.Seen, for the duplicates), not the refs, their copies and their
 // results.
 type refList struct {
-	seen refSet
+	seen spool.Seen
 	text *spool.Strings
 	// extra are the refs admitted beside the list (--deps, element names).
 	extra int
 }
 
-func newRefList() *refList { return &refList{seen: refSet{}, text: spool.New(0)} }
+func newRefList() *refList { return &refList{seen: spool.Seen{}, text: spool.New(0)} }
 
 // add appends ref unless the list has it.
 func (l *refList) add(ref string) error {
-	if !l.seen.add(ref) {
+	if !l.seen.Add(ref) {
 		return nil
 	}
 	if err := l.text.Add(ref); err != nil {
@@ -39,7 +38,7 @@ func (l *refList) len() int { return l.text.Len() }
 // admit says whether a ref a run adds beside the list (a dependency, an
 // element's) is new: neither listed nor admitted before.
 func (l *refList) admit(ref string) bool {
-	if !l.seen.add(ref) {
+	if !l.seen.Add(ref) {
 		return false
 	}
 	l.extra++
@@ -73,22 +72,6 @@ func (l *refList) all() ([]string, error) {
 		return nil
 	})
 	return out, err
-}
-
-// refSet holds refs by a 128-bit hash of their name (SHA-256, cut), 16
-// bytes each: a million names are told apart with a chance of a collision
-// of about one in 10^26.
-type refSet map[[16]byte]struct{}
-
-// add says whether ref was new.
-func (s refSet) add(ref string) bool {
-	sum := sha256.Sum256([]byte(ref))
-	k := [16]byte(sum[:16])
-	if _, ok := s[k]; ok {
-		return false
-	}
-	s[k] = struct{}{}
-	return true
 }
 
 // refBatch is how many refs a transfer takes at a time: its results are

@@ -3,6 +3,7 @@ package commands
 import (
 	"github.com/urfave/cli/v2"
 
+	"github.com/bst-cache/bst-cache/internal/spool"
 	"github.com/bst-cache/bst-cache/transfer"
 )
 
@@ -31,17 +32,29 @@ func rmCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			refs, err := args.expand(c, eng)
-			if err != nil {
+			// A batch at a time; an artifact named by two refs in
+			// different batches is removed once. The report starts with
+			// the first batch: a --deps that cannot be followed fails
+			// before it, as it did before any removal.
+			var r *runReport
+			report := func() error {
+				if r == nil {
+					r, err = newReport(c, e, &progress{}, "rm", len(args.elements) > 0)
+				}
 				return err
 			}
-			results := eng.Remove(c.Context, refs, c.Bool("dry-run"))
-			args.labelResults(results)
-			r, err := newReport(c, e, &progress{}, "rm", len(args.elements) > 0)
-			if err != nil {
+			done := spool.Seen{}
+			if err := args.each(c, eng, func(refs []string) error {
+				if err := report(); err != nil {
+					return err
+				}
+				results := eng.Remove(c.Context, refs, c.Bool("dry-run"), done)
+				args.labelResults(results)
+				return r.add(results, transfer.Stats{})
+			}); err != nil {
 				return err
 			}
-			if err := r.add(results, transfer.Stats{}); err != nil {
+			if err := report(); err != nil {
 				return err
 			}
 			return r.finish(nil)

@@ -58,20 +58,21 @@ func syncCommand() *cli.Command {
 			}
 			glob := prefixPattern(arg)
 			listed := func(c *cli.Context, eng *transfer.Engine, fn func([]string) error) error {
-				refs, err := eng.List(c.Context, eng.Caches[0], glob)
-				if errors.Is(err, remotes.ErrCannotList) {
+				// The listing is spooled (refList) as its pages come.
+				var spoolErr error
+				err := eng.List(c.Context, eng.Caches[0], glob, func(r string) error {
+					spoolErr = args.plain.add(r)
+					return spoolErr
+				})
+				switch {
+				case spoolErr != nil:
+					return spoolErr
+				case errors.Is(err, remotes.ErrCannotList):
 					return fmt.Errorf("%w; give sync the list of what %s holds with --refs-from FILE (or - for stdin), for a bst-artifact-server from bst-cache --local DIR ls where its directory lies", err, from)
-				}
-				if err != nil {
+				case err != nil:
 					return fmt.Errorf("listing %s: %w", from, err)
-				}
-				if len(refs) == 0 {
+				case args.plain.len() == 0:
 					e.warnf("%s holds no refs%s", from, under(arg))
-				}
-				for _, r := range refs {
-					if err := args.plain.add(r); err != nil {
-						return err
-					}
 				}
 				return args.each(c, eng, fn)
 			}

@@ -127,17 +127,21 @@ func (a refArgs) total() int { return a.plain.len() + a.plain.extra }
 // named or added (refList).
 func (a refArgs) each(c *cli.Context, eng *transfer.Engine, fn func([]string) error) error {
 	for _, g := range a.globs {
-		matched, err := eng.Match(c.Context, g)
+		matched := 0
+		var spoolErr error
+		err := eng.Match(c.Context, g, func(r string) error {
+			matched++
+			spoolErr = a.plain.add(r)
+			return spoolErr
+		})
+		if spoolErr != nil {
+			return spoolErr
+		}
 		if err != nil {
 			return usageError("%q: %v", g, err)
 		}
-		if len(matched) == 0 {
+		if matched == 0 {
 			return usageError("%q matches no ref in the local store or in a cache that can list", g)
-		}
-		for _, r := range matched {
-			if err := a.plain.add(r); err != nil {
-				return err
-			}
 		}
 	}
 	// Resolved refs come last, but count from the start; a plain ref

@@ -19,7 +19,7 @@ func TestWhichTableFits(t *testing.T) {
 		{Name: "offline-mirror", Status: transfer.WhereError, Error: "cache offline-mirror (http://x): unreachable"},
 	}
 	locs := []transfer.Location{{Ref: ref, Caches: states}, {Ref: ref + "x", Caches: states}}
-	table := whichTable(locs, 100, false)
+	table := layOut(t, locs, 100)
 	for _, line := range strings.Split(strings.TrimSpace(table), "\n")[:3] {
 		if n := utf8.RuneCountInString(line); n > 100 {
 			t.Errorf("%d columns: %q", n, line)
@@ -28,7 +28,24 @@ func TestWhichTableFits(t *testing.T) {
 	if !strings.Contains(table, "yes") || !strings.Contains(table, "part:12") || strings.Count(table, "unreachable") != 1 || !strings.Contains(table, "…") {
 		t.Errorf("table:\n%s", table)
 	}
-	if piped := whichTable(locs, 0, false); !strings.Contains(piped, ref) {
+	if piped := layOut(t, locs, 0); !strings.Contains(piped, ref) {
 		t.Errorf("a piped table shortened the ref:\n%s", piped)
 	}
+}
+
+// layOut is the which table of locs, a batch at a time, for a terminal
+// width columns wide (0: a pipe).
+func layOut(t *testing.T, locs []transfer.Location, width int) string {
+	t.Helper()
+	table := newWhichTable(false)
+	for _, l := range locs {
+		if err := table.add([]transfer.Location{l}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b strings.Builder
+	if err := table.write(&b, width); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

@@ -26,21 +26,10 @@ type ListedRef struct {
 	Modified time.Time `json:"modified"`
 }
 
-// ListRefs asks a bst-cache serve for its refs of kind ("bst1-artifact",
-// "bst2-artifact", "source") under prefix, following pages (WalkRefs).
-func (r *Remote) ListRefs(ctx context.Context, kind, prefix string) ([]ListedRef, error) {
-	var out []ListedRef
-	err := r.WalkRefs(ctx, []string{kind}, prefix, func(ref ListedRef) error {
-		out = append(out, ref)
-		return nil
-	})
-	return out, err
-}
-
-// WalkRefs hands fn, in name order, the refs of kinds (each asked for as
-// ListRefs asks) under prefix that a bst-cache serve holds, each page as
-// it arrives, the next already asked for: the listings of the kinds are
-// merged, a name held in two coming once for each, in the order of kinds.
+// WalkRefs hands fn, in name order, the refs of kinds ("bst1-artifact",
+// "bst2-artifact", "source") under prefix that a bst-cache serve holds,
+// each page as it arrives, the next already asked for: the listings of the
+// kinds are merged, a name held in two coming once for each, in the order of kinds.
 // Pages must advance (a token at or before the last one is an error) and
 // each listing is bounded. An error fn returns ends the walk.
 func (r *Remote) WalkRefs(ctx context.Context, kinds []string, prefix string, fn func(ListedRef) error) error {

@@ -4,25 +4,28 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"regexp"
 	"slices"
-	"sort"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/spool"
 	"github.com/bst-cache/bst-cache/internal/words"
 	"github.com/bst-cache/bst-cache/remotes"
 )
 
 // Remove deletes refs from the local store, each artifact with all its
 // refs (strong and weak) together. Objects stay until a gc. With dryRun
-// nothing is deleted and the status says "would".
-func (e *Engine) Remove(ctx context.Context, refs []string, dryRun bool) []Result {
+// nothing is deleted and the status says "would". done holds the refs of
+// the artifacts removed (or that would be): a ref in it is passed over,
+// as another ref of an artifact already removed, and a run that removes
+// its refs a batch at a time passes the same done to each call.
+func (e *Engine) Remove(ctx context.Context, refs []string, dryRun bool, done spool.Seen) []Result {
 	var out []Result
-	done := map[string]bool{}
 	for _, ref := range refs {
-		if done[ref] {
+		if done.Has(ref) {
 			continue
 		}
 		res := Result{Ref: ref, Cache: "local"}
@@ -40,7 +43,7 @@ func (e *Engine) Remove(ctx context.Context, refs []string, dryRun bool) []Resul
 		res.Digest = en.digest.String()
 		all := e.allRefs(ctx, ref, en)
 		for _, r := range all {
-			done[r] = true
+			done.Add(r)
 		}
 		res.Status, res.Reason = StatusRemoved, "with "+words.Plural(len(all), "ref")
 		if dryRun {
@@ -214,7 +217,7 @@ func (e *Engine) repair(ctx context.Context, rep *VerifyReport, bad []digest.Dig
 			continue
 		}
 		e.Events.Warn(fmt.Sprintf("%s cannot be repaired (%s): removed", r.Ref, r.Reason))
-		for _, rr := range e.Remove(ctx, []string{r.Ref}, false) {
+		for _, rr := range e.Remove(ctx, []string{r.Ref}, false, spool.Seen{}) {
 			rep.Removed = append(rep.Removed, rr.Ref)
 		}
 	}
@@ -227,97 +230,155 @@ func (e *Engine) repair(ctx context.Context, rep *VerifyReport, bad []digest.Dig
 
 // lister is a cache that can say what it holds (bst-cache serve).
 type lister interface {
-	ListRefs(ctx context.Context, kind, prefix string) ([]remotes.ListedRef, error)
+	WalkRefs(ctx context.Context, kinds []string, prefix string, fn func(remotes.ListedRef) error) error
 }
 
-// Match lists the refs a glob matches ('*' also matches '/') in the local
-// store and in the index caches that can list (bst-cache serve), each
-// once, sorted. Caches that cannot list are passed over.
-func (e *Engine) Match(ctx context.Context, glob string) ([]string, error) {
+// Match hands fn, in name order and each once, the refs a glob matches
+// ('*' also matches '/') in the local store and in the index caches that
+// can list (bst-cache serve), as the walks and listings bring them: none
+// is held. Caches that cannot list are passed over. An error fn returns
+// ends the walk.
+func (e *Engine) Match(ctx context.Context, glob string, fn func(string) error) error {
 	ctx = e.Events.bind(ctx)
-	seen := map[string]bool{}
-	for _, k := range e.Kind.Kinds() {
-		local, err := e.Store.ListRefs(k, glob)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range local {
-			seen[r.Name] = true
-		}
+	local, err := e.Store.MatchRefs(e.Kind, glob)
+	if err != nil {
+		return err
 	}
+	walks := []iter.Seq2[string, error]{func(yield func(string, error) bool) {
+		for local.Next() {
+			if !yield(local.Name(), nil) {
+				return
+			}
+		}
+		if err := local.Err(); err != nil {
+			yield("", err)
+		}
+	}}
 	for _, c := range filter(e.Caches, hasIndex) {
 		r, err := c.connect(ctx, e.Events)
 		if err != nil {
 			continue
 		}
-		refs, err := e.listed(ctx, r, glob)
-		if errors.Is(err, remotes.ErrCannotList) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		for _, ref := range refs {
-			seen[ref] = true
-		}
+		walks = append(walks, e.listing(ctx, r, glob, true))
 	}
-	out := make([]string, 0, len(seen))
-	for r := range seen {
-		out = append(out, r)
-	}
-	sort.Strings(out)
-	return out, nil
+	return merge(walks, fn)
 }
 
-// List lists the refs of the engine's kind that cache c holds through its
-// listing service (bst-cache serve), sorted: those a glob matches ('*'
-// also matches '/'), or all of them when glob is "". A cache that cannot
-// list (no listing service, or no index) is an error wrapping
-// remotes.ErrCannotList; one that cannot be reached, an error of its own.
-func (e *Engine) List(ctx context.Context, c *Cache, glob string) ([]string, error) {
+// List hands fn, in name order and each once, the refs of the engine's
+// kind that cache c holds through its listing service (bst-cache serve),
+// as its pages come: those a glob matches ('*' also matches '/'), or all
+// of them when glob is "". A cache that cannot list (no listing service,
+// or no index) is an error wrapping remotes.ErrCannotList; one that cannot
+// be reached, an error of its own. An error fn returns ends the listing.
+func (e *Engine) List(ctx context.Context, c *Cache, glob string, fn func(string) error) error {
 	ctx = e.Events.bind(ctx)
 	if !hasIndex(c) {
-		return nil, fmt.Errorf("cache %s has no index: %w", c.Name(), remotes.ErrCannotList)
+		return fmt.Errorf("cache %s has no index: %w", c.Name(), remotes.ErrCannotList)
 	}
 	r, err := c.connect(ctx, e.Events)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	refs, err := e.listed(ctx, r, glob)
-	if err != nil {
-		return nil, err
-	}
-	sort.Strings(refs)
-	return slices.Compact(refs), nil
+	return merge([]iter.Seq2[string, error]{e.listing(ctx, r, glob, false)}, fn)
 }
 
-// listed asks a connected cache for the refs a glob matches ("": all), in
-// every kind of the engine's; the listing is asked for the glob's literal
-// leading directories only.
-func (e *Engine) listed(ctx context.Context, r remote, glob string) ([]string, error) {
-	l, ok := r.(lister)
-	if !ok {
-		return nil, remotes.ErrCannotList
-	}
-	prefix, re := "", (*regexp.Regexp)(nil)
-	if glob != "" {
-		var err error
-		if re, err = cache.CompileGlob(glob); err != nil {
-			return nil, err
+// errStopped ends a listing its reader has stopped taking.
+var errStopped = errors.New("listing no longer read")
+
+// listing is a connected cache's listing of the refs a glob matches ("":
+// all), in every kind of the engine's, in name order (a name held in two
+// kinds comes twice), ending in its error if any; with quiet, a cache that
+// cannot list ends it without one. The listing is asked for the glob's
+// literal leading directories only.
+func (e *Engine) listing(ctx context.Context, r remote, glob string, quiet bool) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		l, ok := r.(lister)
+		if !ok {
+			if !quiet {
+				yield("", remotes.ErrCannotList)
+			}
+			return
 		}
-		prefix = cache.GlobDir(glob)
+		prefix, re := "", (*regexp.Regexp)(nil)
+		if glob != "" {
+			var err error
+			if re, err = cache.CompileGlob(glob); err != nil {
+				yield("", err)
+				return
+			}
+			prefix = cache.GlobDir(glob)
+		}
+		var kinds []string
+		for _, k := range e.Kind.Kinds() {
+			kinds = append(kinds, string(k))
+		}
+		err := l.WalkRefs(ctx, kinds, prefix, func(ref remotes.ListedRef) error {
+			if re != nil && !re.MatchString(ref.Name) || yield(ref.Name, nil) {
+				return nil
+			}
+			return errStopped
+		})
+		if err != nil && !errors.Is(err, errStopped) && !(quiet && errors.Is(err, remotes.ErrCannotList)) {
+			yield("", err)
+		}
 	}
-	var out []string
-	for _, k := range e.Kind.Kinds() {
-		refs, err := l.ListRefs(ctx, string(k), prefix)
+}
+
+// merge hands fn the names walks bring, each walk in name order, merged
+// in name order with each name once; the first error a walk brings, or fn
+// returns, ends it.
+func merge(walks []iter.Seq2[string, error], fn func(string) error) error {
+	type head struct {
+		next func() (string, error, bool)
+		name string
+	}
+	var heads []*head
+	for _, w := range walks {
+		next, stop := iter.Pull2(w)
+		defer stop()
+		heads = append(heads, &head{next: next})
+	}
+	// advance moves h to its next name; false at its end.
+	advance := func(h *head) (bool, error) {
+		name, err, ok := h.next()
+		if ok && err != nil {
+			return false, err
+		}
+		h.name = name
+		return ok, nil
+	}
+	live := heads[:0]
+	for _, h := range heads {
+		ok, err := advance(h)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for _, ref := range refs {
-			if re == nil || re.MatchString(ref.Name) {
-				out = append(out, ref.Name)
+		if ok {
+			live = append(live, h)
+		}
+	}
+	last, named := "", false
+	for len(live) > 0 {
+		first := 0
+		for i, h := range live {
+			if h.name < live[first].name {
+				first = i
 			}
 		}
+		h := live[first]
+		if !named || h.name != last {
+			if err := fn(h.name); err != nil {
+				return err
+			}
+			last, named = h.name, true
+		}
+		ok, err := advance(h)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			live = slices.Delete(live, first, first+1)
+		}
 	}
-	return out, nil
+	return nil
 }
