@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -22,8 +23,12 @@ import (
 // sort.Strings has it), reading their directories as it comes to them: a
 // walk that stops after n refs has read the directories on the way to
 // them, and a few beyond (readAhead of them, walkReaders at once, so a
-// walk of a big store uses more than one core), not every ref. Use it as
-// a bufio.Scanner:
+// walk of a big store uses more than one core, while the refs read ahead
+// stay under aheadRefs), not every ref. A directory of more than partRefs
+// refs (an element with thousands of keys) is read in parts of its
+// entries in name order, each part when the walk comes to it: a walk holds
+// a bounded number of refs whatever the store's shape. Use it as a
+// bufio.Scanner:
 //
 //	c := s.Refs(KindArtifact, "", "")
 //	for c.Next() { use(c.Name(), c.Kind()) }
@@ -54,10 +59,23 @@ func WithRefData() RefsOption {
 }
 
 // Directories ahead of the walk are read in the background: those of the
-// next readAhead entries of the directory it is in, walkReaders at once.
+// next readAhead entries of the directory it is in, walkReaders at once,
+// while the entries read ahead and not yet walked are fewer than
+// aheadRefs. A directory is read in parts of its entries in name order,
+// each of partRefs refs (a subdirectory, a name the walk holds without
+// what it names, weighs a refWeight'th of a ref), or of a partPasses'th
+// of the directory if that is more: each part is a pass over the
+// directory, so a directory costs at most partPasses passes more than
+// one however big it is. Only directories bigger than BuildStream writes
+// in the normal course (an element with thousands of keys, a project of
+// over 100,000 elements) have more than one part.
 const (
 	readAhead   = 256
 	walkReaders = 4
+	aheadRefs   = 8192
+	partRefs    = 8192
+	refWeight   = 16
+	partPasses  = 16
 )
 
 // kindWalk walks one kind's ref directory.
@@ -70,10 +88,13 @@ type kindWalk struct {
 	match *regexp.Regexp
 	// queue holds the directory reads started and not yet taken by one
 	// of the walk's readers (at most walkReaders goroutines, which end
-	// when it is empty: a walk dropped halfway leaves nothing behind).
+	// when it is empty or the entries read ahead (ahead) reach
+	// aheadRefs: a walk dropped halfway leaves nothing behind). The walk
+	// reads a directory it has come to itself if no reader took it.
 	mu      sync.Mutex
 	queue   []*dirRead
 	readers int
+	ahead   int
 	stack   []refFrame
 	// head is the next ref, read ahead to merge kinds in order.
 	head     refEntry
@@ -90,10 +111,15 @@ type refFrame struct {
 	// subdirectories among the first started of them are under way.
 	entries []refEntry
 	started int
-	// dir is the directory, open while its subdirectories are read
-	// (opened from it: no path looked up again); nil in the first
-	// frame, whose subdirectories are opened by their whole path.
+	// dir is the directory, open while its subdirectories or its next
+	// part are read (opened from it: no path looked up again); nil in
+	// the first frame, whose subdirectories are opened by their whole
+	// path.
 	dir *os.File
+	// The directory's next part: as dirPart.
+	more bool
+	last string
+	size int
 }
 
 // refEntry is one entry of a directory the walk goes into.
@@ -115,15 +141,19 @@ type refRead struct {
 	err  error
 }
 
-// dirRead is the read of one directory, done when done is closed.
+// dirRead is the read of one directory's first part, done when done is
+// closed.
 type dirRead struct {
 	// parent, rel: what to read (readDir).
-	parent  *os.File
-	rel     string
-	done    chan struct{}
-	entries []refEntry
-	err     error
-	// dir is the directory, kept open when it has subdirectories.
+	parent *os.File
+	rel    string
+	// taken: a reader, or the walk, is reading it.
+	taken bool
+	done  chan struct{}
+	part  dirPart
+	err   error
+	// dir is the directory, kept open when it has subdirectories or
+	// more parts.
 	dir *os.File
 }
 
@@ -254,6 +284,17 @@ func (c *RefCursor) Err() error { return c.err }
 func (w *kindWalk) next() (bool, error) {
 	for len(w.stack) > 0 {
 		top := &w.stack[len(w.stack)-1]
+		if len(top.entries) == 0 && top.more {
+			// The directory's next part, read by the walk: it holds the
+			// directory open, and no reader has it queued.
+			p, err := w.readPart(int(top.dir.Fd()), top.rel, top.last, top.size)
+			runtime.KeepAlive(top.dir)
+			if err != nil {
+				return false, err
+			}
+			top.entries, top.last, top.more, top.size, top.started = p.entries, p.last, p.more, p.size, 0
+			continue
+		}
 		if len(top.entries) == 0 {
 			if top.dir != nil {
 				top.dir.Close()
@@ -268,12 +309,12 @@ func (w *kindWalk) next() (bool, error) {
 		top.started--
 		full := top.rel + e.key
 		if e.sub != nil {
-			<-e.sub.done
-			if e.sub.err != nil {
-				return false, e.sub.err
+			r := w.await(e.sub)
+			if r.err != nil {
+				return false, r.err
 			}
-			if len(e.sub.entries) > 0 {
-				w.stack = append(w.stack, refFrame{rel: full, entries: e.sub.entries, dir: e.sub.dir})
+			if p := r.part; len(p.entries) > 0 || p.more {
+				w.stack = append(w.stack, refFrame{rel: full, entries: p.entries, dir: r.dir, more: p.more, last: p.last, size: p.size})
 			}
 			continue
 		}
@@ -301,19 +342,46 @@ func (w *kindWalk) startRead(parent *os.File, rel, key string) *dirRead {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.queue = append(w.queue, r)
-	if w.readers < walkReaders {
-		w.readers++
+	w.wake()
+	return r
+}
+
+// wake starts readers for the reads queued while the entries read ahead
+// leave room; w.mu is held.
+func (w *kindWalk) wake() {
+	for ; w.readers < min(walkReaders, len(w.queue)) && w.ahead < aheadRefs; w.readers++ {
 		go w.read()
 	}
+}
+
+// await is r once read, by a reader or, if none took it, by the walk
+// itself; its entries are the walk's from then on.
+func (w *kindWalk) await(r *dirRead) *dirRead {
+	w.mu.Lock()
+	mine := !r.taken
+	r.taken = true
+	w.mu.Unlock()
+	if mine {
+		w.run(r)
+	}
+	<-r.done
+	w.mu.Lock()
+	w.ahead -= len(r.part.entries)
+	w.wake()
+	w.mu.Unlock()
 	return r
 }
 
 // read is one of the walk's readers: it reads the directories queued, in
-// order, until there are none.
+// order, until there are none or the entries read ahead reach aheadRefs.
 func (w *kindWalk) read() {
 	for {
 		w.mu.Lock()
-		if len(w.queue) == 0 {
+		for len(w.queue) > 0 && w.queue[0].taken {
+			w.queue[0] = nil
+			w.queue = w.queue[1:]
+		}
+		if len(w.queue) == 0 || w.ahead >= aheadRefs {
 			w.readers--
 			w.mu.Unlock()
 			return
@@ -321,54 +389,112 @@ func (w *kindWalk) read() {
 		r := w.queue[0]
 		w.queue[0] = nil
 		w.queue = w.queue[1:]
+		r.taken = true
 		w.mu.Unlock()
-		r.entries, r.dir, r.err = w.readDir(r.parent, r.rel)
-		r.parent = nil
-		close(r.done)
+		w.run(r)
 	}
+}
+
+// run reads r's first part and counts its entries as read ahead until
+// the walk takes them (await).
+func (w *kindWalk) run(r *dirRead) {
+	r.part, r.dir, r.err = w.readDir(r.parent, r.rel)
+	r.parent = nil
+	w.mu.Lock()
+	w.ahead += len(r.part.entries)
+	w.mu.Unlock()
+	close(r.done)
 }
 
 // direntBufs are the buffers directories are read into.
 var direntBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// readDir lists the entries of the directory rel that the walk goes
-// into, in order: subdirectories and the refs it names, each read
-// WithRefData.
-func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.File, err error) {
-	dirPath := func() string { return filepath.Join(w.dir, filepath.FromSlash(rel)) }
+// readDir opens the directory rel that the walk goes into and reads its
+// first part (readPart). The directory is returned open when it has
+// subdirectories or more parts.
+func (w *kindWalk) readDir(parent *os.File, rel string) (_ dirPart, _ *os.File, err error) {
 	// Not os.Open and ReadDir: a directory is never polled, and a walk
 	// of a big store reads one per artifact; the entries' types come
 	// with their names (one Lstat where the file system does not say).
 	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
 	var fd int
 	if parent == nil {
-		fd, err = unix.Open(dirPath(), flags, 0)
+		fd, err = unix.Open(w.dirPath(rel), flags, 0)
 	} else {
 		fd, err = unix.Openat(int(parent.Fd()), filepath.Base(rel), flags, 0)
 		runtime.KeepAlive(parent)
 	}
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil // no refs yet, or removed while we walked
+		return dirPart{}, nil, nil // no refs yet, or removed while we walked
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "open", Path: dirPath(), Err: err})
+		return dirPart{}, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "open", Path: w.dirPath(rel), Err: err})
 	}
-	handed := false // to the *os.File returned, which closes it
-	defer func() {
-		if !handed {
-			unix.Close(fd)
+	p, err := w.readPart(fd, rel, "", partRefs*refWeight)
+	if err != nil || !p.more && !slices.ContainsFunc(p.entries, func(e refEntry) bool { return strings.HasSuffix(e.key, "/") }) {
+		unix.Close(fd)
+		return p, nil, err
+	}
+	return p, os.NewFile(uintptr(fd), w.dirPath(rel)), nil
+}
+
+func (w *kindWalk) dirPath(rel string) string { return filepath.Join(w.dir, filepath.FromSlash(rel)) }
+
+// dirPart is a part of a directory's entries, in order.
+type dirPart struct {
+	entries []refEntry
+	// last is the key of the part's last entry; more says whether
+	// entries follow it, to be read size at a time (in weight: a
+	// subdirectory 1, a ref refWeight).
+	last string
+	more bool
+	size int
+}
+
+// readPart lists, in order, the first entries after `after` ("": from the
+// first) of the open directory rel that the walk goes into, up to size in
+// weight: subdirectories and the refs it names, each read WithRefData (a
+// ref removed meanwhile is left out). Each part is a pass over the whole
+// directory, keeping at most twice size in names at a time.
+func (w *kindWalk) readPart(fd int, rel, after string, size int) (p dirPart, _ error) {
+	// A later part reads the directory again from its start (the first
+	// reads it freshly opened).
+	if after != "" {
+		if _, err := unix.Seek(fd, 0, io.SeekStart); err != nil {
+			return dirPart{}, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "seek", Path: w.dirPath(rel), Err: err})
 		}
-	}()
+	}
 	buf := direntBufs.Get().(*[]byte)
 	defer direntBufs.Put(buf)
 	var entries []refEntry
+	// cut, once set (p.more), is the last key this part can hold;
+	// held weighs the entries, left those after `after`.
+	cut, held, left := "", 0, 0
+	weight := func(key string) int {
+		if strings.HasSuffix(key, "/") {
+			return 1
+		}
+		return refWeight
+	}
+	var kb []byte
+	trim := func() {
+		slices.SortFunc(entries, func(a, b refEntry) int { return strings.Compare(a.key, b.key) })
+		held = 0
+		for i, e := range entries {
+			if held+weight(e.key) > size {
+				entries, p.more, cut = entries[:i], true, entries[i-1].key
+				return
+			}
+			held += weight(e.key)
+		}
+	}
 	for {
 		n, err := unix.Getdents(fd, *buf)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "getdents", Path: dirPath(), Err: err})
+			return dirPart{}, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "getdents", Path: w.dirPath(rel), Err: err})
 		}
 		if n == 0 {
 			break
@@ -380,7 +506,7 @@ func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.Fil
 				reclen = int(binary.NativeEndian.Uint16(b[16:18]))
 			}
 			if reclen < 19 || reclen > len(b) {
-				return nil, nil, fmt.Errorf("listing refs: %s: a directory entry cut short", dirPath())
+				return dirPart{}, fmt.Errorf("listing refs: %s: a directory entry cut short", w.dirPath(rel))
 			}
 			typ, name := b[18], b[19:reclen]
 			b = b[reclen:]
@@ -392,32 +518,47 @@ func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.Fil
 			}
 			if typ == unix.DT_UNKNOWN {
 				if typ, err = direntType(fd, string(name)); err != nil {
-					return nil, nil, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "lstat", Path: filepath.Join(dirPath(), string(name)), Err: err})
+					return dirPart{}, fmt.Errorf("listing refs: %w", &fs.PathError{Op: "lstat", Path: filepath.Join(w.dirPath(rel), string(name)), Err: err})
 				}
 			}
-			key := string(name)
-			switch typ {
-			case unix.DT_DIR:
-				key += "/"
-			case unix.DT_REG:
-				if !w.named(rel + key) {
-					continue
-				}
-			default:
+			if typ != unix.DT_DIR && typ != unix.DT_REG {
 				continue
 			}
-			if w.keep(rel + key) {
-				entries = append(entries, refEntry{key: key})
+			// Outside the part, an entry costs no allocation: the
+			// directories of many parts are read once a part.
+			kb, wt := append(kb[:0], name...), refWeight
+			if typ == unix.DT_DIR {
+				kb, wt = append(kb, '/'), 1
+			}
+			if string(kb) <= after {
+				continue
+			}
+			if left += wt; p.more && string(kb) > cut {
+				continue
+			}
+			key := string(kb)
+			if typ == unix.DT_REG && !w.named(rel+key) || !w.keep(rel+key) {
+				continue
+			}
+			entries = append(entries, refEntry{key: key})
+			if held += wt; held >= 2*size {
+				trim()
 			}
 		}
 	}
-	slices.SortFunc(entries, func(a, b refEntry) int { return strings.Compare(a.key, b.key) })
-	var dir *os.File
-	if slices.ContainsFunc(entries, func(e refEntry) bool { return strings.HasSuffix(e.key, "/") }) {
-		dir, handed = os.NewFile(uintptr(fd), dirPath()), true
+	trim()
+	if len(entries) > 0 {
+		p.last = entries[len(entries)-1].key
+	}
+	p.size = size
+	if after == "" {
+		// The first pass: the parts after it take a partPasses'th
+		// of the directory each, at least size.
+		p.size = max(size, left/partPasses)
 	}
 	if !w.data {
-		return slices.Clip(entries), dir, nil
+		p.entries = slices.Clip(entries)
+		return p, nil
 	}
 	kept := entries[:0]
 	for _, e := range entries {
@@ -428,7 +569,8 @@ func (w *kindWalk) readDir(parent *os.File, rel string) (_ []refEntry, _ *os.Fil
 		}
 		kept = append(kept, e)
 	}
-	return slices.Clip(kept), dir, nil
+	p.entries = slices.Clip(kept)
+	return p, nil
 }
 
 // readRef reads a ref for a walk WithRefData: nil when it is gone.

@@ -219,3 +219,84 @@ func writeRefFiles(t testing.TB, s *Store, n int) {
 		}
 	}
 }
+
+// A directory of more than partRefs entries is read in parts: a walk names
+// each of its refs once, in order, WithRefData or not, from the start or
+// after a token inside a part, under a prefix, with subdirectories among
+// the refs; and what it holds read ahead stays bounded: a walk of an
+// element with 3.5 parts of keys holds at most a part and what aheadRefs
+// allows, not every key.
+func TestRefsBigDirectoryInParts(t *testing.T) {
+	s := openTemp(t, KindBst1Artifact)
+	n := 3*partRefs + partRefs/2
+	root, err := s.refDir(KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range n + 1 {
+		// Written out of order; a few subdirectories among the keys.
+		ref := fmt.Sprintf("p/el/%064x", i*7919%n)
+		switch {
+		case i == n:
+			ref = "p/z"
+		case i%1000 == 0:
+			ref = fmt.Sprintf("p/el/d%063x/sub", i)
+		}
+		p := filepath.Join(root, filepath.FromSlash(ref))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(ref), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, ref)
+	}
+	slices.Sort(want)
+	names := func(c *RefCursor, data bool) []string {
+		t.Helper()
+		var got []string
+		for c.Next() {
+			if data {
+				if d, _, err := c.Data(); err != nil || string(d) != c.Name() {
+					t.Fatalf("%s: data %q, %v", c.Name(), d, err)
+				}
+			}
+			got = append(got, c.Name())
+		}
+		if err := c.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	for _, data := range []bool{false, true} {
+		var opts []RefsOption
+		if data {
+			opts = append(opts, WithRefData())
+		}
+		if diff := cmp.Diff(want, names(s.Refs(KindArtifact, "", "", opts...), data)); diff != "" {
+			t.Errorf("data %v: the whole walk (-want +got):\n%s", data, diff)
+		}
+		for _, at := range []int{0, partRefs - 1, partRefs, partRefs + 17, 2*partRefs + 3, n - 1} {
+			if diff := cmp.Diff(want[at+1:], names(s.Refs(KindArtifact, "p", want[at], opts...), data), cmpEmpty); diff != "" {
+				t.Errorf("data %v: under p after %s (-want +got):\n%s", data, want[at], diff)
+			}
+		}
+	}
+	// Held by the walk: read ahead, and the parts of the frames.
+	c := s.Refs(KindArtifact, "", "", WithRefData())
+	most := 0
+	for c.Next() {
+		w := c.cur
+		w.mu.Lock()
+		held := w.ahead
+		w.mu.Unlock()
+		for _, f := range w.stack {
+			held += len(f.entries)
+		}
+		most = max(most, held)
+	}
+	if bound := aheadRefs + (walkReaders+2)*partRefs; most > bound {
+		t.Errorf("a walk of %d refs in one directory held %d entries at once; want at most %d", n, most, bound)
+	}
+}

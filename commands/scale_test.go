@@ -90,9 +90,9 @@ func peakRSS(t *testing.T, cmd *exec.Cmd) (int64, error) {
 }
 
 // refWriter returns a function that writes refs in the bst1 store dir up
-// to n, two an element as BuildStream's strong and weak keys, each naming
-// the one (empty) Directory stored.
-func refWriter(t *testing.T, dir string) func(n int) {
+// to n, keys an element (BuildStream keeps two: its strong and weak keys),
+// each naming the one (empty) Directory stored.
+func refWriter(t *testing.T, dir string, keys int) func(n int) {
 	t.Helper()
 	s, err := cache.Open(dir, cache.KindBst1Artifact)
 	if err != nil {
@@ -106,7 +106,7 @@ func refWriter(t *testing.T, dir string) func(n int) {
 	written := 0
 	return func(n int) {
 		for ; written < n; written++ {
-			ref := fmt.Sprintf("proj/el%06d/%064x", written/2, written)
+			ref := fmt.Sprintf("proj/el%06d/%064x", written/keys, written)
 			p, err := s.RefPath(cache.KindBst1Artifact, ref)
 			if err != nil {
 				t.Fatal(err)
@@ -147,7 +147,7 @@ func highWater(pid int) int64 {
 func TestJSONListingsMemoryDoesNotGrowWithRefs(t *testing.T) {
 	bin := testenv.BstCacheBinary(t)
 	dir := t.TempDir()
-	refs := refWriter(t, dir)
+	refs := refWriter(t, dir, 2)
 	maxRSS := func(command string, n int) int64 {
 		t.Helper()
 		refs(n)
@@ -211,7 +211,7 @@ func TestJSONListingsMemoryDoesNotGrowWithRefs(t *testing.T) {
 func TestRefCommandsMemoryDoesNotGrowWithRefs(t *testing.T) {
 	bin := testenv.BstCacheBinary(t)
 	dir := t.TempDir()
-	refs := refWriter(t, dir)
+	refs := refWriter(t, dir, 2)
 	src := testenv.StartServe(t, testenv.ServeOptions{Dir: dir})
 	dst := testenv.StartServe(t, testenv.ServeOptions{Push: true})
 	blobs := testenv.StartServe(t, testenv.ServeOptions{})
@@ -254,6 +254,44 @@ func TestRefCommandsMemoryDoesNotGrowWithRefs(t *testing.T) {
 		t.Logf("%s: max RSS %d MiB for 10,000 refs, %d MiB for 60,000: %d bytes a ref more", r.name, small[i]>>20, big>>20, per)
 		if per > 300 {
 			t.Errorf("%s: memory grows by %d bytes a ref (%d MiB for 10,000 refs, %d MiB for 60,000); want at most 300", r.name, per, small[i]>>20, big>>20)
+		}
+	}
+}
+
+// ls (text and --json) of an element with many keys holds a part of them
+// at a time, not all: 120,000 keys cost little more than 30,000. Before,
+// the walk read each directory whole, the refs' contents too with --json
+// (about 200 bytes a key more in text, 730 with --json; now 40-80).
+func TestLsOfAnElementWithManyKeysMemory(t *testing.T) {
+	bin := testenv.BstCacheBinary(t)
+	dir := t.TempDir()
+	refs := refWriter(t, dir, 1<<30)
+	maxRSS := func(n int, json bool) int64 {
+		t.Helper()
+		refs(n)
+		args := []string{"--format", "bst1", "--local", dir, "ls"}
+		if json {
+			args = append([]string{"--json"}, args...)
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "BST_CACHE_CONFIG=/dev/null", "HOME="+t.TempDir())
+		var out lineCounter
+		var stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &stderr
+		peak, err := peakRSS(t, cmd)
+		// A line a ref, or in the JSON document a line a field.
+		if err != nil || !json && out.lines != n || json && out.lines < 4*n {
+			t.Fatalf("ls (json %v) of %d refs: %v, %d lines on stdout\n%s", json, n, err, out.lines, stderr.String())
+		}
+		return peak
+	}
+	small := map[bool]int64{false: maxRSS(30_000, false), true: maxRSS(30_000, true)}
+	for _, json := range []bool{false, true} {
+		big := maxRSS(120_000, json)
+		per := (big - small[json]) / 90_000
+		t.Logf("json %v: max RSS %d MiB for 30,000 keys, %d MiB for 120,000: %d bytes a key more", json, small[json]>>20, big>>20, per)
+		if per > 130 {
+			t.Errorf("ls (json %v) of an element's keys grows by %d bytes a key (%d MiB for 30,000, %d MiB for 120,000); want at most 130", json, per, small[json]>>20, big>>20)
 		}
 	}
 }
