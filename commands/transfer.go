@@ -181,17 +181,6 @@ func (a refArgs) each(c *cli.Context, eng *transfer.Engine, fn func([]string) er
 	return fn(resolved)
 }
 
-// expand is every ref each hands out, at once, for the commands that need
-// them together.
-func (a refArgs) expand(c *cli.Context, eng *transfer.Engine) ([]string, error) {
-	var out []string
-	err := a.each(c, eng, func(refs []string) error {
-		out = append(out, refs...)
-		return nil
-	})
-	return out, err
-}
-
 // readRefList reads refs and element names from args and --refs-from;
 // weak also reads the elements' weak refs (non-strict mode).
 func readRefList(c *cli.Context, stdin io.Reader, args []string, required, weak bool) (refArgs, error) {
