@@ -3,6 +3,7 @@ package remotes
 import (
 	"errors"
 	"fmt"
+	"io"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
@@ -16,12 +17,14 @@ import (
 
 // downloadCodec is the client's gRPC codec: protobuf, as the default one,
 // except for the two answers that carry blobs, which are asked for as
-// heldBatch and heldRead. Those keep their data where the message was
-// gathered, in a buffer of downloadPool that the caller gives back once
-// the data is stored, instead of copying it out (protobuf's Unmarshal
-// copies every bytes field into new memory). A download's bytes are
-// copied once between the connection and the file, into memory used
-// again and again: fresh memory costs a page fault per page.
+// heldBatch and heldRead, instead of copying their data out (protobuf's
+// Unmarshal copies every bytes field into new memory). A batch answer
+// keeps its blobs where the message was gathered, in a buffer of
+// downloadPool that the caller gives back once the data is stored: its
+// bytes are copied once between the connection and the file, into memory
+// used again and again (fresh memory costs a page fault per page). A
+// stream's message is not gathered at all: its data is read from the
+// frames it came in.
 type downloadCodec struct{ proto encoding.CodecV2 }
 
 // withDownloadCodec makes the connection's calls use downloadCodec.
@@ -40,7 +43,7 @@ func (c downloadCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	case *heldBatch:
 		return decodeBatchRead(m.hold(data), &m.BatchReadBlobsResponse)
 	case *heldRead:
-		return decodeReadResponse(m.hold(data), &m.ReadResponse)
+		return m.decode(data)
 	}
 	return c.proto.Unmarshal(data, v)
 }
@@ -74,10 +77,128 @@ type heldBatch struct {
 	held
 }
 
-// heldRead is a ByteStream ReadResponse whose data lives in its buffer.
+// heldRead is a ByteStream ReadResponse whose data stays in the buffers
+// gRPC received it in (the HTTP/2 frames, 16 KiB each), held until free:
+// a stream's bytes are not gathered into one buffer on their way to the
+// decoder or the file. data is the pieces of its data field, in order.
 type heldRead struct {
-	bspb.ReadResponse
-	held
+	bufs  mem.BufferSlice
+	data  [][]byte
+	views [][]byte // the buffers' bytes, kept for the next message
+}
+
+// free gives the buffers back; data must not be used after.
+func (h *heldRead) free() {
+	h.bufs.Free()
+	h.bufs = nil
+	h.data = h.data[:0]
+}
+
+// decode takes msg's buffers over (gRPC frees its own references once
+// Unmarshal returns) and finds its data field's pieces in them. Fields
+// other than data (10) are skipped, as protobuf would keep them unknown,
+// and the last data field wins, as in protobuf. A message with a group
+// (a wire type nobody sends now) is gathered and decoded whole.
+func (h *heldRead) decode(msg mem.BufferSlice) error {
+	h.free()
+	msg.Ref()
+	h.bufs = msg
+	h.views = h.views[:0]
+	for _, b := range msg {
+		h.views = append(h.views, b.ReadOnlyData())
+	}
+	c := pieceCursor{rest: h.views}
+	for !c.done() {
+		tag, err := c.varint()
+		if err != nil {
+			return err
+		}
+		num, typ := protowire.DecodeTag(tag)
+		if num < protowire.MinValidNumber {
+			return fmt.Errorf("%w: field number %d", errWire, num)
+		}
+		switch typ {
+		case protowire.VarintType:
+			_, err = c.varint()
+		case protowire.Fixed32Type:
+			_, err = c.take(nil, 4, false)
+		case protowire.Fixed64Type:
+			_, err = c.take(nil, 8, false)
+		case protowire.BytesType:
+			var n uint64
+			if n, err = c.varint(); err != nil {
+				break
+			}
+			if num == 10 {
+				h.data, err = c.take(h.data[:0], n, true)
+			} else {
+				_, err = c.take(nil, n, false)
+			}
+		default:
+			return h.decodeWhole(msg)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeWhole decodes msg gathered into one buffer of its own.
+func (h *heldRead) decodeWhole(msg mem.BufferSlice) error {
+	h.free()
+	var m bspb.ReadResponse
+	if err := decodeReadResponse(msg.Materialize(), &m); err != nil {
+		return err
+	}
+	if len(m.Data) > 0 {
+		h.data = append(h.data, m.Data)
+	}
+	return nil
+}
+
+// pieceCursor reads a protobuf message that lies in several buffers.
+type pieceCursor struct{ rest [][]byte }
+
+func (c *pieceCursor) done() bool {
+	for len(c.rest) > 0 && len(c.rest[0]) == 0 {
+		c.rest = c.rest[1:]
+	}
+	return len(c.rest) == 0
+}
+
+// varint reads a varint that may straddle buffers.
+func (c *pieceCursor) varint() (uint64, error) {
+	var v uint64
+	for i := 0; i < 10; i++ {
+		if c.done() {
+			return 0, fmt.Errorf("%w: %v", errWire, io.ErrUnexpectedEOF)
+		}
+		b := c.rest[0][0]
+		c.rest[0] = c.rest[0][1:]
+		v |= uint64(b&0x7f) << (7 * i)
+		if b < 0x80 {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: a varint of more than 10 bytes", errWire)
+}
+
+// take moves past the next n bytes and, with keep, appends them to out
+// as views of the buffers they lie in, no copy.
+func (c *pieceCursor) take(out [][]byte, n uint64, keep bool) ([][]byte, error) {
+	for n > 0 {
+		if c.done() {
+			return out, fmt.Errorf("%w: %v", errWire, io.ErrUnexpectedEOF)
+		}
+		k := min(n, uint64(len(c.rest[0])))
+		if keep {
+			out = append(out, c.rest[0][:k:k])
+		}
+		c.rest[0] = c.rest[0][k:]
+		n -= k
+	}
+	return out, nil
 }
 
 // errWire is a message that is not valid protobuf.

@@ -2,6 +2,7 @@ package remotes
 
 import (
 	"bytes"
+	"runtime"
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -56,7 +57,7 @@ func TestDownloadCodecDecodesAsProtobuf(t *testing.T) {
 	wire = protowire.AppendBytes(wire, append(extra, more...))
 
 	stale := &heldRead{}
-	stale.Data = []byte("stale")
+	stale.data = [][]byte{[]byte("stale")}
 	for _, c := range []struct {
 		name string
 		wire []byte
@@ -82,7 +83,7 @@ func TestDownloadCodecDecodesAsProtobuf(t *testing.T) {
 			got = &m.BatchReadBlobsResponse
 			defer m.free()
 		case *heldRead:
-			got = &m.ReadResponse
+			got = &bspb.ReadResponse{Data: bytes.Join(m.data, nil)}
 			defer m.free()
 		default:
 			got = m.(proto.Message)
@@ -130,8 +131,47 @@ func TestDownloadCodecKeepsBlobsInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer read.free()
-	if data := read.GetData(); len(data) != 4000 || &data[len(data)-1] != &one[len(one)-1] {
+	if data := read.data; len(data) != 1 || len(data[0]) != 4000 || &data[0][3999] != &one[len(one)-1] {
 		t.Error("a message in one buffer was copied")
+	}
+}
+
+// A ByteStream ReadResponse that came in frames is read where it came:
+// its data is the frames' own bytes, and decoding it takes no memory of
+// its own (gathering a 1 MiB message cost 1 MiB, and the memory faulted
+// in, whenever the pool had no buffer of its size free).
+func TestReadResponseIsNotGathered(t *testing.T) {
+	codec := downloadCodec{encoding.GetCodecV2("proto")}
+	data := blob(1<<20, 9)
+	in := frames(mustMarshal(t, &bspb.ReadResponse{Data: data}))
+	kept := downloadPool
+	downloadPool = &keptPool{} // keeps nothing: every buffer taken is new
+	defer func() { downloadPool = kept }()
+	var read heldRead
+	decode := func() {
+		if err := codec.Unmarshal(in, &read); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decode()
+	if got := bytes.Join(read.data, nil); !bytes.Equal(got, data) {
+		t.Fatalf("decoded %d bytes, not the message's %d", len(got), len(data))
+	}
+	last, frame := read.data[len(read.data)-1], in[len(in)-1].ReadOnlyData()
+	if &last[len(last)-1] != &frame[len(frame)-1] {
+		t.Fatal("the data is not the frames' own bytes")
+	}
+	read.free()
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	before := mem.TotalAlloc
+	for range 20 {
+		decode()
+		read.free()
+	}
+	runtime.ReadMemStats(&mem)
+	if each := (mem.TotalAlloc - before) / 20; each > 4<<10 {
+		t.Errorf("decoding a 1 MiB ReadResponse in 16 KiB frames allocates %d bytes, want none", each)
 	}
 }
 

@@ -66,14 +66,50 @@ func (r *Remote) compressUpload(head []byte) bool {
 	return r.zstd.streams && zstdwire.Compressible(head)
 }
 
-// batchEntry is the data of one BatchReadBlobs answer, inflated when the
-// server compressed it; the caller checks the digest.
-func batchEntry(br *repb.BatchReadBlobsResponse_Response, d digest.Digest) ([]byte, error) {
-	data, err := zstdwire.Inflate(br.GetCompressor(), br.GetData(), d.Size)
+// batchEntry is the data of one BatchReadBlobs answer, inflated into room
+// when the server compressed it; the caller checks the digest.
+func batchEntry(br *repb.BatchReadBlobsResponse_Response, d digest.Digest, room *inflateRoom) ([]byte, error) {
+	var dst []byte
+	if br.GetCompressor() != repb.Compressor_IDENTITY {
+		dst = room.take(d.Size)
+	}
+	data, err := zstdwire.InflateInto(br.GetCompressor(), br.GetData(), d.Size, dst)
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w: %v", d, ErrCorrupt, err)
 	}
 	return data, nil
+}
+
+// inflateRoom is where a batch answer's compressed entries are inflated:
+// one buffer of downloadPool for them all, taken when the first is and
+// given back (free) once the caller is done with every entry. Each entry
+// asked for is inflated once, so the room is the total size of the
+// blobs asked, at most.
+type inflateRoom struct {
+	size int64 // what the buffer is taken for
+	buf  *[]byte
+	used int64
+}
+
+// take returns n bytes of room (n of the blobs asked for, so within
+// size).
+func (r *inflateRoom) take(n int64) []byte {
+	if r.buf == nil {
+		r.buf = downloadPool.Get(int(r.size))
+	}
+	if r.used+n > int64(len(*r.buf)) {
+		return make([]byte, n) // not one of the blobs counted in size
+	}
+	b := (*r.buf)[r.used : r.used+n : r.used+n]
+	r.used += n
+	return b
+}
+
+func (r *inflateRoom) free() {
+	if r.buf != nil {
+		downloadPool.Put(r.buf)
+		r.buf = nil
+	}
 }
 
 // updateEntry is one BatchUpdateBlobs request, compressed when the cache

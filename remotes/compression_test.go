@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math/rand"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -106,5 +107,58 @@ func TestZstdAgainstBazelRemote(t *testing.T) {
 	}
 	if wire[config.CompressionAuto]*3 > wire[config.CompressionOff] {
 		t.Errorf("zstd: %d bytes crossed, uncompressed %d: want under a third", wire[config.CompressionAuto], wire[config.CompressionOff])
+	}
+}
+
+// Compressed batch entries are inflated where they are read, into memory
+// used again for every batch, not into fresh memory and a stream decoder
+// each: reading the same batch again and again from bazel-remote (which
+// sends each entry zstd-compressed) allocates far less than the blobs'
+// size per read. Before, each read allocated more than the blobs' size.
+func TestCompressedBatchInflatesInPlace(t *testing.T) {
+	srv := testenv.StartBazelRemote(t)
+	r := dial(t, cacheConfig("bazel", srv.URL(), config.TypeStorage))
+	if res := probe(t, r, config.TypeStorage); !res.Caps.Compressed {
+		t.Fatal("bazel-remote does not advertise zstd")
+	}
+	ctx := context.Background()
+	blobs := compressible()
+	var batch []digest.Digest
+	var size int64
+	for d := range blobs {
+		if d.Size < 64<<10 && size+d.Size < r.MaxBatchBytes()/2 {
+			batch = append(batch, d)
+			size += d.Size
+		}
+	}
+	if _, _, err := r.Upload(ctx, batch, testenv.MemoryOpener(blobs), 4); err != nil {
+		t.Fatal(err)
+	}
+	read := func() {
+		n := 0
+		missing, err := r.BatchReadEach(ctx, batch, func(d digest.Digest, data []byte) error {
+			n++
+			if !bytes.Equal(data, blobs[d]) {
+				t.Fatalf("blob %s differs", d)
+			}
+			return nil
+		})
+		if err != nil || len(missing) > 0 || n != len(batch) {
+			t.Fatalf("BatchReadEach: %v, %d missing, %d of %d read", err, len(missing), n, len(batch))
+		}
+	}
+	read() // the buffers are made once
+	const reads = 10
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	before := mem.TotalAlloc
+	for range reads {
+		read()
+	}
+	runtime.ReadMemStats(&mem)
+	each := int64(mem.TotalAlloc-before) / reads
+	t.Logf("a batch of %d blobs, %d bytes: %d bytes allocated a read", len(batch), size, each)
+	if each > size/2 {
+		t.Errorf("reading a batch of %d compressed blobs (%d bytes) allocates %d bytes, want under half their size", len(batch), size, each)
 	}
 }

@@ -225,8 +225,11 @@ const batchReadMethod = "/build.bazel.remote.execution.v2.ContentAddressableStor
 
 func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, []byte) error) (missing []digest.Digest, err error) {
 	req := &repb.BatchReadBlobsRequest{InstanceName: r.instance}
+	room := &inflateRoom{}
+	defer room.free()
 	for _, d := range ds {
 		req.Digests = append(req.Digests, d.ToProto())
+		room.size += d.Size
 	}
 	if r.zstd.streams {
 		req.AcceptableCompressors = []repb.Compressor_Value{repb.Compressor_ZSTD}
@@ -241,6 +244,7 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 	asked := setOf(ds)
 	err = r.call(ctx, "BatchReadBlobs", true, func(ctx context.Context) error {
 		found, missing = found[:0], missing[:0]
+		room.used = 0
 		if err := r.cc.Invoke(ctx, batchReadMethod, req, resp); err != nil {
 			return err
 		}
@@ -253,7 +257,7 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 			answered[d] = true
 			switch c := codes.Code(br.GetStatus().GetCode()); c {
 			case codes.OK:
-				data, err := batchEntry(br, d)
+				data, err := batchEntry(br, d, room)
 				if err != nil {
 					return err
 				}
@@ -366,7 +370,7 @@ func (r *Remote) readFrom(ctx context.Context, name string, d digest.Digest, w i
 		return err
 	}
 	src := &recvReader{stream: stream, progress: func() { timer.Reset(stall) }}
-	defer src.msg.free()
+	defer src.free()
 	dst := boundedWriter{w: w, off: off, limit: d.Size}
 	if r.zstd.streams {
 		_, err = zstdwire.Copy(dst, src, d.Size-*off)
@@ -397,48 +401,97 @@ const readMethod = "/google.bytestream.ByteStream/Read"
 
 // recvReader reads a ByteStream Read's messages as one stream of bytes.
 // Every message with data counts as progress; empty ones do not. Each
-// message is decoded in place into msg, whose buffer the next one reuses:
-// the caller frees msg once done.
+// message's data is read where it arrived (msg holds the frames until the
+// next message): the caller frees the reader (free) once done.
 type recvReader struct {
-	stream   grpc.ClientStream
-	msg      heldRead
-	buf      []byte
+	stream grpc.ClientStream
+	msg    heldRead
+	// rest is what is left of the message's data.
+	rest     [][]byte
 	progress func()
+	// gather is where WriteTo joins a message's pieces.
+	gather *[]byte
 }
 
-func (s *recvReader) Read(p []byte) (int, error) {
-	for len(s.buf) == 0 {
+// next waits for a message with data unless some is left.
+func (s *recvReader) next() error {
+	for len(s.rest) == 0 {
 		if err := s.stream.RecvMsg(&s.msg); err != nil {
-			return 0, err // io.EOF at the end
+			return err // io.EOF at the end
 		}
-		s.buf = s.msg.GetData()
-		if len(s.buf) > 0 {
+		s.rest = s.msg.data
+		if len(s.rest) > 0 {
 			s.progress()
 		}
 	}
-	n := copy(p, s.buf)
-	s.buf = s.buf[n:]
+	return nil
+}
+
+func (s *recvReader) Read(p []byte) (int, error) {
+	if err := s.next(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for n < len(p) && len(s.rest) > 0 {
+		k := copy(p[n:], s.rest[0])
+		n += k
+		if s.rest[0] = s.rest[0][k:]; len(s.rest[0]) == 0 {
+			s.rest = s.rest[1:]
+		}
+	}
 	return n, nil
 }
 
-// WriteTo hands each message's data to w as it is, with no copy between.
+// WriteTo hands each message's data to w in one write: as it is when it
+// came in one frame, else joined in a buffer kept for the stream.
 func (s *recvReader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
-		if len(s.buf) == 0 {
-			if _, err := s.Read(nil); err != nil {
-				if errors.Is(err, io.EOF) {
-					return total, nil
-				}
-				return total, err
+		if err := s.next(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return total, nil
 			}
+			return total, err
 		}
-		n, err := w.Write(s.buf)
+		data := s.rest[0]
+		if len(s.rest) > 1 {
+			data = s.join()
+		}
+		s.rest = nil
+		n, err := w.Write(data)
 		total += int64(n)
-		s.buf = s.buf[n:]
 		if err != nil {
 			return total, err
 		}
+	}
+}
+
+// join copies what is left of the message into gather.
+func (s *recvReader) join() []byte {
+	n := 0
+	for _, p := range s.rest {
+		n += len(p)
+	}
+	if s.gather != nil && cap(*s.gather) < n {
+		downloadPool.Put(s.gather)
+		s.gather = nil
+	}
+	if s.gather == nil {
+		s.gather = downloadPool.Get(n)
+	}
+	b := (*s.gather)[:0]
+	for _, p := range s.rest {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// free gives back the message and the gather buffer.
+func (s *recvReader) free() {
+	s.msg.free()
+	if s.gather != nil {
+		downloadPool.Put(s.gather)
+		s.gather = nil
 	}
 }
 

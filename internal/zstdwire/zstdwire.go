@@ -96,6 +96,48 @@ func Inflate(c repb.Compressor_Value, data []byte, size int64) ([]byte, error) {
 	return nil, fmt.Errorf("compressor %s is not supported", c)
 }
 
+// InflateInto is Inflate into dst's memory, for a caller that knows where
+// the data may go: dst must have a capacity of at least size (its length
+// does not matter), and the data inflated comes back in dst[:size]. Data
+// sent as it is comes back as it is, not copied. It allocates nothing:
+// a batch's entries inflate into one buffer used again and again, where
+// Decompress gives each entry fresh memory and a stream decoder.
+func InflateInto(c repb.Compressor_Value, data []byte, size int64, dst []byte) ([]byte, error) {
+	switch c {
+	case repb.Compressor_IDENTITY:
+		return data, nil
+	case repb.Compressor_ZSTD:
+	default:
+		return nil, fmt.Errorf("compressor %s is not supported", c)
+	}
+	if int64(cap(dst)) < size {
+		return nil, fmt.Errorf("zstd: %d bytes of room for %d", cap(dst), size)
+	}
+	// The decoder writes no further than dst's capacity (the cap
+	// limit): the bound is the digest's size.
+	out, err := allDecoder().DecodeAll(data, dst[:0:size])
+	switch {
+	case errors.Is(err, zstd.ErrDecoderSizeExceeded):
+		return nil, ErrTooLarge
+	case err != nil:
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	case int64(len(out)) != size:
+		return nil, fmt.Errorf("zstd data inflates to %d bytes, the digest says %d", len(out), size)
+	}
+	return out, nil
+}
+
+// allDecoder is InflateInto's, made on first use: DecodeAll is safe for
+// concurrent use, limited to dst's capacity, and decodes a whole entry
+// with no stream set up.
+var allDecoder = sync.OnceValue(func() *zstd.Decoder {
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecodeAllCapLimit(true))
+	if err != nil {
+		panic(err)
+	}
+	return d
+})
+
 // Decompress inflates one batch entry that must come to exactly size
 // bytes.
 func Decompress(data []byte, size int64) ([]byte, error) {
@@ -113,8 +155,9 @@ func Decompress(data []byte, size int64) ([]byte, error) {
 
 // Copy inflates the zstd stream in src into dst and returns the bytes
 // written. It fails with ErrTooLarge once more than limit bytes come out
-// (at most one byte more reaches dst); an error reading src or writing
-// dst is returned as it is.
+// (no byte past limit reaches dst); an error reading src or writing dst
+// is returned as it is. The decoder hands dst its blocks as they are
+// decoded, with no copy between.
 func Copy(dst io.Writer, src io.Reader, limit int64) (int64, error) {
 	d := decoders.Get().(*zstd.Decoder)
 	defer func() {
@@ -125,16 +168,13 @@ func Copy(dst io.Writer, src io.Reader, limit int64) (int64, error) {
 	if err := d.Reset(r); err != nil {
 		return 0, r.cause(err)
 	}
-	w := &errWriter{w: dst}
-	n, err := io.Copy(w, io.LimitReader(d, limit+1))
+	w := &errWriter{w: dst, left: limit}
+	n, err := d.WriteTo(w)
 	switch {
 	case w.err != nil:
 		return n, w.err
 	case err != nil:
 		return n, r.cause(err)
-	}
-	if n > limit {
-		return n, ErrTooLarge
 	}
 	return n, nil
 }
@@ -161,15 +201,22 @@ func (e *errReader) cause(err error) error {
 	return fmt.Errorf("%w: %v", ErrCorrupt, err)
 }
 
-// errWriter remembers the error of the destination, which is returned as
-// it is (a full disk is not corrupt data).
+// errWriter passes at most left bytes on to w, failing with ErrTooLarge
+// past them, and remembers the error of the destination, which is
+// returned as it is (a full disk is not corrupt data).
 type errWriter struct {
-	w   io.Writer
-	err error
+	w    io.Writer
+	left int64
+	err  error
 }
 
 func (e *errWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > e.left {
+		e.err = ErrTooLarge
+		return 0, e.err
+	}
 	n, err := e.w.Write(p)
+	e.left -= int64(n)
 	if err != nil {
 		e.err = err
 	}
