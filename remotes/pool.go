@@ -5,16 +5,20 @@ import (
 	"sync"
 )
 
-// downloadPool holds the buffers download answers are decoded into
-// (held) between messages. gRPC's own pool keeps buffers of more than
+// downloadPool holds the buffers batch answers are decoded into (held),
+// their compressed entries inflated into (inflateRoom) and a stream's
+// messages joined in (recvReader), between uses. gRPC's own pool keeps buffers of more than
 // 1 MiB in a sync.Pool, which drops them at every garbage collection, and
 // memory the runtime gives back to the system costs a page fault per page
 // when it is used again: a pull spent a tenth of its CPU time on those.
 var downloadPool = &keptPool{limit: downloadPoolBytes}
 
 // downloadPoolBytes bounds what downloadPool keeps: what a run's
-// downloads hold in memory at once (transfer's inflightBytes).
-const downloadPoolBytes = 32 << 20
+// downloads hold in memory at once. That is transfer's inflightBytes
+// (32 MiB) of batch answers, eight of the default 4 MiB, and as much
+// again for the room their compressed entries inflate into (a batch
+// holds both until its blobs are stored).
+const downloadPoolBytes = 2 * 32 << 20
 
 // keptPool is a mem.BufferPool that keeps the buffers put back, up to
 // limit bytes, in power-of-two size classes. It is safe for concurrent

@@ -25,3 +25,26 @@ func TestKeptPool(t *testing.T) {
 		t.Errorf("kept %d bytes of a buffer not of a size class", p.kept)
 	}
 }
+
+// A pull's batches at once (eight of 4 MiB in transfer's 32 MiB in
+// flight), each holding its answer and the room its compressed entries
+// inflate into, take their buffers from the pool again, no new memory,
+// once the first round put them back. With room for the answers alone,
+// half of them were made anew every time.
+func TestDownloadPoolKeepsConcurrentBatches(t *testing.T) {
+	p := &keptPool{limit: downloadPoolBytes}
+	answer, blobs := int(DefaultMaxBatchBytes), int(DefaultMaxBatchBytes-batchMargin)
+	round := func() {
+		held := make([]*[]byte, 0, 16)
+		for range 8 {
+			held = append(held, p.Get(answer), p.Get(blobs))
+		}
+		for _, b := range held {
+			p.Put(b)
+		}
+	}
+	round()
+	if n := testing.AllocsPerRun(5, round); n > 1 {
+		t.Errorf("eight compressed batches at once: %.0f allocations a round once the pool is warm, want none", n)
+	}
+}
