@@ -202,3 +202,70 @@ func BenchmarkDecodeReadResponse(b *testing.B) {
 		})
 	}
 }
+
+// A ReadResponse read from its frames decodes as protobuf does, however
+// the frames cut it (through a tag, a length, the data): unknown fields of
+// every wire type skipped, the last data field winning, a group decoded
+// through the whole message, and a truncated or malformed one refused.
+func TestReadResponseAcrossFrames(t *testing.T) {
+	data := blob(3000, 11)
+	var wire []byte
+	wire = protowire.AppendTag(wire, 3, protowire.VarintType)
+	wire = protowire.AppendVarint(wire, 1<<40)
+	wire = protowire.AppendTag(wire, 10, protowire.BytesType)
+	wire = protowire.AppendBytes(wire, []byte("first, replaced"))
+	wire = protowire.AppendTag(wire, 4, protowire.Fixed32Type)
+	wire = protowire.AppendFixed32(wire, 7)
+	wire = protowire.AppendTag(wire, 10, protowire.BytesType)
+	wire = protowire.AppendBytes(wire, data)
+	wire = protowire.AppendTag(wire, 5, protowire.Fixed64Type)
+	wire = protowire.AppendFixed64(wire, 9)
+	wire = protowire.AppendTag(wire, 2000, protowire.BytesType)
+	wire = protowire.AppendBytes(wire, blob(500, 12))
+	group := protowire.AppendTag(nil, 6, protowire.StartGroupType)
+	group = protowire.AppendTag(group, 1, protowire.VarintType)
+	group = protowire.AppendVarint(group, 5)
+	group = protowire.AppendTag(group, 6, protowire.EndGroupType)
+	codec := downloadCodec{encoding.GetCodecV2("proto")}
+	cut := func(b []byte, n int) mem.BufferSlice {
+		var s mem.BufferSlice
+		for len(b) > 0 {
+			k := min(len(b), n)
+			s = append(s, mem.SliceBuffer(bytes.Clone(b[:k])))
+			b = b[k:]
+		}
+		return s
+	}
+	for _, c := range []struct {
+		name string
+		wire []byte
+	}{{"unknown fields", wire}, {"a group", append(bytes.Clone(wire), group...)}} {
+		var want bspb.ReadResponse
+		if err := proto.Unmarshal(c.wire, &want); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []int{1, 2, 3, 7, 1000, len(c.wire)} {
+			var got heldRead
+			if err := codec.Unmarshal(cut(c.wire, n), &got); err != nil {
+				t.Fatalf("%s in frames of %d: %v", c.name, n, err)
+			}
+			if !bytes.Equal(bytes.Join(got.data, nil), want.Data) {
+				t.Errorf("%s in frames of %d: %d bytes of data, want %d", c.name, n, len(bytes.Join(got.data, nil)), len(want.Data))
+			}
+			got.free()
+		}
+	}
+	for _, bad := range [][]byte{
+		wire[:len(wire)-1], // cut in a field
+		{0x52, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, // a length of 11 bytes
+		{0x02, 0x00}, // field number 0
+		protowire.AppendTag(nil, 10, protowire.BytesType), // no length
+	} {
+		if err := codec.Unmarshal(cut(bad, 3), &heldRead{}); err == nil {
+			t.Errorf("% x decoded", bad)
+		}
+		if err := proto.Unmarshal(bad, &bspb.ReadResponse{}); err == nil {
+			t.Errorf("protobuf decodes % x: the case is wrong", bad)
+		}
+	}
+}
