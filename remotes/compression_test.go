@@ -5,6 +5,7 @@ import (
 	"context"
 	"math/rand"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -116,7 +117,9 @@ func TestZstdAgainstBazelRemote(t *testing.T) {
 // sends each entry zstd-compressed) allocates far less than the blobs'
 // size per read. Before, each read allocated more than the blobs' size.
 func TestCompressedBatchInflatesInPlace(t *testing.T) {
-	srv := testenv.StartBazelRemote(t)
+	// No access log: the test process keeps bazel-remote's output, and
+	// its buffer's growth would count as the client's.
+	srv := testenv.StartBazelRemote(t, "--access_log_level", "none")
 	r := dial(t, cacheConfig("bazel", srv.URL(), config.TypeStorage))
 	if res := probe(t, r, config.TypeStorage); !res.Caps.Compressed {
 		t.Fatal("bazel-remote does not advertise zstd")
@@ -148,17 +151,20 @@ func TestCompressedBatchInflatesInPlace(t *testing.T) {
 		}
 	}
 	read() // the buffers are made once
-	const reads = 10
+	// The median of single reads: a garbage collection may fall in one.
+	var each []int64
 	var mem runtime.MemStats
-	runtime.ReadMemStats(&mem)
-	before := mem.TotalAlloc
-	for range reads {
+	for range 9 {
+		runtime.ReadMemStats(&mem)
+		before := mem.TotalAlloc
 		read()
+		runtime.ReadMemStats(&mem)
+		each = append(each, int64(mem.TotalAlloc-before))
 	}
-	runtime.ReadMemStats(&mem)
-	each := int64(mem.TotalAlloc-before) / reads
-	t.Logf("a batch of %d blobs, %d bytes: %d bytes allocated a read", len(batch), size, each)
-	if each > size/2 {
-		t.Errorf("reading a batch of %d compressed blobs (%d bytes) allocates %d bytes, want under half their size", len(batch), size, each)
+	slices.Sort(each)
+	median := each[len(each)/2]
+	t.Logf("a batch of %d blobs, %d bytes: %d bytes allocated a read (median of %v)", len(batch), size, median, each)
+	if median > size/2 && !raceEnabled {
+		t.Errorf("reading a batch of %d compressed blobs (%d bytes) allocates %d bytes, want under half their size", len(batch), size, median)
 	}
 }

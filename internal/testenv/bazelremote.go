@@ -18,15 +18,15 @@ func BazelRemoteBinary(t testing.TB) string {
 }
 
 // StartBazelRemote starts bazel-remote with a fresh directory on free
-// loopback ports; its gRPC address is Addr.
-func StartBazelRemote(t testing.TB) *Server {
+// loopback ports, and any further flags; its gRPC address is Addr.
+func StartBazelRemote(t testing.TB, flags ...string) *Server {
 	t.Helper()
 	bin := BazelRemoteBinary(t)
 	dir := t.TempDir()
 	grpcAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
-	cmd := exec.Command(bin, "--dir", dir, "--max_size", "1",
-		"--grpc_address", grpcAddr, "--http_address", httpAddr)
+	cmd := exec.Command(bin, append([]string{"--dir", dir, "--max_size", "1",
+		"--grpc_address", grpcAddr, "--http_address", httpAddr}, flags...)...)
 	s := start(t, "bazel-remote", cmd, grpcAddr, nil)
 	s.Dir = dir
 	return s

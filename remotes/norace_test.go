@@ -1,0 +1,5 @@
+//go:build !race
+
+package remotes_test
+
+const raceEnabled = false
