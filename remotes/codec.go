@@ -23,8 +23,8 @@ import (
 // downloadPool that the caller gives back once the data is stored: its
 // bytes are copied once between the connection and the file, into memory
 // used again and again (fresh memory costs a page fault per page). A
-// stream's message is not gathered at all: its data is read from the
-// frames it came in.
+// stream's message is not gathered: its data is read from the frames it
+// came in (recvReader).
 type downloadCodec struct{ proto encoding.CodecV2 }
 
 // withDownloadCodec makes the connection's calls use downloadCodec.
@@ -78,9 +78,8 @@ type heldBatch struct {
 }
 
 // heldRead is a ByteStream ReadResponse whose data stays in the buffers
-// gRPC received it in (the HTTP/2 frames, 16 KiB each), held until free:
-// a stream's bytes are not gathered into one buffer on their way to the
-// decoder or the file. data is the pieces of its data field, in order.
+// gRPC received it in (the HTTP/2 frames, 16 KiB each), held until free.
+// data is the pieces of its data field, in order.
 type heldRead struct {
 	bufs  mem.BufferSlice
 	data  [][]byte

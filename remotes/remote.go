@@ -443,7 +443,9 @@ func (s *recvReader) Read(p []byte) (int, error) {
 }
 
 // WriteTo hands each message's data to w in one write: as it is when it
-// came in one frame, else joined in a buffer kept for the stream.
+// came in one frame, else joined in a buffer kept for the stream (a write
+// per frame would cost a system call per 16 KiB). A zstd stream's decoder
+// reads the frames themselves (Read).
 func (s *recvReader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
