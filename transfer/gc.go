@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"slices"
 	"sort"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/bst-cache/bst-cache/buildstream"
 	"github.com/bst-cache/bst-cache/cache"
+	"github.com/bst-cache/bst-cache/internal/spool"
 )
 
 // DefaultGrace is how long an object stays after it was written, whatever
@@ -40,14 +44,19 @@ type GCOptions struct {
 	DryRun bool
 	// Waiting is called once if gc must wait for transfers in progress.
 	Waiting func()
+	// Removed is told of each ref removed (or that would be), in order;
+	// its error stops gc.
+	Removed func(ref string) error
 }
 
 // GCReport is what a gc removed (or would).
 type GCReport struct {
-	Refs    []string `json:"refs_removed"`
-	Objects int      `json:"objects_removed"`
-	Freed   int64    `json:"bytes_freed"`
-	Tmp     int      `json:"tmp_files_removed"`
+	// Refs is how many refs were removed; GCOptions.Removed is told of
+	// each.
+	Refs    int   `json:"-"`
+	Objects int   `json:"objects_removed"`
+	Freed   int64 `json:"bytes_freed"`
+	Tmp     int   `json:"tmp_files_removed"`
 	// GraceKept and GraceKeptBytes are the objects no ref reached that
 	// were kept because they were written within the grace period.
 	GraceKept      int   `json:"objects_kept_grace"`
@@ -63,6 +72,11 @@ type GCReport struct {
 // bst-cache transfer is writing meanwhile, and keeps objects written
 // within the grace period that no ref reached when it began, for writers
 // that do not take the lock; what the removed refs reached goes at once.
+// What it holds is bounded whatever the store's size, as for Usage: the
+// objects are taken in passes of about objectsPerPass, each over a range
+// of first bytes of their hashes (every artifact's trees read again in
+// each). An artifact takes about 30 bytes; its refs' names, and between
+// passes the objects a removal may take, wait in unnamed temporary files.
 func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	var rep GCReport
 	if _, ok := cache.DetectLayout(e.Store.Root()); !ok {
@@ -78,81 +92,451 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		}
 		defer unlock()
 	}
-	grace := o.Grace
-	if grace == 0 {
-		grace = DefaultGrace
+	g := &gcRun{e: e, o: o, grace: o.Grace, now: time.Now(), lt: newLocalTrees(e.Store),
+		refs: spool.New(64 << 10), found: spool.New(0), gone: spool.New(0)}
+	defer g.refs.Close()
+	defer g.found.Close()
+	defer g.gone.Close()
+	if g.grace == 0 {
+		g.grace = DefaultGrace
 	}
-	now := time.Now()
-
-	// Every digest gc meets is numbered once (a big store has a million):
-	// what it knows of each sits in slices by that number.
-	t, total, err := e.objectTable(0, math.MaxInt, true)
-	if err != nil {
-		return rep, err
+	if infos, err := e.Store.ListRefs(cache.KindAsset, ""); err == nil && len(infos) > 0 {
+		return rep, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), cache.KindAsset)
 	}
-	arts, err := e.artifacts(ctx, t)
-	if err != nil {
-		return rep, err
-	}
-	reached := int64(0)
-	// Only objects no ref reached are a lock-free writer's fresh work:
-	// the grace period is for them.
-	unreached := make([]bool, len(t.needs))
-	for i, n := range t.needs {
-		if n > 0 {
-			reached += t.size(i)
+	total := int64(0)
+	for from := 0; from < 256; {
+		t, size, err := e.objectTable(from, objectsPerPass, true)
+		if err != nil {
+			return rep, err
+		}
+		total += size
+		// The first pass finds the artifacts and ranks them; the others
+		// read them again.
+		if from == 0 {
+			if err = g.findArtifacts(ctx, t); err == nil {
+				err = g.rank(t)
+			}
 		} else {
-			unreached[i] = true
+			err = g.markArtifacts(ctx, t)
 		}
+		if err != nil {
+			return rep, err
+		}
+		if err := g.tally(t, &rep); err != nil {
+			return rep, err
+		}
+		from = t.hi
 	}
-	// Refs to remove: unused for OlderThan, then least recently used
-	// until what is reached fits.
-	sort.Slice(arts, func(i, j int) bool { return arts[i].used.Before(arts[j].used) })
-	for _, a := range arts {
-		old := o.OlderThan > 0 && now.Sub(a.used) > o.OlderThan
-		big := o.MaxSize > 0 && reached > o.MaxSize
-		if !old && !big {
-			continue
-		}
-		for _, i := range a.closure {
-			if t.needs[i]--; t.needs[i] == 0 {
-				reached -= t.size(int(i))
-			}
-		}
-		rep.Refs = append(rep.Refs, a.refs...)
-		if !o.DryRun {
-			for _, r := range a.refs {
-				if err := e.Store.DeleteRef(a.kind, r); err != nil && !errors.Is(err, cache.ErrNotFound) {
-					return rep, err
-				}
-			}
-		}
+	evicted, err := g.removeRefs(&rep)
+	if err != nil {
+		return rep, err
 	}
-	empty := cache.KeyOf(digest.NewFromBlob(nil))
-	for i := range t.count() {
-		obj := t.object(i)
-		if t.needs[i] > 0 || obj.key == empty {
-			continue
-		}
-		size := t.size(i)
-		if unreached[i] && grace > 0 && now.Sub(time.Unix(0, obj.modified)) < grace {
-			rep.GraceKept++
-			rep.GraceKeptBytes += size
-			continue
+	if err := g.gone.Each(func(_ int, rec string) error {
+		key, size, rank := readGCObject(rec)
+		if rank >= evicted {
+			return nil
 		}
 		if !o.DryRun {
-			if err := e.Store.RemoveObject(keyDigest(obj.key)); err != nil {
-				return rep, err
+			if err := e.Store.RemoveObject(keyDigest(key)); err != nil {
+				return err
 			}
 		}
 		rep.Objects++
 		rep.Freed += size
+		return nil
+	}); err != nil {
+		return rep, err
 	}
 	rep.Left = total - rep.Freed
 	if !o.DryRun {
-		rep.Tmp, _ = e.Store.CleanTmp(max(grace, 0))
+		rep.Tmp, _ = e.Store.CleanTmp(max(g.grace, 0))
 	}
 	return rep, nil
+}
+
+// gcRun is what a gc keeps between its passes. Artifacts are numbered as
+// found (kind by kind, their refs in name order), and ranked by when they
+// were last used: they are evicted in the order of their ranks, a prefix
+// of them. An object is freed exactly when every artifact that needs it
+// is evicted: when the highest ranked of them is.
+type gcRun struct {
+	e     *Engine
+	o     GCOptions
+	grace time.Duration
+	now   time.Time
+	lt    *localTrees
+	// refs are each artifact's refs, the one read first, joined by NUL (no
+	// ref name holds one: they are file names).
+	refs *spool.Strings
+	// used is when each artifact was last used (Unix ns); order are the
+	// artifacts by rank, and ranks their ranks.
+	used  []int64
+	order []int32
+	ranks []int32
+	// found are, by artifact, the table numbers of the first pass that it
+	// needs, until it is ranked (4 bytes each, in a temporary file).
+	found *spool.Strings
+	// kinds are the kinds found; ends[i] is the number after the last
+	// artifact of kinds[i].
+	kinds []cache.Kind
+	ends  []int
+	// freed is, by rank, the bytes of what the artifact is the highest
+	// ranked to need; reached is what every artifact reaches, each digest
+	// once (missing ones too: what the refs reach counts toward MaxSize as
+	// a whole).
+	freed   []int64
+	reached int64
+	// gone are the objects an eviction may remove, as gcObject records:
+	// those no ref reached and out of grace (rank -1), and those the
+	// artifacts reach whose highest ranked one may be evicted.
+	gone *spool.Strings
+}
+
+// old says whether the artifact of rank r was unused for OlderThan.
+func (g *gcRun) old(r int32) bool {
+	return g.o.OlderThan > 0 && g.now.Sub(time.Unix(0, g.used[g.order[r]])) > g.o.OlderThan
+}
+
+// kindOf is artifact a's kind.
+func (g *gcRun) kindOf(a int) cache.Kind {
+	i, _ := slices.BinarySearch(g.ends, a+1)
+	return g.kinds[i]
+}
+
+// findArtifacts lists the local artifacts and sources of both BuildStream
+// formats, whatever the store's layout (each once, with all its refs),
+// and marks in t what they need.
+func (g *gcRun) findArtifacts(ctx context.Context, t *digestTable) error {
+	for _, k := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource} {
+		if err := g.findKind(ctx, k, t); err != nil {
+			return err
+		}
+		g.kinds = append(g.kinds, k)
+		g.ends = append(g.ends, len(g.used))
+	}
+	return nil
+}
+
+// findKind finds the artifacts of one kind, marking in t what they need.
+// The refs are read refBatch at a time, and the Directories under each
+// batch's artifacts together (each once across all of them). Each ref's
+// name waits in a temporary file; what finds one by name is 8 bytes a
+// ref (a 32-bit hash, checked against the name, and its place).
+func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) error {
+	names := spool.New(64 << 10)
+	defer names.Close()
+	var used []int64
+	var index []uint64
+	seed := maphash.MakeSeed()
+	hash := func(name string) uint64 { return maphash.String(seed, name) >> 32 }
+	if err := g.e.Store.WalkRefs(k, "", func(r cache.RefInfo) error {
+		index = append(index, hash(r.Name)<<32|uint64(len(used)))
+		used = append(used, latest(r.Accessed, r.Modified).UnixNano())
+		return names.Add(r.Name)
+	}); err != nil {
+		return err
+	}
+	slices.Sort(index)
+	done := make([]bool, len(used))
+	// window are the names of the batch's refs, from place first.
+	var window []string
+	first := 0
+	var needs []byte
+	find := func(name string) (int, bool, error) {
+		h := hash(name)
+		at, _ := slices.BinarySearch(index, h<<32)
+		for ; at < len(index) && index[at]>>32 == h; at++ {
+			i := int(uint32(index[at]))
+			s, err := "", error(nil)
+			if i >= first && i < first+len(window) {
+				s = window[i-first]
+			} else if s, err = names.At(i); err != nil {
+				return 0, false, err
+			}
+			if s == name {
+				return i, true, nil
+			}
+		}
+		return 0, false, nil
+	}
+	// batch reads the window's refs not done yet (those an earlier one
+	// turns out to name are passed over, as they would be one by one):
+	// each the first of an artifact.
+	batch := func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var refs []string
+		var at []int
+		for j, name := range window {
+			if !done[first+j] {
+				refs = append(refs, name)
+				at = append(at, first+j)
+			}
+		}
+		b, err := g.read(ctx, k, refs, true)
+		if err != nil {
+			return err
+		}
+		for j, n := range at {
+			if done[n] {
+				continue
+			}
+			if b.errs[j] != nil {
+				return b.errs[j]
+			}
+			var group []string
+			last := int64(math.MinInt64)
+			for _, r := range refsOf(refs[j], b.keys[b.ens[j].digest]) {
+				i, ok, err := find(r)
+				if err != nil {
+					return err
+				}
+				if ok && !done[i] {
+					done[i] = true
+					group = append(group, r)
+					last = max(last, used[i])
+				}
+			}
+			g.used = append(g.used, last)
+			if err := g.refs.Add(strings.Join(group, "\x00")); err != nil {
+				return err
+			}
+			needs = needs[:0]
+			if err := g.reach(t, b.roots[j], refs[j], func(n int32) {
+				needs = binary.LittleEndian.AppendUint32(needs, uint32(n))
+			}); err != nil {
+				return err
+			}
+			if err := g.found.Add(string(needs)); err != nil {
+				return err
+			}
+		}
+		first += len(window)
+		window = window[:0]
+		return nil
+	}
+	if err := names.Each(func(_ int, name string) error {
+		if window = append(window, name); len(window) < refBatch {
+			return nil
+		}
+		return batch()
+	}); err != nil {
+		return err
+	}
+	return batch()
+}
+
+// markArtifacts marks in t what the artifacts found need, refBatch of
+// them at a time.
+func (g *gcRun) markArtifacts(ctx context.Context, t *digestTable) error {
+	var refs []string
+	var ids []int32
+	batch := func() error {
+		if len(refs) == 0 {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b, err := g.read(ctx, g.kindOf(int(ids[0])), refs, false)
+		if err != nil {
+			return err
+		}
+		for j, a := range ids {
+			if b.errs[j] != nil {
+				return b.errs[j]
+			}
+			if err := g.reach(t, b.roots[j], refs[j], func(n int32) { t.markRank(n, g.ranks[a]) }); err != nil {
+				return err
+			}
+		}
+		refs, ids = refs[:0], ids[:0]
+		return nil
+	}
+	if err := g.refs.Each(func(a int, group string) error {
+		if len(refs) == refBatch || len(ids) > 0 && g.kindOf(int(ids[0])) != g.kindOf(a) {
+			if err := batch(); err != nil {
+				return err
+			}
+		}
+		first, _, _ := strings.Cut(group, "\x00")
+		refs, ids = append(refs, first), append(ids, int32(a))
+		return nil
+	}); err != nil {
+		return err
+	}
+	return batch()
+}
+
+// gcBatch is a batch of refs read and the Directories under them loaded:
+// each ref's entry and roots, or its error.
+type gcBatch struct {
+	ens   []entry
+	roots []numRoots
+	errs  []error
+	// keys are the artifacts' keys, when asked for.
+	keys map[digest.Digest]buildstream.Keys
+}
+
+// read reads refs of kind k and loads the Directories under them.
+func (g *gcRun) read(ctx context.Context, k cache.Kind, refs []string, keys bool) (gcBatch, error) {
+	ens, errs := g.e.localEntries(ctx, k, refs)
+	b := gcBatch{ens: ens, roots: make([]numRoots, len(refs)), errs: make([]error, len(refs))}
+	g.lt.reset()
+	for j, en := range ens {
+		if errs[j] != nil {
+			b.errs[j] = fmt.Errorf("ref %s: %w", refs[j], errs[j])
+		} else if r, err := g.lt.rootsOf(en); err != nil {
+			b.errs[j] = fmt.Errorf("ref %s: %w (bst-cache verify --repair mends it)", refs[j], err)
+		} else {
+			b.roots[j] = r
+		}
+	}
+	var found *keysFinder
+	var saw func(int32, *repb.Directory)
+	if keys {
+		found = newKeysFinder(g.lt, k, ens, errs)
+		saw = found.saw
+	}
+	if err := g.lt.load(ctx, b.roots, saw); err != nil {
+		return b, err
+	}
+	if keys {
+		b.keys = g.e.batchKeys(ctx, ens, errs, found)
+	}
+	return b, nil
+}
+
+// reach calls fn with the number in t of each digest in t's range that
+// roots (an artifact's, first read as ref) reach: missing digests too,
+// numbered beside the store's objects.
+func (g *gcRun) reach(t *digestTable, roots numRoots, ref string, fn func(n int32)) error {
+	if err := g.lt.closure(roots, func(k cache.DigestKey, _ reach) {
+		if t.holds(k) {
+			fn(t.number(k))
+		}
+	}); err != nil {
+		return fmt.Errorf("ref %s: %w (bst-cache verify --repair mends it)", ref, err)
+	}
+	return nil
+}
+
+// markRank notes in mark that an artifact of rank r needs digest n.
+func (t *digestTable) markRank(n, r int32) {
+	t.mark[n] = max(t.mark[n], r+1)
+}
+
+// rank orders the artifacts found by when they were last used, as a sort
+// of them in the order found would (not a stable one: artifacts last used
+// at the same time go in the order it leaves them), and marks in t what
+// each needs with its rank.
+func (g *gcRun) rank(t *digestTable) error {
+	g.order = make([]int32, len(g.used))
+	for i := range g.order {
+		g.order[i] = int32(i)
+	}
+	sort.Slice(g.order, func(i, j int) bool { return g.used[g.order[i]] < g.used[g.order[j]] })
+	g.ranks = make([]int32, len(g.order))
+	for r, a := range g.order {
+		g.ranks[a] = int32(r)
+	}
+	defer g.found.Close()
+	return g.found.Each(func(a int, needs string) error {
+		for i := 0; i < len(needs); i += 4 {
+			t.markRank(int32(binary.LittleEndian.Uint32([]byte(needs[i:]))), g.ranks[a])
+		}
+		return nil
+	})
+}
+
+// tally adds up a pass: what each artifact frees, what grace keeps, and
+// the objects an eviction may remove.
+func (g *gcRun) tally(t *digestTable, rep *GCReport) error {
+	if g.freed == nil {
+		g.freed = make([]int64, len(g.used))
+	}
+	empty := cache.KeyOf(digest.NewFromBlob(nil))
+	var rec [gcObjectSize]byte
+	for b, run := range t.runs {
+		for j, key := range run {
+			m := t.mark[t.start[b]+int32(j)]
+			size := keySize(key)
+			if m > 0 {
+				g.reached += size
+				g.freed[m-1] += size
+			}
+			switch {
+			case key == empty:
+			case m == 0 && g.grace > 0 && g.now.Sub(time.Unix(0, t.modified[b][j])) < g.grace:
+				// Only objects no ref reached are a lock-free writer's
+				// fresh work: the grace period is for them.
+				rep.GraceKept++
+				rep.GraceKeptBytes += size
+			case m == 0 || g.o.MaxSize > 0 || g.old(m-1):
+				if err := g.gone.Add(gcObject(rec[:], key, m-1)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for i, key := range t.lackKey {
+		if m := t.mark[t.count()+i]; m > 0 {
+			g.reached += keySize(key)
+			g.freed[m-1] += keySize(key)
+		}
+	}
+	return nil
+}
+
+// removeRefs evicts artifacts by rank (least recently used first) while
+// they are old or what is reached exceeds MaxSize, and removes their refs:
+// it says how many ranks were evicted.
+func (g *gcRun) removeRefs(rep *GCReport) (int32, error) {
+	reached := g.reached
+	evicted := int32(0)
+	for ; int(evicted) < len(g.order); evicted++ {
+		if !g.old(evicted) && (g.o.MaxSize <= 0 || reached <= g.o.MaxSize) {
+			break
+		}
+		reached -= g.freed[evicted]
+		a := g.order[evicted]
+		group, err := g.refs.At(int(a))
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range strings.Split(group, "\x00") {
+			if !g.o.DryRun {
+				if err := g.e.Store.DeleteRef(g.kindOf(int(a)), r); err != nil && !errors.Is(err, cache.ErrNotFound) {
+					return 0, err
+				}
+			}
+			rep.Refs++
+			if g.o.Removed != nil {
+				if err := g.o.Removed(r); err != nil {
+					return 0, err
+				}
+			}
+		}
+	}
+	return evicted, nil
+}
+
+// gcObjectSize is a gcObject record's size: an object's hash, its size,
+// and the highest rank of the artifacts that need it (-1: none).
+const gcObjectSize = sha256.Size + 8 + 4
+
+func gcObject(rec []byte, k cache.DigestKey, a int32) string {
+	copy(rec, k.Hash[:])
+	binary.LittleEndian.PutUint64(rec[sha256.Size:], uint64(k.Size))
+	binary.LittleEndian.PutUint32(rec[sha256.Size+8:], uint32(a))
+	return string(rec)
+}
+
+func readGCObject(rec string) (k cache.DigestKey, size int64, a int32) {
+	copy(k.Hash[:], rec)
+	k.Size = int64(binary.LittleEndian.Uint64([]byte(rec[sha256.Size:])))
+	return k, keySize(k), int32(binary.LittleEndian.Uint32([]byte(rec[sha256.Size+8:])))
 }
 
 // digestTable numbers the digests gc and du meet: the objects of the
@@ -170,8 +554,9 @@ type digestTable struct {
 	modified [256][]int64
 	lacking  map[cache.DigestKey]int32
 	lackKey  []cache.DigestKey
-	// needs is how many artifacts need each.
-	needs []int32
+	// mark is what the caller notes of each: whether a ref reached it
+	// (du), 1 + the highest ranked artifact that needs it (gc); 0: none.
+	mark []int32
 }
 
 // tableObject is an object of the store, written at modified (Unix ns).
@@ -229,7 +614,7 @@ func (e *Engine) objectTable(from, max int, times bool) (t *digestTable, total i
 		}
 		t.start[b+1] = t.start[b] + int32(len(t.runs[b]))
 	}
-	t.needs = make([]int32, t.count())
+	t.mark = make([]int32, t.count())
 	t.lacking = map[cache.DigestKey]int32{}
 	return t, total, nil
 }
@@ -267,10 +652,10 @@ func (t *digestTable) number(k cache.DigestKey) int32 {
 	if i, ok := t.lacking[k]; ok {
 		return i
 	}
-	i := int32(len(t.needs))
+	i := int32(len(t.mark))
 	t.lacking[k] = i
 	t.lackKey = append(t.lackKey, k)
-	t.needs = append(t.needs, 0)
+	t.mark = append(t.mark, 0)
 	return i
 }
 
@@ -283,156 +668,7 @@ func (t *digestTable) key(i int) cache.DigestKey {
 }
 
 // size is digest i's size.
-func (t *digestTable) size(i int) int64 { return keyDigest(t.key(i)).Size }
-
-// localArtifact is one local artifact (or source): all its refs and what they
-// reach (numbers of a digestTable).
-type localArtifact struct {
-	kind    cache.Kind
-	refs    []string
-	used    time.Time
-	closure []int32
-}
-
-// artifacts lists the local artifacts and sources of both BuildStream
-// formats, whatever the store's layout (each once, with all its refs), and
-// counts in t how many of them need each object. A store holding refs gc
-// does not read (Remote Asset records of serve) is refused: their objects
-// would look unreachable.
-func (e *Engine) artifacts(ctx context.Context, t *digestTable) ([]localArtifact, error) {
-	kinds := []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource}
-	if infos, err := e.Store.ListRefs(cache.KindAsset, ""); err == nil && len(infos) > 0 {
-		return nil, fmt.Errorf("the store also holds %d %s refs, which gc does not read: it removes nothing (is it a serve directory?)", len(infos), cache.KindAsset)
-	}
-	var out []localArtifact
-	lt := newLocalTrees(e.Store)
-	for _, k := range kinds {
-		arts, err := e.kindArtifacts(ctx, k, t, lt)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, arts...)
-	}
-	return out, nil
-}
-
-// kindArtifacts lists the local artifacts of one kind, counting needs.
-// The refs are read refBatch at a time, and the Directories under each
-// batch's artifacts together (each once across all of them).
-func (e *Engine) kindArtifacts(ctx context.Context, k cache.Kind, t *digestTable, lt *localTrees) ([]localArtifact, error) {
-	// Each ref's name and when it was last used, in ListRefs' order, and
-	// their numbers in name order to find one (not a map: a big store has
-	// a million).
-	type localRef struct {
-		name string
-		used time.Time
-	}
-	var infos []localRef
-	if err := e.Store.WalkRefs(k, "", func(r cache.RefInfo) error {
-		infos = append(infos, localRef{r.Name, latest(r.Accessed, r.Modified)})
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	byName := make([]int32, len(infos))
-	for i := range byName {
-		byName[i] = int32(i)
-	}
-	slices.SortFunc(byName, func(a, b int32) int { return strings.Compare(infos[a].name, infos[b].name) })
-	find := func(name string) (int, bool) {
-		at, ok := slices.BinarySearchFunc(byName, name, func(i int32, name string) int { return strings.Compare(infos[i].name, name) })
-		if !ok {
-			return 0, false
-		}
-		return int(byName[at]), true
-	}
-	done := make([]bool, len(infos))
-	var out []localArtifact
-	var reached []int32
-	for start := 0; start < len(infos); start += refBatch {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		// The refs not done when the batch begins; those an earlier one
-		// turns out to name are passed over below, as they would be one
-		// by one.
-		var names []string
-		var at []int
-		for n := start; n < min(start+refBatch, len(infos)); n++ {
-			if !done[n] {
-				names = append(names, infos[n].name)
-				at = append(at, n)
-			}
-		}
-		ens, errs := e.localEntries(ctx, k, names)
-		lt.reset()
-		roots := make([]numRoots, len(names))
-		rootErrs := make([]error, len(names))
-		for j, en := range ens {
-			if errs[j] == nil {
-				roots[j], rootErrs[j] = lt.rootsOf(en)
-			}
-		}
-		found := newKeysFinder(lt, k, ens, errs)
-		if err := lt.load(ctx, roots, found.saw); err != nil {
-			return nil, err
-		}
-		keys := e.batchKeys(ctx, ens, errs, found)
-		// In ref order, the artifacts found, up to the first ref that
-		// cannot be read.
-		type step struct {
-			a     localArtifact
-			name  string
-			roots numRoots
-			// err is the ref's (a is then unset) or its roots'.
-			err error
-		}
-		var steps []step
-		for j, n := range at {
-			if done[n] {
-				continue
-			}
-			s := step{a: localArtifact{kind: k}, name: names[j], err: errs[j]}
-			if s.err == nil {
-				for _, r := range refsOf(names[j], keys[ens[j].digest]) {
-					if i, ok := find(r); ok && !done[i] {
-						done[i] = true
-						// The listing's string, not a copy of it.
-						s.a.refs = append(s.a.refs, infos[i].name)
-						s.a.used = latest(s.a.used, infos[i].used)
-					}
-				}
-				if s.roots, s.err = roots[j], rootErrs[j]; s.err != nil {
-					s.err = fmt.Errorf("%w (bst-cache verify --repair mends it)", s.err)
-				}
-			}
-			steps = append(steps, s)
-			if s.err != nil {
-				break
-			}
-		}
-		for _, s := range steps {
-			if s.err == nil {
-				reached = reached[:0]
-				if err := lt.closure(s.roots, func(k cache.DigestKey, _ reach) {
-					// Missing digests too: what the refs reach counts
-					// toward MaxSize as a whole.
-					n := t.number(k)
-					reached = append(reached, n)
-					t.needs[n]++
-				}); err != nil {
-					s.err = fmt.Errorf("%w (bst-cache verify --repair mends it)", err)
-				}
-				s.a.closure = slices.Clone(reached)
-			}
-			if s.err != nil {
-				return nil, fmt.Errorf("ref %s: %w", s.name, s.err)
-			}
-			out = append(out, s.a)
-		}
-	}
-	return out, nil
-}
+func (t *digestTable) size(i int) int64 { return keySize(t.key(i)) }
 
 // keysFinder notes, as a batch's trees are read, where the keys.yaml of
 // each BuildStream 1 artifact is (its root's meta/keys.yaml, as metaFile

@@ -271,9 +271,13 @@ func (lt *localTrees) closure(r numRoots, fn func(k cache.DigestKey, r reach)) e
 
 // keyDigest is the digest of key k.
 func keyDigest(k cache.DigestKey) digest.Digest {
-	size := k.Size
-	if size < 0 {
-		size = -1 - size
+	return digest.Digest{Hash: hex.EncodeToString(k.Hash[:]), Size: keySize(k)}
+}
+
+// keySize is the size of the digest of key k.
+func keySize(k cache.DigestKey) int64 {
+	if k.Size < 0 {
+		return -1 - k.Size
 	}
-	return digest.Digest{Hash: hex.EncodeToString(k.Hash[:]), Size: size}
+	return k.Size
 }

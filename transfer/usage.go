@@ -163,9 +163,10 @@ func (e *Engine) usage(ctx context.Context, names *spool.Strings) (_ *Usages, er
 					u.errs[i] = err.Error()
 					continue
 				}
-				// needs counts the refs that reached each digest.
+				// mark says whether a ref reached each digest.
 				for _, n := range hits {
-					if t.needs[n]++; t.needs[n] == 1 {
+					if t.mark[n] == 0 {
+						t.mark[n] = 1
 						u.Store.UniqueBytes += t.size(int(n))
 					}
 				}

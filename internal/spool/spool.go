@@ -6,9 +6,10 @@
 // user's data lives (only under the OS temp directory).
 //
 // Each string is stored as its length (a uvarint) and its bytes, so any
-// string (newlines included) comes back as it went in. A Strings is for
-// one goroutine at a time. Seen, beside it, tells which strings came
-// before at 16 bytes a string.
+// string (newlines included) comes back as it went in. Strings are read in
+// order (Each) or one by its place (At). A Strings is for one goroutine at
+// a time. Seen, beside it, tells which strings came before at 16 bytes a
+// string.
 package spool
 
 import (
@@ -35,7 +36,17 @@ type Strings struct {
 	// read: the file was read since the last write, so its offset is not
 	// at its end.
 	read bool
+	// size is how many bytes were added; marks are where every stride-th
+	// string begins, for At.
+	size  int64
+	marks []int64
+	// at reads for At, kept between calls.
+	at *bufio.Reader
 }
+
+// stride is how many strings At may read past to reach one: a place kept
+// every 16 strings costs half a byte a string.
+const stride = 16
 
 // New is an empty list that keeps up to memory bytes in memory (Memory
 // when memory is 0 or less).
@@ -50,6 +61,10 @@ func New(memory int) *Strings {
 func (l *Strings) Add(s string) error {
 	var size [binary.MaxVarintLen64]byte
 	head := size[:binary.PutUvarint(size[:], uint64(len(s)))]
+	if l.n%stride == 0 {
+		l.marks = append(l.marks, l.size)
+	}
+	l.size += int64(len(head) + len(s))
 	if l.f == nil {
 		l.mem = append(append(l.mem, head...), s...)
 		l.n++
@@ -111,19 +126,64 @@ func (l *Strings) Each(fn func(i int, s string) error) error {
 	}
 	var buf []byte
 	for i := range l.n {
-		size, err := binary.ReadUvarint(r)
-		if err != nil {
-			return fmt.Errorf("reading back the spool: %w", err)
-		}
-		buf = slices.Grow(buf[:0], int(size))[:size]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return fmt.Errorf("reading back the spool: %w", err)
+		var err error
+		if buf, err = next(r, buf); err != nil {
+			return err
 		}
 		if err := fn(i, string(buf)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// At is the string added i-th (from 0). It reads from where the nearest
+// string before it that has its place kept begins: in a file, a read of a
+// few kilobytes.
+func (l *Strings) At(i int) (string, error) {
+	if i < 0 || i >= l.n {
+		return "", fmt.Errorf("spool: string %d of %d", i, l.n)
+	}
+	from := l.marks[i/stride]
+	var r reader
+	if l.f == nil {
+		r = bytes.NewReader(l.mem[from:])
+	} else {
+		if l.w.Buffered() > 0 {
+			if err := l.w.Flush(); err != nil {
+				return "", fmt.Errorf("spooling: %w", err)
+			}
+		}
+		// Reads at an offset leave the file's own where it is.
+		section := io.NewSectionReader(l.f, from, l.size-from)
+		if l.at == nil {
+			l.at = bufio.NewReaderSize(section, 4096)
+		} else {
+			l.at.Reset(section)
+		}
+		r = l.at
+	}
+	var buf []byte
+	for range i%stride + 1 {
+		var err error
+		if buf, err = next(r, buf); err != nil {
+			return "", err
+		}
+	}
+	return string(buf), nil
+}
+
+// next reads the next string from r into buf.
+func next(r reader, buf []byte) ([]byte, error) {
+	size, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, fmt.Errorf("reading back the spool: %w", err)
+	}
+	buf = slices.Grow(buf[:0], int(size))[:size]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, fmt.Errorf("reading back the spool: %w", err)
+	}
+	return buf, nil
 }
 
 // reader is what Each reads the strings from.

@@ -53,6 +53,26 @@ func TestStrings(t *testing.T) {
 					t.Fatalf("read back %d strings, not the %d added in order", len(got), len(tc.in))
 				}
 			}
+			// Each string by its place, from the last (every place
+			// kept and between two), and reading in order again after.
+			for i := len(tc.in) - 1; i >= 0; i-- {
+				if s, err := l.At(i); err != nil || s != tc.in[i] {
+					t.Fatalf("At(%d) = %.20q, %v; want %.20q", i, s, err, tc.in[i])
+				}
+			}
+			if _, err := l.At(len(tc.in)); err == nil {
+				t.Errorf("At past the end: no error")
+			}
+			n := 0
+			l.Each(func(i int, s string) error {
+				if s == tc.in[i] {
+					n++
+				}
+				return nil
+			})
+			if n != len(tc.in) {
+				t.Errorf("after At, Each read back %d of %d strings", n, len(tc.in))
+			}
 			// The file has no name.
 			if left, _ := os.ReadDir(tmp); len(left) != 0 {
 				t.Errorf("%d files named in TMPDIR", len(left))
@@ -76,6 +96,12 @@ func TestStringsAddAfterPartialRead(t *testing.T) {
 		t.Fatalf("Each returned %v, want fn's error", err)
 	}
 	l.Add(want[2])
+	// At reads the file where the string is, whatever its offset.
+	if s, err := l.At(2); err != nil || s != want[2] {
+		t.Errorf("At(2) after adding: %.20q, %v", s, err)
+	}
+	l.Add("fourth")
+	want = append(want, "fourth")
 	var got []string
 	l.Each(func(_ int, s string) error { got = append(got, s); return nil })
 	if !slices.Equal(got, want) {
