@@ -93,7 +93,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		defer unlock()
 	}
 	g := &gcRun{e: e, o: o, grace: o.Grace, now: time.Now(), lt: newLocalTrees(e.Store),
-		refs: spool.New(64 << 10), found: spool.New(0), gone: spool.New(0)}
+		refs: spool.New(64 << 10), found: spool.New(64 << 10), gone: spool.New(64 << 10)}
 	defer g.refs.Close()
 	defer g.found.Close()
 	defer g.gone.Close()
@@ -105,7 +105,7 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	}
 	total := int64(0)
 	for from := 0; from < 256; {
-		t, size, err := e.objectTable(from, objectsPerPass, true)
+		t, size, err := e.objectTable(from, objectsPerPass, g.fresh)
 		if err != nil {
 			return rep, err
 		}
@@ -192,6 +192,12 @@ type gcRun struct {
 	gone *spool.Strings
 }
 
+// fresh says whether an object written at modified is within the grace
+// period.
+func (g *gcRun) fresh(modified time.Time) bool {
+	return g.grace > 0 && g.now.Sub(modified) < g.grace
+}
+
 // old says whether the artifact of rank r was unused for OlderThan.
 func (g *gcRun) old(r int32) bool {
 	return g.o.OlderThan > 0 && g.now.Sub(time.Unix(0, g.used[g.order[r]])) > g.o.OlderThan
@@ -219,30 +225,31 @@ func (g *gcRun) findArtifacts(ctx context.Context, t *digestTable) error {
 
 // findKind finds the artifacts of one kind, marking in t what they need.
 // The refs are read refBatch at a time, and the Directories under each
-// batch's artifacts together (each once across all of them). Each ref's
-// name waits in a temporary file; what finds one by name is 8 bytes a
-// ref (a 32-bit hash, checked against the name, and its place).
+// batch's artifacts together (each once across all of them). Each ref
+// waits in a temporary file, as when it was last used (8 bytes) and its
+// name; what finds one by name is 9 bytes a ref (a 32-bit hash, checked
+// against the name, its place, and whether it is done).
 func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) error {
-	names := spool.New(64 << 10)
-	defer names.Close()
-	var used []int64
+	listed := spool.New(64 << 10)
+	defer listed.Close()
 	var index []uint64
 	seed := maphash.MakeSeed()
 	hash := func(name string) uint64 { return maphash.String(seed, name) >> 32 }
 	if err := g.e.Store.WalkRefs(k, "", func(r cache.RefInfo) error {
-		index = append(index, hash(r.Name)<<32|uint64(len(used)))
-		used = append(used, latest(r.Accessed, r.Modified).UnixNano())
-		return names.Add(r.Name)
+		index = append(index, hash(r.Name)<<32|uint64(len(index)))
+		used := binary.LittleEndian.AppendUint64(nil, uint64(latest(r.Accessed, r.Modified).UnixNano()))
+		return listed.Add(string(append(used, r.Name...)))
 	}); err != nil {
 		return err
 	}
 	slices.Sort(index)
-	done := make([]bool, len(used))
-	// window are the names of the batch's refs, from place first.
+	done := make([]bool, len(index))
+	// window are the batch's refs, as listed, from place first.
 	var window []string
 	first := 0
 	var needs []byte
-	find := func(name string) (int, bool, error) {
+	// find is the place of the ref named name, and when it was last used.
+	find := func(name string) (int, int64, bool, error) {
 		h := hash(name)
 		at, _ := slices.BinarySearch(index, h<<32)
 		for ; at < len(index) && index[at]>>32 == h; at++ {
@@ -250,14 +257,14 @@ func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) erro
 			s, err := "", error(nil)
 			if i >= first && i < first+len(window) {
 				s = window[i-first]
-			} else if s, err = names.At(i); err != nil {
-				return 0, false, err
+			} else if s, err = listed.At(i); err != nil {
+				return 0, 0, false, err
 			}
-			if s == name {
-				return i, true, nil
+			if s[8:] == name {
+				return i, int64(binary.LittleEndian.Uint64([]byte(s[:8]))), true, nil
 			}
 		}
-		return 0, false, nil
+		return 0, 0, false, nil
 	}
 	// batch reads the window's refs not done yet (those an earlier one
 	// turns out to name are passed over, as they would be one by one):
@@ -268,9 +275,9 @@ func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) erro
 		}
 		var refs []string
 		var at []int
-		for j, name := range window {
+		for j, ref := range window {
 			if !done[first+j] {
-				refs = append(refs, name)
+				refs = append(refs, ref[8:])
 				at = append(at, first+j)
 			}
 		}
@@ -288,14 +295,14 @@ func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) erro
 			var group []string
 			last := int64(math.MinInt64)
 			for _, r := range refsOf(refs[j], b.keys[b.ens[j].digest]) {
-				i, ok, err := find(r)
+				i, used, ok, err := find(r)
 				if err != nil {
 					return err
 				}
 				if ok && !done[i] {
 					done[i] = true
 					group = append(group, r)
-					last = max(last, used[i])
+					last = max(last, used)
 				}
 			}
 			g.used = append(g.used, last)
@@ -316,8 +323,8 @@ func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) erro
 		window = window[:0]
 		return nil
 	}
-	if err := names.Each(func(_ int, name string) error {
-		if window = append(window, name); len(window) < refBatch {
+	if err := listed.Each(func(_ int, ref string) error {
+		if window = append(window, ref); len(window) < refBatch {
 			return nil
 		}
 		return batch()
@@ -468,7 +475,7 @@ func (g *gcRun) tally(t *digestTable, rep *GCReport) error {
 			}
 			switch {
 			case key == empty:
-			case m == 0 && g.grace > 0 && g.now.Sub(time.Unix(0, t.modified[b][j])) < g.grace:
+			case m == 0 && t.fresh[b][j]:
 				// Only objects no ref reached are a lock-free writer's
 				// fresh work: the grace period is for them.
 				rep.GraceKept++
@@ -549,20 +556,14 @@ type digestTable struct {
 	// is each run's first number, and then how many objects there are.
 	runs  [256][]cache.DigestKey
 	start [257]int32
-	// modified is, beside each run, when its objects were written (Unix
-	// ns), for gc only.
-	modified [256][]int64
-	lacking  map[cache.DigestKey]int32
-	lackKey  []cache.DigestKey
+	// fresh is, beside each run, whether each object is within gc's grace
+	// period (gc only).
+	fresh   [256][]bool
+	lacking map[cache.DigestKey]int32
+	lackKey []cache.DigestKey
 	// mark is what the caller notes of each: whether a ref reached it
 	// (du), 1 + the highest ranked artifact that needs it (gc); 0: none.
 	mark []int32
-}
-
-// tableObject is an object of the store, written at modified (Unix ns).
-type tableObject struct {
-	key      cache.DigestKey
-	modified int64
 }
 
 func compareKeys(a, b cache.DigestKey) int {
@@ -581,18 +582,17 @@ var objectsPerPass = 1 << 20
 
 // objectTable numbers the objects of the local store whose hashes' first
 // byte is from or more, whole fan-out directories until it holds at least
-// max of them (math.MaxInt: every one), and sums their sizes; with times,
-// it keeps when each was written.
-func (e *Engine) objectTable(from, max int, times bool) (t *digestTable, total int64, err error) {
+// max of them (math.MaxInt: every one), and sums their sizes; with fresh,
+// it keeps what fresh says of when each was written.
+func (e *Engine) objectTable(from, max int, fresh func(modified time.Time) bool) (t *digestTable, total int64, err error) {
 	t = &digestTable{lo: from}
-	var timed [256][]tableObject
 	n := 0
 	if t.hi, err = e.Store.WalkObjectsFrom(from, func() bool { return n >= max }, func(oi cache.ObjectInfo) error {
 		k := cache.KeyOf(oi.Digest)
-		if b := k.Hash[0]; times {
-			timed[b] = append(timed[b], tableObject{k, oi.Modified.UnixNano()})
-		} else {
-			t.runs[b] = append(t.runs[b], k)
+		b := k.Hash[0]
+		t.runs[b] = append(t.runs[b], k)
+		if fresh != nil {
+			t.fresh[b] = append(t.fresh[b], fresh(oi.Modified))
 		}
 		total += oi.Digest.Size
 		n++
@@ -600,17 +600,21 @@ func (e *Engine) objectTable(from, max int, times bool) (t *digestTable, total i
 	}); err != nil {
 		return nil, 0, err
 	}
-	for b := range t.runs {
-		if times {
-			run := timed[b]
-			slices.SortFunc(run, func(a, b tableObject) int { return compareKeys(a.key, b.key) })
-			t.runs[b], t.modified[b] = make([]cache.DigestKey, len(run)), make([]int64, len(run))
-			for i, o := range run {
-				t.runs[b][i], t.modified[b][i] = o.key, o.modified
-			}
-			timed[b] = nil
+	for b, run := range t.runs {
+		if fresh == nil {
+			slices.SortFunc(run, compareKeys)
 		} else {
-			slices.SortFunc(t.runs[b], compareKeys)
+			// Sorted with what fresh said, a run at a time.
+			by := make([]int32, len(run))
+			for i := range by {
+				by[i] = int32(i)
+			}
+			slices.SortFunc(by, func(i, j int32) int { return compareKeys(run[i], run[j]) })
+			keys, marks := make([]cache.DigestKey, len(run)), make([]bool, len(run))
+			for i, from := range by {
+				keys[i], marks[i] = run[from], t.fresh[b][from]
+			}
+			t.runs[b], t.fresh[b] = keys, marks
 		}
 		t.start[b+1] = t.start[b] + int32(len(t.runs[b]))
 	}
@@ -634,16 +638,6 @@ func (t *digestTable) has(k cache.DigestKey) (int32, bool) {
 // count is how many objects the store held.
 func (t *digestTable) count() int { return int(t.start[len(t.runs)]) }
 
-// object is object i; its time is known if the table was made with times.
-func (t *digestTable) object(i int) tableObject {
-	b := sort.Search(len(t.runs), func(b int) bool { return int(t.start[b+1]) > i })
-	o := tableObject{key: t.runs[b][i-int(t.start[b])]}
-	if t.modified[b] != nil {
-		o.modified = t.modified[b][i-int(t.start[b])]
-	}
-	return o
-}
-
 // number is k's number.
 func (t *digestTable) number(k cache.DigestKey) int32 {
 	if i, ok := t.has(k); ok {
@@ -662,7 +656,8 @@ func (t *digestTable) number(k cache.DigestKey) int32 {
 // key is digest i's key.
 func (t *digestTable) key(i int) cache.DigestKey {
 	if i < t.count() {
-		return t.object(i).key
+		b := sort.Search(len(t.runs), func(b int) bool { return int(t.start[b+1]) > i })
+		return t.runs[b][i-int(t.start[b])]
 	}
 	return t.lackKey[i-t.count()]
 }

@@ -45,7 +45,9 @@ func gcStore(t testing.TB, seed uint64, now time.Time) *cache.Store {
 		}
 		return d
 	}
-	blob := func(name string) []byte { return fmt.Appendf(nil, "%s %d %s", name, seed, make([]byte, rng.IntN(3000))) }
+	blob := func(name string) []byte {
+		return fmt.Appendf(nil, "%s %d %s", name, seed, make([]byte, rng.IntN(3000)))
+	}
 	dir := func(d *repb.Directory) digest.Digest {
 		data, _ := proto.Marshal(d)
 		return put(data, long)
@@ -343,4 +345,86 @@ func refsAndObjects(t testing.TB, s *cache.Store) (map[string]bool, map[digest.D
 		t.Fatal(err)
 	}
 	return refs, objects
+}
+
+// gc of a store holds about 24 bytes an artifact, 9 a ref while it finds
+// them (their names wait in temporary files), and a part of the objects at
+// a time (objectsPerPass), whatever the store's size: 8,000
+// artifacts under a strong and a weak ref (16,000 refs, 24,001 objects),
+// 4,000 objects a pass, need less than 3 MiB of heap beyond 64 bytes an
+// artifact, every ref evicted (a dry run). Holding every artifact with its
+// refs' names and closure, and a table of every object (as gc did), takes
+// about twice that.
+func TestGCMemoryIsBounded(t *testing.T) {
+	s, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, err := s.Add(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Refs are written as files beside the store's API: SetRef syncs
+	// the file system each time, which would take minutes.
+	const artifacts = 8000
+	for i := range artifacts {
+		strong, weak := fmt.Sprintf("%064x", 2*i), fmt.Sprintf("%064x", 2*i+1)
+		keys, err := s.Add(fmt.Appendf(nil, "strong: %s\nweak: %s\n", strong, weak))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := proto.Marshal(&repb.Directory{Files: []*repb.FileNode{{Name: buildstream.KeysFile, Digest: keys.ToProto()}}})
+		meta, err := s.Add(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ = proto.Marshal(&repb.Directory{
+			Files:       []*repb.FileNode{{Name: fmt.Sprintf("f%d", i), Digest: empty.ToProto()}},
+			Directories: []*repb.DirectoryNode{{Name: buildstream.MetaDir, Digest: meta.ToProto()}},
+		})
+		root, err := s.Add(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{strong, weak} {
+			path, err := s.RefPath(cache.KindBst1Artifact, fmt.Sprintf("p/e%05d/%s", i, key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, buildstream.V1RefContent(root), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	setObjectsPerPass(t, 4000)
+	e := &Engine{Store: s, Kind: cache.KindArtifact}
+	// The temporary files have no names even while gc runs.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	removed := 0
+	var rep GCReport
+	peak := peakLive(t, func() {
+		rep, err = e.GC(context.Background(), GCOptions{MaxSize: 1, DryRun: true, Removed: func(string) error {
+			if removed++; removed == 2*artifacts {
+				if left, _ := os.ReadDir(tmp); len(left) > 0 {
+					t.Errorf("gc left %s in the temporary directory", left[0].Name())
+				}
+			}
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	if removed != 2*artifacts || rep.Refs != removed || rep.Objects != 3*artifacts {
+		t.Fatalf("gc would remove %d refs (%d told), %d objects; want %d and %d", rep.Refs, removed, rep.Objects, 2*artifacts, 3*artifacts)
+	}
+	bound := uint64(64*artifacts + 3<<20)
+	t.Logf("peak live heap %d bytes (%.0f an artifact), bound %d", peak, float64(peak)/artifacts, bound)
+	if peak > bound {
+		t.Errorf("gc of %d refs and %d objects held %d bytes at its peak, more than %d", 2*artifacts, rep.Objects+1, peak, bound)
+	}
 }

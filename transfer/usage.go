@@ -115,7 +115,7 @@ func (e *Engine) usage(ctx context.Context, names *spool.Strings) (_ *Usages, er
 	var at []int
 	var hits []int32
 	for from := 0; from < 256; {
-		t, total, err := e.objectTable(from, objectsPerPass, false)
+		t, total, err := e.objectTable(from, objectsPerPass, nil)
 		if err != nil {
 			return nil, err
 		}
