@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -104,16 +103,7 @@ func gcStore(t testing.TB, seed uint64, now time.Time) *cache.Store {
 		}
 		element := fmt.Sprintf("p/e%02d", rng.IntN(25)) // some elements built twice
 		for _, key := range names {
-			path, err := s.RefPath(cache.KindBst1Artifact, element+"/"+key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, buildstream.V1RefContent(rootDigest), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			path := writeRef(t, s, element+"/"+key, rootDigest)
 			modified := times[rng.IntN(len(times))]
 			accessed := modified
 			if rng.IntN(3) == 0 {
@@ -364,8 +354,6 @@ func TestGCMemoryIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Refs are written as files beside the store's API: SetRef syncs
-	// the file system each time, which would take minutes.
 	const artifacts = 8000
 	for i := range artifacts {
 		strong, weak := fmt.Sprintf("%064x", 2*i), fmt.Sprintf("%064x", 2*i+1)
@@ -387,16 +375,7 @@ func TestGCMemoryIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, key := range []string{strong, weak} {
-			path, err := s.RefPath(cache.KindBst1Artifact, fmt.Sprintf("p/e%05d/%s", i, key))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, buildstream.V1RefContent(root), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			writeRef(t, s, fmt.Sprintf("p/e%05d/%s", i, key), root)
 		}
 	}
 	setObjectsPerPass(t, 4000)

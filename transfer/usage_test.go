@@ -264,8 +264,6 @@ func TestUsageMemoryIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Refs are written as files beside the store's API: SetRef syncs
-	// the file system each time, which would take minutes.
 	const artifacts = 8000
 	for i := range artifacts {
 		data, _ := proto.Marshal(&repb.Directory{Files: []*repb.FileNode{{Name: fmt.Sprintf("f%d", i), Digest: empty.ToProto()}}})
@@ -274,16 +272,7 @@ func TestUsageMemoryIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, key := range []string{"strong", "weak"} {
-			path, err := s.RefPath(cache.KindBst1Artifact, fmt.Sprintf("p/e%05d/%x", i, sha256.Sum256(fmt.Appendf(nil, "%s %d", key, i))))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, buildstream.V1RefContent(root), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			writeRef(t, s, fmt.Sprintf("p/e%05d/%x", i, sha256.Sum256(fmt.Appendf(nil, "%s %d", key, i))), root)
 		}
 	}
 	setObjectsPerPass(t, 1000)
@@ -312,4 +301,22 @@ func TestUsageMemoryIsBounded(t *testing.T) {
 	if peak > bound {
 		t.Errorf("du of %d refs and %d objects held %d bytes at its peak, more than %d", n, st.Objects, peak, bound)
 	}
+}
+
+// writeRef writes a BuildStream 1 ref to root as a file beside the store's
+// API (SetRef syncs the file system each time, which would take minutes
+// for thousands), and says where.
+func writeRef(t testing.TB, s *cache.Store, ref string, root digest.Digest) string {
+	t.Helper()
+	path, err := s.RefPath(cache.KindBst1Artifact, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, buildstream.V1RefContent(root), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
