@@ -116,6 +116,9 @@ func start(t testing.TB, name string, cmd *exec.Cmd, addr string, ready func(con
 	t.Helper()
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
+	// The server dies with the test process, even one that panics (a
+	// test timing out) before its cleanups stop the server by PID.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
