@@ -19,7 +19,11 @@ import (
 // fault proxy) is retried under the same upload name from what the server
 // says it holds: serve answers QueryWriteStatus, so the retry sends only
 // the rest; bazel-remote has no upload to resume and gets the blob again.
-// Both end with the blob stored.
+// Both end with the blob stored. A resumed write sends the half the
+// server did not take again, and what it had received but not yet
+// written when the cut came (its HTTP/2 window: more on a busy machine,
+// where 1.22 was seen once); one sent again from the start is at least
+// 1.5 times the blob, so 1.4 still tells them apart.
 func TestCutWriteResumes(t *testing.T) {
 	const size = 8 << 20
 	data := make([]byte, size)
@@ -31,7 +35,7 @@ func TestCutWriteResumes(t *testing.T) {
 		srv      *testenv.Server
 		maxShare float64
 	}{
-		{"serve", testenv.StartServe(t, testenv.ServeOptions{Push: true}), 1.2},
+		{"serve", testenv.StartServe(t, testenv.ServeOptions{Push: true}), 1.4},
 		{"bazel-remote", testenv.StartBazelRemote(t), 2.1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
