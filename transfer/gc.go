@@ -75,10 +75,12 @@ type GCReport struct {
 //
 // What it holds is bounded whatever the store's size, as for Usage: the
 // objects are taken in passes of about objectsPerPass, each over a range
-// of first bytes of their hashes (every artifact's trees read again in
-// each). An artifact takes 24 bytes, and a ref 9 while the artifacts are
-// found. Its refs' names, and until the end the objects a removal may take
-// (45 bytes each), wait in unnamed temporary files.
+// of first bytes of their hashes. The trees are read once, in the first:
+// what they reach beyond its range waits for its pass in unnamed
+// temporary files (45 bytes a digest an artifact reaches). An artifact
+// takes 24 bytes, and a ref 9 while the artifacts are found. Its refs'
+// names, and until the end the objects a removal may take (45 bytes
+// each), wait in unnamed temporary files too.
 func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 	var rep GCReport
 	if _, ok := cache.DetectLayout(e.Store.Root()); !ok {
@@ -95,10 +97,11 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		defer unlock()
 	}
 	g := &gcRun{e: e, o: o, grace: o.Grace, now: time.Now(), lt: newLocalTrees(e.Store),
-		refs: spool.New(64 << 10), found: spool.New(64 << 10), gone: spool.New(64 << 10)}
+		refs: spool.New(64 << 10), found: spool.New(64 << 10), gone: spool.New(64 << 10), later: newLater()}
 	defer g.refs.Close()
 	defer g.found.Close()
 	defer g.gone.Close()
+	defer g.later.Close()
 	if g.grace == 0 {
 		g.grace = DefaultGrace
 	}
@@ -113,13 +116,16 @@ func (e *Engine) GC(ctx context.Context, o GCOptions) (GCReport, error) {
 		}
 		total += size
 		// The first pass finds the artifacts and ranks them; the others
-		// read them again.
+		// take what it met in their range.
 		if from == 0 {
 			if err = g.findArtifacts(ctx, t); err == nil {
 				err = g.rank(t)
 			}
 		} else {
-			err = g.markArtifacts(ctx, t)
+			err = g.later.each(t.lo, t.hi, func(k cache.DigestKey, a int32, _ byte) error {
+				t.markRank(t.number(k), g.ranks[a])
+				return nil
+			})
 		}
 		if err != nil {
 			return rep, err
@@ -192,6 +198,9 @@ type gcRun struct {
 	// those no ref reached and out of grace (rank -1), and those the
 	// artifacts reach whose highest ranked one may be evicted.
 	gone *spool.Strings
+	// later are the digests beyond the first pass's range, each with an
+	// artifact that needs it.
+	later *later
 }
 
 // fresh says whether an object written at modified is within the grace
@@ -283,7 +292,7 @@ func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) erro
 				at = append(at, first+j)
 			}
 		}
-		b, err := g.read(ctx, k, refs, true)
+		b, err := g.read(ctx, k, refs)
 		if err != nil {
 			return err
 		}
@@ -312,7 +321,7 @@ func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) erro
 				return err
 			}
 			needs = needs[:0]
-			if err := g.reach(t, b.roots[j], refs[j], func(n int32) {
+			if err := g.reach(t, b.roots[j], refs[j], int32(len(g.used)-1), func(n int32) {
 				needs = binary.LittleEndian.AppendUint32(needs, uint32(n))
 			}); err != nil {
 				return err
@@ -336,60 +345,18 @@ func (g *gcRun) findKind(ctx context.Context, k cache.Kind, t *digestTable) erro
 	return batch()
 }
 
-// markArtifacts marks in t what the artifacts found need, refBatch of
-// them at a time.
-func (g *gcRun) markArtifacts(ctx context.Context, t *digestTable) error {
-	var refs []string
-	var ids []int32
-	batch := func() error {
-		if len(refs) == 0 {
-			return nil
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		b, err := g.read(ctx, g.kindOf(int(ids[0])), refs, false)
-		if err != nil {
-			return err
-		}
-		for j, a := range ids {
-			if b.errs[j] != nil {
-				return b.errs[j]
-			}
-			if err := g.reach(t, b.roots[j], refs[j], func(n int32) { t.markRank(n, g.ranks[a]) }); err != nil {
-				return err
-			}
-		}
-		refs, ids = refs[:0], ids[:0]
-		return nil
-	}
-	if err := g.refs.Each(func(a int, group string) error {
-		if len(refs) == refBatch || len(ids) > 0 && g.kindOf(int(ids[0])) != g.kindOf(a) {
-			if err := batch(); err != nil {
-				return err
-			}
-		}
-		first, _, _ := strings.Cut(group, "\x00")
-		refs, ids = append(refs, first), append(ids, int32(a))
-		return nil
-	}); err != nil {
-		return err
-	}
-	return batch()
-}
-
 // gcBatch is a batch of refs read and the Directories under them loaded:
-// each ref's entry and roots, or its error.
+// each ref's entry and roots, or its error, and the artifacts' keys.
 type gcBatch struct {
 	ens   []entry
 	roots []numRoots
 	errs  []error
-	// keys are the artifacts' keys, when asked for.
-	keys map[digest.Digest]buildstream.Keys
+	keys  map[digest.Digest]buildstream.Keys
 }
 
-// read reads refs of kind k and loads the Directories under them.
-func (g *gcRun) read(ctx context.Context, k cache.Kind, refs []string, keys bool) (gcBatch, error) {
+// read reads refs of kind k, loads the Directories under them and reads
+// the artifacts' keys.
+func (g *gcRun) read(ctx context.Context, k cache.Kind, refs []string) (gcBatch, error) {
 	ens, errs := g.e.localEntries(ctx, k, refs)
 	b := gcBatch{ens: ens, roots: make([]numRoots, len(refs)), errs: make([]error, len(refs))}
 	g.lt.reset()
@@ -402,33 +369,29 @@ func (g *gcRun) read(ctx context.Context, k cache.Kind, refs []string, keys bool
 			b.roots[j] = r
 		}
 	}
-	var found *keysFinder
-	var saw func(int32, *repb.Directory)
-	if keys {
-		found = newKeysFinder(g.lt, k, ens, errs)
-		saw = found.saw
-	}
-	if err := g.lt.load(ctx, b.roots, saw); err != nil {
+	found := newKeysFinder(g.lt, k, ens, errs)
+	if err := g.lt.load(ctx, b.roots, found.saw); err != nil {
 		return b, err
 	}
-	if keys {
-		b.keys = g.e.batchKeys(ctx, ens, errs, found)
-	}
+	b.keys = g.e.batchKeys(ctx, ens, errs, found)
 	return b, nil
 }
 
 // reach calls fn with the number in t of each digest in t's range that
-// roots (an artifact's, first read as ref) reach: missing digests too,
-// numbered beside the store's objects.
-func (g *gcRun) reach(t *digestTable, roots numRoots, ref string, fn func(n int32)) error {
-	if err := g.lt.closure(roots, func(k cache.DigestKey, _ reach) {
+// roots (artifact a's, first read as ref) reach, missing digests too,
+// numbered beside the store's objects; the others wait in g.later.
+func (g *gcRun) reach(t *digestTable, roots numRoots, ref string, a int32, fn func(n int32)) error {
+	var err error
+	if cerr := g.lt.closure(roots, func(k cache.DigestKey, _ reach) {
 		if t.holds(k) {
 			fn(t.number(k))
+		} else if err == nil {
+			err = g.later.add(k, a, 0)
 		}
-	}); err != nil {
-		return fmt.Errorf("ref %s: %w (bst-cache verify --repair mends it)", ref, err)
+	}); cerr != nil {
+		return fmt.Errorf("ref %s: %w (bst-cache verify --repair mends it)", ref, cerr)
 	}
-	return nil
+	return err
 }
 
 // markRank notes in mark that an artifact of rank r needs digest n.
@@ -575,11 +538,12 @@ func compareKeys(a, b cache.DigestKey) int {
 	return cmp.Compare(a.Size, b.Size)
 }
 
-// objectsPerPass is about how many objects du holds at a time (44 bytes
-// each): a store with more is measured in passes, each over the
-// objects of a range of first bytes of their hashes, which reads every
-// ref's trees again. A million keeps du under 200 MB whatever the store's
-// size, and measures a store of 200,000 refs (700,000 objects) in one pass.
+// objectsPerPass is about how many objects du and gc hold at a time (45
+// bytes each): a store with more is measured in passes, each over the
+// objects of a range of first bytes of their hashes (the trees are read
+// in the first only). A million keeps du under 200 MB whatever the
+// store's size, and measures a store of 200,000 refs (700,000 objects) in
+// one pass.
 var objectsPerPass = 1 << 20
 
 // objectTable numbers the objects of the local store whose hashes' first

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -346,6 +347,44 @@ func refsAndObjects(t testing.TB, s *cache.Store) (map[string]bool, map[digest.D
 // refs' names and closure, and a table of every object (as gc did), takes
 // about twice that.
 func TestGCMemoryIsBounded(t *testing.T) {
+	const artifacts = 8000
+	s := smallArtifacts(t, artifacts)
+	setObjectsPerPass(t, 4000)
+	e := &Engine{Store: s, Kind: cache.KindArtifact}
+	// The temporary files have no names even while gc runs.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	removed := 0
+	var rep GCReport
+	peak := peakLive(t, func() {
+		var err error
+		rep, err = e.GC(context.Background(), GCOptions{MaxSize: 1, DryRun: true, Removed: func(string) error {
+			if removed++; removed == 2*artifacts {
+				if left, _ := os.ReadDir(tmp); len(left) > 0 {
+					t.Errorf("gc left %s in the temporary directory", left[0].Name())
+				}
+			}
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	if removed != 2*artifacts || rep.Refs != removed || rep.Objects != 3*artifacts {
+		t.Fatalf("gc would remove %d refs (%d told), %d objects; want %d and %d", rep.Refs, removed, rep.Objects, 2*artifacts, 3*artifacts)
+	}
+	bound := uint64(64*artifacts + 3<<20)
+	t.Logf("peak live heap %d bytes (%.0f an artifact), bound %d", peak, float64(peak)/artifacts, bound)
+	if peak > bound {
+		t.Errorf("gc of %d refs and %d objects held %d bytes at its peak, more than %d", 2*artifacts, rep.Objects+1, peak, bound)
+	}
+}
+
+// smallArtifacts is a store of n artifacts, each under a strong and a weak
+// ref: a root Directory holding an empty file and meta/keys.yaml (n*3+1
+// objects).
+func smallArtifacts(t testing.TB, n int) *cache.Store {
+	t.Helper()
 	s, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
 		t.Fatal(err)
@@ -354,8 +393,7 @@ func TestGCMemoryIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const artifacts = 8000
-	for i := range artifacts {
+	for i := range n {
 		strong, weak := fmt.Sprintf("%064x", 2*i), fmt.Sprintf("%064x", 2*i+1)
 		keys, err := s.Add(fmt.Appendf(nil, "strong: %s\nweak: %s\n", strong, weak))
 		if err != nil {
@@ -378,32 +416,72 @@ func TestGCMemoryIsBounded(t *testing.T) {
 			writeRef(t, s, fmt.Sprintf("p/e%05d/%s", i, key), root)
 		}
 	}
-	setObjectsPerPass(t, 4000)
+	return s
+}
+
+// gc and du read each ref and Directory once, however many passes they
+// take over the objects: 2,000 artifacts (6,001 objects) in passes of 100
+// objects (one fan-out directory each, 256 passes) cost about the read
+// calls of one pass, not 256 times them as when each pass read every tree
+// again.
+func TestGCAndDuReadTreesOnce(t *testing.T) {
+	s := smallArtifacts(t, 2000)
 	e := &Engine{Store: s, Kind: cache.KindArtifact}
-	// The temporary files have no names even while gc runs.
-	tmp := t.TempDir()
-	t.Setenv("TMPDIR", tmp)
-	removed := 0
-	var rep GCReport
-	peak := peakLive(t, func() {
-		rep, err = e.GC(context.Background(), GCOptions{MaxSize: 1, DryRun: true, Removed: func(string) error {
-			if removed++; removed == 2*artifacts {
-				if left, _ := os.ReadDir(tmp); len(left) > 0 {
-					t.Errorf("gc left %s in the temporary directory", left[0].Name())
-				}
+	onePass := objectsPerPass
+	for _, c := range []struct {
+		name string
+		run  func() any
+	}{
+		{"gc --dry-run --max-size 1", func() any {
+			rep, err := e.GC(context.Background(), GCOptions{MaxSize: 1, DryRun: true})
+			if err != nil {
+				t.Fatal(err)
 			}
-			return nil
-		}})
-		if err != nil {
-			t.Fatal(err)
+			return rep
+		}},
+		{"du", func() any {
+			u, err := (&Engine{Store: s, Kind: cache.KindBst1Artifact}).UsageAll(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []any{usages(t, u), u.Store}
+		}},
+	} {
+		var reads [2]int64
+		var got [2]any
+		for i, perPass := range []int{onePass, 100} {
+			setObjectsPerPass(t, perPass)
+			before := readCalls(t)
+			got[i] = c.run()
+			reads[i] = readCalls(t) - before
 		}
-	})
-	if removed != 2*artifacts || rep.Refs != removed || rep.Objects != 3*artifacts {
-		t.Fatalf("gc would remove %d refs (%d told), %d objects; want %d and %d", rep.Refs, removed, rep.Objects, 2*artifacts, 3*artifacts)
+		if diff := cmp.Diff(got[0], got[1]); diff != "" {
+			t.Errorf("%s: one pass and passes of 100 objects differ (-one +passes):\n%s", c.name, diff)
+		}
+		t.Logf("%s: %d read calls in one pass, %d in passes of 100 objects", c.name, reads[0], reads[1])
+		if reads[1] > 2*reads[0]+1000 {
+			t.Errorf("%s: %d read calls in passes of 100 objects, more than twice the %d of one pass", c.name, reads[1], reads[0])
+		}
 	}
-	bound := uint64(64*artifacts + 3<<20)
-	t.Logf("peak live heap %d bytes (%.0f an artifact), bound %d", peak, float64(peak)/artifacts, bound)
-	if peak > bound {
-		t.Errorf("gc of %d refs and %d objects held %d bytes at its peak, more than %d", 2*artifacts, rep.Objects+1, peak, bound)
+}
+
+// readCalls is how many read calls the process made (Linux's
+// /proc/self/io syscr).
+func readCalls(t testing.TB) int64 {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Skipf("counting read calls: %v", err)
 	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no syscr in /proc/self/io:\n%s", data)
+	return 0
 }

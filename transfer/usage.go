@@ -28,7 +28,7 @@ type StoreUsage struct {
 }
 
 // Usages is what Usage measured: each ref's closure, in the order of the
-// refs, and the store. It holds 16 bytes a ref; Close it once done.
+// refs, and the store. It holds 17 bytes a ref; Close it once done.
 type Usages struct {
 	Store StoreUsage
 	names *spool.Strings
@@ -67,8 +67,11 @@ func (u *Usages) Close() error { return u.names.Close() }
 // file counts as present if it was in the store when Usage looked at its
 // part of the objects. A store of more than objectsPerPass objects is
 // measured in passes, each over the objects of a range of first bytes of
-// their hashes (every ref's trees read again in each), so that what it
-// holds is bounded whatever the store's size.
+// their hashes, so that what it holds is bounded whatever the store's
+// size: the trees are read in the first, and what they reach beyond its
+// range waits for its pass in unnamed temporary files (46 bytes a digest
+// a ref reaches, once for refs naming the same artifact one after the
+// other, as an artifact's strong and weak refs do).
 func (e *Engine) Usage(ctx context.Context, refs []string) (*Usages, error) {
 	names := spool.New(0)
 	for _, ref := range refs {
@@ -110,10 +113,11 @@ func (e *Engine) usage(ctx context.Context, names *spool.Strings) (_ *Usages, er
 		}
 	}()
 	u := &Usages{names: names, refs: make([]refUsage, names.Len()), errs: map[int]string{}}
-	lt := newLocalTrees(e.Store)
-	var batch []string
-	var at []int
-	var hits []int32
+	ahead := newLater()
+	defer ahead.Close()
+	// same marks the refs whose entry is the one before them: what the
+	// passes after the first find is counted for that one only.
+	same := make([]bool, names.Len())
 	for from := 0; from < 256; {
 		t, total, err := e.objectTable(from, objectsPerPass, nil)
 		if err != nil {
@@ -121,79 +125,124 @@ func (e *Engine) usage(ctx context.Context, names *spool.Strings) (_ *Usages, er
 		}
 		u.Store.Bytes += total
 		u.Store.Objects += t.count()
-		// measure adds the part of the batch's closures t holds.
-		measure := func() error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			ens, errs := e.localEntries(ctx, e.Kind, batch)
-			lt.reset()
-			roots := make([]numRoots, len(batch))
-			for i, en := range ens {
-				if errs[i] == nil {
-					roots[i], errs[i] = lt.rootsOf(en)
-				}
-			}
-			if err := lt.load(ctx, roots, nil); err != nil {
-				return err
-			}
-			for j, i := range at {
-				var r refUsage
-				hits = hits[:0]
-				err := errs[j]
-				if err == nil {
-					err = lt.closure(roots[j], func(k cache.DigestKey, how reach) {
-						if !t.holds(k) {
-							return
-						}
-						n, ok := t.has(k)
-						switch {
-						case how == reachLost || how == reachFile && !ok:
-							r.missing++
-							return
-						case !ok: // a Directory written since the walk
-							n = t.number(k)
-						}
-						r.bytes += keyDigest(k).Size
-						r.blobs++
-						hits = append(hits, n)
-					})
-				}
-				if err != nil {
-					u.errs[i] = err.Error()
-					continue
-				}
-				// mark says whether a ref reached each digest.
-				for _, n := range hits {
-					if t.mark[n] == 0 {
-						t.mark[n] = 1
-						u.Store.UniqueBytes += t.size(int(n))
+		if from == 0 {
+			err = e.usageFirst(ctx, u, t, ahead, same)
+		} else {
+			err = ahead.each(t.lo, t.hi, func(k cache.DigestKey, i int32, how byte) error {
+				if _, failed := u.errs[int(i)]; !failed {
+					if n, ok := u.refs[i].add(t, k, reach(how)); ok {
+						u.reached(t, n)
 					}
 				}
-				u.refs[i].bytes += r.bytes
-				u.refs[i].blobs += r.blobs
-				u.refs[i].missing += r.missing
-			}
-			batch, at = batch[:0], at[:0]
-			return nil
-		}
-		if err := names.Each(func(i int, ref string) error {
-			if _, failed := u.errs[i]; failed {
 				return nil
-			}
-			batch = append(batch, ref)
-			at = append(at, i)
-			if len(batch) < refBatch {
-				return nil
-			}
-			return measure()
-		}); err != nil {
-			return nil, err
+			})
 		}
-		if err := measure(); err != nil {
+		if err != nil {
 			return nil, err
 		}
 		from = t.hi
 	}
+	for i := 1; i < len(same); i++ {
+		if same[i] {
+			u.refs[i] = u.refs[i-1]
+		}
+	}
 	return u, nil
+}
+
+// usageFirst is usage's first pass, over t: it reads the refs and their
+// trees, counts what t holds, and keeps in ahead what is beyond t.
+func (e *Engine) usageFirst(ctx context.Context, u *Usages, t *digestTable, ahead *later, same []bool) error {
+	lt := newLocalTrees(e.Store)
+	var batch []string
+	var at []int
+	var hits []int32
+	var prev entry
+	measure := func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ens, errs := e.localEntries(ctx, e.Kind, batch)
+		lt.reset()
+		roots := make([]numRoots, len(batch))
+		for i, en := range ens {
+			if errs[i] == nil {
+				roots[i], errs[i] = lt.rootsOf(en)
+			}
+		}
+		if err := lt.load(ctx, roots, nil); err != nil {
+			return err
+		}
+		for j, i := range at {
+			var r refUsage
+			hits = hits[:0]
+			err := errs[j]
+			if err == nil {
+				same[i] = i > 0 && j > 0 && errs[j-1] == nil && ens[j].kind == prev.kind && ens[j].digest == prev.digest
+				prev = ens[j]
+				var aerr error
+				err = lt.closure(roots[j], func(k cache.DigestKey, how reach) {
+					if !t.holds(k) {
+						if !same[i] && aerr == nil {
+							aerr = ahead.add(k, int32(i), byte(how))
+						}
+						return
+					}
+					if n, ok := r.add(t, k, how); ok {
+						hits = append(hits, n)
+					}
+				})
+				if aerr != nil {
+					return aerr
+				}
+			}
+			if err != nil {
+				u.errs[i] = err.Error()
+				continue
+			}
+			for _, n := range hits {
+				u.reached(t, n)
+			}
+			u.refs[i].bytes += r.bytes
+			u.refs[i].blobs += r.blobs
+			u.refs[i].missing += r.missing
+		}
+		batch, at = batch[:0], at[:0]
+		return nil
+	}
+	if err := u.names.Each(func(i int, ref string) error {
+		batch = append(batch, ref)
+		at = append(at, i)
+		if len(batch) < refBatch {
+			return nil
+		}
+		return measure()
+	}); err != nil {
+		return err
+	}
+	return measure()
+}
+
+// add counts digest k, in t's range, which a ref reached knowing how: its
+// number in t if it is there.
+func (r *refUsage) add(t *digestTable, k cache.DigestKey, how reach) (int32, bool) {
+	n, ok := t.has(k)
+	switch {
+	case how == reachLost || how == reachFile && !ok:
+		r.missing++
+		return 0, false
+	case !ok: // a Directory written since the walk
+		n = t.number(k)
+	}
+	r.bytes += keySize(k)
+	r.blobs++
+	return n, true
+}
+
+// reached notes that a ref reached digest n of t.
+func (u *Usages) reached(t *digestTable, n int32) {
+	if t.mark[n] == 0 {
+		t.mark[n] = 1
+		u.Store.UniqueBytes += t.size(int(n))
+	}
 }

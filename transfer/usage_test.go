@@ -249,7 +249,7 @@ func peakLive(t testing.TB, fn func()) uint64 {
 	return max(peak, live()) - base
 }
 
-// du of every ref of a store holds 16 bytes a ref (not the refs' names:
+// du of every ref of a store holds 17 bytes a ref (not the refs' names:
 // they wait in a temporary file) and a part of the objects at a time
 // (objectsPerPass), whatever the store's size: 16,000 refs and 8,000
 // objects, measured 1,000 objects at a time, need less than 1.5 MiB of
