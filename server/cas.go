@@ -62,15 +62,17 @@ func (s *Server) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlob
 	}
 	var missing []digest.Digest
 	resp := &repb.FindMissingBlobsResponse{}
+	found := ds[:0] // in place: ds[i] is read before found[len(found)] is written
 	for i, dg := range ds {
 		if !present[i] {
 			missing = append(missing, dg)
 			// The client's own digest, as it came: no copy per blob.
 			resp.MissingBlobDigests = append(resp.MissingBlobDigests, req.GetBlobDigests()[i])
 		} else {
-			s.touch(dg)
+			found = append(found, dg)
 		}
 	}
+	s.touch(found...)
 	if up, uctx := s.upstreamFor(ctx); len(missing) > 0 && up != nil {
 		var err error
 		if missing, err = up.Missing(uctx, missing); err != nil {

@@ -45,7 +45,8 @@ const DefaultReadLease = 2 * time.Minute
 // ends, so walk and live updates commute and the account ends right.
 //
 // The account is compact (well under 200 bytes an object or ref): objects
-// live in one slice, found by their binary hash; times are eighths of a
+// live in one slice, found by their binary hash through a flat table
+// (objectSlots: a lookup reads a cache line or two); times are eighths of a
 // second since the account's start in 32 bits (a ref's last use, in the
 // room its record has, in nanoseconds); a ref's closure is the
 // slice indexes of its objects, shared by the refs the walk finds naming
@@ -131,8 +132,8 @@ type quota struct {
 	// known: the start-up walk is done and the quota is enforced.
 	known bool
 	objs  []object
-	index map[[32]byte]uint32
-	free  []uint32 // slots of objs removed, to reuse
+	slots objectSlots // finds objs by hash
+	free  []uint32    // places in objs removed, to reuse
 	refs  map[refKey]refRecord
 	used  int64 // bytes of objects
 	// removing holds the objects an eviction pass took out of the account
@@ -286,7 +287,7 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 // newAccount is an empty account, its epoch now.
 func newAccount() *quota {
 	q := &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
-		index: map[[32]byte]uint32{}, removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
+		slots: newObjectSlots(), removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
 		clients: map[string]*client{}, owners: map[uint32]*client{}}
 	q.changed = sync.NewCond(&q.mu)
 	return q
@@ -411,8 +412,7 @@ func (q *quota) find(d digest.Digest) (uint32, bool) {
 	if !ok {
 		return 0, false
 	}
-	i, ok := q.index[k]
-	return i, ok
+	return q.slots.find(q.objs, &k)
 }
 
 // add accounts for a new object, unleased; its digest is valid.
@@ -428,7 +428,7 @@ func (q *quota) add(d digest.Digest) uint32 {
 		i = uint32(len(q.objs))
 		q.objs = append(q.objs, o)
 	}
-	q.index[k] = i
+	q.slots.put(&k, i)
 	q.used += d.Size
 	return i
 }
@@ -440,7 +440,7 @@ func (q *quota) drop(i uint32) {
 	if q.owners[o.left] != nil {
 		q.lose(o.hash, o.left)
 	}
-	delete(q.index, o.hash)
+	q.slots.remove(&o.hash, i)
 	q.used -= o.size
 	*o = object{size: -1}
 	q.free = append(q.free, i)
@@ -668,29 +668,42 @@ func (q *quota) expire(c *client, now stamp) {
 	}
 }
 
-// use renews an object's told lease: it was reported present or uploaded
-// again.
+// use renews the told lease of objects: they were reported present or
+// uploaded again. They are taken useBatch at a time under the account's
+// lock: a FindMissingBlobs of thousands of digests takes it a few times,
+// not once a digest, and holds it a short while each time.
 //
-// It says whether the object's last use on disk (its modification time,
-// which a restart's account starts from) is worth moving: the account held
-// no use of it within persistEvery. A client asking about the same blobs
-// again and again then costs no system call each time.
-func (q *quota) use(d digest.Digest, now time.Time) (persist bool) {
-	until, n := q.until(now, q.lease), q.at(now)
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	i, ok := q.find(d)
-	if !ok && q.known {
-		return false
+// It says which of them are worth moving on disk (their modification
+// time, which a restart's account starts from): those the account held no
+// use of within persistEvery. A client asking about the same blobs again
+// and again then costs no system call each time.
+func (q *quota) use(ds []digest.Digest, now time.Time) (persist []digest.Digest) {
+	until, n, stale := q.until(now, q.lease), q.at(now), q.at(q.epoch.Add(persistEvery))
+	for len(ds) > 0 {
+		batch := ds[:min(len(ds), useBatch)]
+		ds = ds[len(batch):]
+		q.mu.Lock()
+		for _, d := range batch {
+			i, ok := q.find(d)
+			if !ok && q.known {
+				continue
+			}
+			if !ok {
+				i = q.add(d)
+			}
+			o := &q.objs[i]
+			if !ok || n-o.used >= stale {
+				persist = append(persist, d)
+			}
+			o.used, o.told = n, max(o.told, until)
+		}
+		q.mu.Unlock()
 	}
-	if !ok {
-		i = q.add(d)
-	}
-	o := &q.objs[i]
-	persist = !ok || n-o.used >= q.at(q.epoch.Add(persistEvery))
-	o.used, o.told = n, max(o.told, until)
 	return persist
 }
+
+// useBatch is how many objects use takes under one hold of the lock.
+const useBatch = 1024
 
 // persistEvery is how stale an object's last use on disk may be: a restart
 // orders by it which unnamed objects go first, where a minute is nothing.
@@ -958,7 +971,7 @@ func (q *quota) removeFiles(gone []digest.Digest) (freed int64) {
 	for _, d := range gone {
 		k, _ := key(d)
 		q.mu.Lock()
-		_, back := q.index[k]
+		_, back := q.slots.find(q.objs, &k)
 		q.mu.Unlock()
 		var err error
 		if !back {

@@ -279,9 +279,12 @@ func (s *Server) lend(client string, ds ...digest.Digest) {
 	}
 }
 
-// touch marks a blob as recently used when a quota is in force.
-func (s *Server) touch(d digest.Digest) {
-	if s.quota != nil && s.quota.use(d, time.Now()) {
+// touch marks blobs as recently used when a quota is in force.
+func (s *Server) touch(ds ...digest.Digest) {
+	if s.quota == nil {
+		return
+	}
+	for _, d := range s.quota.use(ds, time.Now()) {
 		s.store.Touch(d)
 	}
 }

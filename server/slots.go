@@ -1,0 +1,113 @@
+package server
+
+import (
+	"hash/maphash"
+)
+
+// objectSlots finds the account's objects by hash: an open-addressed
+// table (linear probing) of 8-byte slots, at most half full, each the
+// object's place in the account's slice and 32 bits of a seeded hash of
+// its key.
+//
+// It is the account's lookup for every digest a client asks about
+// (FindMissingBlobs, reads, uploads), so it is laid out for a store far
+// bigger than the processor's caches: a lookup reads one slot (one cache
+// line, a neighbour or two when probing goes on) and, only when those 32
+// bits match, the object's record, which holds its hash; a digest the
+// account lacks costs the slot alone. A Go map keyed by the hash read a
+// group's control word, then a 36-byte slot elsewhere in the group, then
+// the record. It costs 16 to 32 bytes an object as it grows (a map's 41
+// to 82), up to 64 as it shrinks.
+//
+// The hash is seeded per account, so a client cannot choose hashes that
+// crowd one part of the table: uploads it could grind to share a slot
+// would share one only by chance. The 32 bits kept are the hash's high
+// half, from which a slot's home is taken (the table has at most 2^32
+// slots, as the slice at most 2^32 objects), so growing needs no record.
+type objectSlots struct {
+	seed  maphash.Seed
+	slots []uint64 // 0: empty; else the hash's 32 bits << 32 | place + 1
+	n     int      // slots used
+}
+
+const minSlots = 64
+
+func newObjectSlots() objectSlots {
+	return objectSlots{seed: maphash.MakeSeed(), slots: make([]uint64, minSlots)}
+}
+
+// tag is the 32 bits of k's seeded hash a slot keeps.
+func (t *objectSlots) tag(k *[32]byte) uint32 {
+	return uint32(maphash.Bytes(t.seed, k[:16]) >> 32)
+}
+
+// find is the place of the object whose hash is k, among objs.
+func (t *objectSlots) find(objs []object, k *[32]byte) (uint32, bool) {
+	tag := t.tag(k)
+	mask := uint32(len(t.slots) - 1)
+	for p := tag & mask; ; p = (p + 1) & mask {
+		s := t.slots[p]
+		if s == 0 {
+			return 0, false
+		}
+		if uint32(s>>32) == tag && objs[uint32(s)-1].hash == *k {
+			return uint32(s) - 1, true
+		}
+	}
+}
+
+// put adds the object at place i, whose hash is k: not in the table yet.
+func (t *objectSlots) put(k *[32]byte, i uint32) {
+	if 2*(t.n+1) > len(t.slots) {
+		t.resize(2 * len(t.slots))
+	}
+	t.n++
+	t.insert(uint64(t.tag(k))<<32 | uint64(i) + 1)
+}
+
+func (t *objectSlots) insert(s uint64) {
+	mask := uint32(len(t.slots) - 1)
+	p := uint32(s>>32) & mask
+	for t.slots[p] != 0 {
+		p = (p + 1) & mask
+	}
+	t.slots[p] = s
+}
+
+// resize moves the slots to a table of n (a power of two).
+func (t *objectSlots) resize(n int) {
+	old := t.slots
+	t.slots = make([]uint64, n)
+	for _, s := range old {
+		if s != 0 {
+			t.insert(s)
+		}
+	}
+}
+
+// remove takes out the object at place i, whose hash is k: in the table.
+// The slots after it that probing reached past it move back (no
+// tombstones: lookups stay as short as the table is full), and a table an
+// eighth full or less shrinks by half.
+func (t *objectSlots) remove(k *[32]byte, i uint32) {
+	mask := uint32(len(t.slots) - 1)
+	want := uint64(t.tag(k))<<32 | uint64(i) + 1
+	p := uint32(want>>32) & mask
+	for t.slots[p] != want {
+		p = (p + 1) & mask
+	}
+	// Backward shift: each slot after the hole whose home is not between
+	// the hole and it (cyclically) fills the hole, and leaves one.
+	for q := (p + 1) & mask; t.slots[q] != 0; q = (q + 1) & mask {
+		home := uint32(t.slots[q]>>32) & mask
+		if (q-home)&mask >= (q-p)&mask {
+			t.slots[p] = t.slots[q]
+			p = q
+		}
+	}
+	t.slots[p] = 0
+	t.n--
+	if len(t.slots) > minSlots && 8*t.n <= len(t.slots) {
+		t.resize(len(t.slots) / 2)
+	}
+}
