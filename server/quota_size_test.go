@@ -42,10 +42,12 @@ func accountBytes(n int) float64 {
 	return (float64(with.HeapAlloc) - float64(without.HeapAlloc)) / float64(n*(8+2))
 }
 
-// The account costs at most 200 bytes an object or ref.
+// The account costs at most 200 bytes an object or ref (the issue's
+// bound), and keeps what its flat object table saved: 154 bytes with a
+// map keyed by hash, 129 with the table.
 func TestQuotaAccountSize(t *testing.T) {
-	if per := accountBytes(25_000); per > 200 {
-		t.Errorf("the account holds %.0f bytes per object and ref: want at most 200", per)
+	if per := accountBytes(25_000); per > 140 {
+		t.Errorf("the account holds %.0f bytes per object and ref: want at most 140", per)
 	} else {
 		t.Logf("%.0f bytes per object and ref", per)
 	}
