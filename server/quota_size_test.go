@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 
@@ -58,5 +59,37 @@ func TestQuotaAccountSize(t *testing.T) {
 func BenchmarkQuotaAccount(b *testing.B) {
 	for range b.N {
 		b.ReportMetric(accountBytes(100_000), "bytes/entry")
+	}
+}
+
+// What renewing the leases of the blobs a FindMissingBlobs found costs a
+// digest, with 700 objects in the account and with 700,000 (the big
+// store of scripts/bench-scale), 100 digests a call taken in turn from
+// 2,000 (as scripts/lookups asks): go test -bench QuotaUse -run ^$
+// ./server/.
+func BenchmarkQuotaUse(b *testing.B) {
+	for _, n := range []int{700, 700_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			q := newAccount()
+			ds := make([]digest.Digest, n)
+			for i := range ds {
+				var seed [8]byte
+				binary.LittleEndian.PutUint64(seed[:], uint64(i))
+				h := sha256.Sum256(seed[:])
+				ds[i] = digest.Digest{Hash: hex.EncodeToString(h[:]), Size: 1000}
+				q.add(ds[i])
+			}
+			q.known = true
+			asked := make([]digest.Digest, 2000)
+			for i := range asked {
+				asked[i] = ds[i*7919%n]
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				at := i * 100 % len(asked)
+				q.use(asked[at:at+100], time.Now())
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*100), "ns/digest")
+		})
 	}
 }
