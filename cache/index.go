@@ -91,7 +91,7 @@ type objectKey [16]byte
 
 // key is the key of a checked hash.
 func key(hash string) (k objectKey) {
-	hex.Decode(k[:], []byte(hash[:32]))
+	decodeHex(k[:], hash[:32])
 	return k
 }
 

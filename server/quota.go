@@ -401,36 +401,8 @@ func rootsKey(r cache.Roots) string {
 }
 
 // key is a digest's hash in binary; ok is false unless it is 64
-// lowercase hex digits, as the store's names are. It is decoded for every
-// digest a lookup asks about, so it is a loop without branches per byte
-// (encoding/hex took half of a lookup's time).
-func key(d digest.Digest) (k [32]byte, ok bool) {
-	h := d.Hash
-	if len(h) != 2*len(k) {
-		return k, false
-	}
-	var bad byte
-	for i := range k {
-		hi, lo := nibble[h[2*i]], nibble[h[2*i+1]]
-		bad |= hi | lo
-		k[i] = hi<<4 | lo
-	}
-	return k, bad&notHex == 0
-}
-
-// nibble is each lowercase hex digit's value, and notHex for every other
-// byte.
-var nibble = func() (t [256]byte) {
-	for i := range t {
-		t[i] = notHex
-	}
-	for i, c := range "0123456789abcdef" {
-		t[c] = byte(i)
-	}
-	return t
-}()
-
-const notHex = 0x10
+// lowercase hex digits, as the store's names are.
+func key(d digest.Digest) (k [32]byte, ok bool) { return cache.HashBytes(d.Hash) }
 
 // find is the slot of the object d.
 func (q *quota) find(d digest.Digest) (uint32, bool) {
