@@ -85,7 +85,8 @@ func (t *objectSlots) resize(n int) {
 	}
 }
 
-// remove takes out the object at place i, whose hash is k: in the table.
+// remove takes out the object at place i, whose hash is k, if the table
+// holds it.
 // The slots after it that probing reached past it move back (no
 // tombstones: lookups stay as short as the table is full), and a table an
 // eighth full or less shrinks by half.
@@ -94,6 +95,9 @@ func (t *objectSlots) remove(k *[32]byte, i uint32) {
 	want := uint64(t.tag(k))<<32 | uint64(i) + 1
 	p := uint32(want>>32) & mask
 	for t.slots[p] != want {
+		if t.slots[p] == 0 {
+			return
+		}
 		p = (p + 1) & mask
 	}
 	// Backward shift: each slot after the hole whose home is not between
