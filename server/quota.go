@@ -6,7 +6,6 @@ import (
 	"errors"
 	"math"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -87,7 +86,12 @@ const DefaultReadLease = 2 * time.Minute
 // it uploaded before it names it, nor a pull the blobs of the ref it was
 // given. The plan is made and the refs deleted while index writes and
 // lookups wait; the files go after, while an index write naming one of
-// them finds it missing.
+// them finds it missing. The account keeps loose objects and refs in the
+// order eviction takes them (see quota_order.go), so a pass looks at what
+// it evicts (and at the refs before them that free nothing), not at the
+// whole store, while lookups wait: one that finds every ref's objects
+// leased looks at every ref once, and the passes after it at none, until
+// a lease ends or a ref is written.
 //
 // The store may pass its limit by what clients hold in leases, up to a
 // hard cap (a twentieth of the limit past it). An upload is admitted
@@ -134,8 +138,21 @@ type quota struct {
 	objs  []object
 	slots objectSlots // finds objs by hash
 	free  []uint32    // places in objs removed, to reuse
-	refs  map[refKey]refRecord
-	used  int64 // bytes of objects
+	// refs are the refs' records in recs (record 0 ends their list by
+	// last use: see quota_order.go), freeRecs those removed, to reuse.
+	refs     map[refKey]uint32
+	recs     []refRecord
+	freeRecs []uint32
+	// last is the record setRef wrote last: the next ref written with the
+	// same closure shares it (an artifact's keys).
+	last uint32
+	used int64 // bytes of objects
+	// idle and held order the loose objects (see quota_order.go); gen
+	// moves when a hold on an object drops early, stuckAt is the last
+	// pass that could free no more.
+	idle, held objHeap
+	gen        uint64
+	stuckAt    stuck
 	// removing holds the objects an eviction pass took out of the account
 	// whose files it has not removed yet.
 	removing map[[32]byte]struct{}
@@ -167,6 +184,9 @@ type quota struct {
 	lent      int64 // bytes under read leases (counted once a lease)
 	// evicted counts what eviction removed, for Stats.
 	evicted struct{ refs, objects, bytes int64 }
+	// looked counts the refs and objects eviction passes looked at: a
+	// pass costs what it evicts, not the store's size.
+	looked int64
 }
 
 // stamp is a time in the account: eighths of a second since its epoch.
@@ -181,7 +201,12 @@ func (q *quota) at(t time.Time) stamp {
 
 // until is when a lease of d taken now ends: at least d from now.
 func (q *quota) until(now time.Time, d time.Duration) stamp {
-	return clampStamp(time.Duration(q.at(now)) + (d*stampsPerSecond+time.Second-1)/time.Second + 1)
+	return clampStamp(time.Duration(q.at(now)) + time.Duration(q.span(d)))
+}
+
+// span is how many stamps a lease of d takes from the stamp it starts at.
+func (q *quota) span(d time.Duration) stamp {
+	return clampStamp((d*stampsPerSecond+time.Second-1)/time.Second + 1)
 }
 
 func clampStamp(n time.Duration) stamp {
@@ -208,6 +233,9 @@ type object struct {
 	// outlives the upload lease: a lease lost still counts as left.
 	left uint32
 	lent int32 // read leases on it
+	// at is its place in the order of loose objects (see
+	// quota_order.go).
+	at uint32
 }
 
 func (o *object) leased(now stamp) bool { return o.upload > now || o.told > now || o.lent > 0 }
@@ -218,11 +246,15 @@ type refKey struct {
 }
 
 type refRecord struct {
+	key     refKey
 	closure []uint32 // indexes in objs; shared, never changed in place
 	// used is when it was last written or read, in Unix nanoseconds: the
-	// padding a stamp would leave, and refs written one after the other
-	// stay in order.
+	// start-up walk's file times put refs in order once (see know); then
+	// each use moves its ref to the newest end of the list.
 	used int64
+	// older and newer link the refs by last use, sib the refs sharing
+	// its closure (see quota_order.go).
+	older, newer, sib uint32
 }
 
 // client is one connection holding upload leases on loose objects or
@@ -287,8 +319,8 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 // newAccount is an empty account, its epoch now.
 func newAccount() *quota {
 	q := &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
-		slots: newObjectSlots(), removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]refRecord{}, pending: map[refKey]int64{},
-		clients: map[string]*client{}, owners: map[uint32]*client{}}
+		slots: newObjectSlots(), removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]uint32{}, recs: make([]refRecord, 1), pending: map[refKey]int64{},
+		clients: map[string]*client{}, owners: map[uint32]*client{}, held: objHeap{held: true}}
 	q.changed = sync.NewCond(&q.mu)
 	return q
 }
@@ -307,8 +339,7 @@ func (q *quota) build() {
 		return
 	}
 	q.mu.Lock()
-	q.known = true
-	q.pending = nil
+	q.know(time.Now())
 	objects, refs, used := len(q.objs)-len(q.free), len(q.refs), q.used
 	q.mu.Unlock()
 	q.s.logf("quota: store measured in %s: %d objects, %d bytes (%d%% of the quota), %d refs; the quota of %d bytes is enforced",
@@ -339,7 +370,11 @@ func (q *quota) measure() error {
 	}
 	// Refs naming the same roots (a strong and a weak key) share one
 	// closure, read once.
-	closures := map[string][]uint32{}
+	type walked struct {
+		closure []uint32
+		first   refKey // the first ref found naming them
+	}
+	closures := map[string]walked{}
 	for _, kind := range cache.Kinds {
 		infos, err := q.s.store.ListRefs(kind, "")
 		if err != nil {
@@ -362,13 +397,16 @@ func (q *quota) measure() error {
 				continue
 			}
 			q.mu.Lock()
-			closure, ok := closures[rootsKey(r.roots)]
+			w, ok := closures[rootsKey(r.roots)]
 			if !ok {
-				closure = q.indexes(reach, false)
-				closures[rootsKey(r.roots)] = closure
+				w = walked{q.indexes(reach, false), k}
+				closures[rootsKey(r.roots)] = w
 			}
 			if _, written := q.refs[k]; !written { // else written since: that closure holds
-				q.setRecord(k, closure, max(info.Accessed.UnixNano(), q.pending[k]))
+				at := q.setRecord(k, w.closure, max(info.Accessed.UnixNano(), q.pending[k]), 0)
+				if f, ok := q.refs[w.first]; ok && f != at && sameSlice(q.recs[f].closure, w.closure) {
+					q.join(at, f)
+				}
 			}
 			q.mu.Unlock()
 		}
@@ -433,6 +471,9 @@ func (q *quota) add(d digest.Digest) uint32 {
 
 // drop forgets a removed object.
 func (q *quota) drop(i uint32) {
+	if h, at := q.heapOf(i); h != nil {
+		h.remove(q.objs, at)
+	}
 	q.disown(i)
 	o := &q.objs[i]
 	if q.owners[o.left] != nil {
@@ -475,6 +516,7 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 	o := &q.objs[i]
 	o.used = q.at(now)
 	o.upload = q.until(now, q.lease)
+	q.place(i, o.used)
 	if o.needs == 0 && who != "" {
 		c := q.client(who)
 		c.seen = o.used
@@ -484,7 +526,7 @@ func (q *quota) stored(d digest.Digest, who string, now time.Time) {
 			if b == nil {
 				break
 			}
-			if _, ok := q.dropOldest(b); !ok {
+			if _, ok := q.dropOldest(b, q.at(now)); !ok {
 				break
 			}
 		}
@@ -620,13 +662,14 @@ func (q *quota) holds(c *client, e queued) bool {
 
 // dropOldest ends c's oldest upload lease on a loose object and says
 // which; false when it holds none.
-func (q *quota) dropOldest(c *client) (uint32, bool) {
+func (q *quota) dropOldest(c *client, now stamp) (uint32, bool) {
 	for len(c.queue) > 0 {
 		e := c.queue[0]
 		c.queue = c.queue[1:]
 		if q.holds(c, e) {
 			q.objs[e.obj].upload = 0
 			q.disown(e.obj)
+			q.place(e.obj, now)
 			return e.obj, true
 		}
 	}
@@ -662,7 +705,7 @@ func (q *quota) expire(c *client, now stamp) {
 		}
 	}
 	for len(c.lends) > 0 && c.lends[0].until <= now {
-		q.endLend(c)
+		q.endLend(c, now)
 	}
 }
 
@@ -694,6 +737,7 @@ func (q *quota) use(ds []digest.Digest, now time.Time) (persist []digest.Digest)
 				persist = append(persist, d)
 			}
 			o.used, o.told = n, max(o.told, until)
+			q.place(i, n)
 		}
 		q.mu.Unlock()
 	}
@@ -715,15 +759,17 @@ func (q *quota) lend(ds []digest.Digest, who string, now time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	l := lend{objs: q.indexes(ds, true), until: q.until(now, q.readLease)}
+	lent := who != "" && len(l.objs) > 0
 	for _, i := range l.objs {
 		q.objs[i].used = n
+		if lent {
+			q.objs[i].lent++
+			l.bytes += q.objs[i].size
+		}
+		q.place(i, n)
 	}
-	if who == "" || len(l.objs) == 0 {
+	if !lent {
 		return
-	}
-	for _, i := range l.objs {
-		q.objs[i].lent++
-		l.bytes += q.objs[i].size
 	}
 	c := q.client(who)
 	q.expire(c, n)
@@ -731,19 +777,19 @@ func (q *quota) lend(ds []digest.Digest, who string, now time.Time) {
 	c.lent += l.bytes
 	q.lent += l.bytes
 	for q.lent > q.limit/4 {
-		b := q.biggest(n, func(b *client) bool { return b != c || len(b.lends) > 1 }, func(b *client) int64 { return b.lent })
+		b := q.biggest(n, func(b *client) bool { return len(b.lends) > 1 || len(b.lends) == 1 && b != c }, func(b *client) int64 { return b.lent })
 		if b == nil {
 			break
 		}
-		q.endLend(b)
+		q.endLend(b, n)
 	}
 }
 
 // endLend ends c's oldest read lease.
-func (q *quota) endLend(c *client) {
+func (q *quota) endLend(c *client, now stamp) {
 	l := c.lends[0]
 	c.lends = c.lends[1:]
-	q.release(l.objs, lent)
+	q.release(l.objs, lent, now)
 	c.lent -= l.bytes
 	q.lent -= l.bytes
 	q.forgetIdle(c)
@@ -764,19 +810,33 @@ func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now
 		q.objs[i].upload = 0
 		q.disown(i)
 	}
-	q.setRecord(refKey{kind, ref}, idx, now.UnixNano())
+	r := q.setRecord(refKey{kind, ref}, idx, now.UnixNano(), q.at(now))
+	if l := q.last; l != 0 && l != r && q.recs[l].key.ref != "" && slices.Equal(q.recs[l].closure, idx) {
+		q.join(r, l)
+	}
+	q.last = r
 	q.changed.Broadcast()
 }
 
-// setRecord records a ref's closure (each object once) and last use.
-func (q *quota) setRecord(k refKey, closure []uint32, used int64) {
-	if old, ok := q.refs[k]; ok {
-		q.release(old.closure, needs)
-	}
+// setRecord records a ref's closure (each object once) and last use (the
+// newest once the account is known), and says where.
+func (q *quota) setRecord(k refKey, closure []uint32, used int64, now stamp) uint32 {
 	for _, i := range closure {
 		q.objs[i].needs++
+		q.place(i, now)
 	}
-	q.refs[k] = refRecord{closure: closure, used: used}
+	q.freed() // what it names may be held by nothing else
+	r, ok := q.refs[k]
+	if ok {
+		q.release(q.recs[r].closure, needs, now)
+		q.unlink(r)
+		q.leaveRing(r)
+	} else {
+		r = q.newRecord(k)
+	}
+	q.recs[r].closure = closure
+	q.touch(r, used)
+	return r
 }
 
 // useRef marks a ref as read now.
@@ -785,18 +845,23 @@ func (q *quota) useRef(kind cache.Kind, ref string, now time.Time) {
 	defer q.mu.Unlock()
 	k := refKey{kind, ref}
 	if r, ok := q.refs[k]; ok {
-		r.used = now.UnixNano()
-		q.refs[k] = r
+		q.touch(r, now.UnixNano())
 	} else if !q.known {
 		q.pending[k] = now.UnixNano()
 	}
 }
 
 // release counts one less of what count points at in each of objs.
-func (q *quota) release(objs []uint32, count func(*object) *int32) {
+func (q *quota) release(objs []uint32, count func(*object) *int32, now stamp) {
 	for _, i := range objs {
-		if n := count(&q.objs[i]); *n > 0 {
-			*n--
+		o := &q.objs[i]
+		if n := count(o); *n > 0 {
+			if *n--; *n == 0 {
+				q.place(i, now)
+				if o.needs > 0 && !o.leased(now) {
+					q.freed() // a read lease was all that held it
+				}
+			}
 		}
 	}
 }
@@ -872,12 +937,9 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 	for _, c := range q.owners {
 		q.expire(c, n)
 	}
-	empty, _ := key(emptyDigest)
+	q.ripen(n)
 	remove := func(i uint32) {
 		o := &q.objs[i]
-		if o.size < 0 || o.hash == empty {
-			return
-		}
 		gone = append(gone, digest.Digest{Hash: hex.EncodeToString(o.hash[:]), Size: o.size})
 		q.removing[o.hash] = struct{}{}
 		q.unlinking += o.size
@@ -886,18 +948,12 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 
 	// Objects no ref needs whose leases ran out, least recently used
 	// first.
-	var loose []uint32
-	for i := range q.objs {
-		if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) {
-			loose = append(loose, uint32(i))
-		}
+	for q.used > target && len(q.idle.e) > 0 {
+		q.looked++
+		remove(q.idle.e[0].obj)
 	}
-	sort.Slice(loose, func(a, b int) bool { return q.objs[loose[a]].used < q.objs[loose[b]].used })
-	for _, i := range loose {
-		if q.used <= target {
-			return refs, gone
-		}
-		remove(i)
+	if q.used <= target || q.isStuck(n) {
+		return refs, gone
 	}
 	// Whole refs, least recently used first: each is let go in turn (the
 	// needs of its closure counted down) and what then no ref needs and no
@@ -906,54 +962,70 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 	// stay (a ref kept needs them, or a lease holds them) stays: deleting it
 	// would free nothing. So the refs naming one artifact (BuildStream's
 	// strong and weak key) go together, where neither alone frees anything.
-	keys := make([]refKey, 0, len(q.refs))
-	for k := range q.refs {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return q.refs[keys[i]].used < q.refs[keys[j]].used })
-	var let []refKey
+	var let []uint32
 	var doomed []uint32
 	marked := map[uint32]bool{}
 	planned := int64(0)
-	for _, k := range keys {
-		if q.used-planned <= target {
-			break
-		}
-		r := q.refs[k]
-		q.release(r.closure, needs)
-		let = append(let, k)
-		for _, i := range r.closure {
-			if o := &q.objs[i]; o.size >= 0 && o.needs == 0 && !o.leased(n) && !marked[i] {
-				marked[i] = true
-				doomed = append(doomed, i)
-				planned += o.size
+	r := q.recs[0].newer
+	stuckAt := stuck{gen: q.gen, until: math.MaxInt32, set: true}
+	for ; r != 0 && q.used-planned > target; r = q.recs[r].newer {
+		q.looked++
+		let = append(let, r)
+		for _, i := range q.recs[r].closure {
+			o := &q.objs[i]
+			if o.needs > 0 {
+				o.needs--
 			}
+			if o.size < 0 || o.needs > 0 || marked[i] || o.hash == emptyKey {
+				continue
+			}
+			if o.leased(n) {
+				if end := max(o.upload, o.told); end > n {
+					stuckAt.until = min(stuckAt.until, end)
+				}
+				continue
+			}
+			marked[i] = true
+			doomed = append(doomed, i)
+			planned += o.size
 		}
 	}
-	keep := func(r refRecord) {
-		for _, i := range r.closure {
+	if r == 0 && q.used-planned > target {
+		q.stuckAt = stuckAt // every ref let go, and not enough
+	}
+	keep := func(r uint32) {
+		for _, i := range q.recs[r].closure {
 			q.objs[i].needs++
 			delete(marked, i)
 		}
 	}
-	for _, k := range let {
-		r := q.refs[k]
-		if !slices.ContainsFunc(r.closure, func(i uint32) bool { return marked[i] }) {
+	var evicted [][]uint32
+	for _, r := range let {
+		rec := &q.recs[r]
+		if !slices.ContainsFunc(rec.closure, func(i uint32) bool { return marked[i] }) {
 			keep(r)
 			continue
 		}
-		if err := s.store.DeleteRef(k.kind, k.ref); err != nil && !errors.Is(err, cache.ErrNotFound) {
-			s.logf("quota: removing %s ref %s: %v", k.kind, k.ref, err)
+		if err := s.store.DeleteRef(rec.key.kind, rec.key.ref); err != nil && !errors.Is(err, cache.ErrNotFound) {
+			s.logf("quota: removing %s ref %s: %v", rec.key.kind, rec.key.ref, err)
 			keep(r)
+			q.stuckAt = stuck{} // the next pass tries again
 			continue
 		}
-		delete(q.refs, k)
+		evicted = append(evicted, rec.closure)
+		q.dropRecord(r)
 		refs++
 		q.evicted.refs++
 	}
 	for _, i := range doomed {
 		if marked[i] {
 			remove(i)
+		}
+	}
+	// What evicted refs needed that stays is loose now: leased.
+	for _, c := range evicted {
+		for _, i := range c {
+			q.place(i, n)
 		}
 	}
 	if q.used > q.limit {
@@ -1171,7 +1243,7 @@ func (q *quota) trim(need int64, who string, last bool, now stamp) {
 		if c == nil {
 			return
 		}
-		i, ok := q.dropOldest(c)
+		i, ok := q.dropOldest(c, now)
 		if !ok {
 			return
 		}

@@ -35,7 +35,7 @@ func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
 	const loose, push = "127.0.0.1:1", "127.0.0.1:2"
 	d, i := put(loose)
 	q.mu.Lock()
-	q.dropOldest(q.clients[loose])
+	q.dropOldest(q.clients[loose], q.at(time.Now()))
 	q.drop(i)
 	q.mu.Unlock()
 	if err := store.RemoveObject(d); err != nil {
@@ -65,6 +65,7 @@ func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
 	// Room for one upload: a lease ends; the loose writer comes.
 	q.mu.Lock()
 	q.objs[last].upload = 0
+	q.place(last, q.at(time.Now())) // as a lease trimmed
 	q.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

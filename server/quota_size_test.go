@@ -32,7 +32,7 @@ func accountBytes(n int) float64 {
 		}
 		closure := q.indexes(ds, false)
 		for _, key := range []string{"strong", "weak"} {
-			q.setRecord(refKey{cache.KindBst1Artifact, fmt.Sprintf("project/element-%06d/%s-%056x", a, key, a)}, closure, int64(a))
+			q.setRecord(refKey{cache.KindBst1Artifact, fmt.Sprintf("project/element-%06d/%s-%056x", a, key, a)}, closure, int64(a), 0)
 		}
 	}
 	var with, without runtime.MemStats

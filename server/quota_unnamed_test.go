@@ -92,7 +92,7 @@ func testAccount(t *testing.T, limit int64, lease time.Duration) (*quota, *cache
 	if err := q.measure(); err != nil {
 		t.Fatal(err)
 	}
-	q.known = true
+	q.know(time.Now())
 	srv.quota = q
 	return q, store
 }

@@ -1,0 +1,351 @@
+package server
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The account keeps in order what an eviction pass takes, so that a pass
+// costs what it looks at, not the store's size (a pass holds the locks
+// every lookup and index write waits on):
+//   - loose objects (no ref needs them) in two heaps: those no lease holds
+//     by last use (idle: the pass takes them least recently used first),
+//     those a lease holds by when it ends at the latest (held: a pass
+//     first moves those whose leases ran out to idle). Leases end by time
+//     with no event, so the held heap is what learns it; a lease ending
+//     early (an upload lease trimmed, a read lease ended) moves its object
+//     at once. An object's heap and place are in object.at.
+//   - refs in a list by last use, oldest first (the records' older and
+//     newer, record 0 the list's ends). A use moves a ref to the newest
+//     end, with the refs sharing its closure (an artifact's strong and
+//     weak key, found by the start-up walk or written one after the
+//     other: the sib ring): they are evicted together anyway, at the
+//     latest use of any of them, so none waits at the oldest end, freeing
+//     nothing, for every pass to look at again.
+//
+// Before the account is known (the start-up walk sets last uses from file
+// times, in no order) nothing is kept in order: know puts everything in
+// order once.
+//
+// A pass that let go of every ref and still could not reach its target
+// remembers it (stuck): until a lease on what kept them ends or something
+// else may free more (gen), letting go of the refs again would free
+// nothing (every object they need would be needed by none, and each was
+// leased), and passes skip them. An upload waiting for room wakes when the next lease
+// ends (nextEnd).
+
+// objHeap is a heap of objects by key, earliest first.
+type objHeap struct {
+	e    []heapEntry
+	held bool // which heap: object.at says which it is in
+}
+
+type heapEntry struct {
+	key stamp
+	obj uint32
+}
+
+// at encodes an object's place in a heap: 0 none, else its index+1, with
+// heldBit for the held heap.
+const heldBit = 1 << 31
+
+func (h *objHeap) less(a, b int) bool {
+	x, y := h.e[a], h.e[b]
+	return x.key < y.key || x.key == y.key && x.obj < y.obj
+}
+
+func (h *objHeap) swap(objs []object, a, b int) {
+	h.e[a], h.e[b] = h.e[b], h.e[a]
+	h.mark(objs, a)
+	h.mark(objs, b)
+}
+
+func (h *objHeap) mark(objs []object, i int) {
+	at := uint32(i + 1)
+	if h.held {
+		at |= heldBit
+	}
+	objs[h.e[i].obj].at = at
+}
+
+func (h *objHeap) up(objs []object, i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h.less(i, p) {
+			return
+		}
+		h.swap(objs, i, p)
+		i = p
+	}
+}
+
+func (h *objHeap) down(objs []object, i int) {
+	for {
+		c := 2*i + 1
+		if c >= len(h.e) {
+			return
+		}
+		if c+1 < len(h.e) && h.less(c+1, c) {
+			c++
+		}
+		if !h.less(c, i) {
+			return
+		}
+		h.swap(objs, i, c)
+		i = c
+	}
+}
+
+// set puts object i in the heap with key, or moves it to key.
+func (h *objHeap) set(objs []object, i uint32, key stamp) {
+	at := int(objs[i].at&^heldBit) - 1
+	if at < 0 {
+		h.e = append(h.e, heapEntry{key, i})
+		at = len(h.e) - 1
+		h.mark(objs, at)
+	} else {
+		h.e[at].key = key
+		h.down(objs, at)
+	}
+	h.up(objs, at)
+}
+
+// remove takes the object at index at out of the heap.
+func (h *objHeap) remove(objs []object, at int) {
+	objs[h.e[at].obj].at = 0
+	last := len(h.e) - 1
+	if at != last {
+		h.e[at] = h.e[last]
+		h.mark(objs, at)
+	}
+	h.e = h.e[:last]
+	if at != last {
+		h.down(objs, at)
+		h.up(objs, at)
+	}
+}
+
+// heapOf is the heap object i is in (nil: none), and its index there.
+func (q *quota) heapOf(i uint32) (*objHeap, int) {
+	at := q.objs[i].at
+	switch {
+	case at == 0:
+		return nil, 0
+	case at&heldBit != 0:
+		return &q.held, int(at&^heldBit) - 1
+	default:
+		return &q.idle, int(at) - 1
+	}
+}
+
+// place puts object i where the order wants it now: nowhere while a ref
+// needs it (or it is the empty blob, never evicted), else in held while a
+// lease holds it, else in idle.
+func (q *quota) place(i uint32, now stamp) {
+	if !q.known {
+		return
+	}
+	o := &q.objs[i]
+	h, at := q.heapOf(i)
+	var want *objHeap
+	key := o.used
+	switch {
+	case o.size < 0 || o.needs > 0 || o.hash == emptyKey:
+	case o.leased(now):
+		want, key = &q.held, q.leaseEnd(o, now)
+	default:
+		want = &q.idle
+	}
+	if h != nil && h != want {
+		h.remove(q.objs, at)
+	}
+	if want != nil {
+		want.set(q.objs, i, key)
+	}
+}
+
+// leaseEnd is when o's leases end at the latest, after now. A read lease
+// started at o's last use at the latest: it ends a read lease after it.
+func (q *quota) leaseEnd(o *object, now stamp) stamp {
+	end := max(o.upload, o.told, now+1)
+	if o.lent > 0 {
+		end = max(end, o.used+q.span(q.readLease))
+	}
+	return end
+}
+
+// ripen moves the loose objects whose leases ran out by now to idle.
+func (q *quota) ripen(now stamp) {
+	for len(q.held.e) > 0 && q.held.e[0].key <= now {
+		q.looked++
+		q.place(q.held.e[0].obj, now) // still held (a lease renewed): later
+	}
+}
+
+// freed notes that a pass that let go of every ref may free more now: a
+// ref was written (what it names may be held by nothing else), or a read
+// lease ended early on an object refs need, which nothing else holds.
+// (Objects no ref needs are ordered apart; time ending leases is in
+// stuck.until.)
+func (q *quota) freed() { q.gen++ }
+
+// stuck remembers a pass that let go of every ref and was still over its
+// target: until gen moves or a lease on what kept the refs ends (until),
+// letting go of them again frees nothing.
+type stuck struct {
+	gen   uint64
+	until stamp
+	set   bool
+}
+
+func (q *quota) isStuck(now stamp) bool {
+	return q.stuckAt.set && q.stuckAt.gen == q.gen && now < q.stuckAt.until
+}
+
+// nextEnd is when a lease that keeps something from eviction ends next
+// (math.MaxInt32: none known): a loose object's, a read lease's, or one
+// on an object that kept a pass from freeing more.
+func (q *quota) nextEnd() stamp {
+	next := stamp(math.MaxInt32)
+	if len(q.held.e) > 0 {
+		next = q.held.e[0].key
+	}
+	if q.stuckAt.set && q.stuckAt.gen == q.gen {
+		next = min(next, q.stuckAt.until)
+	}
+	for _, c := range q.owners {
+		if len(c.lends) > 0 {
+			next = min(next, c.lends[0].until)
+		}
+	}
+	return next
+}
+
+// time is stamp n as a time.
+func (q *quota) time(n stamp) time.Time {
+	return q.epoch.Add(time.Duration(n) * time.Second / stampsPerSecond)
+}
+
+// maxSiblings bounds the refs sharing a closure that move together.
+const maxSiblings = 4
+
+// link puts ref record r at the newest end of the list.
+func (q *quota) link(r uint32) {
+	last := q.recs[0].older
+	q.recs[r].older, q.recs[r].newer = last, 0
+	q.recs[last].newer = r
+	q.recs[0].older = r
+}
+
+// unlink takes ref record r out of the list, if it is in it.
+func (q *quota) unlink(r uint32) {
+	rec := &q.recs[r]
+	if q.recs[rec.older].newer != r {
+		return // not linked
+	}
+	q.recs[rec.older].newer = rec.newer
+	q.recs[rec.newer].older = rec.older
+	rec.older, rec.newer = 0, 0
+}
+
+// touch marks ref record r used at used, with the refs sharing its
+// closure: they move to the newest end.
+func (q *quota) touch(r uint32, used int64) {
+	for s := r; ; {
+		q.recs[s].used = used
+		if q.known {
+			q.unlink(s)
+			q.link(s)
+		}
+		if s = q.recs[s].sib; s == r {
+			return
+		}
+	}
+}
+
+// join makes ref record r share sibling's closure and ring, if the ring
+// has room.
+func (q *quota) join(r, sibling uint32) {
+	n := 1
+	for s := q.recs[sibling].sib; s != sibling; s = q.recs[s].sib {
+		n++
+	}
+	if n >= maxSiblings {
+		return
+	}
+	q.recs[r].closure = q.recs[sibling].closure
+	q.recs[r].sib, q.recs[sibling].sib = q.recs[sibling].sib, r
+}
+
+// leaveRing takes ref record r out of its ring.
+func (q *quota) leaveRing(r uint32) {
+	s := r
+	for q.recs[s].sib != r {
+		s = q.recs[s].sib
+	}
+	q.recs[s].sib = q.recs[r].sib
+	q.recs[r].sib = r
+}
+
+// newRecord is a free ref record for k.
+func (q *quota) newRecord(k refKey) uint32 {
+	var r uint32
+	if n := len(q.freeRecs); n > 0 {
+		r = q.freeRecs[n-1]
+		q.freeRecs = q.freeRecs[:n-1]
+	} else {
+		r = uint32(len(q.recs))
+		q.recs = append(q.recs, refRecord{})
+	}
+	q.recs[r] = refRecord{key: k, sib: r}
+	q.refs[k] = r
+	return r
+}
+
+// dropRecord forgets ref record r.
+func (q *quota) dropRecord(r uint32) {
+	q.unlink(r)
+	q.leaveRing(r)
+	delete(q.refs, q.recs[r].key)
+	q.recs[r] = refRecord{}
+	q.freeRecs = append(q.freeRecs, r)
+}
+
+// know enforces the quota from now on: the account is complete, and is
+// put in order (see above) once.
+func (q *quota) know(now time.Time) {
+	q.known = true
+	q.pending = nil
+	n := q.at(now)
+	for i := range q.objs {
+		q.place(uint32(i), n)
+	}
+	// Refs sharing a closure are used at the latest use of any of them;
+	// ties go by name.
+	order := make([]uint32, 0, len(q.refs))
+	for _, r := range q.refs {
+		for s := q.recs[r].sib; s != r; s = q.recs[s].sib {
+			q.recs[r].used = max(q.recs[r].used, q.recs[s].used)
+		}
+		order = append(order, r)
+	}
+	slices.SortFunc(order, func(a, b uint32) int {
+		x, y := &q.recs[a], &q.recs[b]
+		return cmp.Or(cmp.Compare(x.used, y.used), strings.Compare(string(x.key.kind), string(y.key.kind)), strings.Compare(x.key.ref, y.key.ref))
+	})
+	q.recs[0].older, q.recs[0].newer = 0, 0
+	for _, r := range order {
+		q.link(r)
+	}
+}
+
+// sameSlice says whether a and b are one slice.
+func sameSlice(a, b []uint32) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// emptyKey is the empty blob's hash: it is never evicted.
+var emptyKey, _ = key(emptyDigest)
