@@ -1092,7 +1092,8 @@ func (q *quota) beingRemoved(ds []digest.Digest) []digest.Digest {
 // objects (see trim), and evicts again: loose uploads are the most
 // expendable, a push names what it uploaded within seconds. Then it waits
 // for room, for admitWait at most or until ctx ends (the client gave up),
-// and refuses the upload only when the leases left leave none, so leased
+// looking again whenever room may have freed (a file removed, an upload
+// stored, a ref written, a lease ended), and refuses the upload only when the leases left leave none, so leased
 // blobs cannot grow the store without bound. Before the store is
 // measured, every upload is admitted.
 //
@@ -1179,10 +1180,18 @@ func (q *quota) admit(ctx context.Context, n, aside int64, who string, until *ti
 			// The deadline and ctx are read again under the lock their
 			// broadcasts take: read before it, a broadcast could come
 			// between the read and the wait, which would then last until
-			// something else changed.
+			// something else changed. Leases end by time, with no
+			// broadcast: the wait ends when the next one does.
 			q.mu.Lock()
-			if time.Now().Before(deadline) && ctx.Err() == nil {
+			if now := time.Now(); now.Before(deadline) && ctx.Err() == nil {
+				var ended *time.Timer
+				if end := q.time(q.nextEnd(q.at(now))); end.Before(deadline) {
+					ended = time.AfterFunc(end.Sub(now), q.wake)
+				}
 				q.changed.Wait()
+				if ended != nil {
+					ended.Stop()
+				}
 			}
 			q.mu.Unlock()
 		}

@@ -85,3 +85,50 @@ func TestQuotaWaitingPushBeforeLooseWriter(t *testing.T) {
 		t.Fatal("the push's upload still waits")
 	}
 }
+
+// Leases end by time, with nothing to say so: an upload waiting for room
+// that a lease's end makes looks again when the lease ends, and is
+// admitted then, not at the end of its wait (admitWait), as it was.
+func TestQuotaWaitingUploadWakesWhenALeaseEnds(t *testing.T) {
+	// A 200 KiB quota (210 KiB hard cap), full of blobs leased for a
+	// second (filled by the server: no client's lease to end early).
+	const lease = time.Second
+	q, store := testAccount(t, 200<<10, lease)
+	for n := range 21 {
+		b := make([]byte, 10<<10)
+		copy(b, fmt.Sprint("blob ", n))
+		d := digest.NewFromBlob(b)
+		if err := store.PutBytes(d, b); err != nil {
+			t.Fatal(err)
+		}
+		q.stored(d, "", time.Now())
+	}
+	start := time.Now()
+	res, err := q.admit(context.Background(), 10<<10, 0, "127.0.0.1:1", new(time.Time))
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("the upload was refused after %s: %v", took, err)
+	}
+	res.release()
+	t.Logf("admitted after %s", took.Round(time.Millisecond))
+	if took >= admitWait*3/4 {
+		t.Errorf("the upload was admitted %s after it came, the leases that left no room ending %s after: want soon after they end", took.Round(time.Millisecond), lease)
+	}
+}
+
+// A read lease bigger than the bound on read leases (a quarter of the
+// quota) is kept, as the lease just taken is, while another client holds
+// upload leases but no read lease: that one has no read lease to lose
+// (the server ended a read lease it did not hold, and panicked).
+func TestQuotaBigReadLeaseBesideAnUpload(t *testing.T) {
+	q, _ := testAccount(t, 100<<10, time.Hour)
+	now := time.Now()
+	q.stored(digest.NewFromBlob([]byte("loose")), "127.0.0.1:1", now)
+	big := make([]byte, 30<<10)
+	d := digest.NewFromBlob(big)
+	q.stored(d, "", now)
+	q.lend([]digest.Digest{d}, "127.0.0.1:2", now)
+	if st := q.stats(); st.ReadLeased != d.Size {
+		t.Errorf("%d bytes under read leases, want the lease just taken: %d", st.ReadLeased, d.Size)
+	}
+}

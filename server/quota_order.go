@@ -206,17 +206,20 @@ func (q *quota) isStuck(now stamp) bool {
 }
 
 // nextEnd is when a lease that keeps something from eviction ends next
-// (math.MaxInt32: none known): a loose object's, a read lease's, or one
-// on an object that kept a pass from freeing more.
-func (q *quota) nextEnd() stamp {
+// after now (math.MaxInt32: none known): a loose object's, a read
+// lease's, or one on an object that kept a pass from freeing more. Those
+// that ran out by now are taken out first.
+func (q *quota) nextEnd(now stamp) stamp {
+	q.ripen(now)
 	next := stamp(math.MaxInt32)
 	if len(q.held.e) > 0 {
 		next = q.held.e[0].key
 	}
-	if q.stuckAt.set && q.stuckAt.gen == q.gen {
+	if q.isStuck(now) {
 		next = min(next, q.stuckAt.until)
 	}
 	for _, c := range q.owners {
+		q.expire(c, now)
 		if len(c.lends) > 0 {
 			next = min(next, c.lends[0].until)
 		}
