@@ -153,6 +153,8 @@ type quota struct {
 	idle, held objHeap
 	gen        uint64
 	stuckAt    stuck
+	// late notes the refs used while useOrder sorts them.
+	late []uint32
 	// removing holds the objects an eviction pass took out of the account
 	// whose files it has not removed yet.
 	removing map[[32]byte]struct{}
@@ -338,8 +340,9 @@ func (q *quota) build() {
 		}
 		return
 	}
+	order := q.useOrder()
 	q.mu.Lock()
-	q.know(time.Now())
+	q.know(time.Now(), order)
 	objects, refs, used := len(q.objs)-len(q.free), len(q.refs), q.used
 	q.mu.Unlock()
 	q.s.logf("quota: store measured in %s: %d objects, %d bytes (%d%% of the quota), %d refs; the quota of %d bytes is enforced",

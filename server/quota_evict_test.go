@@ -57,7 +57,7 @@ func TestQuotaIndexWriteDuringRemovalFindsBlobsMissing(t *testing.T) {
 	if err := q.measure(); err != nil {
 		t.Fatal(err)
 	}
-	q.know(time.Now())
+	q.know(time.Now(), q.useOrder())
 	srv.quota = q
 	time.Sleep(500 * time.Millisecond) // a lease lasts at least two eighths of a second
 

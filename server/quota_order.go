@@ -28,7 +28,7 @@ import (
 //
 // Before the account is known (the start-up walk sets last uses from file
 // times, in no order) nothing is kept in order: know puts everything in
-// order once.
+// order once, the refs sorted while lookups go on (useOrder).
 //
 // A pass that let go of every ref and still could not reach its target
 // remembers it (stuck): until a lease on what kept them ends or something
@@ -259,6 +259,9 @@ func (q *quota) unlink(r uint32) {
 func (q *quota) touch(r uint32, used int64) {
 	for s := r; ; {
 		q.recs[s].used = used
+		if !q.known && q.late != nil {
+			q.late = append(q.late, s) // useOrder is sorting
+		}
 		if q.known {
 			q.unlink(s)
 			q.link(s)
@@ -317,31 +320,71 @@ func (q *quota) dropRecord(r uint32) {
 	q.freeRecs = append(q.freeRecs, r)
 }
 
+// refUse is a ref's last use, to put refs in order.
+type refUse struct {
+	at  int64
+	key refKey
+	rec uint32
+}
+
+// compareUses orders uses by time, then by name.
+func compareUses(a, b refUse) int {
+	if a.at != b.at {
+		return cmp.Compare(a.at, b.at)
+	}
+	return cmp.Or(strings.Compare(string(a.key.kind), string(b.key.kind)), strings.Compare(a.key.ref, b.key.ref))
+}
+
+// useOrder is every ref by last use, refs sharing a closure at the latest
+// use of any of them, for know. It is sorted while lookups go on: the
+// refs used or written meanwhile are noted (late), and know puts them in
+// their new places.
+func (q *quota) useOrder() []refUse {
+	q.mu.Lock()
+	order := make([]refUse, 0, len(q.refs))
+	for _, r := range q.refs {
+		for s := q.recs[r].sib; s != r; s = q.recs[s].sib {
+			q.recs[r].used = max(q.recs[r].used, q.recs[s].used)
+		}
+		order = append(order, refUse{q.recs[r].used, q.recs[r].key, r})
+	}
+	q.late = []uint32{}
+	q.mu.Unlock()
+	slices.SortFunc(order, compareUses)
+	return order
+}
+
 // know enforces the quota from now on: the account is complete, and is
-// put in order (see above) once.
-func (q *quota) know(now time.Time) {
+// put in order (see above) once, the refs in order (useOrder's, with the
+// refs used since in their new places).
+func (q *quota) know(now time.Time, order []refUse) {
 	q.known = true
 	q.pending = nil
 	n := q.at(now)
 	for i := range q.objs {
 		q.place(uint32(i), n)
 	}
-	// Refs sharing a closure are used at the latest use of any of them;
-	// ties go by name.
-	order := make([]uint32, 0, len(q.refs))
-	for _, r := range q.refs {
-		for s := q.recs[r].sib; s != r; s = q.recs[s].sib {
-			q.recs[r].used = max(q.recs[r].used, q.recs[s].used)
+	moved := make(map[uint32]bool, len(q.late))
+	var late []refUse
+	for _, r := range q.late {
+		if !moved[r] {
+			moved[r] = true
+			late = append(late, refUse{q.recs[r].used, q.recs[r].key, r})
 		}
-		order = append(order, r)
 	}
-	slices.SortFunc(order, func(a, b uint32) int {
-		x, y := &q.recs[a], &q.recs[b]
-		return cmp.Or(cmp.Compare(x.used, y.used), strings.Compare(string(x.key.kind), string(y.key.kind)), strings.Compare(x.key.ref, y.key.ref))
-	})
+	q.late = nil
+	slices.SortFunc(late, compareUses)
 	q.recs[0].older, q.recs[0].newer = 0, 0
-	for _, r := range order {
-		q.link(r)
+	for len(order) > 0 || len(late) > 0 {
+		if len(order) > 0 && moved[order[0].rec] {
+			order = order[1:]
+		} else if len(late) == 0 || len(order) > 0 && compareUses(order[0], late[0]) <= 0 {
+			q.link(order[0].rec)
+			order = order[1:]
+		} else {
+			q.link(late[0].rec)
+			late = late[1:]
+		}
 	}
 }
 

@@ -92,7 +92,7 @@ func testAccount(t *testing.T, limit int64, lease time.Duration) (*quota, *cache
 	if err := q.measure(); err != nil {
 		t.Fatal(err)
 	}
-	q.know(time.Now())
+	q.know(time.Now(), q.useOrder())
 	srv.quota = q
 	return q, store
 }
