@@ -30,18 +30,7 @@ import (
 // under what it holds: a pass evicts a tenth of it.
 func passAccount(tb testing.TB, n int) *quota {
 	tb.Helper()
-	store, err := cache.Open(tb.TempDir(), cache.KindBst1Artifact)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv, err := New(Options{Store: store, AllowWrites: true})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(srv.Close)
-	<-srv.indexed
-	q := newAccount()
-	q.s, q.lease, q.readLease = srv, time.Minute, time.Minute
+	q, _ := walkedAccount(tb, 0, time.Minute)
 	q.epoch = time.Now().Add(-time.Hour)
 	obj := func(seed int) digest.Digest {
 		var b [8]byte

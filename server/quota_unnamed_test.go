@@ -76,23 +76,31 @@ func TestQuotaBlobSentAgainCountsOnce(t *testing.T) {
 // that evicts on its own.
 func testAccount(t *testing.T, limit int64, lease time.Duration) (*quota, *cache.Store) {
 	t.Helper()
-	store, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	q, store := walkedAccount(t, limit, lease)
+	q.know(time.Now(), q.useOrder())
+	q.s.quota = q
+	return q, store
+}
+
+// walkedAccount is testAccount once the start-up walk found the store
+// empty, not known yet.
+func walkedAccount(tb testing.TB, limit int64, lease time.Duration) (*quota, *cache.Store) {
+	tb.Helper()
+	store, err := cache.Open(tb.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	srv, err := New(Options{Store: store, AllowWrites: true})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(srv.Close)
+	tb.Cleanup(srv.Close)
 	<-srv.indexed
 	q := newAccount()
 	q.s, q.limit, q.lease, q.readLease = srv, limit, lease, lease
 	q.walked <- nil
 	if err := q.measure(); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	q.know(time.Now(), q.useOrder())
-	srv.quota = q
 	return q, store
 }
