@@ -248,7 +248,7 @@ type refKey struct {
 }
 
 type refRecord struct {
-	key     refKey
+	ref     string
 	closure []uint32 // indexes in objs; shared, never changed in place
 	// used is when it was last written or read, in Unix nanoseconds: the
 	// start-up walk's file times put refs in order once (see know); then
@@ -257,7 +257,11 @@ type refRecord struct {
 	// older and newer link the refs by last use, sib the refs sharing
 	// its closure (see quota_order.go).
 	older, newer, sib uint32
+	kind              uint8 // in cache.Kinds
 }
+
+// key is the record's ref.
+func (r *refRecord) key() refKey { return refKey{cache.Kinds[r.kind], r.ref} }
 
 // client is one connection holding upload leases on loose objects or
 // read leases.
@@ -814,7 +818,7 @@ func (q *quota) setRef(kind cache.Kind, ref string, closure []digest.Digest, now
 		q.disown(i)
 	}
 	r := q.setRecord(refKey{kind, ref}, idx, now.UnixNano(), q.at(now))
-	if l := q.last; l != 0 && l != r && q.recs[l].key.ref != "" && slices.Equal(q.recs[l].closure, idx) {
+	if l := q.last; l != 0 && l != r && q.recs[l].ref != "" && slices.Equal(q.recs[l].closure, idx) {
 		q.join(r, l)
 	}
 	q.last = r
@@ -1009,8 +1013,9 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 			keep(r)
 			continue
 		}
-		if err := s.store.DeleteRef(rec.key.kind, rec.key.ref); err != nil && !errors.Is(err, cache.ErrNotFound) {
-			s.logf("quota: removing %s ref %s: %v", rec.key.kind, rec.key.ref, err)
+		k := rec.key()
+		if err := s.store.DeleteRef(k.kind, k.ref); err != nil && !errors.Is(err, cache.ErrNotFound) {
+			s.logf("quota: removing %s ref %s: %v", k.kind, k.ref, err)
 			keep(r)
 			q.stuckAt = stuck{} // the next pass tries again
 			continue

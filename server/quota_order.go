@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/bst-cache/bst-cache/cache"
 )
 
 // The account keeps in order what an eviction pass takes, so that a pass
@@ -306,7 +308,7 @@ func (q *quota) newRecord(k refKey) uint32 {
 		r = uint32(len(q.recs))
 		q.recs = append(q.recs, refRecord{})
 	}
-	q.recs[r] = refRecord{key: k, sib: r}
+	q.recs[r] = refRecord{ref: k.ref, kind: uint8(slices.Index(cache.Kinds, k.kind)), sib: r}
 	q.refs[k] = r
 	return r
 }
@@ -315,7 +317,7 @@ func (q *quota) newRecord(k refKey) uint32 {
 func (q *quota) dropRecord(r uint32) {
 	q.unlink(r)
 	q.leaveRing(r)
-	delete(q.refs, q.recs[r].key)
+	delete(q.refs, q.recs[r].key())
 	q.recs[r] = refRecord{}
 	q.freeRecs = append(q.freeRecs, r)
 }
@@ -346,7 +348,7 @@ func (q *quota) useOrder() []refUse {
 		for s := q.recs[r].sib; s != r; s = q.recs[s].sib {
 			q.recs[r].used = max(q.recs[r].used, q.recs[s].used)
 		}
-		order = append(order, refUse{q.recs[r].used, q.recs[r].key, r})
+		order = append(order, refUse{q.recs[r].used, q.recs[r].key(), r})
 	}
 	q.late = []uint32{}
 	q.mu.Unlock()
@@ -369,7 +371,7 @@ func (q *quota) know(now time.Time, order []refUse) {
 	for _, r := range q.late {
 		if !moved[r] {
 			moved[r] = true
-			late = append(late, refUse{q.recs[r].used, q.recs[r].key, r})
+			late = append(late, refUse{q.recs[r].used, q.recs[r].key(), r})
 		}
 	}
 	q.late = nil
