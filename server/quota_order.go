@@ -19,7 +19,10 @@ import (
 //     first moves those whose leases ran out to idle). Leases end by time
 //     with no event, so the held heap is what learns it; a lease ending
 //     early (an upload lease trimmed, a read lease ended) moves its object
-//     at once. An object's heap and place are in object.at.
+//     at once, and one renewed keeps its place until the end it had (then
+//     ripen finds it still held and moves it on), so that a client asking
+//     again and again about a loose blob costs no move each time. An
+//     object's heap and place are in object.at.
 //   - refs in a list by last use, oldest first (the records' older and
 //     newer, record 0 the list's ends). A use moves a ref to the newest
 //     end, with the refs sharing its closure (an artifact's strong and
@@ -161,6 +164,9 @@ func (q *quota) place(i uint32, now stamp) {
 	default:
 		want = &q.idle
 	}
+	if h == &q.held && want == h && key >= h.e[at].key {
+		return // a lease renewed: ripen looks again at the end it had
+	}
 	if h != nil && h != want {
 		h.remove(q.objs, at)
 	}
@@ -183,7 +189,12 @@ func (q *quota) leaseEnd(o *object, now stamp) stamp {
 func (q *quota) ripen(now stamp) {
 	for len(q.held.e) > 0 && q.held.e[0].key <= now {
 		q.looked++
-		q.place(q.held.e[0].obj, now) // still held (a lease renewed): later
+		i := q.held.e[0].obj
+		if o := &q.objs[i]; o.leased(now) { // renewed: until its new end
+			q.held.set(q.objs, i, q.leaseEnd(o, now))
+			continue
+		}
+		q.place(i, now)
 	}
 }
 
