@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -166,55 +165,111 @@ func (s *Store) SetRef(kind Kind, ref string, data []byte) error {
 // artifacts finishing together wait for one. A ref that could not be
 // renamed fails the call and is left as it was, as is every ref after it,
 // and no temporary file is left.
-func (s *Store) SetRefs(kind Kind, refs []string, data []byte) (err error) {
+func (s *Store) SetRefs(kind Kind, refs []string, data []byte) error {
 	if len(refs) == 0 {
 		return nil
 	}
+	return s.WriteRefs([]RefWrite{{Kind: kind, Refs: refs, Data: data}})[0]
+}
+
+// RefWrite is refs that name the same content, for WriteRefs.
+type RefWrite struct {
+	Kind Kind
+	Refs []string
+	Data []byte
+}
+
+// WriteRefs makes several writes, each as SetRefs makes one, with one
+// sync of the file system for all of them (a pull's artifacts finishing
+// close together): every write's temporary files are written, the file
+// system is synced once, and then each write's refs are renamed into
+// place and their directories synced. It returns each write's error, in
+// order, nil for those written; one write failing leaves the others be.
+func (s *Store) WriteRefs(ws []RefWrite) []error {
+	errs := make([]error, len(ws))
 	if err := s.ensure(); err != nil {
-		return err
-	}
-	paths := make([]string, len(refs))
-	for i, ref := range refs {
-		p, err := s.RefPath(kind, ref)
-		if err != nil {
-			return err
+		for i := range errs {
+			errs[i] = err
 		}
-		paths[i] = p
+		return errs
 	}
-	var tmps []string
+	paths := make([][]string, len(ws))
+	tmps := make([][]string, len(ws))
 	defer func() {
-		for _, t := range tmps {
-			os.Remove(t) // those not renamed
+		for _, ts := range tmps {
+			for _, t := range ts {
+				os.Remove(t) // those not renamed
+			}
 		}
 	}()
-	for _, ref := range refs {
-		t, err := s.writeRefTemp(data)
-		if err != nil {
-			return fmt.Errorf("writing ref %s: %w", ref, err)
-		}
-		tmps = append(tmps, t)
+	ready := false
+	for i, w := range ws {
+		paths[i], tmps[i], errs[i] = s.refTemps(w)
+		ready = ready || errs[i] == nil
+	}
+	if !ready {
+		return errs
 	}
 	if err := s.Sync(); err != nil {
-		return err
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return errs
 	}
 	// The directories, not the file system again: a sync of the file
 	// system costs what every process sharing it left unsynced.
-	var dirs []string
-	for i, ref := range refs {
-		if err := s.install(tmps[0], paths[i]); err != nil {
-			return fmt.Errorf("writing ref %s: %w", ref, err)
-		}
-		tmps = tmps[1:]
-		if dir := filepath.Dir(paths[i]); !slices.Contains(dirs, dir) {
-			dirs = append(dirs, dir)
+	dirs := map[string][]int{} // the writes that renamed into each
+	var order []string
+	for i, w := range ws {
+		for j := 0; errs[i] == nil && j < len(w.Refs); j++ {
+			if err := s.install(tmps[i][0], paths[i][j]); err != nil {
+				errs[i] = fmt.Errorf("writing ref %s: %w", w.Refs[j], err)
+				break
+			}
+			tmps[i] = tmps[i][1:]
+			dir := filepath.Dir(paths[i][j])
+			if _, ok := dirs[dir]; !ok {
+				order = append(order, dir)
+			}
+			if n := dirs[dir]; len(n) == 0 || n[len(n)-1] != i {
+				dirs[dir] = append(n, i)
+			}
 		}
 	}
-	for _, dir := range dirs {
+	for _, dir := range order {
 		if err := syncDir(dir); err != nil {
-			return err
+			for _, i := range dirs[dir] {
+				if errs[i] == nil {
+					errs[i] = err
+				}
+			}
 		}
 	}
-	return nil
+	return errs
+}
+
+// refTemps checks w's refs and writes a temporary file of its data for
+// each, returning the refs' paths and the files' names.
+func (s *Store) refTemps(w RefWrite) (paths, tmps []string, err error) {
+	paths = make([]string, len(w.Refs))
+	for i, ref := range w.Refs {
+		if paths[i], err = s.RefPath(w.Kind, ref); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, ref := range w.Refs {
+		t, err := s.writeRefTemp(w.Data)
+		if err != nil {
+			for _, t := range tmps {
+				os.Remove(t)
+			}
+			return nil, nil, fmt.Errorf("writing ref %s: %w", ref, err)
+		}
+		tmps = append(tmps, t)
+	}
+	return paths, tmps, nil
 }
 
 // writeRefTemp writes data to a new temporary file, not synced, and

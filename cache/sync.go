@@ -27,6 +27,14 @@ func (s *Store) Sync() error {
 	})
 }
 
+// Syncs is how many syncs of the file system the store has begun (Sync):
+// how much writers of refs shared them.
+func (s *Store) Syncs() uint64 {
+	s.syncs.mu.Lock()
+	defer s.syncs.mu.Unlock()
+	return s.syncs.started
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {

@@ -108,3 +108,49 @@ func TestFailedSyncFailsEveryWriter(t *testing.T) {
 		t.Errorf("temporary files left: %v", left)
 	}
 }
+
+// WriteRefs writes many artifacts' refs with one sync of the file system
+// (issue 21: a pull's artifacts finishing together share it), made once
+// every write's temporary files are written and before any ref gets its
+// name; a write that fails leaves the others be.
+func TestWriteRefsSyncsOnce(t *testing.T) {
+	const writes = 20
+	s := openTemp(t, KindBst1Artifact)
+	if err := s.SetRef(KindArtifact, "made/first", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var ws []RefWrite
+	for i := range writes {
+		ws = append(ws, RefWrite{Kind: KindArtifact, Refs: []string{fmt.Sprintf("p/e%d/strong", i), fmt.Sprintf("p/e%d/weak", i)}, Data: []byte("content")})
+	}
+	ws[7].Refs[1] = "p/../escape" // not a valid ref: that write fails alone
+	calls := countSyncs(t, func(int64) {
+		if n := len(tmpEntries(t, s)); n != 2*(writes-1) {
+			t.Errorf("the sync began with %d temporary files, want %d", n, 2*(writes-1))
+		}
+		if _, err := s.GetRef(KindArtifact, "p/e0/strong"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a ref was written before the sync: %v", err)
+		}
+	}, nil)
+	errs := s.WriteRefs(ws)
+	if got := calls.Load(); got != 1 {
+		t.Errorf("%d writes made %d syncs, want 1", writes, got)
+	}
+	for i, err := range errs {
+		if (err != nil) != (i == 7) {
+			t.Errorf("write %d: %v", i, err)
+		}
+		for _, ref := range ws[i].Refs {
+			got, err := s.GetRef(KindArtifact, ref)
+			switch {
+			case i == 7 && err == nil:
+				t.Errorf("%s of the failed write was written", ref)
+			case i != 7 && (err != nil || string(got) != "content"):
+				t.Errorf("%s: %q, %v", ref, got, err)
+			}
+		}
+	}
+	if left := tmpEntries(t, s); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}

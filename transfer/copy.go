@@ -67,8 +67,8 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 		return flatten(perRef), run.stats(start, perRef)
 	}
 	e.keyUploads(targets)
-	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events)
 	pulls, pushes := newSlots(e.Jobs), newSlots(e.Jobs)
+	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events, pulls)
 	each(func(ref string) []Result {
 		src := &sourced{ref: ref}
 		rs := make([]Result, len(targets))

@@ -42,11 +42,14 @@ type fetcher struct {
 	// keep, when positive, is the largest blob fetched: a mirror's quota.
 	// Larger ones are left where they are, as if no cache had them.
 	keep int64
+	// commits writes the refs of the artifacts fetched.
+	commits *commits
 }
 
-func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events) *fetcher {
+// newFetcher is a fetcher for refs that move bytes in jobs' slots.
+func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events, jobs slots) *fetcher {
 	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, planned: map[digest.Digest]struct{}{},
-		inflight: semaphore.NewWeighted(inflightBytes)}
+		inflight: semaphore.NewWeighted(inflightBytes), commits: newCommits(store, jobs)}
 }
 
 // watch follows one ref's fetch: how many blobs its index hit's cache

@@ -60,7 +60,7 @@ func TestWaiterFetchesAfterAFailedClaim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFetcher(local, []*Cache{c}, false, Events{})
+	f := newFetcher(local, []*Cache{c}, false, Events{}, nil)
 	want := []digest.Digest{digest.NewFromBlob(small), digest.NewFromBlob(large)}
 	for _, d := range want {
 		if mine, _ := f.flights.claim(d); !mine {
@@ -129,7 +129,7 @@ func TestOppositeOrdersDoNotDeadlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFetcher(local, []*Cache{c}, false, Events{})
+	f := newFetcher(local, []*Cache{c}, false, Events{}, nil)
 	for _, d := range gates {
 		if mine, _ := f.flights.claim(d); !mine {
 			t.Fatal("claim failed")
@@ -193,7 +193,7 @@ func TestTooLargeBatchStreamsWithinTheBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFetcher(local, cacheOf(fake), false, Events{})
+	f := newFetcher(local, cacheOf(fake), false, Events{}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	missing, err := f.fetch(ctx, want, nil, nil)

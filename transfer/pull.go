@@ -198,7 +198,8 @@ func (e *Engine) run() (*fetcher, slots) {
 	if e.shared != nil {
 		return e.shared.f, e.shared.jobs
 	}
-	return newFetcher(e.Store, e.storage(), e.Strict, e.Events), newSlots(e.Jobs)
+	jobs := newSlots(e.Jobs)
+	return newFetcher(e.Store, e.storage(), e.Strict, e.Events, jobs), jobs
 }
 
 // complete says whether the local store holds e's whole closure.
@@ -235,7 +236,7 @@ func (e *Engine) localHit(ref string) (Result, entry, bool) {
 func (e *Engine) pullOne(ctx context.Context, f *fetcher, ref string, evidence bool, s *slot) Result {
 	if !evidence {
 		if res, en, ok := e.localHit(ref); ok {
-			if err := e.writeRefs(ctx, ref, en, false); err != nil {
+			if err := e.writeRefs(ctx, f, ref, en, false); err != nil {
 				return failed(res, err)
 			}
 			e.Events.info(ref + ": complete in the local store: skipped")
@@ -386,7 +387,11 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 		}
 	}
 	en.read = tops
-	return nil, e.writeRefs(ctx, ref, en, w.slot.moved())
+	// Its bytes are all here: another ref may move its own while this
+	// one's refs wait to share a sync.
+	downloaded := w.slot.moved()
+	w.slot.release()
+	return nil, e.writeRefs(ctx, f, ref, en, downloaded)
 }
 
 // writeRefs writes the local ref for en and the artifact's other refs (its
@@ -395,8 +400,9 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 // key. A ref that already names the same content is left as it is, ref
 // itself only when nothing was downloaded for it: a run that moves nothing
 // writes nothing, and costs no sync of the store. The refs to write are
-// written together, after one sync.
-func (e *Engine) writeRefs(ctx context.Context, ref string, en entry, downloaded bool) error {
+// written together, after one sync, which artifacts finishing close
+// together share (f.commits).
+func (e *Engine) writeRefs(ctx context.Context, f *fetcher, ref string, en entry, downloaded bool) error {
 	var write []string
 	for i, r := range e.allRefs(ctx, ref, en) {
 		if i == 0 && downloaded {
@@ -408,7 +414,7 @@ func (e *Engine) writeRefs(ctx context.Context, ref string, en entry, downloaded
 		}
 		write = append(write, r)
 	}
-	return e.Store.SetRefs(en.kind, write, en.content)
+	return f.commits.write(cache.RefWrite{Kind: en.kind, Refs: write, Data: en.content})
 }
 
 func failed(res Result, err error) Result {
