@@ -425,19 +425,24 @@ func (s *Store) PutBytes(d digest.Digest, data []byte) error {
 	return s.Put(d, bytes.NewReader(data))
 }
 
-// PutVerified stores a blob held in memory that the caller has already
-// checked against d (remotes.BatchRead does, and a digest computed from the
-// data is right by construction). Only the size is checked again: hashing
-// the same bytes twice costs a pull as much as the network does. It does
-// not ask first whether the blob is present, as its callers just did: one
-// that is (another writer's) is found when the new file is linked, and
-// left as it is.
-func (s *Store) PutVerified(d digest.Digest, data []byte) error {
+// PutVerified stores a blob held in memory, in pieces (the frames a
+// download came in) to be written one after the other, that the caller
+// has already checked against d (remotes.BatchReadEach does, and a digest
+// computed from the data is right by construction). Only the size is
+// checked again: hashing the same bytes twice costs a pull as much as the
+// network does. It does not ask first whether the blob is present, as its
+// callers just did: one that is (another writer's) is found when the new
+// file is linked, and left as it is.
+func (s *Store) PutVerified(d digest.Digest, data ...[]byte) error {
 	if err := checkDigest(d); err != nil {
 		return err
 	}
-	if int64(len(data)) != d.Size {
-		return fmt.Errorf("blob %s: %w: %d bytes", d, ErrDigestMismatch, len(data))
+	var size int64
+	for _, p := range data {
+		size += int64(len(p))
+	}
+	if size != d.Size {
+		return fmt.Errorf("blob %s: %w: %d bytes", d, ErrDigestMismatch, size)
 	}
 	if err := s.ensure(); err != nil {
 		return err
@@ -449,9 +454,11 @@ func (s *Store) PutVerified(d digest.Digest, data []byte) error {
 		if err != nil {
 			return err
 		}
-		if _, err := w.f.Write(data); err != nil {
-			w.Abort()
-			return fmt.Errorf("writing blob %s: %w", d, err)
+		for _, p := range data {
+			if _, err := w.f.Write(p); err != nil {
+				w.Abort()
+				return fmt.Errorf("writing blob %s: %w", d, err)
+			}
 		}
 		w.n = d.Size
 		w.trusted = true
@@ -460,12 +467,8 @@ func (s *Store) PutVerified(d digest.Digest, data []byte) error {
 	// A plain descriptor and system calls, no *os.File: the small blobs
 	// of a pull come this way, one file each.
 	defer unix.Close(fd)
-	for rest := data; len(rest) > 0; {
-		n, err := ignoringEINTR(func() (int, error) { return unix.Write(fd, rest) })
-		if err != nil {
-			return fmt.Errorf("writing blob %s: %w", d, err)
-		}
-		rest = rest[n:]
+	if err := writePieces(fd, data); err != nil {
+		return fmt.Errorf("writing blob %s: %w", d, err)
 	}
 	if umask&0o644 != 0 {
 		if err := unix.Fchmod(fd, 0o644); err != nil {
@@ -473,6 +476,38 @@ func (s *Store) PutVerified(d digest.Digest, data []byte) error {
 		}
 	}
 	return s.link(fd, s.ObjectPath(d), d.Size)
+}
+
+// maxPieces is the most pieces one writev takes (Linux's IOV_MAX).
+const maxPieces = 1024
+
+// writePieces writes data's pieces to fd one after the other, with one
+// system call for as many as it takes (writev).
+func writePieces(fd int, data [][]byte) error {
+	for {
+		for len(data) > 0 && len(data[0]) == 0 {
+			data = data[1:]
+		}
+		if len(data) == 0 {
+			return nil
+		}
+		n, err := ignoringEINTR(func() (int, error) { return unix.Writev(fd, data[:min(len(data), maxPieces)]) })
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		for len(data) > 0 && n >= len(data[0]) {
+			n -= len(data[0])
+			data = data[1:]
+		}
+		if n > 0 && len(data) > 0 {
+			// Written in part: the rest of the piece, in a list of
+			// its own (data is the caller's).
+			data = append([][]byte{data[0][n:]}, data[1:]...)
+		}
+	}
 }
 
 // Add stores a blob from memory and returns its digest.

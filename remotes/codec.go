@@ -1,6 +1,7 @@
 package remotes
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -41,40 +42,100 @@ func (c downloadCodec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.
 func (c downloadCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	switch m := v.(type) {
 	case *heldBatch:
-		return decodeBatchRead(m.hold(data), &m.BatchReadBlobsResponse)
+		return m.decode(data)
 	case *heldRead:
 		return m.decode(data)
 	}
 	return c.proto.Unmarshal(data, v)
 }
 
-// held is the buffer a download answer was decoded in: its data fields
-// are valid until free.
-type held struct{ buf mem.Buffer }
-
-// hold keeps data's bytes in one buffer of downloadPool (gRPC frees data
-// itself once Unmarshal returns) and returns them; what it held before is
-// given back.
-func (h *held) hold(data mem.BufferSlice) []byte {
-	h.free()
-	h.buf = data.MaterializeToBuffer(downloadPool)
-	return h.buf.ReadOnlyData()
-}
-
-// free gives the buffer back to the pool; the answer's data must not be
-// used after.
-func (h *held) free() {
-	if h.buf != nil {
-		h.buf.Free()
-		h.buf = nil
-	}
-}
-
-// heldBatch is a BatchReadBlobsResponse whose entries' data live in its
-// buffer.
+// heldBatch is a BatchReadBlobsResponse whose entries' data stay in the
+// buffers gRPC received it in (the HTTP/2 frames, 16 KiB each), held until
+// free: each entry's data is the pieces of the frames it lies in, no copy.
 type heldBatch struct {
-	repb.BatchReadBlobsResponse
-	held
+	bufs    mem.BufferSlice
+	entries []batchAnswer
+	views   [][]byte // the buffers' bytes, kept for the next message
+	pieces  [][]byte // every entry's data pieces; entries' data are in it
+}
+
+// batchAnswer is one entry of a BatchReadBlobsResponse; data is its data
+// field's pieces, in order.
+type batchAnswer struct {
+	digest     *repb.Digest
+	status     *statuspb.Status
+	compressor repb.Compressor_Value
+	data       [][]byte
+}
+
+// free gives the buffers back; the entries must not be used after.
+func (h *heldBatch) free() {
+	h.bufs.Free()
+	h.bufs = nil
+	h.entries = h.entries[:0]
+	h.pieces = h.pieces[:0]
+}
+
+// decode takes msg's buffers over (gRPC frees its own references once
+// Unmarshal returns) and decodes its entries where they lie. Fields other
+// than responses (1) are skipped, as protobuf would keep them unknown; in
+// an entry, a digest or status seen twice merges, as protobuf merges it,
+// and the last data field wins.
+func (h *heldBatch) decode(msg mem.BufferSlice) error {
+	h.free()
+	msg.Ref()
+	h.bufs = msg
+	h.views = h.views[:0]
+	for _, b := range msg {
+		h.views = append(h.views, b.ReadOnlyData())
+	}
+	c := pieceCursor{rest: h.views}
+	return c.fields(func(num protowire.Number, c *pieceCursor, n uint64) error {
+		if num != 1 {
+			return c.skip(n)
+		}
+		// The entry's bytes, as a cursor of their own: its data pieces
+		// are views of the frames.
+		var entry [][]byte
+		entry, err := c.take(entry, n, true)
+		if err != nil {
+			return err
+		}
+		e := batchAnswer{}
+		from := len(h.pieces)
+		ec := pieceCursor{rest: entry}
+		err = ec.fields(func(num protowire.Number, ec *pieceCursor, n uint64) error {
+			merge := proto.UnmarshalOptions{Merge: true}
+			switch num {
+			case 1:
+				if e.digest == nil {
+					e.digest = &repb.Digest{}
+				}
+				return ec.unmarshal(n, e.digest, merge)
+			case 2:
+				h.pieces = h.pieces[:from]
+				var err error
+				h.pieces, err = ec.take(h.pieces, n, true)
+				return err
+			case 3:
+				if e.status == nil {
+					e.status = &statuspb.Status{}
+				}
+				return ec.unmarshal(n, e.status, merge)
+			}
+			return ec.skip(n)
+		}, func(num protowire.Number, v uint64) {
+			if num == 4 {
+				e.compressor = repb.Compressor_Value(int32(v))
+			}
+		})
+		if err != nil {
+			return err
+		}
+		e.data = h.pieces[from:len(h.pieces):len(h.pieces)]
+		h.entries = append(h.entries, e)
+		return nil
+	}, nil)
 }
 
 // heldRead is a ByteStream ReadResponse whose data stays in the buffers
@@ -200,6 +261,95 @@ func (c *pieceCursor) take(out [][]byte, n uint64, keep bool) ([][]byte, error) 
 	return out, nil
 }
 
+// fields reads a message's fields to its end: bytes fields go to bytes
+// with their length (it must consume them), varints to varints (when not
+// nil); other fields, groups included, are skipped.
+func (c *pieceCursor) fields(bytes func(num protowire.Number, c *pieceCursor, n uint64) error, varints func(num protowire.Number, v uint64)) error {
+	for !c.done() {
+		tag, err := c.varint()
+		if err != nil {
+			return err
+		}
+		num, typ := protowire.DecodeTag(tag)
+		if num < protowire.MinValidNumber {
+			return fmt.Errorf("%w: field number %d", errWire, num)
+		}
+		switch typ {
+		case protowire.BytesType:
+			var n uint64
+			if n, err = c.varint(); err == nil {
+				err = bytes(num, c, n)
+			}
+		case protowire.VarintType:
+			var v uint64
+			if v, err = c.varint(); err == nil && varints != nil {
+				varints(num, v)
+			}
+		default:
+			err = c.skipValue(num, typ)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// skipValue moves past a field's value of wire type typ other than
+// bytes and varint: fixed ones, and groups to their end.
+func (c *pieceCursor) skipValue(num protowire.Number, typ protowire.Type) error {
+	switch typ {
+	case protowire.Fixed32Type:
+		return c.skip(4)
+	case protowire.Fixed64Type:
+		return c.skip(8)
+	case protowire.StartGroupType:
+		for {
+			tag, err := c.varint()
+			if err != nil {
+				return err
+			}
+			n, t := protowire.DecodeTag(tag)
+			switch {
+			case t == protowire.EndGroupType && n == num:
+				return nil
+			case t == protowire.BytesType:
+				var l uint64
+				if l, err = c.varint(); err == nil {
+					err = c.skip(l)
+				}
+			case t == protowire.VarintType:
+				_, err = c.varint()
+			default:
+				err = c.skipValue(n, t)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return fmt.Errorf("%w: wire type %d", errWire, typ)
+}
+
+func (c *pieceCursor) skip(n uint64) error {
+	_, err := c.take(nil, n, false)
+	return err
+}
+
+// unmarshal decodes the next n bytes into m, gathered first when they lie
+// in several buffers (a digest or a status: a few bytes).
+func (c *pieceCursor) unmarshal(n uint64, m proto.Message, o proto.UnmarshalOptions) error {
+	pieces, err := c.take(nil, n, true)
+	if err != nil {
+		return err
+	}
+	b := bytes.Join(pieces, nil)
+	if len(pieces) == 1 {
+		b = pieces[0]
+	}
+	return o.Unmarshal(b, m)
+}
+
 // errWire is a message that is not valid protobuf.
 var errWire = errors.New("malformed protobuf message")
 
@@ -240,48 +390,6 @@ func decodeReadResponse(b []byte, m *bspb.ReadResponse) error {
 	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
 		if num == 10 && typ == protowire.BytesType {
 			m.Data = v
-		}
-		return nil
-	})
-}
-
-// decodeBatchRead decodes a BatchReadBlobsResponse whose entries' data
-// alias b; their digests and statuses are decoded by protobuf.
-func decodeBatchRead(b []byte, m *repb.BatchReadBlobsResponse) error {
-	m.Reset()
-	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num != 1 || typ != protowire.BytesType {
-			return nil
-		}
-		r := &repb.BatchReadBlobsResponse_Response{}
-		if err := decodeBatchEntry(v, r); err != nil {
-			return err
-		}
-		m.Responses = append(m.Responses, r)
-		return nil
-	})
-}
-
-func decodeBatchEntry(b []byte, r *repb.BatchReadBlobsResponse_Response) error {
-	// A message field seen twice merges, as protobuf merges it.
-	merge := proto.UnmarshalOptions{Merge: true}
-	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		switch {
-		case num == 1 && typ == protowire.BytesType:
-			if r.Digest == nil {
-				r.Digest = &repb.Digest{}
-			}
-			return merge.Unmarshal(v, r.Digest)
-		case num == 2 && typ == protowire.BytesType:
-			r.Data = v
-		case num == 3 && typ == protowire.BytesType:
-			if r.Status == nil {
-				r.Status = &statuspb.Status{}
-			}
-			return merge.Unmarshal(v, r.Status)
-		case num == 4 && typ == protowire.VarintType:
-			c, _ := protowire.ConsumeVarint(v)
-			r.Compressor = repb.Compressor_Value(int32(c))
 		}
 		return nil
 	})

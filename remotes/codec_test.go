@@ -2,8 +2,10 @@ package remotes
 
 import (
 	"bytes"
+	"fmt"
 	"runtime"
 	"testing"
+	"unsafe"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
@@ -80,7 +82,7 @@ func TestDownloadCodecDecodesAsProtobuf(t *testing.T) {
 		var got proto.Message
 		switch m := c.got.(type) {
 		case *heldBatch:
-			got = &m.BatchReadBlobsResponse
+			got = m.asProto()
 			defer m.free()
 		case *heldRead:
 			got = &bspb.ReadResponse{Data: bytes.Join(m.data, nil)}
@@ -102,38 +104,91 @@ func TestDownloadCodecDecodesAsProtobuf(t *testing.T) {
 	}
 }
 
-// A batch's blobs are not copied out of the gathered message: each
-// entry's data is a view into it (protobuf would give each a copy of its
-// own), and a message that came in one buffer is not copied at all.
-func TestDownloadCodecKeepsBlobsInPlace(t *testing.T) {
+// A batch answer is read where it came (issue 21: a pull's CPU per GB;
+// gathering every answer into one buffer was a copy of every byte
+// pulled): each entry's data is pieces of the frames themselves, a
+// message that came in one buffer is not copied at all, and decoding an
+// answer of 200 blobs takes no memory for their bytes.
+func TestBatchAnswerIsNotGathered(t *testing.T) {
 	codec := downloadCodec{encoding.GetCodecV2("proto")}
-	a, b := blob(30000, 5), blob(20000, 6)
-	wire := mustMarshal(t, &repb.BatchReadBlobsResponse{Responses: []*repb.BatchReadBlobsResponse_Response{
-		{Digest: &repb.Digest{Hash: "aa", SizeBytes: 30000}, Data: a},
-		{Digest: &repb.Digest{Hash: "bb", SizeBytes: 20000}, Data: b},
-	}})
+	var sent []*repb.BatchReadBlobsResponse_Response
+	for i := range 200 {
+		n := 512 + i*97
+		sent = append(sent, &repb.BatchReadBlobsResponse_Response{Digest: &repb.Digest{Hash: fmt.Sprint(i), SizeBytes: int64(n)}, Data: blob(n, byte(i))})
+	}
+	in := frames(mustMarshal(t, &repb.BatchReadBlobsResponse{Responses: sent}))
+	kept := downloadPool
+	downloadPool = &keptPool{} // keeps nothing: every buffer taken is new
+	defer func() { downloadPool = kept }()
+	inFrames := func(p []byte) bool {
+		for _, b := range in {
+			f := b.ReadOnlyData()
+			if len(p) > 0 && len(f) > 0 && uintptr(unsafe.Pointer(&p[0])) >= uintptr(unsafe.Pointer(&f[0])) &&
+				uintptr(unsafe.Pointer(&p[len(p)-1])) <= uintptr(unsafe.Pointer(&f[len(f)-1])) {
+				return true
+			}
+		}
+		return false
+	}
 	var got heldBatch
-	if err := codec.Unmarshal(frames(wire), &got); err != nil {
-		t.Fatal(err)
+	decode := func() {
+		if err := codec.Unmarshal(in, &got); err != nil {
+			t.Fatal(err)
+		}
 	}
-	first := got.Responses[0].GetData()
-	if !bytes.Equal(first, a) || !bytes.Equal(got.Responses[1].GetData(), b) {
-		t.Fatal("wrong data")
+	decode()
+	if len(got.entries) != len(sent) {
+		t.Fatalf("%d entries, want %d", len(got.entries), len(sent))
 	}
-	if !bytes.Contains(first[:cap(first)], b) {
-		t.Error("the first blob's data is a copy of its own, not a view into the message that holds the second")
+	spanning := 0
+	for i, e := range got.entries {
+		if !bytes.Equal(bytes.Join(e.data, nil), sent[i].Data) {
+			t.Fatalf("entry %d: wrong data", i)
+		}
+		if len(e.data) > 1 {
+			spanning++
+		}
+		for _, p := range e.data {
+			if !inFrames(p) {
+				t.Fatalf("entry %d: its data is not the frames' own bytes", i)
+			}
+		}
+	}
+	if spanning == 0 {
+		t.Fatal("no entry lies in two frames: the test tests nothing")
 	}
 	got.free()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.TotalAlloc
+	for range 20 {
+		decode()
+		got.free()
+	}
+	runtime.ReadMemStats(&ms)
+	// The digests and statuses are decoded: some bytes a blob, not the
+	// blobs' 4.5 MB.
+	if each := (ms.TotalAlloc - before) / 20; each > 100<<10 {
+		t.Errorf("decoding a batch answer of 200 blobs (%d bytes) allocates %d bytes", in.Len(), each)
+	}
 
-	one := mustMarshal(t, &bspb.ReadResponse{Data: blob(4000, 8)})
-	var read heldRead
-	if err := codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(one)}, &read); err != nil {
+	one := mustMarshal(t, &repb.BatchReadBlobsResponse{Responses: sent[:2]})
+	if err := codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(one)}, &got); err != nil {
 		t.Fatal(err)
 	}
-	defer read.free()
-	if data := read.data; len(data) != 1 || len(data[0]) != 4000 || &data[0][3999] != &one[len(one)-1] {
+	defer got.free()
+	if data := got.entries[1].data; len(data) != 1 || &data[0][len(data[0])-1] != &one[len(one)-1] {
 		t.Error("a message in one buffer was copied")
 	}
+}
+
+// asProto is h's entries as protobuf decodes them.
+func (h *heldBatch) asProto() *repb.BatchReadBlobsResponse {
+	m := &repb.BatchReadBlobsResponse{}
+	for _, e := range h.entries {
+		m.Responses = append(m.Responses, &repb.BatchReadBlobsResponse_Response{Digest: e.digest, Status: e.status, Compressor: e.compressor, Data: bytes.Join(e.data, nil)})
+	}
+	return m
 }
 
 // A ByteStream ReadResponse that came in frames is read where it came:

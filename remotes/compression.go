@@ -66,18 +66,18 @@ func (r *Remote) compressUpload(head []byte) bool {
 	return r.zstd.streams && zstdwire.Compressible(head)
 }
 
-// batchEntry is the data of one BatchReadBlobs answer, inflated into room
-// when the server compressed it; the caller checks the digest.
-func batchEntry(br *repb.BatchReadBlobsResponse_Response, d digest.Digest, room *inflateRoom) ([]byte, error) {
-	var dst []byte
-	if br.GetCompressor() != repb.Compressor_IDENTITY {
-		dst = room.take(d.Size)
+// batchEntry is the data of one BatchReadBlobs answer, in pieces as it
+// came, or inflated into room when the server compressed it; the caller
+// checks the digest.
+func batchEntry(e *batchAnswer, d digest.Digest, room *inflateRoom) ([][]byte, error) {
+	if e.compressor == repb.Compressor_IDENTITY {
+		return e.data, nil
 	}
-	data, err := zstdwire.InflateInto(br.GetCompressor(), br.GetData(), d.Size, dst)
+	data, err := zstdwire.InflateInto(e.compressor, room.joined(e.data), d.Size, room.take(d.Size))
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w: %v", d, ErrCorrupt, err)
 	}
-	return data, nil
+	return append(e.data[:0], data), nil
 }
 
 // inflateRoom is where a batch answer's compressed entries are inflated:
@@ -89,6 +89,21 @@ type inflateRoom struct {
 	size int64 // what the buffer is taken for
 	buf  *[]byte
 	used int64
+	// join is where an entry that came in several pieces is joined
+	// before it is inflated.
+	join []byte
+}
+
+// joined is pieces as one slice: the piece itself when there is one.
+func (r *inflateRoom) joined(pieces [][]byte) []byte {
+	if len(pieces) == 1 {
+		return pieces[0]
+	}
+	r.join = r.join[:0]
+	for _, p := range pieces {
+		r.join = append(r.join, p...)
+	}
+	return r.join
 }
 
 // take returns n bytes of room (n of the blobs asked for, so within

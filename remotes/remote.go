@@ -3,8 +3,11 @@ package remotes
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"maps"
 	"slices"
@@ -179,8 +182,8 @@ var errUnanswered = errors.New("the server's answer does not account for it")
 // digests the server said it lacks.
 func (r *Remote) BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error) {
 	found = make(map[digest.Digest][]byte, len(ds))
-	missing, err = r.BatchReadEach(ctx, ds, func(d digest.Digest, data []byte) error {
-		found[d] = bytes.Clone(data)
+	missing, err = r.BatchReadEach(ctx, ds, func(d digest.Digest, data [][]byte) error {
+		found[d] = bytes.Join(data, nil)
 		return nil
 	})
 	if err != nil {
@@ -202,7 +205,7 @@ func (r *Remote) BatchRead(ctx context.Context, ds []digest.Digest) (found map[d
 // A batch the cache refuses as too large is split in two and the cache's
 // batch limit halved for the rest of the run; a single blob still too
 // large fails with ErrTooLarge (stream it instead).
-func (r *Remote) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(d digest.Digest, data []byte) error) (missing []digest.Digest, err error) {
+func (r *Remote) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(d digest.Digest, data [][]byte) error) (missing []digest.Digest, err error) {
 	limit := r.MaxBatchBytes()
 	missing, err = r.batchRead(ctx, ds, fn)
 	if !errors.Is(err, ErrTooLarge) || len(ds) < 2 || !r.shrink(ctx, &r.maxRead, limit, "batch") {
@@ -223,7 +226,7 @@ func (r *Remote) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(
 // directly, for its answer to be a heldBatch.
 const batchReadMethod = "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs"
 
-func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, []byte) error) (missing []digest.Digest, err error) {
+func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, [][]byte) error) (missing []digest.Digest, err error) {
 	req := &repb.BatchReadBlobsRequest{InstanceName: r.instance}
 	room := &inflateRoom{}
 	defer room.free()
@@ -238,10 +241,11 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 	defer resp.free()
 	type blob struct {
 		d    digest.Digest
-		data []byte
+		data [][]byte
 	}
 	var found []blob
 	asked := setOf(ds)
+	sum := newSummer()
 	err = r.call(ctx, "BatchReadBlobs", true, func(ctx context.Context) error {
 		found, missing = found[:0], missing[:0]
 		room.used = 0
@@ -249,26 +253,27 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 			return err
 		}
 		answered := make(map[digest.Digest]bool, len(ds))
-		for _, br := range resp.GetResponses() {
-			d := digest.NewFromProtoUnvalidated(br.GetDigest())
+		for i := range resp.entries {
+			e := &resp.entries[i]
+			d := digest.NewFromProtoUnvalidated(e.digest)
 			if !asked[d] || answered[d] {
 				continue // a blob nobody asked for, or sent twice, is dropped
 			}
 			answered[d] = true
-			switch c := codes.Code(br.GetStatus().GetCode()); c {
+			switch c := codes.Code(e.status.GetCode()); c {
 			case codes.OK:
-				data, err := batchEntry(br, d, room)
+				data, err := batchEntry(e, d, room)
 				if err != nil {
 					return err
 				}
-				if got := digest.NewFromBlob(data); got != d {
-					return fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, got.Size, got.Hash)
+				if err := sum.check(d, data); err != nil {
+					return err
 				}
 				found = append(found, blob{d, data})
 			case codes.NotFound:
 				missing = append(missing, d)
 			default:
-				return fmt.Errorf("blob %s: %w", d, status.ErrorProto(br.GetStatus()))
+				return fmt.Errorf("blob %s: %w", d, status.ErrorProto(e.status))
 			}
 		}
 		for _, d := range ds {
@@ -288,6 +293,31 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 		}
 	}
 	return missing, nil
+}
+
+// summer checks data that lies in pieces against digests, with one hash
+// for a batch.
+type summer struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
+	hex [2 * sha256.Size]byte
+}
+
+func newSummer() *summer { return &summer{h: sha256.New()} }
+
+// check says whether data's pieces are d's content: ErrCorrupt when not.
+func (s *summer) check(d digest.Digest, data [][]byte) error {
+	s.h.Reset()
+	var n int64
+	for _, p := range data {
+		s.h.Write(p)
+		n += int64(len(p))
+	}
+	hex.Encode(s.hex[:], s.h.Sum(s.sum[:0]))
+	if n != d.Size || string(s.hex[:]) != d.Hash {
+		return fmt.Errorf("blob %s: %w (got %d bytes hashing to %s)", d, ErrCorrupt, n, s.hex[:])
+	}
+	return nil
 }
 
 // A stream's overall deadline is twice the cache's stall-timeout plus its

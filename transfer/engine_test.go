@@ -127,13 +127,13 @@ func (f *fakeCache) BatchRead(ctx context.Context, ds []digest.Digest) (map[dige
 	return found, missing, nil
 }
 
-func (f *fakeCache) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, []byte) error) ([]digest.Digest, error) {
+func (f *fakeCache) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, [][]byte) error) ([]digest.Digest, error) {
 	found, missing, err := f.BatchRead(ctx, ds)
 	if err != nil {
 		return nil, err
 	}
 	for d, b := range found {
-		if err := fn(d, b); err != nil {
+		if err := fn(d, [][]byte{b}); err != nil {
 			return nil, err
 		}
 	}

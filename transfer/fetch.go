@@ -218,14 +218,14 @@ func newStored(keepData bool) *stored {
 	return s
 }
 
-// add records d as local, with a copy of its bytes when they are kept
-// (data is the caller's to reuse) and given.
-func (s *stored) add(d digest.Digest, data []byte) {
+// add records d as local, with a copy of its bytes (data's pieces
+// joined) when they are kept and given (data is the caller's to reuse).
+func (s *stored) add(d digest.Digest, data ...[]byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.local[d] = true
 	if s.data != nil && data != nil {
-		s.data[d] = bytes.Clone(data)
+		s.data[d] = bytes.Join(data, nil)
 	}
 }
 
@@ -461,7 +461,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []dige
 					return err
 				}
 				if local {
-					got.add(t.d, nil)
+					got.add(t.d)
 				} else {
 					need = append(need, t.d)
 				}
@@ -495,7 +495,7 @@ func (f *fetcher) claimAll(need []digest.Digest, got *stored) (mine []digest.Dig
 		// Another ref may have stored d since need was made.
 		if local, err := f.store.Has(d); err == nil && local {
 			f.flights.release(d)
-			got.add(d, nil)
+			got.add(d)
 			continue
 		}
 		mine = append(mine, d)
@@ -535,12 +535,12 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		return 0, err
 	}
 	var blobs, bytes int64
-	missing, err := r.BatchReadEach(ctx, ds, func(d digest.Digest, data []byte) error {
+	missing, err := r.BatchReadEach(ctx, ds, func(d digest.Digest, data [][]byte) error {
 		// BatchReadEach checked each blob against its digest.
-		if err := f.store.PutVerified(d, data); err != nil {
+		if err := f.store.PutVerified(d, data...); err != nil {
 			return err
 		}
-		got.add(d, data)
+		got.add(d, data...)
 		f.moved(d)
 		f.ev.bytes(d.Size)
 		blobs++
@@ -558,7 +558,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 			if local, err := f.store.Has(d); err != nil {
 				return lacks, err
 			} else if local {
-				got.add(d, nil)
+				got.add(d)
 				continue
 			}
 			ok, err := f.stream(ctx, c, r, d, got)
@@ -616,7 +616,7 @@ func (f *fetcher) stream(ctx context.Context, c *Cache, r remote, d digest.Diges
 	default:
 		return true, err
 	}
-	got.add(d, nil)
+	got.add(d)
 	// Bytes kept from an earlier download did not move in this one.
 	f.blobs.Add(1)
 	f.bytes.Add(d.Size - kept)

@@ -25,8 +25,9 @@ type storage interface {
 	// limit for one blob remotes.ErrTooLarge).
 	BatchRead(ctx context.Context, ds []digest.Digest) (found map[digest.Digest][]byte, missing []digest.Digest, err error)
 	// BatchReadEach is BatchRead handing each verified blob to fn, its
-	// data valid only until fn returns (no copy of its own).
-	BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(d digest.Digest, data []byte) error) (missing []digest.Digest, err error)
+	// data in pieces where it came, valid only until fn returns (no copy
+	// of its own).
+	BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(d digest.Digest, data [][]byte) error) (missing []digest.Digest, err error)
 	// ReadBlobFrom streams a blob from byte off on into w, which holds
 	// the bytes before off and checks the digest.
 	ReadBlobFrom(ctx context.Context, d digest.Digest, off int64, w io.Writer) error

@@ -40,7 +40,7 @@ func (p *pacedCache) FetchDirectory(ctx context.Context, uri string) (digest.Dig
 	return p.fakeCache.FetchDirectory(ctx, uri)
 }
 
-func (p *pacedCache) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, []byte) error) ([]digest.Digest, error) {
+func (p *pacedCache) BatchReadEach(ctx context.Context, ds []digest.Digest, fn func(digest.Digest, [][]byte) error) ([]digest.Digest, error) {
 	refs := map[string]bool{}
 	for _, d := range ds {
 		if r := p.owner[d]; r != "" {
