@@ -140,7 +140,7 @@ func (e *Engine) pullFor(ctx context.Context, f *fetcher, src *sourced, t *Cache
 	}
 	s := &slot{of: pulls}
 	defer s.release()
-	if err := s.take(ctx); err != nil {
+	if _, err := s.take(ctx); err != nil {
 		return Result{}, err
 	}
 	if err := t.down(); err != nil {

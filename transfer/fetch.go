@@ -44,12 +44,15 @@ type fetcher struct {
 	keep int64
 	// commits writes the refs of the artifacts fetched.
 	commits *commits
+	// has is the store's Has, for every lookup of a blob to fetch
+	// (tests count them).
+	has func(digest.Digest) (bool, error)
 }
 
 // newFetcher is a fetcher for refs that move bytes in jobs' slots.
 func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events, jobs slots) *fetcher {
 	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, planned: map[digest.Digest]struct{}{},
-		inflight: semaphore.NewWeighted(inflightBytes), commits: newCommits(store, jobs)}
+		inflight: semaphore.NewWeighted(inflightBytes), commits: newCommits(store, jobs), has: store.Has}
 }
 
 // watch follows one ref's fetch: how many blobs its index hit's cache
@@ -75,10 +78,11 @@ func (w *watch) hold(ds ...digest.Digest) {
 	}
 }
 
-// moving takes the ref's slot before bytes move for it.
-func (w *watch) moving(ctx context.Context) error {
+// moving takes the ref's slot before bytes move for it, and says whether
+// it had to wait for one (other refs may have stored blobs meanwhile).
+func (w *watch) moving(ctx context.Context) (waited bool, err error) {
 	if w == nil {
-		return nil
+		return false, nil
 	}
 	return w.slot.take(ctx)
 }
@@ -154,7 +158,7 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops ma
 				rest = append(rest, d)
 				continue
 			}
-			if local, err := f.store.Has(d); err != nil {
+			if local, err := f.has(d); err != nil {
 				return err
 			} else if local {
 				w.hold(d)
@@ -272,14 +276,14 @@ func (f *fetcher) getTrees(ctx context.Context, roots []digest.Digest, w *watch)
 	out := map[digest.Digest][]byte{}
 	var need []digest.Digest
 	for _, d := range roots {
-		if ok, _ := f.store.Has(d); !ok {
+		if ok, _ := f.has(d); !ok {
 			need = append(need, d)
 		}
 	}
 	if len(need) == 0 {
 		return out, nil, nil
 	}
-	if err := w.moving(ctx); err != nil {
+	if _, err := w.moving(ctx); err != nil {
 		return nil, nil, err
 	}
 	for _, c := range f.caches {
@@ -315,21 +319,26 @@ func keepDirs(out map[digest.Digest][]byte, dirs []*repb.Directory) {
 
 // fetch makes the given blobs local and returns those no cache had. What
 // it stores it records in got, when not nil. Each blob is looked up in the
-// store once before it is claimed and once when claimed (another ref may
-// have stored it between); what the downloads stored is known without
-// asking the store again.
+// store once, before it is claimed, and again only when the ref waited
+// for its slot since (other refs stored blobs meanwhile) or another ref
+// was downloading it; what the downloads stored is known without asking
+// the store again.
 func (f *fetcher) fetch(ctx context.Context, ds []digest.Digest, w *watch, got *stored) (missing []digest.Digest, err error) {
-	need, held, err := f.notLocal(ds)
+	need, err := f.lookUp(ds, w)
 	if err != nil {
 		return nil, err
 	}
-	f.present.Add(int64(len(held)))
-	w.hold(held...)
 	need, tooLarge := f.kept(need)
 	defer func() { missing = append(missing, tooLarge...) }()
 	if len(need) > 0 {
-		if err := w.moving(ctx); err != nil {
+		waited, err := w.moving(ctx)
+		if err != nil {
 			return nil, err
+		}
+		if waited {
+			if need, err = f.lookUp(need, w); err != nil {
+				return nil, err
+			}
 		}
 	}
 	f.plan(need...)
@@ -392,6 +401,18 @@ func (f *fetcher) kept(need []digest.Digest) (keep, tooLarge []digest.Digest) {
 	return keep, tooLarge
 }
 
+// lookUp returns the blobs of ds the store lacks, counting those it holds
+// as present for w.
+func (f *fetcher) lookUp(ds []digest.Digest, w *watch) ([]digest.Digest, error) {
+	need, held, err := f.notLocal(ds)
+	if err != nil {
+		return nil, err
+	}
+	f.present.Add(int64(len(held)))
+	w.hold(held...)
+	return need, nil
+}
+
 // notLocal splits ds into blobs the store lacks and blobs it holds, each
 // once. The empty blob is always written locally: servers need not hold
 // it.
@@ -402,7 +423,7 @@ func (f *fetcher) notLocal(ds []digest.Digest) (need, held []digest.Digest, err 
 			continue
 		}
 		seen[d] = true
-		ok, err := f.store.Has(d)
+		ok, err := f.has(d)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -444,7 +465,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []dige
 	g.SetLimit(max(c.Config.MaxConcurrency, 1))
 	waitErr := func() error {
 		for len(need) > 0 {
-			mine, theirs := f.claimAll(need, got)
+			mine, theirs := f.claimAll(need)
 			f.start(gctx, g, c, r, mine, &lacks, got)
 			// Another ref is fetching each of theirs, maybe from another
 			// cache. Once it is done, the blob is local, or that cache
@@ -456,7 +477,7 @@ func (f *fetcher) fetchFrom(ctx context.Context, c *Cache, r remote, need []dige
 				case <-gctx.Done():
 					return ctx.Err() // else g.Wait says why
 				}
-				local, err := f.store.Has(t.d)
+				local, err := f.has(t.d)
 				if err != nil {
 					return err
 				}
@@ -483,22 +504,17 @@ type flight struct {
 }
 
 // claimAll claims every blob of need nobody is downloading, without
-// waiting, and returns them (mine) and the flights of the others; those
-// found local once claimed go to got.
-func (f *fetcher) claimAll(need []digest.Digest, got *stored) (mine []digest.Digest, theirs []flight) {
+// waiting, and returns them (mine) and the flights of the others. A blob
+// claimed is not looked up again: need was made just before (fetch), and
+// one another ref or process stored since is found when the download is
+// linked into place, and left as it is.
+func (f *fetcher) claimAll(need []digest.Digest) (mine []digest.Digest, theirs []flight) {
 	for _, d := range need {
-		ok, wait := f.flights.claim(d)
-		if !ok {
+		if ok, wait := f.flights.claim(d); ok {
+			mine = append(mine, d)
+		} else {
 			theirs = append(theirs, flight{d, wait})
-			continue
 		}
-		// Another ref may have stored d since need was made.
-		if local, err := f.store.Has(d); err == nil && local {
-			f.flights.release(d)
-			got.add(d)
-			continue
-		}
-		mine = append(mine, d)
 	}
 	return mine, theirs
 }
@@ -555,7 +571,7 @@ func (f *fetcher) batch(ctx context.Context, c *Cache, r remote, ds []digest.Dig
 		release()
 		lacks := 0
 		for _, d := range ds {
-			if local, err := f.store.Has(d); err != nil {
+			if local, err := f.has(d); err != nil {
 				return lacks, err
 			} else if local {
 				got.add(d)

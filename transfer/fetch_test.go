@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -199,5 +200,68 @@ func TestTooLargeBatchStreamsWithinTheBudget(t *testing.T) {
 	missing, err := f.fetch(ctx, want, nil, nil)
 	if err != nil || len(missing) > 0 {
 		t.Fatalf("fetch: %d missing, %v (a deadline here is the batch waiting for its own share)", len(missing), err)
+	}
+}
+
+// A blob fetched is looked up in the store once (issue 21: a pull's CPU
+// per GB; each was looked up before it was claimed and again when
+// claimed), and once more only when its ref waited for a slot, during
+// which other refs store blobs: one stored then is not downloaded again.
+func TestFetchLooksEachBlobUpOnce(t *testing.T) {
+	var blobs [][]byte
+	for i := range 100 {
+		blobs = append(blobs, []byte(fmt.Sprintf("blob %d", i)))
+	}
+	blobs = append(blobs, bytes.Repeat([]byte("large blob "), 1<<18)) // streamed
+	var ds []digest.Digest
+	for _, b := range blobs {
+		ds = append(ds, digest.NewFromBlob(b))
+	}
+	c := serveStore(t, blobs...)
+	defer Close([]*Cache{c})
+	for _, wait := range []bool{false, true} {
+		local, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs := newSlots(1)
+		f := newFetcher(local, []*Cache{c}, false, Events{}, jobs)
+		var lookups atomic.Int64
+		f.has = func(d digest.Digest) (bool, error) {
+			lookups.Add(1)
+			return local.Has(d)
+		}
+		w := &watch{slot: &slot{of: jobs}}
+		want := int64(len(ds))
+		if wait {
+			// Another ref moves bytes, and stores one of these.
+			other := &slot{of: jobs}
+			if _, err := other.take(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				time.Sleep(200 * time.Millisecond)
+				if err := local.PutBytes(ds[0], blobs[0]); err != nil {
+					t.Error(err)
+				}
+				other.release()
+			}()
+			want = 2 * want
+		}
+		missing, err := f.fetch(context.Background(), ds, w, nil)
+		if err != nil || len(missing) > 0 {
+			t.Fatalf("fetch: missing %v, %v", missing, err)
+		}
+		for _, d := range ds {
+			if ok, _ := local.Has(d); !ok {
+				t.Fatalf("%v was not fetched", d)
+			}
+		}
+		if got := lookups.Load(); got != want {
+			t.Errorf("waited for a slot %v: %d blobs fetched with %d lookups in the store, want %d", wait, len(ds), got, want)
+		}
+		if moved := f.blobs.Load(); wait && moved != int64(len(ds))-1 {
+			t.Errorf("%d blobs downloaded, want %d: the one another ref stored meanwhile was downloaded again", moved, len(ds)-1)
+		}
 	}
 }

@@ -301,7 +301,7 @@ func (e *Engine) pushTo(ctx context.Context, p pushing, t *Cache, o PushOptions,
 		return res
 	}
 	if len(moved) > 0 {
-		if err := p.slot.take(ctx); err != nil {
+		if _, err := p.slot.take(ctx); err != nil {
 			return failed(res, err)
 		}
 	}

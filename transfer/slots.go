@@ -35,21 +35,29 @@ type slot struct {
 	held bool
 }
 
-func (s *slot) take(ctx context.Context) error {
+// take takes the slot unless the ref holds it, and says whether it had
+// to wait for one.
+func (s *slot) take(ctx context.Context) (waited bool, err error) {
 	if s == nil {
-		return nil
+		return false, nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.held {
-		return nil
+		return false, nil
 	}
 	select {
 	case s.of <- struct{}{}:
 		s.held = true
-		return nil
+		return false, nil
+	default:
+	}
+	select {
+	case s.of <- struct{}{}:
+		s.held = true
+		return true, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return true, ctx.Err()
 	}
 }
 
