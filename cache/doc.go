@@ -21,7 +21,8 @@
 // makes the refs and every object they name durable before any ref names
 // them; the refs' directories are synced after. Refs written at once
 // share the sync of the file system: one serves every writer that was
-// waiting when it began.
+// waiting when it began, and WriteRefs writes many artifacts' refs after
+// one.
 //
 // A download that may be resumed (ResumableWriter) keeps its bytes under
 // DIR/tmp/partial-{hash}-{size} when it is cut short; the next writer of
