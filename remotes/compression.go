@@ -90,8 +90,8 @@ type inflateRoom struct {
 	buf  *[]byte
 	used int64
 	// join is where an entry that came in several pieces is joined
-	// before it is inflated.
-	join []byte
+	// before it is inflated: a buffer of downloadPool too.
+	join *[]byte
 }
 
 // joined is pieces as one slice: the piece itself when there is one.
@@ -99,11 +99,22 @@ func (r *inflateRoom) joined(pieces [][]byte) []byte {
 	if len(pieces) == 1 {
 		return pieces[0]
 	}
-	r.join = r.join[:0]
+	n := 0
 	for _, p := range pieces {
-		r.join = append(r.join, p...)
+		n += len(p)
 	}
-	return r.join
+	if r.join != nil && cap(*r.join) < n {
+		downloadPool.Put(r.join)
+		r.join = nil
+	}
+	if r.join == nil {
+		r.join = downloadPool.Get(n)
+	}
+	b := (*r.join)[:0]
+	for _, p := range pieces {
+		b = append(b, p...)
+	}
+	return b
 }
 
 // take returns n bytes of room (n of the blobs asked for, so within
@@ -121,9 +132,11 @@ func (r *inflateRoom) take(n int64) []byte {
 }
 
 func (r *inflateRoom) free() {
-	if r.buf != nil {
-		downloadPool.Put(r.buf)
-		r.buf = nil
+	for _, b := range []**[]byte{&r.buf, &r.join} {
+		if *b != nil {
+			downloadPool.Put(*b)
+			*b = nil
+		}
 	}
 }
 

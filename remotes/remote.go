@@ -253,6 +253,7 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 			return err
 		}
 		answered := make(map[digest.Digest]bool, len(ds))
+		inFrames := false // a blob found is read where it came
 		for i := range resp.entries {
 			e := &resp.entries[i]
 			d := digest.NewFromProtoUnvalidated(e.digest)
@@ -270,6 +271,7 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 					return err
 				}
 				found = append(found, blob{d, data})
+				inFrames = inFrames || e.compressor == repb.Compressor_IDENTITY
 			case codes.NotFound:
 				missing = append(missing, d)
 			default:
@@ -281,6 +283,11 @@ func (r *Remote) batchRead(ctx context.Context, ds []digest.Digest, fn func(dige
 				// Left out, it is neither given nor said to be missing.
 				return fmt.Errorf("blob %s: %w", d, errUnanswered)
 			}
+		}
+		if !inFrames {
+			// Every blob was inflated into room: the frames go back
+			// now, not once the blobs are stored.
+			resp.free()
 		}
 		return nil
 	})
