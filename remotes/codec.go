@@ -7,7 +7,6 @@ import (
 	"io"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	bspb "google.golang.org/genproto/googleapis/bytestream"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
@@ -53,10 +52,33 @@ func (c downloadCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // buffers gRPC received it in (the HTTP/2 frames, 16 KiB each), held until
 // free: each entry's data is the pieces of the frames it lies in, no copy.
 type heldBatch struct {
-	bufs    mem.BufferSlice
+	heldFrames
 	entries []batchAnswer
-	views   [][]byte // the buffers' bytes, kept for the next message
 	pieces  [][]byte // every entry's data pieces; entries' data are in it
+}
+
+// heldFrames are the buffers a message came in, held until release.
+type heldFrames struct {
+	bufs  mem.BufferSlice
+	views [][]byte // the buffers' bytes, kept for the next message
+}
+
+// hold takes msg's buffers over (gRPC frees its own references once
+// Unmarshal returns) and returns a cursor over their bytes.
+func (h *heldFrames) hold(msg mem.BufferSlice) pieceCursor {
+	msg.Ref()
+	h.bufs = msg
+	h.views = h.views[:0]
+	for _, b := range msg {
+		h.views = append(h.views, b.ReadOnlyData())
+	}
+	return pieceCursor{rest: h.views}
+}
+
+// release gives the buffers back.
+func (h *heldFrames) release() {
+	h.bufs.Free()
+	h.bufs = nil
 }
 
 // batchAnswer is one entry of a BatchReadBlobsResponse; data is its data
@@ -70,26 +92,18 @@ type batchAnswer struct {
 
 // free gives the buffers back; the entries must not be used after.
 func (h *heldBatch) free() {
-	h.bufs.Free()
-	h.bufs = nil
+	h.release()
 	h.entries = h.entries[:0]
 	h.pieces = h.pieces[:0]
 }
 
-// decode takes msg's buffers over (gRPC frees its own references once
-// Unmarshal returns) and decodes its entries where they lie. Fields other
-// than responses (1) are skipped, as protobuf would keep them unknown; in
-// an entry, a digest or status seen twice merges, as protobuf merges it,
-// and the last data field wins.
+// decode holds msg's buffers and decodes its entries where they lie.
+// Fields other than responses (1) are skipped, as protobuf would keep
+// them unknown; in an entry, a digest or status seen twice merges, as
+// protobuf merges it, and the last data field wins.
 func (h *heldBatch) decode(msg mem.BufferSlice) error {
 	h.free()
-	msg.Ref()
-	h.bufs = msg
-	h.views = h.views[:0]
-	for _, b := range msg {
-		h.views = append(h.views, b.ReadOnlyData())
-	}
-	c := pieceCursor{rest: h.views}
+	c := h.hold(msg)
 	return c.fields(func(num protowire.Number, c *pieceCursor, n uint64) error {
 		if num != 1 {
 			return c.skip(n)
@@ -142,79 +156,30 @@ func (h *heldBatch) decode(msg mem.BufferSlice) error {
 // gRPC received it in (the HTTP/2 frames, 16 KiB each), held until free.
 // data is the pieces of its data field, in order.
 type heldRead struct {
-	bufs  mem.BufferSlice
-	data  [][]byte
-	views [][]byte // the buffers' bytes, kept for the next message
+	heldFrames
+	data [][]byte
 }
 
 // free gives the buffers back; data must not be used after.
 func (h *heldRead) free() {
-	h.bufs.Free()
-	h.bufs = nil
+	h.release()
 	h.data = h.data[:0]
 }
 
-// decode takes msg's buffers over (gRPC frees its own references once
-// Unmarshal returns) and finds its data field's pieces in them. Fields
-// other than data (10) are skipped, as protobuf would keep them unknown,
-// and the last data field wins, as in protobuf. A message with a group
-// (a wire type nobody sends now) is gathered and decoded whole.
+// decode holds msg's buffers and finds its data field's pieces in them.
+// Fields other than data (10) are skipped, as protobuf would keep them
+// unknown, and the last data field wins, as in protobuf.
 func (h *heldRead) decode(msg mem.BufferSlice) error {
 	h.free()
-	msg.Ref()
-	h.bufs = msg
-	h.views = h.views[:0]
-	for _, b := range msg {
-		h.views = append(h.views, b.ReadOnlyData())
-	}
-	c := pieceCursor{rest: h.views}
-	for !c.done() {
-		tag, err := c.varint()
-		if err != nil {
-			return err
+	c := h.hold(msg)
+	return c.fields(func(num protowire.Number, c *pieceCursor, n uint64) error {
+		if num != 10 {
+			return c.skip(n)
 		}
-		num, typ := protowire.DecodeTag(tag)
-		if num < protowire.MinValidNumber {
-			return fmt.Errorf("%w: field number %d", errWire, num)
-		}
-		switch typ {
-		case protowire.VarintType:
-			_, err = c.varint()
-		case protowire.Fixed32Type:
-			_, err = c.take(nil, 4, false)
-		case protowire.Fixed64Type:
-			_, err = c.take(nil, 8, false)
-		case protowire.BytesType:
-			var n uint64
-			if n, err = c.varint(); err != nil {
-				break
-			}
-			if num == 10 {
-				h.data, err = c.take(h.data[:0], n, true)
-			} else {
-				_, err = c.take(nil, n, false)
-			}
-		default:
-			return h.decodeWhole(msg)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// decodeWhole decodes msg gathered into one buffer of its own.
-func (h *heldRead) decodeWhole(msg mem.BufferSlice) error {
-	h.free()
-	var m bspb.ReadResponse
-	if err := decodeReadResponse(msg.Materialize(), &m); err != nil {
+		var err error
+		h.data, err = c.take(h.data[:0], n, true)
 		return err
-	}
-	if len(m.Data) > 0 {
-		h.data = append(h.data, m.Data)
-	}
-	return nil
+	}, nil)
 }
 
 // pieceCursor reads a protobuf message that lies in several buffers.
@@ -352,45 +317,3 @@ func (c *pieceCursor) unmarshal(n uint64, m proto.Message, o proto.UnmarshalOpti
 
 // errWire is a message that is not valid protobuf.
 var errWire = errors.New("malformed protobuf message")
-
-// fields calls fn with each field of the message in b: its number, wire
-// type and value (a bytes field's contents, else the encoded value).
-func fields(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("%w: %v", errWire, protowire.ParseError(n))
-		}
-		b = b[n:]
-		var val []byte
-		if typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return fmt.Errorf("%w: %v", errWire, protowire.ParseError(n))
-			}
-			val, b = v, b[n:]
-		} else {
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return fmt.Errorf("%w: %v", errWire, protowire.ParseError(n))
-			}
-			val, b = b[:n], b[n:]
-		}
-		if err := fn(num, typ, val); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// decodeReadResponse decodes a ReadResponse whose data aliases b. Fields
-// other than data (10) are skipped, as protobuf would keep them unknown.
-func decodeReadResponse(b []byte, m *bspb.ReadResponse) error {
-	m.Reset()
-	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num == 10 && typ == protowire.BytesType {
-			m.Data = v
-		}
-		return nil
-	})
-}

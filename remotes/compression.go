@@ -99,18 +99,24 @@ func (r *inflateRoom) joined(pieces [][]byte) []byte {
 	if len(pieces) == 1 {
 		return pieces[0]
 	}
+	return joinInto(&r.join, pieces)
+}
+
+// joinInto copies pieces one after the other into *buf, a buffer of
+// downloadPool taken, or exchanged for a larger one, as needed.
+func joinInto(buf **[]byte, pieces [][]byte) []byte {
 	n := 0
 	for _, p := range pieces {
 		n += len(p)
 	}
-	if r.join != nil && cap(*r.join) < n {
-		downloadPool.Put(r.join)
-		r.join = nil
+	if *buf != nil && cap(**buf) < n {
+		downloadPool.Put(*buf)
+		*buf = nil
 	}
-	if r.join == nil {
-		r.join = downloadPool.Get(n)
+	if *buf == nil {
+		*buf = downloadPool.Get(n)
 	}
-	b := (*r.join)[:0]
+	b := (**buf)[:0]
 	for _, p := range pieces {
 		b = append(b, p...)
 	}

@@ -506,24 +506,7 @@ func (s *recvReader) WriteTo(w io.Writer) (int64, error) {
 }
 
 // join copies what is left of the message into gather.
-func (s *recvReader) join() []byte {
-	n := 0
-	for _, p := range s.rest {
-		n += len(p)
-	}
-	if s.gather != nil && cap(*s.gather) < n {
-		downloadPool.Put(s.gather)
-		s.gather = nil
-	}
-	if s.gather == nil {
-		s.gather = downloadPool.Get(n)
-	}
-	b := (*s.gather)[:0]
-	for _, p := range s.rest {
-		b = append(b, p...)
-	}
-	return b
-}
+func (s *recvReader) join() []byte { return joinInto(&s.gather, s.rest) }
 
 // free gives back the message and the gather buffer.
 func (s *recvReader) free() {
