@@ -22,7 +22,8 @@ const maxCommit = 64
 // at most commitLinger; it is written at once when no other ref moves
 // bytes or maxCommit writes wait. Each ref is still written only after
 // its blobs are durable, and a write is through when commit returns. It
-// is safe for concurrent use.
+// is safe for concurrent use. A copy's and a mirror's writes do not wait
+// (newFetcher with no slots): pushes, or a client, wait for them.
 type commits struct {
 	store *cache.Store
 	// moving says how many refs of the run move bytes (hold a slot).

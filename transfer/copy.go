@@ -68,7 +68,9 @@ func (e *Engine) Copy(ctx context.Context, refs []string, targets []*Cache, o Co
 	}
 	e.keyUploads(targets)
 	pulls, pushes := newSlots(e.Jobs), newSlots(e.Jobs)
-	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events, pulls)
+	// An artifact's refs are written at once: its pushes wait for them,
+	// and pulls going on meanwhile would run ahead of targets found down.
+	f := newFetcher(e.Store, e.storage(), e.Strict, e.Events, nil)
 	each(func(ref string) []Result {
 		src := &sourced{ref: ref}
 		rs := make([]Result, len(targets))

@@ -26,10 +26,10 @@
 //     StatusFailed, and the reason says what was not found where and which
 //     caches were not asked.
 //   - A local ref is written only once every blob it names is in the local
-//     store, and durable there (artifacts finishing within 100 ms of each
-//     other share that sync of the store); a remote index entry only once
-//     every blob it names is on the target's storage, or confirmed on the
-//     storage its readers use.
+//     store, and durable there (a pull's artifacts finishing within 100 ms
+//     of each other share that sync of the store); a remote index entry
+//     only once every blob it names is on the target's storage, or
+//     confirmed on the storage its readers use.
 //   - A target is skipped only when it names the same digest and holds every
 //     blob; otherwise it is repaired. One naming another digest is left
 //     alone (StatusConflict) unless forced.

@@ -49,7 +49,9 @@ type fetcher struct {
 	has func(digest.Digest) (bool, error)
 }
 
-// newFetcher is a fetcher for refs that move bytes in jobs' slots.
+// newFetcher is a fetcher whose refs' writes wait for each other while
+// refs move bytes in jobs' slots (commits); with jobs nil, each is written
+// at once.
 func newFetcher(store *cache.Store, caches []*Cache, strict bool, ev Events, jobs slots) *fetcher {
 	return &fetcher{store: store, caches: caches, strict: strict, ev: ev, planned: map[digest.Digest]struct{}{},
 		inflight: semaphore.NewWeighted(inflightBytes), commits: newCommits(store, jobs), has: store.Has}

@@ -139,10 +139,10 @@ func NewMirror(store *cache.Store, upstreams []*Cache, o MirrorOptions) *Mirror 
 	// a mirror has no end to plan for.
 	o.Events.OnPlan = nil
 	m := &Mirror{store: store, upstreams: upstreams, ev: o.Events, engines: map[cache.Kind]*Engine{}, stall: handoffStall, timeout: o.FillTimeout}
-	jobs := newSlots(max(o.Jobs, 1))
-	m.f = newFetcher(store, filter(upstreams, hasStorage), false, o.Events, jobs)
+	// A fill's refs are written at once: a client waits for them.
+	m.f = newFetcher(store, filter(upstreams, hasStorage), false, o.Events, nil)
 	m.f.keep = o.Keep
-	run := &shared{f: m.f, jobs: jobs}
+	run := &shared{f: m.f, jobs: newSlots(max(o.Jobs, 1))}
 	for _, k := range []cache.Kind{cache.KindBst1Artifact, cache.KindBst2Artifact, cache.KindSource} {
 		m.engines[k] = &Engine{Store: store, Kind: k, Caches: upstreams, Jobs: o.Jobs, Events: o.Events, shared: run}
 	}
