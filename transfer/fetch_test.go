@@ -240,7 +240,11 @@ func TestFetchLooksEachBlobUpOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			go func() {
-				time.Sleep(200 * time.Millisecond)
+				// Once the fetch looked every blob up, it waits for
+				// the slot.
+				for deadline := time.Now().Add(time.Minute); lookups.Load() < int64(len(ds)) && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
 				if err := local.PutBytes(ds[0], blobs[0]); err != nil {
 					t.Error(err)
 				}
