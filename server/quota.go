@@ -382,12 +382,10 @@ func (q *quota) measure() error {
 		first   refKey // the first ref found naming them
 	}
 	closures := map[string]walked{}
+	// The refs are walked, not listed: a list of a big store's refs
+	// (a name and a RefInfo each, ~170 bytes) would outweigh the account.
 	for _, kind := range cache.Kinds {
-		infos, err := q.s.store.ListRefs(kind, "")
-		if err != nil {
-			return err
-		}
-		for _, info := range infos {
+		if err := q.s.store.WalkRefs(kind, "", func(info cache.RefInfo) error {
 			if stopped() {
 				return errStopped
 			}
@@ -401,9 +399,10 @@ func (q *quota) measure() error {
 			}
 			if err != nil {
 				q.s.logf("quota: %s ref %s is unreadable, left alone: %v", kind, info.Name, err)
-				continue
+				return nil
 			}
 			q.mu.Lock()
+			defer q.mu.Unlock()
 			w, ok := closures[rootsKey(r.roots)]
 			if !ok {
 				w = walked{q.indexes(reach, false), k}
@@ -415,7 +414,9 @@ func (q *quota) measure() error {
 					q.join(at, f)
 				}
 			}
-			q.mu.Unlock()
+			return nil
+		}); err != nil {
+			return err
 		}
 	}
 	return nil
