@@ -717,13 +717,12 @@ func (w *BlobWriter) Commit() (err error) {
 // already there is the same content (its name is its hash), so that is
 // success.
 func (s *Store) link(fd int, final string, size int64) error {
-	src := "/proc/self/fd/" + strconv.Itoa(fd)
-	err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+	err := linkFD(fd, final)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 			return err
 		}
-		err = unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+		err = linkFD(fd, final)
 	}
 	if errors.Is(err, fs.ErrExist) {
 		if st, serr := os.Lstat(final); serr == nil && st.Mode().IsRegular() && st.Size() == size {
@@ -733,7 +732,7 @@ func (s *Store) link(fd int, final string, size int64) error {
 		// replaces it, through a name of its own and a rename.
 		side := fmt.Sprintf("%s.repair-%d", final, os.Getpid())
 		os.Remove(side)
-		if err = unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, side, unix.AT_SYMLINK_FOLLOW); err == nil {
+		if err = linkFD(fd, side); err == nil {
 			if err = os.Rename(side, final); err != nil {
 				os.Remove(side)
 			}
@@ -745,19 +744,47 @@ func (s *Store) link(fd int, final string, size int64) error {
 	return nil
 }
 
-// install renames a finished temporary file to its final path, creating the
-// directory.
-func (s *Store) install(tmp, final string) error {
-	if err := os.Rename(tmp, final); err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("installing %s: %w", final, err)
+// flink says whether linkat's AT_EMPTY_PATH links an open file here: 1
+// it does, -1 it does not (Linux before 6.10 allows it only with
+// CAP_DAC_READ_SEARCH), 0 not known yet.
+var flink atomic.Int32
+
+// linkFD links the file open as fd at path: by the descriptor itself
+// (AT_EMPTY_PATH) where this process may, else through /proc/self/fd,
+// which costs a lookup of /proc's entries for every object.
+func linkFD(fd int, path string) error {
+	if flink.Load() >= 0 {
+		err := unix.Linkat(fd, "", unix.AT_FDCWD, path, unix.AT_EMPTY_PATH)
+		switch {
+		case err == nil:
+			flink.Store(1)
+			return nil
+		case flink.Load() == 1 || !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL):
+			return err
 		}
+		// Not allowed, or the directory is missing: /proc tells which.
+	}
+	err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW)
+	if err == nil {
+		flink.CompareAndSwap(0, -1)
+	}
+	return err
+}
+
+// install renames a finished temporary file to its final path, creating the
+// directory. Not os.Rename, which looks the final path up first to refuse
+// a directory there (rename(2) refuses to put a file over one): a pull
+// renames two refs an artifact.
+func (s *Store) install(tmp, final string) error {
+	err := unix.Rename(tmp, final)
+	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 			return err
 		}
-		if err := os.Rename(tmp, final); err != nil {
-			return fmt.Errorf("installing %s: %w", final, err)
-		}
+		err = unix.Rename(tmp, final)
+	}
+	if err != nil {
+		return fmt.Errorf("installing %s: %w", final, &os.LinkError{Op: "rename", Old: tmp, New: final, Err: err})
 	}
 	return nil
 }
