@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -46,6 +47,8 @@ type fakeCache struct {
 	// found, when set, runs in every FindMissing once its answer is
 	// made, before it is returned.
 	found func()
+	// streamDelay holds each ByteStream read open that long.
+	streamDelay time.Duration
 
 	mu     sync.Mutex
 	blobs  map[digest.Digest][]byte
@@ -53,6 +56,9 @@ type fakeCache struct {
 	reads  map[digest.Digest]int
 	sends  map[digest.Digest]int
 	pushes int
+	// streams and peakStreams are the ByteStream reads open, now and
+	// at most.
+	streams, peakStreams int
 	// lookups records each index lookup, when set.
 	lookups *lookupLog
 }
@@ -147,10 +153,18 @@ func (f *fakeCache) ReadBlobFrom(ctx context.Context, d digest.Digest, off int64
 	f.mu.Lock()
 	b, ok := f.blobs[d]
 	f.reads[d]++
+	f.streams++
+	f.peakStreams = max(f.peakStreams, f.streams)
 	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.streams--
+		f.mu.Unlock()
+	}()
 	if !ok {
 		return f.err("ByteStream.Read", codes.NotFound)
 	}
+	time.Sleep(f.streamDelay)
 	if f.corrupt {
 		b = append([]byte{b[0] ^ 0xff}, b[1:]...)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bst-cache/bst-cache/cache"
 	"github.com/bst-cache/bst-cache/config"
@@ -267,5 +268,52 @@ func TestFetchLooksEachBlobUpOnce(t *testing.T) {
 		if moved := f.blobs.Load(); wait && moved != int64(len(ds))-1 {
 			t.Errorf("%d blobs downloaded, want %d: the one another ref stored meanwhile was downloaded again", moved, len(ds)-1)
 		}
+	}
+}
+
+// Streams of large blobs count what they hold against the run's bytes in
+// flight (inflightBytes): 4 MiB each, so a run reads 8 at most at once,
+// however many refs want them (issue 21: 32 streams of 4 MiB blobs at
+// once held 85-105 MiB of frames, and a pull's CPU went to first touching
+// that memory). Main ran 32.
+func TestStreamsCountWhatTheyHold(t *testing.T) {
+	fake := newFake("streams")
+	fake.streamDelay = 20 * time.Millisecond
+	var want [][]digest.Digest
+	for i := range 16 {
+		var ds []digest.Digest
+		for j := range 4 {
+			blob := bytes.Repeat([]byte{byte(i), byte(j)}, 1<<20) // 2 MiB: streamed
+			d := digest.NewFromBlob(blob)
+			fake.blobs[d] = blob
+			ds = append(ds, d)
+		}
+		want = append(want, ds)
+	}
+	local, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caches := cacheOf(fake)
+	caches[0].Config.MaxConcurrency = 64
+	f := newFetcher(local, caches, false, Events{}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, ds := range want { // as many refs fetching at once
+		g.Go(func() error {
+			missing, err := f.fetch(gctx, ds, nil, nil)
+			if err == nil && len(missing) > 0 {
+				err = fmt.Errorf("%d missing", len(missing))
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("64 streams of 2 MiB, at most %d at once", fake.peakStreams)
+	if most := inflightBytes / (2 << 20); fake.peakStreams > most {
+		t.Errorf("%d streams of 2 MiB read at once, want at most %d (%d MiB in flight)", fake.peakStreams, most, inflightBytes>>20)
 	}
 }
