@@ -34,7 +34,7 @@ var fileCalls = []string{
 func TestPullSystemCallsPerObject(t *testing.T) {
 	strace, err := exec.LookPath("strace")
 	if err != nil {
-		t.Skip("needs strace")
+		testenv.Missing(t, "strace (apt-get install strace)")
 	}
 	dir := filepath.Join(t.TempDir(), "repo")
 	refs := testenv.Genrefs(t, dir, "-n", "100")
