@@ -38,13 +38,23 @@ type clients struct {
 
 func connect(t *testing.T, addr string) clients {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := connectRaw(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cc.Close() })
+	t.Cleanup(func() { c.conn.Close() })
+	return c
+}
+
+// connectRaw is connect for code outside the test's goroutine; the caller
+// closes conn.
+func connectRaw(addr string) (clients, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return clients{}, err
+	}
 	return clients{repb.NewContentAddressableStorageClient(cc), repb.NewCapabilitiesClient(cc), bsgrpc.NewByteStreamClient(cc),
-		assetpb.NewFetchClient(cc), assetpb.NewPushClient(cc), bspb.NewReferenceStorageClient(cc), cc}
+		assetpb.NewFetchClient(cc), assetpb.NewPushClient(cc), bspb.NewReferenceStorageClient(cc), cc}, nil
 }
 
 // write sends one ByteStream write of data in chunks and returns the error.

@@ -259,9 +259,13 @@ const noEntry = "no entry"
 
 // lookupEntry reads one entry from the store: the digest it names and its
 // whole closure when it is there whole and current, else why not (noEntry
-// when it is not there at all). A hit is marked used. Callers hold refsMu
-// for reading, and lend the closure of a hit to the client.
+// when it is not there at all, or an eviction pass is deleting it). A hit
+// is marked used. Callers hold refsMu for reading, and lend the closure of
+// a hit to the client.
 func (s *Server) lookupEntry(e entry, uri string, oldest time.Time) (digest.Digest, []digest.Digest, string, error) {
+	if s.quota != nil && s.quota.refGoing(e.kind, e.ref) {
+		return digest.Digest{}, nil, noEntry, nil
+	}
 	r, err := s.resolve(e, false)
 	if errors.Is(err, errNoEntry) {
 		return digest.Digest{}, nil, noEntry, nil
@@ -393,6 +397,9 @@ func (s *Server) setEntries(uris []string, entries []entry, roots cache.Roots, r
 		data, err := rawFor(uris[i], e)
 		if err != nil {
 			return err
+		}
+		if s.quota != nil {
+			s.quota.claim(e.kind, e.ref)
 		}
 		if err := s.store.SetRef(e.kind, e.ref, data); err != nil {
 			return status.Errorf(codes.Internal, "writing %s: %v", e.ref, err)

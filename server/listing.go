@@ -35,7 +35,8 @@ type listing struct {
 
 // ListRefs returns refs of one kind in name order, after the page token
 // (the last name of the previous page, so a page never repeats or skips a
-// ref that stays), under the prefix. A page costs its own size: the walk
+// ref that stays), under the prefix, but not those an eviction pass is
+// deleting. A page costs its own size: the walk
 // reads the directories on the way to its refs, and goes on where the
 // last page left it when that listing's walk is still kept.
 func (l *listing) ListRefs(_ context.Context, req *lspb.ListRefsRequest) (*lspb.ListRefsResponse, error) {
@@ -61,6 +62,9 @@ func (l *listing) ListRefs(_ context.Context, req *lspb.ListRefsRequest) (*lspb.
 	}
 	resp := &lspb.ListRefsResponse{}
 	for cur.next() {
+		if l.quota != nil && l.quota.refGoing(kind, cur.refs.Name()) {
+			continue // an eviction pass is deleting it
+		}
 		if len(resp.Refs) == size {
 			// cur's ref is the next page's first.
 			cur.pending = true

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -84,14 +85,16 @@ const DefaultReadLease = 2 * time.Minute
 // that free blobs together, as an artifact's strong and weak key do, go
 // together). A leased object is never removed: a push does not lose what
 // it uploaded before it names it, nor a pull the blobs of the ref it was
-// given. The plan is made and the refs deleted while index writes and
-// lookups wait; the files go after, while an index write naming one of
-// them finds it missing. The account keeps loose objects and refs in the
-// order eviction takes them (see quota_order.go), so a pass looks at what
-// it evicts (and at the refs before them that free nothing), not at the
-// whole store, while lookups wait: one that finds every ref's objects
-// leased looks at every ref once, and the passes after it at none, until
-// a lease ends or a ref is written.
+// given. The plan is made while index writes and lookups wait; the refs'
+// files are deleted after, without holding them (lookups and listings take
+// those refs as absent, a write of one keeps it), then their objects leave
+// the account, and the objects' files go while an index write naming one
+// of them finds it missing (see evictPass). The account keeps loose
+// objects and refs in the order eviction takes them (see quota_order.go),
+// so a pass plans looking at what it evicts (and at the refs before them
+// that free nothing), not at the whole store, while lookups wait: one that
+// finds every ref's objects leased looks at every ref once, and the passes
+// after it at none, until a lease ends or a ref is written.
 //
 // The store may pass its limit by what clients hold in leases, up to a
 // hard cap (a twentieth of the limit past it). An upload is admitted
@@ -155,6 +158,15 @@ type quota struct {
 	stuckAt    stuck
 	// late notes the refs used while useOrder sorts them.
 	late []uint32
+	// passMu lets one eviction pass run at a time.
+	passMu sync.Mutex
+	// going holds the ref records an eviction pass is to delete (see
+	// evictPass), true while their files are removed; refGone signals
+	// that one's file is gone. deleting is set while it may hold any, so
+	// that lookups and listings take no lock to find it empty.
+	going    map[uint32]bool
+	refGone  *sync.Cond
+	deleting atomic.Bool
 	// removing holds the objects an eviction pass took out of the account
 	// whose files it has not removed yet.
 	removing map[[32]byte]struct{}
@@ -325,9 +337,10 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 // newAccount is an empty account, its epoch now.
 func newAccount() *quota {
 	q := &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
-		slots: newObjectSlots(), removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]uint32{}, recs: make([]refRecord, 1), pending: map[refKey]int64{},
+		slots: newObjectSlots(), going: map[uint32]bool{}, removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]uint32{}, recs: make([]refRecord, 1), pending: map[refKey]int64{},
 		clients: map[string]*client{}, owners: map[uint32]*client{}, held: objHeap{held: true}}
 	q.changed = sync.NewCond(&q.mu)
+	q.refGone = sync.NewCond(&q.mu)
 	return q
 }
 
@@ -922,46 +935,76 @@ func (q *quota) evict(now time.Time, room int64) {
 
 // evictPass brings the account down to 90% of the limit, less room, and
 // further when the uploads admitted and not yet stored need it to stay
-// under the hard cap (see quota), and says which
-// objects to remove. Index writes and lookups wait meanwhile (refsMu), so
-// a ref is never written or given over the blobs planned for removal; the
-// plan is made in memory, and the refs to evict are deleted before it
-// ends. Their objects are out of the account from then on, and named in
-// removing until their files are gone (removeFiles): they are removed
-// once neither lock is held, and an index write naming one of them
-// meanwhile finds it missing.
+// under the hard cap (see quota), and says which objects to remove. One
+// pass runs at a time, in three steps:
+//   - plan, while index writes and lookups wait (refsMu): loose objects
+//     leave the account at once, and the refs to evict are marked going;
+//     nothing is deleted yet. From then on lookups and listings take a
+//     ref going as absent (going), and an index write of one takes it
+//     back (claim): the pass leaves it, and the objects it needs.
+//   - delete the refs' files, holding neither lock while a file goes:
+//     lookups and index writes go on. An index write of a ref whose file
+//     is going waits for it, then writes it anew. A ref deleted leaves
+//     the account, its objects needed by one ref less; one whose deletion
+//     fails stays, and so do its objects.
+//   - while index writes and lookups wait again, take out of the account
+//     what the planned objects are still to go: those no ref needs now and
+//     no lease holds (a ref written meanwhile may name one, a client may
+//     have been told of it). So a ref goes before any object it names.
+//
+// The objects out of the account are named in removing until their files
+// are gone (removeFiles): they are removed once neither lock is held, and
+// an index write naming one of them meanwhile finds it missing.
 func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Digest) {
-	s := q.s
-	s.refsMu.Lock()
-	defer s.refsMu.Unlock()
+	q.passMu.Lock()
+	defer q.passMu.Unlock()
+	n := q.at(now)
+	doomedRefs, doomed, gone, letGo := q.plan(n, room)
+	if !letGo {
+		return 0, gone
+	}
+	for _, r := range doomedRefs {
+		if q.deleteRef(r, n) {
+			refs++
+		}
+	}
+	q.deleting.Store(false)
+	gone = append(gone, q.removeDoomed(doomed, n)...)
+	q.mu.Lock()
+	if q.used > q.limit {
+		q.s.logf("quota: still %d bytes over the limit of %d: blobs clients are using (leases of %s, %s to read)", q.used-q.limit, q.limit, q.lease, q.readLease)
+	}
+	q.mu.Unlock()
+	return refs, gone
+}
+
+// plan is evictPass's first step, at n: it takes the loose objects to go
+// out of the account (gone), marks the refs to evict going (doomedRefs),
+// and says which objects are to go with them (doomed), and whether it let
+// go of refs to find them (letGo).
+func (q *quota) plan(n stamp, room int64) (doomedRefs, doomed []uint32, gone []digest.Digest, letGo bool) {
+	q.s.refsMu.Lock()
+	defer q.s.refsMu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	hard := q.limit + q.limit/20
 	if !q.known || q.used+room <= q.limit && q.used+q.reserved+room <= hard {
-		return 0, nil
+		return nil, nil, nil, false
 	}
 	target := max(min(q.limit/10*9-room, hard-q.reserved-room), 0)
-	n := q.at(now)
 	for _, c := range q.owners {
 		q.expire(c, n)
 	}
 	q.ripen(n)
-	remove := func(i uint32) {
-		o := &q.objs[i]
-		gone = append(gone, digest.Digest{Hash: hex.EncodeToString(o.hash[:]), Size: o.size})
-		q.removing[o.hash] = struct{}{}
-		q.unlinking += o.size
-		q.drop(i)
-	}
 
 	// Objects no ref needs whose leases ran out, least recently used
 	// first.
 	for q.used > target && len(q.idle.e) > 0 {
 		q.looked++
-		remove(q.idle.e[0].obj)
+		gone = append(gone, q.remove(q.idle.e[0].obj))
 	}
 	if q.used <= target || q.isStuck(n) {
-		return refs, gone
+		return nil, nil, gone, false
 	}
 	// Whole refs, least recently used first: each is let go in turn (the
 	// needs of its closure counted down) and what then no ref needs and no
@@ -970,8 +1013,8 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 	// stay (a ref kept needs them, or a lease holds them) stays: deleting it
 	// would free nothing. So the refs naming one artifact (BuildStream's
 	// strong and weak key) go together, where neither alone frees anything.
+	// The needs are counted up again after: the refs go later (deleteRef).
 	var let []uint32
-	var doomed []uint32
 	marked := map[uint32]bool{}
 	planned := int64(0)
 	r := q.recs[0].newer
@@ -1001,46 +1044,124 @@ func (q *quota) evictPass(now time.Time, room int64) (refs int, gone []digest.Di
 	if r == 0 && q.used-planned > target {
 		q.stuckAt = stuckAt // every ref let go, and not enough
 	}
-	keep := func(r uint32) {
+	for _, r := range let {
+		c := q.recs[r].closure
+		if slices.ContainsFunc(c, func(i uint32) bool { return marked[i] }) {
+			q.going[r] = false
+			doomedRefs = append(doomedRefs, r)
+		} else {
+			for _, i := range c {
+				delete(marked, i)
+			}
+		}
+	}
+	for _, r := range let {
 		for _, i := range q.recs[r].closure {
 			q.objs[i].needs++
-			delete(marked, i)
 		}
 	}
-	var evicted [][]uint32
-	for _, r := range let {
-		rec := &q.recs[r]
-		if !slices.ContainsFunc(rec.closure, func(i uint32) bool { return marked[i] }) {
-			keep(r)
-			continue
-		}
-		k := rec.key()
-		if err := s.store.DeleteRef(k.kind, k.ref); err != nil && !errors.Is(err, cache.ErrNotFound) {
-			s.logf("quota: removing %s ref %s: %v", k.kind, k.ref, err)
-			keep(r)
-			q.stuckAt = stuck{} // the next pass tries again
-			continue
-		}
-		evicted = append(evicted, rec.closure)
+	doomed = slices.DeleteFunc(doomed, func(i uint32) bool { return !marked[i] })
+	q.deleting.Store(len(doomedRefs) > 0)
+	return doomedRefs, doomed, gone, true
+}
+
+// remove takes object i out of the account, to be removed from the store
+// (removeFiles), and says which it is.
+func (q *quota) remove(i uint32) digest.Digest {
+	o := &q.objs[i]
+	d := digest.Digest{Hash: hex.EncodeToString(o.hash[:]), Size: o.size}
+	q.removing[o.hash] = struct{}{}
+	q.unlinking += o.size
+	q.drop(i)
+	return d
+}
+
+// deleteRef deletes the file of ref record r, going, at n, holding no lock
+// while it does, and says whether the ref is gone. A ref written again
+// since it was planned (claim took it back) stays; an index write of it
+// waits while its file goes. A ref deleted leaves the account; one whose
+// deletion fails stays, and the next pass tries again.
+func (q *quota) deleteRef(r uint32, n stamp) bool {
+	q.mu.Lock()
+	if _, ok := q.going[r]; !ok {
+		q.mu.Unlock()
+		return false
+	}
+	q.going[r] = true
+	k := q.recs[r].key()
+	q.mu.Unlock()
+	err := q.s.store.DeleteRef(k.kind, k.ref)
+	if errors.Is(err, cache.ErrNotFound) {
+		err = nil
+	}
+	q.mu.Lock()
+	delete(q.going, r)
+	if err == nil {
+		q.release(q.recs[r].closure, needs, n)
 		q.dropRecord(r)
-		refs++
 		q.evicted.refs++
+	} else {
+		q.stuckAt = stuck{}
 	}
+	q.refGone.Broadcast()
+	q.mu.Unlock()
+	if err != nil {
+		q.s.logf("quota: removing %s ref %s: %v", k.kind, k.ref, err)
+	}
+	return err == nil
+}
+
+// removeDoomed is evictPass's last step, at n: of the objects planned to
+// go with the refs, those no ref needs now and no lease holds go out of
+// the account (remove), and it says which.
+func (q *quota) removeDoomed(doomed []uint32, n stamp) (gone []digest.Digest) {
+	q.s.refsMu.Lock()
+	defer q.s.refsMu.Unlock()
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	for _, i := range doomed {
-		if marked[i] {
-			remove(i)
+		if o := &q.objs[i]; o.needs == 0 && !o.leased(n) {
+			gone = append(gone, q.remove(i))
 		}
 	}
-	// What evicted refs needed that stays is loose now: leased.
-	for _, c := range evicted {
-		for _, i := range c {
-			q.place(i, n)
+	return gone
+}
+
+// refGoing says whether an eviction pass is deleting the ref: lookups
+// and listings take it as absent.
+func (q *quota) refGoing(kind cache.Kind, ref string) bool {
+	if !q.deleting.Load() {
+		return false
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r, ok := q.refs[refKey{kind, ref}]
+	_, going := q.going[r]
+	return ok && going
+}
+
+// claim readies an index write of a ref (callers hold refsMu for reading,
+// and call setRef once it is written): if an eviction pass is to delete
+// it, the pass leaves it; if the pass is deleting its file, claim waits
+// until the file is gone.
+func (q *quota) claim(kind cache.Kind, ref string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		r, ok := q.refs[refKey{kind, ref}]
+		if !ok {
+			return
 		}
+		deleting, going := q.going[r]
+		if !going {
+			return
+		}
+		if !deleting {
+			delete(q.going, r)
+			return
+		}
+		q.refGone.Wait()
 	}
-	if q.used > q.limit {
-		s.logf("quota: still %d bytes over the limit of %d: blobs clients are using (leases of %s, %s to read)", q.used-q.limit, q.limit, q.lease, q.readLease)
-	}
-	return refs, gone
 }
 
 // removeFiles removes the objects an eviction pass planned to, holding no
