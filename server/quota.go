@@ -150,12 +150,14 @@ type quota struct {
 	// same closure shares it (an artifact's keys).
 	last uint32
 	used int64 // bytes of objects
-	// idle and held order the loose objects (see quota_order.go); gen
-	// moves when a hold on an object drops early, stuckAt is the last
-	// pass that could free no more.
-	idle, held objHeap
-	gen        uint64
-	stuckAt    stuck
+	// idle and held order the loose objects, kept and bare the leased and
+	// unleased ones refs need (see quota_order.go); gen moves when a hold
+	// on an object drops early, stuckAt is the last pass that could free
+	// no more.
+	idle, held, kept objHeap
+	bare             int
+	gen              uint64
+	stuckAt          stuck
 	// late notes the refs used while useOrder sorts them.
 	late []uint32
 	// passMu lets one eviction pass run at a time.
@@ -198,8 +200,8 @@ type quota struct {
 	lent      int64 // bytes under read leases (counted once a lease)
 	// evicted counts what eviction removed, for Stats.
 	evicted struct{ refs, objects, bytes int64 }
-	// looked counts the refs and objects eviction passes looked at: a
-	// pass costs what it evicts, not the store's size.
+	// looked counts the refs and objects eviction passes (and writable)
+	// looked at: a pass costs what it evicts, not the store's size.
 	looked int64
 }
 
@@ -338,7 +340,7 @@ func newQuota(s *Server, limit int64, lease, readLease time.Duration) *quota {
 func newAccount() *quota {
 	q := &quota{epoch: time.Now(), kick: make(chan struct{}, 1), quit: make(chan struct{}), walked: make(chan error, 1),
 		slots: newObjectSlots(), going: map[uint32]bool{}, removing: map[[32]byte]struct{}{}, lost: map[[32]byte]lostBy{}, refs: map[refKey]uint32{}, recs: make([]refRecord, 1), pending: map[refKey]int64{},
-		clients: map[string]*client{}, owners: map[uint32]*client{}, held: objHeap{held: true}}
+		clients: map[string]*client{}, owners: map[uint32]*client{}, held: objHeap{bit: heldBit}, kept: objHeap{bit: keptBit}}
 	q.changed = sync.NewCond(&q.mu)
 	q.refGone = sync.NewCond(&q.mu)
 	return q
@@ -995,7 +997,7 @@ func (q *quota) plan(n stamp, room int64) (doomedRefs, doomed []uint32, gone []d
 	for _, c := range q.owners {
 		q.expire(c, n)
 	}
-	q.ripen(n)
+	q.ripen(&q.held, n)
 
 	// Objects no ref needs whose leases ran out, least recently used
 	// first.
@@ -1403,19 +1405,11 @@ func (q *quota) stats() QuotaStats {
 
 // writable says whether the quota can take a write now: the store is
 // under its hard cap (see admit), or eviction can make room (an object no
-// lease holds: letting go of the refs that need it frees it). Before the
-// account is known every write is admitted.
+// lease holds: letting go of the refs that need it frees it), which the
+// account's order answers (evictable) without walking the objects. Before
+// the account is known every write is admitted.
 func (q *quota) writable(now time.Time) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if !q.known || q.used < q.limit+q.limit/20 {
-		return true
-	}
-	n := q.at(now)
-	for i := range q.objs {
-		if o := &q.objs[i]; o.size > 0 && !o.leased(n) {
-			return true
-		}
-	}
-	return false
+	return !q.known || q.used < q.limit+q.limit/20 || q.evictable(q.at(now))
 }

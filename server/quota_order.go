@@ -23,6 +23,10 @@ import (
 //     ripen finds it still held and moves it on), so that a client asking
 //     again and again about a loose blob costs no move each time. An
 //     object's heap and place are in object.at.
+//   - objects refs need, for health (writable): those a lease holds in a
+//     third heap by when it ends at the latest (kept), ripened the same
+//     way into a count of those no lease holds (bare). An object of bare
+//     is one a pass can free by letting go of the refs that need it.
 //   - refs in a list by last use, oldest first (the records' older and
 //     newer, record 0 the list's ends). A use moves a ref to the newest
 //     end, with the refs sharing its closure (an artifact's strong and
@@ -44,8 +48,8 @@ import (
 
 // objHeap is a heap of objects by key, earliest first.
 type objHeap struct {
-	e    []heapEntry
-	held bool // which heap: object.at says which it is in
+	e   []heapEntry
+	bit uint32 // which heap: object.at says which it is in
 }
 
 type heapEntry struct {
@@ -53,9 +57,15 @@ type heapEntry struct {
 	obj uint32
 }
 
-// at encodes an object's place in a heap: 0 none, else its index+1, with
-// heldBit for the held heap.
-const heldBit = 1 << 31
+// at encodes an object's place in the order: 0 none, bareAt counted in
+// bare, else its index+1 in a heap, with heldBit for the held heap and
+// keptBit for the kept one.
+const (
+	heldBit  = 1 << 31
+	keptBit  = 1 << 30
+	heapBits = heldBit | keptBit
+	bareAt   = math.MaxUint32
+)
 
 func (h *objHeap) less(a, b int) bool {
 	x, y := h.e[a], h.e[b]
@@ -69,11 +79,7 @@ func (h *objHeap) swap(objs []object, a, b int) {
 }
 
 func (h *objHeap) mark(objs []object, i int) {
-	at := uint32(i + 1)
-	if h.held {
-		at |= heldBit
-	}
-	objs[h.e[i].obj].at = at
+	objs[h.e[i].obj].at = uint32(i+1) | h.bit
 }
 
 func (h *objHeap) up(objs []object, i int) {
@@ -106,7 +112,7 @@ func (h *objHeap) down(objs []object, i int) {
 
 // set puts object i in the heap with key, or moves it to key.
 func (h *objHeap) set(objs []object, i uint32, key stamp) {
-	at := int(objs[i].at&^heldBit) - 1
+	at := int(objs[i].at&^heapBits) - 1
 	if at < 0 {
 		h.e = append(h.e, heapEntry{key, i})
 		at = len(h.e) - 1
@@ -136,19 +142,24 @@ func (h *objHeap) remove(objs []object, at int) {
 // heapOf is the heap object i is in (nil: none), and its index there.
 func (q *quota) heapOf(i uint32) (*objHeap, int) {
 	at := q.objs[i].at
+	var h *objHeap
 	switch {
-	case at == 0:
+	case at == 0 || at == bareAt:
 		return nil, 0
 	case at&heldBit != 0:
-		return &q.held, int(at&^heldBit) - 1
+		h = &q.held
+	case at&keptBit != 0:
+		h = &q.kept
 	default:
-		return &q.idle, int(at) - 1
+		h = &q.idle
 	}
+	return h, int(at&^heapBits) - 1
 }
 
-// place puts object i where the order wants it now: nowhere while a ref
-// needs it (or it is the empty blob, never evicted), else in held while a
-// lease holds it, else in idle.
+// place puts object i where the order wants it now: nowhere if it is the
+// empty blob (never evicted); while a ref needs it, in kept while a lease
+// holds it, else in bare; else in held while a lease holds it, else in
+// idle.
 func (q *quota) place(i uint32, now stamp) {
 	if !q.known {
 		return
@@ -157,18 +168,32 @@ func (q *quota) place(i uint32, now stamp) {
 	h, at := q.heapOf(i)
 	var want *objHeap
 	key := o.used
+	bare := false
 	switch {
-	case o.size < 0 || o.needs > 0 || o.hash == emptyKey:
+	case o.size < 0 || o.hash == emptyKey:
 	case o.leased(now):
 		want, key = &q.held, q.leaseEnd(o, now)
+		if o.needs > 0 {
+			want = &q.kept
+		}
+	case o.needs > 0:
+		bare = true
 	default:
 		want = &q.idle
 	}
-	if h == &q.held && want == h && key >= h.e[at].key {
+	if h != nil && h == want && h != &q.idle && key >= h.e[at].key {
 		return // a lease renewed: ripen looks again at the end it had
+	}
+	if o.at == bareAt && !bare {
+		o.at = 0
+		q.bare--
 	}
 	if h != nil && h != want {
 		h.remove(q.objs, at)
+	}
+	if bare && o.at != bareAt {
+		o.at = bareAt
+		q.bare++
 	}
 	if want != nil {
 		want.set(q.objs, i, key)
@@ -185,17 +210,30 @@ func (q *quota) leaseEnd(o *object, now stamp) stamp {
 	return end
 }
 
-// ripen moves the loose objects whose leases ran out by now to idle.
-func (q *quota) ripen(now stamp) {
-	for len(q.held.e) > 0 && q.held.e[0].key <= now {
+// ripen moves the objects of h (held or kept) whose leases ran out by now
+// where they go now (idle, bare).
+func (q *quota) ripen(h *objHeap, now stamp) {
+	for len(h.e) > 0 && h.e[0].key <= now {
 		q.looked++
-		i := q.held.e[0].obj
+		i := h.e[0].obj
 		if o := &q.objs[i]; o.leased(now) { // renewed: until its new end
-			q.held.set(q.objs, i, q.leaseEnd(o, now))
+			h.set(q.objs, i, q.leaseEnd(o, now))
 			continue
 		}
 		q.place(i, now)
 	}
+}
+
+// evictable says whether a pass at now can free an object: one no lease
+// holds, no ref needing it (idle) or refs needing it (bare: letting go of
+// them frees it). The leases that ran out are taken out first.
+func (q *quota) evictable(now stamp) bool {
+	for _, c := range q.owners {
+		q.expire(c, now)
+	}
+	q.ripen(&q.held, now)
+	q.ripen(&q.kept, now)
+	return len(q.idle.e) > 0 || q.bare > 0
 }
 
 // freed notes that a pass that let go of every ref may free more now: a
@@ -223,7 +261,7 @@ func (q *quota) isStuck(now stamp) bool {
 // lease's, or one on an object that kept a pass from freeing more. Those
 // that ran out by now are taken out first.
 func (q *quota) nextEnd(now stamp) stamp {
-	q.ripen(now)
+	q.ripen(&q.held, now)
 	next := stamp(math.MaxInt32)
 	if len(q.held.e) > 0 {
 		next = q.held.e[0].key

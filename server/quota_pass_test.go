@@ -167,9 +167,9 @@ func BenchmarkQuotaPass(b *testing.B) {
 // of 50,000 refs and 180,000 objects, 4,000 of them loose (half leased),
 // a pass that evicts a tenth of it looks at about the refs and objects it
 // evicts; one that finds every object leased looks at every ref once, and
-// the next ones, nothing having changed, at almost nothing. (On main a
-// pass walked every object and sorted every ref: 226,000 looked at, each
-// pass.)
+// the next ones, nothing having changed, at almost nothing, as does
+// health's writable. (On main a pass walked every object and sorted every
+// ref: 226,000 looked at, each pass; writable walked every object.)
 func TestQuotaPassLooksAtWhatItEvicts(t *testing.T) {
 	q := passAccount(t, 25_000)
 	now := time.Now()
@@ -226,6 +226,25 @@ func TestQuotaPassLooksAtWhatItEvicts(t *testing.T) {
 		if pass > 0 && seen > 16 {
 			t.Errorf("leased pass %d looked at %d refs and objects, nothing having changed", pass, seen)
 		}
+	}
+
+	// Over the hard cap, every object leased, health asking whether a
+	// write can be taken (writable, every second) is told no looking at
+	// almost nothing, where it walked every object each time.
+	q.mu.Lock()
+	q.limit = q.used * 9 / 10
+	looked = q.looked
+	q.mu.Unlock()
+	for range 3 {
+		if q.writable(now.Add(2 * time.Second)) {
+			t.Fatal("writable over the hard cap, every object leased")
+		}
+	}
+	q.mu.Lock()
+	seen = q.looked - looked
+	q.mu.Unlock()
+	if seen > 16 {
+		t.Errorf("writable looked at %d objects, all leased", seen)
 	}
 }
 
@@ -304,7 +323,8 @@ func referencePlan(q *quota, used map[refKey]int64, n stamp, room int64) (refs [
 // straightforward reading gives (referencePlan), through random writes,
 // uploads, reads, leases of three clients, uses and passes, from a start-up
 // walk's account on: kept in order as the account changes, the order
-// must not drift from it.
+// must not drift from it. After every step, whether a pass can free
+// anything (health's writable) is what a walk over every object says.
 func TestQuotaPassIsTheReference(t *testing.T) {
 	for seed := range uint64(6) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -439,6 +459,7 @@ func TestQuotaPassIsTheReference(t *testing.T) {
 						passes++
 					}
 				}
+				checkEvictable(t, q, now, step)
 			}
 			if passes < 20 {
 				t.Errorf("only %d passes evicted anything", passes)
