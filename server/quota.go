@@ -92,9 +92,10 @@ const DefaultReadLease = 2 * time.Minute
 // of them finds it missing (see evictPass). The account keeps loose
 // objects and refs in the order eviction takes them (see quota_order.go),
 // so a pass plans looking at what it evicts (and at the refs before them
-// that free nothing), not at the whole store, while lookups wait: one that
-// finds every ref's objects leased looks at every ref once, and the passes
-// after it at none, until a lease ends or a ref is written.
+// that free nothing), not at the whole store, while lookups wait: one
+// that finds nothing refs need free of leases looks at no ref, and one
+// that let go of every ref without freeing enough is remembered, the
+// passes after it looking at none until a lease ends or a ref is written.
 //
 // The store may pass its limit by what clients hold in leases, up to a
 // hard cap (a twentieth of the limit past it). An upload is admitted
@@ -1005,7 +1006,9 @@ func (q *quota) plan(n stamp, room int64) (doomedRefs, doomed []uint32, gone []d
 		q.looked++
 		gone = append(gone, q.remove(q.idle.e[0].obj))
 	}
-	if q.used <= target || q.isStuck(n) {
+	// Nothing refs need is free of leases (bare): letting go of every ref
+	// would free nothing.
+	if q.ripen(&q.kept, n); q.used <= target || q.bare == 0 || q.isStuck(n) {
 		return nil, nil, gone, false
 	}
 	// Whole refs, least recently used first: each is let go in turn (the
@@ -1048,18 +1051,16 @@ func (q *quota) plan(n stamp, room int64) (doomedRefs, doomed []uint32, gone []d
 	}
 	for _, r := range let {
 		c := q.recs[r].closure
-		if slices.ContainsFunc(c, func(i uint32) bool { return marked[i] }) {
+		doom := slices.ContainsFunc(c, func(i uint32) bool { return marked[i] })
+		if doom {
 			q.going[r] = false
 			doomedRefs = append(doomedRefs, r)
-		} else {
-			for _, i := range c {
+		}
+		for _, i := range c {
+			q.objs[i].needs++
+			if !doom {
 				delete(marked, i)
 			}
-		}
-	}
-	for _, r := range let {
-		for _, i := range q.recs[r].closure {
-			q.objs[i].needs++
 		}
 	}
 	doomed = slices.DeleteFunc(doomed, func(i uint32) bool { return !marked[i] })

@@ -39,12 +39,13 @@ import (
 // times, in no order) nothing is kept in order: know puts everything in
 // order once, the refs sorted while lookups go on (useOrder).
 //
-// A pass that let go of every ref and still could not reach its target
-// remembers it (stuck): until a lease on what kept them ends or something
-// else may free more (gen), letting go of the refs again would free
-// nothing (every object they need would be needed by none, and each was
-// leased), and passes skip them. An upload waiting for room wakes when the next lease
-// ends (nextEnd).
+// A pass lets go of no ref when nothing refs need is free of leases
+// (bare is empty). One that let go of every ref and still could not reach
+// its target remembers it (stuck): until a lease on what kept them ends
+// or something else may free more (gen), letting go of the refs again
+// would free nothing (every object they need would be needed by none, and
+// each was leased), and passes skip them. An upload waiting for room
+// wakes when the next lease ends (nextEnd).
 
 // objHeap is a heap of objects by key, earliest first.
 type objHeap struct {

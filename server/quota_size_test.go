@@ -66,11 +66,15 @@ func BenchmarkQuotaAccount(b *testing.B) {
 // What renewing the leases of the blobs a FindMissingBlobs found costs a
 // digest, with 700 objects in the account and with 700,000 (the big
 // store of scripts/bench-scale), 100 digests a call taken in turn from
-// 2,000 (as scripts/lookups asks): go test -bench QuotaUse -run ^$
-// ./server/.
+// 2,000 (as scripts/lookups asks), the objects loose or named by refs:
+// go test -bench QuotaUse -run ^$ ./server/.
 func BenchmarkQuotaUse(b *testing.B) {
-	for _, n := range []int{700, 700_000} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
+	for _, c := range []struct {
+		n     int
+		named bool
+	}{{700, false}, {700_000, false}, {700, true}, {700_000, true}} {
+		b.Run(fmt.Sprint(c.n, map[bool]string{true: "/named"}[c.named]), func(b *testing.B) {
+			n := c.n
 			q := newAccount()
 			ds := make([]digest.Digest, n)
 			for i := range ds {
@@ -78,9 +82,12 @@ func BenchmarkQuotaUse(b *testing.B) {
 				binary.LittleEndian.PutUint64(seed[:], uint64(i))
 				h := sha256.Sum256(seed[:])
 				ds[i] = digest.Digest{Hash: hex.EncodeToString(h[:]), Size: 1000}
-				q.add(ds[i])
+				j := q.add(ds[i])
+				if c.named {
+					q.objs[j].needs = 1
+				}
 			}
-			q.known = true
+			q.know(time.Now(), nil)
 			asked := make([]digest.Digest, 2000)
 			for i := range asked {
 				asked[i] = ds[i*7919%n]
