@@ -252,9 +252,11 @@ func peakLive(t testing.TB, fn func()) uint64 {
 // du of every ref of a store holds 17 bytes a ref (not the refs' names:
 // they wait in a temporary file) and a part of the objects at a time
 // (objectsPerPass), whatever the store's size: 16,000 refs and 8,000
-// objects, measured 1,000 objects at a time, need less than 1.5 MiB of
-// heap beyond 32 bytes a ref. Holding each ref's name and result and a
-// table of every object (as du did) takes twice that.
+// objects, measured 1,000 objects at a time, need less than 2 MiB of
+// heap beyond 32 bytes a ref (1.47 MB in all alone; 2.11-2.18 MB under
+// -race on a machine at load 23-28, so 1.5 MiB was too tight). Holding
+// each ref's name and result and a table of every object (as du did)
+// takes twice the 1.5 MiB bound.
 func TestUsageMemoryIsBounded(t *testing.T) {
 	s, err := cache.Open(t.TempDir(), cache.KindBst1Artifact)
 	if err != nil {
@@ -296,7 +298,7 @@ func TestUsageMemoryIsBounded(t *testing.T) {
 	if n != 2*artifacts || st.Objects != artifacts+1 || st.UniqueBytes != st.Bytes {
 		t.Fatalf("measured %d refs, store %+v", n, st)
 	}
-	bound := uint64(32*n + 3<<19)
+	bound := uint64(32*n + 2<<20)
 	t.Logf("peak live heap %d bytes (%.0f a ref), bound %d", peak, float64(peak)/float64(n), bound)
 	if peak > bound {
 		t.Errorf("du of %d refs and %d objects held %d bytes at its peak, more than %d", n, st.Objects, peak, bound)
