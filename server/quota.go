@@ -2,16 +2,18 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"math"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -354,7 +356,7 @@ var errStopped = errors.New("the server is stopping")
 func (q *quota) build() {
 	defer q.wg.Done()
 	start := time.Now()
-	if err := q.measure(); err != nil {
+	if err := q.measure(measureReaders); err != nil {
 		if !errors.Is(err, errStopped) {
 			q.s.logf("quota: measuring the store failed, the quota is not enforced: %v", err)
 		}
@@ -370,19 +372,26 @@ func (q *quota) build() {
 	q.kickIfOver()
 }
 
+// measureReaders is how many refs measure reads at once. Each ref is a
+// few small dependent reads (the ref, then its Directories level by
+// level): one at a time, a cold store's disk answers one request at a
+// time, several times slower than with many in flight.
+const measureReaders = 16
+
 // measure adds every ref's closure to the account, once the store's walk
-// (object) has added every object. Directories are read without being
-// hashed again: a corrupt one is found when it is served, and the account
-// only needs to know what refs name.
-func (q *quota) measure() error {
-	stopped := func() bool {
-		select {
-		case <-q.quit:
-			return true
-		default:
-			return false
-		}
-	}
+// (object) has added every object, reading refs readers at a time: the
+// walk hands each ref to a reader (it waits while readers are busy, so
+// what is read ahead is the refs being read), which resolves it, reads
+// its closure and applies it to the account under q.mu. Applying is
+// exact whatever the order readers end in: refs naming the same roots
+// share the closure applied first (two readers may read it at once, it is
+// applied once), a ref written since keeps its closure, and the use of a
+// ref kept aside (pending) is applied with it. Directories are read
+// without being hashed again: a corrupt one is found when it is served,
+// and the account only needs to know what refs name. An unreadable ref is
+// logged and left alone. Once q.quit closes, no read starts and nothing
+// more is applied; measure returns once the reads under way end.
+func (q *quota) measure(readers int) error {
 	select {
 	case err := <-q.walked:
 		if err != nil {
@@ -391,51 +400,93 @@ func (q *quota) measure() error {
 	case <-q.quit:
 		return errStopped
 	}
-	// Refs naming the same roots (a strong and a weak key) share one
-	// closure, read once.
-	type walked struct {
-		closure []uint32
-		first   refKey // the first ref found naming them
-	}
-	closures := map[string]walked{}
+	// closures are the closures applied, by their roots: refs naming the
+	// same roots (a strong and a weak key) share one, read once. Guarded
+	// by q.mu.
+	closures := map[[32]byte]walked{}
+	var g errgroup.Group
+	g.SetLimit(readers)
 	// The refs are walked, not listed: a list of a big store's refs
 	// (a name and a RefInfo each, ~170 bytes) would outweigh the account.
+	var err error
 	for _, kind := range cache.Kinds {
-		if err := q.s.store.WalkRefs(kind, "", func(info cache.RefInfo) error {
-			if stopped() {
+		if err = q.s.store.WalkRefs(kind, "", func(info cache.RefInfo) error {
+			if q.stopped() {
 				return errStopped
 			}
-			k := refKey{kind, info.Name}
-			r, err := q.s.resolve(entry{kind: kind, ref: info.Name}, true)
-			var reach []digest.Digest
-			if err == nil {
-				if _, ok := closures[rootsKey(r.roots)]; !ok {
-					reach, err = q.s.store.Reach(r.roots)
-				}
-			}
-			if err != nil {
-				q.s.logf("quota: %s ref %s is unreadable, left alone: %v", kind, info.Name, err)
+			g.Go(func() error {
+				q.measureRef(refKey{kind, info.Name}, info.Accessed.UnixNano(), closures)
 				return nil
-			}
-			q.mu.Lock()
-			defer q.mu.Unlock()
-			w, ok := closures[rootsKey(r.roots)]
-			if !ok {
-				w = walked{q.indexes(reach, false), k}
-				closures[rootsKey(r.roots)] = w
-			}
-			if _, written := q.refs[k]; !written { // else written since: that closure holds
-				at := q.setRecord(k, w.closure, max(info.Accessed.UnixNano(), q.pending[k]), 0)
-				if f, ok := q.refs[w.first]; ok && f != at && sameSlice(q.recs[f].closure, w.closure) {
-					q.join(at, f)
-				}
-			}
+			})
 			return nil
 		}); err != nil {
-			return err
+			break
 		}
 	}
-	return nil
+	g.Wait()
+	if err == nil && q.stopped() {
+		err = errStopped
+	}
+	return err
+}
+
+// walked is a closure measure read, and the first ref it applied it to
+// that still has it.
+type walked struct {
+	closure []uint32
+	first   refKey
+}
+
+// measureRef reads ref k's closure, unless one of the same roots was
+// applied, and applies it to the account (see measure).
+func (q *quota) measureRef(k refKey, accessed int64, closures map[[32]byte]walked) {
+	if q.stopped() {
+		return
+	}
+	r, err := q.s.resolve(entry{kind: k.kind, ref: k.ref}, true)
+	var reach []digest.Digest
+	var roots [32]byte
+	if err == nil {
+		roots = rootsKey(r.roots)
+		q.mu.Lock()
+		_, read := closures[roots]
+		q.mu.Unlock()
+		if !read {
+			reach, err = q.s.store.Reach(r.roots)
+		}
+	}
+	if err != nil {
+		q.s.logf("quota: %s ref %s is unreadable, left alone: %v", k.kind, k.ref, err)
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopped() {
+		return
+	}
+	w, ok := closures[roots]
+	if !ok {
+		w = walked{closure: q.indexes(reach, false)}
+	}
+	if _, written := q.refs[k]; !written { // else written since: that closure holds
+		at := q.setRecord(k, w.closure, max(accessed, q.pending[k]), 0)
+		if f, ok := q.refs[w.first]; ok && f != at && sameSlice(q.recs[f].closure, w.closure) {
+			q.join(at, f)
+		} else {
+			w.first = k // the first, or the first ref was written since
+		}
+	}
+	closures[roots] = w
+}
+
+// stopped says whether the server is stopping.
+func (q *quota) stopped() bool {
+	select {
+	case <-q.quit:
+		return true
+	default:
+		return false
+	}
 }
 
 // object adds an object the store's start-up walk found.
@@ -449,17 +500,18 @@ func (q *quota) object(o cache.ObjectInfo) {
 	}
 }
 
-// rootsKey names a set of roots.
-func rootsKey(r cache.Roots) string {
-	var b strings.Builder
+// rootsKey names a set of roots in 32 bytes (a SHA-256 of their hashes):
+// measure keeps one a closure for the whole walk.
+func rootsKey(r cache.Roots) [32]byte {
+	h := sha256.New()
 	for _, d := range r.Dirs {
-		b.WriteString(d.Hash)
+		io.WriteString(h, d.Hash)
 	}
-	b.WriteByte('/')
+	h.Write([]byte{'/'})
 	for _, d := range r.Blobs {
-		b.WriteString(d.Hash)
+		io.WriteString(h, d.Hash)
 	}
-	return b.String()
+	return [32]byte(h.Sum(nil))
 }
 
 // key is a digest's hash in binary; ok is false unless it is 64

@@ -54,7 +54,7 @@ func TestQuotaIndexWriteDuringRemovalFindsBlobsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	q.walked <- nil
-	if err := q.measure(); err != nil {
+	if err := q.measure(measureReaders); err != nil {
 		t.Fatal(err)
 	}
 	q.know(time.Now(), q.useOrder())

@@ -99,7 +99,7 @@ func walkedAccount(tb testing.TB, limit int64, lease time.Duration) (*quota, *ca
 	q := newAccount()
 	q.s, q.limit, q.lease, q.readLease = srv, limit, lease, lease
 	q.walked <- nil
-	if err := q.measure(); err != nil {
+	if err := q.measure(measureReaders); err != nil {
 		tb.Fatal(err)
 	}
 	return q, store
