@@ -408,18 +408,18 @@ func (q *quota) measure(readers int) error {
 	g.SetLimit(readers)
 	// The refs are walked, not listed: a list of a big store's refs
 	// (a name and a RefInfo each, ~170 bytes) would outweigh the account.
+	// The walk reads directories only; each ref's file is for its reader.
 	var err error
 	for _, kind := range cache.Kinds {
-		if err = q.s.store.WalkRefs(kind, "", func(info cache.RefInfo) error {
-			if q.stopped() {
-				return errStopped
-			}
+		c := q.s.store.Refs(kind, "", "")
+		for !q.stopped() && c.Next() {
+			k := refKey{c.Kind(), c.Name()}
 			g.Go(func() error {
-				q.measureRef(refKey{kind, info.Name}, info.Accessed.UnixNano(), closures)
+				q.measureRef(k, closures)
 				return nil
 			})
-			return nil
-		}); err != nil {
+		}
+		if err = c.Err(); err != nil {
 			break
 		}
 	}
@@ -439,11 +439,19 @@ type walked struct {
 
 // measureRef reads ref k's closure, unless one of the same roots was
 // applied, and applies it to the account (see measure).
-func (q *quota) measureRef(k refKey, accessed int64, closures map[[32]byte]walked) {
+func (q *quota) measureRef(k refKey, closures map[[32]byte]walked) {
 	if q.stopped() {
 		return
 	}
-	r, err := q.s.resolve(entry{kind: k.kind, ref: k.ref}, true)
+	// Its last use first: reading it moves its access time.
+	info, err := q.s.store.RefInfo(k.kind, k.ref)
+	if errors.Is(err, cache.ErrNotFound) {
+		return // deleted since the walk listed it
+	}
+	var r resolved
+	if err == nil {
+		r, err = q.s.resolve(entry{kind: k.kind, ref: k.ref}, true)
+	}
 	var reach []digest.Digest
 	var roots [32]byte
 	if err == nil {
@@ -469,7 +477,7 @@ func (q *quota) measureRef(k refKey, accessed int64, closures map[[32]byte]walke
 		w = walked{closure: q.indexes(reach, false)}
 	}
 	if _, written := q.refs[k]; !written { // else written since: that closure holds
-		at := q.setRecord(k, w.closure, max(accessed, q.pending[k]), 0)
+		at := q.setRecord(k, w.closure, max(info.Accessed.UnixNano(), q.pending[k]), 0)
 		if f, ok := q.refs[w.first]; ok && f != at && sameSlice(q.recs[f].closure, w.closure) {
 			q.join(at, f)
 		} else {
