@@ -37,8 +37,9 @@ const DefaultReadLease = 2 * time.Minute
 // walking the store.
 //
 // The account is built in the background at start-up (one walk of the
-// objects, then each ref's closure): the server serves at once, and the
-// quota is enforced (eviction, admission) once the account is known.
+// objects, then each ref's closure, measureReaders refs read at once): the
+// server serves at once, and the quota is enforced (eviction, admission)
+// once the account is known.
 // Writes and reads during the walk update the account as they happen; the
 // walk only adds what is not there yet (an object a live write already
 // accounted keeps its live times, a ref written during the walk keeps its
