@@ -719,7 +719,7 @@ func (w *BlobWriter) Commit() (err error) {
 func (s *Store) link(fd int, final string, size int64) error {
 	err := linkFD(fd, final)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		if err := makeDir(filepath.Dir(final)); err != nil {
 			return err
 		}
 		err = linkFD(fd, final)
@@ -778,7 +778,7 @@ func linkFD(fd int, path string) error {
 func (s *Store) install(tmp, final string) error {
 	err := unix.Rename(tmp, final)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		if err := makeDir(filepath.Dir(final)); err != nil {
 			return err
 		}
 		err = unix.Rename(tmp, final)
@@ -787,6 +787,20 @@ func (s *Store) install(tmp, final string) error {
 		return fmt.Errorf("installing %s: %w", final, &os.LinkError{Op: "rename", Old: tmp, New: final, Err: err})
 	}
 	return nil
+}
+
+// makeDir makes the directory dir, and its parents that are missing: a
+// fan-out directory or a ref's directory is made with one mkdir where
+// its parent exists (os.MkdirAll looks both up first).
+func makeDir(dir string) error {
+	err := unix.Mkdir(dir, 0o755)
+	switch {
+	case err == nil, errors.Is(err, fs.ErrExist):
+		return nil // what is there, if not a directory, fails the caller's next call
+	case errors.Is(err, fs.ErrNotExist):
+		return os.MkdirAll(dir, 0o755)
+	}
+	return &fs.PathError{Op: "mkdir", Path: dir, Err: err}
 }
 
 // ObjectInfo describes a blob found by WalkObjects.

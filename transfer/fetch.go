@@ -187,7 +187,9 @@ func (f *fetcher) walk(ctx context.Context, roots cache.Roots, w *watch, tops ma
 				continue
 			}
 			data, ok := got.data[d]
-			if !ok {
+			// The empty Directory (every artifact's logs/, often) is
+			// known without reading it: fetch made it local.
+			if !ok && d != digest.Empty {
 				if data, err = f.localDir(ctx, d, w); err != nil {
 					return err
 				}

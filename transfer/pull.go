@@ -397,15 +397,17 @@ func (e *Engine) materialize(ctx context.Context, f *fetcher, ref string, k cach
 // writeRefs writes the local ref for en and the artifact's other refs (its
 // weak key's, or its strong key's when ref is the weak one), as BuildStream
 // stores an artifact under both: non-strict builds look it up by the weak
-// key. A ref that already names the same content is left as it is, ref
-// itself only when nothing was downloaded for it: a run that moves nothing
-// writes nothing, and costs no sync of the store. The refs to write are
-// written together, after one sync, which artifacts finishing close
-// together share (f.commits).
+// key. When nothing was downloaded for it, a ref that already names the
+// same content is left as it is: a run that moves nothing writes nothing,
+// and costs no sync of the store. When something was, every ref is
+// written without reading it first (the write and its sync happen anyway,
+// and a ref written costs fewer system calls than one read). The refs to
+// write are written together, after one sync, which artifacts finishing
+// close together share (f.commits).
 func (e *Engine) writeRefs(ctx context.Context, f *fetcher, ref string, en entry, downloaded bool) error {
 	var write []string
-	for i, r := range e.allRefs(ctx, ref, en) {
-		if i == 0 && downloaded {
+	for _, r := range e.allRefs(ctx, ref, en) {
+		if downloaded {
 			write = append(write, r)
 			continue
 		}
