@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io/fs"
 	"sync"
 	"sync/atomic"
@@ -17,10 +18,11 @@ import (
 // keeps, for lookups that cost no system call (serve's FindMissingBlobs
 // asks about thousands of digests a call; a stat costs microseconds).
 //
-// Each object is 24 bytes of map entry: the first 16 bytes of its hash
-// and its size (two objects of a store sharing 128 bits of SHA-256 are
-// not a chance worth a byte). The maps are one per prefix directory, so
-// that a directory listed anew replaces what the index held of it.
+// Each object is a 24-byte slot: the first 16 bytes of its hash and its
+// size (two objects of a store sharing 128 bits of SHA-256 are not a
+// chance worth a byte), in a table (objectTable) at most half full. The
+// tables are one per prefix directory, so that a directory listed anew
+// replaces what the index held of it.
 //
 // What the index holds comes from the disk alone, in the order the disk
 // changed: the start-up walk, then the watch's events and the listings of
@@ -29,8 +31,9 @@ import (
 // before a removal the watch reports later, or never (a directory not yet
 // watched), would put back an object that is gone.
 type objectIndex struct {
-	mu sync.RWMutex
-	m  [256]map[objectKey]int64
+	mu   sync.RWMutex
+	seed maphash.Seed // the tables' (see objectTable)
+	m    [256]objectTable
 	// listed counts, per prefix directory, the listings that replaced
 	// what the index held of it: the walk adds what it listed of a
 	// directory only if no newer listing came since.
@@ -56,11 +59,7 @@ func newObjectIndex(ctx context.Context, lost func(error)) *objectIndex {
 	if lost == nil {
 		lost = func(error) {}
 	}
-	x := &objectIndex{ctx: ctx, lost: lost, gone: map[objectKey]struct{}{}}
-	for i := range x.m {
-		x.m[i] = map[objectKey]int64{}
-	}
-	return x
+	return &objectIndex{ctx: ctx, lost: lost, gone: map[objectKey]struct{}{}, seed: maphash.MakeSeed()}
 }
 
 // following drains the watch and says whether the index follows the disk:
@@ -98,7 +97,7 @@ func key(hash string) (k objectKey) {
 func (x *objectIndex) add(d digest.Digest) {
 	k := key(d.Hash)
 	x.mu.Lock()
-	x.m[k[0]][k] = d.Size
+	x.m[k[0]].set(x.seed, &k, d.Size)
 	x.mu.Unlock()
 }
 
@@ -109,7 +108,7 @@ func (x *objectIndex) found(d digest.Digest, listed uint64) {
 	k := key(d.Hash)
 	x.mu.Lock()
 	if _, ok := x.gone[k]; !ok && x.listed[k[0]] == listed {
-		x.m[k[0]][k] = d.Size
+		x.m[k[0]].set(x.seed, &k, d.Size)
 	}
 	x.mu.Unlock()
 }
@@ -127,9 +126,14 @@ func (x *objectIndex) listing(prefix string) uint64 {
 
 // relist replaces what the index holds of the prefix directory p with
 // what a listing of it found.
-func (x *objectIndex) relist(p byte, objects map[objectKey]int64) {
+func (x *objectIndex) relist(p byte, objects []ObjectInfo) {
+	var t objectTable
+	for _, o := range objects {
+		k := key(o.Digest.Hash)
+		t.set(x.seed, &k, o.Digest.Size)
+	}
 	x.mu.Lock()
-	x.m[p] = objects
+	x.m[p] = t
 	x.listed[p]++
 	x.mu.Unlock()
 }
@@ -138,7 +142,7 @@ func (x *objectIndex) remove(d digest.Digest) { x.removeKey(key(d.Hash)) }
 
 func (x *objectIndex) removeKey(k objectKey) {
 	x.mu.Lock()
-	delete(x.m[k[0]], k)
+	x.m[k[0]].remove(x.seed, &k)
 	if !x.complete {
 		x.gone[k] = struct{}{}
 	}
@@ -300,20 +304,25 @@ func (s *Store) Present(ds []digest.Digest) ([]bool, error) {
 			ask[i] = i
 		}
 	} else {
-		x.mu.RLock()
+		keys := make([]objectKey, len(ds))
 		for i, d := range ds {
-			k := key(d.Hash)
-			size, ok := x.m[k[0]][k]
+			keys[i] = key(d.Hash)
+		}
+		sizes, found := make([]int64, len(ds)), make([]bool, len(ds))
+		x.mu.RLock()
+		lookupAll(x.seed, &x.m, keys, sizes, found)
+		complete := x.complete
+		x.mu.RUnlock()
+		for i, d := range ds {
 			switch {
-			case ok && size == d.Size:
+			case found[i] && sizes[i] == d.Size:
 				out[i] = true
-			case ok || !x.complete:
+			case found[i] || !complete:
 				// Not walked yet, or held with another size (a
 				// prefix shared with another object): the disk says.
 				ask = append(ask, i)
 			}
 		}
-		x.mu.RUnlock()
 	}
 	for _, i := range ask {
 		ok, err := s.Has(ds[i])
@@ -343,19 +352,8 @@ func (s *Store) Absent(ds []digest.Digest) []bool {
 			continue
 		}
 		k := key(d.Hash)
-		_, ok := x.m[k[0]][k]
+		_, ok := x.m[k[0]].get(x.seed, &k)
 		out[i] = !ok
 	}
 	return out
-}
-
-// listPrefix reads what a prefix directory holds, for a watch just added
-// to it: objects by key and size.
-func listPrefix(objects, prefix string) (map[objectKey]int64, error) {
-	found, err := readFanOut(objects, prefix)
-	m := make(map[objectKey]int64, len(found))
-	for _, o := range found {
-		m[key(o.Digest.Hash)] = o.Digest.Size
-	}
-	return m, err
 }

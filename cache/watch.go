@@ -177,7 +177,7 @@ func (w *watcher) applyDir(x *objectIndex, mask uint32, name string) {
 				delete(w.prefixes, wd)
 			}
 		}
-		x.relist(p, map[objectKey]int64{})
+		x.relist(p, nil)
 		return
 	}
 	// A new prefix directory: watch it, then list it. Its listing is
@@ -187,7 +187,7 @@ func (w *watcher) applyDir(x *objectIndex, mask uint32, name string) {
 		w.lost = err
 		return
 	}
-	objects, err := listPrefix(w.objects, name)
+	objects, err := readFanOut(w.objects, name)
 	if err != nil {
 		w.lost = fmt.Errorf("listing %s: %w", filepath.Join(w.objects, name), err)
 		return

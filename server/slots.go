@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"hash/maphash"
 )
 
@@ -44,8 +45,13 @@ func (t *objectSlots) tag(k *[32]byte) uint32 {
 // find is the place of the object whose hash is k, among objs.
 func (t *objectSlots) find(objs []object, k *[32]byte) (uint32, bool) {
 	tag := t.tag(k)
+	return t.probe(objs, k, tag, tag&uint32(len(t.slots)-1))
+}
+
+// probe looks for the object whose hash is k (its tag tag) from slot p on.
+func (t *objectSlots) probe(objs []object, k *[32]byte, tag, p uint32) (uint32, bool) {
 	mask := uint32(len(t.slots) - 1)
-	for p := tag & mask; ; p = (p + 1) & mask {
+	for ; ; p = (p + 1) & mask {
 		s := t.slots[p]
 		if s == 0 {
 			return 0, false
@@ -55,6 +61,52 @@ func (t *objectSlots) find(objs []object, k *[32]byte) (uint32, bool) {
 		}
 	}
 }
+
+// findAll is find for each of keys: places[j] is the place of the object
+// whose hash is keys[j] plus one, 0 if objs has none. For findChunk keys
+// at a time it reads their home slots in one tight loop, then the first
+// word of the records those name in another, and only then compares and
+// probes on: in a big account each read is likely a cache miss (and a TLB
+// miss), and so the keys' misses overlap instead of following one
+// another, which cost a FindMissingBlobs of many digests a memory latency
+// or two a digest.
+func (t *objectSlots) findAll(objs []object, keys [][32]byte, places []uint32) {
+	mask := uint32(len(t.slots) - 1)
+	var tags [findChunk]uint32
+	var home, first [findChunk]uint64
+	for len(keys) > 0 {
+		n := min(len(keys), findChunk)
+		for j := range n {
+			tags[j] = t.tag(&keys[j])
+		}
+		for j := range n {
+			home[j] = t.slots[tags[j]&mask]
+		}
+		for j := range n {
+			if s := home[j]; s != 0 {
+				first[j] = binary.LittleEndian.Uint64(objs[uint32(s)-1].hash[:8])
+			}
+		}
+		for j := range n {
+			s := home[j]
+			switch {
+			case s == 0:
+				places[j] = 0
+			case uint32(s>>32) == tags[j] && first[j] == binary.LittleEndian.Uint64(keys[j][:8]) && objs[uint32(s)-1].hash == keys[j]:
+				places[j] = uint32(s)
+			default:
+				places[j] = 0
+				if i, ok := t.probe(objs, &keys[j], tags[j], (tags[j]+1)&mask); ok {
+					places[j] = i + 1
+				}
+			}
+		}
+		keys, places = keys[n:], places[n:]
+	}
+}
+
+// findChunk is how many keys findAll looks up together.
+const findChunk = 64
 
 // put adds the object at place i, whose hash is k: not in the table yet.
 func (t *objectSlots) put(k *[32]byte, i uint32) {

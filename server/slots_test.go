@@ -32,6 +32,7 @@ func TestObjectSlots(t *testing.T) {
 				t.Fatalf("step %d: %x found at %d, %v; want %d", step, k[:4], got, ok, i)
 			}
 		}
+		var absent [][32]byte
 		for range 200 {
 			k := newKey()
 			if _, in := want[k]; in {
@@ -39,6 +40,21 @@ func TestObjectSlots(t *testing.T) {
 			}
 			if i, ok := q.slots.find(q.objs, &k); ok {
 				t.Fatalf("step %d: %x never put, found at %d", step, k[:4], i)
+			}
+			absent = append(absent, k)
+		}
+		// findAll says what find says, present and absent mixed.
+		var all [][32]byte
+		for k := range want {
+			all = append(all, k)
+		}
+		all = append(all, absent...)
+		rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+		places := make([]uint32, len(all))
+		q.slots.findAll(q.objs, all, places)
+		for j, k := range all {
+			if i, in := want[k]; in && places[j] != i+1 || !in && places[j] != 0 {
+				t.Fatalf("step %d: findAll says %x is at %d (place + 1); want %d, %v", step, k[:4], places[j], i+1, in)
 			}
 		}
 		if q.slots.n != len(want) || 2*q.slots.n > len(q.slots.slots) {
