@@ -64,39 +64,45 @@ func (t *objectSlots) probe(objs []object, k *[32]byte, tag, p uint32) (uint32, 
 
 // findAll is find for each of keys: places[j] is the place of the object
 // whose hash is keys[j] plus one, 0 if objs has none. For findChunk keys
-// at a time it reads their home slots in one tight loop, then the first
-// word of the records those name in another, and only then compares and
-// probes on: in a big account each read is likely a cache miss (and a TLB
-// miss), and so the keys' misses overlap instead of following one
-// another, which cost a FindMissingBlobs of many digests a memory latency
-// or two a digest.
+// at a time it reads their home slots and the slots after them in one
+// tight loop, then the first and last words of the hash of the record the
+// one with the key's tag names in another (a hash may span two cache
+// lines), and only then compares, probing on where it must. In a big
+// account each of those reads is likely a cache miss (and a TLB miss); so
+// the keys' misses overlap instead of following one another, which cost a
+// FindMissingBlobs of many digests a memory latency or two a digest.
 func (t *objectSlots) findAll(objs []object, keys [][32]byte, places []uint32) {
 	mask := uint32(len(t.slots) - 1)
 	var tags [findChunk]uint32
-	var home, first [findChunk]uint64
+	var home, next, cand, first, last [findChunk]uint64
 	for len(keys) > 0 {
 		n := min(len(keys), findChunk)
 		for j := range n {
 			tags[j] = t.tag(&keys[j])
 		}
 		for j := range n {
-			home[j] = t.slots[tags[j]&mask]
+			home[j], next[j] = t.slots[tags[j]&mask], t.slots[(tags[j]+1)&mask]
 		}
 		for j := range n {
-			if s := home[j]; s != 0 {
-				first[j] = binary.LittleEndian.Uint64(objs[uint32(s)-1].hash[:8])
+			cand[j] = 0
+			for _, s := range [2]uint64{home[j], next[j]} {
+				if s != 0 && uint32(s>>32) == tags[j] {
+					h := &objs[uint32(s)-1].hash
+					cand[j], first[j], last[j] = s, binary.LittleEndian.Uint64(h[:8]), binary.LittleEndian.Uint64(h[24:])
+					break
+				}
 			}
 		}
 		for j := range n {
-			s := home[j]
+			places[j] = 0
+			s := cand[j]
 			switch {
-			case s == 0:
-				places[j] = 0
-			case uint32(s>>32) == tags[j] && first[j] == binary.LittleEndian.Uint64(keys[j][:8]) && objs[uint32(s)-1].hash == keys[j]:
+			case home[j] == 0:
+			case s != 0 && first[j] == binary.LittleEndian.Uint64(keys[j][:8]) &&
+				last[j] == binary.LittleEndian.Uint64(keys[j][24:]) && objs[uint32(s)-1].hash == keys[j]:
 				places[j] = uint32(s)
 			default:
-				places[j] = 0
-				if i, ok := t.probe(objs, &keys[j], tags[j], (tags[j]+1)&mask); ok {
+				if i, ok := t.probe(objs, &keys[j], tags[j], tags[j]&mask); ok {
 					places[j] = i + 1
 				}
 			}
