@@ -304,25 +304,29 @@ func (s *Store) Present(ds []digest.Digest) ([]bool, error) {
 			ask[i] = i
 		}
 	} else {
-		keys := make([]objectKey, len(ds))
-		for i, d := range ds {
-			keys[i] = key(d.Hash)
-		}
-		sizes, found := make([]int64, len(ds)), make([]bool, len(ds))
+		var keys [lookupChunk]objectKey
+		var sizes [lookupChunk]int64
+		var found [lookupChunk]bool
 		x.mu.RLock()
-		lookupAll(x.seed, &x.m, keys, sizes, found)
-		complete := x.complete
-		x.mu.RUnlock()
-		for i, d := range ds {
-			switch {
-			case found[i] && sizes[i] == d.Size:
-				out[i] = true
-			case found[i] || !complete:
-				// Not walked yet, or held with another size (a
-				// prefix shared with another object): the disk says.
-				ask = append(ask, i)
+		for at := 0; at < len(ds); at += lookupChunk {
+			chunk := ds[at:min(len(ds), at+lookupChunk)]
+			for j, d := range chunk {
+				keys[j] = key(d.Hash)
+			}
+			lookupAll(x.seed, &x.m, keys[:len(chunk)], sizes[:], found[:])
+			for j, d := range chunk {
+				switch {
+				case found[j] && sizes[j] == d.Size:
+					out[at+j] = true
+				case found[j] || !x.complete:
+					// Not walked yet, or held with another size
+					// (a prefix shared with another object): the
+					// disk says.
+					ask = append(ask, at+j)
+				}
 			}
 		}
+		x.mu.RUnlock()
 	}
 	for _, i := range ask {
 		ok, err := s.Has(ds[i])

@@ -1,9 +1,14 @@
 package cache
 
 import (
+	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
+
+	"github.com/bst-cache/bst-cache/internal/cpucache"
 )
 
 // The index's tables find what was set and not removed, with its last
@@ -94,6 +99,68 @@ func TestObjectTables(t *testing.T) {
 	for i := range tables {
 		if len(tables[i].slots) > minTableSlots {
 			t.Errorf("empty again: table %d has %d slots; want at most %d", i, len(tables[i].slots), minTableSlots)
+		}
+	}
+}
+
+// What the object index's lookups cost a digest with 700 objects and with
+// 700,000 (the big store of scripts/bench-scale), 100 digests a call
+// taken in turn from 2,000 (as scripts/lookups asks FindMissingBlobs),
+// the processor's caches cold before each call as a server's calls find
+// them: the tables with lookupAll, and Go maps one digest at a time (the
+// index before the tables) as the base, in the same run:
+// go test -bench IndexLookup -run ^$ ./cache/.
+func BenchmarkIndexLookup(b *testing.B) {
+	for _, n := range []int{700, 700_000} {
+		rng := rand.New(rand.NewPCG(5, 6))
+		seed := maphash.MakeSeed()
+		var tables [256]objectTable
+		var maps [256]map[objectKey]int64
+		for i := range maps {
+			maps[i] = map[objectKey]int64{}
+		}
+		keys := make([]objectKey, n)
+		for i := range keys {
+			for j := range keys[i] {
+				keys[i][j] = byte(rng.Uint32())
+			}
+			tables[keys[i][0]].set(seed, &keys[i], 1000)
+			maps[keys[i][0]][keys[i]] = 1000
+		}
+		asked := make([]objectKey, 2000)
+		for i := range asked {
+			asked[i] = keys[i*7919%n]
+		}
+		sizes, found := make([]int64, 100), make([]bool, 100)
+		for _, c := range []struct {
+			name   string
+			lookup func([]objectKey)
+		}{
+			{"tables", func(ks []objectKey) { lookupAll(seed, &tables, ks, sizes, found) }},
+			{"maps", func(ks []objectKey) {
+				for j, k := range ks {
+					sizes[j], found[j] = maps[k[0]][k]
+				}
+			}},
+		} {
+			b.Run(fmt.Sprintf("%d/%s", n, c.name), func(b *testing.B) {
+				took := make([]time.Duration, b.N)
+				var kept byte
+				for i := range b.N {
+					kept ^= cpucache.Evict()
+					at := i * 100 % len(asked)
+					start := time.Now()
+					c.lookup(asked[at : at+100])
+					took[i] = time.Since(start)
+				}
+				if kept == 1 && !found[0] {
+					b.Log("kept") // so that nothing above is optimized away
+				}
+				// The median call: on a busy machine a mean counts
+				// the calls other processes' turns fell in.
+				slices.Sort(took)
+				b.ReportMetric(float64(took[b.N/2].Nanoseconds())/100, "ns/digest")
+			})
 		}
 	}
 }

@@ -806,38 +806,42 @@ func (q *quota) expire(c *client, now stamp) {
 // use of within persistEvery. A client asking about the same blobs again
 // and again then costs no system call each time.
 //
-// The batch's objects are found together (objectSlots.findAll), their
-// reads overlapping, before any is renewed.
+// The objects are found findChunk at a time (objectSlots.findAll), their
+// reads overlapping, before any of them is renewed.
 func (q *quota) use(ds []digest.Digest, now time.Time) (persist []digest.Digest) {
 	until, n, stale := q.until(now, q.lease), q.at(now), q.at(q.epoch.Add(persistEvery))
-	keys := make([][32]byte, min(len(ds), useBatch))
-	places := make([]uint32, len(keys))
+	var keys [findChunk][32]byte
+	var places [findChunk]uint32
 	for len(ds) > 0 {
 		batch := ds[:min(len(ds), useBatch)]
 		ds = ds[len(batch):]
-		for j, d := range batch {
-			keys[j], _ = key(d) // callers' digests are valid
-		}
 		q.mu.Lock()
-		q.slots.findAll(q.objs, keys[:len(batch)], places)
-		for j, d := range batch {
-			i, ok := places[j]-1, places[j] != 0
-			if !ok && q.known {
-				continue
+		for len(batch) > 0 {
+			chunk := batch[:min(len(batch), findChunk)]
+			batch = batch[len(chunk):]
+			for j, d := range chunk {
+				keys[j], _ = key(d) // callers' digests are valid
 			}
-			if !ok {
-				// The walk has not reached it; the batch may have
-				// named it before.
-				if i, ok = q.find(d); !ok {
-					i = q.add(d)
+			q.slots.findAll(q.objs, keys[:len(chunk)], places[:])
+			for j, d := range chunk {
+				i, ok := places[j]-1, places[j] != 0
+				if !ok && q.known {
+					continue
 				}
+				if !ok {
+					// The walk has not reached it; the batch may
+					// have named it before.
+					if i, ok = q.find(d); !ok {
+						i = q.add(d)
+					}
+				}
+				o := &q.objs[i]
+				if !ok || n-o.used >= stale {
+					persist = append(persist, d)
+				}
+				o.used, o.told = n, max(o.told, until)
+				q.place(i, n)
 			}
-			o := &q.objs[i]
-			if !ok || n-o.used >= stale {
-				persist = append(persist, d)
-			}
-			o.used, o.told = n, max(o.told, until)
-			q.place(i, n)
 		}
 		q.mu.Unlock()
 	}
