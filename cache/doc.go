@@ -22,10 +22,8 @@
 // them; the refs' directories are synced after. Refs written at once
 // share the sync of the file system: one serves every writer that was
 // waiting when it began, and WriteRefs writes many artifacts' refs after
-// one. The refs of one write (an artifact's strong and weak refs) are
-// hard links to one file: a ref is only ever replaced by a rename, never
-// written in place, so writing one again leaves the others as they were;
-// reading or touching one (TouchRef) moves the access time of all.
+// one. Each ref is a file of its own (never a hard link to another ref):
+// a tool that writes one in place changes that ref alone.
 //
 // A download that may be resumed (ResumableWriter) keeps its bytes under
 // DIR/tmp/partial-{hash}-{size} when it is cut short; the next writer of

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -205,14 +204,9 @@ func (s *Store) WriteRefs(ws []RefWrite) []error {
 			}
 		}
 	}()
-	// A ref named twice in a write is written once: its temporary names
-	// are links to one file, and a rename onto another name of the same
-	// file does nothing.
-	ws = slices.Clone(ws)
 	ready := false
 	for i, w := range ws {
-		ws[i].Refs = distinct(w.Refs)
-		paths[i], tmps[i], errs[i] = s.refTemps(ws[i])
+		paths[i], tmps[i], errs[i] = s.refTemps(w)
 		ready = ready || errs[i] == nil
 	}
 	if !ready {
@@ -258,12 +252,10 @@ func (s *Store) WriteRefs(ws []RefWrite) []error {
 	return errs
 }
 
-// refTemps checks w's refs and gives each a temporary name of a file of
-// its data, returning the refs' paths and the names. The data is written
-// once: the other names are hard links to the first file, so the refs of
-// one write share an inode (refs name the same content, and a ref is
-// only ever replaced by a rename, never written in place), and a pull
-// creates one inode an artifact for its refs, not two.
+// refTemps checks w's refs and writes a temporary file of its data for
+// each, returning the refs' paths and the files' names. Each ref is a file
+// of its own, not a link to another's: whoever writes one in place (a
+// script, a test, another tool) changes that ref alone.
 func (s *Store) refTemps(w RefWrite) (paths, tmps []string, err error) {
 	paths = make([]string, len(w.Refs))
 	for i, ref := range w.Refs {
@@ -272,12 +264,7 @@ func (s *Store) refTemps(w RefWrite) (paths, tmps []string, err error) {
 		}
 	}
 	for _, ref := range w.Refs {
-		var t string
-		if len(tmps) == 0 {
-			t, err = s.writeRefTemp(w.Data)
-		} else {
-			t, err = s.linkRefTemp(tmps[0])
-		}
+		t, err := s.writeRefTemp(w.Data)
 		if err != nil {
 			for _, t := range tmps {
 				os.Remove(t)
@@ -289,51 +276,23 @@ func (s *Store) refTemps(w RefWrite) (paths, tmps []string, err error) {
 	return paths, tmps, nil
 }
 
-// distinct is refs without repeats, in order.
-func distinct(refs []string) []string {
-	seen := make(map[string]bool, len(refs))
-	return slices.DeleteFunc(slices.Clone(refs), func(r string) bool {
-		dup := seen[r]
-		seen[r] = true
-		return dup
-	})
-}
-
-// refTempName is a new name for a ref's temporary file; make creates
-// the file under it, failing with fs.ErrExist when the name is taken.
-func (s *Store) refTempName(make func(name string) error) (name string, err error) {
-	for range 100 {
-		name = s.tmp + "/ref-" + strconv.FormatUint(rand.Uint64(), 36)
-		if err = make(name); !errors.Is(err, fs.ErrExist) {
-			break
-		}
-	}
-	if err != nil {
-		return "", &fs.PathError{Op: "create", Path: name, Err: err}
-	}
-	return name, nil
-}
-
-// linkRefTemp gives the temporary file first another temporary name (a
-// hard link) and returns it.
-func (s *Store) linkRefTemp(first string) (string, error) {
-	return s.refTempName(func(name string) error { return unix.Link(first, name) })
-}
-
 // writeRefTemp writes data to a new temporary file, not synced, and
 // returns its name. Plain system calls, no *os.File (which tries to make
 // every file pollable, four system calls more) and no chmod unless the
 // umask took bits off: a pull writes two refs an artifact.
 func (s *Store) writeRefTemp(data []byte) (name string, err error) {
 	fd := -1
-	name, err = s.refTempName(func(name string) (err error) {
+	for range 100 {
+		name = s.tmp + "/ref-" + strconv.FormatUint(rand.Uint64(), 36)
 		fd, err = ignoringEINTR(func() (int, error) {
 			return unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
 		})
-		return err
-	})
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
-		return "", err
+		return "", &fs.PathError{Op: "create", Path: name, Err: err}
 	}
 	defer func() {
 		if cerr := unix.Close(fd); err == nil && cerr != nil {

@@ -27,14 +27,12 @@ var fileCalls = []string{
 
 // A pull of 100 scripts/genrefs artifacts (100 refs, 701 objects) from
 // serve, counted by strace: the store's system calls stay within 9 an
-// object (8.1 now). Before, 12.5: each ref's temporary file was an *os.File
+// object (8.4 now). Before, 12.5: each ref's temporary file was an *os.File
 // (four fcntl calls and an epoll_ctl to find it cannot be polled, and a
 // chmod), each rename looked the ref's path up first, and each directory
-// synced was opened as an *os.File too. Then 9.8: an artifact's second
-// ref was a file of its own (an inode, an open, a write and a close, not
-// one link), the weak ref was read before it was written, the empty
-// Directory (logs/) was read back, and a missing fan-out or ref directory
-// was looked up twice before it was made.
+// synced was opened as an *os.File too. Then 9.8: the weak ref was read
+// before it was written, the empty Directory (logs/) was read back, and a
+// missing fan-out or ref directory was looked up twice before it was made.
 func TestPullSystemCallsPerObject(t *testing.T) {
 	strace, err := exec.LookPath("strace")
 	if err != nil {
