@@ -20,9 +20,9 @@ import (
 //
 // Each object is a 24-byte slot: the first 16 bytes of its hash and its
 // size (two objects of a store sharing 128 bits of SHA-256 are not a
-// chance worth a byte), in a table (objectTable) at most half full. The
-// tables are one per prefix directory, so that a directory listed anew
-// replaces what the index held of it.
+// chance worth a byte), in a table (objectTable) at most three quarters
+// full. The tables are one per prefix directory, so that a directory
+// listed anew replaces what the index held of it.
 //
 // What the index holds comes from the disk alone, in the order the disk
 // changed: the start-up walk, then the watch's events and the listings of
