@@ -820,13 +820,16 @@ func (s *Store) WalkObjects(fn func(ObjectInfo) error) error {
 	return walkObjects(s.objects(), nil, func(o ObjectInfo, _ uint64) error { return fn(o) })
 }
 
-// WalkObjectsFrom calls fn, as WalkObjects does, for the objects whose
-// hashes begin with the byte from or a greater one, a fan-out directory
-// (the objects of one first byte) after another in order, until enough
-// says so after one: it returns where the next walk begins (the first
-// byte not walked), 256 once every one was. Walks from 0 to 256 meet every
-// object once, as one WalkObjects would, with a part of them at a time.
-func (s *Store) WalkObjectsFrom(from int, enough func() bool, fn func(ObjectInfo) error) (next int, err error) {
+// WalkObjectsFrom calls fn with the objects whose hashes begin with the
+// byte from or a greater one, a fan-out directory (the objects of one
+// first byte, in no particular order) a call, in order of their first
+// bytes, from one goroutine at a time, until enough says so after one: it
+// returns where the next walk begins (the first byte not walked), 256 once
+// every one was. Walks from 0 to 256 meet every object once, as one
+// WalkObjects would, with a part of them at a time. A caller keeping what
+// it is given learns each directory's size before it allocates (du and gc
+// size their tables exactly). fn may keep the slice.
+func (s *Store) WalkObjectsFrom(from int, enough func() bool, fn func(fan []ObjectInfo) error) (next int, err error) {
 	objects := s.objects()
 	fans, err := os.ReadDir(objects)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -842,7 +845,7 @@ func (s *Store) WalkObjectsFrom(from int, enough func() bool, fn func(ObjectInfo
 		return !ok || b < from
 	})
 	next = 256
-	err = walkFans(objects, fans, nil, func(o ObjectInfo, _ uint64) error { return fn(o) }, func(i int) bool {
+	err = walkFans(objects, fans, nil, func(objs []ObjectInfo, _ uint64) error { return fn(objs) }, func(i int) bool {
 		if i+1 < len(fans) && enough() {
 			next, _ = fanByte(fans[i+1].Name())
 			return true
@@ -874,12 +877,21 @@ func walkObjects(objects string, listing func(fan string) uint64, fn func(o Obje
 	if err != nil {
 		return err
 	}
-	return walkFans(objects, fans, listing, fn, func(int) bool { return false })
+	return walkFans(objects, fans, listing, func(objs []ObjectInfo, listed uint64) error {
+		for _, o := range objs {
+			if err := fn(o, listed); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func(int) bool { return false })
 }
 
-// walkFans is walkObjects of the fan-out directories fans, in their
-// order, objectWalkers read ahead, until stop(i) says to stop after fans[i].
-func walkFans(objects string, fans []fs.DirEntry, listing func(fan string) uint64, fn func(o ObjectInfo, listed uint64) error, stop func(i int) bool) error {
+// walkFans calls fn with the objects of each of the fan-out directories
+// fans, in their order, objectWalkers read ahead, until stop(i) says to
+// stop after fans[i]. With listing, each directory's listing(fan) is taken
+// just before it is read and passed on with its objects.
+func walkFans(objects string, fans []fs.DirEntry, listing func(fan string) uint64, fn func(objs []ObjectInfo, listed uint64) error, stop func(i int) bool) error {
 	type fanOut struct {
 		objects []ObjectInfo
 		listed  uint64
@@ -917,8 +929,8 @@ func walkFans(objects string, fans []fs.DirEntry, listing func(fan string) uint6
 		if r.err != nil {
 			return r.err
 		}
-		for _, o := range r.objects {
-			if err := fn(o, r.listed); err != nil {
+		if len(r.objects) > 0 {
+			if err := fn(r.objects, r.listed); err != nil {
 				return err
 			}
 		}

@@ -463,12 +463,17 @@ func TestWalkObjectsFromInParts(t *testing.T) {
 			walks := 0
 			for from := 0; from < 256; walks++ {
 				n := 0
-				next, err := s.WalkObjectsFrom(from, func() bool { return n >= part }, func(o ObjectInfo) error {
-					if b := int(hexValue(o.Digest.Hash[0]))<<4 | int(hexValue(o.Digest.Hash[1])); b < from || got[o.Digest.Hash] {
-						t.Errorf("%s, parts of %d: %s met again or before %d", layout, part, o.Digest.Hash, from)
+				next, err := s.WalkObjectsFrom(from, func() bool { return n >= part }, func(fan []ObjectInfo) error {
+					for _, o := range fan {
+						if o.Digest.Hash[:2] != fan[0].Digest.Hash[:2] {
+							t.Errorf("%s, parts of %d: %s given with %s, of another directory", layout, part, o.Digest.Hash, fan[0].Digest.Hash)
+						}
+						if b := int(hexValue(o.Digest.Hash[0]))<<4 | int(hexValue(o.Digest.Hash[1])); b < from || got[o.Digest.Hash] {
+							t.Errorf("%s, parts of %d: %s met again or before %d", layout, part, o.Digest.Hash, from)
+						}
+						got[o.Digest.Hash] = true
 					}
-					got[o.Digest.Hash] = true
-					n++
+					n += len(fan)
 					return nil
 				})
 				if err != nil {

@@ -539,12 +539,14 @@ func compareKeys(a, b cache.DigestKey) int {
 }
 
 // objectsPerPass is about how many objects du and gc hold at a time (45
-// bytes each): a store with more is measured in passes, each over the
-// objects of a range of first bytes of their hashes (the trees are read
-// in the first only). A million keeps du under 200 MB whatever the
-// store's size, and measures a store of 200,000 refs (700,000 objects) in
-// one pass.
-var objectsPerPass = 1 << 20
+// bytes each, their runs made to size): a store with more is measured in
+// passes, each over the objects of a range of first bytes of their hashes
+// (the trees are read in the first only). Half a million kept du and gc
+// --dry-run of a million artifacts (2,000,000 refs, 7,000,001 objects) at
+// 154 and 144 MB, where a million took them to 185 and 188 MB; at 200,000
+// refs (700,001 objects) the two passes it takes cost the time of one, and
+// 67 and 69-71 MB against 80-83 and 85-88.
+var objectsPerPass = 1 << 19
 
 // objectTable numbers the objects of the local store whose hashes' first
 // byte is from or more, whole fan-out directories until it holds at least
@@ -553,15 +555,21 @@ var objectsPerPass = 1 << 20
 func (e *Engine) objectTable(from, max int, fresh func(modified time.Time) bool) (t *digestTable, total int64, err error) {
 	t = &digestTable{lo: from}
 	n := 0
-	if t.hi, err = e.Store.WalkObjectsFrom(from, func() bool { return n >= max }, func(oi cache.ObjectInfo) error {
-		k := cache.KeyOf(oi.Digest)
-		b := k.Hash[0]
-		t.runs[b] = append(t.runs[b], k)
+	if t.hi, err = e.Store.WalkObjectsFrom(from, func() bool { return n >= max }, func(fan []cache.ObjectInfo) error {
+		// A fan-out directory is one first byte: its run, made to size.
+		b := cache.KeyOf(fan[0].Digest).Hash[0]
+		t.runs[b] = slices.Grow(t.runs[b], len(fan))
 		if fresh != nil {
-			t.fresh[b] = append(t.fresh[b], fresh(oi.Modified))
+			t.fresh[b] = slices.Grow(t.fresh[b], len(fan))
 		}
-		total += oi.Digest.Size
-		n++
+		for _, oi := range fan {
+			t.runs[b] = append(t.runs[b], cache.KeyOf(oi.Digest))
+			if fresh != nil {
+				t.fresh[b] = append(t.fresh[b], fresh(oi.Modified))
+			}
+			total += oi.Digest.Size
+		}
+		n += len(fan)
 		return nil
 	}); err != nil {
 		return nil, 0, err
@@ -570,23 +578,29 @@ func (e *Engine) objectTable(from, max int, fresh func(modified time.Time) bool)
 		if fresh == nil {
 			slices.SortFunc(run, compareKeys)
 		} else {
-			// Sorted with what fresh said, a run at a time.
-			by := make([]int32, len(run))
-			for i := range by {
-				by[i] = int32(i)
-			}
-			slices.SortFunc(by, func(i, j int32) int { return compareKeys(run[i], run[j]) })
-			keys, marks := make([]cache.DigestKey, len(run)), make([]bool, len(run))
-			for i, from := range by {
-				keys[i], marks[i] = run[from], t.fresh[b][from]
-			}
-			t.runs[b], t.fresh[b] = keys, marks
+			// Sorted in place with what fresh said: sorted copies made
+			// beside the runs took gc of a million artifacts to 234 MB
+			// (188 MB in place, both with a million objects a pass).
+			sort.Sort(freshRun{run, t.fresh[b]})
 		}
 		t.start[b+1] = t.start[b] + int32(len(t.runs[b]))
 	}
 	t.mark = make([]int32, t.count())
 	t.lacking = map[cache.DigestKey]int32{}
 	return t, total, nil
+}
+
+// freshRun sorts a run of keys and what fresh said of each together.
+type freshRun struct {
+	keys  []cache.DigestKey
+	fresh []bool
+}
+
+func (r freshRun) Len() int           { return len(r.keys) }
+func (r freshRun) Less(i, j int) bool { return compareKeys(r.keys[i], r.keys[j]) < 0 }
+func (r freshRun) Swap(i, j int) {
+	r.keys[i], r.keys[j] = r.keys[j], r.keys[i]
+	r.fresh[i], r.fresh[j] = r.fresh[j], r.fresh[i]
 }
 
 // holds says whether k's first byte is in the table's range: whether the

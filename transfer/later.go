@@ -17,7 +17,8 @@ const laterParts = 16
 // who reached it (an artifact, a ref) and a byte of the caller's, in
 // unnamed temporary files. Reading every tree again in each pass, as du
 // and gc did, made their time grow with the passes times the refs (a
-// million artifacts: seven passes, each reading four million Directories).
+// million artifacts: fourteen passes, each reading four million
+// Directories).
 type later struct {
 	parts [laterParts]*spool.Strings
 	rec   [laterSize]byte
